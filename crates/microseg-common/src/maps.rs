@@ -1,0 +1,330 @@
+//! Keys and values of the data plane's maps, and the maps' names.
+//!
+//! Policy state (endpoints, identities, policy entries) is double-buffered: every key of
+//! those maps carries a `slot` (0 or 1). Userspace writes the next state into the slot
+//! packets are not reading, then flips [`Config::active_slot`]. A packet reads the config
+//! once, so it sees either the old state or the new one, never a mix.
+
+/// Map names, as the kernel object declares them and as they are pinned under `--bpffs`.
+pub mod names {
+    pub const CONFIG: &str = "MSEG_CONFIG";
+    pub const SESSIONS: &str = "MSEG_SESSIONS";
+    pub const FRAGMENTS: &str = "MSEG_FRAGMENTS";
+    pub const ENDPOINTS: &str = "MSEG_ENDPOINTS";
+    pub const ENDPOINT_ADDRS: &str = "MSEG_ENDPOINT_ADDRS";
+    pub const IDENTITIES: &str = "MSEG_IDENTITIES";
+    pub const POLICY: &str = "MSEG_POLICY";
+    pub const PORT_RANGES: &str = "MSEG_PORT_RANGES";
+    pub const STATS: &str = "MSEG_STATS";
+    pub const RULE_COUNTERS: &str = "MSEG_RULE_COUNTERS";
+    pub const EVENTS: &str = "MSEG_EVENTS";
+}
+
+/// Default capacities. Userspace may override them at load time.
+pub mod capacity {
+    pub const SESSIONS: u32 = 1 << 20;
+    pub const FRAGMENTS: u32 = 8192;
+    /// Both slots together.
+    pub const ENDPOINTS: u32 = 2 * 4096;
+    pub const ENDPOINT_ADDRS: u32 = 2 * 16384;
+    pub const IDENTITIES: u32 = 2 * 262_144;
+    pub const POLICY: u32 = 2 * 524_288;
+    pub const PORT_RANGES: u32 = 2 * 32_768;
+    pub const RULES: u32 = 262_144;
+    pub const EVENTS_BYTES: u32 = 4 << 20;
+}
+
+/// Maximum port intervals in one [`PortRangeTable`].
+pub const MAX_PORT_RANGES: usize = 16;
+
+/// Rule id that stands for "no rule": the verdict came from no policy.
+pub const RULE_NONE: u32 = 0;
+/// Rule id of the implicit default deny of a direction some policy has a section for.
+pub const RULE_DEFAULT_DENY: u32 = 1;
+/// First rule id userspace hands out to real rules.
+pub const RULE_FIRST: u32 = 2;
+
+/// Identity 0 in a policy key means "any peer".
+pub const IDENTITY_ANY: u32 = 0;
+/// An address no workload owns and no CIDR peer covers.
+pub const IDENTITY_WORLD: u32 = 1;
+/// First identity userspace hands out.
+pub const IDENTITY_FIRST: u32 = 256;
+
+/// `MSEG_CONFIG[0]`: the switch for atomic updates and global options.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Slot of the policy state packets read (0 or 1).
+    pub active_slot: u32,
+    /// Raised on every policy change; sessions judged under an older one are judged again.
+    pub generation: u32,
+    /// [`config_flags`] bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+pub mod config_flags {
+    /// Drop non-IP frames other than ARP (counted either way).
+    pub const DROP_NON_IP: u32 = 1 << 0;
+    /// Benchmark only: never insert sessions, so every packet takes the policy path.
+    pub const NO_SESSION_INSERT: u32 = 1 << 1;
+}
+
+/// `MSEG_SESSIONS` key (LRU hash): one session per enforced interface and connection.
+///
+/// Both directions of a connection share one key: the (address, port) pairs are ordered,
+/// lower first. IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    /// ifindex of the enforced interface: each workload judges its own side.
+    pub ifindex: u32,
+    pub lo_addr: [u32; 4],
+    pub hi_addr: [u32; 4],
+    /// Host byte order.
+    pub lo_port: u16,
+    pub hi_port: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+/// TCP and pseudo states of a session.
+pub mod session_state {
+    pub const NEW: u8 = 0;
+    pub const SYN_SENT: u8 = 1;
+    pub const SYN_RECV: u8 = 2;
+    pub const ESTABLISHED: u8 = 3;
+    pub const CLOSING: u8 = 4;
+    pub const CLOSED: u8 = 5;
+}
+
+pub mod session_flags {
+    /// The originator is the `lo` side of the key.
+    pub const ORIG_IS_LO: u8 = 1 << 0;
+    /// The originator is the workload (the session started in its egress direction).
+    pub const ORIG_EGRESS: u8 = 1 << 1;
+    pub const FIN_ORIG: u8 = 1 << 2;
+    pub const FIN_REPLY: u8 = 1 << 3;
+    /// The session-end event was sent.
+    pub const ENDED: u8 = 1 << 4;
+}
+
+/// `MSEG_SESSIONS` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Session {
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+    /// Last deny or log event, for rate limiting.
+    pub last_event_ns: u64,
+    /// Originator's packets and bytes, then the replier's.
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    /// [`Config::generation`] the verdict was computed under.
+    pub generation: u32,
+    pub rule_id: u32,
+    pub audit_rule_id: u32,
+    pub peer_identity: u32,
+    pub state: u8,
+    pub verdict: u8,
+    pub audit_verdict: u8,
+    pub flags: u8,
+    pub _pad: u32,
+}
+
+/// `MSEG_POLICY` key (hash) and `MSEG_PORT_RANGES` key (with kind [`policy_kind::RANGES`]).
+///
+/// A policy entry says: for endpoints of `profile`, in this direction and tier, packets
+/// from/to a peer of identity `peer` (or any, [`IDENTITY_ANY`]) with this protocol and
+/// destination port resolve to this winning rule. Userspace folds every less specific rule
+/// into the more specific entries, so the first entry found along
+/// exact port → port range → any port → any protocol is the answer for that peer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKey {
+    /// Endpoints selected by the same set of policies share a profile and their entries.
+    pub profile: u32,
+    pub peer: u32,
+    /// Destination port, host byte order; 0 unless kind is [`policy_kind::PORT`].
+    pub port: u16,
+    /// 0 when kind is [`policy_kind::ANY_PROTOCOL`].
+    pub protocol: u8,
+    /// [`policy_key`] bits: slot, tier, direction and kind.
+    pub flags: u8,
+}
+
+pub mod policy_kind {
+    pub const PORT: u8 = 0;
+    pub const ANY_PORT: u8 = 1;
+    pub const ANY_PROTOCOL: u8 = 2;
+    pub const RANGES: u8 = 3;
+}
+
+pub mod tier {
+    /// Enforced policies.
+    pub const ENFORCE: u8 = 0;
+    /// Staged (`mode: audit`) policies: reported, never enforced.
+    pub const AUDIT: u8 = 1;
+}
+
+/// Packing of [`PolicyKey::flags`].
+pub mod policy_key {
+    #[inline(always)]
+    pub const fn flags(slot: u8, tier: u8, direction: u8, kind: u8) -> u8 {
+        (slot & 1) | ((tier & 1) << 1) | ((direction & 1) << 2) | ((kind & 3) << 3)
+    }
+}
+
+/// Rank of a rule: lower wins. Priority first, then deny before log before allow.
+#[inline(always)]
+pub const fn rank(priority: u32, verdict: u8) -> u32 {
+    let precedence = match verdict {
+        crate::verdict::DENY => 0,
+        crate::verdict::LOG => 1,
+        _ => 2,
+    };
+    priority * 4 + precedence
+}
+
+/// The verdict a rank stands for.
+#[inline(always)]
+pub const fn rank_verdict(rank: u32) -> u8 {
+    match rank & 3 {
+        0 => crate::verdict::DENY,
+        1 => crate::verdict::LOG,
+        _ => crate::verdict::ALLOW,
+    }
+}
+
+/// Highest priority a policy may have so that its rank fits in 32 bits.
+pub const MAX_PRIORITY: u32 = 1_000_000_000;
+
+/// `MSEG_POLICY` value: the winning rule of the key, already resolved by userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyEntry {
+    pub rank: u32,
+    pub rule_id: u32,
+}
+
+/// One interval of a [`PortRangeTable`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortRangeEntry {
+    /// Inclusive, host byte order.
+    pub start: u16,
+    pub end: u16,
+    pub rank: u32,
+    pub rule_id: u32,
+}
+
+/// `MSEG_PORT_RANGES` value: sorted, disjoint port intervals too wide to spell as single
+/// ports, each with its winner (less specific rules already folded in).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortRangeTable {
+    pub count: u32,
+    pub ranges: [PortRangeEntry; MAX_PORT_RANGES],
+}
+
+/// Data of the `MSEG_IDENTITIES` LPM key: slot, then the IPv4-mapped or IPv6 address.
+/// The prefix length counts the 32 slot bits too.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IpKey {
+    pub slot: u32,
+    /// Network byte order, as the packet carries it.
+    pub addr: [u32; 4],
+}
+
+/// `MSEG_IDENTITIES` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IdentityEntry {
+    pub identity: u32,
+    pub _pad: u32,
+}
+
+/// `MSEG_ENDPOINTS` key: an enforced interface in one slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    pub slot: u32,
+    pub ifindex: u32,
+}
+
+/// Per (tier, direction) facts about an endpoint's policy, in [`EndpointInfo::dir_flags`].
+pub mod dir_flags {
+    /// Some policy of this tier selecting the endpoint has a section for the direction:
+    /// no matching rule means default deny.
+    pub const HAS_SECTION: u8 = 1 << 0;
+    /// Some policy of this tier selects the endpoint (audit tier: verdicts are reported).
+    pub const SELECTED: u8 = 1 << 1;
+    /// Entries keyed by a specific peer identity exist.
+    pub const PEER_SPECIFIC: u8 = 1 << 2;
+    /// Entries keyed by [`super::IDENTITY_ANY`] exist.
+    pub const PEER_ANY: u8 = 1 << 3;
+    /// Port range tables exist.
+    pub const HAS_RANGES: u8 = 1 << 4;
+}
+
+pub mod endpoint_flags {
+    /// `mode: audit`: a deny is reported as audit and the packet passes.
+    pub const AUDIT_MODE: u32 = 1 << 0;
+    /// Egress source addresses must be the workload's own (IPv4).
+    pub const VERIFY_SOURCE_V4: u32 = 1 << 1;
+    /// Egress source addresses must be the workload's own (IPv6, link-local exempt).
+    pub const VERIFY_SOURCE_V6: u32 = 1 << 2;
+}
+
+/// `MSEG_ENDPOINTS` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointInfo {
+    pub profile: u32,
+    /// The workload's own identity, reported in events.
+    pub identity: u32,
+    /// [`endpoint_flags`] bits.
+    pub flags: u32,
+    /// Indexed by `tier * 2 + direction`.
+    pub dir_flags: [u8; 4],
+}
+
+/// `MSEG_ENDPOINT_ADDRS` key: an address the workload behind `ifindex` may send from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointAddrKey {
+    pub slot: u32,
+    pub ifindex: u32,
+    pub addr: [u32; 4],
+}
+
+/// `MSEG_FRAGMENTS` key (LRU hash): identifies the fragments of one IP datagram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragmentKey {
+    pub ifindex: u32,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub id: u32,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `MSEG_FRAGMENTS` value: the first fragment's verdict, followed by the later ones.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragmentEntry {
+    pub verdict: u8,
+    pub _pad: [u8; 3],
+    pub rule_id: u32,
+}
+
+/// `MSEG_RULE_COUNTERS[rule_id]` (per-CPU array).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleCounter {
+    pub packets: u64,
+    pub bytes: u64,
+}

@@ -1,0 +1,1 @@
+//! microseg-dataplane

@@ -1,0 +1,56 @@
+//! microseg's TC classifiers.
+//!
+//! Two entry points share one code path: `microseg_from_workload` sits on the host side's
+//! TC ingress hook (what the workload sends: its egress) and `microseg_to_workload` on the
+//! TC egress hook (what is delivered to it: its ingress).
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod enforce;
+#[cfg(target_arch = "bpf")]
+mod events;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod parse;
+#[cfg(target_arch = "bpf")]
+mod policy;
+#[cfg(target_arch = "bpf")]
+mod session;
+
+#[cfg(target_arch = "bpf")]
+mod programs {
+    use aya_ebpf::{macros::classifier, programs::TcContext};
+    use microseg_common::direction;
+
+    #[classifier]
+    pub fn microseg_from_workload(ctx: TcContext) -> i32 {
+        crate::enforce::handle(&ctx, direction::EGRESS)
+    }
+
+    #[classifier]
+    pub fn microseg_to_workload(ctx: TcContext) -> i32 {
+        crate::enforce::handle(&ctx, direction::INGRESS)
+    }
+
+    /// The cheapest possible classifier: the benchmark's floor.
+    #[classifier]
+    pub fn microseg_pass(_ctx: TcContext) -> i32 {
+        0
+    }
+}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

@@ -1,0 +1,61 @@
+//! Every map of the data plane. Keys and values are documented on their types in
+//! `microseg_common::maps`; capacities there are defaults userspace may change at load.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
+use microseg_common::*;
+
+/// `[0]`: active slot, generation, options.
+#[map]
+pub static MSEG_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Connection → session. LRU: a full table forgets the least recently used session.
+#[map]
+pub static MSEG_SESSIONS: LruHashMap<SessionKey, Session> =
+    LruHashMap::with_max_entries(capacity::SESSIONS, 0);
+
+/// First fragment's verdict, for the later fragments of the same datagram.
+#[map]
+pub static MSEG_FRAGMENTS: LruHashMap<FragmentKey, FragmentEntry> =
+    LruHashMap::with_max_entries(capacity::FRAGMENTS, 0);
+
+/// (slot, ifindex) → the endpoint's profile, identity and flags.
+#[map]
+pub static MSEG_ENDPOINTS: HashMap<EndpointKey, EndpointInfo> =
+    HashMap::with_max_entries(capacity::ENDPOINTS, BPF_F_NO_PREALLOC);
+
+/// (slot, ifindex, address) → present when the workload may send from that address.
+#[map]
+pub static MSEG_ENDPOINT_ADDRS: HashMap<EndpointAddrKey, u32> =
+    HashMap::with_max_entries(capacity::ENDPOINT_ADDRS, BPF_F_NO_PREALLOC);
+
+/// (slot, address prefix) → peer identity, longest prefix wins.
+#[map]
+pub static MSEG_IDENTITIES: LpmTrie<IpKey, IdentityEntry> =
+    LpmTrie::with_max_entries(capacity::IDENTITIES, BPF_F_NO_PREALLOC);
+
+/// (profile, peer, port, protocol, slot/tier/direction/kind) → winning rule.
+#[map]
+pub static MSEG_POLICY: HashMap<PolicyKey, PolicyEntry> =
+    HashMap::with_max_entries(capacity::POLICY, BPF_F_NO_PREALLOC);
+
+/// Same key with kind RANGES → wide port intervals and their winners.
+#[map]
+pub static MSEG_PORT_RANGES: HashMap<PolicyKey, PortRangeTable> =
+    HashMap::with_max_entries(capacity::PORT_RANGES, BPF_F_NO_PREALLOC);
+
+/// `[0]`: the counters, one copy per CPU.
+#[map]
+pub static MSEG_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
+
+/// `[rule_id]`: packets and bytes of the sessions each rule decided.
+#[map]
+pub static MSEG_RULE_COUNTERS: PerCpuArray<RuleCounter> =
+    PerCpuArray::with_max_entries(capacity::RULES, 0);
+
+/// Flow events for userspace.
+#[map]
+pub static MSEG_EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);

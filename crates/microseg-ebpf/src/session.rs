@@ -1,0 +1,102 @@
+//! Session keys and the TCP state machine.
+
+use microseg_common::{session_flags as sf, session_state as st, *};
+
+use crate::parse::{tcp_flags as tf, Packet};
+
+/// The key both directions of a connection share, and whether `pkt`'s source is its lo side.
+#[inline(always)]
+pub fn session_key(ifindex: u32, pkt: &Packet) -> (SessionKey, bool) {
+    let src_is_lo = endpoint_le(&pkt.src, pkt.sport, &pkt.dst, pkt.dport);
+    let (lo, lo_port, hi, hi_port) = if src_is_lo {
+        (pkt.src, pkt.sport, pkt.dst, pkt.dport)
+    } else {
+        (pkt.dst, pkt.dport, pkt.src, pkt.sport)
+    };
+    let key = SessionKey {
+        ifindex,
+        lo_addr: lo,
+        hi_addr: hi,
+        lo_port,
+        hi_port,
+        protocol: pkt.protocol,
+        _pad: [0; 3],
+    };
+    (key, src_is_lo)
+}
+
+/// Orders (address, port) pairs; any total order works as long as it is the same everywhere.
+#[inline(always)]
+fn endpoint_le(a: &[u32; 4], ap: u16, b: &[u32; 4], bp: u16) -> bool {
+    for i in 0..4 {
+        if a[i] != b[i] {
+            return a[i] < b[i];
+        }
+    }
+    ap <= bp
+}
+
+/// The originator's view of a session: (src, sport, dst, dport).
+#[inline(always)]
+pub fn orig_tuple(key: &SessionKey, s: &Session) -> ([u32; 4], u16, [u32; 4], u16) {
+    if s.flags & sf::ORIG_IS_LO != 0 {
+        (key.lo_addr, key.lo_port, key.hi_addr, key.hi_port)
+    } else {
+        (key.hi_addr, key.hi_port, key.lo_addr, key.lo_port)
+    }
+}
+
+/// State of a session whose first packet carries `flags` (TCP) — mid-stream packets are
+/// picked up as established, as after an agent restart that lost nothing but the table.
+#[inline(always)]
+pub fn initial_state(pkt: &Packet) -> u8 {
+    if pkt.protocol != proto::TCP {
+        return st::NEW;
+    }
+    let f = pkt.tcp_flags;
+    if f & tf::RST != 0 {
+        st::CLOSED
+    } else if f & tf::FIN != 0 {
+        st::CLOSING
+    } else if f & (tf::SYN | tf::ACK) == tf::SYN {
+        st::SYN_SENT
+    } else {
+        st::ESTABLISHED
+    }
+}
+
+/// A SYN on a closed session reuses its ports for a new connection.
+#[inline(always)]
+pub fn starts_over(s: &Session, pkt: &Packet) -> bool {
+    pkt.protocol == proto::TCP
+        && s.state == st::CLOSED
+        && pkt.tcp_flags & (tf::SYN | tf::ACK) == tf::SYN
+}
+
+/// Advances the state with one packet; true when the session just closed.
+#[inline(always)]
+pub fn advance(s: &mut Session, pkt: &Packet, is_orig: bool) -> bool {
+    let before = s.state;
+    if pkt.protocol != proto::TCP {
+        if !is_orig && s.state == st::NEW {
+            s.state = st::ESTABLISHED;
+        }
+        return false;
+    }
+    let f = pkt.tcp_flags;
+    if f & tf::RST != 0 {
+        s.state = st::CLOSED;
+    } else if f & tf::FIN != 0 {
+        s.flags |= if is_orig { sf::FIN_ORIG } else { sf::FIN_REPLY };
+        s.state = if s.flags & (sf::FIN_ORIG | sf::FIN_REPLY) == sf::FIN_ORIG | sf::FIN_REPLY {
+            st::CLOSED
+        } else {
+            st::CLOSING
+        };
+    } else if s.state == st::SYN_SENT && !is_orig && f & (tf::SYN | tf::ACK) == tf::SYN | tf::ACK {
+        s.state = st::SYN_RECV;
+    } else if s.state == st::SYN_RECV && is_orig && f & tf::ACK != 0 {
+        s.state = st::ESTABLISHED;
+    }
+    before != st::CLOSED && s.state == st::CLOSED
+}

@@ -1,0 +1,24 @@
+//! microseg-policy: the Workload and Policy resources, their parser and
+//! validator, the reference verdict evaluator and the Kubernetes import.
+
+mod diagnostics;
+mod emit;
+mod evaluate;
+mod k8s;
+mod model;
+mod parse;
+mod parse_policy;
+mod selector;
+mod validate;
+mod yaml;
+
+pub use diagnostics::Diagnostic;
+pub use emit::policies_to_yaml;
+pub use evaluate::{
+    action_rank, evaluate, peer_matches, port_match_matches, rule_matches, Decision, Packet, RuleRef, Verdict,
+    DEFAULT_DENY,
+};
+pub use k8s::import_k8s;
+pub use model::*;
+pub use parse::{load_paths, parse_str, Resource, API_VERSION};
+pub use validate::{check_interface, check_label_key, check_label_value, check_name, validate_set};

@@ -1,0 +1,225 @@
+//! YAML document loading and typed access to nodes with positioned errors.
+
+use crate::diagnostics::Diagnostic;
+use crate::model::Origin;
+use marked_yaml::loader::{parse_yaml_with_options, LoadError, LoaderOptions};
+use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode, Node, Span};
+
+/// One document of a file, with the line it starts on (0-based offset).
+pub(crate) struct Document {
+    pub node: Node,
+    pub line_off: usize,
+}
+
+/// Collects diagnostics for one file and maps node positions to file positions.
+pub(crate) struct Ctx<'f> {
+    pub file: &'f str,
+    pub line_off: usize,
+    pub diags: Vec<Diagnostic>,
+}
+
+fn is_separator(line: &str) -> bool {
+    (line.starts_with("---") || line.starts_with("..."))
+        && line[3..].chars().next().is_none_or(char::is_whitespace)
+}
+
+fn is_blank(chunk: &str) -> bool {
+    chunk.lines().all(|l| {
+        let t = l.trim();
+        t.is_empty() || t.starts_with('#') || t.starts_with('%')
+    })
+}
+
+/// Splits a multi-document stream on `---` lines and parses each document.
+/// marked-yaml only loads a single document, so the split is done here.
+pub(crate) fn load_documents(file: &str, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<Document> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut chunks: Vec<(usize, String)> = vec![(0, String::new())];
+    for (i, line) in text.lines().enumerate() {
+        if is_separator(line) {
+            // Keep content after "---" on the same line, padded to keep columns.
+            let rest = if line.starts_with("---") { &line[3..] } else { "" };
+            chunks.push((i, format!("   {rest}\n")));
+        } else if let Some((_, c)) = chunks.last_mut() {
+            c.push_str(line);
+            c.push('\n');
+        }
+    }
+    let mut docs = Vec::new();
+    for (line_off, chunk) in chunks {
+        if is_blank(&chunk) {
+            continue;
+        }
+        match parse_chunk(&chunk) {
+            Ok(node) => docs.push(Document { node, line_off }),
+            Err((line, col, msg)) => diags.push(Diagnostic::new(file, line + line_off, col, msg)),
+        }
+    }
+    docs
+}
+
+fn parse_chunk(chunk: &str) -> Result<Node, (usize, usize, String)> {
+    let opts = || LoaderOptions::default().error_on_duplicate_keys(true).prevent_coercion(true);
+    // The loader asserts on states it believes unreachable; never let that escape.
+    let run = |seq: bool| {
+        std::panic::catch_unwind(|| {
+            let o = if seq { opts().toplevel_sequence() } else { opts() };
+            parse_yaml_with_options(0, chunk, o)
+        })
+        .unwrap_or_else(|_| Err(LoadError::TopLevelMustBeSequence(marked_yaml::Marker::new(0, 0, 1, 1))))
+    };
+    match run(false) {
+        Ok(n) => Ok(n),
+        Err(LoadError::TopLevelMustBeMapping(_)) => match run(true) {
+            Ok(n) => Ok(n),
+            Err(LoadError::TopLevelMustBeSequence(m)) => Err((
+                m.line(),
+                m.column(),
+                "a document must be a resource (a mapping) or a list of resources".into(),
+            )),
+            Err(e) => Err(load_error(e)),
+        },
+        Err(e) => Err(load_error(e)),
+    }
+}
+
+fn load_error(e: LoadError) -> (usize, usize, String) {
+    let (m, msg) = match e {
+        LoadError::ScanError(m, se) => (m, format!("invalid YAML: {}", se.info())),
+        LoadError::DuplicateKey(d) => {
+            let m = d.key.span().start().copied().unwrap_or_else(|| marked_yaml::Marker::new(0, 0, 1, 1));
+            (m, format!("duplicate key \"{}\"", d.key.as_str()))
+        }
+        LoadError::UnexpectedAnchor(m) => (m, "YAML anchors and aliases are not supported".into()),
+        LoadError::UnexpectedTag(m) => (m, "YAML tags are not supported".into()),
+        LoadError::MappingKeyMustBeScalar(m) => (m, "mapping keys must be strings".into()),
+        LoadError::TopLevelMustBeMapping(m) | LoadError::TopLevelMustBeSequence(m) => {
+            (m, "a document must be a resource (a mapping) or a list of resources".into())
+        }
+    };
+    (m.line().max(1), m.column().max(1), msg)
+}
+
+/// Where a node starts. A block mapping's own mark sits after its first key,
+/// so the first key is used instead.
+pub(crate) fn start(node: &Node) -> &Span {
+    match node {
+        Node::Mapping(m) => map_start(m),
+        _ => node.span(),
+    }
+}
+
+pub(crate) fn map_start(m: &MarkedMappingNode) -> &Span {
+    m.keys().next().map_or(m.span(), |k| k.span())
+}
+
+pub(crate) fn is_null(node: &Node) -> bool {
+    match node {
+        Node::Scalar(s) => s.may_coerce() && matches!(s.as_str(), "" | "~" | "null" | "Null" | "NULL"),
+        _ => false,
+    }
+}
+
+/// Short description of a node for "found ..." messages.
+pub(crate) fn describe(node: &Node) -> String {
+    match node {
+        Node::Mapping(_) => "a mapping".into(),
+        Node::Sequence(_) => "a list".into(),
+        Node::Scalar(_) if is_null(node) => "null".into(),
+        Node::Scalar(s) => format!("\"{}\"", s.as_str()),
+    }
+}
+
+impl<'f> Ctx<'f> {
+    pub fn new(file: &'f str) -> Ctx<'f> {
+        Ctx { file, line_off: 0, diags: Vec::new() }
+    }
+
+    pub fn pos(&self, span: &Span) -> (usize, usize) {
+        match span.start() {
+            Some(m) => (m.line().max(1) + self.line_off, m.column().max(1)),
+            None => (1 + self.line_off, 1),
+        }
+    }
+
+    pub fn origin(&self, node: &Node) -> Origin {
+        let (line, col) = self.pos(start(node));
+        Origin { file: self.file.to_string(), line, col }
+    }
+
+    pub fn err(&mut self, span: &Span, msg: impl Into<String>) {
+        let (line, col) = self.pos(span);
+        self.diags.push(Diagnostic::new(self.file, line, col, msg));
+    }
+
+    pub fn map<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n MarkedMappingNode> {
+        match node {
+            Node::Mapping(m) => Some(m),
+            _ => {
+                self.err(start(node), format!("{what} must be a mapping, found {}", describe(node)));
+                None
+            }
+        }
+    }
+
+    /// A list; null counts as empty.
+    pub fn seq<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n [Node]> {
+        match node {
+            Node::Sequence(s) => Some(s.as_slice()),
+            _ if is_null(node) => Some(&[]),
+            _ => {
+                self.err(start(node), format!("{what} must be a list, found {}", describe(node)));
+                None
+            }
+        }
+    }
+
+    pub fn str<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n str> {
+        match node {
+            Node::Scalar(s) if !is_null(node) => Some(s.as_str()),
+            _ => {
+                self.err(start(node), format!("{what} must be a string, found {}", describe(node)));
+                None
+            }
+        }
+    }
+
+    /// An integer written as a plain (unquoted) scalar.
+    pub fn int(&mut self, node: &Node, what: &str) -> Option<i128> {
+        if let Node::Scalar(s) = node {
+            if s.may_coerce() {
+                if let Ok(n) = s.as_str().parse::<i128>() {
+                    return Some(n);
+                }
+            }
+        }
+        self.err(start(node), format!("{what} must be an integer, found {}", describe(node)));
+        None
+    }
+
+    /// Reports keys not in `allowed`, at the key's position.
+    pub fn check_fields(&mut self, map: &MarkedMappingNode, what: &str, allowed: &[&str]) {
+        for key in map.keys() {
+            if !allowed.contains(&key.as_str()) {
+                self.err(
+                    key.span(),
+                    format!("unknown field \"{}\" in {what}; allowed: {}", key.as_str(), allowed.join(", ")),
+                );
+            }
+        }
+    }
+
+    /// A required field; reports its absence at the mapping.
+    pub fn required<'n>(&mut self, map: &'n MarkedMappingNode, key: &str, what: &str) -> Option<&'n Node> {
+        let n = map.get_node(key);
+        if n.is_none() {
+            self.err(map_start(map), format!("missing field \"{key}\" in {what}"));
+        }
+        n
+    }
+}
+
+/// Key/value pairs of a mapping with the key nodes (for positions).
+pub(crate) fn entries(map: &MarkedMappingNode) -> impl Iterator<Item = (&MarkedScalarNode, &Node)> {
+    map.iter()
+}
