@@ -3,11 +3,13 @@
 //! Every struct here is `#[repr(C)]` with explicit padding: the kernel and userspace read
 //! the same bytes, and the hash maps hash every byte of a key, so no byte may be left
 //! uninitialised.
-#![no_std]
+#![cfg_attr(not(feature = "std"), no_std)]
 
 pub mod event;
 pub mod maps;
 pub mod stats;
+#[cfg(feature = "std")]
+pub mod tables;
 
 pub use event::*;
 pub use maps::*;

@@ -151,6 +151,12 @@ fn parse_ipv6(ctx: &TcContext, pkt: &mut Packet, l3: usize) -> Parsed {
     if l3 + 40 + payload_len > ctx.len() as usize {
         return Parsed::Malformed;
     }
+    // IPv4-mapped addresses never appear on the wire; here they would alias IPv4 identities.
+    if (h[2] == 0 && h[3] == 0 && h[4] == V4_MAPPED_WORD)
+        || (h[6] == 0 && h[7] == 0 && h[8] == V4_MAPPED_WORD)
+    {
+        return Parsed::Malformed;
+    }
     pkt.is_v6 = true;
     pkt.src = [h[2], h[3], h[4], h[5]];
     pkt.dst = [h[6], h[7], h[8], h[9]];

@@ -23,7 +23,12 @@ fn selector(out: &mut String, indent: &str, sel: &LabelSelector) {
     if !sel.match_expressions.is_empty() {
         let _ = writeln!(out, "{indent}matchExpressions:");
         for r in &sel.match_expressions {
-            let _ = write!(out, "{indent}  - {{key: {}, operator: {}", q(&r.key), r.operator);
+            let _ = write!(
+                out,
+                "{indent}  - {{key: {}, operator: {}",
+                q(&r.key),
+                r.operator
+            );
             if !r.values.is_empty() {
                 let vals: Vec<String> = r.values.iter().map(|v| q(v)).collect();
                 let _ = write!(out, ", values: [{}]", vals.join(", "));
@@ -61,7 +66,8 @@ fn rules(out: &mut String, name: &str, rules: &Option<Vec<Rule>>, peer_key: &str
                     Peer::Cidr { cidr, except } => {
                         let _ = writeln!(out, "        - cidr: {}", q(&cidr.to_string()));
                         if !except.is_empty() {
-                            let ex: Vec<String> = except.iter().map(|e| q(&e.to_string())).collect();
+                            let ex: Vec<String> =
+                                except.iter().map(|e| q(&e.to_string())).collect();
                             let _ = writeln!(out, "          except: [{}]", ex.join(", "));
                         }
                     }
@@ -71,7 +77,8 @@ fn rules(out: &mut String, name: &str, rules: &Option<Vec<Rule>>, peer_key: &str
         if !r.ports.is_empty() {
             out.push_str("      ports:\n");
             for pm in &r.ports {
-                let proto = protocol_name(pm.protocol).map_or_else(|| pm.protocol.to_string(), str::to_string);
+                let proto = protocol_name(pm.protocol)
+                    .map_or_else(|| pm.protocol.to_string(), str::to_string);
                 match &pm.ports {
                     Some(pr) => {
                         let _ = writeln!(out, "        - {{protocol: {proto}, {}}}", range(pr));
@@ -98,7 +105,12 @@ pub fn policies_to_yaml(policies: &[Policy]) -> String {
         if i > 0 {
             out.push_str("---\n");
         }
-        let _ = writeln!(out, "apiVersion: {}\nkind: Policy\nmetadata:\n  name: {}\nspec:", crate::API_VERSION, q(&p.name));
+        let _ = writeln!(
+            out,
+            "apiVersion: {}\nkind: Policy\nmetadata:\n  name: {}\nspec:",
+            crate::API_VERSION,
+            q(&p.name)
+        );
         out.push_str("  selector:");
         selector(&mut out, "    ", &p.selector);
         let _ = writeln!(out, "  priority: {}\n  mode: {}", p.priority, p.mode);

@@ -79,8 +79,13 @@ pub fn action_rank(a: Action) -> u8 {
 /// True when `addr` belongs to the peer.
 pub fn peer_matches(set: &ResourceSet, peer: &Peer, addr: &IpAddr) -> bool {
     match peer {
-        Peer::Cidr { cidr, except } => cidr.contains(addr) && !except.iter().any(|e| e.contains(addr)),
-        Peer::Selector(sel) => set.workloads.iter().any(|w| w.ips.contains(addr) && sel.matches(&w.labels)),
+        Peer::Cidr { cidr, except } => {
+            cidr.contains(addr) && !except.iter().any(|e| e.contains(addr))
+        }
+        Peer::Selector(sel) => set
+            .workloads
+            .iter()
+            .any(|w| w.ips.contains(addr) && sel.matches(&w.labels)),
     }
 }
 
@@ -97,7 +102,11 @@ pub fn rule_matches(set: &ResourceSet, rule: &Rule, peer: &IpAddr, packet: &Pack
     (rule.peers.is_empty() || rule.peers.iter().any(|p| peer_matches(set, p, peer)))
         && (rule.ports.is_empty() || rule.ports.iter().any(|pm| port_match_matches(pm, packet)))
         && (rule.source_ports.is_empty()
-            || (protocol_has_ports(packet.protocol) && rule.source_ports.iter().any(|r| r.contains(packet.src_port))))
+            || (protocol_has_ports(packet.protocol)
+                && rule
+                    .source_ports
+                    .iter()
+                    .any(|r| r.contains(packet.src_port))))
 }
 
 struct Outcome {
@@ -108,7 +117,13 @@ struct Outcome {
 }
 
 /// Evaluates the policies of one mode; None if none of them selects the workload.
-fn evaluate_mode(set: &ResourceSet, wl: &Workload, dir: Direction, packet: &Packet, mode: Mode) -> Option<Outcome> {
+fn evaluate_mode(
+    set: &ResourceSet,
+    wl: &Workload,
+    dir: Direction,
+    packet: &Packet,
+    mode: Mode,
+) -> Option<Outcome> {
     let peer = match dir {
         Direction::Egress => packet.dst,
         Direction::Ingress => packet.src,
@@ -117,13 +132,22 @@ fn evaluate_mode(set: &ResourceSet, wl: &Workload, dir: Direction, packet: &Pack
     let mut has_section = false;
     // (priority, action rank, rule ref)
     let mut candidates: Vec<(u32, u8, Action, RuleRef)> = Vec::new();
-    for p in set.policies.iter().filter(|p| p.mode == mode && p.selector.matches(&wl.labels)) {
+    for p in set
+        .policies
+        .iter()
+        .filter(|p| p.mode == mode && p.selector.matches(&wl.labels))
+    {
         selected = true;
-        let Some(rules) = p.section(dir) else { continue };
+        let Some(rules) = p.section(dir) else {
+            continue;
+        };
         has_section = true;
         for (i, r) in rules.iter().enumerate() {
             if rule_matches(set, r, &peer, packet) {
-                let rr = RuleRef { policy: p.name.clone(), rule: i as u32 };
+                let rr = RuleRef {
+                    policy: p.name.clone(),
+                    rule: i as u32,
+                };
                 candidates.push((p.priority, action_rank(r.action), r.action, rr));
             }
         }
@@ -134,8 +158,11 @@ fn evaluate_mode(set: &ResourceSet, wl: &Workload, dir: Direction, packet: &Pack
     let best = candidates.iter().map(|c| (c.0, c.1)).min();
     Some(match best {
         Some(key) => {
-            let mut tied: Vec<(RuleRef, Action)> =
-                candidates.into_iter().filter(|c| (c.0, c.1) == key).map(|c| (c.3, c.2)).collect();
+            let mut tied: Vec<(RuleRef, Action)> = candidates
+                .into_iter()
+                .filter(|c| (c.0, c.1) == key)
+                .map(|c| (c.3, c.2))
+                .collect();
             tied.sort();
             let (first, action) = tied[0].clone();
             Outcome {
@@ -145,21 +172,35 @@ fn evaluate_mode(set: &ResourceSet, wl: &Workload, dir: Direction, packet: &Pack
                 tied: tied.into_iter().map(|t| t.0).collect(),
             }
         }
-        None if has_section => {
-            Outcome { verdict: Verdict::Deny, policy: Some(DEFAULT_DENY.into()), rule: None, tied: Vec::new() }
-        }
-        None => Outcome { verdict: Verdict::Allow, policy: None, rule: None, tied: Vec::new() },
+        None if has_section => Outcome {
+            verdict: Verdict::Deny,
+            policy: Some(DEFAULT_DENY.into()),
+            rule: None,
+            tied: Vec::new(),
+        },
+        None => Outcome {
+            verdict: Verdict::Allow,
+            policy: None,
+            rule: None,
+            tied: Vec::new(),
+        },
     })
 }
 
 /// The verdict for `packet` seen in `direction` of `workload` (CONTRACT §1).
-pub fn evaluate(set: &ResourceSet, workload: &Workload, direction: Direction, packet: &Packet) -> Decision {
-    let enforce = evaluate_mode(set, workload, direction, packet, Mode::Enforce).unwrap_or(Outcome {
-        verdict: Verdict::Allow,
-        policy: None,
-        rule: None,
-        tied: Vec::new(),
-    });
+pub fn evaluate(
+    set: &ResourceSet,
+    workload: &Workload,
+    direction: Direction,
+    packet: &Packet,
+) -> Decision {
+    let enforce =
+        evaluate_mode(set, workload, direction, packet, Mode::Enforce).unwrap_or(Outcome {
+            verdict: Verdict::Allow,
+            policy: None,
+            rule: None,
+            tied: Vec::new(),
+        });
     let audit = evaluate_mode(set, workload, direction, packet, Mode::Audit);
     let mut verdict = enforce.verdict;
     if workload.mode == Mode::Audit && verdict == Verdict::Deny {

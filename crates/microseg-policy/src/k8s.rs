@@ -40,7 +40,10 @@ fn import_object(ctx: &mut Ctx, node: &Node) -> Option<Policy> {
         "Namespace" => return None,
         "NetworkPolicy" => {}
         _ => {
-            ctx.err(kind_node.span(), format!("unsupported kind \"{kind}\"; allowed: NetworkPolicy, Namespace"));
+            ctx.err(
+                kind_node.span(),
+                format!("unsupported kind \"{kind}\"; allowed: NetworkPolicy, Namespace"),
+            );
             return None;
         }
     }
@@ -49,7 +52,9 @@ fn import_object(ctx: &mut Ctx, node: &Node) -> Option<Policy> {
         ctx.err(at, "NetworkPolicy apiVersion must be networking.k8s.io/v1");
         return None;
     }
-    let meta = ctx.required(map, "metadata", "NetworkPolicy").and_then(|m| ctx.map(m, "metadata"))?;
+    let meta = ctx
+        .required(map, "metadata", "NetworkPolicy")
+        .and_then(|m| ctx.map(m, "metadata"))?;
     let name_node = ctx.required(meta, "name", "metadata")?;
     let name = ctx.str(name_node, "name")?.to_string();
     let ns = match meta.get_node("namespace").filter(|n| !is_null(n)) {
@@ -62,7 +67,7 @@ fn import_object(ctx: &mut Ctx, node: &Node) -> Option<Policy> {
         return None;
     }
     let before = ctx.diags.len();
-    let empty = MarkedMappingNode::new_empty(map.span().clone());
+    let empty = MarkedMappingNode::new_empty(*map.span());
     let spec = match map.get_node("spec") {
         Some(s) if !is_null(s) => ctx.map(s, "spec")?,
         _ => &empty,
@@ -81,19 +86,35 @@ fn import_object(ctx: &mut Ctx, node: &Node) -> Option<Policy> {
                 match ctx.str(t, "a policyTypes entry") {
                     Some("Ingress") => want_in = true,
                     Some("Egress") => want_eg = true,
-                    Some(o) => ctx.err(t.span(), format!("unknown policy type \"{o}\"; allowed: Ingress, Egress")),
+                    Some(o) => ctx.err(
+                        t.span(),
+                        format!("unknown policy type \"{o}\"; allowed: Ingress, Egress"),
+                    ),
                     None => {}
                 }
             }
         }
     }
-    let conv = Conv { ns: &ns, object: format!("NetworkPolicy {ns}/{name}") };
+    let conv = Conv {
+        ns: &ns,
+        object: format!("NetworkPolicy {ns}/{name}"),
+    };
     let ingress = want_in.then(|| conv.rules(ctx, spec.get_node("ingress"), "from"));
     let egress = want_eg.then(|| conv.rules(ctx, spec.get_node("egress"), "to"));
     let origin = ctx.origin(node);
-    let policy = Policy { name: full, selector, priority: DEFAULT_PRIORITY, mode: Mode::Enforce, ingress, egress, origin };
+    let policy = Policy {
+        name: full,
+        selector,
+        priority: DEFAULT_PRIORITY,
+        mode: Mode::Enforce,
+        ingress,
+        egress,
+        origin,
+    };
     // Named ports only drop what they cover; any other error drops the object.
-    let fatal = ctx.diags[before..].iter().any(|d| !d.message.contains("named port"));
+    let fatal = ctx.diags[before..]
+        .iter()
+        .any(|d| !d.message.contains("named port"));
     (!fatal).then_some(policy)
 }
 
@@ -122,7 +143,9 @@ impl Conv<'_> {
         let mut out = Vec::new();
         let Some(node) = node else { return out };
         for r in ctx.seq(node, "rules").unwrap_or_default() {
-            let Some(m) = ctx.map(r, "a rule") else { continue };
+            let Some(m) = ctx.map(r, "a rule") else {
+                continue;
+            };
             let mut peers = Vec::new();
             if let Some(p) = m.get_node(peer_key) {
                 for peer in ctx.seq(p, peer_key).unwrap_or_default() {
@@ -144,10 +167,18 @@ impl Conv<'_> {
             }
             if named && ports.is_empty() {
                 // Dropping every port would widen the rule to all ports: leave it out.
-                ctx.err(crate::yaml::start(r), format!("{}: rule left out: it only has named ports", self.object));
+                ctx.err(
+                    crate::yaml::start(r),
+                    format!("{}: rule left out: it only has named ports", self.object),
+                );
                 continue;
             }
-            out.push(Rule { action: Action::Allow, peers, ports, source_ports: Vec::new() });
+            out.push(Rule {
+                action: Action::Allow,
+                peers,
+                ports,
+                source_ports: Vec::new(),
+            });
         }
         out
     }
@@ -172,17 +203,25 @@ impl Conv<'_> {
             }
             return Some(Peer::Cidr { cidr, except });
         }
-        let pod = m.get_node("podSelector").map(|s| parse_selector(ctx, s, "podSelector"));
-        let nsel = m.get_node("namespaceSelector").map(|s| parse_selector(ctx, s, "namespaceSelector"));
+        let pod = m
+            .get_node("podSelector")
+            .map(|s| parse_selector(ctx, s, "podSelector"));
+        let nsel = m
+            .get_node("namespaceSelector")
+            .map(|s| parse_selector(ctx, s, "namespaceSelector"));
         let mut sel = pod.unwrap_or_default();
         match nsel {
             None => add_namespace(&mut sel, self.ns),
             Some(n) => {
                 for (k, v) in n.match_labels {
-                    sel.match_labels.insert(format!("{NAMESPACE_LABELS_PREFIX}{k}"), v);
+                    sel.match_labels
+                        .insert(format!("{NAMESPACE_LABELS_PREFIX}{k}"), v);
                 }
                 for r in n.match_expressions {
-                    sel.match_expressions.push(Requirement { key: format!("{NAMESPACE_LABELS_PREFIX}{}", r.key), ..r });
+                    sel.match_expressions.push(Requirement {
+                        key: format!("{NAMESPACE_LABELS_PREFIX}{}", r.key),
+                        ..r
+                    });
                 }
                 sel.match_expressions.push(Requirement {
                     key: NAMESPACE_LABEL.into(),
@@ -206,26 +245,41 @@ impl Conv<'_> {
                     "UDP" => PROTO_UDP,
                     "SCTP" => PROTO_SCTP,
                     _ => {
-                        ctx.err(n.span(), format!("unknown protocol \"{s}\"; allowed: TCP, UDP, SCTP"));
+                        ctx.err(
+                            n.span(),
+                            format!("unknown protocol \"{s}\"; allowed: TCP, UDP, SCTP"),
+                        );
                         return Err(false);
                     }
                 }
             }
         };
         let Some(pn) = m.get_node("port").filter(|n| !is_null(n)) else {
-            return Ok(PortMatch { protocol, ports: None });
+            return Ok(PortMatch {
+                protocol,
+                ports: None,
+            });
         };
         let start = match pn {
-            Node::Scalar(s) if s.may_coerce() && s.as_str().parse::<i128>().is_ok() => number(ctx, pn, "port")?,
+            Node::Scalar(s) if s.may_coerce() && s.as_str().parse::<i128>().is_ok() => {
+                number(ctx, pn, "port")?
+            }
             Node::Scalar(s) => {
                 ctx.err(
                     pn.span(),
-                    format!("{}: named port \"{}\" cannot be expressed in microseg; left out", self.object, s.as_str()),
+                    format!(
+                        "{}: named port \"{}\" cannot be expressed in microseg; left out",
+                        self.object,
+                        s.as_str()
+                    ),
                 );
                 return Err(true);
             }
             _ => {
-                ctx.err(pn.span(), format!("port must be a number or a name, found {}", describe(pn)));
+                ctx.err(
+                    pn.span(),
+                    format!("port must be a number or a name, found {}", describe(pn)),
+                );
                 return Err(false);
             }
         };
@@ -240,7 +294,10 @@ impl Conv<'_> {
             }
             None => start,
         };
-        Ok(PortMatch { protocol, ports: Some(PortRange { start, end }) })
+        Ok(PortMatch {
+            protocol,
+            ports: Some(PortRange { start, end }),
+        })
     }
 }
 

@@ -15,8 +15,8 @@ mod yaml;
 pub use diagnostics::Diagnostic;
 pub use emit::policies_to_yaml;
 pub use evaluate::{
-    action_rank, evaluate, peer_matches, port_match_matches, rule_matches, Decision, Packet, RuleRef, Verdict,
-    DEFAULT_DENY,
+    action_rank, evaluate, peer_matches, port_match_matches, rule_matches, Decision, Packet,
+    RuleRef, Verdict, DEFAULT_DENY,
 };
 pub use k8s::import_k8s;
 pub use model::*;

@@ -224,7 +224,10 @@ impl IpNet {
         if prefix_len > max {
             return None;
         }
-        Some(IpNet { addr: mask(addr, prefix_len), prefix_len })
+        Some(IpNet {
+            addr: mask(addr, prefix_len),
+            prefix_len,
+        })
     }
 
     pub fn max_prefix_len(&self) -> u8 {
@@ -248,12 +251,20 @@ fn mask(addr: IpAddr, len: u8) -> IpAddr {
     match addr {
         IpAddr::V4(a) => {
             let bits = u32::from(a);
-            let m = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) };
+            let m = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len.min(32)))
+            };
             IpAddr::V4((bits & m).into())
         }
         IpAddr::V6(a) => {
             let bits = u128::from(a);
-            let m = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len.min(128))) };
+            let m = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len.min(128)))
+            };
             IpAddr::V6((bits & m).into())
         }
     }
@@ -274,8 +285,14 @@ impl FromStr for IpNet {
             Some((a, l)) => (a, Some(l)),
             None => (s, None),
         };
-        let addr: IpAddr = a.parse().map_err(|_| format!("\"{a}\" is not an IPv4 or IPv6 address"))?;
-        let (max, fam) = if addr.is_ipv4() { (32u8, "IPv4") } else { (128u8, "IPv6") };
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("\"{a}\" is not an IPv4 or IPv6 address"))?;
+        let (max, fam) = if addr.is_ipv4() {
+            (32u8, "IPv4")
+        } else {
+            (128u8, "IPv6")
+        };
         let len = match l {
             None => max,
             Some(l) => match l.parse::<u8>() {
@@ -283,7 +300,10 @@ impl FromStr for IpNet {
                 _ => return Err(format!("prefix length must be 0-{max} for {fam}")),
             },
         };
-        Ok(IpNet { addr: mask(addr, len), prefix_len: len })
+        Ok(IpNet {
+            addr: mask(addr, len),
+            prefix_len: len,
+        })
     }
 }
 

@@ -2,7 +2,9 @@
 
 use crate::diagnostics::Diagnostic;
 use crate::model::{Mode, Policy, ResourceSet, Workload};
-use crate::validate::{check_interface, check_label_key, check_label_value, check_name, validate_set};
+use crate::validate::{
+    check_interface, check_label_key, check_label_value, check_name, validate_set,
+};
 use crate::yaml::{entries, is_null, load_documents, Ctx};
 use marked_yaml::types::{MarkedMappingNode, Node};
 use std::collections::BTreeMap;
@@ -44,7 +46,10 @@ pub(crate) fn top_level_items<'n>(ctx: &mut Ctx, node: &'n Node) -> Vec<&'n Node
         Node::Sequence(s) => s.iter().collect(),
         Node::Mapping(m) if m.get_scalar("kind").is_some_and(|k| k.as_str() == "List") => {
             match m.get_node("items") {
-                Some(items) => ctx.seq(items, "items").map(|s| s.iter().collect()).unwrap_or_default(),
+                Some(items) => ctx
+                    .seq(items, "items")
+                    .map(|s| s.iter().collect())
+                    .unwrap_or_default(),
                 None => Vec::new(),
             }
         }
@@ -55,14 +60,22 @@ pub(crate) fn top_level_items<'n>(ctx: &mut Ctx, node: &'n Node) -> Vec<&'n Node
 fn parse_resource(ctx: &mut Ctx, node: &Node) -> Option<Resource> {
     let before = ctx.diags.len();
     let map = ctx.map(node, "a resource")?;
-    let kind = ctx.required(map, "kind", "resource").and_then(|k| ctx.str(k, "kind").map(|s| (k, s)));
-    let Some((kind_node, kind)) = kind else { return None };
+    let kind = ctx
+        .required(map, "kind", "resource")
+        .and_then(|k| ctx.str(k, "kind").map(|s| (k, s)));
+    let (kind_node, kind) = kind?;
     if kind != "Workload" && kind != "Policy" {
-        ctx.err(kind_node.span(), format!("unknown kind \"{kind}\"; allowed: Workload, Policy"));
+        ctx.err(
+            kind_node.span(),
+            format!("unknown kind \"{kind}\"; allowed: Workload, Policy"),
+        );
         return None;
     }
     match map.get_node("apiVersion") {
-        None => ctx.err(crate::yaml::map_start(map), format!("missing field \"apiVersion\"; apiVersion must be {API_VERSION}")),
+        None => ctx.err(
+            crate::yaml::map_start(map),
+            format!("missing field \"apiVersion\"; apiVersion must be {API_VERSION}"),
+        ),
         Some(v) => {
             if let Node::Scalar(s) = v {
                 if s.as_str() != API_VERSION {
@@ -78,7 +91,14 @@ fn parse_resource(ctx: &mut Ctx, node: &Node) -> Option<Resource> {
     let (name, labels) = parse_metadata(ctx, map, kind);
     let spec = map.get_node("spec");
     let res = if kind == "Workload" {
-        let mut w = Workload { name, labels, interface: None, ips: Vec::new(), mode: Mode::Enforce, origin };
+        let mut w = Workload {
+            name,
+            labels,
+            interface: None,
+            ips: Vec::new(),
+            mode: Mode::Enforce,
+            origin,
+        };
         if let Some(spec) = spec.filter(|s| !is_null(s)) {
             parse_workload_spec(ctx, spec, &mut w);
         }
@@ -87,19 +107,31 @@ fn parse_resource(ctx: &mut Ctx, node: &Node) -> Option<Resource> {
         let spec = match spec {
             Some(s) => s,
             None => {
-                ctx.err(crate::yaml::map_start(map), "missing field \"spec\" in Policy");
+                ctx.err(
+                    crate::yaml::map_start(map),
+                    "missing field \"spec\" in Policy",
+                );
                 return None;
             }
         };
-        Resource::Policy(crate::parse_policy::parse_policy_spec(ctx, spec, name, origin)?)
+        Resource::Policy(crate::parse_policy::parse_policy_spec(
+            ctx, spec, name, origin,
+        )?)
     };
     (ctx.diags.len() == before).then_some(res)
 }
 
-fn parse_metadata(ctx: &mut Ctx, map: &MarkedMappingNode, kind: &str) -> (String, BTreeMap<String, String>) {
+fn parse_metadata(
+    ctx: &mut Ctx,
+    map: &MarkedMappingNode,
+    kind: &str,
+) -> (String, BTreeMap<String, String>) {
     let mut name = String::new();
     let mut labels = BTreeMap::new();
-    let Some(meta) = ctx.required(map, "metadata", kind).and_then(|m| ctx.map(m, "metadata")) else {
+    let Some(meta) = ctx
+        .required(map, "metadata", kind)
+        .and_then(|m| ctx.map(m, "metadata"))
+    else {
         return (name, labels);
     };
     ctx.check_fields(meta, "metadata", &["name", "labels", "annotations"]);
@@ -128,7 +160,9 @@ pub(crate) fn parse_labels(ctx: &mut Ctx, node: &Node, what: &str) -> BTreeMap<S
     if is_null(node) {
         return out;
     }
-    let Some(map) = ctx.map(node, what) else { return out };
+    let Some(map) = ctx.map(node, what) else {
+        return out;
+    };
     for (k, v) in entries(map) {
         if let Some(e) = check_label_key(k.as_str()) {
             ctx.err(k.span(), e);
@@ -137,7 +171,13 @@ pub(crate) fn parse_labels(ctx: &mut Ctx, node: &Node, what: &str) -> BTreeMap<S
             _ if is_null(v) => "",
             Node::Scalar(s) => s.as_str(),
             _ => {
-                ctx.err(v.span(), format!("label value must be a string, found {}", crate::yaml::describe(v)));
+                ctx.err(
+                    v.span(),
+                    format!(
+                        "label value must be a string, found {}",
+                        crate::yaml::describe(v)
+                    ),
+                );
                 continue;
             }
         };
@@ -150,12 +190,19 @@ pub(crate) fn parse_labels(ctx: &mut Ctx, node: &Node, what: &str) -> BTreeMap<S
 }
 
 pub(crate) fn parse_mode(ctx: &mut Ctx, node: &Node) -> Mode {
-    match ctx.str(node, "mode").map(str::to_ascii_lowercase).as_deref() {
+    match ctx
+        .str(node, "mode")
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         Some("enforce") => Mode::Enforce,
         Some("audit") => Mode::Audit,
         Some(_) => {
             let s = crate::yaml::describe(node);
-            ctx.err(node.span(), format!("invalid mode {s}; allowed: enforce, audit"));
+            ctx.err(
+                node.span(),
+                format!("invalid mode {s}; allowed: enforce, audit"),
+            );
             Mode::Enforce
         }
         None => Mode::Enforce,
@@ -163,7 +210,9 @@ pub(crate) fn parse_mode(ctx: &mut Ctx, node: &Node) -> Mode {
 }
 
 fn parse_workload_spec(ctx: &mut Ctx, spec: &Node, w: &mut Workload) {
-    let Some(spec) = ctx.map(spec, "spec") else { return };
+    let Some(spec) = ctx.map(spec, "spec") else {
+        return;
+    };
     ctx.check_fields(spec, "Workload spec", &["interface", "ips", "mode"]);
     if let Some(n) = spec.get_node("interface").filter(|n| !is_null(n)) {
         if let Some(s) = ctx.str(n, "interface") {
@@ -175,11 +224,18 @@ fn parse_workload_spec(ctx: &mut Ctx, spec: &Node, w: &mut Workload) {
     }
     if let Some(n) = spec.get_node("ips") {
         for ip in ctx.seq(n, "ips").unwrap_or_default() {
-            let Some(s) = ctx.str(ip, "an entry of ips") else { continue };
+            let Some(s) = ctx.str(ip, "an entry of ips") else {
+                continue;
+            };
             match s.parse::<IpAddr>() {
-                Ok(a) if w.ips.contains(&a) => ctx.err(ip.span(), format!("duplicate address {a} in ips")),
+                Ok(a) if w.ips.contains(&a) => {
+                    ctx.err(ip.span(), format!("duplicate address {a} in ips"))
+                }
                 Ok(a) => w.ips.push(a),
-                Err(_) => ctx.err(ip.span(), format!("invalid IP address \"{s}\": must be an IPv4 or IPv6 address")),
+                Err(_) => ctx.err(
+                    ip.span(),
+                    format!("invalid IP address \"{s}\": must be an IPv4 or IPv6 address"),
+                ),
             }
         }
     }
@@ -198,20 +254,32 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>, diags: &mut Vec<Diagnostic
     let entries = match std::fs::read_dir(path) {
         Ok(e) => e,
         Err(e) => {
-            diags.push(Diagnostic::new(&path.display().to_string(), 1, 1, format!("cannot read directory: {e}")));
+            diags.push(Diagnostic::new(
+                &path.display().to_string(),
+                1,
+                1,
+                format!("cannot read directory: {e}"),
+            ));
             return;
         }
     };
     let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
     for p in paths {
-        let hidden = p.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
+        let hidden = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_none_or(|n| n.starts_with('.'));
         if hidden {
             continue;
         }
         if p.is_dir() {
             collect_files(&p, out, diags);
-        } else if p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "yaml" | "yml" | "json")) {
+        } else if p
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+        {
             out.push(p);
         }
     }
@@ -236,7 +304,12 @@ pub fn load_paths(paths: &[impl AsRef<Path>]) -> Result<ResourceSet, Vec<Diagnos
                 }
             },
             Err(e) => {
-                diags.push(Diagnostic::new(&name, 1, 1, format!("cannot read file: {e}")));
+                diags.push(Diagnostic::new(
+                    &name,
+                    1,
+                    1,
+                    format!("cannot read file: {e}"),
+                ));
                 continue;
             }
         };

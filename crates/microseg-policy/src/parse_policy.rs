@@ -8,13 +8,25 @@ use marked_yaml::types::{MarkedMappingNode, Node};
 
 const RULE_FIELDS: &[&str] = &["action", "from", "to", "ports", "sourcePorts"];
 
-pub(crate) fn parse_policy_spec(ctx: &mut Ctx, spec: &Node, name: String, origin: Origin) -> Option<Policy> {
+pub(crate) fn parse_policy_spec(
+    ctx: &mut Ctx,
+    spec: &Node,
+    name: String,
+    origin: Origin,
+) -> Option<Policy> {
     let spec = ctx.map(spec, "spec")?;
-    ctx.check_fields(spec, "Policy spec", &["selector", "priority", "mode", "ingress", "egress"]);
+    ctx.check_fields(
+        spec,
+        "Policy spec",
+        &["selector", "priority", "mode", "ingress", "egress"],
+    );
     let selector = match spec.get_node("selector") {
         Some(s) => parse_selector(ctx, s, "selector"),
         None => {
-            ctx.err(crate::yaml::map_start(spec), "missing field \"selector\" in Policy spec (use {} to select every workload)");
+            ctx.err(
+                crate::yaml::map_start(spec),
+                "missing field \"selector\" in Policy spec (use {} to select every workload)",
+            );
             LabelSelector::default()
         }
     };
@@ -24,14 +36,31 @@ pub(crate) fn parse_policy_spec(ctx: &mut Ctx, spec: &Node, name: String, origin
             if (0..=i128::from(MAX_PRIORITY)).contains(&p) {
                 priority = p as u32;
             } else {
-                ctx.err(n.span(), format!("priority {p} out of range 0-{MAX_PRIORITY}"));
+                ctx.err(
+                    n.span(),
+                    format!("priority {p} out of range 0-{MAX_PRIORITY}"),
+                );
             }
         }
     }
-    let mode = spec.get_node("mode").map_or(Mode::Enforce, |n| parse_mode(ctx, n));
-    let ingress = spec.get_node("ingress").map(|n| parse_rules(ctx, n, Direction::Ingress));
-    let egress = spec.get_node("egress").map(|n| parse_rules(ctx, n, Direction::Egress));
-    Some(Policy { name, selector, priority, mode, ingress, egress, origin })
+    let mode = spec
+        .get_node("mode")
+        .map_or(Mode::Enforce, |n| parse_mode(ctx, n));
+    let ingress = spec
+        .get_node("ingress")
+        .map(|n| parse_rules(ctx, n, Direction::Ingress));
+    let egress = spec
+        .get_node("egress")
+        .map(|n| parse_rules(ctx, n, Direction::Egress));
+    Some(Policy {
+        name,
+        selector,
+        priority,
+        mode,
+        ingress,
+        egress,
+        origin,
+    })
 }
 
 /// A label selector; null counts as `{}` (select all).
@@ -40,7 +69,9 @@ pub(crate) fn parse_selector(ctx: &mut Ctx, node: &Node, what: &str) -> LabelSel
     if is_null(node) {
         return sel;
     }
-    let Some(map) = ctx.map(node, what) else { return sel };
+    let Some(map) = ctx.map(node, what) else {
+        return sel;
+    };
     ctx.check_fields(map, what, &["matchLabels", "matchExpressions"]);
     if let Some(l) = map.get_node("matchLabels") {
         sel.match_labels = parse_labels(ctx, l, "matchLabels");
@@ -57,7 +88,11 @@ pub(crate) fn parse_selector(ctx: &mut Ctx, node: &Node, what: &str) -> LabelSel
 
 fn parse_requirement(ctx: &mut Ctx, node: &Node) -> Option<Requirement> {
     let map = ctx.map(node, "a matchExpressions entry")?;
-    ctx.check_fields(map, "matchExpressions entry", &["key", "operator", "values"]);
+    ctx.check_fields(
+        map,
+        "matchExpressions entry",
+        &["key", "operator", "values"],
+    );
     let key_node = ctx.required(map, "key", "matchExpressions entry");
     let key = key_node.and_then(|k| ctx.str(k, "key"));
     if let (Some(k), Some(n)) = (key, key_node) {
@@ -72,7 +107,10 @@ fn parse_requirement(ctx: &mut Ctx, node: &Node) -> Option<Requirement> {
         "Exists" => Operator::Exists,
         "DoesNotExist" => Operator::DoesNotExist,
         other => {
-            ctx.err(op_node.span(), format!("unknown operator \"{other}\"; allowed: In, NotIn, Exists, DoesNotExist"));
+            ctx.err(
+                op_node.span(),
+                format!("unknown operator \"{other}\"; allowed: In, NotIn, Exists, DoesNotExist"),
+            );
             return None;
         }
     };
@@ -80,7 +118,11 @@ fn parse_requirement(ctx: &mut Ctx, node: &Node) -> Option<Requirement> {
     let values_node = map.get_node("values");
     if let Some(vn) = values_node {
         for v in ctx.seq(vn, "values").unwrap_or_default() {
-            let s = if is_null(v) { Some("") } else { ctx.str(v, "a value") };
+            let s = if is_null(v) {
+                Some("")
+            } else {
+                ctx.str(v, "a value")
+            };
             if let Some(s) = s {
                 if let Some(e) = check_label_value(s) {
                     ctx.err(v.span(), e);
@@ -92,7 +134,10 @@ fn parse_requirement(ctx: &mut Ctx, node: &Node) -> Option<Requirement> {
     match op {
         Operator::In | Operator::NotIn if values.is_empty() => {
             let at = values_node.unwrap_or(op_node);
-            ctx.err(at.span(), format!("operator {op} requires a non-empty values list"));
+            ctx.err(
+                at.span(),
+                format!("operator {op} requires a non-empty values list"),
+            );
         }
         Operator::Exists | Operator::DoesNotExist if !values.is_empty() => {
             let at = values_node.unwrap_or(op_node);
@@ -100,7 +145,11 @@ fn parse_requirement(ctx: &mut Ctx, node: &Node) -> Option<Requirement> {
         }
         _ => {}
     }
-    Some(Requirement { key: key?.to_string(), operator: op, values })
+    Some(Requirement {
+        key: key?.to_string(),
+        operator: op,
+        values,
+    })
 }
 
 fn parse_rules(ctx: &mut Ctx, node: &Node, dir: Direction) -> Vec<Rule> {
@@ -125,15 +174,24 @@ fn parse_rule(ctx: &mut Ctx, node: &Node, dir: Direction) -> Option<Rule> {
         Direction::Egress => ("to", "from"),
     };
     if let Some((k, _)) = map.get_key_value(wrong_key) {
-        ctx.err(k.span(), format!("\"{wrong_key}\" is not allowed in an {dir} rule; use \"{peer_key}\""));
+        ctx.err(
+            k.span(),
+            format!("\"{wrong_key}\" is not allowed in an {dir} rule; use \"{peer_key}\""),
+        );
     }
-    let action = match ctx.required(map, "action", "rule").map(|n| (n, ctx.str(n, "action"))) {
+    let action = match ctx
+        .required(map, "action", "rule")
+        .map(|n| (n, ctx.str(n, "action")))
+    {
         Some((n, Some(s))) => match s.to_ascii_lowercase().as_str() {
             "allow" => Some(Action::Allow),
             "deny" => Some(Action::Deny),
             "log" => Some(Action::Log),
             _ => {
-                ctx.err(n.span(), format!("invalid action \"{s}\"; allowed: allow, deny, log"));
+                ctx.err(
+                    n.span(),
+                    format!("invalid action \"{s}\"; allowed: allow, deny, log"),
+                );
                 None
             }
         },
@@ -158,16 +216,26 @@ fn parse_rule(ctx: &mut Ctx, node: &Node, dir: Direction) -> Option<Rule> {
     let mut source_ports = Vec::new();
     if let Some(n) = map.get_node("sourcePorts") {
         for p in ctx.seq(n, "sourcePorts").unwrap_or_default() {
-            let Some(m) = ctx.map(p, "a sourcePorts entry") else { continue };
+            let Some(m) = ctx.map(p, "a sourcePorts entry") else {
+                continue;
+            };
             ctx.check_fields(m, "sourcePorts entry", &["port", "endPort"]);
             if m.get_node("port").is_none() {
-                ctx.err(crate::yaml::map_start(m), "missing field \"port\" in sourcePorts entry");
+                ctx.err(
+                    crate::yaml::map_start(m),
+                    "missing field \"port\" in sourcePorts entry",
+                );
             } else if let Some(r) = parse_range(ctx, m) {
                 source_ports.push(r);
             }
         }
     }
-    Some(Rule { action: action?, peers, ports, source_ports })
+    Some(Rule {
+        action: action?,
+        peers,
+        ports,
+        source_ports,
+    })
 }
 
 fn parse_peer(ctx: &mut Ctx, node: &Node) -> Option<Peer> {
@@ -176,7 +244,10 @@ fn parse_peer(ctx: &mut Ctx, node: &Node) -> Option<Peer> {
     match (map.get_node("selector"), map.get_node("cidr")) {
         (Some(s), None) => {
             if let Some((k, _)) = map.get_key_value("except") {
-                ctx.err(k.span(), "\"except\" is only allowed together with \"cidr\"");
+                ctx.err(
+                    k.span(),
+                    "\"except\" is only allowed together with \"cidr\"",
+                );
             }
             Some(Peer::Selector(parse_selector(ctx, s, "selector")))
         }
@@ -185,9 +256,16 @@ fn parse_peer(ctx: &mut Ctx, node: &Node) -> Option<Peer> {
             let mut except = Vec::new();
             if let Some(e) = map.get_node("except") {
                 for x in ctx.seq(e, "except").unwrap_or_default() {
-                    let Some(net) = parse_cidr(ctx, x) else { continue };
+                    let Some(net) = parse_cidr(ctx, x) else {
+                        continue;
+                    };
                     if net.addr.is_ipv4() != cidr.addr.is_ipv4() {
-                        ctx.err(x.span(), format!("except {net} is not of the same address family as cidr {cidr}"));
+                        ctx.err(
+                            x.span(),
+                            format!(
+                                "except {net} is not of the same address family as cidr {cidr}"
+                            ),
+                        );
                     } else if !cidr.contains_net(&net) {
                         ctx.err(x.span(), format!("except {net} is not inside cidr {cidr}"));
                     } else {
@@ -198,7 +276,10 @@ fn parse_peer(ctx: &mut Ctx, node: &Node) -> Option<Peer> {
             Some(Peer::Cidr { cidr, except })
         }
         _ => {
-            ctx.err(crate::yaml::map_start(map), "a peer needs exactly one of \"selector\" or \"cidr\"");
+            ctx.err(
+                crate::yaml::map_start(map),
+                "a peer needs exactly one of \"selector\" or \"cidr\"",
+            );
             None
         }
     }
@@ -237,17 +318,26 @@ fn parse_port_match(ctx: &mut Ctx, node: &Node) -> Option<PortMatch> {
     if !protocol_has_ports(protocol) {
         for key in ["port", "endPort"] {
             if let Some(n) = map.get_node(key) {
-                ctx.err(n.span(), format!("{key} is only allowed with TCP, UDP or SCTP"));
+                ctx.err(
+                    n.span(),
+                    format!("{key} is only allowed with TCP, UDP or SCTP"),
+                );
             }
         }
-        return Some(PortMatch { protocol, ports: None });
+        return Some(PortMatch {
+            protocol,
+            ports: None,
+        });
     }
     if map.get_node("port").is_none() {
         if let Some(n) = map.get_node("endPort") {
             ctx.err(n.span(), "endPort requires port");
             return None;
         }
-        return Some(PortMatch { protocol, ports: None });
+        return Some(PortMatch {
+            protocol,
+            ports: None,
+        });
     }
     let ports = Some(parse_range(ctx, map)?);
     Some(PortMatch { protocol, ports })
@@ -279,7 +369,10 @@ fn parse_port(ctx: &mut Ctx, node: &Node, what: &str) -> Option<u16> {
         if !plain_number && !is_null(node) && !s.as_str().is_empty() {
             ctx.err(
                 node.span(),
-                format!("{what} must be a number 1-65535, found {} (named ports are not supported)", describe(node)),
+                format!(
+                    "{what} must be a number 1-65535, found {} (named ports are not supported)",
+                    describe(node)
+                ),
             );
             return None;
         }

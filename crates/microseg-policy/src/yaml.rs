@@ -38,7 +38,7 @@ pub(crate) fn load_documents(file: &str, text: &str, diags: &mut Vec<Diagnostic>
     for (i, line) in text.lines().enumerate() {
         if is_separator(line) {
             // Keep content after "---" on the same line, padded to keep columns.
-            let rest = if line.starts_with("---") { &line[3..] } else { "" };
+            let rest = line.strip_prefix("---").unwrap_or("");
             chunks.push((i, format!("   {rest}\n")));
         } else if let Some((_, c)) = chunks.last_mut() {
             c.push_str(line);
@@ -59,14 +59,26 @@ pub(crate) fn load_documents(file: &str, text: &str, diags: &mut Vec<Diagnostic>
 }
 
 fn parse_chunk(chunk: &str) -> Result<Node, (usize, usize, String)> {
-    let opts = || LoaderOptions::default().error_on_duplicate_keys(true).prevent_coercion(true);
+    let opts = || {
+        LoaderOptions::default()
+            .error_on_duplicate_keys(true)
+            .prevent_coercion(true)
+    };
     // The loader asserts on states it believes unreachable; never let that escape.
     let run = |seq: bool| {
         std::panic::catch_unwind(|| {
-            let o = if seq { opts().toplevel_sequence() } else { opts() };
+            let o = if seq {
+                opts().toplevel_sequence()
+            } else {
+                opts()
+            };
             parse_yaml_with_options(0, chunk, o)
         })
-        .unwrap_or_else(|_| Err(LoadError::TopLevelMustBeSequence(marked_yaml::Marker::new(0, 0, 1, 1))))
+        .unwrap_or_else(|_| {
+            Err(LoadError::TopLevelMustBeSequence(marked_yaml::Marker::new(
+                0, 0, 1, 1,
+            )))
+        })
     };
     match run(false) {
         Ok(n) => Ok(n),
@@ -87,15 +99,21 @@ fn load_error(e: LoadError) -> (usize, usize, String) {
     let (m, msg) = match e {
         LoadError::ScanError(m, se) => (m, format!("invalid YAML: {}", se.info())),
         LoadError::DuplicateKey(d) => {
-            let m = d.key.span().start().copied().unwrap_or_else(|| marked_yaml::Marker::new(0, 0, 1, 1));
+            let m = d
+                .key
+                .span()
+                .start()
+                .copied()
+                .unwrap_or_else(|| marked_yaml::Marker::new(0, 0, 1, 1));
             (m, format!("duplicate key \"{}\"", d.key.as_str()))
         }
         LoadError::UnexpectedAnchor(m) => (m, "YAML anchors and aliases are not supported".into()),
         LoadError::UnexpectedTag(m) => (m, "YAML tags are not supported".into()),
         LoadError::MappingKeyMustBeScalar(m) => (m, "mapping keys must be strings".into()),
-        LoadError::TopLevelMustBeMapping(m) | LoadError::TopLevelMustBeSequence(m) => {
-            (m, "a document must be a resource (a mapping) or a list of resources".into())
-        }
+        LoadError::TopLevelMustBeMapping(m) | LoadError::TopLevelMustBeSequence(m) => (
+            m,
+            "a document must be a resource (a mapping) or a list of resources".into(),
+        ),
     };
     (m.line().max(1), m.column().max(1), msg)
 }
@@ -115,7 +133,9 @@ pub(crate) fn map_start(m: &MarkedMappingNode) -> &Span {
 
 pub(crate) fn is_null(node: &Node) -> bool {
     match node {
-        Node::Scalar(s) => s.may_coerce() && matches!(s.as_str(), "" | "~" | "null" | "Null" | "NULL"),
+        Node::Scalar(s) => {
+            s.may_coerce() && matches!(s.as_str(), "" | "~" | "null" | "Null" | "NULL")
+        }
         _ => false,
     }
 }
@@ -132,7 +152,11 @@ pub(crate) fn describe(node: &Node) -> String {
 
 impl<'f> Ctx<'f> {
     pub fn new(file: &'f str) -> Ctx<'f> {
-        Ctx { file, line_off: 0, diags: Vec::new() }
+        Ctx {
+            file,
+            line_off: 0,
+            diags: Vec::new(),
+        }
     }
 
     pub fn pos(&self, span: &Span) -> (usize, usize) {
@@ -144,7 +168,11 @@ impl<'f> Ctx<'f> {
 
     pub fn origin(&self, node: &Node) -> Origin {
         let (line, col) = self.pos(start(node));
-        Origin { file: self.file.to_string(), line, col }
+        Origin {
+            file: self.file.to_string(),
+            line,
+            col,
+        }
     }
 
     pub fn err(&mut self, span: &Span, msg: impl Into<String>) {
@@ -156,7 +184,10 @@ impl<'f> Ctx<'f> {
         match node {
             Node::Mapping(m) => Some(m),
             _ => {
-                self.err(start(node), format!("{what} must be a mapping, found {}", describe(node)));
+                self.err(
+                    start(node),
+                    format!("{what} must be a mapping, found {}", describe(node)),
+                );
                 None
             }
         }
@@ -168,7 +199,10 @@ impl<'f> Ctx<'f> {
             Node::Sequence(s) => Some(s.as_slice()),
             _ if is_null(node) => Some(&[]),
             _ => {
-                self.err(start(node), format!("{what} must be a list, found {}", describe(node)));
+                self.err(
+                    start(node),
+                    format!("{what} must be a list, found {}", describe(node)),
+                );
                 None
             }
         }
@@ -178,7 +212,10 @@ impl<'f> Ctx<'f> {
         match node {
             Node::Scalar(s) if !is_null(node) => Some(s.as_str()),
             _ => {
-                self.err(start(node), format!("{what} must be a string, found {}", describe(node)));
+                self.err(
+                    start(node),
+                    format!("{what} must be a string, found {}", describe(node)),
+                );
                 None
             }
         }
@@ -193,7 +230,10 @@ impl<'f> Ctx<'f> {
                 }
             }
         }
-        self.err(start(node), format!("{what} must be an integer, found {}", describe(node)));
+        self.err(
+            start(node),
+            format!("{what} must be an integer, found {}", describe(node)),
+        );
         None
     }
 
@@ -203,14 +243,23 @@ impl<'f> Ctx<'f> {
             if !allowed.contains(&key.as_str()) {
                 self.err(
                     key.span(),
-                    format!("unknown field \"{}\" in {what}; allowed: {}", key.as_str(), allowed.join(", ")),
+                    format!(
+                        "unknown field \"{}\" in {what}; allowed: {}",
+                        key.as_str(),
+                        allowed.join(", ")
+                    ),
                 );
             }
         }
     }
 
     /// A required field; reports its absence at the mapping.
-    pub fn required<'n>(&mut self, map: &'n MarkedMappingNode, key: &str, what: &str) -> Option<&'n Node> {
+    pub fn required<'n>(
+        &mut self,
+        map: &'n MarkedMappingNode,
+        key: &str,
+        what: &str,
+    ) -> Option<&'n Node> {
         let n = map.get_node(key);
         if n.is_none() {
             self.err(map_start(map), format!("missing field \"{key}\" in {what}"));

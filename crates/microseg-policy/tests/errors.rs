@@ -9,10 +9,14 @@ fn errors(text: &str) -> Vec<String> {
         assert_eq!(d.file, "f.yaml");
     }
     assert!(!diags.is_empty() || !res.is_empty());
-    diags.iter().map(|d| format!("{}:{}: {}", d.line, d.col, d.message)).collect()
+    diags
+        .iter()
+        .map(|d| format!("{}:{}: {}", d.line, d.col, d.message))
+        .collect()
 }
 
-const HEAD: &str = "apiVersion: microseg.io/v1\nkind: Policy\nmetadata: {name: p}\nspec:\n  selector: {}\n";
+const HEAD: &str =
+    "apiVersion: microseg.io/v1\nkind: Policy\nmetadata: {name: p}\nspec:\n  selector: {}\n";
 
 /// A policy whose spec continues with `rest` (starting at line 6).
 fn policy(rest: &str) -> Vec<String> {
@@ -64,16 +68,18 @@ fn port_errors() {
         "9:21: unknown protocol \"TCPP\"; allowed: TCP, UDP, SCTP, ICMP, ICMPv6 or a number 0-255",
     );
     one(
-        policy("  ingress:\n    - action: allow\n      ports:\n        - {protocol: ICMP, port: 8}\n"),
+        policy(
+            "  ingress:\n    - action: allow\n      ports:\n        - {protocol: ICMP, port: 8}\n",
+        ),
         "9:34: port is only allowed with TCP, UDP or SCTP",
     );
     one(
         policy("  ingress:\n    - action: allow\n      ports:\n        - {protocol: UDP, endPort: 8}\n"),
-        "9:35: endPort requires port",
+        "9:36: endPort requires port",
     );
     one(
         policy("  ingress:\n    - action: allow\n      ports:\n        - {protocol: TCP, port: http}\n"),
-        "9:32: port must be a number 1-65535, found \"http\" (named ports are not supported)",
+        "9:33: port must be a number 1-65535, found \"http\" (named ports are not supported)",
     );
     one(
         policy("  ingress:\n    - action: allow\n      ports:\n        - {protocol: 256}\n"),
@@ -83,12 +89,27 @@ fn port_errors() {
 
 #[test]
 fn selector_expression_errors() {
-    let text = HEAD.replace("selector: {}", "selector:\n    matchExpressions:\n      - {key: a, operator: In}");
-    one(errors(&text), "7:28: operator In requires a non-empty values list");
-    let text = HEAD.replace("selector: {}", "selector:\n    matchExpressions:\n      - {key: a, operator: Exists, values: [x]}");
+    let text = HEAD.replace(
+        "selector: {}",
+        "selector:\n    matchExpressions:\n      - {key: a, operator: In}",
+    );
+    one(
+        errors(&text),
+        "7:28: operator In requires a non-empty values list",
+    );
+    let text = HEAD.replace(
+        "selector: {}",
+        "selector:\n    matchExpressions:\n      - {key: a, operator: Exists, values: [x]}",
+    );
     one(errors(&text), "7:44: operator Exists must not have values");
-    let text = HEAD.replace("selector: {}", "selector:\n    matchExpressions:\n      - {key: a, operator: Has}");
-    one(errors(&text), "7:28: unknown operator \"Has\"; allowed: In, NotIn, Exists, DoesNotExist");
+    let text = HEAD.replace(
+        "selector: {}",
+        "selector:\n    matchExpressions:\n      - {key: a, operator: Has}",
+    );
+    one(
+        errors(&text),
+        "7:28: unknown operator \"Has\"; allowed: In, NotIn, Exists, DoesNotExist",
+    );
 }
 
 #[test]
@@ -97,18 +118,30 @@ fn resource_header_errors() {
         errors("apiVersion: v1\nkind: Policy\nmetadata: {name: p}\nspec: {selector: {}}\n"),
         "1:13: apiVersion must be microseg.io/v1",
     );
-    one(errors("apiVersion: microseg.io/v1\nkind: Foo\n"), "2:7: unknown kind \"Foo\"; allowed: Workload, Policy");
+    one(
+        errors("apiVersion: microseg.io/v1\nkind: Foo\n"),
+        "2:7: unknown kind \"Foo\"; allowed: Workload, Policy",
+    );
     one(
         errors("apiVersion: microseg.io/v1\nkind: Workload\nmetadata: {name: Web_1}\n"),
         "3:18: invalid name \"Web_1\": lowercase letters, digits, '-' and '.', up to 253 characters",
     );
     let long = "a".repeat(254);
-    assert_eq!(errors(&format!("apiVersion: microseg.io/v1\nkind: Workload\nmetadata: {{name: {long}}}\n")).len(), 1);
+    assert_eq!(
+        errors(&format!(
+            "apiVersion: microseg.io/v1\nkind: Workload\nmetadata: {{name: {long}}}\n"
+        ))
+        .len(),
+        1
+    );
     one(
         errors("apiVersion: microseg.io/v1\nkind: Workload\nmetadata: {name: w}\nspex: {}\n"),
         "4:1: unknown field \"spex\" in Workload; allowed: apiVersion, kind, metadata, spec",
     );
-    one(errors("apiVersion: microseg.io/v1\nkind: Workload\n"), "1:1: missing field \"metadata\" in Workload");
+    one(
+        errors("apiVersion: microseg.io/v1\nkind: Workload\n"),
+        "1:1: missing field \"metadata\" in Workload",
+    );
 }
 
 #[test]
@@ -152,14 +185,26 @@ fn peer_errors() {
         policy("  egress:\n    - action: allow\n      to:\n        - {cidr: 10.0.0.0/8, selector: {}}\n"),
         "9:12: a peer needs exactly one of \"selector\" or \"cidr\"",
     );
-    one(policy("  egress:\n    - action: allow\n      to:\n        - {}\n"), "9:11: a peer needs exactly one of \"selector\" or \"cidr\"");
+    one(
+        policy("  egress:\n    - action: allow\n      to:\n        - {}\n"),
+        "9:11: a peer needs exactly one of \"selector\" or \"cidr\"",
+    );
 }
 
 #[test]
 fn value_errors() {
-    one(policy("  mode: strict\n"), "6:9: invalid mode \"strict\"; allowed: enforce, audit");
-    one(policy("  priority: 1000000001\n"), "6:13: priority 1000000001 out of range 0-1000000000");
-    one(policy("  priority: high\n"), "6:13: priority must be an integer, found \"high\"");
+    one(
+        policy("  mode: strict\n"),
+        "6:9: invalid mode \"strict\"; allowed: enforce, audit",
+    );
+    one(
+        policy("  priority: 1000000001\n"),
+        "6:13: priority 1000000001 out of range 0-1000000000",
+    );
+    one(
+        policy("  priority: high\n"),
+        "6:13: priority must be an integer, found \"high\"",
+    );
     one(
         policy("  ingress:\n    - action: permit\n"),
         "7:15: invalid action \"permit\"; allowed: allow, deny, log",
@@ -172,12 +217,18 @@ fn value_errors() {
 
 #[test]
 fn types_are_checked() {
-    one(policy("  ingress: allow\n"), "6:12: ingress must be a list, found \"allow\"");
+    one(
+        policy("  ingress: allow\n"),
+        "6:12: ingress must be a list, found \"allow\"",
+    );
     one(
         errors("apiVersion: microseg.io/v1\nkind: Policy\nmetadata: {name: p}\nspec:\n  selector: app=db\n"),
         "5:13: selector must be a mapping, found \"app=db\"",
     );
-    one(policy("  ingress:\n    - action: [allow]\n"), "7:15: action must be a string, found a list");
+    one(
+        policy("  ingress:\n    - action: [allow]\n"),
+        "7:15: action must be a string, found a list",
+    );
 }
 
 #[test]
@@ -196,7 +247,10 @@ fn all_errors_are_collected_in_file_order() {
 
 #[test]
 fn yaml_syntax_errors_have_positions() {
-    let (res, diags) = parse_str("f.yaml", "apiVersion: microseg.io/v1\nkind: Workload\nmetadata: {name: w\n");
+    let (res, diags) = parse_str(
+        "f.yaml",
+        "apiVersion: microseg.io/v1\nkind: Workload\nmetadata: {name: w\n",
+    );
     assert!(res.is_empty());
     assert_eq!(diags.len(), 1);
     assert!(diags[0].line >= 3, "{diags:?}");

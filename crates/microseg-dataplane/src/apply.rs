@@ -1,0 +1,192 @@
+//! Atomic policy updates.
+//!
+//! Both slots hold the same state between updates. An update writes only what changed
+//! into the inactive slot, flips `Config::active_slot` (one word: every packet sees the
+//! old state or the new, never a mix) and raises the generation so sessions are judged
+//! again; then it writes the same change into the slot that just went inactive.
+
+use std::{collections::HashMap as StdHashMap, hash::Hash};
+
+use aya::maps::lpm_trie::Key as LpmKey;
+use microseg_common::{names, tables::*, *};
+
+use crate::{Dataplane, Error, Result};
+
+/// What an update wrote (per slot).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub written: usize,
+    pub removed: usize,
+    pub generation: u32,
+}
+
+/// Entries to write and keys to remove to turn one map's content into another's.
+struct Delta<K, V> {
+    upsert: Vec<(K, V)>,
+    remove: Vec<K>,
+}
+
+fn delta<K: Copy + Eq + Hash, V: Copy + PartialEq>(
+    old: Option<&StdHashMap<K, V>>,
+    new: &StdHashMap<K, V>,
+) -> Delta<K, V> {
+    let empty = StdHashMap::new();
+    let old = old.unwrap_or(&empty);
+    Delta {
+        upsert: new
+            .iter()
+            .filter(|(k, v)| old.get(k) != Some(v))
+            .map(|(k, v)| (*k, *v))
+            .collect(),
+        remove: old.keys().filter(|k| !new.contains_key(k)).copied().collect(),
+    }
+}
+
+/// Every table flattened to per-map key/value collections.
+struct Flat {
+    endpoints: StdHashMap<u32, EndpointInfo>,
+    addrs: StdHashMap<(u32, [u32; 4]), u32>,
+    identities: StdHashMap<Prefix, u32>,
+}
+
+fn flat(t: &Tables) -> Flat {
+    Flat {
+        endpoints: t.endpoints.iter().map(|(k, v)| (*k, *v)).collect(),
+        addrs: t.endpoint_addrs.iter().map(|k| (*k, 1)).collect(),
+        identities: t.identities.iter().map(|(k, v)| (*k, *v)).collect(),
+    }
+}
+
+fn with_slot(flags: u8, slot: u8) -> u8 {
+    (flags & !1) | (slot & 1)
+}
+
+fn lpm_key(slot: u32, p: &Prefix) -> LpmKey<IpKey> {
+    LpmKey::new(32 + p.len as u32, IpKey { slot, addr: p.addr })
+}
+
+impl Dataplane {
+    /// Makes `new` the policy state, atomically.
+    pub fn apply(&mut self, new: &Tables) -> Result<ApplyReport> {
+        let mut cfg = self.config()?;
+        let old_active = (cfg.active_slot & 1) as u8;
+        let inactive = 1 - old_active;
+        let old = self.current.take();
+        let mut report = self.write_slot(inactive, old.as_ref(), new)?;
+        cfg.active_slot = inactive as u32;
+        cfg.generation = cfg.generation.wrapping_add(1);
+        self.config
+            .set(0, cfg, 0)
+            .map_err(Error::map(names::CONFIG))?;
+        self.write_slot(old_active, old.as_ref(), new)?;
+        self.current = Some(new.clone());
+        report.generation = cfg.generation;
+        Ok(report)
+    }
+
+    /// The state both slots hold, if an update has been applied by this process.
+    pub fn current(&self) -> Option<&Tables> {
+        self.current.as_ref()
+    }
+
+    /// Brings one slot from `old` to `new`; with no `old` (first update, or adopted pins
+    /// of unknown content) the slot is emptied and written whole.
+    fn write_slot(&mut self, slot: u8, old: Option<&Tables>, new: &Tables) -> Result<ApplyReport> {
+        if old.is_none() {
+            self.clear_slot(slot)?;
+        }
+        let s32 = slot as u32;
+        let mut report = ApplyReport::default();
+        let (old_flat, new_flat) = (old.map(flat), flat(new));
+
+        let d = delta(old.map(|o| &o.policy), &new.policy);
+        for k in &d.remove {
+            let key = PolicyKey { flags: with_slot(k.flags, slot), ..*k };
+            self.policy.remove(&key).map_err(Error::map(names::POLICY))?;
+        }
+        for (k, v) in &d.upsert {
+            let key = PolicyKey { flags: with_slot(k.flags, slot), ..*k };
+            self.policy.insert(key, v, 0).map_err(Error::map(names::POLICY))?;
+        }
+        report.written += d.upsert.len();
+        report.removed += d.remove.len();
+
+        let d = delta(old.map(|o| &o.port_ranges), &new.port_ranges);
+        for k in &d.remove {
+            let key = PolicyKey { flags: with_slot(k.flags, slot), ..*k };
+            self.port_ranges.remove(&key).map_err(Error::map(names::PORT_RANGES))?;
+        }
+        for (k, v) in &d.upsert {
+            let key = PolicyKey { flags: with_slot(k.flags, slot), ..*k };
+            self.port_ranges.insert(key, v, 0).map_err(Error::map(names::PORT_RANGES))?;
+        }
+        report.written += d.upsert.len();
+        report.removed += d.remove.len();
+
+        let d = delta(old_flat.as_ref().map(|o| &o.identities), &new_flat.identities);
+        for p in &d.remove {
+            self.identities.remove(&lpm_key(s32, p)).map_err(Error::map(names::IDENTITIES))?;
+        }
+        for (p, id) in &d.upsert {
+            let v = IdentityEntry { identity: *id, _pad: 0 };
+            self.identities
+                .insert(&lpm_key(s32, p), v, 0)
+                .map_err(Error::map(names::IDENTITIES))?;
+        }
+        report.written += d.upsert.len();
+        report.removed += d.remove.len();
+
+        let d = delta(old_flat.as_ref().map(|o| &o.addrs), &new_flat.addrs);
+        for (ifindex, addr) in &d.remove {
+            let key = EndpointAddrKey { slot: s32, ifindex: *ifindex, addr: *addr };
+            self.endpoint_addrs.remove(&key).map_err(Error::map(names::ENDPOINT_ADDRS))?;
+        }
+        for ((ifindex, addr), v) in &d.upsert {
+            let key = EndpointAddrKey { slot: s32, ifindex: *ifindex, addr: *addr };
+            self.endpoint_addrs.insert(key, v, 0).map_err(Error::map(names::ENDPOINT_ADDRS))?;
+        }
+        report.written += d.upsert.len();
+        report.removed += d.remove.len();
+
+        // Endpoints last: an endpoint's entries exist before packets can find it.
+        let d = delta(old_flat.as_ref().map(|o| &o.endpoints), &new_flat.endpoints);
+        for ifindex in &d.remove {
+            let key = EndpointKey { slot: s32, ifindex: *ifindex };
+            self.endpoints.remove(&key).map_err(Error::map(names::ENDPOINTS))?;
+        }
+        for (ifindex, info) in &d.upsert {
+            let key = EndpointKey { slot: s32, ifindex: *ifindex };
+            self.endpoints.insert(key, info, 0).map_err(Error::map(names::ENDPOINTS))?;
+        }
+        report.written += d.upsert.len();
+        report.removed += d.remove.len();
+        Ok(report)
+    }
+
+    /// Removes every entry of one slot.
+    fn clear_slot(&mut self, slot: u8) -> Result<()> {
+        let s32 = slot as u32;
+        let keys: Vec<_> = self.policy.keys().filter_map(|k| k.ok()).filter(|k| k.flags & 1 == slot).collect();
+        for k in keys {
+            let _ = self.policy.remove(&k);
+        }
+        let keys: Vec<_> =
+            self.port_ranges.keys().filter_map(|k| k.ok()).filter(|k| k.flags & 1 == slot).collect();
+        for k in keys {
+            let _ = self.port_ranges.remove(&k);
+        }
+        let keys: Vec<_> = self.identities.keys().filter_map(|k| k.ok()).filter(|k| k.data().slot == s32).collect();
+        for k in keys {
+            let _ = self.identities.remove(&k);
+        }
+        let keys: Vec<_> = self.endpoint_addrs.keys().filter_map(|k| k.ok()).filter(|k| k.slot == s32).collect();
+        for k in keys {
+            let _ = self.endpoint_addrs.remove(&k);
+        }
+        let keys: Vec<_> = self.endpoints.keys().filter_map(|k| k.ok()).filter(|k| k.slot == s32).collect();
+        for k in keys {
+            let _ = self.endpoints.remove(&k);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,111 @@
+//! Attaching the classifiers to workload interfaces.
+//!
+//! On kernels with TCX (>= 6.6) each attachment is a BPF link pinned under the link
+//! directory, so it outlives the agent; a new agent swaps its program into the pinned link
+//! atomically, with no moment unfiltered. Older kernels get a clsact qdisc and netlink
+//! filters, which persist on the interface by themselves.
+
+use std::path::{Path, PathBuf};
+
+use aya::{
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::{self, TcAttachOptions},
+        LinkOrder, SchedClassifierLink, TcAttachType,
+    },
+    util::KernelVersion,
+};
+
+use crate::{Dataplane, Error, Hook, Result};
+
+fn has_tcx() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+fn hooks() -> [(Hook, TcAttachType, &'static str); 2] {
+    [
+        (Hook::FromWorkload, TcAttachType::Ingress, "ingress"),
+        (Hook::ToWorkload, TcAttachType::Egress, "egress"),
+    ]
+}
+
+fn link_pin(link_dir: &Path, interface: &str, side: &str) -> PathBuf {
+    link_dir.join(format!("{interface}.{side}"))
+}
+
+fn iface_err(interface: &str, what: impl std::fmt::Display) -> Error {
+    Error::Interface {
+        interface: interface.to_string(),
+        message: what.to_string(),
+    }
+}
+
+impl Dataplane {
+    /// Puts both classifiers on `interface`, pinning TCX links under `link_dir`.
+    pub fn attach(&mut self, interface: &str, link_dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(link_dir).map_err(Error::io(link_dir))?;
+        let tcx = has_tcx();
+        for (hook, attach_type, side) in hooks() {
+            let prog = self.classifier_mut(hook.program())?;
+            if !tcx {
+                // EEXIST when the qdisc is there already: fine.
+                let _ = tc::qdisc_add_clsact(interface);
+                let _ = tc::qdisc_detach_program(interface, attach_type, hook.program());
+                let id = prog
+                    .attach_with_options(interface, attach_type, TcAttachOptions::Netlink(Default::default()))
+                    .map_err(|e| iface_err(interface, e))?;
+                // Dropping the link would detach it; the filter is meant to outlive us.
+                std::mem::forget(prog.take_link(id).map_err(|e| iface_err(interface, e))?);
+                continue;
+            }
+            let pin = link_pin(link_dir, interface, side);
+            let id = match PinnedLink::from_pin(&pin) {
+                Ok(old) => {
+                    let link: SchedClassifierLink = FdLink::from(old)
+                        .try_into()
+                        .map_err(|e| iface_err(interface, format!("pinned link {}: {e}", pin.display())))?;
+                    prog.attach_to_link(link).map_err(|e| iface_err(interface, e))?
+                }
+                Err(_) => prog
+                    .attach_with_options(interface, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                    .map_err(|e| iface_err(interface, e))?,
+            };
+            let link = prog.take_link(id).map_err(|e| iface_err(interface, e))?;
+            let fd: FdLink = link.try_into().map_err(|e| iface_err(interface, e))?;
+            let _ = std::fs::remove_file(&pin);
+            fd.pin(&pin).map_err(|e| iface_err(interface, format!("pinning {}: {e}", pin.display())))?;
+        }
+        Ok(())
+    }
+
+    /// Takes the classifiers off `interface` (if it still exists) and removes their pins.
+    pub fn detach(interface: &str, link_dir: &Path) -> Result<()> {
+        for (hook, attach_type, side) in hooks() {
+            let pin = link_pin(link_dir, interface, side);
+            if pin.exists() {
+                // The link lives while pinned or open: removing the pin detaches it.
+                std::fs::remove_file(&pin).map_err(Error::io(&pin))?;
+            }
+            if !has_tcx() {
+                let _ = tc::qdisc_detach_program(interface, attach_type, hook.program());
+            }
+        }
+        Ok(())
+    }
+
+    /// Interfaces with pinned links under `link_dir`.
+    pub fn attached_interfaces(link_dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(link_dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.rsplit_once('.').map(|(i, _)| i.to_string())
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}

@@ -1,0 +1,215 @@
+//! Loading the programs and owning their maps.
+
+use std::path::{Path, PathBuf};
+
+use aya::{
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
+    programs::SchedClassifier,
+    Ebpf, EbpfLoader,
+};
+use microseg_common::{names, tables::Tables, *};
+
+use crate::{Error, Result};
+
+/// Program names in the object, by hook.
+pub(crate) const PROG_FROM_WORKLOAD: &str = "microseg_from_workload";
+pub(crate) const PROG_TO_WORKLOAD: &str = "microseg_to_workload";
+pub(crate) const PROG_PASS: &str = "microseg_pass";
+
+/// Capacities and where to pin. `Default` gives the contract's defaults, unpinned.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Pin every map here (and adopt maps already pinned there). None: private maps.
+    pub pin_dir: Option<PathBuf>,
+    pub sessions: u32,
+    pub rules: u32,
+    pub policy_entries: u32,
+    pub identities: u32,
+    pub events_bytes: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            pin_dir: None,
+            sessions: capacity::SESSIONS,
+            rules: capacity::RULES,
+            policy_entries: capacity::POLICY,
+            identities: capacity::IDENTITIES,
+            events_bytes: capacity::EVENTS_BYTES,
+        }
+    }
+}
+
+/// The loaded programs and their maps.
+pub struct Dataplane {
+    pub(crate) ebpf: Ebpf,
+    pub(crate) config: Array<MapData, Config>,
+    pub(crate) sessions: HashMap<MapData, SessionKey, Session>,
+    pub(crate) fragments: HashMap<MapData, FragmentKey, FragmentEntry>,
+    pub(crate) endpoints: HashMap<MapData, EndpointKey, EndpointInfo>,
+    pub(crate) endpoint_addrs: HashMap<MapData, EndpointAddrKey, u32>,
+    pub(crate) identities: LpmTrie<MapData, IpKey, IdentityEntry>,
+    pub(crate) policy: HashMap<MapData, PolicyKey, PolicyEntry>,
+    pub(crate) port_ranges: HashMap<MapData, PolicyKey, PortRangeTable>,
+    pub(crate) stats: PerCpuArray<MapData, Stats>,
+    pub(crate) rule_counters: PerCpuArray<MapData, RuleCounter>,
+    pub(crate) events: Option<RingBuf<MapData>>,
+    /// What both slots hold once an apply has finished; None until the first apply.
+    pub(crate) current: Option<Tables>,
+    pub(crate) pin_dir: Option<PathBuf>,
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T> {
+    let map = ebpf.take_map(name).ok_or(Error::MissingMap(name))?;
+    T::try_from(map).map_err(Error::map(name))
+}
+
+impl Dataplane {
+    pub fn load(opts: &LoadOptions) -> Result<Dataplane> {
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(names::SESSIONS, opts.sessions)
+            .map_max_entries(names::RULE_COUNTERS, opts.rules)
+            .map_max_entries(names::POLICY, opts.policy_entries)
+            .map_max_entries(names::IDENTITIES, opts.identities)
+            .map_max_entries(names::EVENTS, opts.events_bytes);
+        let pin_paths: Vec<(&'static str, PathBuf)> = match &opts.pin_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+                ALL_MAPS.iter().map(|n| (*n, dir.join(n))).collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(crate::PROGRAMS)?;
+        for name in [PROG_FROM_WORKLOAD, PROG_TO_WORKLOAD, PROG_PASS] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(Error::TestRun(format!("program {name} missing")))?
+                .try_into()
+                .map_err(Error::program(prog_name(name)))?;
+            prog.load().map_err(Error::program(prog_name(name)))?;
+        }
+        Ok(Dataplane {
+            config: take(&mut ebpf, names::CONFIG)?,
+            sessions: take(&mut ebpf, names::SESSIONS)?,
+            fragments: take(&mut ebpf, names::FRAGMENTS)?,
+            endpoints: take(&mut ebpf, names::ENDPOINTS)?,
+            endpoint_addrs: take(&mut ebpf, names::ENDPOINT_ADDRS)?,
+            identities: take(&mut ebpf, names::IDENTITIES)?,
+            policy: take(&mut ebpf, names::POLICY)?,
+            port_ranges: take(&mut ebpf, names::PORT_RANGES)?,
+            stats: take(&mut ebpf, names::STATS)?,
+            rule_counters: take(&mut ebpf, names::RULE_COUNTERS)?,
+            events: Some(take(&mut ebpf, names::EVENTS)?),
+            ebpf,
+            current: None,
+            pin_dir: opts.pin_dir.clone(),
+        })
+    }
+
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
+    }
+
+    pub(crate) fn classifier(&self, name: &'static str) -> Result<&SchedClassifier> {
+        self.ebpf
+            .program(name)
+            .ok_or(Error::TestRun(format!("program {name} missing")))?
+            .try_into()
+            .map_err(Error::program(prog_name(name)))
+    }
+
+    pub(crate) fn classifier_mut(&mut self, name: &'static str) -> Result<&mut SchedClassifier> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(Error::TestRun(format!("program {name} missing")))?
+            .try_into()
+            .map_err(Error::program(prog_name(name)))
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        self.config.get(&0, 0).map_err(Error::map(names::CONFIG))
+    }
+
+    /// Sets [`config_flags`] bits (global options); the slot and generation are kept.
+    pub fn set_flags(&mut self, flags: u32) -> Result<()> {
+        let mut cfg = self.config()?;
+        cfg.flags = flags;
+        self.config.set(0, cfg, 0).map_err(Error::map(names::CONFIG))
+    }
+
+    /// The counters, summed over CPUs.
+    pub fn stats(&self) -> Result<Stats> {
+        let per_cpu = self.stats.get(&0, 0).map_err(Error::map(names::STATS))?;
+        let mut total = Stats::default();
+        for s in per_cpu.iter() {
+            total.add(s);
+        }
+        Ok(total)
+    }
+
+    /// Packets and bytes of one rule, summed over CPUs.
+    pub fn rule_counter(&self, rule_id: u32) -> Result<RuleCounter> {
+        let per_cpu = self
+            .rule_counters
+            .get(&rule_id, 0)
+            .map_err(Error::map(names::RULE_COUNTERS))?;
+        Ok(per_cpu.iter().fold(RuleCounter::default(), |a, c| RuleCounter {
+            packets: a.packets + c.packets,
+            bytes: a.bytes + c.bytes,
+        }))
+    }
+
+    /// Zeroes the counters of rule ids about to be given to new rules.
+    pub fn reset_rule_counters(&mut self, rule_ids: impl IntoIterator<Item = u32>) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::io("/sys/devices/system/cpu/possible")(e))?;
+        for id in rule_ids {
+            let zeros = aya::maps::PerCpuValues::try_from(vec![RuleCounter::default(); cpus])
+                .map_err(|e| Error::io("per-cpu values")(e))?;
+            self.rule_counters
+                .set(id, zeros, 0)
+                .map_err(Error::map(names::RULE_COUNTERS))?;
+        }
+        Ok(())
+    }
+
+    /// The ring buffer of flow events; taken once, by the event reader.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Number of entries in the fragment table (for tests and stats).
+    pub fn fragment_count(&self) -> usize {
+        self.fragments.keys().filter(|k| k.is_ok()).count()
+    }
+}
+
+fn prog_name(name: &str) -> &'static str {
+    match name {
+        PROG_FROM_WORKLOAD => PROG_FROM_WORKLOAD,
+        PROG_TO_WORKLOAD => PROG_TO_WORKLOAD,
+        _ => PROG_PASS,
+    }
+}
+
+/// Every map the agent pins.
+pub const ALL_MAPS: [&str; 11] = [
+    names::CONFIG,
+    names::SESSIONS,
+    names::FRAGMENTS,
+    names::ENDPOINTS,
+    names::ENDPOINT_ADDRS,
+    names::IDENTITIES,
+    names::POLICY,
+    names::PORT_RANGES,
+    names::STATS,
+    names::RULE_COUNTERS,
+    names::EVENTS,
+];

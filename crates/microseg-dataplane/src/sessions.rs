@@ -1,0 +1,106 @@
+//! Reading the session table and removing expired sessions.
+
+use std::time::Duration;
+
+use microseg_common::{names, proto, session_state as st, Session, SessionKey};
+
+use crate::{Dataplane, Error, Result};
+
+/// Idle time after which a session is removed, by protocol and state.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub tcp_opening: Duration,
+    pub tcp_established: Duration,
+    pub tcp_closing: Duration,
+    pub udp: Duration,
+    pub icmp: Duration,
+    pub other: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_opening: Duration::from_secs(60),
+            tcp_established: Duration::from_secs(6 * 3600),
+            tcp_closing: Duration::from_secs(10),
+            udp: Duration::from_secs(60),
+            icmp: Duration::from_secs(30),
+            other: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Timeouts {
+    pub fn for_session(&self, key: &SessionKey, s: &Session) -> Duration {
+        match key.protocol {
+            proto::TCP => match s.state {
+                st::SYN_SENT | st::SYN_RECV => self.tcp_opening,
+                st::CLOSING | st::CLOSED => self.tcp_closing,
+                _ => self.tcp_established,
+            },
+            proto::UDP => self.udp,
+            proto::ICMP | proto::ICMPV6 => self.icmp,
+            _ => self.other,
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub fn state_name(state: u8) -> &'static str {
+    match state {
+        st::NEW => "NEW",
+        st::SYN_SENT => "SYN_SENT",
+        st::SYN_RECV => "SYN_RECV",
+        st::ESTABLISHED => "ESTABLISHED",
+        st::CLOSING => "CLOSING",
+        st::CLOSED => "CLOSED",
+        _ => "UNKNOWN",
+    }
+}
+
+impl Dataplane {
+    /// Every session in the table.
+    pub fn sessions(&self) -> Vec<(SessionKey, Session)> {
+        self.sessions.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.keys().filter(|k| k.is_ok()).count()
+    }
+
+    /// Removes sessions idle for longer than their timeout; returns them as they were.
+    pub fn expire_sessions(&mut self, timeouts: &Timeouts) -> Result<Vec<(SessionKey, Session)>> {
+        let now = monotonic_ns();
+        let expired: Vec<_> = self
+            .sessions()
+            .into_iter()
+            .filter(|(k, s)| {
+                now.saturating_sub(s.last_seen_ns) > timeouts.for_session(k, s).as_nanos() as u64
+            })
+            .collect();
+        for (k, _) in &expired {
+            match self.sessions.remove(k) {
+                Ok(()) => {}
+                // Evicted by the LRU meanwhile: already gone.
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(Error::map(names::SESSIONS)(e)),
+            }
+        }
+        Ok(expired)
+    }
+
+    /// Empties the session table (used by tests and `--cleanup`).
+    pub fn clear_sessions(&mut self) {
+        let keys: Vec<_> = self.sessions.keys().filter_map(|k| k.ok()).collect();
+        for k in keys {
+            let _ = self.sessions.remove(&k);
+        }
+    }
+}

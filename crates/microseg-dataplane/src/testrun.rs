@@ -1,0 +1,75 @@
+//! Running the programs on crafted packets with `BPF_PROG_TEST_RUN`.
+
+use std::time::Duration;
+
+use aya::programs::{TestRun, TestRunOptions};
+
+use crate::{
+    loader::{PROG_FROM_WORKLOAD, PROG_PASS, PROG_TO_WORKLOAD},
+    Dataplane, Error, Result,
+};
+
+/// Which program a packet goes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// The workload sends (host side's TC ingress).
+    FromWorkload,
+    /// The workload receives (host side's TC egress).
+    ToWorkload,
+    /// The do-nothing classifier: the benchmark's floor.
+    Pass,
+}
+
+impl Hook {
+    pub(crate) fn program(self) -> &'static str {
+        match self {
+            Hook::FromWorkload => PROG_FROM_WORKLOAD,
+            Hook::ToWorkload => PROG_TO_WORKLOAD,
+            Hook::Pass => PROG_PASS,
+        }
+    }
+}
+
+/// What a test run returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunResult {
+    /// The TC action: 0 passes, 2 drops.
+    pub action: u32,
+    /// Mean time per repetition, as the kernel measured it.
+    pub per_run: Duration,
+}
+
+impl RunResult {
+    pub fn passed(&self) -> bool {
+        self.action == 0
+    }
+}
+
+/// `struct __sk_buff` is 192 bytes; userspace may set `ifindex` (offset 40) and a few others.
+const SKB_CTX_LEN: usize = 192;
+const SKB_IFINDEX_OFFSET: usize = 40;
+
+impl Dataplane {
+    /// Runs `frame` (an Ethernet frame) through one program `repeat` times, as if it crossed
+    /// interface `ifindex` (which must exist in the caller's network namespace; 1 is `lo`).
+    pub fn test_run(&self, hook: Hook, frame: &[u8], ifindex: u32, repeat: u32) -> Result<RunResult> {
+        let prog = self.classifier(hook.program())?;
+        let mut ctx = [0u8; SKB_CTX_LEN];
+        ctx[SKB_IFINDEX_OFFSET..SKB_IFINDEX_OFFSET + 4].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat: repeat.max(1),
+            ..Default::default()
+        };
+        let r = prog
+            .test_run(opts)
+            .map_err(|e| Error::TestRun(format!("{}: {e}", hook.program())))?;
+        Ok(RunResult {
+            action: r.return_value,
+            per_run: r.duration,
+        })
+    }
+}
