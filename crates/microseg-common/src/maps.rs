@@ -18,6 +18,8 @@ pub mod names {
     pub const STATS: &str = "MSEG_STATS";
     pub const RULE_COUNTERS: &str = "MSEG_RULE_COUNTERS";
     pub const EVENTS: &str = "MSEG_EVENTS";
+    pub const JUMP: &str = "MSEG_JUMP";
+    pub const HANDOFF: &str = "MSEG_HANDOFF";
 }
 
 /// Default capacities. Userspace may override them at load time.

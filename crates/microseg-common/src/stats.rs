@@ -6,10 +6,8 @@
 pub struct Stats {
     pub packets: u64,
     pub bytes: u64,
-    pub allowed: u64,
-    pub denied: u64,
-    pub logged: u64,
-    pub audited: u64,
+    /// Packets by verdict code (`crate::verdict`): allowed, denied, logged, audited.
+    pub verdicts: [u64; 8],
     pub session_hits: u64,
     pub session_misses: u64,
     pub sessions_created: u64,
@@ -41,10 +39,6 @@ impl Stats {
         sum!(
             packets,
             bytes,
-            allowed,
-            denied,
-            logged,
-            audited,
             session_hits,
             session_misses,
             sessions_created,
@@ -61,5 +55,21 @@ impl Stats {
             icmp_related,
             vlan
         );
+        for (a, b) in self.verdicts.iter_mut().zip(o.verdicts) {
+            *a = a.wrapping_add(b);
+        }
+    }
+
+    pub fn allowed(&self) -> u64 {
+        self.verdicts[crate::verdict::ALLOW as usize]
+    }
+    pub fn denied(&self) -> u64 {
+        self.verdicts[crate::verdict::DENY as usize]
+    }
+    pub fn logged(&self) -> u64 {
+        self.verdicts[crate::verdict::LOG as usize]
+    }
+    pub fn audited(&self) -> u64 {
+        self.verdicts[crate::verdict::AUDIT as usize]
     }
 }

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use aya::{
     programs::{
         links::{FdLink, PinnedLink},
-        tc::{self, TcAttachOptions},
-        LinkOrder, SchedClassifierLink, TcAttachType,
+        tc::{self, SchedClassifierLink, TcAttachOptions},
+        LinkOrder, TcAttachType,
     },
     util::KernelVersion,
 };

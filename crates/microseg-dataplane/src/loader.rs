@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use aya::{
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::SchedClassifier,
     Ebpf, EbpfLoader,
 };
@@ -15,6 +15,7 @@ use crate::{Error, Result};
 pub(crate) const PROG_FROM_WORKLOAD: &str = "microseg_from_workload";
 pub(crate) const PROG_TO_WORKLOAD: &str = "microseg_to_workload";
 pub(crate) const PROG_PASS: &str = "microseg_pass";
+pub(crate) const PROG_SLOW_PATH: &str = "microseg_slow_path";
 
 /// Capacities and where to pin. `Default` gives the contract's defaults, unpinned.
 #[derive(Clone, Debug)]
@@ -44,6 +45,9 @@ impl Default for LoadOptions {
 /// The loaded programs and their maps.
 pub struct Dataplane {
     pub(crate) ebpf: Ebpf,
+    /// Holds the slow path for the fast path's tail call.
+    #[allow(dead_code)]
+    pub(crate) jump: ProgramArray<MapData>,
     pub(crate) config: Array<MapData, Config>,
     pub(crate) sessions: HashMap<MapData, SessionKey, Session>,
     pub(crate) fragments: HashMap<MapData, FragmentKey, FragmentEntry>,
@@ -88,7 +92,7 @@ impl Dataplane {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(crate::PROGRAMS)?;
-        for name in [PROG_FROM_WORKLOAD, PROG_TO_WORKLOAD, PROG_PASS] {
+        for name in [PROG_FROM_WORKLOAD, PROG_TO_WORKLOAD, PROG_PASS, PROG_SLOW_PATH] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(Error::TestRun(format!("program {name} missing")))?
@@ -96,7 +100,16 @@ impl Dataplane {
                 .map_err(Error::program(prog_name(name)))?;
             prog.load().map_err(Error::program(prog_name(name)))?;
         }
+        let mut jump: ProgramArray<MapData> = take(&mut ebpf, names::JUMP)?;
+        let slow: &SchedClassifier = ebpf
+            .program(PROG_SLOW_PATH)
+            .ok_or(Error::TestRun(format!("program {PROG_SLOW_PATH} missing")))?
+            .try_into()
+            .map_err(Error::program(PROG_SLOW_PATH))?;
+        let fd = slow.fd().map_err(Error::program(PROG_SLOW_PATH))?;
+        jump.set(0, fd, 0).map_err(Error::map(names::JUMP))?;
         Ok(Dataplane {
+            jump,
             config: take(&mut ebpf, names::CONFIG)?,
             sessions: take(&mut ebpf, names::SESSIONS)?,
             fragments: take(&mut ebpf, names::FRAGMENTS)?,
@@ -195,12 +208,15 @@ fn prog_name(name: &str) -> &'static str {
     match name {
         PROG_FROM_WORKLOAD => PROG_FROM_WORKLOAD,
         PROG_TO_WORKLOAD => PROG_TO_WORKLOAD,
+        PROG_SLOW_PATH => PROG_SLOW_PATH,
         _ => PROG_PASS,
     }
 }
 
 /// Every map the agent pins.
-pub const ALL_MAPS: [&str; 11] = [
+pub const ALL_MAPS: [&str; 13] = [
+    names::JUMP,
+    names::HANDOFF,
     names::CONFIG,
     names::SESSIONS,
     names::FRAGMENTS,

@@ -2,14 +2,15 @@
 //!
 //! Two entry points share one code path: `microseg_from_workload` sits on the host side's
 //! TC ingress hook (what the workload sends: its egress) and `microseg_to_workload` on the
-//! TC egress hook (what is delivered to it: its ingress).
+//! TC egress hook (what is delivered to it: its ingress). Packets of a current session end
+//! there; the rest continue, by tail call, in `microseg_slow_path`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
-mod enforce;
-#[cfg(target_arch = "bpf")]
 mod events;
+#[cfg(target_arch = "bpf")]
+mod fast_path;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
@@ -18,6 +19,8 @@ mod parse;
 mod policy;
 #[cfg(target_arch = "bpf")]
 mod session;
+#[cfg(target_arch = "bpf")]
+mod slow_path;
 
 #[cfg(target_arch = "bpf")]
 mod programs {
@@ -26,12 +29,18 @@ mod programs {
 
     #[classifier]
     pub fn microseg_from_workload(ctx: TcContext) -> i32 {
-        crate::enforce::handle(&ctx, direction::EGRESS)
+        crate::fast_path::handle(&ctx, direction::EGRESS)
     }
 
     #[classifier]
     pub fn microseg_to_workload(ctx: TcContext) -> i32 {
-        crate::enforce::handle(&ctx, direction::INGRESS)
+        crate::fast_path::handle(&ctx, direction::INGRESS)
+    }
+
+    /// Reached by tail call from the two above for packets that need a policy decision.
+    #[classifier]
+    pub fn microseg_slow_path(ctx: TcContext) -> i32 {
+        crate::slow_path::handle(&ctx)
     }
 
     /// The cheapest possible classifier: the benchmark's floor.

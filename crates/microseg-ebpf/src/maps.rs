@@ -4,9 +4,11 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use microseg_common::*;
+
+use crate::parse::Packet;
 
 /// `[0]`: active slot, generation, options.
 #[map]
@@ -59,3 +61,22 @@ pub static MSEG_RULE_COUNTERS: PerCpuArray<RuleCounter> =
 /// Flow events for userspace.
 #[map]
 pub static MSEG_EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
+
+/// `[SLOW_PATH]`: the program that judges packets without a current session. A tail call
+/// keeps the fast path small and lets the verifier check each half on its own.
+#[map]
+pub static MSEG_JUMP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+pub const SLOW_PATH: u32 = 0;
+
+/// What the fast path hands to the slow path, per CPU (a TC program runs to completion
+/// on its CPU, so the slot cannot be overwritten in between).
+#[derive(Clone, Copy, Default)]
+pub struct Handoff {
+    pub pkt: Packet,
+    pub len: u64,
+    pub ifindex: u32,
+    pub direction: u8,
+}
+
+#[map]
+pub static MSEG_HANDOFF: PerCpuArray<Handoff> = PerCpuArray::with_max_entries(1, 0);

@@ -78,6 +78,7 @@ fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
 
+#[inline(always)]
 pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
     let Some(eth) = read::<[u8; 14]>(ctx, 0) else {
         return Parsed::Malformed;
