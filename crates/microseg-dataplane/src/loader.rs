@@ -229,3 +229,20 @@ pub const ALL_MAPS: [&str; 13] = [
     names::RULE_COUNTERS,
     names::EVENTS,
 ];
+
+impl Dataplane {
+    /// Takes every event waiting in the ring buffer (when it was not handed to a reader).
+    pub fn drain_events(&mut self) -> Vec<FlowEvent> {
+        let Some(rb) = self.events.as_mut() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        while let Some(item) = rb.next() {
+            if item.len() >= std::mem::size_of::<FlowEvent>() {
+                // SAFETY: the kernel wrote a FlowEvent; read_unaligned copes with any alignment.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const FlowEvent) });
+            }
+        }
+        out
+    }
+}

@@ -104,3 +104,31 @@ impl Dataplane {
         }
     }
 }
+
+impl Dataplane {
+    /// The session of a connection on `ifindex`, found from either direction's tuple.
+    pub fn session_for(
+        &self,
+        ifindex: u32,
+        protocol: u8,
+        src: std::net::IpAddr,
+        sport: u16,
+        dst: std::net::IpAddr,
+        dport: u16,
+    ) -> Option<(SessionKey, Session)> {
+        use microseg_common::tables::addr_words;
+        let (a, b) = ((addr_words(src), sport), (addr_words(dst), dport));
+        [(a, b), (b, a)].into_iter().find_map(|(lo, hi)| {
+            let key = SessionKey {
+                ifindex,
+                lo_addr: lo.0,
+                hi_addr: hi.0,
+                lo_port: lo.1,
+                hi_port: hi.1,
+                protocol,
+                _pad: [0; 3],
+            };
+            self.sessions.get(&key, 0).ok().map(|s| (key, s))
+        })
+    }
+}

@@ -1,6 +1,7 @@
 //! microseg-policy: the Workload and Policy resources, their parser and
 //! validator, the reference verdict evaluator and the Kubernetes import.
 
+pub mod compile;
 mod diagnostics;
 mod emit;
 mod evaluate;

@@ -1,0 +1,253 @@
+//! The compiler: Workloads and Policies → the data plane's tables.
+//!
+//! A [`Compiler`] keeps its numbering (identities, rule ids, profiles) from one compile to
+//! the next, so a change to one policy or one workload's labels changes only the entries
+//! it touches; the data plane then writes just that difference.
+
+mod entries;
+mod identity;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use microseg_common::{
+    dir_flags, endpoint_flags, rank, tables::*, tier, verdict, EndpointInfo, IDENTITY_ANY,
+    IDENTITY_WORLD, RULE_DEFAULT_DENY, RULE_FIRST,
+};
+
+pub use identity::{IdentityAllocator, Identities, Signature};
+
+use crate::model::{Action, Direction, Mode, Policy, ResourceSet, Workload};
+use entries::Section;
+
+/// What a rule id stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleInfo {
+    pub policy: String,
+    pub direction: Direction,
+    /// Index in the policy's `ingress` or `egress` list.
+    pub index: u32,
+    pub action: Action,
+    pub audit: bool,
+}
+
+/// A workload enforced on this node: its name and the ifindex of its interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalEndpoint {
+    pub workload: String,
+    pub ifindex: u32,
+}
+
+/// One compile's output.
+pub struct Compiled {
+    pub tables: Tables,
+    /// Rule id → rule, for every id in `tables`.
+    pub rules: BTreeMap<u32, RuleInfo>,
+    /// Rule ids handed out in this compile that were free before (their counters restart).
+    pub new_rule_ids: Vec<u32>,
+    pub identities: BTreeMap<u32, Signature>,
+    /// ifindex → workload name.
+    pub endpoints: BTreeMap<u32, String>,
+    pub profiles: usize,
+}
+
+/// Compiles resource sets, keeping numbers stable across compiles.
+#[derive(Default)]
+pub struct Compiler {
+    identities: IdentityAllocator,
+    rule_ids: HashMap<(String, Direction, u32), u32>,
+    free_rule_ids: Vec<u32>,
+    next_rule_id: u32,
+    /// (enforce policies, audit policies) selecting an endpoint → profile id.
+    profiles: HashMap<(Vec<String>, Vec<String>), u32>,
+    next_profile: u32,
+}
+
+fn direction_code(d: Direction) -> u8 {
+    match d {
+        Direction::Ingress => microseg_common::direction::INGRESS,
+        Direction::Egress => microseg_common::direction::EGRESS,
+    }
+}
+
+fn action_verdict(a: Action) -> u8 {
+    match a {
+        Action::Allow => verdict::ALLOW,
+        Action::Deny => verdict::DENY,
+        Action::Log => verdict::LOG,
+    }
+}
+
+impl Compiler {
+    pub fn new() -> Compiler {
+        Compiler::default()
+    }
+
+    pub fn compile(&mut self, set: &ResourceSet, local: &[LocalEndpoint]) -> Compiled {
+        let mut ids = Identities::build(set, &mut self.identities);
+        let (rules, new_rule_ids) = self.number_rules(set);
+        let rule_id_of: HashMap<(&str, Direction, u32), u32> = rules
+            .iter()
+            .map(|(id, r)| ((r.policy.as_str(), r.direction, r.index), *id))
+            .collect();
+
+        let mut tables = Tables {
+            identities: ids.prefixes.clone(),
+            ..Default::default()
+        };
+        let mut endpoints = BTreeMap::new();
+        let mut profile_flags: HashMap<u32, [u8; 4]> = HashMap::new();
+        let mut used_profiles = HashSet::new();
+        for ep in local {
+            let Some(w) = set.workloads.iter().find(|w| w.name == ep.workload) else {
+                continue;
+            };
+            let selecting = |mode: Mode| -> Vec<&Policy> {
+                set.policies
+                    .iter()
+                    .filter(|p| p.mode == mode && p.selector.matches(&w.labels))
+                    .collect()
+            };
+            let (enforce, audit) = (selecting(Mode::Enforce), selecting(Mode::Audit));
+            let names = |ps: &[&Policy]| ps.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+            let profile_key = (names(&enforce), names(&audit));
+            let next = &mut self.next_profile;
+            let profile = *self.profiles.entry(profile_key).or_insert_with(|| {
+                *next += 1;
+                *next
+            });
+            used_profiles.insert(profile);
+            let flags = *profile_flags.entry(profile).or_insert_with(|| {
+                let mut f = [0u8; 4];
+                for (tier_code, policies) in [(tier::ENFORCE, &enforce), (tier::AUDIT, &audit)] {
+                    for dir in [Direction::Ingress, Direction::Egress] {
+                        let d = direction_code(dir);
+                        let mut section = Section::default();
+                        let mut flags = 0;
+                        for p in policies.iter() {
+                            flags |= dir_flags::SELECTED;
+                            let Some(rules) = p.section(dir) else { continue };
+                            flags |= dir_flags::HAS_SECTION;
+                            for (i, rule) in rules.iter().enumerate() {
+                                let id = rule_id_of[&(p.name.as_str(), dir, i as u32)];
+                                let best = (rank(p.priority, action_verdict(rule.action)), id);
+                                let peers: Vec<u32> = if rule.peers.is_empty() {
+                                    vec![IDENTITY_ANY]
+                                } else {
+                                    let mut v: Vec<u32> = rule.peers.iter().flat_map(|pe| ids.matching(pe)).collect();
+                                    v.sort_unstable();
+                                    v.dedup();
+                                    v
+                                };
+                                let ports: Vec<(u8, Option<(u16, u16)>)> = rule
+                                    .ports
+                                    .iter()
+                                    .map(|pm| (pm.protocol, pm.ports.map(|r| (r.start, r.end))))
+                                    .collect();
+                                section.add(best, &peers, &ports);
+                            }
+                        }
+                        flags |= section.emit(profile, tier_code, d, &mut tables.policy, &mut tables.port_ranges);
+                        f[(tier_code * 2 + d) as usize] = flags;
+                    }
+                }
+                f
+            });
+            let mut ep_flags = 0;
+            if w.mode == Mode::Audit {
+                ep_flags |= endpoint_flags::AUDIT_MODE;
+            }
+            for ip in &w.ips {
+                ep_flags |= if ip.is_ipv4() {
+                    endpoint_flags::VERIFY_SOURCE_V4
+                } else {
+                    endpoint_flags::VERIFY_SOURCE_V6
+                };
+                tables.endpoint_addrs.insert((ep.ifindex, addr_words(*ip)));
+            }
+            let identity = w.ips.first().map(|ip| ids.of(*ip)).unwrap_or(IDENTITY_WORLD);
+            tables.endpoints.insert(
+                ep.ifindex,
+                EndpointInfo { profile, identity, flags: ep_flags, dir_flags: flags },
+            );
+            endpoints.insert(ep.ifindex, w.name.clone());
+        }
+        self.profiles.retain(|_, id| used_profiles.contains(id));
+        Compiled {
+            tables,
+            rules,
+            new_rule_ids,
+            identities: ids.signatures.clone(),
+            endpoints,
+            profiles: used_profiles.len(),
+        }
+    }
+
+    /// Stable rule ids for every rule of every policy; returns them and the ids new to use.
+    fn number_rules(&mut self, set: &ResourceSet) -> (BTreeMap<u32, RuleInfo>, Vec<u32>) {
+        let mut rules = BTreeMap::new();
+        let mut live = HashSet::new();
+        for p in &set.policies {
+            for dir in [Direction::Ingress, Direction::Egress] {
+                for (i, r) in p.section(dir).unwrap_or(&[]).iter().enumerate() {
+                    let key = (p.name.clone(), dir, i as u32);
+                    live.insert(key.clone());
+                    let info = RuleInfo {
+                        policy: p.name.clone(),
+                        direction: dir,
+                        index: i as u32,
+                        action: r.action,
+                        audit: p.mode == Mode::Audit,
+                    };
+                    rules.insert(key, info);
+                }
+            }
+        }
+        let mut freed = Vec::new();
+        self.rule_ids.retain(|k, id| {
+            let keep = live.contains(k);
+            if !keep {
+                freed.push(*id);
+            }
+            keep
+        });
+        self.free_rule_ids.extend(freed);
+        let mut new_ids = Vec::new();
+        let mut out = BTreeMap::new();
+        for (key, info) in rules {
+            let id = match self.rule_ids.get(&key) {
+                Some(id) => *id,
+                None => {
+                    let id = self.free_rule_ids.pop().unwrap_or_else(|| {
+                        self.next_rule_id = self.next_rule_id.max(RULE_FIRST);
+                        self.next_rule_id += 1;
+                        self.next_rule_id - 1
+                    });
+                    self.rule_ids.insert(key, id);
+                    new_ids.push(id);
+                    id
+                }
+            };
+            out.insert(id, info);
+        }
+        (out, new_ids)
+    }
+}
+
+/// Policy name reported for the implicit default deny.
+pub fn rule_policy_name(rules: &BTreeMap<u32, RuleInfo>, rule_id: u32) -> Option<String> {
+    match rule_id {
+        RULE_DEFAULT_DENY => Some(crate::DEFAULT_DENY.to_string()),
+        id => rules.get(&id).map(|r| r.policy.clone()),
+    }
+}
+
+/// Workloads of `set` whose interface is in `interfaces` (name → ifindex).
+pub fn local_endpoints(set: &ResourceSet, interfaces: &HashMap<String, u32>) -> Vec<LocalEndpoint> {
+    set.workloads
+        .iter()
+        .filter_map(|w: &Workload| {
+            let ifindex = interfaces.get(w.interface.as_deref()?)?;
+            Some(LocalEndpoint { workload: w.name.clone(), ifindex: *ifindex })
+        })
+        .collect()
+}
