@@ -163,7 +163,8 @@ fn parse_ipv6(ctx: &TcContext, pkt: &mut Packet, l3: usize) -> Parsed {
     pkt.dst = [h[6], h[7], h[8], h[9]];
     let mut next = b1[2];
     let mut off = l3 + 40;
-    for _ in 0..MAX_EXT_HEADERS {
+    // One pass per extension header, plus the one that reaches the upper layer.
+    for _ in 0..=MAX_EXT_HEADERS {
         match next {
             // Hop-by-hop, routing, destination options, mobility, HIP, shim6.
             0 | 43 | 60 | 135 | 139 | 140 => {

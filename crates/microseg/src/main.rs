@@ -1,1 +1,135 @@
-fn main() {}
+//! `microseg`: one binary for the agent and the tools around it.
+//!
+//! Exit status: 0 success, 1 runtime failure, 2 bad input (usage or invalid resources).
+
+mod logger;
+mod policy_cmd;
+mod views;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use microseg_agent::{AgentError, AgentOptions};
+
+#[derive(Parser)]
+#[command(name = "microseg", version, about = "eBPF network microsegmentation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node agent: enforce Workloads and Policies read from files.
+    Agent(AgentArgs),
+    /// Validate and convert policy files.
+    Policy {
+        #[command(subcommand)]
+        command: policy_cmd::PolicyCommand,
+    },
+    /// Data-plane counters from the local agent.
+    Stats(views::ViewArgs),
+    /// Recent flows from the local agent.
+    Flows(views::FlowArgs),
+    /// The session table.
+    Sessions(views::ViewArgs),
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// A file or directory of Workloads and Policies (repeatable).
+    #[arg(long = "policy", value_name = "PATH")]
+    policy: Vec<PathBuf>,
+    /// Controller URL (managed mode).
+    #[arg(long)]
+    controller: Option<String>,
+    /// Node name reported in flows (default: the hostname).
+    #[arg(long)]
+    node: Option<String>,
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    #[arg(long, default_value = "/sys/fs/bpf/microseg", value_name = "DIR")]
+    bpffs: PathBuf,
+    #[arg(long, default_value = "/var/lib/microseg", value_name = "DIR")]
+    state_dir: PathBuf,
+    #[arg(long, default_value = "/run/microseg/agent.sock", value_name = "PATH")]
+    socket: PathBuf,
+    /// Drop non-IP frames other than ARP (they pass, counted, by default).
+    #[arg(long)]
+    drop_non_ip: bool,
+    /// How many recent flows to keep for `microseg flows`.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    flow_buffer: usize,
+    /// Session table capacity.
+    #[arg(long, default_value_t = 1_048_576, value_name = "N")]
+    sessions: u32,
+    /// Remove all pinned programs, links and maps, then exit.
+    #[arg(long)]
+    cleanup: bool,
+}
+
+fn main() -> ExitCode {
+    logger::init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Agent(a) => agent(a),
+        Command::Policy { command } => policy_cmd::run(command),
+        Command::Stats(v) => views::stats(&v),
+        Command::Flows(f) => views::flows(&f),
+        Command::Sessions(v) => views::sessions(&v),
+    }
+}
+
+fn agent(a: AgentArgs) -> ExitCode {
+    let mut opts = AgentOptions::new(a.policy.clone());
+    opts.bpffs = a.bpffs;
+    opts.state_dir = a.state_dir;
+    opts.socket = a.socket;
+    opts.drop_non_ip = a.drop_non_ip;
+    opts.flow_buffer = a.flow_buffer;
+    opts.session_capacity = a.sessions;
+    if let Some(node) = a.node {
+        opts.node = node;
+    }
+    if a.cleanup {
+        return match microseg_agent::cleanup(&opts) {
+            Ok(()) => {
+                log::info!("removed enforcement pinned under {}", opts.bpffs.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    if a.controller.is_some() || a.token_file.is_some() {
+        eprintln!("error: managed mode (--controller) is not available in this build; use --policy PATH");
+        return ExitCode::from(2);
+    }
+    if a.policy.is_empty() {
+        eprintln!("error: the agent needs --policy PATH (a file or directory of Workloads and Policies)");
+        return ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(microseg_agent::run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(AgentError::BadInput(errors)) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            ExitCode::from(2)
+        }
+        Err(AgentError::Runtime(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The agent's local API: one JSON request per connection on a Unix socket, answered with
+//! JSON lines (one object per line), then the connection closes (`follow` keeps streaming).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use microseg_common::session_flags as sf;
+use microseg_common::tables::words_addr;
+use microseg_dataplane::sessions::{monotonic_ns, state_name};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::flows::{protocol_json, verdict_name, FlowFilter};
+use crate::reconcile::State;
+use crate::stats::stats_json;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Request {
+    Stats,
+    Sessions,
+    Flows {
+        #[serde(default)]
+        follow: bool,
+        #[serde(default)]
+        filter: FlowFilter,
+    },
+    Status,
+}
+
+pub async fn serve(listener: UnixListener, state: Arc<Mutex<State>>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, state).await {
+                log::debug!("api connection: {e}");
+            }
+        });
+    }
+}
+
+async fn handle(stream: UnixStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    AsyncBufReader::new(read).read_line(&mut line).await?;
+    let req: Request = match serde_json::from_str(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = json!({ "error": format!("bad request: {e}") });
+            return write.write_all(format!("{msg}\n").as_bytes()).await;
+        }
+    };
+    let (lines, follow) = answer(&req, &state);
+    let mut out = String::new();
+    for l in lines {
+        out.push_str(&l.to_string());
+        out.push('\n');
+    }
+    write.write_all(out.as_bytes()).await?;
+    if let Some((mut feed, filter)) = follow {
+        loop {
+            match feed.recv().await {
+                Ok(r) if filter.matches(&r) => {
+                    let l = format!("{}\n", serde_json::to_string(&r).unwrap_or_default());
+                    write.write_all(l.as_bytes()).await?;
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    log::warn!("flow follower lagged, {n} flows skipped");
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    Ok(())
+}
+
+type Follow = Option<(tokio::sync::broadcast::Receiver<crate::flows::FlowRecord>, FlowFilter)>;
+
+fn answer(req: &Request, state: &Arc<Mutex<State>>) -> (Vec<Value>, Follow) {
+    let st = state.lock().unwrap_or_else(|p| p.into_inner());
+    match req {
+        Request::Stats => {
+            let v = match st.dp.stats() {
+                Ok(s) => stats_json(&s, st.dp.session_count()),
+                Err(e) => json!({ "error": e.to_string() }),
+            };
+            (vec![v], None)
+        }
+        Request::Status => {
+            let v = json!({
+                "revision": st.revision,
+                "workloads": st.endpoints.values().collect::<Vec<_>>(),
+                "rules": st.rules.len(),
+                "errors": st.last_errors,
+            });
+            (vec![v], None)
+        }
+        Request::Flows { follow, filter } => {
+            let lines = st
+                .flows
+                .recent()
+                .filter(|r| filter.matches(r))
+                .filter_map(|r| serde_json::to_value(r).ok())
+                .collect();
+            let feed = follow.then(|| (st.flows.subscribe(), filter.clone()));
+            (lines, feed)
+        }
+        Request::Sessions => {
+            let now = monotonic_ns();
+            let lines = st
+                .dp
+                .sessions()
+                .into_iter()
+                .map(|(k, s)| {
+                    let (src, sport, dst, dport) = if s.flags & sf::ORIG_IS_LO != 0 {
+                        (k.lo_addr, k.lo_port, k.hi_addr, k.hi_port)
+                    } else {
+                        (k.hi_addr, k.hi_port, k.lo_addr, k.lo_port)
+                    };
+                    json!({
+                        "src_ip": words_addr(src).to_string(),
+                        "dst_ip": words_addr(dst).to_string(),
+                        "src_port": sport,
+                        "dst_port": dport,
+                        "protocol": protocol_json(k.protocol),
+                        "state": state_name(s.state),
+                        "verdict": verdict_name(s.verdict).unwrap_or("allow"),
+                        "policy": microseg_policy::compile::rule_policy_name(&st.rules, s.rule_id),
+                        "packets": s.packets[0] + s.packets[1],
+                        "bytes": s.bytes[0] + s.bytes[1],
+                        "age_s": now.saturating_sub(s.created_ns) / 1_000_000_000,
+                        "workload": st.endpoints.get(&k.ifindex),
+                        "direction": if s.flags & sf::ORIG_EGRESS != 0 { "egress" } else { "ingress" },
+                    })
+                })
+                .collect();
+            (lines, None)
+        }
+    }
+}
+
+/// Sends one request to the agent at `socket` and calls `each` for every line of the
+/// answer until it returns false or the agent closes the connection.
+pub fn request(socket: &Path, req: &Request, mut each: impl FnMut(Value) -> bool) -> Result<(), String> {
+    let mut stream = StdUnixStream::connect(socket)
+        .map_err(|e| format!("cannot reach the agent at {}: {e} (is `microseg agent` running?)", socket.display()))?;
+    let line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+    stream
+        .write_all(format!("{line}\n").as_bytes())
+        .map_err(|e| format!("{}: {e}", socket.display()))?;
+    for line in BufReader::new(stream).lines() {
+        let line = line.map_err(|e| format!("{}: {e}", socket.display()))?;
+        let v: Value = serde_json::from_str(&line).map_err(|e| format!("bad answer from the agent: {e}"))?;
+        if let Some(err) = v.get("error").and_then(|e| e.as_str()) {
+            return Err(format!("agent: {err}"));
+        }
+        if !each(v) {
+            break;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! Flow records: what the kernel's events mean to a user, in the contract's JSON shape.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use microseg_common::{event_kind, proto, tables::words_addr, verdict, FlowEvent, RULE_NONE};
+use microseg_policy::compile::{rule_policy_name, RuleInfo};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+/// One flow, as `microseg flows -o json` prints it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FlowRecord {
+    pub time: String,
+    pub node: String,
+    pub workload: String,
+    pub direction: String,
+    pub src_ip: String,
+    pub dst_ip: String,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub protocol: serde_json::Value,
+    pub verdict: String,
+    pub policy: Option<String>,
+    pub rule: Option<u32>,
+    pub audit_verdict: Option<String>,
+    pub audit_policy: Option<String>,
+    pub packets: u64,
+    pub bytes: u64,
+    /// What the record reports: `new` (first packet or re-judged), `deny`, `log`, `end`.
+    pub event: String,
+    /// Seconds since the Unix epoch, for filtering by age.
+    #[serde(skip)]
+    pub unix_time: f64,
+}
+
+pub fn verdict_name(v: u8) -> Option<&'static str> {
+    match v {
+        verdict::ALLOW => Some("allow"),
+        verdict::DENY => Some("deny"),
+        verdict::LOG => Some("log"),
+        verdict::AUDIT => Some("audit"),
+        _ => None,
+    }
+}
+
+pub fn protocol_json(p: u8) -> serde_json::Value {
+    match p {
+        proto::TCP => "TCP".into(),
+        proto::UDP => "UDP".into(),
+        proto::ICMP => "ICMP".into(),
+        proto::ICMPV6 => "ICMPv6".into(),
+        n => n.into(),
+    }
+}
+
+fn event_name(kind: u8) -> &'static str {
+    match kind {
+        event_kind::NEW => "new",
+        event_kind::DENY => "deny",
+        event_kind::LOG => "log",
+        event_kind::END => "end",
+        _ => "unknown",
+    }
+}
+
+/// RFC 3339 in UTC with milliseconds, from seconds since the epoch.
+pub fn rfc3339(unix: f64) -> String {
+    let secs = unix.floor() as i64;
+    let millis = ((unix - secs as f64) * 1000.0) as u32;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Converts kernel monotonic timestamps to wall-clock time.
+pub fn wall_clock(mono_ns: u64) -> f64 {
+    let now_mono = microseg_dataplane::sessions::monotonic_ns();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    now.as_secs_f64() - (now_mono.saturating_sub(mono_ns)) as f64 / 1e9
+}
+
+/// What the agent knows to name an event's parts.
+pub struct Names<'a> {
+    pub node: &'a str,
+    pub endpoints: &'a BTreeMap<u32, String>,
+    pub rules: &'a BTreeMap<u32, RuleInfo>,
+}
+
+impl Names<'_> {
+    fn rule_index(&self, id: u32) -> Option<u32> {
+        self.rules.get(&id).map(|r| r.index)
+    }
+
+    pub fn record(&self, e: &FlowEvent) -> FlowRecord {
+        let unix = wall_clock(e.time_ns);
+        let audit_verdict = verdict_name(e.audit_verdict).map(str::to_string);
+        FlowRecord {
+            time: rfc3339(unix),
+            node: self.node.to_string(),
+            workload: self
+                .endpoints
+                .get(&e.ifindex)
+                .cloned()
+                .unwrap_or_else(|| format!("ifindex-{}", e.ifindex)),
+            direction: if e.direction == microseg_common::direction::EGRESS { "egress" } else { "ingress" }.into(),
+            src_ip: words_addr(e.src_addr).to_string(),
+            dst_ip: words_addr(e.dst_addr).to_string(),
+            src_port: e.src_port,
+            dst_port: e.dst_port,
+            protocol: protocol_json(e.protocol),
+            verdict: verdict_name(e.verdict).unwrap_or("allow").to_string(),
+            policy: rule_policy_name(self.rules, e.rule_id),
+            rule: self.rule_index(e.rule_id),
+            audit_policy: if audit_verdict.is_some() && e.audit_rule_id != RULE_NONE {
+                rule_policy_name(self.rules, e.audit_rule_id)
+            } else {
+                None
+            },
+            audit_verdict,
+            packets: e.packets,
+            bytes: e.bytes,
+            event: event_name(e.kind).into(),
+            unix_time: unix,
+        }
+    }
+}
+
+/// The most recent flows, bounded, with a feed for followers.
+pub struct FlowLog {
+    recent: VecDeque<FlowRecord>,
+    capacity: usize,
+    feed: broadcast::Sender<FlowRecord>,
+}
+
+impl FlowLog {
+    pub fn new(capacity: usize) -> FlowLog {
+        FlowLog {
+            recent: VecDeque::with_capacity(capacity.min(65_536)),
+            capacity: capacity.max(1),
+            feed: broadcast::channel(4096).0,
+        }
+    }
+
+    pub fn push(&mut self, r: FlowRecord) {
+        if self.recent.len() == self.capacity {
+            self.recent.pop_front();
+        }
+        let _ = self.feed.send(r.clone());
+        self.recent.push_back(r);
+    }
+
+    pub fn recent(&self) -> impl Iterator<Item = &FlowRecord> {
+        self.recent.iter()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<FlowRecord> {
+        self.feed.subscribe()
+    }
+}
+
+/// Which flows a client asked for.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FlowFilter {
+    pub verdict: Option<String>,
+    pub workload: Option<String>,
+    /// Only flows newer than this many seconds.
+    pub since_s: Option<f64>,
+}
+
+impl FlowFilter {
+    pub fn matches(&self, r: &FlowRecord) -> bool {
+        self.verdict.as_ref().is_none_or(|v| v.eq_ignore_ascii_case(&r.verdict))
+            && self.workload.as_ref().is_none_or(|w| w == &r.workload)
+            && self.since_s.is_none_or(|s| {
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+                r.unix_time >= now.as_secs_f64() - s
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(0.0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_000_000.5), "2026-11-18T11:06:40.500Z");
+        assert_eq!(rfc3339(951_782_400.0), "2000-02-29T00:00:00.000Z");
+    }
+}

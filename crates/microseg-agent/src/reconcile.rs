@@ -1,0 +1,114 @@
+//! Bringing the data plane in line with the resources and the node's interfaces.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use microseg_dataplane::Dataplane;
+use microseg_policy::compile::{local_endpoints, Compiler, RuleInfo};
+use microseg_policy::{load_paths, Diagnostic, ResourceSet};
+
+use crate::flows::FlowLog;
+use crate::{interfaces, AgentOptions};
+
+/// Everything the agent holds, behind one lock.
+pub struct State {
+    pub dp: Dataplane,
+    pub compiler: Compiler,
+    pub rules: BTreeMap<u32, RuleInfo>,
+    pub endpoints: BTreeMap<u32, String>,
+    pub flows: FlowLog,
+    pub resources: Option<ResourceSet>,
+    /// Raised on every successful apply.
+    pub revision: u64,
+    /// The last reload's errors, while the previous policy stays in force.
+    pub last_errors: Vec<String>,
+}
+
+/// What the watched files and interfaces look like; a change means reload.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Fingerprint {
+    files: Vec<(PathBuf, Option<SystemTime>, u64)>,
+    interfaces: Vec<(String, u32)>,
+}
+
+fn walk(path: &PathBuf, out: &mut Vec<(PathBuf, Option<SystemTime>, u64)>) {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => {
+            let mut entries: Vec<_> = std::fs::read_dir(path).into_iter().flatten().flatten().map(|e| e.path()).collect();
+            entries.sort();
+            for e in entries {
+                walk(&e, out);
+            }
+        }
+        Ok(m) => out.push((path.clone(), m.modified().ok(), m.len())),
+        Err(_) => out.push((path.clone(), None, 0)),
+    }
+}
+
+pub fn fingerprint(opts: &AgentOptions) -> Fingerprint {
+    let mut files = Vec::new();
+    for p in &opts.policy_paths {
+        walk(p, &mut files);
+    }
+    let mut interfaces: Vec<_> = interfaces::list().into_iter().collect();
+    interfaces.sort();
+    Fingerprint { files, interfaces }
+}
+
+/// Reads the policy files; every problem as `FILE:LINE:COL: message`.
+pub fn load(opts: &AgentOptions) -> Result<ResourceSet, Vec<Diagnostic>> {
+    load_paths(&opts.policy_paths)
+}
+
+/// Compiles `set` and enforces it: tables swapped in atomically, then classifiers attached
+/// to the interfaces of local workloads and taken off those no longer local.
+pub fn enforce(state: &mut State, set: ResourceSet, opts: &AgentOptions) -> Result<String, String> {
+    let ifaces: HashMap<String, u32> = interfaces::list();
+    let local = local_endpoints(&set, &ifaces);
+    let compiled = state.compiler.compile(&set, &local);
+    state
+        .dp
+        .reset_rule_counters(compiled.new_rule_ids.iter().copied())
+        .map_err(|e| e.to_string())?;
+    let report = state.dp.apply(&compiled.tables).map_err(|e| e.to_string())?;
+    let links = opts.links_dir();
+    let mut problems = Vec::new();
+    for ep in &local {
+        let iface = ifaces.iter().find(|(_, i)| **i == ep.ifindex).map(|(n, _)| n.clone()).unwrap_or_default();
+        if let Err(e) = state.dp.attach(&iface, &links) {
+            problems.push(e.to_string());
+        }
+    }
+    let wanted: Vec<String> = set.workloads.iter().filter_map(|w| w.interface.clone()).collect();
+    for iface in Dataplane::attached_interfaces(&links) {
+        if !wanted.contains(&iface) || !ifaces.contains_key(&iface) {
+            if let Err(e) = Dataplane::detach(&iface, &links) {
+                problems.push(e.to_string());
+            }
+        }
+    }
+    let sizes = compiled.tables.sizes();
+    state.rules = compiled.rules;
+    state.endpoints = compiled.endpoints;
+    state.resources = Some(set);
+    state.revision += 1;
+    let summary = format!(
+        "revision {}: {} local workload(s), {} rule(s), {} identities, {} policy entries, {} port-range tables, {} prefixes (generation {}, {} written, {} removed)",
+        state.revision,
+        local.len(),
+        state.rules.len(),
+        compiled.identities.len(),
+        sizes.policy,
+        sizes.port_ranges,
+        sizes.identities,
+        report.generation,
+        report.written,
+        report.removed
+    );
+    if problems.is_empty() {
+        Ok(summary)
+    } else {
+        Err(format!("{summary}; {}", problems.join("; ")))
+    }
+}

@@ -1,0 +1,204 @@
+//! The agent's main loop: load, enforce, watch, serve; leave enforcement in place on exit.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::{Arc, Mutex};
+
+use microseg_common::{config_flags, session_flags as sf, tables::words_addr};
+use microseg_dataplane::{sessions::Timeouts, Dataplane, LoadOptions};
+use microseg_policy::compile::Compiler;
+use tokio::io::unix::AsyncFd;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::flows::{protocol_json, rfc3339, verdict_name, wall_clock, FlowLog, FlowRecord, Names};
+use crate::reconcile::{enforce, fingerprint, load, State};
+use crate::AgentOptions;
+
+/// Why the agent stopped with an error: bad input (exit 2) or a runtime failure (exit 1).
+#[derive(Debug)]
+pub enum AgentError {
+    BadInput(Vec<String>),
+    Runtime(String),
+}
+
+fn runtime(e: impl std::fmt::Display) -> AgentError {
+    AgentError::Runtime(e.to_string())
+}
+
+pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
+    let set = load(&opts).map_err(|d| AgentError::BadInput(d.iter().map(|d| d.to_string()).collect()))?;
+    let mut dp = Dataplane::load(&LoadOptions {
+        pin_dir: Some(opts.maps_dir()),
+        sessions: opts.session_capacity,
+        ..Default::default()
+    })
+    .map_err(runtime)?;
+    dp.set_flags(if opts.drop_non_ip { config_flags::DROP_NON_IP } else { 0 })
+        .map_err(runtime)?;
+    let events = dp.take_events();
+    let state = Arc::new(Mutex::new(State {
+        dp,
+        compiler: Compiler::new(),
+        rules: Default::default(),
+        endpoints: Default::default(),
+        flows: FlowLog::new(opts.flow_buffer),
+        resources: None,
+        revision: 0,
+        last_errors: Vec::new(),
+    }));
+    let mut seen = fingerprint(&opts);
+    {
+        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        match enforce(&mut st, set, &opts) {
+            Ok(summary) => log::info!("enforcing {summary}"),
+            Err(e) => log::error!("{e}"),
+        }
+    }
+
+    if let Some(parent) = opts.socket.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| runtime(format!("{}: {e}", parent.display())))?;
+    }
+    let _ = std::fs::remove_file(&opts.socket);
+    let listener = UnixListener::bind(&opts.socket).map_err(|e| runtime(format!("{}: {e}", opts.socket.display())))?;
+    let _ = std::fs::set_permissions(&opts.socket, std::fs::Permissions::from_mode(0o600));
+    log::info!("serving stats, flows and sessions on {}", opts.socket.display());
+    tokio::spawn(crate::api::serve(listener, state.clone()));
+    if let Some(rb) = events {
+        // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd owns it.
+        let fd = unsafe { AsyncFd::register_with_interest(rb, tokio::io::Interest::READABLE) }
+            .map_err(|e| runtime(e.to_string()))?;
+        tokio::spawn(read_events(fd, state.clone(), opts.node.clone()));
+    }
+
+    let mut term = signal(SignalKind::terminate()).map_err(runtime)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(runtime)?;
+    let mut reload = tokio::time::interval(opts.reload_interval);
+    let mut gc = tokio::time::interval(opts.gc_interval);
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = reload.tick() => {
+                let now = fingerprint(&opts);
+                if now != seen {
+                    seen = now;
+                    reload_now(&state, &opts);
+                }
+            }
+            _ = gc.tick() => expire(&state, &opts.node),
+        }
+    }
+    let _ = std::fs::remove_file(&opts.socket);
+    log::info!("stopping; enforcement stays in place (pinned under {})", opts.bpffs.display());
+    Ok(())
+}
+
+/// Files or interfaces changed: enforce the new policy, or keep the last good one.
+fn reload_now(state: &Arc<Mutex<State>>, opts: &AgentOptions) {
+    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+    match load(opts) {
+        Ok(set) => {
+            st.last_errors.clear();
+            match enforce(&mut st, set, opts) {
+                Ok(summary) => log::info!("reloaded: enforcing {summary}"),
+                Err(e) => log::error!("reload: {e}"),
+            }
+        }
+        Err(diags) => {
+            st.last_errors = diags.iter().map(|d| d.to_string()).collect();
+            for d in &diags {
+                log::error!("{d}");
+            }
+            log::error!("policy not reloaded ({} error(s)); revision {} stays in force", diags.len(), st.revision);
+            // Interfaces may still have come or gone: re-enforce the last good policy.
+            if let Some(set) = st.resources.clone() {
+                if let Err(e) = enforce(&mut st, set, opts) {
+                    log::error!("{e}");
+                }
+            }
+        }
+    }
+}
+
+async fn read_events(mut fd: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>, state: Arc<Mutex<State>>, node: String) {
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
+        let mut batch = Vec::new();
+        {
+            let rb = guard.get_inner_mut();
+            while let Some(item) = rb.next() {
+                if item.len() >= std::mem::size_of::<microseg_common::FlowEvent>() {
+                    // SAFETY: the kernel wrote a FlowEvent.
+                    batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const microseg_common::FlowEvent) });
+                }
+            }
+        }
+        guard.clear_ready();
+        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        for e in batch {
+            let names = Names { node: &node, endpoints: &st.endpoints, rules: &st.rules };
+            let r = names.record(&e);
+            st.flows.push(r);
+        }
+    }
+}
+
+/// Removes idle sessions, reporting each as an ended flow.
+fn expire(state: &Arc<Mutex<State>>, node: &str) {
+    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+    let expired = match st.dp.expire_sessions(&Timeouts::default()) {
+        Ok(e) => e,
+        Err(e) => {
+            log::warn!("session expiry: {e}");
+            return;
+        }
+    };
+    for (k, s) in expired {
+        if s.flags & sf::ENDED != 0 {
+            continue;
+        }
+        let (src, sport, dst, dport) = if s.flags & sf::ORIG_IS_LO != 0 {
+            (k.lo_addr, k.lo_port, k.hi_addr, k.hi_port)
+        } else {
+            (k.hi_addr, k.hi_port, k.lo_addr, k.lo_port)
+        };
+        let unix = wall_clock(s.last_seen_ns);
+        let r = FlowRecord {
+            time: rfc3339(unix),
+            node: node.to_string(),
+            workload: st.endpoints.get(&k.ifindex).cloned().unwrap_or_else(|| format!("ifindex-{}", k.ifindex)),
+            direction: if s.flags & sf::ORIG_EGRESS != 0 { "egress" } else { "ingress" }.into(),
+            src_ip: words_addr(src).to_string(),
+            dst_ip: words_addr(dst).to_string(),
+            src_port: sport,
+            dst_port: dport,
+            protocol: protocol_json(k.protocol),
+            verdict: verdict_name(s.verdict).unwrap_or("allow").into(),
+            policy: microseg_policy::compile::rule_policy_name(&st.rules, s.rule_id),
+            rule: st.rules.get(&s.rule_id).map(|r| r.index),
+            audit_verdict: verdict_name(s.audit_verdict).map(str::to_string),
+            audit_policy: microseg_policy::compile::rule_policy_name(&st.rules, s.audit_rule_id),
+            packets: s.packets[0] + s.packets[1],
+            bytes: s.bytes[0] + s.bytes[1],
+            event: "end".into(),
+            unix_time: unix,
+        };
+        st.flows.push(r);
+    }
+}
+
+/// `microseg agent --cleanup`: takes the classifiers off every interface and removes all
+/// pinned state.
+pub fn cleanup(opts: &AgentOptions) -> Result<(), String> {
+    let links = opts.links_dir();
+    for iface in Dataplane::attached_interfaces(&links) {
+        Dataplane::detach(&iface, &links).map_err(|e| e.to_string())?;
+    }
+    if opts.bpffs.exists() {
+        std::fs::remove_dir_all(&opts.bpffs).map_err(|e| format!("{}: {e}", opts.bpffs.display()))?;
+    }
+    let _ = std::fs::remove_file(&opts.socket);
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! Helpers shared by the data-plane integration tests: resources from YAML, a loaded data
+//! plane with them applied, addresses.
+#![allow(dead_code)]
+
+use std::net::IpAddr;
+
+use microseg_dataplane::{common::*, Dataplane, LoadOptions};
+use microseg_policy::{compile::*, parse_str, Resource, ResourceSet};
+
+/// ifindex of `lo`: the local workload of every test sits on it.
+pub const LO: u32 = 1;
+
+pub fn resources(yaml: &str) -> ResourceSet {
+    let (res, diags) = parse_str("test.yaml", yaml);
+    assert!(diags.is_empty(), "diagnostics for:\n{yaml}\n{diags:?}");
+    let mut set = ResourceSet::default();
+    for r in res {
+        match r {
+            Resource::Workload(w) => set.workloads.push(w),
+            Resource::Policy(p) => set.policies.push(p),
+        }
+    }
+    let diags = microseg_policy::validate_set(&set);
+    assert!(diags.is_empty(), "diagnostics for:\n{yaml}\n{diags:?}");
+    set
+}
+
+pub fn load() -> Dataplane {
+    Dataplane::load(&LoadOptions { sessions: 4096, ..Default::default() }).expect("load the data plane")
+}
+
+/// A data plane, a compiler and the compile of `yaml` for the local workload `local`, applied.
+pub struct Env {
+    pub dp: Dataplane,
+    pub compiler: Compiler,
+    pub compiled: Compiled,
+    pub local: String,
+}
+
+impl Env {
+    pub fn new(yaml: &str, local: &str) -> Env {
+        let mut dp = load();
+        let mut compiler = Compiler::new();
+        let compiled = compiler.compile(&resources(yaml), &[LocalEndpoint { workload: local.into(), ifindex: LO }]);
+        dp.apply(&compiled.tables).expect("apply");
+        Env { dp, compiler, compiled, local: local.into() }
+    }
+
+    /// Compiles and applies another resource set (a policy change).
+    pub fn reapply(&mut self, yaml: &str) {
+        let local = self.local.clone();
+        self.compiled = self.compiler.compile(&resources(yaml), &[LocalEndpoint { workload: local, ifindex: LO }]);
+        self.dp.apply(&self.compiled.tables).expect("apply");
+    }
+
+    /// Rule id of rule `index` in `policy`'s section for `direction`.
+    pub fn rule_id(&self, policy: &str, direction: microseg_policy::Direction, index: u32) -> u32 {
+        *self
+            .compiled
+            .rules
+            .iter()
+            .find(|(_, r)| r.policy == policy && r.direction == direction && r.index == index)
+            .unwrap_or_else(|| panic!("no rule {policy}/{direction:?}/{index}"))
+            .0
+    }
+
+    pub fn policy_of(&self, rule_id: u32) -> Option<String> {
+        rule_policy_name(&self.compiled.rules, rule_id)
+    }
+
+    /// The NEW events waiting, oldest first.
+    pub fn new_events(&mut self) -> Vec<FlowEvent> {
+        self.dp.drain_events().into_iter().filter(|e| e.kind == event_kind::NEW).collect()
+    }
+}
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap_or_else(|_| panic!("bad address {s}"))
+}

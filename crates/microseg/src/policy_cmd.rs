@@ -1,0 +1,105 @@
+//! `microseg policy check` and `microseg policy import`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use microseg_policy::compile::{local_endpoints, Compiler};
+use microseg_policy::{import_k8s, load_paths, policies_to_yaml};
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Validate files; every error as FILE:LINE:COL: message; exit 2 on any.
+    Check {
+        #[arg(short = 'f', long = "file", required = true, num_args = 1.., value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Convert Kubernetes NetworkPolicies into microseg Policies (printed as YAML).
+    Import {
+        /// Source format: k8s.
+        #[arg(long = "from", value_name = "FORMAT")]
+        from: String,
+        #[arg(short = 'f', long = "file", required = true, num_args = 1.., value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+}
+
+pub fn run(cmd: PolicyCommand) -> ExitCode {
+    match cmd {
+        PolicyCommand::Check { files } => check(&files),
+        PolicyCommand::Import { from, files } => import(&from, &files),
+    }
+}
+
+fn check(files: &[PathBuf]) -> ExitCode {
+    let set = match load_paths(files) {
+        Ok(set) => set,
+        Err(diags) => {
+            for d in &diags {
+                eprintln!("{d}");
+            }
+            eprintln!("{} error(s)", diags.len());
+            return ExitCode::from(2);
+        }
+    };
+    // What the policy costs: compile as if every workload with an interface were local.
+    let interfaces: HashMap<String, u32> = set
+        .workloads
+        .iter()
+        .filter_map(|w| w.interface.clone())
+        .enumerate()
+        .map(|(i, name)| (name, i as u32 + 1))
+        .collect();
+    let local = local_endpoints(&set, &interfaces);
+    let compiled = Compiler::new().compile(&set, &local);
+    let s = compiled.tables.sizes();
+    println!(
+        "ok: {} workload(s), {} policies, {} rule(s)",
+        set.workloads.len(),
+        set.policies.len(),
+        compiled.rules.len()
+    );
+    println!(
+        "compiled for {} workload(s) with an interface: {} policy entries, {} port-range tables, {} identities over {} prefixes, {} profile(s)",
+        local.len(),
+        s.policy,
+        s.port_ranges,
+        compiled.identities.len(),
+        s.identities,
+        compiled.profiles
+    );
+    ExitCode::SUCCESS
+}
+
+fn import(from: &str, files: &[PathBuf]) -> ExitCode {
+    if !from.eq_ignore_ascii_case("k8s") && !from.eq_ignore_ascii_case("kubernetes") {
+        eprintln!("error: --from {from}: the only supported source is k8s");
+        return ExitCode::from(2);
+    }
+    let mut policies = Vec::new();
+    let mut problems = 0;
+    for f in files {
+        let name = f.display().to_string();
+        let text = match std::fs::read_to_string(f) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                problems += 1;
+                continue;
+            }
+        };
+        let (ps, diags) = import_k8s(&name, &text);
+        for d in &diags {
+            eprintln!("{d}");
+        }
+        problems += diags.len();
+        policies.extend(ps);
+    }
+    print!("{}", policies_to_yaml(&policies));
+    if problems > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
