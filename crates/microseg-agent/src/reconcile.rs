@@ -32,16 +32,26 @@ pub struct Fingerprint {
     interfaces: Vec<(String, u32)>,
 }
 
-fn walk(path: &PathBuf, out: &mut Vec<(PathBuf, Option<SystemTime>, u64)>) {
+/// The policy files under `path`, as `load_paths` reads them (hidden entries skipped).
+fn walk(path: &PathBuf, top: bool, out: &mut Vec<(PathBuf, Option<SystemTime>, u64)>) {
+    let hidden = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+    if hidden && !top {
+        return;
+    }
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => {
             let mut entries: Vec<_> = std::fs::read_dir(path).into_iter().flatten().flatten().map(|e| e.path()).collect();
             entries.sort();
             for e in entries {
-                walk(&e, out);
+                walk(&e, false, out);
             }
         }
-        Ok(m) => out.push((path.clone(), m.modified().ok(), m.len())),
+        Ok(m) => {
+            let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase());
+            if top || matches!(ext.as_deref(), Some("yaml" | "yml" | "json")) {
+                out.push((path.clone(), m.modified().ok(), m.len()));
+            }
+        }
         Err(_) => out.push((path.clone(), None, 0)),
     }
 }
@@ -49,7 +59,7 @@ fn walk(path: &PathBuf, out: &mut Vec<(PathBuf, Option<SystemTime>, u64)>) {
 pub fn fingerprint(opts: &AgentOptions) -> Fingerprint {
     let mut files = Vec::new();
     for p in &opts.policy_paths {
-        walk(p, &mut files);
+        walk(p, true, &mut files);
     }
     let mut interfaces: Vec<_> = interfaces::list().into_iter().collect();
     interfaces.sort();

@@ -29,8 +29,18 @@ fn hooks() -> [(Hook, TcAttachType, &'static str); 2] {
     ]
 }
 
+/// bpffs refuses names with a dot (EPERM), and interface names may have one: escape it.
+fn escape(interface: &str) -> String {
+    interface.replace('%', "%25").replace('.', "%2E")
+}
+
+fn unescape(name: &str) -> String {
+    name.replace("%2E", ".").replace("%25", "%")
+}
+
+/// `<link_dir>/<interface>/<ingress|egress>`.
 fn link_pin(link_dir: &Path, interface: &str, side: &str) -> PathBuf {
-    link_dir.join(format!("{interface}.{side}"))
+    link_dir.join(escape(interface)).join(side)
 }
 
 fn iface_err(interface: &str, what: impl std::fmt::Display) -> Error {
@@ -59,6 +69,9 @@ impl Dataplane {
                 continue;
             }
             let pin = link_pin(link_dir, interface, side);
+            if let Some(dir) = pin.parent() {
+                std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+            }
             let id = match PinnedLink::from_pin(&pin) {
                 Ok(old) => {
                     let link: SchedClassifierLink = FdLink::from(old)
@@ -73,7 +86,7 @@ impl Dataplane {
             let link = prog.take_link(id).map_err(|e| iface_err(interface, e))?;
             let fd: FdLink = link.try_into().map_err(|e| iface_err(interface, e))?;
             let _ = std::fs::remove_file(&pin);
-            fd.pin(&pin).map_err(|e| iface_err(interface, format!("pinning {}: {e}", pin.display())))?;
+            fd.pin(&pin).map_err(|e| iface_err(interface, format!("pinning {}: {e:?}", pin.display())))?;
         }
         Ok(())
     }
@@ -90,6 +103,7 @@ impl Dataplane {
                 let _ = tc::qdisc_detach_program(interface, attach_type, hook.program());
             }
         }
+        let _ = std::fs::remove_dir(link_dir.join(escape(interface)));
         Ok(())
     }
 
@@ -99,13 +113,9 @@ impl Dataplane {
             .into_iter()
             .flatten()
             .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let n = e.file_name().to_string_lossy().into_owned();
-                n.rsplit_once('.').map(|(i, _)| i.to_string())
-            })
+            .map(|e| unescape(&e.file_name().to_string_lossy()))
             .collect();
         names.sort();
-        names.dedup();
         names
     }
 }
