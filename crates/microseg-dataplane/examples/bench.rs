@@ -294,8 +294,8 @@ fn path_check(c: &Case, repeat: u32) -> String {
 fn report(scenario: &str, cases: &[Case], args: &Args, rows: &mut Vec<Row>, rules: usize) {
     let floor = cases.iter().find(|c| c.kind == Kind::Floor).map(|c| median(&c.samples)).unwrap();
     println!(
-        "  {:<44} {:>10} {:>9} {:>8}  {:<16} {:<6} {}",
-        "case", "median ns", "min ns", "x floor", "target", "result", "samples ns | path check | events lost"
+        "  {:<44} {:>10} {:>9} {:>8}  {:<16} {:<6} samples ns | path check | events lost",
+        "case", "median ns", "min ns", "x floor", "target", "result"
     );
     for c in cases {
         let (md, mn) = (median(&c.samples), min(&c.samples));
@@ -504,54 +504,72 @@ fn case(name: String, kind: Kind, hook: Hook, frame: Vec<u8>, expect_action: u32
     Case { name, kind, hook, frame, expect_action, emits_events, samples: vec![], events_lost: 0, first_delta: None }
 }
 
+type PolicyKeyT = microseg_dataplane::common::PolicyKey;
+type IpKeyT = microseg_dataplane::common::IpKey;
+
+#[derive(Default)]
 struct Totals {
     rows: Vec<Row>,
+    compile: Vec<(usize, Duration, Duration, microseg_dataplane::common::tables::TableSizes)>,
+    fills: Vec<(usize, u32, usize)>,
+    memory: Vec<(String, u64)>,
 }
 
-/// One scenario: a fresh data plane with `rules` rules; with `fill` sessions opened first.
+/// One scenario: a fresh data plane with `rules` rules (0: no policy applied at all, so
+/// sessions carry no rule and hits skip the rule counter); with `fill` sessions opened first.
 fn scenario(args: &Args, rules: usize, fill: u32, totals: &mut Totals) {
-    let title = if fill > 0 {
-        format!("{rules} rules, {fill} sessions")
-    } else {
-        format!("{rules} rule(s), empty session table")
+    let title = match (rules, fill) {
+        (0, _) => "no policy applied [info]".to_string(),
+        (_, 0) => format!("{rules} rule(s), empty session table"),
+        _ => format!("{rules} rules, {fill} sessions"),
     };
     println!("\n=== scenario: {title} ===");
     let opts = LoadOptions::default();
     let t = Instant::now();
-    let mut dp = Dataplane::load(&opts).expect("load (needs root and bpffs-free private maps)");
+    let mut dp = Dataplane::load(&opts).expect("load (needs root)");
     println!("load: {:.3} s (session table capacity {})", t.elapsed().as_secs_f64(), opts.sessions);
 
-    let set = resource_set(rules);
-    let t = Instant::now();
-    let compiled = Compiler::new().compile(&set, &[LocalEndpoint { workload: "db".into(), ifindex: IFINDEX_LO }]);
-    let compile = t.elapsed();
-    let t = Instant::now();
-    let rep = dp.apply(&compiled.tables).expect("apply");
-    let apply = t.elapsed();
-    let sz = compiled.tables.sizes();
-    println!(
-        "compile: {:.3} s   apply: {:.3} s ({} entries written per slot, both slots)   compile+apply: {:.3} s{}",
-        compile.as_secs_f64(),
-        apply.as_secs_f64(),
-        rep.written,
-        (compile + apply).as_secs_f64(),
-        if rules >= 10_000 {
-            format!("  [target < 1 s: {}]", if (compile + apply).as_secs_f64() < 1.0 { "PASS" } else { "MISS" })
-        } else {
-            String::new()
-        }
-    );
-    println!(
-        "tables.sizes(): endpoints {} endpoint_addrs {} identities {} policy {} port_ranges {}",
-        sz.endpoints, sz.endpoint_addrs, sz.identities, sz.policy, sz.port_ranges
-    );
+    let mut policy_key = None;
+    if rules > 0 {
+        let set = resource_set(rules);
+        let t = Instant::now();
+        let compiled =
+            Compiler::new().compile(&set, &[LocalEndpoint { workload: "db".into(), ifindex: IFINDEX_LO }]);
+        let compile = t.elapsed();
+        let t = Instant::now();
+        let _ = Identities::build(&set, &mut IdentityAllocator::default());
+        let identities = t.elapsed();
+        let t = Instant::now();
+        let rep = dp.apply(&compiled.tables).expect("apply");
+        let apply = t.elapsed();
+        let sz = compiled.tables.sizes();
+        println!(
+            "compile: {:.3} s   apply: {:.3} s ({} entries written per slot, both slots)   compile+apply: {:.3} s{}",
+            compile.as_secs_f64(),
+            apply.as_secs_f64(),
+            rep.written,
+            (compile + apply).as_secs_f64(),
+            if rules >= 10_000 {
+                format!("  [target < 1 s: {}]", if (compile + apply).as_secs_f64() < 1.0 { "PASS" } else { "MISS" })
+            } else {
+                String::new()
+            }
+        );
+        println!("  [info] of which Identities::build alone: {:.3} s (timed separately)", identities.as_secs_f64());
+        println!(
+            "tables.sizes(): endpoints {} endpoint_addrs {} identities {} policy {} port_ranges {}",
+            sz.endpoints, sz.endpoint_addrs, sz.identities, sz.policy, sz.port_ranges
+        );
+        totals.compile.push((rules, compile, apply, sz));
+        policy_key = compiled.tables.policy.keys().find(|k| k.port == port(rules - 1)).copied();
+    }
 
     let ring_events = ring_capacity_events(opts.events_bytes);
     // Leave room for the few events other cases may add in between.
     let batch = (ring_events * 3 / 4).max(1);
 
     if fill > 0 {
-        let (took, refused) = fill_sessions(&mut dp, fill, rules, batch);
+        let (took, refused) = fill_sessions(&mut dp, fill, rules.max(1), batch);
         let t = Instant::now();
         let count = dp.session_count();
         println!(
@@ -561,9 +579,10 @@ fn scenario(args: &Args, rules: usize, fill: u32, totals: &mut Totals) {
             100.0 * count as f64 / opts.sessions as f64,
             t.elapsed().as_secs_f64()
         );
+        totals.fills.push((rules, fill, count));
     }
 
-    let last = rules - 1;
+    let last = rules.max(1) - 1;
     let ack = establish(&mut dp, last, 64_000);
     let floor_frame = ack.clone();
     let new_allowed = tcp(peer(last), 65_000, DB_IP, port(last), TCP_SYN);
@@ -571,14 +590,34 @@ fn scenario(args: &Args, rules: usize, fill: u32, totals: &mut Totals) {
     // Every packet without a session now takes the policy path and is never remembered.
     dp.set_flags(config_flags::NO_SESSION_INSERT).expect("set_flags");
 
-    let est_name = if fill > 0 { "established (session hit), table full" } else { "established (session hit)" };
+    let est_name = match (rules, fill) {
+        (0, _) => "established, no rule counter [info]".to_string(),
+        (_, 0) => "established (session hit)".to_string(),
+        (_, f) => format!("established (session hit), {f} sessions"),
+    };
     let mut cases = vec![
         case("floor (Hook::Pass)".into(), Kind::Floor, Hook::Pass, floor_frame, 0, false),
         case("parse only (ARP, ToWorkload) [info]".into(), Kind::ParseOnly, Hook::ToWorkload, arp(), 0, false),
-        case(est_name.into(), Kind::Established, Hook::ToWorkload, ack, 0, false),
-        case("new session, allowed (last rule)".into(), Kind::NewAllowed, Hook::ToWorkload, new_allowed, 0, true),
-        case("new session, denied (default deny)".into(), Kind::NewDenied, Hook::ToWorkload, new_denied, 2, true),
+        case(est_name, Kind::Established, Hook::ToWorkload, ack.clone(), 0, false),
     ];
+    if rules > 0 {
+        cases.push(case(
+            "new session, allowed (last rule)".into(),
+            Kind::NewAllowed,
+            Hook::ToWorkload,
+            new_allowed,
+            0,
+            true,
+        ));
+        cases.push(case(
+            "new session, denied (default deny)".into(),
+            Kind::NewDenied,
+            Hook::ToWorkload,
+            new_denied,
+            2,
+            true,
+        ));
+    }
     println!(
         "measuring: {} rounds x {} cases x {} packets (event-emitting cases in batches of {batch}; the {} KiB ring holds {ring_events} events of {} B + 8 B header)",
         args.rounds,
@@ -596,10 +635,294 @@ fn scenario(args: &Args, rules: usize, fill: u32, totals: &mut Totals) {
         "stats: packets {} session_hits {} session_misses {} sessions_created {} rejudged {} events_lost {}",
         st.packets, st.session_hits, st.session_misses, st.sessions_created, st.rejudged, st.events_lost
     );
+    if rules > 0 {
+        components(&mut dp, args, &ack, last, policy_key, batch);
+    }
+    if rules == 0 {
+        return;
+    }
     println!("kernel memory of the maps (fdinfo memlock):");
-    print_map_memory();
+    let total = print_map_memory();
+    totals.memory.push((title.clone(), total));
     println!("programs:");
     print_programs();
+}
+
+// ---------------------------------------------------------------- component costs
+
+/// Hand-assembled test programs, to price single operations in the same harness.
+mod raw {
+    pub struct Insn([u8; 8]);
+
+    fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
+        let mut b = [0u8; 8];
+        b[0] = code;
+        b[1] = (src << 4) | (dst & 0xf);
+        b[2..4].copy_from_slice(&off.to_le_bytes());
+        b[4..8].copy_from_slice(&imm.to_le_bytes());
+        Insn(b)
+    }
+
+    pub fn mov_imm(dst: u8, imm: i32) -> Insn {
+        insn(0xb7, dst, 0, 0, imm)
+    }
+    pub fn mov_reg(dst: u8, src: u8) -> Insn {
+        insn(0xbf, dst, src, 0, 0)
+    }
+    pub fn add_imm(dst: u8, imm: i32) -> Insn {
+        insn(0x07, dst, 0, 0, imm)
+    }
+    /// *(u32 *)(r10 + off) = imm
+    pub fn st_w(off: i16, imm: i32) -> Insn {
+        insn(0x62, 10, 0, off, imm)
+    }
+    pub fn call(helper: i32) -> Insn {
+        insn(0x85, 0, 0, 0, helper)
+    }
+    pub fn exit() -> Insn {
+        insn(0x95, 0, 0, 0, 0)
+    }
+    /// r{dst} = map (two instructions).
+    pub fn ld_map_fd(dst: u8, fd: i32) -> [Insn; 2] {
+        [insn(0x18, dst, 1, 0, fd), insn(0, 0, 0, 0, 0)]
+    }
+
+    pub const HELPER_MAP_LOOKUP: i32 = 1;
+    pub const HELPER_KTIME_GET_NS: i32 = 5;
+    pub const HELPER_JIFFIES64: i32 = 118;
+    pub const HELPER_RINGBUF_RESERVE: i32 = 131;
+    pub const HELPER_RINGBUF_SUBMIT: i32 = 132;
+    pub const HELPER_KTIME_GET_COARSE_NS: i32 = 160;
+
+    /// r0 = bpf_ringbuf_reserve(map, size, 0); if r0 { bpf_ringbuf_submit(r0, 0) }; return 0.
+    pub fn ringbuf_event(map_fd: i32, size: i32) -> Vec<Insn> {
+        let mut v = Vec::new();
+        v.extend(ld_map_fd(1, map_fd));
+        v.push(mov_imm(2, size));
+        v.push(mov_imm(3, 0));
+        v.push(call(HELPER_RINGBUF_RESERVE));
+        v.push(insn(0x15, 0, 0, 3, 0)); // if r0 == 0 goto +3
+        v.push(mov_reg(1, 0));
+        v.push(mov_imm(2, 0));
+        v.push(call(HELPER_RINGBUF_SUBMIT));
+        v.push(mov_imm(0, 0));
+        v.push(exit());
+        v
+    }
+
+    fn sys_bpf(cmd: i64, attr: &mut [u8]) -> i64 {
+        // SAFETY: attr is a zero-padded bpf_attr of the right layout for `cmd`.
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) }
+    }
+
+    /// A loaded SCHED_CLS program; closed on drop.
+    pub struct Prog(i32);
+
+    impl Drop for Prog {
+        fn drop(&mut self) {
+            // SAFETY: we own the fd.
+            unsafe { libc::close(self.0) };
+        }
+    }
+
+    pub fn load(insns: &[Insn]) -> Result<Prog, String> {
+        let code: Vec<u8> = insns.iter().flat_map(|i| i.0).collect();
+        let license = b"GPL\0";
+        let mut log = vec![0u8; 1 << 16];
+        let mut attr = [0u8; 128];
+        attr[0..4].copy_from_slice(&3u32.to_ne_bytes()); // BPF_PROG_TYPE_SCHED_CLS
+        attr[4..8].copy_from_slice(&(insns.len() as u32).to_ne_bytes());
+        attr[8..16].copy_from_slice(&(code.as_ptr() as u64).to_ne_bytes());
+        attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+        attr[24..28].copy_from_slice(&1u32.to_ne_bytes());
+        attr[28..32].copy_from_slice(&(log.len() as u32).to_ne_bytes());
+        attr[32..40].copy_from_slice(&(log.as_mut_ptr() as u64).to_ne_bytes());
+        attr[48..56].copy_from_slice(b"mseg_bench\0\0\0\0\0\0"[..8].as_ref());
+        let fd = sys_bpf(5, &mut attr); // BPF_PROG_LOAD
+        if fd < 0 {
+            let end = log.iter().position(|b| *b == 0).unwrap_or(0);
+            return Err(format!(
+                "BPF_PROG_LOAD: {}: {}",
+                std::io::Error::last_os_error(),
+                String::from_utf8_lossy(&log[..end])
+            ));
+        }
+        Ok(Prog(fd as i32))
+    }
+
+    /// Kernel-measured ns per run (integer, as the kernel reports it).
+    pub fn test_run(p: &Prog, frame: &[u8], repeat: u32) -> Result<u32, String> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut attr = [0u8; 80];
+        attr[0..4].copy_from_slice(&(p.0 as u32).to_ne_bytes());
+        attr[8..12].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        attr[12..16].copy_from_slice(&(out.len() as u32).to_ne_bytes());
+        attr[16..24].copy_from_slice(&(frame.as_ptr() as u64).to_ne_bytes());
+        attr[24..32].copy_from_slice(&(out.as_mut_ptr() as u64).to_ne_bytes());
+        attr[32..36].copy_from_slice(&repeat.to_ne_bytes());
+        if sys_bpf(10, &mut attr) < 0 {
+            // BPF_PROG_TEST_RUN
+            return Err(format!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error()));
+        }
+        Ok(u32::from_ne_bytes(attr[36..40].try_into().unwrap()))
+    }
+
+    /// `copies` times: r0 = bpf_map_lookup_elem(map, key on the stack); then return 0.
+    pub fn lookups(map_fd: i32, key: &[u8], copies: usize) -> Vec<Insn> {
+        let mut k = key.to_vec();
+        k.resize(key.len().div_ceil(8) * 8, 0);
+        let base = -(k.len() as i16);
+        let mut v = Vec::new();
+        for (i, w) in k.chunks(4).enumerate() {
+            v.push(st_w(base + 4 * i as i16, i32::from_ne_bytes(w.try_into().unwrap())));
+        }
+        for _ in 0..copies {
+            v.extend(ld_map_fd(1, map_fd));
+            v.push(mov_reg(2, 10));
+            v.push(add_imm(2, base as i32));
+            v.push(call(HELPER_MAP_LOOKUP));
+        }
+        v.push(mov_imm(0, 0));
+        v.push(exit());
+        v
+    }
+
+    pub fn helper_calls(helper: i32, copies: usize) -> Vec<Insn> {
+        let mut v: Vec<Insn> = (0..copies).map(|_| call(helper)).collect();
+        v.push(mov_imm(0, 0));
+        v.push(exit());
+        v
+    }
+}
+
+/// fd of a map this process holds, by (possibly truncated) kernel name.
+fn map_fd(name: &str) -> Option<i32> {
+    let names = bpftool_show("map");
+    let short = &name[..name.len().min(15)];
+    let dir = std::fs::read_dir("/proc/self/fd").ok()?;
+    for e in dir.flatten() {
+        let Ok(target) = std::fs::read_link(e.path()) else { continue };
+        if target.to_string_lossy() != "anon_inode:bpf-map" {
+            continue;
+        }
+        let fd: i32 = e.file_name().to_string_lossy().parse().ok()?;
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+        let id: u64 = info.lines().find_map(|l| l.strip_prefix("map_id:")).and_then(|v| v.trim().parse().ok())?;
+        if names.get(&id).is_some_and(|n| n.0 == short) {
+            return Some(fd);
+        }
+    }
+    None
+}
+
+fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
+    // SAFETY: the map key types are repr(C) with explicit padding: every byte is initialised.
+    unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()).to_vec() }
+}
+
+/// Prices single operations of the classifier paths with hand-assembled programs run in the
+/// same harness, against the maps of `dp` as they are now (informative, not a target).
+fn components(dp: &mut Dataplane, args: &Args, ack: &[u8], last: usize, policy_key: Option<PolicyKeyT>, batch: u32) {
+    const COPIES: usize = 4;
+    let Some((skey, sess)) = dp.session_for(
+        IFINDEX_LO,
+        PROTO_TCP,
+        IpAddr::V4(peer(last)),
+        64_000,
+        IpAddr::V4(DB_IP),
+        port(last),
+    ) else {
+        println!("components: benchmark session not found, skipped");
+        return;
+    };
+    let slot = dp.config().map(|c| c.active_slot).unwrap_or(0);
+    // (name, program, operations per run, repeat)
+    let mut progs: Vec<(String, raw::Prog, usize, u32)> = Vec::new();
+    let mut add_n = |name: String, insns: Result<Vec<raw::Insn>, String>, ops: usize, repeat: u32| {
+        match insns.and_then(|i| raw::load(&i)) {
+            Ok(p) => progs.push((name, p, ops, repeat)),
+            Err(e) => println!("  {name}: {e}"),
+        }
+    };
+    let ev_size = std::mem::size_of::<FlowEvent>() as i32;
+    add_n("empty program (return 0)".into(), Ok(raw::helper_calls(0, 0)), 1, args.repeat);
+    add_n(
+        format!("1 x ringbuf reserve+submit ({ev_size} B; ring drained, batches of {batch})"),
+        map_fd("MSEG_EVENTS").ok_or("map MSEG_EVENTS not found".to_string()).map(|f| raw::ringbuf_event(f, ev_size)),
+        1,
+        batch.min(args.repeat),
+    );
+    let mut add = |name: String, insns: Result<Vec<raw::Insn>, String>| add_n(name, insns, COPIES, args.repeat);
+    add(
+        format!("{COPIES} x bpf_ktime_get_coarse_ns()"),
+        Ok(raw::helper_calls(raw::HELPER_KTIME_GET_COARSE_NS, COPIES)),
+    );
+    add(format!("{COPIES} x bpf_jiffies64()"), Ok(raw::helper_calls(raw::HELPER_JIFFIES64, COPIES)));
+    add(
+        format!("{COPIES} x bpf_ktime_get_ns()"),
+        Ok(raw::helper_calls(raw::HELPER_KTIME_GET_NS, COPIES)),
+    );
+    let fd = |n: &str| map_fd(n).ok_or(format!("map {n} not found"));
+    add(
+        format!("{COPIES} x MSEG_SESSIONS lookup (hit)"),
+        fd("MSEG_SESSIONS").map(|f| raw::lookups(f, &bytes_of(&skey), COPIES)),
+    );
+    let mut miss = skey;
+    miss.lo_port ^= 0x5555;
+    add(
+        format!("{COPIES} x MSEG_SESSIONS lookup (miss)"),
+        fd("MSEG_SESSIONS").map(|f| raw::lookups(f, &bytes_of(&miss), COPIES)),
+    );
+    add(
+        format!("{COPIES} x MSEG_RULE_COUNTERS lookup"),
+        fd("MSEG_RULE_COUNTERS").map(|f| raw::lookups(f, &sess.rule_id.to_ne_bytes(), COPIES)),
+    );
+    let mut lpm = (160u32).to_ne_bytes().to_vec();
+    lpm.extend(bytes_of(&IpKeyT {
+        slot,
+        addr: microseg_dataplane::common::tables::addr_words(IpAddr::V4(peer(last))),
+    }));
+    add(
+        format!("{COPIES} x MSEG_IDENTITIES LPM lookup (peer)"),
+        fd("MSEG_IDENTITIES").map(|f| raw::lookups(f, &lpm, COPIES)),
+    );
+    if let Some(mut k) = policy_key {
+        k.flags = (k.flags & !1) | (slot as u8 & 1);
+        add(
+            format!("{COPIES} x MSEG_POLICY lookup (hit)"),
+            fd("MSEG_POLICY").map(|f| raw::lookups(f, &bytes_of(&k), COPIES)),
+        );
+        k.port ^= 0x5555;
+        add(
+            format!("{COPIES} x MSEG_POLICY lookup (miss)"),
+            fd("MSEG_POLICY").map(|f| raw::lookups(f, &bytes_of(&k), COPIES)),
+        );
+    }
+    let mut samples: Vec<Vec<f64>> = vec![vec![]; progs.len()];
+    for round in 0..args.rounds {
+        for k in 0..progs.len() {
+            let i = (k + round) % progs.len();
+            dp.drain_events();
+            match raw::test_run(&progs[i].1, ack, progs[i].3) {
+                Ok(ns) => samples[i].push(ns as f64),
+                Err(e) => {
+                    println!("  {}: {e}", progs[i].0);
+                    return;
+                }
+            }
+        }
+    }
+    let empty = median(&samples[0]);
+    dp.drain_events();
+    println!(
+        "component costs [info] (hand-assembled programs, median of {} rounds; per op = (median - empty) / ops):",
+        args.rounds
+    );
+    for (i, (name, _, ops, _)) in progs.iter().enumerate() {
+        let md = median(&samples[i]);
+        let per = if i == 0 { String::new() } else { format!("{:>6.1} ns per op", (md - empty) / *ops as f64) };
+        println!("  {name:<44} {md:>7.1} ns  {per}");
+    }
 }
 
 fn machine() {
@@ -630,7 +953,7 @@ fn main() {
         args.rules,
         if args.quick { " (--quick)" } else { "" }
     );
-    let mut totals = Totals { rows: vec![] };
+    let mut totals = Totals::default();
     scenario(&args, 1, 0, &mut totals);
     for &n in &args.rules {
         scenario(&args, n, args.sessions, &mut totals);
@@ -638,14 +961,33 @@ fn main() {
 
     println!("\n=== summary (median of {} rounds; ratio = median / same scenario's floor median) ===", args.rounds);
     println!(
-        "{:<34} {:<44} {:>10} {:>9} {:>8}  {:<16} {}",
-        "scenario", "case", "median ns", "min ns", "x floor", "target", "result"
+        "{:<34} {:<44} {:>10} {:>9} {:>8}  {:<16} result",
+        "scenario", "case", "median ns", "min ns", "x floor", "target"
     );
     for r in &totals.rows {
         println!(
             "{:<34} {:<44} {:>10.1} {:>9.1} {:>8.2}  {:<16} {}",
             r.scenario, r.case, r.median, r.min, r.ratio, r.target, r.result
         );
+    }
+    for (n, c, a, _) in &totals.compile {
+        println!(
+            "compile+apply {n:>6} rules: {:.3} s (compile {:.3} s, apply {:.3} s){}",
+            (*c + *a).as_secs_f64(),
+            c.as_secs_f64(),
+            a.as_secs_f64(),
+            if *n >= 10_000 {
+                format!("  target < 1 s: {}", if (*c + *a).as_secs_f64() < 1.0 { "PASS" } else { "MISS" })
+            } else {
+                String::new()
+            }
+        );
+    }
+    for (n, fill, count) in &totals.fills {
+        println!("session table at {n} rules: {fill} SYNs sent, session_count() = {count}");
+    }
+    for (title, bytes) in &totals.memory {
+        println!("map memory, {title}: {bytes} bytes ({})", mib(*bytes));
     }
     println!("for comparison, the design this replaces claimed 2000-5000 ns per packet and 8000-15000 ns per new session");
     println!("total time {:.1} s", start.elapsed().as_secs_f64());
