@@ -93,7 +93,9 @@ fn parse_args() -> Args {
         };
         match arg.as_str() {
             "--quick" => {}
-            "--repeat" => a.repeat = num("--repeat", value("--repeat")).clamp(1, 100_000_000) as u32,
+            "--repeat" => {
+                a.repeat = num("--repeat", value("--repeat")).clamp(1, 100_000_000) as u32
+            }
             "--rounds" => a.rounds = num("--rounds", value("--rounds")).clamp(1, 50) as usize,
             "--sessions" => a.sessions = num("--sessions", value("--sessions")).min(1 << 20) as u32,
             "--rules" => {
@@ -138,24 +140,36 @@ fn resource_set(n: usize) -> ResourceSet {
     let rules = (0..n)
         .map(|i| Rule {
             action: Action::Allow,
-            peers: vec![Peer::Cidr { cidr: IpNet::new(IpAddr::V4(peer(i)), 32).unwrap(), except: vec![] }],
+            peers: vec![Peer::Cidr {
+                cidr: IpNet::new(IpAddr::V4(peer(i)), 32).unwrap(),
+                except: vec![],
+            }],
             ports: vec![PortMatch {
                 protocol: PROTO_TCP,
-                ports: Some(PortRange { start: port(i), end: port(i) }),
+                ports: Some(PortRange {
+                    start: port(i),
+                    end: port(i),
+                }),
             }],
             source_ports: vec![],
         })
         .collect();
     let policy = Policy {
         name: "db-ingress".into(),
-        selector: LabelSelector { match_labels: labels, match_expressions: vec![] },
+        selector: LabelSelector {
+            match_labels: labels,
+            match_expressions: vec![],
+        },
         priority: DEFAULT_PRIORITY,
         mode: Mode::Enforce,
         ingress: Some(rules),
         egress: None,
         origin: Origin::default(),
     };
-    ResourceSet { workloads: vec![db], policies: vec![policy] }
+    ResourceSet {
+        workloads: vec![db],
+        policies: vec![policy],
+    }
 }
 
 fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
@@ -211,13 +225,19 @@ fn stats_delta(a: &Stats, b: &Stats) -> Stats {
 /// events (ring drained before each batch). Returns kernel-measured ns per packet.
 fn measure(dp: &mut Dataplane, case: &mut Case, repeat: u32, batch: u32) -> f64 {
     let before = dp.stats().expect("stats");
-    let chunk = if case.emits_events { batch.min(repeat) } else { repeat };
+    let chunk = if case.emits_events {
+        batch.min(repeat)
+    } else {
+        repeat
+    };
     let mut left = repeat;
     let mut total_ns = 0f64;
     while left > 0 {
         let n = chunk.min(left);
         dp.drain_events();
-        let r = dp.test_run(case.hook, &case.frame, IFINDEX_LO, n).expect("test_run");
+        let r = dp
+            .test_run(case.hook, &case.frame, IFINDEX_LO, n)
+            .expect("test_run");
         assert_eq!(
             r.action, case.expect_action,
             "{}: TC action {} (expected {})",
@@ -275,7 +295,9 @@ struct Row {
 }
 
 fn path_check(c: &Case, repeat: u32) -> String {
-    let Some(d) = c.first_delta else { return String::new() };
+    let Some(d) = c.first_delta else {
+        return String::new();
+    };
     let r = repeat as u64;
     match c.kind {
         Kind::Floor => format!("classifier counters untouched: {}", d.packets == 0),
@@ -292,7 +314,11 @@ fn path_check(c: &Case, repeat: u32) -> String {
 }
 
 fn report(scenario: &str, cases: &[Case], args: &Args, rows: &mut Vec<Row>, rules: usize) {
-    let floor = cases.iter().find(|c| c.kind == Kind::Floor).map(|c| median(&c.samples)).unwrap();
+    let floor = cases
+        .iter()
+        .find(|c| c.kind == Kind::Floor)
+        .map(|c| median(&c.samples))
+        .unwrap();
     println!(
         "  {:<44} {:>10} {:>9} {:>8}  {:<16} {:<6} samples ns | path check | events lost",
         "case", "median ns", "min ns", "x floor", "target", "result"
@@ -305,9 +331,10 @@ fn report(scenario: &str, cases: &[Case], args: &Args, rows: &mut Vec<Row>, rule
                 format!("<= {TARGET_ESTABLISHED_RATIO}x floor"),
                 Some(ratio <= TARGET_ESTABLISHED_RATIO),
             ),
-            Kind::NewAllowed | Kind::NewDenied if rules >= 100_000 => {
-                (format!("<= {TARGET_NEW_SESSION_NS} ns"), Some(md <= TARGET_NEW_SESSION_NS))
-            }
+            Kind::NewAllowed | Kind::NewDenied if rules >= 100_000 => (
+                format!("<= {TARGET_NEW_SESSION_NS} ns"),
+                Some(md <= TARGET_NEW_SESSION_NS),
+            ),
             _ => ("-".to_string(), None),
         };
         let result = match pass {
@@ -350,14 +377,20 @@ struct FdInfo {
 fn bpf_fds(what: &str) -> Vec<FdInfo> {
     let want = format!("anon_inode:bpf-{what}");
     let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return out };
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return out;
+    };
     for e in dir.flatten() {
-        let Ok(target) = std::fs::read_link(e.path()) else { continue };
+        let Ok(target) = std::fs::read_link(e.path()) else {
+            continue;
+        };
         if target.to_string_lossy() != want {
             continue;
         }
-        let Ok(text) = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", e.file_name().to_string_lossy()))
-        else {
+        let Ok(text) = std::fs::read_to_string(format!(
+            "/proc/self/fdinfo/{}",
+            e.file_name().to_string_lossy()
+        )) else {
             continue;
         };
         let fields = text
@@ -373,14 +406,23 @@ fn bpf_fds(what: &str) -> Vec<FdInfo> {
 /// id → (name, rest of the line) from `bpftool <obj> show`.
 fn bpftool_show(obj: &str) -> BTreeMap<u64, (String, String)> {
     let mut out = BTreeMap::new();
-    let Ok(o) = Command::new("bpftool").args([obj, "show"]).output() else { return out };
+    let Ok(o) = Command::new("bpftool").args([obj, "show"]).output() else {
+        return out;
+    };
     let text = String::from_utf8_lossy(&o.stdout);
     let mut cur: Option<u64> = None;
     for line in text.lines() {
-        if let Some((id, rest)) = line.split_once(':').filter(|(id, _)| id.trim().parse::<u64>().is_ok()) {
+        if let Some((id, rest)) = line
+            .split_once(':')
+            .filter(|(id, _)| id.trim().parse::<u64>().is_ok())
+        {
             let id: u64 = id.trim().parse().unwrap();
             let toks: Vec<&str> = rest.split_whitespace().collect();
-            let name = toks.iter().position(|t| *t == "name").and_then(|p| toks.get(p + 1)).unwrap_or(&"?");
+            let name = toks
+                .iter()
+                .position(|t| *t == "name")
+                .and_then(|p| toks.get(p + 1))
+                .unwrap_or(&"?");
             out.insert(id, (name.to_string(), String::new()));
             cur = Some(id);
         } else if let Some(id) = cur {
@@ -416,23 +458,51 @@ fn print_map_memory() -> u64 {
     let mut maps: Vec<(String, &'static str, u64, u64)> = bpf_fds("map")
         .iter()
         .map(|f| {
-            let id: u64 = f.fields.get("map_id").and_then(|v| v.parse().ok()).unwrap_or(0);
-            let name = names.get(&id).map(|n| n.0.clone()).unwrap_or_else(|| format!("id {id}"));
+            let id: u64 = f
+                .fields
+                .get("map_id")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let name = names
+                .get(&id)
+                .map(|n| n.0.clone())
+                .unwrap_or_else(|| format!("id {id}"));
             let ty = map_type_name(f.fields.get("map_type").map(String::as_str).unwrap_or(""));
-            let max: u64 = f.fields.get("max_entries").and_then(|v| v.parse().ok()).unwrap_or(0);
-            let memlock: u64 = f.fields.get("memlock").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let max: u64 = f
+                .fields
+                .get("max_entries")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let memlock: u64 = f
+                .fields
+                .get("memlock")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
             (name, ty, max, memlock)
         })
         .collect();
     maps.sort_by(|a, b| b.3.cmp(&a.3).then(a.0.cmp(&b.0)));
     maps.dedup_by(|a, b| a.0 == b.0 && a.3 == b.3);
     let mut total = 0;
-    println!("  {:<20} {:<13} {:>12} {:>14} {:>11}", "map", "type", "max_entries", "memlock bytes", "");
+    println!(
+        "  {:<20} {:<13} {:>12} {:>14} {:>11}",
+        "map", "type", "max_entries", "memlock bytes", ""
+    );
     for (name, ty, max, mem) in &maps {
-        println!("  {name:<20} {ty:<13} {max:>12} {mem:>14} {:>11}", mib(*mem));
+        println!(
+            "  {name:<20} {ty:<13} {max:>12} {mem:>14} {:>11}",
+            mib(*mem)
+        );
         total += mem;
     }
-    println!("  {:<20} {:<13} {:>12} {:>14} {:>11}", "total", "", "", total, mib(total));
+    println!(
+        "  {:<20} {:<13} {:>12} {:>14} {:>11}",
+        "total",
+        "",
+        "",
+        total,
+        mib(total)
+    );
     total
 }
 
@@ -440,7 +510,11 @@ fn print_programs() {
     let info = bpftool_show("prog");
     let mut seen = std::collections::BTreeSet::new();
     for f in bpf_fds("prog") {
-        let id: u64 = f.fields.get("prog_id").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let id: u64 = f
+            .fields
+            .get("prog_id")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         if !seen.insert(id) {
             continue;
         }
@@ -456,7 +530,10 @@ fn print_programs() {
                 "  {name:<16} xlated {:>7}  jited {:>7}  verified_insns {}",
                 keep.first().unwrap_or(&"?"),
                 keep.get(1).unwrap_or(&"?"),
-                f.fields.get("verified_insns").map(String::as_str).unwrap_or("?")
+                f.fields
+                    .get("verified_insns")
+                    .map(String::as_str)
+                    .unwrap_or("?")
             );
         }
     }
@@ -473,7 +550,9 @@ fn fill_sessions(dp: &mut Dataplane, n: u32, rules: usize, batch: u32) -> (Durat
         let p = (i / FILL_PORTS) as usize % rules;
         let sport = 1024 + (i % FILL_PORTS) as u16;
         let f = tcp(peer(p), sport, DB_IP, port(p), TCP_SYN);
-        let r = dp.test_run(Hook::ToWorkload, &f, IFINDEX_LO, 1).expect("test_run");
+        let r = dp
+            .test_run(Hook::ToWorkload, &f, IFINDEX_LO, 1)
+            .expect("test_run");
         if !r.passed() {
             refused += 1;
         }
@@ -488,20 +567,52 @@ fn fill_sessions(dp: &mut Dataplane, n: u32, rules: usize, batch: u32) -> (Durat
 /// SYN, SYN-ACK, ACK of an allowed connection from peer(rule): the ACK is then a session hit.
 fn establish(dp: &mut Dataplane, rule: usize, sport: u16) -> Vec<u8> {
     let (p, dport) = (peer(rule), port(rule));
-    let syn = dp.test_run(Hook::ToWorkload, &tcp(p, sport, DB_IP, dport, TCP_SYN), IFINDEX_LO, 1).unwrap();
+    let syn = dp
+        .test_run(
+            Hook::ToWorkload,
+            &tcp(p, sport, DB_IP, dport, TCP_SYN),
+            IFINDEX_LO,
+            1,
+        )
+        .unwrap();
     assert!(syn.passed(), "SYN of the benchmark flow refused");
     let synack = dp
-        .test_run(Hook::FromWorkload, &tcp(DB_IP, dport, p, sport, TCP_SYN | TCP_ACK), IFINDEX_LO, 1)
+        .test_run(
+            Hook::FromWorkload,
+            &tcp(DB_IP, dport, p, sport, TCP_SYN | TCP_ACK),
+            IFINDEX_LO,
+            1,
+        )
         .unwrap();
     assert!(synack.passed(), "SYN-ACK of the benchmark flow refused");
     let ack = tcp(p, sport, DB_IP, dport, TCP_ACK);
-    assert!(dp.test_run(Hook::ToWorkload, &ack, IFINDEX_LO, 1).unwrap().passed());
+    assert!(dp
+        .test_run(Hook::ToWorkload, &ack, IFINDEX_LO, 1)
+        .unwrap()
+        .passed());
     dp.drain_events();
     ack
 }
 
-fn case(name: String, kind: Kind, hook: Hook, frame: Vec<u8>, expect_action: u32, emits_events: bool) -> Case {
-    Case { name, kind, hook, frame, expect_action, emits_events, samples: vec![], events_lost: 0, first_delta: None }
+fn case(
+    name: String,
+    kind: Kind,
+    hook: Hook,
+    frame: Vec<u8>,
+    expect_action: u32,
+    emits_events: bool,
+) -> Case {
+    Case {
+        name,
+        kind,
+        hook,
+        frame,
+        expect_action,
+        emits_events,
+        samples: vec![],
+        events_lost: 0,
+        first_delta: None,
+    }
 }
 
 type PolicyKeyT = microseg_dataplane::common::PolicyKey;
@@ -510,7 +621,12 @@ type IpKeyT = microseg_dataplane::common::IpKey;
 #[derive(Default)]
 struct Totals {
     rows: Vec<Row>,
-    compile: Vec<(usize, Duration, Duration, microseg_dataplane::common::tables::TableSizes)>,
+    compile: Vec<(
+        usize,
+        Duration,
+        Duration,
+        microseg_dataplane::common::tables::TableSizes,
+    )>,
     fills: Vec<(usize, u32, usize)>,
     memory: Vec<(String, u64)>,
 }
@@ -527,14 +643,23 @@ fn scenario(args: &Args, rules: usize, fill: u32, totals: &mut Totals) {
     let opts = LoadOptions::default();
     let t = Instant::now();
     let mut dp = Dataplane::load(&opts).expect("load (needs root)");
-    println!("load: {:.3} s (session table capacity {})", t.elapsed().as_secs_f64(), opts.sessions);
+    println!(
+        "load: {:.3} s (session table capacity {})",
+        t.elapsed().as_secs_f64(),
+        opts.sessions
+    );
 
     let mut policy_key = None;
     if rules > 0 {
         let set = resource_set(rules);
         let t = Instant::now();
-        let compiled =
-            Compiler::new().compile(&set, &[LocalEndpoint { workload: "db".into(), ifindex: IFINDEX_LO }]);
+        let compiled = Compiler::new().compile(
+            &set,
+            &[LocalEndpoint {
+                workload: "db".into(),
+                ifindex: IFINDEX_LO,
+            }],
+        );
         let compile = t.elapsed();
         let t = Instant::now();
         let _ = Identities::build(&set, &mut IdentityAllocator::default());
@@ -555,13 +680,21 @@ fn scenario(args: &Args, rules: usize, fill: u32, totals: &mut Totals) {
                 String::new()
             }
         );
-        println!("  [info] of which Identities::build alone: {:.3} s (timed separately)", identities.as_secs_f64());
+        println!(
+            "  [info] of which Identities::build alone: {:.3} s (timed separately)",
+            identities.as_secs_f64()
+        );
         println!(
             "tables.sizes(): endpoints {} endpoint_addrs {} identities {} policy {} port_ranges {}",
             sz.endpoints, sz.endpoint_addrs, sz.identities, sz.policy, sz.port_ranges
         );
         totals.compile.push((rules, compile, apply, sz));
-        policy_key = compiled.tables.policy.keys().find(|k| k.port == port(rules - 1)).copied();
+        policy_key = compiled
+            .tables
+            .policy
+            .keys()
+            .find(|k| k.port == port(rules - 1))
+            .copied();
     }
 
     let ring_events = ring_capacity_events(opts.events_bytes);
@@ -588,7 +721,8 @@ fn scenario(args: &Args, rules: usize, fill: u32, totals: &mut Totals) {
     let new_allowed = tcp(peer(last), 65_000, DB_IP, port(last), TCP_SYN);
     let new_denied = tcp(WORLD_PEER, 65_000, DB_IP, 5432, TCP_SYN);
     // Every packet without a session now takes the policy path and is never remembered.
-    dp.set_flags(config_flags::NO_SESSION_INSERT).expect("set_flags");
+    dp.set_flags(config_flags::NO_SESSION_INSERT)
+        .expect("set_flags");
 
     let est_name = match (rules, fill) {
         (0, _) => "established, no rule counter [info]".to_string(),
@@ -596,9 +730,30 @@ fn scenario(args: &Args, rules: usize, fill: u32, totals: &mut Totals) {
         (_, f) => format!("established (session hit), {f} sessions"),
     };
     let mut cases = vec![
-        case("floor (Hook::Pass)".into(), Kind::Floor, Hook::Pass, floor_frame, 0, false),
-        case("parse only (ARP, ToWorkload) [info]".into(), Kind::ParseOnly, Hook::ToWorkload, arp(), 0, false),
-        case(est_name, Kind::Established, Hook::ToWorkload, ack.clone(), 0, false),
+        case(
+            "floor (Hook::Pass)".into(),
+            Kind::Floor,
+            Hook::Pass,
+            floor_frame,
+            0,
+            false,
+        ),
+        case(
+            "parse only (ARP, ToWorkload) [info]".into(),
+            Kind::ParseOnly,
+            Hook::ToWorkload,
+            arp(),
+            0,
+            false,
+        ),
+        case(
+            est_name,
+            Kind::Established,
+            Hook::ToWorkload,
+            ack.clone(),
+            0,
+            false,
+        ),
     ];
     if rules > 0 {
         cases.push(case(
@@ -762,7 +917,10 @@ mod raw {
         attr[32..36].copy_from_slice(&repeat.to_ne_bytes());
         if sys_bpf(10, &mut attr) < 0 {
             // BPF_PROG_TEST_RUN
-            return Err(format!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "BPF_PROG_TEST_RUN: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         Ok(u32::from_ne_bytes(attr[36..40].try_into().unwrap()))
     }
@@ -774,7 +932,10 @@ mod raw {
         let base = -(k.len() as i16);
         let mut v = Vec::new();
         for (i, w) in k.chunks(4).enumerate() {
-            v.push(st_w(base + 4 * i as i16, i32::from_ne_bytes(w.try_into().unwrap())));
+            v.push(st_w(
+                base + 4 * i as i16,
+                i32::from_ne_bytes(w.try_into().unwrap()),
+            ));
         }
         for _ in 0..copies {
             v.extend(ld_map_fd(1, map_fd));
@@ -801,13 +962,18 @@ fn map_fd(name: &str) -> Option<i32> {
     let short = &name[..name.len().min(15)];
     let dir = std::fs::read_dir("/proc/self/fd").ok()?;
     for e in dir.flatten() {
-        let Ok(target) = std::fs::read_link(e.path()) else { continue };
+        let Ok(target) = std::fs::read_link(e.path()) else {
+            continue;
+        };
         if target.to_string_lossy() != "anon_inode:bpf-map" {
             continue;
         }
         let fd: i32 = e.file_name().to_string_lossy().parse().ok()?;
         let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
-        let id: u64 = info.lines().find_map(|l| l.strip_prefix("map_id:")).and_then(|v| v.trim().parse().ok())?;
+        let id: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("map_id:"))
+            .and_then(|v| v.trim().parse().ok())?;
         if names.get(&id).is_some_and(|n| n.0 == short) {
             return Some(fd);
         }
@@ -817,12 +983,21 @@ fn map_fd(name: &str) -> Option<i32> {
 
 fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
     // SAFETY: the map key types are repr(C) with explicit padding: every byte is initialised.
-    unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()).to_vec() }
+    unsafe {
+        std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()).to_vec()
+    }
 }
 
 /// Prices single operations of the classifier paths with hand-assembled programs run in the
 /// same harness, against the maps of `dp` as they are now (informative, not a target).
-fn components(dp: &mut Dataplane, args: &Args, ack: &[u8], last: usize, policy_key: Option<PolicyKeyT>, batch: u32) {
+fn components(
+    dp: &mut Dataplane,
+    args: &Args,
+    ack: &[u8],
+    last: usize,
+    policy_key: Option<PolicyKeyT>,
+    batch: u32,
+) {
     const COPIES: usize = 4;
     let Some((skey, sess)) = dp.session_for(
         IFINDEX_LO,
@@ -838,26 +1013,39 @@ fn components(dp: &mut Dataplane, args: &Args, ack: &[u8], last: usize, policy_k
     let slot = dp.config().map(|c| c.active_slot).unwrap_or(0);
     // (name, program, operations per run, repeat)
     let mut progs: Vec<(String, raw::Prog, usize, u32)> = Vec::new();
-    let mut add_n = |name: String, insns: Result<Vec<raw::Insn>, String>, ops: usize, repeat: u32| {
-        match insns.and_then(|i| raw::load(&i)) {
+    let mut add_n =
+        |name: String, insns: Result<Vec<raw::Insn>, String>, ops: usize, repeat: u32| match insns
+            .and_then(|i| raw::load(&i))
+        {
             Ok(p) => progs.push((name, p, ops, repeat)),
             Err(e) => println!("  {name}: {e}"),
-        }
-    };
+        };
     let ev_size = std::mem::size_of::<FlowEvent>() as i32;
-    add_n("empty program (return 0)".into(), Ok(raw::helper_calls(0, 0)), 1, args.repeat);
+    add_n(
+        "empty program (return 0)".into(),
+        Ok(raw::helper_calls(0, 0)),
+        1,
+        args.repeat,
+    );
     add_n(
         format!("1 x ringbuf reserve+submit ({ev_size} B; ring drained, batches of {batch})"),
-        map_fd("MSEG_EVENTS").ok_or("map MSEG_EVENTS not found".to_string()).map(|f| raw::ringbuf_event(f, ev_size)),
+        map_fd("MSEG_EVENTS")
+            .ok_or("map MSEG_EVENTS not found".to_string())
+            .map(|f| raw::ringbuf_event(f, ev_size)),
         1,
         batch.min(args.repeat),
     );
-    let mut add = |name: String, insns: Result<Vec<raw::Insn>, String>| add_n(name, insns, COPIES, args.repeat);
+    let mut add = |name: String, insns: Result<Vec<raw::Insn>, String>| {
+        add_n(name, insns, COPIES, args.repeat)
+    };
     add(
         format!("{COPIES} x bpf_ktime_get_coarse_ns()"),
         Ok(raw::helper_calls(raw::HELPER_KTIME_GET_COARSE_NS, COPIES)),
     );
-    add(format!("{COPIES} x bpf_jiffies64()"), Ok(raw::helper_calls(raw::HELPER_JIFFIES64, COPIES)));
+    add(
+        format!("{COPIES} x bpf_jiffies64()"),
+        Ok(raw::helper_calls(raw::HELPER_JIFFIES64, COPIES)),
+    );
     add(
         format!("{COPIES} x bpf_ktime_get_ns()"),
         Ok(raw::helper_calls(raw::HELPER_KTIME_GET_NS, COPIES)),
@@ -920,7 +1108,11 @@ fn components(dp: &mut Dataplane, args: &Args, ack: &[u8], last: usize, policy_k
     );
     for (i, (name, _, ops, _)) in progs.iter().enumerate() {
         let md = median(&samples[i]);
-        let per = if i == 0 { String::new() } else { format!("{:>6.1} ns per op", (md - empty) / *ops as f64) };
+        let per = if i == 0 {
+            String::new()
+        } else {
+            format!("{:>6.1} ns per op", (md - empty) / *ops as f64)
+        };
         println!("  {name:<44} {md:>7.1} ns  {per}");
     }
 }
@@ -928,16 +1120,25 @@ fn components(dp: &mut Dataplane, args: &Args, ack: &[u8], last: usize, policy_k
 fn machine() {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split_once(':').unwrap().1.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split_once(':').unwrap().1.trim().to_string())
+        })
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let date = Command::new("date")
         .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    println!("machine: {cpus} CPUs, {cpu}, kernel {}, {date}", kernel.trim());
+    println!(
+        "machine: {cpus} CPUs, {cpu}, kernel {}, {date}",
+        kernel.trim()
+    );
 }
 
 fn main() {
@@ -959,7 +1160,10 @@ fn main() {
         scenario(&args, n, args.sessions, &mut totals);
     }
 
-    println!("\n=== summary (median of {} rounds; ratio = median / same scenario's floor median) ===", args.rounds);
+    println!(
+        "\n=== summary (median of {} rounds; ratio = median / same scenario's floor median) ===",
+        args.rounds
+    );
     println!(
         "{:<34} {:<44} {:>10} {:>9} {:>8}  {:<16} result",
         "scenario", "case", "median ns", "min ns", "x floor", "target"
@@ -977,7 +1181,14 @@ fn main() {
             c.as_secs_f64(),
             a.as_secs_f64(),
             if *n >= 10_000 {
-                format!("  target < 1 s: {}", if (*c + *a).as_secs_f64() < 1.0 { "PASS" } else { "MISS" })
+                format!(
+                    "  target < 1 s: {}",
+                    if (*c + *a).as_secs_f64() < 1.0 {
+                        "PASS"
+                    } else {
+                        "MISS"
+                    }
+                )
             } else {
                 String::new()
             }

@@ -38,7 +38,11 @@ fn delta<K: Copy + Eq + Hash, V: Copy + PartialEq>(
             .filter(|(k, v)| old.get(k) != Some(v))
             .map(|(k, v)| (*k, *v))
             .collect(),
-        remove: old.keys().filter(|k| !new.contains_key(k)).copied().collect(),
+        remove: old
+            .keys()
+            .filter(|k| !new.contains_key(k))
+            .copied()
+            .collect(),
     }
 }
 
@@ -101,34 +105,62 @@ impl Dataplane {
 
         let d = delta(old.map(|o| &o.policy), &new.policy);
         for k in &d.remove {
-            let key = PolicyKey { flags: with_slot(k.flags, slot), ..*k };
-            self.policy.remove(&key).map_err(Error::map(names::POLICY))?;
+            let key = PolicyKey {
+                flags: with_slot(k.flags, slot),
+                ..*k
+            };
+            self.policy
+                .remove(&key)
+                .map_err(Error::map(names::POLICY))?;
         }
         for (k, v) in &d.upsert {
-            let key = PolicyKey { flags: with_slot(k.flags, slot), ..*k };
-            self.policy.insert(key, v, 0).map_err(Error::map(names::POLICY))?;
+            let key = PolicyKey {
+                flags: with_slot(k.flags, slot),
+                ..*k
+            };
+            self.policy
+                .insert(key, v, 0)
+                .map_err(Error::map(names::POLICY))?;
         }
         report.written += d.upsert.len();
         report.removed += d.remove.len();
 
         let d = delta(old.map(|o| &o.port_ranges), &new.port_ranges);
         for k in &d.remove {
-            let key = PolicyKey { flags: with_slot(k.flags, slot), ..*k };
-            self.port_ranges.remove(&key).map_err(Error::map(names::PORT_RANGES))?;
+            let key = PolicyKey {
+                flags: with_slot(k.flags, slot),
+                ..*k
+            };
+            self.port_ranges
+                .remove(&key)
+                .map_err(Error::map(names::PORT_RANGES))?;
         }
         for (k, v) in &d.upsert {
-            let key = PolicyKey { flags: with_slot(k.flags, slot), ..*k };
-            self.port_ranges.insert(key, v, 0).map_err(Error::map(names::PORT_RANGES))?;
+            let key = PolicyKey {
+                flags: with_slot(k.flags, slot),
+                ..*k
+            };
+            self.port_ranges
+                .insert(key, v, 0)
+                .map_err(Error::map(names::PORT_RANGES))?;
         }
         report.written += d.upsert.len();
         report.removed += d.remove.len();
 
-        let d = delta(old_flat.as_ref().map(|o| &o.identities), &new_flat.identities);
+        let d = delta(
+            old_flat.as_ref().map(|o| &o.identities),
+            &new_flat.identities,
+        );
         for p in &d.remove {
-            self.identities.remove(&lpm_key(s32, p)).map_err(Error::map(names::IDENTITIES))?;
+            self.identities
+                .remove(&lpm_key(s32, p))
+                .map_err(Error::map(names::IDENTITIES))?;
         }
         for (p, id) in &d.upsert {
-            let v = IdentityEntry { identity: *id, _pad: 0 };
+            let v = IdentityEntry {
+                identity: *id,
+                _pad: 0,
+            };
             self.identities
                 .insert(&lpm_key(s32, p), v, 0)
                 .map_err(Error::map(names::IDENTITIES))?;
@@ -138,12 +170,24 @@ impl Dataplane {
 
         let d = delta(old_flat.as_ref().map(|o| &o.addrs), &new_flat.addrs);
         for (ifindex, addr) in &d.remove {
-            let key = EndpointAddrKey { slot: s32, ifindex: *ifindex, addr: *addr };
-            self.endpoint_addrs.remove(&key).map_err(Error::map(names::ENDPOINT_ADDRS))?;
+            let key = EndpointAddrKey {
+                slot: s32,
+                ifindex: *ifindex,
+                addr: *addr,
+            };
+            self.endpoint_addrs
+                .remove(&key)
+                .map_err(Error::map(names::ENDPOINT_ADDRS))?;
         }
         for ((ifindex, addr), v) in &d.upsert {
-            let key = EndpointAddrKey { slot: s32, ifindex: *ifindex, addr: *addr };
-            self.endpoint_addrs.insert(key, v, 0).map_err(Error::map(names::ENDPOINT_ADDRS))?;
+            let key = EndpointAddrKey {
+                slot: s32,
+                ifindex: *ifindex,
+                addr: *addr,
+            };
+            self.endpoint_addrs
+                .insert(key, v, 0)
+                .map_err(Error::map(names::ENDPOINT_ADDRS))?;
         }
         report.written += d.upsert.len();
         report.removed += d.remove.len();
@@ -151,12 +195,22 @@ impl Dataplane {
         // Endpoints last: an endpoint's entries exist before packets can find it.
         let d = delta(old_flat.as_ref().map(|o| &o.endpoints), &new_flat.endpoints);
         for ifindex in &d.remove {
-            let key = EndpointKey { slot: s32, ifindex: *ifindex };
-            self.endpoints.remove(&key).map_err(Error::map(names::ENDPOINTS))?;
+            let key = EndpointKey {
+                slot: s32,
+                ifindex: *ifindex,
+            };
+            self.endpoints
+                .remove(&key)
+                .map_err(Error::map(names::ENDPOINTS))?;
         }
         for (ifindex, info) in &d.upsert {
-            let key = EndpointKey { slot: s32, ifindex: *ifindex };
-            self.endpoints.insert(key, info, 0).map_err(Error::map(names::ENDPOINTS))?;
+            let key = EndpointKey {
+                slot: s32,
+                ifindex: *ifindex,
+            };
+            self.endpoints
+                .insert(key, info, 0)
+                .map_err(Error::map(names::ENDPOINTS))?;
         }
         report.written += d.upsert.len();
         report.removed += d.remove.len();
@@ -166,24 +220,48 @@ impl Dataplane {
     /// Removes every entry of one slot.
     fn clear_slot(&mut self, slot: u8) -> Result<()> {
         let s32 = slot as u32;
-        let keys: Vec<_> = self.policy.keys().filter_map(|k| k.ok()).filter(|k| k.flags & 1 == slot).collect();
+        let keys: Vec<_> = self
+            .policy
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.flags & 1 == slot)
+            .collect();
         for k in keys {
             let _ = self.policy.remove(&k);
         }
-        let keys: Vec<_> =
-            self.port_ranges.keys().filter_map(|k| k.ok()).filter(|k| k.flags & 1 == slot).collect();
+        let keys: Vec<_> = self
+            .port_ranges
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.flags & 1 == slot)
+            .collect();
         for k in keys {
             let _ = self.port_ranges.remove(&k);
         }
-        let keys: Vec<_> = self.identities.keys().filter_map(|k| k.ok()).filter(|k| k.data().slot == s32).collect();
+        let keys: Vec<_> = self
+            .identities
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.data().slot == s32)
+            .collect();
         for k in keys {
             let _ = self.identities.remove(&k);
         }
-        let keys: Vec<_> = self.endpoint_addrs.keys().filter_map(|k| k.ok()).filter(|k| k.slot == s32).collect();
+        let keys: Vec<_> = self
+            .endpoint_addrs
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.slot == s32)
+            .collect();
         for k in keys {
             let _ = self.endpoint_addrs.remove(&k);
         }
-        let keys: Vec<_> = self.endpoints.keys().filter_map(|k| k.ok()).filter(|k| k.slot == s32).collect();
+        let keys: Vec<_> = self
+            .endpoints
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.slot == s32)
+            .collect();
         for k in keys {
             let _ = self.endpoints.remove(&k);
         }

@@ -62,7 +62,11 @@ impl Dataplane {
                 let _ = tc::qdisc_add_clsact(interface);
                 let _ = tc::qdisc_detach_program(interface, attach_type, hook.program());
                 let id = prog
-                    .attach_with_options(interface, attach_type, TcAttachOptions::Netlink(Default::default()))
+                    .attach_with_options(
+                        interface,
+                        attach_type,
+                        TcAttachOptions::Netlink(Default::default()),
+                    )
                     .map_err(|e| iface_err(interface, e))?;
                 // Dropping the link would detach it; the filter is meant to outlive us.
                 std::mem::forget(prog.take_link(id).map_err(|e| iface_err(interface, e))?);
@@ -74,19 +78,25 @@ impl Dataplane {
             }
             let id = match PinnedLink::from_pin(&pin) {
                 Ok(old) => {
-                    let link: SchedClassifierLink = FdLink::from(old)
-                        .try_into()
-                        .map_err(|e| iface_err(interface, format!("pinned link {}: {e}", pin.display())))?;
-                    prog.attach_to_link(link).map_err(|e| iface_err(interface, e))?
+                    let link: SchedClassifierLink = FdLink::from(old).try_into().map_err(|e| {
+                        iface_err(interface, format!("pinned link {}: {e}", pin.display()))
+                    })?;
+                    prog.attach_to_link(link)
+                        .map_err(|e| iface_err(interface, e))?
                 }
                 Err(_) => prog
-                    .attach_with_options(interface, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                    .attach_with_options(
+                        interface,
+                        attach_type,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
                     .map_err(|e| iface_err(interface, e))?,
             };
             let link = prog.take_link(id).map_err(|e| iface_err(interface, e))?;
             let fd: FdLink = link.try_into().map_err(|e| iface_err(interface, e))?;
             let _ = std::fs::remove_file(&pin);
-            fd.pin(&pin).map_err(|e| iface_err(interface, format!("pinning {}: {e:?}", pin.display())))?;
+            fd.pin(&pin)
+                .map_err(|e| iface_err(interface, format!("pinning {}: {e:?}", pin.display())))?;
         }
         Ok(())
     }

@@ -92,7 +92,12 @@ impl Dataplane {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(crate::PROGRAMS)?;
-        for name in [PROG_FROM_WORKLOAD, PROG_TO_WORKLOAD, PROG_PASS, PROG_SLOW_PATH] {
+        for name in [
+            PROG_FROM_WORKLOAD,
+            PROG_TO_WORKLOAD,
+            PROG_PASS,
+            PROG_SLOW_PATH,
+        ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(Error::TestRun(format!("program {name} missing")))?
@@ -155,7 +160,9 @@ impl Dataplane {
     pub fn set_flags(&mut self, flags: u32) -> Result<()> {
         let mut cfg = self.config()?;
         cfg.flags = flags;
-        self.config.set(0, cfg, 0).map_err(Error::map(names::CONFIG))
+        self.config
+            .set(0, cfg, 0)
+            .map_err(Error::map(names::CONFIG))
     }
 
     /// The counters, summed over CPUs.
@@ -174,15 +181,18 @@ impl Dataplane {
             .rule_counters
             .get(&rule_id, 0)
             .map_err(Error::map(names::RULE_COUNTERS))?;
-        Ok(per_cpu.iter().fold(RuleCounter::default(), |a, c| RuleCounter {
-            packets: a.packets + c.packets,
-            bytes: a.bytes + c.bytes,
-        }))
+        Ok(per_cpu
+            .iter()
+            .fold(RuleCounter::default(), |a, c| RuleCounter {
+                packets: a.packets + c.packets,
+                bytes: a.bytes + c.bytes,
+            }))
     }
 
     /// Zeroes the counters of rule ids about to be given to new rules.
     pub fn reset_rule_counters(&mut self, rule_ids: impl IntoIterator<Item = u32>) -> Result<()> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::io("/sys/devices/system/cpu/possible")(e))?;
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| Error::io("/sys/devices/system/cpu/possible")(e))?;
         for id in rule_ids {
             let zeros = aya::maps::PerCpuValues::try_from(vec![RuleCounter::default(); cpus])
                 .map_err(|e| Error::io("per-cpu values")(e))?;

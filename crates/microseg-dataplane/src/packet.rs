@@ -69,7 +69,11 @@ impl Frame {
 
     /// ICMP for IPv4 peers, ICMPv6 for IPv6 ones; `rest` is the 4 bytes after the checksum.
     pub fn icmp(src: IpAddr, dst: IpAddr, icmp_type: u8, code: u8, rest: [u8; 4]) -> Frame {
-        let p = if src.is_ipv4() { proto::ICMP } else { proto::ICMPV6 };
+        let p = if src.is_ipv4() {
+            proto::ICMP
+        } else {
+            proto::ICMPV6
+        };
         let mut h = vec![icmp_type, code, 0, 0];
         h.extend_from_slice(&rest);
         h.extend_from_slice(&[0u8; 16]);
@@ -108,7 +112,7 @@ impl Frame {
 
     pub fn with_ipv4_options(mut self, options: &[u8]) -> Frame {
         self.ipv4_options = options.to_vec();
-        while self.ipv4_options.len() % 4 != 0 {
+        while !self.ipv4_options.len().is_multiple_of(4) {
             self.ipv4_options.push(0);
         }
         self
@@ -197,7 +201,9 @@ impl Frame {
 
 /// An ARP request frame.
 pub fn arp() -> Vec<u8> {
-    let mut f = vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x06];
+    let mut f = vec![
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x06,
+    ];
     f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
     f.extend_from_slice(&[0u8; 20]);
     f
@@ -205,7 +211,9 @@ pub fn arp() -> Vec<u8> {
 
 /// A frame of any other ethertype (LLDP here).
 pub fn non_ip() -> Vec<u8> {
-    let mut f = vec![0x01, 0x80, 0xc2, 0, 0, 0x0e, 0x02, 0, 0, 0, 0, 0x01, 0x88, 0xcc];
+    let mut f = vec![
+        0x01, 0x80, 0xc2, 0, 0, 0x0e, 0x02, 0, 0, 0, 0, 0x01, 0x88, 0xcc,
+    ];
     f.extend_from_slice(&[0u8; 32]);
     f
 }

@@ -52,7 +52,13 @@ const SKB_IFINDEX_OFFSET: usize = 40;
 impl Dataplane {
     /// Runs `frame` (an Ethernet frame) through one program `repeat` times, as if it crossed
     /// interface `ifindex` (which must exist in the caller's network namespace; 1 is `lo`).
-    pub fn test_run(&self, hook: Hook, frame: &[u8], ifindex: u32, repeat: u32) -> Result<RunResult> {
+    pub fn test_run(
+        &self,
+        hook: Hook,
+        frame: &[u8],
+        ifindex: u32,
+        repeat: u32,
+    ) -> Result<RunResult> {
         let prog = self.classifier(hook.program())?;
         let mut ctx = [0u8; SKB_CTX_LEN];
         ctx[SKB_IFINDEX_OFFSET..SKB_IFINDEX_OFFSET + 4].copy_from_slice(&ifindex.to_ne_bytes());

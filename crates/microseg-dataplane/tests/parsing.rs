@@ -54,7 +54,10 @@ fn db6() -> std::net::IpAddr {
 }
 
 fn passes(env: &Env, hook: Hook, frame: &[u8]) -> bool {
-    env.dp.test_run(hook, frame, LO, 1).expect("test run").passed()
+    env.dp
+        .test_run(hook, frame, LO, 1)
+        .expect("test run")
+        .passed()
 }
 
 fn ingress(env: &Env, frame: &Frame) -> bool {
@@ -71,16 +74,29 @@ fn assert_malformed(env: &Env, hook: Hook, frame: &[u8], what: &str) {
     let before = stats(env);
     assert!(!passes(env, hook, frame), "{what}: passed");
     let after = stats(env);
-    assert_eq!(after.parse_errors, before.parse_errors + 1, "{what}: parse_errors");
+    assert_eq!(
+        after.parse_errors,
+        before.parse_errors + 1,
+        "{what}: parse_errors"
+    );
     assert_eq!(after.allowed(), before.allowed(), "{what}: judged allowed");
-    assert_eq!(after.session_misses, before.session_misses, "{what}: reached the policy path");
+    assert_eq!(
+        after.session_misses, before.session_misses,
+        "{what}: reached the policy path"
+    );
 }
 
 #[test]
 fn ipv4_plain_is_judged_on_its_ports() {
     let env = env();
-    assert!(ingress(&env, &Frame::tcp(web4(), db4(), 40000, 80, TCP_SYN)));
-    assert!(!ingress(&env, &Frame::tcp(web4(), db4(), 40000, 81, TCP_SYN)));
+    assert!(ingress(
+        &env,
+        &Frame::tcp(web4(), db4(), 40000, 80, TCP_SYN)
+    ));
+    assert!(!ingress(
+        &env,
+        &Frame::tcp(web4(), db4(), 40000, 81, TCP_SYN)
+    ));
     assert!(ingress(&env, &Frame::udp(web4(), db4(), 40000, 53)));
     assert!(!ingress(&env, &Frame::udp(web4(), db4(), 40000, 54)));
     assert!(ingress(&env, &Frame::sctp(web4(), db4(), 40000, 9000)));
@@ -95,20 +111,38 @@ fn ipv4_options_shift_the_l4_header() {
     let env = env();
     // NOP, NOP, then a 12-byte timestamp-like option: 16 bytes of options, IHL 9.
     let opts = [1u8, 1, 68, 12, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    assert!(ingress(&env, &Frame::tcp(web4(), db4(), 40000, 80, TCP_SYN).with_ipv4_options(&opts)));
-    assert!(!ingress(&env, &Frame::tcp(web4(), db4(), 40001, 81, TCP_SYN).with_ipv4_options(&opts)));
+    assert!(ingress(
+        &env,
+        &Frame::tcp(web4(), db4(), 40000, 80, TCP_SYN).with_ipv4_options(&opts)
+    ));
+    assert!(!ingress(
+        &env,
+        &Frame::tcp(web4(), db4(), 40001, 81, TCP_SYN).with_ipv4_options(&opts)
+    ));
     // The longest header: 40 bytes of options (IHL 15).
     let max = [1u8; 40];
-    assert!(ingress(&env, &Frame::udp(web4(), db4(), 40000, 53).with_ipv4_options(&max)));
-    assert!(!ingress(&env, &Frame::udp(web4(), db4(), 40000, 5353).with_ipv4_options(&max)));
+    assert!(ingress(
+        &env,
+        &Frame::udp(web4(), db4(), 40000, 53).with_ipv4_options(&max)
+    ));
+    assert!(!ingress(
+        &env,
+        &Frame::udp(web4(), db4(), 40000, 5353).with_ipv4_options(&max)
+    ));
     assert_eq!(stats(&env).parse_errors, 0);
 }
 
 #[test]
 fn ipv6_plain_is_judged_on_its_ports() {
     let env = env();
-    assert!(ingress(&env, &Frame::tcp(web6(), db6(), 40000, 80, TCP_SYN)));
-    assert!(!ingress(&env, &Frame::tcp(web6(), db6(), 40000, 81, TCP_SYN)));
+    assert!(ingress(
+        &env,
+        &Frame::tcp(web6(), db6(), 40000, 80, TCP_SYN)
+    ));
+    assert!(!ingress(
+        &env,
+        &Frame::tcp(web6(), db6(), 40000, 81, TCP_SYN)
+    ));
     assert!(ingress(&env, &Frame::udp(web6(), db6(), 40000, 53)));
     assert!(!ingress(&env, &Frame::udp(web6(), db6(), 40000, 54)));
     assert!(ingress(&env, &Frame::echo_request(web6(), db6(), 9)));
@@ -121,9 +155,15 @@ fn every_ipv6_extension_header_kind_is_walked() {
     // Hop-by-hop, routing, destination options, mobility, HIP, shim6, authentication.
     for ext in [0u8, 43, 60, 135, 139, 140, 51] {
         let ok = Frame::tcp(web6(), db6(), 40000, 80, TCP_SYN).with_ipv6_ext(&[ext]);
-        assert!(ingress(&env, &ok), "extension header {ext}: allowed port dropped");
+        assert!(
+            ingress(&env, &ok),
+            "extension header {ext}: allowed port dropped"
+        );
         let bad = Frame::tcp(web6(), db6(), 40001, 81, TCP_SYN).with_ipv6_ext(&[ext]);
-        assert!(!ingress(&env, &bad), "extension header {ext}: denied port passed");
+        assert!(
+            !ingress(&env, &bad),
+            "extension header {ext}: denied port passed"
+        );
     }
     assert_eq!(stats(&env).parse_errors, 0);
 }
@@ -132,24 +172,58 @@ fn every_ipv6_extension_header_kind_is_walked() {
 fn ipv6_extension_header_chains_are_walked_up_to_eight() {
     let env = env();
     let chain = [0u8, 60, 43, 51, 60];
-    assert!(ingress(&env, &Frame::udp(web6(), db6(), 40000, 53).with_ipv6_ext(&chain)));
-    assert!(!ingress(&env, &Frame::udp(web6(), db6(), 40000, 54).with_ipv6_ext(&chain)));
+    assert!(ingress(
+        &env,
+        &Frame::udp(web6(), db6(), 40000, 53).with_ipv6_ext(&chain)
+    ));
+    assert!(!ingress(
+        &env,
+        &Frame::udp(web6(), db6(), 40000, 54).with_ipv6_ext(&chain)
+    ));
     let eight = [0u8, 60, 43, 135, 139, 140, 51, 60];
-    assert!(ingress(&env, &Frame::udp(web6(), db6(), 40000, 53).with_ipv6_ext(&eight)), "8 headers");
-    assert!(!ingress(&env, &Frame::udp(web6(), db6(), 40000, 54).with_ipv6_ext(&eight)));
+    assert!(
+        ingress(
+            &env,
+            &Frame::udp(web6(), db6(), 40000, 53).with_ipv6_ext(&eight)
+        ),
+        "8 headers"
+    );
+    assert!(!ingress(
+        &env,
+        &Frame::udp(web6(), db6(), 40000, 54).with_ipv6_ext(&eight)
+    ));
     assert_eq!(stats(&env).parse_errors, 0);
     // Beyond the limit the packet cannot be judged: dropped, never passed unjudged.
     let nine = [0u8, 60, 43, 135, 139, 140, 51, 60, 60];
-    assert_malformed(&env, Hook::ToWorkload, &Frame::udp(web6(), db6(), 40000, 53).with_ipv6_ext(&nine).bytes(), "9 headers");
+    assert_malformed(
+        &env,
+        Hook::ToWorkload,
+        &Frame::udp(web6(), db6(), 40000, 53)
+            .with_ipv6_ext(&nine)
+            .bytes(),
+        "9 headers",
+    );
 }
 
 #[test]
 fn vlan_tagged_frames_are_judged_by_their_inner_packet() {
     let env = env();
-    assert!(ingress(&env, &Frame::tcp(web4(), db4(), 40000, 80, TCP_SYN).with_vlan(100)));
-    assert!(!ingress(&env, &Frame::tcp(web4(), db4(), 40000, 81, TCP_SYN).with_vlan(100)));
-    assert!(ingress(&env, &Frame::tcp(web6(), db6(), 40000, 80, TCP_SYN).with_vlan(4094)));
-    assert!(!ingress(&env, &Frame::tcp(web6(), db6(), 40000, 81, TCP_SYN).with_vlan(4094)));
+    assert!(ingress(
+        &env,
+        &Frame::tcp(web4(), db4(), 40000, 80, TCP_SYN).with_vlan(100)
+    ));
+    assert!(!ingress(
+        &env,
+        &Frame::tcp(web4(), db4(), 40000, 81, TCP_SYN).with_vlan(100)
+    ));
+    assert!(ingress(
+        &env,
+        &Frame::tcp(web6(), db6(), 40000, 80, TCP_SYN).with_vlan(4094)
+    ));
+    assert!(!ingress(
+        &env,
+        &Frame::tcp(web6(), db6(), 40000, 81, TCP_SYN).with_vlan(4094)
+    ));
     // 802.1ad outer tag alone is one tag too.
     let mut qinq = Frame::udp(web4(), db4(), 40000, 53).with_vlan(7).bytes();
     qinq[12..14].copy_from_slice(&0x88a8u16.to_be_bytes());
@@ -170,12 +244,31 @@ fn double_tag(mut frame: Vec<u8>, outer: u16) -> Vec<u8> {
 #[test]
 fn double_tagged_frames_are_dropped() {
     let env = env();
-    let inner = Frame::tcp(web4(), db4(), 40000, 80, TCP_SYN).with_vlan(100).bytes();
-    assert_malformed(&env, Hook::ToWorkload, &double_tag(inner.clone(), 0x8100), "802.1Q in 802.1Q");
-    assert_malformed(&env, Hook::ToWorkload, &double_tag(inner, 0x88a8), "802.1Q in 802.1ad");
+    let inner = Frame::tcp(web4(), db4(), 40000, 80, TCP_SYN)
+        .with_vlan(100)
+        .bytes();
+    assert_malformed(
+        &env,
+        Hook::ToWorkload,
+        &double_tag(inner.clone(), 0x8100),
+        "802.1Q in 802.1Q",
+    );
+    assert_malformed(
+        &env,
+        Hook::ToWorkload,
+        &double_tag(inner, 0x88a8),
+        "802.1Q in 802.1ad",
+    );
     // On the egress side too, even from the workload's own address.
-    let out = Frame::tcp(db4(), web4(), 80, 40000, TCP_SYN | TCP_ACK).with_vlan(100).bytes();
-    assert_malformed(&env, Hook::FromWorkload, &double_tag(out, 0x8100), "egress double tag");
+    let out = Frame::tcp(db4(), web4(), 80, 40000, TCP_SYN | TCP_ACK)
+        .with_vlan(100)
+        .bytes();
+    assert_malformed(
+        &env,
+        Hook::FromWorkload,
+        &double_tag(out, 0x8100),
+        "egress double tag",
+    );
 }
 
 /// The kernel's test runner refuses untagged frames too short for the IP header their
@@ -186,15 +279,46 @@ fn truncated_headers_are_dropped_and_counted() {
     let env = env();
     // Ethernet: a VLAN ethertype with its tag cut off (the kernel refuses frames < 14 bytes).
     for cut in [14, 16, 17] {
-        let mut eth = Frame::tcp(web4(), db4(), 1, 80, TCP_SYN).with_vlan(3).bytes();
+        let mut eth = Frame::tcp(web4(), db4(), 1, 80, TCP_SYN)
+            .with_vlan(3)
+            .bytes();
         eth.truncate(cut);
-        assert_malformed(&env, Hook::ToWorkload, &eth, &format!("VLAN tag cut at {cut}"));
+        assert_malformed(
+            &env,
+            Hook::ToWorkload,
+            &eth,
+            &format!("VLAN tag cut at {cut}"),
+        );
     }
     for (what, full, cut) in [
-        ("IPv4 header", Frame::tcp(web4(), db4(), 1, 80, TCP_SYN).with_vlan(3).bytes(), 18 + 12),
-        ("IPv4 header without addresses", Frame::tcp(web4(), db4(), 1, 80, TCP_SYN).with_vlan(3).bytes(), 18 + 19),
-        ("IPv6 header", Frame::tcp(web6(), db6(), 1, 80, TCP_SYN).with_vlan(3).bytes(), 18 + 30),
-        ("IPv6 header without destination", Frame::tcp(web6(), db6(), 1, 80, TCP_SYN).with_vlan(3).bytes(), 18 + 39),
+        (
+            "IPv4 header",
+            Frame::tcp(web4(), db4(), 1, 80, TCP_SYN)
+                .with_vlan(3)
+                .bytes(),
+            18 + 12,
+        ),
+        (
+            "IPv4 header without addresses",
+            Frame::tcp(web4(), db4(), 1, 80, TCP_SYN)
+                .with_vlan(3)
+                .bytes(),
+            18 + 19,
+        ),
+        (
+            "IPv6 header",
+            Frame::tcp(web6(), db6(), 1, 80, TCP_SYN)
+                .with_vlan(3)
+                .bytes(),
+            18 + 30,
+        ),
+        (
+            "IPv6 header without destination",
+            Frame::tcp(web6(), db6(), 1, 80, TCP_SYN)
+                .with_vlan(3)
+                .bytes(),
+            18 + 39,
+        ),
     ] {
         let mut f = full;
         f.truncate(cut);
@@ -244,10 +368,20 @@ fn invalid_ip_headers_are_dropped_and_counted() {
     assert_malformed(&env, Hook::ToWorkload, &v, "IPv4 version");
     let mut long = good.clone();
     long[16..18].copy_from_slice(&(40u16 + 1).to_be_bytes());
-    assert_malformed(&env, Hook::ToWorkload, &long, "IPv4 total length beyond the frame");
+    assert_malformed(
+        &env,
+        Hook::ToWorkload,
+        &long,
+        "IPv4 total length beyond the frame",
+    );
     let mut short = good.clone();
     short[16..18].copy_from_slice(&19u16.to_be_bytes());
-    assert_malformed(&env, Hook::ToWorkload, &short, "IPv4 total length below the header");
+    assert_malformed(
+        &env,
+        Hook::ToWorkload,
+        &short,
+        "IPv4 total length below the header",
+    );
     // IHL larger than the frame holds.
     let mut big_ihl = good.clone();
     big_ihl[14] = 0x4f;
@@ -260,7 +394,12 @@ fn invalid_ip_headers_are_dropped_and_counted() {
     assert_malformed(&env, Hook::ToWorkload, &v6, "IPv6 version");
     let mut long6 = good6.clone();
     long6[18..20].copy_from_slice(&21u16.to_be_bytes());
-    assert_malformed(&env, Hook::ToWorkload, &long6, "IPv6 payload length beyond the frame");
+    assert_malformed(
+        &env,
+        Hook::ToWorkload,
+        &long6,
+        "IPv6 payload length beyond the frame",
+    );
 }
 
 #[test]
@@ -268,21 +407,53 @@ fn unknown_ip_protocols_are_judged_by_protocol_rules_and_defaults() {
     let mut env = env();
     let gre = |s, d| Frame::new(s, d, 47, vec![0u8; 24]);
     let nonext = |s, d| Frame::new(s, d, 59, vec![0u8; 24]);
-    assert!(ingress(&env, &gre(web4(), db4())), "GRE allowed by {{protocol: 47}}");
-    assert!(ingress(&env, &gre(web6(), db6())), "GRE over IPv6 allowed by {{protocol: 47}}");
-    assert!(!ingress(&env, &nonext(web4(), db4())), "protocol 59 default-denied");
-    assert!(!ingress(&env, &nonext(web6(), db6())), "IPv6 no-next-header default-denied");
+    assert!(
+        ingress(&env, &gre(web4(), db4())),
+        "GRE allowed by {{protocol: 47}}"
+    );
+    assert!(
+        ingress(&env, &gre(web6(), db6())),
+        "GRE over IPv6 allowed by {{protocol: 47}}"
+    );
+    assert!(
+        !ingress(&env, &nonext(web4(), db4())),
+        "protocol 59 default-denied"
+    );
+    assert!(
+        !ingress(&env, &nonext(web6(), db6())),
+        "IPv6 no-next-header default-denied"
+    );
     let ev = env.new_events();
     assert_eq!(ev.len(), 4);
     let rule = env.rule_id("db-ingress", microseg_policy::Direction::Ingress, 0);
-    assert_eq!((ev[0].protocol, ev[0].verdict, ev[0].rule_id), (47, verdict::ALLOW, rule));
-    assert_eq!((ev[1].protocol, ev[1].verdict, ev[1].rule_id), (47, verdict::ALLOW, rule));
-    assert_eq!((ev[2].protocol, ev[2].verdict, ev[2].rule_id), (59, verdict::DENY, RULE_DEFAULT_DENY));
-    assert_eq!((ev[3].protocol, ev[3].verdict, ev[3].rule_id), (59, verdict::DENY, RULE_DEFAULT_DENY));
+    assert_eq!(
+        (ev[0].protocol, ev[0].verdict, ev[0].rule_id),
+        (47, verdict::ALLOW, rule)
+    );
+    assert_eq!(
+        (ev[1].protocol, ev[1].verdict, ev[1].rule_id),
+        (47, verdict::ALLOW, rule)
+    );
+    assert_eq!(
+        (ev[2].protocol, ev[2].verdict, ev[2].rule_id),
+        (59, verdict::DENY, RULE_DEFAULT_DENY)
+    );
+    assert_eq!(
+        (ev[3].protocol, ev[3].verdict, ev[3].rule_id),
+        (59, verdict::DENY, RULE_DEFAULT_DENY)
+    );
     // db's egress has no policy: open, for unknown protocols too (to a peer with no
     // session: web's protocol-59 "connection" was denied, and so is its reply direction).
-    assert!(passes(&env, Hook::FromWorkload, &nonext(db4(), ip("10.9.9.9")).bytes()));
-    assert!(!passes(&env, Hook::FromWorkload, &nonext(db4(), web4()).bytes()));
+    assert!(passes(
+        &env,
+        Hook::FromWorkload,
+        &nonext(db4(), ip("10.9.9.9")).bytes()
+    ));
+    assert!(!passes(
+        &env,
+        Hook::FromWorkload,
+        &nonext(db4(), web4()).bytes()
+    ));
     assert_eq!(stats(&env).parse_errors, 0);
 }
 
@@ -301,7 +472,10 @@ fn arp_neighbour_discovery_and_other_non_ip_frames_pass_counted() {
     }
     let s = stats(&env);
     assert_eq!((s.arp, s.non_ip, s.neighbor_discovery), (2, 2, 10));
-    assert_eq!((s.allowed(), s.denied(), s.session_misses, s.non_ip_dropped), (0, 0, 0, 0));
+    assert_eq!(
+        (s.allowed(), s.denied(), s.session_misses, s.non_ip_dropped),
+        (0, 0, 0, 0)
+    );
 }
 
 #[test]
@@ -323,7 +497,10 @@ spec: {selector: {}, ingress: [], egress: []}
         assert!(passes(&env, Hook::ToWorkload, &nd.bytes()), "ND type {t}");
     }
     // Other ICMPv6 is policy's: echo is default-denied.
-    assert!(!ingress(&env, &Frame::echo_request(ip("fd00::2"), ip("fd00::3"), 1)));
+    assert!(!ingress(
+        &env,
+        &Frame::echo_request(ip("fd00::2"), ip("fd00::3"), 1)
+    ));
     assert_eq!(stats(&env).neighbor_discovery, 5);
 }
 
@@ -338,9 +515,15 @@ fn drop_non_ip_drops_lldp_but_not_arp() {
     let nd = Frame::icmp(ip("fe80::1"), ip("ff02::1"), 135, 0, [0; 4]);
     assert!(passes(&env, Hook::ToWorkload, &nd.bytes()));
     // IP traffic is unaffected.
-    assert!(ingress(&env, &Frame::tcp(web4(), db4(), 40000, 80, TCP_SYN)));
+    assert!(ingress(
+        &env,
+        &Frame::tcp(web4(), db4(), 40000, 80, TCP_SYN)
+    ));
     let s = stats(&env);
-    assert_eq!((s.non_ip, s.non_ip_dropped, s.arp, s.neighbor_discovery), (2, 2, 2, 1));
+    assert_eq!(
+        (s.non_ip, s.non_ip_dropped, s.arp, s.neighbor_discovery),
+        (2, 2, 2, 1)
+    );
 }
 
 #[test]
@@ -357,7 +540,10 @@ fn ipv4_fragments_follow_their_first_fragment() {
     let first_bad = Frame::udp(web4(), db4(), 40000, 54).fragment(0, true, 0x2222);
     assert!(!ingress(&env, &first_bad));
     let later_bad = Frame::udp(web4(), db4(), 0, 0).fragment(185, false, 0x2222);
-    assert!(!ingress(&env, &later_bad), "later fragment of a denied datagram");
+    assert!(
+        !ingress(&env, &later_bad),
+        "later fragment of a denied datagram"
+    );
     let s = stats(&env);
     assert_eq!(s.fragments_dropped, 0);
     // A later fragment whose first fragment was never seen: dropped and counted.
@@ -381,7 +567,12 @@ fn ipv4_tcp_fragment_at_offset_one_is_malformed() {
     assert!(ingress(&env, &first));
     // It could overwrite the flags of the allowed first fragment's TCP header (RFC 1858).
     let overlap = Frame::tcp(web4(), db4(), 0, 0, 0).fragment(1, false, 0x4444);
-    assert_malformed(&env, Hook::ToWorkload, &overlap.bytes(), "TCP fragment at offset 1");
+    assert_malformed(
+        &env,
+        Hook::ToWorkload,
+        &overlap.bytes(),
+        "TCP fragment at offset 1",
+    );
 }
 
 #[test]
@@ -390,16 +581,26 @@ fn ipv6_fragments_follow_their_first_fragment() {
     let first = Frame::tcp(web6(), db6(), 40000, 80, TCP_SYN).fragment(0, true, 0xabcdef);
     assert!(ingress(&env, &first));
     let later = Frame::tcp(web6(), db6(), 0, 0, 0).fragment(181, false, 0xabcdef);
-    assert!(ingress(&env, &later), "later fragment of an allowed datagram");
+    assert!(
+        ingress(&env, &later),
+        "later fragment of an allowed datagram"
+    );
     // Behind other extension headers too.
-    let first_ext = Frame::udp(web6(), db6(), 40000, 53).with_ipv6_ext(&[0, 60]).fragment(0, true, 7);
+    let first_ext = Frame::udp(web6(), db6(), 40000, 53)
+        .with_ipv6_ext(&[0, 60])
+        .fragment(0, true, 7);
     assert!(ingress(&env, &first_ext));
-    let later_ext = Frame::udp(web6(), db6(), 0, 0).with_ipv6_ext(&[0, 60]).fragment(10, false, 7);
+    let later_ext = Frame::udp(web6(), db6(), 0, 0)
+        .with_ipv6_ext(&[0, 60])
+        .fragment(10, false, 7);
     assert!(ingress(&env, &later_ext));
     let first_bad = Frame::tcp(web6(), db6(), 40000, 81, TCP_SYN).fragment(0, true, 0x99);
     assert!(!ingress(&env, &first_bad));
     let later_bad = Frame::tcp(web6(), db6(), 0, 0, 0).fragment(181, false, 0x99);
-    assert!(!ingress(&env, &later_bad), "later fragment of a denied datagram");
+    assert!(
+        !ingress(&env, &later_bad),
+        "later fragment of a denied datagram"
+    );
     let orphan = Frame::tcp(web6(), db6(), 0, 0, 0).fragment(181, false, 0x100);
     assert!(!ingress(&env, &orphan));
     let s = stats(&env);
@@ -411,8 +612,23 @@ fn ipv6_fragments_follow_their_first_fragment() {
 fn ipv4_mapped_ipv6_addresses_are_dropped() {
     let env = env();
     let mapped_src = Frame::tcp(ip("::ffff:10.1.0.2"), db6(), 40000, 80, TCP_SYN);
-    assert_malformed(&env, Hook::ToWorkload, &mapped_src.bytes(), "v4-mapped source");
+    assert_malformed(
+        &env,
+        Hook::ToWorkload,
+        &mapped_src.bytes(),
+        "v4-mapped source",
+    );
     let mapped_dst = Frame::tcp(web6(), ip("::ffff:10.1.0.3"), 40000, 80, TCP_SYN);
-    assert_malformed(&env, Hook::ToWorkload, &mapped_dst.bytes(), "v4-mapped destination");
-    assert_malformed(&env, Hook::FromWorkload, &Frame::tcp(db6(), ip("::ffff:10.1.0.2"), 80, 1, TCP_SYN).bytes(), "egress");
+    assert_malformed(
+        &env,
+        Hook::ToWorkload,
+        &mapped_dst.bytes(),
+        "v4-mapped destination",
+    );
+    assert_malformed(
+        &env,
+        Hook::FromWorkload,
+        &Frame::tcp(db6(), ip("::ffff:10.1.0.2"), 80, 1, TCP_SYN).bytes(),
+        "egress",
+    );
 }

@@ -2,8 +2,18 @@ use microseg_dataplane::{packet::*, Dataplane, Hook, LoadOptions};
 
 #[test]
 fn loads_and_passes_unpoliced_traffic() {
-    let dp = Dataplane::load(&LoadOptions { sessions: 1024, ..Default::default() }).expect("load");
-    let f = Frame::tcp("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap(), 1000, 80, TCP_SYN);
+    let dp = Dataplane::load(&LoadOptions {
+        sessions: 1024,
+        ..Default::default()
+    })
+    .expect("load");
+    let f = Frame::tcp(
+        "10.0.0.1".parse().unwrap(),
+        "10.0.0.2".parse().unwrap(),
+        1000,
+        80,
+        TCP_SYN,
+    );
     let r = dp.test_run(Hook::FromWorkload, &f.bytes(), 1, 1).unwrap();
     assert!(r.passed());
     let s = dp.stats().unwrap();

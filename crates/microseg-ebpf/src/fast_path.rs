@@ -110,7 +110,7 @@ fn fragment_key(ifindex: u32, pkt: &Packet) -> FragmentKey {
         src: pkt.src,
         dst: pkt.dst,
         id: pkt.frag_id,
-        protocol: pkt.protocol,
+        protocol: pkt.frag_proto,
         _pad: [0; 3],
     }
 }
@@ -130,7 +130,13 @@ fn later_fragment(ifindex: u32, pkt: &Packet, stats: &mut Stats) -> u8 {
 
 /// A first fragment leaves its verdict for the fragments that follow it.
 #[inline(always)]
-pub fn record_first_fragment(ifindex: u32, pkt: &Packet, verdict: u8, rule_id: u32, stats: &mut Stats) {
+pub fn record_first_fragment(
+    ifindex: u32,
+    pkt: &Packet,
+    verdict: u8,
+    rule_id: u32,
+    stats: &mut Stats,
+) {
     if pkt.fragment != FRAG_FIRST {
         return;
     }

@@ -41,6 +41,9 @@ pub struct Packet {
     pub icmp_type: u8,
     pub fragment: u8,
     pub frag_id: u32,
+    /// The protocol fragments are matched under: the IPv6 fragment header's next header
+    /// (the same in every fragment), or the IPv4 protocol.
+    pub frag_proto: u8,
     /// Offset of the L4 header (for ICMP errors: of the ICMP header).
     pub l4_off: u32,
     pub is_v6: bool,
@@ -121,6 +124,7 @@ fn parse_ipv4(ctx: &TcContext, pkt: &mut Packet, l3: usize) -> Parsed {
     let offset = frag & 0x1fff;
     let more = frag & 0x2000 != 0;
     pkt.protocol = h[2].to_ne_bytes()[1];
+    pkt.frag_proto = pkt.protocol;
     pkt.src = [0, 0, V4_MAPPED_WORD, h[3]];
     pkt.dst = [0, 0, V4_MAPPED_WORD, h[4]];
     pkt.frag_id = be16([b1[0], b1[1]]) as u32;
@@ -179,6 +183,7 @@ fn parse_ipv6(ctx: &TcContext, pkt: &mut Packet, l3: usize) -> Parsed {
                     return Parsed::Malformed;
                 };
                 next = f[0];
+                pkt.frag_proto = next;
                 let frag = be16([f[2], f[3]]);
                 pkt.frag_id = u32::from_be_bytes([f[4], f[5], f[6], f[7]]);
                 pkt.fragment = if frag >> 3 != 0 {

@@ -200,14 +200,16 @@ fn rejudge(cfg: &Config, stats: &mut Stats, key: &SessionKey, s: &mut Session, n
 }
 
 /// Egress from an address the workload does not own: dropped, so no workload can borrow
-/// another's identity. IPv6 link-local sources are exempt (they never leave the link).
+/// another's identity. Link-local and unspecified IPv6 sources (ND, MLD, DAD) and the
+/// unspecified IPv4 source (DHCP) are exempt: they name no identity and are not routed.
 #[inline(always)]
 fn spoofed(slot: u32, ifindex: u32, ep: &EndpointInfo, pkt: &Packet) -> bool {
     let need = if pkt.is_v6 {
         let link_local = u32::from_be(pkt.src[0]) >> 22 == 0x3fa;
-        !link_local && ep.flags & endpoint_flags::VERIFY_SOURCE_V6 != 0
+        let unspecified = pkt.src == [0; 4];
+        !link_local && !unspecified && ep.flags & endpoint_flags::VERIFY_SOURCE_V6 != 0
     } else {
-        ep.flags & endpoint_flags::VERIFY_SOURCE_V4 != 0
+        pkt.src[3] != 0 && ep.flags & endpoint_flags::VERIFY_SOURCE_V4 != 0
     };
     if !need {
         return false;

@@ -26,7 +26,11 @@ pub fn resources(yaml: &str) -> ResourceSet {
 }
 
 pub fn load() -> Dataplane {
-    Dataplane::load(&LoadOptions { sessions: 4096, ..Default::default() }).expect("load the data plane")
+    Dataplane::load(&LoadOptions {
+        sessions: 4096,
+        ..Default::default()
+    })
+    .expect("load the data plane")
 }
 
 /// A data plane, a compiler and the compile of `yaml` for the local workload `local`, applied.
@@ -41,15 +45,32 @@ impl Env {
     pub fn new(yaml: &str, local: &str) -> Env {
         let mut dp = load();
         let mut compiler = Compiler::new();
-        let compiled = compiler.compile(&resources(yaml), &[LocalEndpoint { workload: local.into(), ifindex: LO }]);
+        let compiled = compiler.compile(
+            &resources(yaml),
+            &[LocalEndpoint {
+                workload: local.into(),
+                ifindex: LO,
+            }],
+        );
         dp.apply(&compiled.tables).expect("apply");
-        Env { dp, compiler, compiled, local: local.into() }
+        Env {
+            dp,
+            compiler,
+            compiled,
+            local: local.into(),
+        }
     }
 
     /// Compiles and applies another resource set (a policy change).
     pub fn reapply(&mut self, yaml: &str) {
         let local = self.local.clone();
-        self.compiled = self.compiler.compile(&resources(yaml), &[LocalEndpoint { workload: local, ifindex: LO }]);
+        self.compiled = self.compiler.compile(
+            &resources(yaml),
+            &[LocalEndpoint {
+                workload: local,
+                ifindex: LO,
+            }],
+        );
         self.dp.apply(&self.compiled.tables).expect("apply");
     }
 
@@ -70,7 +91,11 @@ impl Env {
 
     /// The NEW events waiting, oldest first.
     pub fn new_events(&mut self) -> Vec<FlowEvent> {
-        self.dp.drain_events().into_iter().filter(|e| e.kind == event_kind::NEW).collect()
+        self.dp
+            .drain_events()
+            .into_iter()
+            .filter(|e| e.kind == event_kind::NEW)
+            .collect()
     }
 }
 

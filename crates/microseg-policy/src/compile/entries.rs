@@ -16,6 +16,9 @@ use microseg_common::{
 /// (rank, rule id): lower wins, in the kernel too.
 pub type Best = (u32, u32);
 
+/// An inclusive port interval and its winner.
+type Interval = (u16, u16, Best);
+
 /// Intervals up to this many ports become single-port entries; wider ones range tables.
 pub const EXPAND_LIMIT: u32 = 64;
 
@@ -93,7 +96,10 @@ impl Section {
             for (proto, r) in &rules.protocols {
                 let base = better(r.any_port, rules.any_protocol);
                 if r.any_port.is_some() {
-                    policy.insert(key(policy_kind::ANY_PORT, *proto, 0), entry(base.expect("set")));
+                    policy.insert(
+                        key(policy_kind::ANY_PORT, *proto, 0),
+                        entry(base.expect("set")),
+                    );
                 }
                 let intervals = resolve_intervals(&r.ranges, base);
                 let (exact, wide) = split_wide(intervals);
@@ -104,10 +110,17 @@ impl Section {
                 }
                 if !wide.is_empty() {
                     flags |= dir_flags::HAS_RANGES;
-                    let mut table = PortRangeTable::default();
-                    table.count = wide.len() as u32;
+                    let mut table = PortRangeTable {
+                        count: wide.len() as u32,
+                        ..Default::default()
+                    };
                     for (i, (a, b, best)) in wide.into_iter().enumerate() {
-                        table.ranges[i] = PortRangeEntry { start: a, end: b, rank: best.0, rule_id: best.1 };
+                        table.ranges[i] = PortRangeEntry {
+                            start: a,
+                            end: b,
+                            rank: best.0,
+                            rule_id: best.1,
+                        };
                     }
                     port_ranges.insert(key(policy_kind::RANGES, *proto, 0), table);
                 }
@@ -118,7 +131,10 @@ impl Section {
 }
 
 fn entry(b: Best) -> PolicyEntry {
-    PolicyEntry { rank: b.0, rule_id: b.1 }
+    PolicyEntry {
+        rank: b.0,
+        rule_id: b.1,
+    }
 }
 
 /// Disjoint, sorted intervals covered by at least one range, each with its winner
@@ -127,7 +143,10 @@ fn resolve_intervals(ranges: &[(u16, u16, Best)], base: Option<Best>) -> Vec<(u1
     if ranges.is_empty() {
         return Vec::new();
     }
-    let mut bounds: Vec<u32> = ranges.iter().flat_map(|(a, b, _)| [*a as u32, *b as u32 + 1]).collect();
+    let mut bounds: Vec<u32> = ranges
+        .iter()
+        .flat_map(|(a, b, _)| [*a as u32, *b as u32 + 1])
+        .collect();
     bounds.sort_unstable();
     bounds.dedup();
     let mut sorted: Vec<&(u16, u16, Best)> = ranges.iter().collect();
@@ -162,9 +181,10 @@ fn resolve_intervals(ranges: &[(u16, u16, Best)], base: Option<Best>) -> Vec<(u1
 }
 
 /// Narrow intervals become single ports; the widest (up to the table's size) stay ranges.
-fn split_wide(intervals: Vec<(u16, u16, Best)>) -> (Vec<(u16, u16, Best)>, Vec<(u16, u16, Best)>) {
+fn split_wide(intervals: Vec<Interval>) -> (Vec<Interval>, Vec<Interval>) {
     let width = |i: &(u16, u16, Best)| i.1 as u32 - i.0 as u32 + 1;
-    let (mut wide, mut exact): (Vec<_>, Vec<_>) = intervals.into_iter().partition(|i| width(i) > EXPAND_LIMIT);
+    let (mut wide, mut exact): (Vec<_>, Vec<_>) =
+        intervals.into_iter().partition(|i| width(i) > EXPAND_LIMIT);
     if wide.len() > MAX_PORT_RANGES {
         wide.sort_by_key(|i| Reverse(width(i)));
         exact.extend(wide.drain(MAX_PORT_RANGES..));
@@ -187,12 +207,17 @@ mod tests {
     #[test]
     fn any_port_rules_are_folded_into_ranges() {
         let ranges = [(10, 20, (8, 3))];
-        assert_eq!(resolve_intervals(&ranges, Some((2, 9))), vec![(10, 20, (2, 9))]);
+        assert_eq!(
+            resolve_intervals(&ranges, Some((2, 9))),
+            vec![(10, 20, (2, 9))]
+        );
     }
 
     #[test]
     fn too_many_wide_ranges_fall_back_to_single_ports() {
-        let intervals: Vec<_> = (0..20u16).map(|i| (i * 1000, i * 1000 + 100 + i, (1, 2))).collect();
+        let intervals: Vec<_> = (0..20u16)
+            .map(|i| (i * 1000, i * 1000 + 100 + i, (1, 2)))
+            .collect();
         let (exact, wide) = split_wide(intervals);
         assert_eq!(wide.len(), MAX_PORT_RANGES);
         assert_eq!(exact.len(), 4);

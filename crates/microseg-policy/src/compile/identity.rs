@@ -26,17 +26,35 @@ impl Net {
     pub fn from_ipnet(n: &IpNet) -> Net {
         let v4 = n.addr.is_ipv4();
         let len = if v4 { 96 + n.prefix_len } else { n.prefix_len };
-        Net { v4, prefix: Prefix { addr: mask(addr_words(n.addr), len), len } }
+        Net {
+            v4,
+            prefix: Prefix {
+                addr: mask(addr_words(n.addr), len),
+                len,
+            },
+        }
     }
 
     pub fn host(ip: IpAddr) -> Net {
         let v4 = ip.is_ipv4();
-        Net { v4, prefix: Prefix { addr: addr_words(ip), len: 128 } }
+        Net {
+            v4,
+            prefix: Prefix {
+                addr: addr_words(ip),
+                len: 128,
+            },
+        }
     }
 
     /// The same address cut to a shorter prefix (same family).
     fn truncate(&self, len: u8) -> Net {
-        Net { v4: self.v4, prefix: Prefix { addr: mask(self.prefix.addr, len), len } }
+        Net {
+            v4: self.v4,
+            prefix: Prefix {
+                addr: mask(self.prefix.addr, len),
+                len,
+            },
+        }
     }
 
     /// Shortest prefix length of this family (IPv4 lives under ::ffff:0:0/96).
@@ -54,7 +72,11 @@ pub fn mask(addr: [u32; 4], len: u8) -> [u32; 4] {
     let mut out = [0u32; 4];
     for (i, w) in addr.iter().enumerate() {
         let bits = (len as i32 - 32 * i as i32).clamp(0, 32) as u32;
-        let m: u32 = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+        let m: u32 = if bits == 0 {
+            0
+        } else {
+            u32::MAX << (32 - bits)
+        };
         out[i] = (u32::from_be(*w) & m).to_be();
     }
     out

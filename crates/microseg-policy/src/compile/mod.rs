@@ -14,7 +14,7 @@ use microseg_common::{
     IDENTITY_WORLD, RULE_DEFAULT_DENY, RULE_FIRST,
 };
 
-pub use identity::{IdentityAllocator, Identities, Signature};
+pub use identity::{Identities, IdentityAllocator, Signature};
 
 use crate::model::{Action, Direction, Mode, Policy, ResourceSet, Workload};
 use entries::Section;
@@ -125,7 +125,9 @@ impl Compiler {
                         let mut flags = 0;
                         for p in policies.iter() {
                             flags |= dir_flags::SELECTED;
-                            let Some(rules) = p.section(dir) else { continue };
+                            let Some(rules) = p.section(dir) else {
+                                continue;
+                            };
                             flags |= dir_flags::HAS_SECTION;
                             for (i, rule) in rules.iter().enumerate() {
                                 let id = rule_id_of[&(p.name.as_str(), dir, i as u32)];
@@ -133,7 +135,8 @@ impl Compiler {
                                 let peers: Vec<u32> = if rule.peers.is_empty() {
                                     vec![IDENTITY_ANY]
                                 } else {
-                                    let mut v: Vec<u32> = rule.peers.iter().flat_map(|pe| ids.matching(pe)).collect();
+                                    let mut v: Vec<u32> =
+                                        rule.peers.iter().flat_map(|pe| ids.matching(pe)).collect();
                                     v.sort_unstable();
                                     v.dedup();
                                     v
@@ -146,7 +149,13 @@ impl Compiler {
                                 section.add(best, &peers, &ports);
                             }
                         }
-                        flags |= section.emit(profile, tier_code, d, &mut tables.policy, &mut tables.port_ranges);
+                        flags |= section.emit(
+                            profile,
+                            tier_code,
+                            d,
+                            &mut tables.policy,
+                            &mut tables.port_ranges,
+                        );
                         f[(tier_code * 2 + d) as usize] = flags;
                     }
                 }
@@ -164,10 +173,19 @@ impl Compiler {
                 };
                 tables.endpoint_addrs.insert((ep.ifindex, addr_words(*ip)));
             }
-            let identity = w.ips.first().map(|ip| ids.of(*ip)).unwrap_or(IDENTITY_WORLD);
+            let identity = w
+                .ips
+                .first()
+                .map(|ip| ids.of(*ip))
+                .unwrap_or(IDENTITY_WORLD);
             tables.endpoints.insert(
                 ep.ifindex,
-                EndpointInfo { profile, identity, flags: ep_flags, dir_flags: flags },
+                EndpointInfo {
+                    profile,
+                    identity,
+                    flags: ep_flags,
+                    dir_flags: flags,
+                },
             );
             endpoints.insert(ep.ifindex, w.name.clone());
         }
@@ -247,7 +265,10 @@ pub fn local_endpoints(set: &ResourceSet, interfaces: &HashMap<String, u32>) -> 
         .iter()
         .filter_map(|w: &Workload| {
             let ifindex = interfaces.get(w.interface.as_deref()?)?;
-            Some(LocalEndpoint { workload: w.name.clone(), ifindex: *ifindex })
+            Some(LocalEndpoint {
+                workload: w.name.clone(),
+                ifindex: *ifindex,
+            })
         })
         .collect()
 }
