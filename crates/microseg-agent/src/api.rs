@@ -82,7 +82,10 @@ async fn handle(stream: UnixStream, state: Arc<Mutex<State>>) -> std::io::Result
     Ok(())
 }
 
-type Follow = Option<(tokio::sync::broadcast::Receiver<crate::flows::FlowRecord>, FlowFilter)>;
+type Follow = Option<(
+    tokio::sync::broadcast::Receiver<crate::flows::FlowRecord>,
+    FlowFilter,
+)>;
 
 fn answer(req: &Request, state: &Arc<Mutex<State>>) -> (Vec<Value>, Follow) {
     let st = state.lock().unwrap_or_else(|p| p.into_inner());
@@ -149,16 +152,25 @@ fn answer(req: &Request, state: &Arc<Mutex<State>>) -> (Vec<Value>, Follow) {
 
 /// Sends one request to the agent at `socket` and calls `each` for every line of the
 /// answer until it returns false or the agent closes the connection.
-pub fn request(socket: &Path, req: &Request, mut each: impl FnMut(Value) -> bool) -> Result<(), String> {
-    let mut stream = StdUnixStream::connect(socket)
-        .map_err(|e| format!("cannot reach the agent at {}: {e} (is `microseg agent` running?)", socket.display()))?;
+pub fn request(
+    socket: &Path,
+    req: &Request,
+    mut each: impl FnMut(Value) -> bool,
+) -> Result<(), String> {
+    let mut stream = StdUnixStream::connect(socket).map_err(|e| {
+        format!(
+            "cannot reach the agent at {}: {e} (is `microseg agent` running?)",
+            socket.display()
+        )
+    })?;
     let line = serde_json::to_string(req).map_err(|e| e.to_string())?;
     stream
         .write_all(format!("{line}\n").as_bytes())
         .map_err(|e| format!("{}: {e}", socket.display()))?;
     for line in BufReader::new(stream).lines() {
         let line = line.map_err(|e| format!("{}: {e}", socket.display()))?;
-        let v: Value = serde_json::from_str(&line).map_err(|e| format!("bad answer from the agent: {e}"))?;
+        let v: Value =
+            serde_json::from_str(&line).map_err(|e| format!("bad answer from the agent: {e}"))?;
         if let Some(err) = v.get("error").and_then(|e| e.as_str()) {
             return Err(format!("agent: {err}"));
         }

@@ -91,7 +91,9 @@ pub fn rfc3339(unix: f64) -> String {
 /// Converts kernel monotonic timestamps to wall-clock time.
 pub fn wall_clock(mono_ns: u64) -> f64 {
     let now_mono = microseg_dataplane::sessions::monotonic_ns();
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
     now.as_secs_f64() - (now_mono.saturating_sub(mono_ns)) as f64 / 1e9
 }
 
@@ -118,7 +120,12 @@ impl Names<'_> {
                 .get(&e.ifindex)
                 .cloned()
                 .unwrap_or_else(|| format!("ifindex-{}", e.ifindex)),
-            direction: if e.direction == microseg_common::direction::EGRESS { "egress" } else { "ingress" }.into(),
+            direction: if e.direction == microseg_common::direction::EGRESS {
+                "egress"
+            } else {
+                "ingress"
+            }
+            .into(),
             src_ip: words_addr(e.src_addr).to_string(),
             dst_ip: words_addr(e.dst_addr).to_string(),
             src_port: e.src_port,
@@ -185,10 +192,14 @@ pub struct FlowFilter {
 
 impl FlowFilter {
     pub fn matches(&self, r: &FlowRecord) -> bool {
-        self.verdict.as_ref().is_none_or(|v| v.eq_ignore_ascii_case(&r.verdict))
+        self.verdict
+            .as_ref()
+            .is_none_or(|v| v.eq_ignore_ascii_case(&r.verdict))
             && self.workload.as_ref().is_none_or(|w| w == &r.workload)
             && self.since_s.is_none_or(|s| {
-                let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or(Duration::ZERO);
                 r.unix_time >= now.as_secs_f64() - s
             })
     }

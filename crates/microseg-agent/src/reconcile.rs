@@ -34,13 +34,20 @@ pub struct Fingerprint {
 
 /// The policy files under `path`, as `load_paths` reads them (hidden entries skipped).
 fn walk(path: &PathBuf, top: bool, out: &mut Vec<(PathBuf, Option<SystemTime>, u64)>) {
-    let hidden = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+    let hidden = path
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with('.'));
     if hidden && !top {
         return;
     }
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => {
-            let mut entries: Vec<_> = std::fs::read_dir(path).into_iter().flatten().flatten().map(|e| e.path()).collect();
+            let mut entries: Vec<_> = std::fs::read_dir(path)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .collect();
             entries.sort();
             for e in entries {
                 walk(&e, false, out);
@@ -81,16 +88,27 @@ pub fn enforce(state: &mut State, set: ResourceSet, opts: &AgentOptions) -> Resu
         .dp
         .reset_rule_counters(compiled.new_rule_ids.iter().copied())
         .map_err(|e| e.to_string())?;
-    let report = state.dp.apply(&compiled.tables).map_err(|e| e.to_string())?;
+    let report = state
+        .dp
+        .apply(&compiled.tables)
+        .map_err(|e| e.to_string())?;
     let links = opts.links_dir();
     let mut problems = Vec::new();
     for ep in &local {
-        let iface = ifaces.iter().find(|(_, i)| **i == ep.ifindex).map(|(n, _)| n.clone()).unwrap_or_default();
+        let iface = ifaces
+            .iter()
+            .find(|(_, i)| **i == ep.ifindex)
+            .map(|(n, _)| n.clone())
+            .unwrap_or_default();
         if let Err(e) = state.dp.attach(&iface, &links) {
             problems.push(e.to_string());
         }
     }
-    let wanted: Vec<String> = set.workloads.iter().filter_map(|w| w.interface.clone()).collect();
+    let wanted: Vec<String> = set
+        .workloads
+        .iter()
+        .filter_map(|w| w.interface.clone())
+        .collect();
     for iface in Dataplane::attached_interfaces(&links) {
         if !wanted.contains(&iface) || !ifaces.contains_key(&iface) {
             if let Err(e) = Dataplane::detach(&iface, &links) {

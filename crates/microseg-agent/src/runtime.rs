@@ -26,15 +26,20 @@ fn runtime(e: impl std::fmt::Display) -> AgentError {
 }
 
 pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
-    let set = load(&opts).map_err(|d| AgentError::BadInput(d.iter().map(|d| d.to_string()).collect()))?;
+    let set =
+        load(&opts).map_err(|d| AgentError::BadInput(d.iter().map(|d| d.to_string()).collect()))?;
     let mut dp = Dataplane::load(&LoadOptions {
         pin_dir: Some(opts.maps_dir()),
         sessions: opts.session_capacity,
         ..Default::default()
     })
     .map_err(runtime)?;
-    dp.set_flags(if opts.drop_non_ip { config_flags::DROP_NON_IP } else { 0 })
-        .map_err(runtime)?;
+    dp.set_flags(if opts.drop_non_ip {
+        config_flags::DROP_NON_IP
+    } else {
+        0
+    })
+    .map_err(runtime)?;
     let events = dp.take_events();
     let state = Arc::new(Mutex::new(State {
         dp,
@@ -56,12 +61,17 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     }
 
     if let Some(parent) = opts.socket.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| runtime(format!("{}: {e}", parent.display())))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| runtime(format!("{}: {e}", parent.display())))?;
     }
     let _ = std::fs::remove_file(&opts.socket);
-    let listener = UnixListener::bind(&opts.socket).map_err(|e| runtime(format!("{}: {e}", opts.socket.display())))?;
+    let listener = UnixListener::bind(&opts.socket)
+        .map_err(|e| runtime(format!("{}: {e}", opts.socket.display())))?;
     let _ = std::fs::set_permissions(&opts.socket, std::fs::Permissions::from_mode(0o600));
-    log::info!("serving stats, flows and sessions on {}", opts.socket.display());
+    log::info!(
+        "serving stats, flows and sessions on {}",
+        opts.socket.display()
+    );
     tokio::spawn(crate::api::serve(listener, state.clone()));
     if let Some(rb) = events {
         // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd owns it.
@@ -89,7 +99,10 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         }
     }
     let _ = std::fs::remove_file(&opts.socket);
-    log::info!("stopping; enforcement stays in place (pinned under {})", opts.bpffs.display());
+    log::info!(
+        "stopping; enforcement stays in place (pinned under {})",
+        opts.bpffs.display()
+    );
     Ok(())
 }
 
@@ -109,7 +122,11 @@ fn reload_now(state: &Arc<Mutex<State>>, opts: &AgentOptions) {
             for d in &diags {
                 log::error!("{d}");
             }
-            log::error!("policy not reloaded ({} error(s)); revision {} stays in force", diags.len(), st.revision);
+            log::error!(
+                "policy not reloaded ({} error(s)); revision {} stays in force",
+                diags.len(),
+                st.revision
+            );
             // Interfaces may still have come or gone: re-enforce the last good policy.
             if let Some(set) = st.resources.clone() {
                 if let Err(e) = enforce(&mut st, set, opts) {
@@ -120,7 +137,11 @@ fn reload_now(state: &Arc<Mutex<State>>, opts: &AgentOptions) {
     }
 }
 
-async fn read_events(mut fd: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>, state: Arc<Mutex<State>>, node: String) {
+async fn read_events(
+    mut fd: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+    state: Arc<Mutex<State>>,
+    node: String,
+) {
     loop {
         let Ok(mut guard) = fd.readable_mut().await else {
             return;
@@ -131,14 +152,20 @@ async fn read_events(mut fd: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>, st
             while let Some(item) = rb.next() {
                 if item.len() >= std::mem::size_of::<microseg_common::FlowEvent>() {
                     // SAFETY: the kernel wrote a FlowEvent.
-                    batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const microseg_common::FlowEvent) });
+                    batch.push(unsafe {
+                        std::ptr::read_unaligned(item.as_ptr() as *const microseg_common::FlowEvent)
+                    });
                 }
             }
         }
         guard.clear_ready();
         let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
         for e in batch {
-            let names = Names { node: &node, endpoints: &st.endpoints, rules: &st.rules };
+            let names = Names {
+                node: &node,
+                endpoints: &st.endpoints,
+                rules: &st.rules,
+            };
             let r = names.record(&e);
             st.flows.push(r);
         }
@@ -168,8 +195,17 @@ fn expire(state: &Arc<Mutex<State>>, node: &str) {
         let r = FlowRecord {
             time: rfc3339(unix),
             node: node.to_string(),
-            workload: st.endpoints.get(&k.ifindex).cloned().unwrap_or_else(|| format!("ifindex-{}", k.ifindex)),
-            direction: if s.flags & sf::ORIG_EGRESS != 0 { "egress" } else { "ingress" }.into(),
+            workload: st
+                .endpoints
+                .get(&k.ifindex)
+                .cloned()
+                .unwrap_or_else(|| format!("ifindex-{}", k.ifindex)),
+            direction: if s.flags & sf::ORIG_EGRESS != 0 {
+                "egress"
+            } else {
+                "ingress"
+            }
+            .into(),
             src_ip: words_addr(src).to_string(),
             dst_ip: words_addr(dst).to_string(),
             src_port: sport,
@@ -197,7 +233,8 @@ pub fn cleanup(opts: &AgentOptions) -> Result<(), String> {
         Dataplane::detach(&iface, &links).map_err(|e| e.to_string())?;
     }
     if opts.bpffs.exists() {
-        std::fs::remove_dir_all(&opts.bpffs).map_err(|e| format!("{}: {e}", opts.bpffs.display()))?;
+        std::fs::remove_dir_all(&opts.bpffs)
+            .map_err(|e| format!("{}: {e}", opts.bpffs.display()))?;
     }
     let _ = std::fs::remove_file(&opts.socket);
     Ok(())

@@ -55,7 +55,9 @@ pub fn addr_words(ip: std::net::IpAddr) -> [u32; 4] {
         std::net::IpAddr::V6(v6) => v6,
     };
     let b = v6.octets();
-    core::array::from_fn(|i| u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]))
+    core::array::from_fn(|i| {
+        u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+    })
 }
 
 /// The inverse of [`addr_words`]: IPv4-mapped addresses come back as IPv4.

@@ -1013,13 +1013,13 @@ fn components(
     let slot = dp.config().map(|c| c.active_slot).unwrap_or(0);
     // (name, program, operations per run, repeat)
     let mut progs: Vec<(String, raw::Prog, usize, u32)> = Vec::new();
-    let mut add_n =
-        |name: String, insns: Result<Vec<raw::Insn>, String>, ops: usize, repeat: u32| match insns
-            .and_then(|i| raw::load(&i))
-        {
-            Ok(p) => progs.push((name, p, ops, repeat)),
-            Err(e) => println!("  {name}: {e}"),
-        };
+    let mut add_n = |name: String,
+                     insns: Result<Vec<raw::Insn>, String>,
+                     ops: usize,
+                     repeat: u32| match insns.and_then(|i| raw::load(&i)) {
+        Ok(p) => progs.push((name, p, ops, repeat)),
+        Err(e) => println!("  {name}: {e}"),
+    };
     let ev_size = std::mem::size_of::<FlowEvent>() as i32;
     add_n(
         "empty program (return 0)".into(),

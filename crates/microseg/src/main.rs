@@ -105,14 +105,22 @@ fn agent(a: AgentArgs) -> ExitCode {
         };
     }
     if a.controller.is_some() || a.token_file.is_some() {
-        eprintln!("error: managed mode (--controller) is not available in this build; use --policy PATH");
+        eprintln!(
+            "error: managed mode (--controller) is not available in this build; use --policy PATH"
+        );
         return ExitCode::from(2);
     }
     if a.policy.is_empty() {
-        eprintln!("error: the agent needs --policy PATH (a file or directory of Workloads and Policies)");
+        eprintln!(
+            "error: the agent needs --policy PATH (a file or directory of Workloads and Policies)"
+        );
         return ExitCode::from(2);
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: {e}");

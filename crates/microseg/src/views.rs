@@ -11,7 +11,12 @@ use serde_json::Value;
 #[derive(Args)]
 pub struct ViewArgs {
     /// Output format: table (default) or json.
-    #[arg(short = 'o', long = "output", default_value = "table", value_name = "FORMAT")]
+    #[arg(
+        short = 'o',
+        long = "output",
+        default_value = "table",
+        value_name = "FORMAT"
+    )]
     output: String,
     #[arg(long, default_value = "/run/microseg/agent.sock", value_name = "PATH")]
     socket: PathBuf,
@@ -113,7 +118,11 @@ pub fn flows(f: &FlowArgs) -> ExitCode {
     };
     let req = Request::Flows {
         follow: f.follow,
-        filter: FlowFilter { verdict: f.verdict.clone(), workload: f.workload.clone(), since_s: f.since },
+        filter: FlowFilter {
+            verdict: f.verdict.clone(),
+            workload: f.workload.clone(),
+            since_s: f.since,
+        },
     };
     if !json {
         println!(
@@ -125,7 +134,13 @@ pub fn flows(f: &FlowArgs) -> ExitCode {
         if json {
             println!("{r}");
         } else {
-            let flow = format!("{}:{} -> {}:{}", s(&r, "src_ip"), s(&r, "src_port"), s(&r, "dst_ip"), s(&r, "dst_port"));
+            let flow = format!(
+                "{}:{} -> {}:{}",
+                s(&r, "src_ip"),
+                s(&r, "src_port"),
+                s(&r, "dst_ip"),
+                s(&r, "dst_port")
+            );
             let mut policy = s(&r, "policy");
             if let Some(rule) = r.get("rule").and_then(Value::as_u64) {
                 policy = format!("{policy}[{rule}]");
@@ -163,7 +178,13 @@ pub fn sessions(v: &ViewArgs) -> ExitCode {
         if json {
             println!("{r}");
         } else {
-            let flow = format!("{}:{} -> {}:{}", s(&r, "src_ip"), s(&r, "src_port"), s(&r, "dst_ip"), s(&r, "dst_port"));
+            let flow = format!(
+                "{}:{} -> {}:{}",
+                s(&r, "src_ip"),
+                s(&r, "src_port"),
+                s(&r, "dst_ip"),
+                s(&r, "dst_port")
+            );
             println!(
                 "{:<12} {:<44} {:<6} {:<12} {:<7} {:<20} {:>8} {:>10} {:>5}s",
                 s(&r, "workload"),

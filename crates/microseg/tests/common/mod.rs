@@ -1,0 +1,407 @@
+//! A test topology: a "node" network namespace holding a bridge and the host ends of the
+//! workloads' veths, one namespace per workload, and the agent running in the node
+//! namespace. Every name carries the test's own prefix, and everything is removed on drop,
+//! also when the test fails.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_microseg");
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn sh(args: &[&str]) -> Output {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("run command");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs `f` on a thread inside network namespace `ns`.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = File::open(&path).expect("open netns");
+        // SAFETY: setns on this thread only; the fd is valid for the call.
+        let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}");
+        f()
+    })
+    .join()
+    .expect("netns thread")
+}
+
+pub struct Workload {
+    pub name: String,
+    pub ns: String,
+    pub v4: String,
+    pub v6: String,
+}
+
+pub struct Topology {
+    pub prefix: String,
+    pub node: String,
+    pub workloads: Vec<Workload>,
+    pub dir: PathBuf,
+    pub bpffs: PathBuf,
+    pub socket: PathBuf,
+    agent: Option<Child>,
+    servers: Vec<(Arc<AtomicBool>, JoinHandle<()>)>,
+}
+
+impl Topology {
+    /// Workloads `names[i]` get 10.77.0.(10+i) and fd77::(10+i), interface `veth-<name>`.
+    pub fn new(test: &str, names: &[&str]) -> Topology {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("mse2e{}{}", std::process::id(), n);
+        let node = format!("{prefix}-node");
+        let dir = std::env::temp_dir().join(format!("{prefix}-{test}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("policy")).unwrap();
+        let mut t = Topology {
+            bpffs: PathBuf::from(format!("/sys/fs/bpf/{prefix}")),
+            socket: dir.join("agent.sock"),
+            prefix: prefix.clone(),
+            node: node.clone(),
+            workloads: Vec::new(),
+            dir,
+            agent: None,
+            servers: Vec::new(),
+        };
+        sh(&["ip", "netns", "add", &node]);
+        sh(&["ip", "-n", &node, "link", "set", "lo", "up"]);
+        sh(&["ip", "-n", &node, "link", "add", "br0", "type", "bridge"]);
+        sh(&["ip", "-n", &node, "link", "set", "br0", "up"]);
+        for (i, name) in names.iter().enumerate() {
+            let ns = format!("{prefix}-{name}");
+            let host_end = format!("veth-{name}");
+            let (v4, v6) = (format!("10.77.0.{}", 10 + i), format!("fd77::{}", 10 + i));
+            // Registered before creation so a failure half way still cleans up.
+            t.workloads.push(Workload {
+                name: name.to_string(),
+                ns: ns.clone(),
+                v4: v4.clone(),
+                v6: v6.clone(),
+            });
+            sh(&["ip", "netns", "add", &ns]);
+            sh(&[
+                "ip", "-n", &node, "link", "add", &host_end, "type", "veth", "peer", "name",
+                "eth0", "netns", &ns,
+            ]);
+            sh(&[
+                "ip", "-n", &node, "link", "set", &host_end, "master", "br0", "up",
+            ]);
+            sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+            sh(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{v4}/24"),
+                "dev",
+                "eth0",
+            ]);
+            sh(&[
+                "ip",
+                "-n",
+                &ns,
+                "-6",
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
+            sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+        }
+        t
+    }
+
+    pub fn w(&self, name: &str) -> &Workload {
+        self.workloads
+            .iter()
+            .find(|w| w.name == name)
+            .expect("workload")
+    }
+
+    /// Workload resources for every workload, labelled `app: <name>`.
+    pub fn workloads_yaml(&self) -> String {
+        self.workloads
+            .iter()
+            .map(|w| {
+                format!(
+                    "apiVersion: microseg.io/v1\nkind: Workload\nmetadata: {{name: {n}, labels: {{app: {n}}}}}\nspec: {{interface: veth-{n}, ips: [{v4}, \"{v6}\"]}}\n---\n",
+                    n = w.name,
+                    v4 = w.v4,
+                    v6 = w.v6
+                )
+            })
+            .collect()
+    }
+
+    pub fn write_policy(&self, file: &str, text: &str) {
+        // Write then rename: the agent never reads half a file.
+        let tmp = self.dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.dir.join("policy").join(file)).unwrap();
+    }
+
+    pub fn agent_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.node))
+            .arg(BIN)
+            .arg("agent");
+        c.arg("--bpffs")
+            .arg(&self.bpffs)
+            .arg("--socket")
+            .arg(&self.socket);
+        c.arg("--state-dir").arg(&self.dir).args(args);
+        c
+    }
+
+    /// Starts the agent on the policy directory and waits until it answers.
+    pub fn start_agent(&mut self) {
+        let log = File::create(self.dir.join("agent.log")).unwrap();
+        let child = self
+            .agent_cmd(&[
+                "--policy",
+                self.dir.join("policy").to_str().unwrap(),
+                "--node",
+                "test-node",
+            ])
+            .stderr(log)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn agent");
+        self.agent = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.cli(&["stats"]).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("agent did not come up: {}", self.agent_log());
+    }
+
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Stops the agent with `signal` and waits for it.
+    pub fn stop_agent(&mut self, signal: libc::c_int) -> std::process::ExitStatus {
+        let mut child = self.agent.take().expect("agent running");
+        // nsenter execs the agent, so the pid is the agent's.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        child.wait().unwrap()
+    }
+
+    /// Runs a `microseg` client command against this topology's agent.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .unwrap()
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        let out = self.cli(&["stats", "-o", "json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn flows(&self) -> Vec<serde_json::Value> {
+        let out = self.cli(&["flows", "-o", "json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// A TCP server in workload `w` answering each connection with what it reads, echoed.
+    pub fn tcp_echo(&mut self, w: &str, port: u16) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ns, flag) = (self.w(w).ns.clone(), stop.clone());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            in_netns(&ns, move || {
+                let l = TcpListener::bind(("::", port)).expect("bind");
+                l.set_nonblocking(true).unwrap();
+                ready_tx.send(()).unwrap();
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while !flag.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    match l.accept() {
+                        Ok((mut s, _)) => {
+                            std::thread::spawn(move || {
+                                s.set_nonblocking(false).ok();
+                                s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+                                let mut buf = [0u8; 1024];
+                                while let Ok(n) = s.read(&mut buf) {
+                                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                            });
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            })
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("server ready");
+        self.servers.push((stop, handle));
+    }
+
+    /// A UDP server in workload `w` echoing datagrams.
+    pub fn udp_echo(&mut self, w: &str, port: u16) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ns, flag) = (self.w(w).ns.clone(), stop.clone());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            in_netns(&ns, move || {
+                let s = UdpSocket::bind(("::", port)).expect("bind");
+                s.set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+                ready_tx.send(()).unwrap();
+                let deadline = Instant::now() + Duration::from_secs(120);
+                let mut buf = [0u8; 1500];
+                while !flag.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    if let Ok((n, from)) = s.recv_from(&mut buf) {
+                        let _ = s.send_to(&buf[..n], from);
+                    }
+                }
+            })
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("server ready");
+        self.servers.push((stop, handle));
+    }
+
+    /// Connects from workload `from` and exchanges one message; true when it came back.
+    pub fn tcp_ok(&self, from: &str, to: SocketAddr) -> bool {
+        in_netns(&self.w(from).ns.clone(), move || {
+            let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_millis(1500)) else {
+                return false;
+            };
+            s.set_read_timeout(Some(Duration::from_millis(1500))).ok();
+            let mut buf = [0u8; 5];
+            s.write_all(b"hello").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"hello"
+        })
+    }
+
+    pub fn udp_ok(&self, from: &str, to: SocketAddr) -> bool {
+        in_netns(&self.w(from).ns.clone(), move || {
+            let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+                .parse()
+                .unwrap();
+            let s = UdpSocket::bind(bind).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(700)))
+                .unwrap();
+            let mut buf = [0u8; 16];
+            (0..2).any(|_| {
+                s.send_to(b"ping", to).is_ok() && matches!(s.recv_from(&mut buf), Ok((4, _)))
+            })
+        })
+    }
+
+    pub fn ping_ok(&self, from: &str, to: &str) -> bool {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.w(from).ns,
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                to,
+            ])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    /// Polls `cond` for up to `limit`.
+    pub fn eventually(&self, limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if cond() {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+pub fn addr(ip: &str, port: u16) -> SocketAddr {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}").parse().unwrap()
+    } else {
+        format!("{ip}:{port}").parse().unwrap()
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for (stop, _) in &self.servers {
+            stop.store(true, Ordering::SeqCst);
+        }
+        for (_, h) in self.servers.drain(..) {
+            let _ = h.join();
+        }
+        if let Some(mut a) = self.agent.take() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+        let _ = self.agent_cmd(&["--cleanup"]).output();
+        let _ = std::fs::remove_dir_all(&self.bpffs);
+        for w in &self.workloads {
+            let _ = Command::new("ip").args(["netns", "del", &w.ns]).output();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.node])
+            .output();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}

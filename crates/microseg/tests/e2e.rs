@@ -1,0 +1,230 @@
+//! End to end: the agent enforces policy on real traffic between network namespaces.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{addr, Topology};
+
+const WEB_ONLY_FROM_CLIENT: &str = r#"
+apiVersion: microseg.io/v1
+kind: Policy
+metadata: {name: web-ingress}
+spec:
+  selector: {matchLabels: {app: web}}
+  ingress:
+    - action: allow
+      from: [{selector: {matchLabels: {app: client}}}]
+      ports: [{protocol: TCP, port: 8080}, {protocol: UDP, port: 5353}]
+    - action: log
+      from: [{selector: {matchLabels: {app: client}}}]
+      ports: [{protocol: ICMP}]
+"#;
+
+fn start(test: &str, policy: &str) -> Topology {
+    let mut t = Topology::new(test, &["client", "web", "other"]);
+    t.write_policy("workloads.yaml", &t.workloads_yaml());
+    t.write_policy("policy.yaml", policy);
+    t.tcp_echo("web", 8080);
+    t.tcp_echo("web", 9090);
+    t.udp_echo("web", 5353);
+    t.start_agent();
+    t
+}
+
+#[test]
+fn allowed_traffic_passes_and_everything_else_to_the_selected_workload_is_denied() {
+    let t = start("verdicts", WEB_ONLY_FROM_CLIENT);
+    let web = t.w("web");
+    assert!(
+        t.tcp_ok("client", addr(&web.v4, 8080)),
+        "client → web:8080 is allowed"
+    );
+    assert!(t.tcp_ok("client", addr(&web.v6, 8080)), "over IPv6 too");
+    assert!(
+        !t.tcp_ok("client", addr(&web.v4, 9090)),
+        "another port is denied by default"
+    );
+    assert!(
+        !t.tcp_ok("other", addr(&web.v4, 8080)),
+        "another peer is denied by default"
+    );
+    assert!(
+        t.udp_ok("client", addr(&web.v4, 5353)),
+        "UDP allowed with its reply"
+    );
+    assert!(
+        !t.udp_ok("other", addr(&web.v4, 5353)),
+        "UDP from another peer denied"
+    );
+    assert!(t.ping_ok("client", &web.v4), "log passes");
+    assert!(
+        !t.ping_ok("other", &web.v4),
+        "ICMP from another peer denied"
+    );
+
+    let stats = t.stats();
+    for key in [
+        "allowed",
+        "denied",
+        "logged",
+        "session_hits",
+        "session_misses",
+        "sessions",
+    ] {
+        assert!(stats[key].as_u64().unwrap() > 0, "{key} counted: {stats}");
+    }
+    let flows = t.flows();
+    let denied = flows.iter().find(|f| {
+        f["verdict"] == "deny"
+            && f["dst_port"] == 9090
+            && f["workload"] == "web"
+            && f["direction"] == "ingress"
+    });
+    let denied = denied.unwrap_or_else(|| panic!("a deny flow for port 9090 in {flows:#?}"));
+    assert_eq!(denied["policy"], "default-deny");
+    assert_eq!(denied["src_ip"], t.w("client").v4.as_str());
+    assert_eq!(denied["protocol"], "TCP");
+    let allowed = flows
+        .iter()
+        .find(|f| f["verdict"] == "allow" && f["dst_port"] == 8080 && f["workload"] == "web");
+    let allowed = allowed.expect("an allow flow for port 8080");
+    assert_eq!(allowed["policy"], "web-ingress");
+    assert_eq!(allowed["rule"], 0);
+    assert!(flows
+        .iter()
+        .any(|f| f["verdict"] == "log" && f["protocol"] == "ICMP" && f["rule"] == 1));
+
+    let sessions = t.cli(&["sessions", "-o", "json"]);
+    let text = String::from_utf8_lossy(&sessions.stdout);
+    assert!(text
+        .lines()
+        .any(|l| l.contains("\"dst_port\":8080") && l.contains("\"verdict\":\"allow\"")));
+}
+
+#[test]
+fn a_policy_change_is_enforced_on_new_and_existing_connections_and_bad_input_keeps_the_last_good_policy(
+) {
+    let t = start("reload", WEB_ONLY_FROM_CLIENT);
+    let web = addr(&t.w("web").v4, 8080);
+    assert!(t.tcp_ok("client", web));
+
+    // A long-lived connection opened under the allow.
+    let ns = t.w("client").ns.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<bool>();
+    let conn = std::thread::spawn(move || {
+        common::in_netns(&ns, move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect_timeout(&web, Duration::from_secs(2))
+                .expect("connect");
+            s.set_read_timeout(Some(Duration::from_millis(1500)))
+                .unwrap();
+            let mut buf = [0u8; 2];
+            s.write_all(b"ok").unwrap();
+            s.read_exact(&mut buf).unwrap();
+            rx.recv().unwrap();
+            // After the revoke: the next packets must not get through.
+            let ok = s.write_all(b"no").is_ok() && s.read_exact(&mut buf).is_ok();
+            done_tx.send(ok).unwrap();
+        })
+    });
+
+    // Revoke: web now only accepts traffic from `other`.
+    t.write_policy(
+        "policy.yaml",
+        &WEB_ONLY_FROM_CLIENT.replace("app: client", "app: other"),
+    );
+    assert!(
+        t.eventually(Duration::from_secs(5), || !t.tcp_ok("client", web)),
+        "new connections cut"
+    );
+    tx.send(()).unwrap();
+    assert!(
+        !done_rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        "the existing connection is cut"
+    );
+    conn.join().unwrap();
+    assert!(t.tcp_ok("other", web), "the new allow works");
+    assert!(t.stats()["rejudged"].as_u64().unwrap() > 0);
+
+    // Broken input: rejected with its position, and the last good policy stays.
+    t.write_policy("policy.yaml", "apiVersion: microseg.io/v1\nkind: Policy\nmetadata: {name: x}\nspec:\n  selector: {}\n  priority: -5\n");
+    assert!(
+        t.eventually(Duration::from_secs(5), || t
+            .agent_log()
+            .contains("policy.yaml:6:")),
+        "{}",
+        t.agent_log()
+    );
+    assert!(
+        t.tcp_ok("other", web),
+        "still enforcing the last good policy"
+    );
+    assert!(!t.tcp_ok("client", web));
+}
+
+#[test]
+fn enforcement_outlives_the_agent_and_a_new_agent_adopts_it_without_dropping_sessions() {
+    let mut t = start("restart", WEB_ONLY_FROM_CLIENT);
+    let web = addr(&t.w("web").v4, 8080);
+    let ns = t.w("client").ns.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (res_tx, res_rx) = std::sync::mpsc::channel::<bool>();
+    let conn = std::thread::spawn(move || {
+        common::in_netns(&ns, move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect_timeout(&web, Duration::from_secs(2))
+                .expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = [0u8; 2];
+            s.write_all(b"ok").unwrap();
+            s.read_exact(&mut buf).unwrap();
+            for _ in 0..2 {
+                rx.recv().unwrap();
+                let ok = s.write_all(b"ok").is_ok() && s.read_exact(&mut buf).is_ok();
+                res_tx.send(ok).unwrap();
+            }
+        })
+    });
+
+    // Killed outright: the pinned programs keep enforcing.
+    t.stop_agent(libc::SIGKILL);
+    assert!(!t.tcp_ok("other", web), "still denied with no agent");
+    assert!(t.tcp_ok("client", web), "still allowed with no agent");
+    tx.send(()).unwrap();
+    assert!(
+        res_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+        "existing connection survives the agent's death"
+    );
+
+    // A new agent adopts the pins; the session table is kept.
+    t.start_agent();
+    let sessions = String::from_utf8_lossy(&t.cli(&["sessions", "-o", "json"]).stdout).into_owned();
+    assert!(
+        sessions.contains("\"dst_port\":8080"),
+        "sessions kept: {sessions}"
+    );
+    tx.send(()).unwrap();
+    assert!(
+        res_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+        "existing connection survives the restart"
+    );
+    conn.join().unwrap();
+    assert!(!t.tcp_ok("other", web));
+
+    // A clean stop leaves enforcement in place too; --cleanup removes it.
+    assert!(t.stop_agent(libc::SIGTERM).success());
+    assert!(!t.tcp_ok("other", web));
+    let out = t.agent_cmd(&["--cleanup"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!t.bpffs.exists(), "pins removed");
+    assert!(
+        t.tcp_ok("other", web),
+        "no enforcement left after --cleanup"
+    );
+}
