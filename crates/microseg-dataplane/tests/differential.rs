@@ -517,7 +517,7 @@ fn check(checker: &mut Checker, sc: &Scenario) -> Result<(), String> {
     // Every other case with a fresh compiler (rule ids in name order, as the oracle breaks
     // ties), the others with the long-lived one.
     checker.cases += 1;
-    let fresh = checker.cases % 2 == 0;
+    let fresh = checker.cases.is_multiple_of(2);
     let endpoints = [LocalEndpoint {
         workload: "w0".into(),
         ifindex: LO,
