@@ -14,4 +14,14 @@ quiet() { "$@" 2> >(grep -v '^warning: microseg-dataplane@' >&2); }
 
 cargo fmt --all -- --check
 quiet cargo clippy --workspace --all-targets -- -D warnings
-quiet cargo test --workspace
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+quiet cargo test --workspace 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole suite (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
