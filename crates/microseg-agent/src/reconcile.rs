@@ -75,7 +75,13 @@ pub fn fingerprint(opts: &AgentOptions) -> Fingerprint {
 
 /// Reads the policy files; every problem as `FILE:LINE:COL: message`.
 pub fn load(opts: &AgentOptions) -> Result<ResourceSet, Vec<Diagnostic>> {
-    load_paths(&opts.policy_paths)
+    let set = load_paths(&opts.policy_paths)?;
+    let unsupported = microseg_policy::compile::unsupported(&set);
+    if unsupported.is_empty() {
+        Ok(set)
+    } else {
+        Err(unsupported)
+    }
 }
 
 /// Compiles `set` and enforces it: tables swapped in atomically, then classifiers attached

@@ -33,7 +33,15 @@ pub fn run(cmd: PolicyCommand) -> ExitCode {
 }
 
 fn check(files: &[PathBuf]) -> ExitCode {
-    let set = match load_paths(files) {
+    let loaded = load_paths(files).and_then(|set| {
+        let unsupported = microseg_policy::compile::unsupported(&set);
+        if unsupported.is_empty() {
+            Ok(set)
+        } else {
+            Err(unsupported)
+        }
+    });
+    let set = match loaded {
         Ok(set) => set,
         Err(diags) => {
             for d in &diags {

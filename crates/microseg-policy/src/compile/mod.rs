@@ -272,3 +272,27 @@ pub fn local_endpoints(set: &ResourceSet, interfaces: &HashMap<String, u32>) -> 
         })
         .collect()
 }
+
+/// What the data plane cannot enforce yet, as errors: rejected rather than silently
+/// widened (a `sourcePorts` constraint dropped would make a rule match more than written).
+pub fn unsupported(set: &ResourceSet) -> Vec<crate::Diagnostic> {
+    let mut out = Vec::new();
+    for p in &set.policies {
+        for dir in [Direction::Ingress, Direction::Egress] {
+            for (i, r) in p.section(dir).unwrap_or(&[]).iter().enumerate() {
+                if !r.source_ports.is_empty() {
+                    out.push(crate::Diagnostic::new(
+                        &p.origin.file,
+                        p.origin.line,
+                        p.origin.col,
+                        format!(
+                            "policy \"{}\" {dir} rule {i}: sourcePorts cannot be enforced by this data plane yet; remove it (the rule would otherwise match more than it says)",
+                            p.name
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
