@@ -13,6 +13,7 @@ pub mod names {
     pub const ENDPOINTS: &str = "MSEG_ENDPOINTS";
     pub const ENDPOINT_ADDRS: &str = "MSEG_ENDPOINT_ADDRS";
     pub const IDENTITIES: &str = "MSEG_IDENTITIES";
+    pub const HOST_IDENTITIES: &str = "MSEG_HOST_IDENTITIES";
     pub const POLICY: &str = "MSEG_POLICY";
     pub const PORT_RANGES: &str = "MSEG_PORT_RANGES";
     pub const STATS: &str = "MSEG_STATS";
@@ -30,6 +31,7 @@ pub mod capacity {
     pub const ENDPOINTS: u32 = 2 * 4096;
     pub const ENDPOINT_ADDRS: u32 = 2 * 16384;
     pub const IDENTITIES: u32 = 2 * 262_144;
+    pub const HOST_IDENTITIES: u32 = 2 * 262_144;
     pub const POLICY: u32 = 2 * 524_288;
     pub const PORT_RANGES: u32 = 2 * 32_768;
     pub const RULES: u32 = 262_144;

@@ -152,18 +152,10 @@ impl Dataplane {
             &new_flat.identities,
         );
         for p in &d.remove {
-            self.identities
-                .remove(&lpm_key(s32, p))
-                .map_err(Error::map(names::IDENTITIES))?;
+            self.remove_identity(s32, p)?;
         }
         for (p, id) in &d.upsert {
-            let v = IdentityEntry {
-                identity: *id,
-                _pad: 0,
-            };
-            self.identities
-                .insert(&lpm_key(s32, p), v, 0)
-                .map_err(Error::map(names::IDENTITIES))?;
+            self.insert_identity(s32, p, *id)?;
         }
         report.written += d.upsert.len();
         report.removed += d.remove.len();
@@ -217,6 +209,34 @@ impl Dataplane {
         Ok(report)
     }
 
+    /// Single addresses go to the exact-match map, shorter prefixes to the trie.
+    fn insert_identity(&mut self, slot: u32, p: &Prefix, identity: u32) -> Result<()> {
+        let v = IdentityEntry { identity, _pad: 0 };
+        if p.len == 128 {
+            let key = IpKey { slot, addr: p.addr };
+            self.host_identities
+                .insert(key, v, 0)
+                .map_err(Error::map(names::HOST_IDENTITIES))
+        } else {
+            self.identities
+                .insert(&lpm_key(slot, p), v, 0)
+                .map_err(Error::map(names::IDENTITIES))
+        }
+    }
+
+    fn remove_identity(&mut self, slot: u32, p: &Prefix) -> Result<()> {
+        if p.len == 128 {
+            let key = IpKey { slot, addr: p.addr };
+            self.host_identities
+                .remove(&key)
+                .map_err(Error::map(names::HOST_IDENTITIES))
+        } else {
+            self.identities
+                .remove(&lpm_key(slot, p))
+                .map_err(Error::map(names::IDENTITIES))
+        }
+    }
+
     /// Removes every entry of one slot.
     fn clear_slot(&mut self, slot: u8) -> Result<()> {
         let s32 = slot as u32;
@@ -246,6 +266,15 @@ impl Dataplane {
             .collect();
         for k in keys {
             let _ = self.identities.remove(&k);
+        }
+        let keys: Vec<_> = self
+            .host_identities
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.slot == s32)
+            .collect();
+        for k in keys {
+            let _ = self.host_identities.remove(&k);
         }
         let keys: Vec<_> = self
             .endpoint_addrs

@@ -54,6 +54,7 @@ pub struct Dataplane {
     pub(crate) endpoints: HashMap<MapData, EndpointKey, EndpointInfo>,
     pub(crate) endpoint_addrs: HashMap<MapData, EndpointAddrKey, u32>,
     pub(crate) identities: LpmTrie<MapData, IpKey, IdentityEntry>,
+    pub(crate) host_identities: HashMap<MapData, IpKey, IdentityEntry>,
     pub(crate) policy: HashMap<MapData, PolicyKey, PolicyEntry>,
     pub(crate) port_ranges: HashMap<MapData, PolicyKey, PortRangeTable>,
     pub(crate) stats: PerCpuArray<MapData, Stats>,
@@ -121,6 +122,7 @@ impl Dataplane {
             endpoints: take(&mut ebpf, names::ENDPOINTS)?,
             endpoint_addrs: take(&mut ebpf, names::ENDPOINT_ADDRS)?,
             identities: take(&mut ebpf, names::IDENTITIES)?,
+            host_identities: take(&mut ebpf, names::HOST_IDENTITIES)?,
             policy: take(&mut ebpf, names::POLICY)?,
             port_ranges: take(&mut ebpf, names::PORT_RANGES)?,
             stats: take(&mut ebpf, names::STATS)?,
@@ -224,7 +226,8 @@ fn prog_name(name: &str) -> &'static str {
 }
 
 /// Every map the agent pins.
-pub const ALL_MAPS: [&str; 13] = [
+pub const ALL_MAPS: [&str; 14] = [
+    names::HOST_IDENTITIES,
     names::JUMP,
     names::HANDOFF,
     names::CONFIG,

@@ -34,10 +34,18 @@ pub static MSEG_ENDPOINTS: HashMap<EndpointKey, EndpointInfo> =
 pub static MSEG_ENDPOINT_ADDRS: HashMap<EndpointAddrKey, u32> =
     HashMap::with_max_entries(capacity::ENDPOINT_ADDRS, BPF_F_NO_PREALLOC);
 
-/// (slot, address prefix) → peer identity, longest prefix wins.
+/// (slot, address prefix) → peer identity, longest prefix wins. Holds the CIDR prefixes;
+/// single addresses are in MSEG_HOST_IDENTITIES.
 #[map]
 pub static MSEG_IDENTITIES: LpmTrie<IpKey, IdentityEntry> =
     LpmTrie::with_max_entries(capacity::IDENTITIES, BPF_F_NO_PREALLOC);
+
+/// (slot, address) → identity of a single address (/32, /128: workloads, host CIDRs).
+/// An exact hash lookup is several times cheaper than the trie, and a full-length
+/// prefix is the longest match there could be, so a hit here is the answer.
+#[map]
+pub static MSEG_HOST_IDENTITIES: HashMap<IpKey, IdentityEntry> =
+    HashMap::with_max_entries(capacity::HOST_IDENTITIES, BPF_F_NO_PREALLOC);
 
 /// (profile, peer, port, protocol, slot/tier/direction/kind) → winning rule.
 #[map]

@@ -5,7 +5,7 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use microseg_common::*;
 
-use crate::maps::{MSEG_IDENTITIES, MSEG_POLICY, MSEG_PORT_RANGES};
+use crate::maps::{MSEG_HOST_IDENTITIES, MSEG_IDENTITIES, MSEG_POLICY, MSEG_PORT_RANGES};
 
 /// What the policy says about one packet direction.
 #[derive(Clone, Copy, Default)]
@@ -17,10 +17,15 @@ pub struct Judgement {
     pub peer_identity: u32,
 }
 
-/// Looks up the identity of an address; no entry means "world".
+/// Looks up the identity of an address: exact address first, then the longest CIDR;
+/// no entry means "world".
 #[inline(always)]
 pub fn identity_of(slot: u32, addr: &[u32; 4]) -> u32 {
-    let key = Key::new(32 + 128, IpKey { slot, addr: *addr });
+    let host = IpKey { slot, addr: *addr };
+    if let Some(e) = unsafe { MSEG_HOST_IDENTITIES.get(&host) } {
+        return e.identity;
+    }
+    let key = Key::new(32 + 128, host);
     match MSEG_IDENTITIES.get(&key) {
         Some(e) => e.identity,
         None => IDENTITY_WORLD,

@@ -1,7 +1,7 @@
 //! Packets without a current session: judge them by policy and open (or refresh) their
 //! session. Reached by tail call from the fast path, which already parsed and counted.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use microseg_common::{session_flags as sf, *};
 
 use crate::{
@@ -27,7 +27,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
     };
     let pkt = h.pkt;
     let (len, ifindex, direction) = (h.len, h.ifindex, h.direction & 1);
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let (key, src_is_lo) = session_key(ifindex, &pkt);
 
     let (verdict, rule_id) = match MSEG_SESSIONS.get_ptr_mut(&key) {
