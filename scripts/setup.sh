@@ -6,7 +6,7 @@ set -euo pipefail
 
 log() { echo "setup: $*" >&2; }
 
-packages=(bpftool iproute2 iperf3 socat iputils-ping util-linux)
+packages=(bpftool iproute2 iperf3 socat iputils-ping util-linux protobuf-compiler)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
