@@ -92,7 +92,11 @@ fn answer(req: &Request, state: &Arc<Mutex<State>>) -> (Vec<Value>, Follow) {
     match req {
         Request::Stats => {
             let v = match st.dp.stats() {
-                Ok(s) => stats_json(&s, st.dp.session_count()),
+                Ok(s) => {
+                    let mut v = stats_json(&s, st.dp.session_count());
+                    v["rules"] = rule_hits(&st);
+                    v
+                }
                 Err(e) => json!({ "error": e.to_string() }),
             };
             (vec![v], None)
@@ -148,6 +152,27 @@ fn answer(req: &Request, state: &Arc<Mutex<State>>) -> (Vec<Value>, Follow) {
             (lines, None)
         }
     }
+}
+
+/// Packets and bytes each rule decided, summed over CPUs.
+fn rule_hits(st: &State) -> Value {
+    let rules: Vec<Value> = st
+        .rules
+        .iter()
+        .filter_map(|(id, r)| {
+            let c = st.dp.rule_counter(*id).ok()?;
+            Some(json!({
+                "policy": r.policy,
+                "direction": r.direction.to_string(),
+                "rule": r.index,
+                "action": r.action.to_string(),
+                "audit": r.audit,
+                "packets": c.packets,
+                "bytes": c.bytes,
+            }))
+        })
+        .collect();
+    Value::Array(rules)
 }
 
 /// Sends one request to the agent at `socket` and calls `each` for every line of the

@@ -95,8 +95,26 @@ pub fn stats(v: &ViewArgs) -> ExitCode {
         if json {
             println!("{obj}");
         } else if let Value::Object(m) = obj {
-            for (k, val) in m {
+            for (k, val) in m.iter().filter(|(k, _)| *k != "rules") {
                 println!("{k:<20} {val}");
+            }
+            if let Some(Value::Array(rules)) = m.get("rules") {
+                println!();
+                println!(
+                    "{:<32} {:<8} {:>4} {:<6} {:>10} {:>12}",
+                    "POLICY", "DIR", "RULE", "ACTION", "PACKETS", "BYTES"
+                );
+                for r in rules {
+                    println!(
+                        "{:<32} {:<8} {:>4} {:<6} {:>10} {:>12}",
+                        s(r, "policy"),
+                        s(r, "direction"),
+                        s(r, "rule"),
+                        s(r, "action"),
+                        s(r, "packets"),
+                        s(r, "bytes")
+                    );
+                }
             }
         }
         true

@@ -74,6 +74,15 @@ fn allowed_traffic_passes_and_everything_else_to_the_selected_workload_is_denied
     ] {
         assert!(stats[key].as_u64().unwrap() > 0, "{key} counted: {stats}");
     }
+    let rules = stats["rules"].as_array().expect("per-rule counters");
+    let hits = rules
+        .iter()
+        .find(|r| r["policy"] == "web-ingress" && r["rule"] == 0)
+        .expect("rule 0");
+    assert!(
+        hits["packets"].as_u64().unwrap() > 0 && hits["bytes"].as_u64().unwrap() > 0,
+        "{hits}"
+    );
     let flows = t.flows();
     let denied = flows.iter().find(|f| {
         f["verdict"] == "deny"
