@@ -54,9 +54,11 @@ pub fn protocol_json(p: u8) -> serde_json::Value {
     }
 }
 
-fn event_name(kind: u8) -> &'static str {
+fn event_name(kind: u8, verdict: u8) -> &'static str {
     match kind {
         event_kind::NEW => "new",
+        // Later packets of an audit-mode workload's denied flow: reported, not dropped.
+        event_kind::DENY if verdict == verdict::AUDIT => "audit",
         event_kind::DENY => "deny",
         event_kind::LOG => "log",
         event_kind::END => "end",
@@ -142,7 +144,7 @@ impl Names<'_> {
             audit_verdict,
             packets: e.packets,
             bytes: e.bytes,
-            event: event_name(e.kind).into(),
+            event: event_name(e.kind, e.verdict).into(),
             unix_time: unix,
         }
     }

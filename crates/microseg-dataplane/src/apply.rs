@@ -73,6 +73,13 @@ impl Dataplane {
     /// Makes `new` the policy state, atomically.
     pub fn apply(&mut self, new: &Tables) -> Result<ApplyReport> {
         let mut cfg = self.config()?;
+        if self.current.as_ref() == Some(new) {
+            // Nothing changed: keep the generation, so no session is judged again.
+            return Ok(ApplyReport {
+                generation: cfg.generation,
+                ..Default::default()
+            });
+        }
         let old_active = (cfg.active_slot & 1) as u8;
         let inactive = 1 - old_active;
         let old = self.current.take();

@@ -78,7 +78,12 @@ fn import_object(ctx: &mut Ctx, node: &Node) -> Option<Policy> {
     };
     add_namespace(&mut selector, &ns);
 
-    let (mut want_in, mut want_eg) = (true, spec.get_node("egress").is_some());
+    // As in Kubernetes: without policyTypes, egress is isolated only by egress rules.
+    let has_egress_rules = spec
+        .get_node("egress")
+        .and_then(|n| n.as_sequence())
+        .is_some_and(|rules| !rules.is_empty());
+    let (mut want_in, mut want_eg) = (true, has_egress_rules);
     if let Some(pt) = spec.get_node("policyTypes") {
         if let Some(types) = ctx.seq(pt, "policyTypes") {
             (want_in, want_eg) = (false, false);

@@ -228,6 +228,10 @@ fn parse_workload_spec(ctx: &mut Ctx, spec: &Node, w: &mut Workload) {
                 continue;
             };
             match s.parse::<IpAddr>() {
+                Ok(a) if crate::parse_policy::is_v4_mapped(&a) => ctx.err(
+                    ip.span(),
+                    format!("address {a} is IPv4-mapped; write the IPv4 address instead"),
+                ),
                 Ok(a) if w.ips.contains(&a) => {
                     ctx.err(ip.span(), format!("duplicate address {a} in ips"))
                 }

@@ -288,6 +288,15 @@ fn parse_peer(ctx: &mut Ctx, node: &Node) -> Option<Peer> {
 pub(crate) fn parse_cidr(ctx: &mut Ctx, node: &Node) -> Option<IpNet> {
     let s = ctx.str(node, "cidr")?;
     match s.parse::<IpNet>() {
+        // The data plane keeps IPv4 in ::ffff:0:0/96, and such addresses never appear in
+        // real IPv6 packets: a CIDR inside that range would silently match IPv4 traffic.
+        Ok(n) if n.prefix_len > 96 && is_v4_mapped(&n.addr) => {
+            ctx.err(
+                node.span(),
+                format!("CIDR \"{s}\" lies in the IPv4-mapped range ::ffff:0:0/96; write the IPv4 CIDR instead"),
+            );
+            None
+        }
         Ok(n) => Some(n),
         Err(e) => {
             ctx.err(node.span(), format!("invalid CIDR \"{s}\": {e}"));
@@ -384,4 +393,9 @@ fn parse_port(ctx: &mut Ctx, node: &Node, what: &str) -> Option<u16> {
         ctx.err(node.span(), format!("{what} {n} out of range 1-65535"));
         None
     }
+}
+
+/// Whether an IPv6 address is IPv4-mapped (`::ffff:a.b.c.d`).
+pub(crate) fn is_v4_mapped(addr: &std::net::IpAddr) -> bool {
+    matches!(addr, std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some())
 }

@@ -161,16 +161,13 @@ impl Compiler {
                 }
                 f
             });
-            let mut ep_flags = 0;
+            // Both families always: a workload listing only IPv4 addresses must not be
+            // able to send IPv6 from another workload's address either.
+            let mut ep_flags = endpoint_flags::VERIFY_SOURCE_V4 | endpoint_flags::VERIFY_SOURCE_V6;
             if w.mode == Mode::Audit {
                 ep_flags |= endpoint_flags::AUDIT_MODE;
             }
             for ip in &w.ips {
-                ep_flags |= if ip.is_ipv4() {
-                    endpoint_flags::VERIFY_SOURCE_V4
-                } else {
-                    endpoint_flags::VERIFY_SOURCE_V6
-                };
                 tables.endpoint_addrs.insert((ep.ifindex, addr_words(*ip)));
             }
             let identity = w
