@@ -90,6 +90,13 @@ pub fn enforce(state: &mut State, set: ResourceSet, opts: &AgentOptions) -> Resu
     let ifaces: HashMap<String, u32> = interfaces::list();
     let local = local_endpoints(&set, &ifaces);
     let compiled = state.compiler.compile(&set, &local);
+    if !compiled.problems.is_empty() {
+        return Err(format!(
+            "policy not applied, revision {} stays in force: {}",
+            state.revision,
+            compiled.problems.join("; ")
+        ));
+    }
     state
         .dp
         .reset_rule_counters(compiled.new_rule_ids.iter().copied())

@@ -56,6 +56,7 @@ mod pod {
     unsafe impl aya::Pod for PolicyKey {}
     unsafe impl aya::Pod for PolicyEntry {}
     unsafe impl aya::Pod for PortRangeTable {}
+    unsafe impl aya::Pod for SourcePortTable {}
     unsafe impl aya::Pod for IpKey {}
     unsafe impl aya::Pod for IdentityEntry {}
     unsafe impl aya::Pod for EndpointKey {}

@@ -16,6 +16,7 @@ pub mod names {
     pub const HOST_IDENTITIES: &str = "MSEG_HOST_IDENTITIES";
     pub const POLICY: &str = "MSEG_POLICY";
     pub const PORT_RANGES: &str = "MSEG_PORT_RANGES";
+    pub const SOURCE_PORT_RULES: &str = "MSEG_SPORT_RULES";
     pub const STATS: &str = "MSEG_STATS";
     pub const RULE_COUNTERS: &str = "MSEG_RULE_COUNTERS";
     pub const EVENTS: &str = "MSEG_EVENTS";
@@ -34,12 +35,15 @@ pub mod capacity {
     pub const HOST_IDENTITIES: u32 = 2 * 262_144;
     pub const POLICY: u32 = 2 * 524_288;
     pub const PORT_RANGES: u32 = 2 * 32_768;
+    pub const SOURCE_PORT_RULES: u32 = 2 * 16_384;
     pub const RULES: u32 = 262_144;
     pub const EVENTS_BYTES: u32 = 4 << 20;
 }
 
 /// Maximum port intervals in one [`PortRangeTable`].
 pub const MAX_PORT_RANGES: usize = 16;
+/// Maximum rules with `sourcePorts` in one [`SourcePortTable`].
+pub const MAX_SOURCE_PORT_RULES: usize = 16;
 
 /// Rule id that stands for "no rule": the verdict came from no policy.
 pub const RULE_NONE: u32 = 0;
@@ -232,6 +236,33 @@ pub struct PortRangeTable {
     pub ranges: [PortRangeEntry; MAX_PORT_RANGES],
 }
 
+/// One rule with `sourcePorts`, spelt out for one peer: it matches when the protocol
+/// (0: any protocol with ports), destination port and source port all fall in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourcePortEntry {
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+    /// Inclusive, host byte order.
+    pub dport_start: u16,
+    pub dport_end: u16,
+    pub sport_start: u16,
+    pub sport_end: u16,
+    pub rank: u32,
+    pub rule_id: u32,
+}
+
+/// `MSEG_SPORT_RULES` value, keyed like a policy entry with kind PORT, port 0 and
+/// protocol 0: the few rules that also match on the source port, which cannot be folded
+/// into the destination-keyed entries. Checked only where
+/// [`dir_flags::HAS_SOURCE_PORTS`] is set, and bounded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourcePortTable {
+    pub count: u32,
+    pub entries: [SourcePortEntry; MAX_SOURCE_PORT_RULES],
+}
+
 /// Data of the `MSEG_IDENTITIES` LPM key: slot, then the IPv4-mapped or IPv6 address.
 /// The prefix length counts the 32 slot bits too.
 #[repr(C)]
@@ -271,6 +302,8 @@ pub mod dir_flags {
     pub const PEER_ANY: u8 = 1 << 3;
     /// Port range tables exist.
     pub const HAS_RANGES: u8 = 1 << 4;
+    /// Rules with `sourcePorts` exist ([`super::SourcePortTable`]).
+    pub const HAS_SOURCE_PORTS: u8 = 1 << 5;
 }
 
 pub mod endpoint_flags {

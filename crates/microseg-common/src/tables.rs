@@ -24,6 +24,7 @@ pub struct Tables {
     pub identities: BTreeMap<Prefix, u32>,
     pub policy: HashMap<PolicyKey, PolicyEntry>,
     pub port_ranges: HashMap<PolicyKey, PortRangeTable>,
+    pub source_ports: HashMap<PolicyKey, SourcePortTable>,
 }
 
 impl Tables {
@@ -35,6 +36,7 @@ impl Tables {
             identities: self.identities.len(),
             policy: self.policy.len(),
             port_ranges: self.port_ranges.len(),
+            source_ports: self.source_ports.len(),
         }
     }
 }
@@ -46,6 +48,7 @@ pub struct TableSizes {
     pub identities: usize,
     pub policy: usize,
     pub port_ranges: usize,
+    pub source_ports: usize,
 }
 
 /// Converts an IP address to the data plane's 128-bit form (IPv4-mapped for IPv4).

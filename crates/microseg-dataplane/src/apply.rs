@@ -154,6 +154,28 @@ impl Dataplane {
         report.written += d.upsert.len();
         report.removed += d.remove.len();
 
+        let d = delta(old.map(|o| &o.source_ports), &new.source_ports);
+        for k in &d.remove {
+            let key = PolicyKey {
+                flags: with_slot(k.flags, slot),
+                ..*k
+            };
+            self.source_ports
+                .remove(&key)
+                .map_err(Error::map(names::SOURCE_PORT_RULES))?;
+        }
+        for (k, v) in &d.upsert {
+            let key = PolicyKey {
+                flags: with_slot(k.flags, slot),
+                ..*k
+            };
+            self.source_ports
+                .insert(key, v, 0)
+                .map_err(Error::map(names::SOURCE_PORT_RULES))?;
+        }
+        report.written += d.upsert.len();
+        report.removed += d.remove.len();
+
         let d = delta(
             old_flat.as_ref().map(|o| &o.identities),
             &new_flat.identities,
@@ -264,6 +286,15 @@ impl Dataplane {
             .collect();
         for k in keys {
             let _ = self.port_ranges.remove(&k);
+        }
+        let keys: Vec<_> = self
+            .source_ports
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.flags & 1 == slot)
+            .collect();
+        for k in keys {
+            let _ = self.source_ports.remove(&k);
         }
         let keys: Vec<_> = self
             .identities

@@ -57,6 +57,7 @@ pub struct Dataplane {
     pub(crate) host_identities: HashMap<MapData, IpKey, IdentityEntry>,
     pub(crate) policy: HashMap<MapData, PolicyKey, PolicyEntry>,
     pub(crate) port_ranges: HashMap<MapData, PolicyKey, PortRangeTable>,
+    pub(crate) source_ports: HashMap<MapData, PolicyKey, SourcePortTable>,
     pub(crate) stats: PerCpuArray<MapData, Stats>,
     pub(crate) rule_counters: PerCpuArray<MapData, RuleCounter>,
     pub(crate) events: Option<RingBuf<MapData>>,
@@ -125,6 +126,7 @@ impl Dataplane {
             host_identities: take(&mut ebpf, names::HOST_IDENTITIES)?,
             policy: take(&mut ebpf, names::POLICY)?,
             port_ranges: take(&mut ebpf, names::PORT_RANGES)?,
+            source_ports: take(&mut ebpf, names::SOURCE_PORT_RULES)?,
             stats: take(&mut ebpf, names::STATS)?,
             rule_counters: take(&mut ebpf, names::RULE_COUNTERS)?,
             events: Some(take(&mut ebpf, names::EVENTS)?),
@@ -226,7 +228,8 @@ fn prog_name(name: &str) -> &'static str {
 }
 
 /// Every map the agent pins.
-pub const ALL_MAPS: [&str; 14] = [
+pub const ALL_MAPS: [&str; 15] = [
+    names::SOURCE_PORT_RULES,
     names::HOST_IDENTITIES,
     names::JUMP,
     names::HANDOFF,

@@ -57,6 +57,11 @@ pub static MSEG_POLICY: HashMap<PolicyKey, PolicyEntry> =
 pub static MSEG_PORT_RANGES: HashMap<PolicyKey, PortRangeTable> =
     HashMap::with_max_entries(capacity::PORT_RANGES, BPF_F_NO_PREALLOC);
 
+/// Same key, kind PORT, port and protocol 0 → rules that also match source ports.
+#[map]
+pub static MSEG_SPORT_RULES: HashMap<PolicyKey, SourcePortTable> =
+    HashMap::with_max_entries(capacity::SOURCE_PORT_RULES, BPF_F_NO_PREALLOC);
+
 /// `[0]`: the counters, one copy per CPU.
 #[map]
 pub static MSEG_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);

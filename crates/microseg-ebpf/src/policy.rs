@@ -5,7 +5,9 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use microseg_common::*;
 
-use crate::maps::{MSEG_HOST_IDENTITIES, MSEG_IDENTITIES, MSEG_POLICY, MSEG_PORT_RANGES};
+use crate::maps::{
+    MSEG_HOST_IDENTITIES, MSEG_IDENTITIES, MSEG_POLICY, MSEG_PORT_RANGES, MSEG_SPORT_RULES,
+};
 
 /// What the policy says about one packet direction.
 #[derive(Clone, Copy, Default)]
@@ -38,7 +40,8 @@ pub struct Query {
     pub direction: u8,
     pub peer_identity: u32,
     pub protocol: u8,
-    /// Destination port, host byte order; meaningful when `has_ports`.
+    /// Ports, host byte order; meaningful when `has_ports`.
+    pub sport: u16,
     pub dport: u16,
     pub has_ports: bool,
 }
@@ -80,6 +83,15 @@ fn resolve_tier(ep: &EndpointInfo, q: &Query, tier: u8) -> (u8, u32) {
         if let Some(e) = lookup_class(ep.profile, q, tier, flags, IDENTITY_ANY) {
             if e.rank < best.rank || (e.rank == best.rank && e.rule_id < best.rule_id) {
                 best = e;
+            }
+        }
+    }
+    if flags & dir_flags::HAS_SOURCE_PORTS != 0 && q.has_ports {
+        for peer in [q.peer_identity, IDENTITY_ANY] {
+            if let Some(e) = lookup_source_ports(ep.profile, q, tier, peer) {
+                if e.rank < best.rank || (e.rank == best.rank && e.rule_id < best.rule_id) {
+                    best = e;
+                }
             }
         }
     }
@@ -144,4 +156,40 @@ fn scan_ranges(table: &PortRangeTable, port: u16) -> Option<PolicyEntry> {
         }
     }
     None
+}
+
+/// The best rule with `sourcePorts` for one peer class: a bounded scan of a small table.
+#[inline(always)]
+fn lookup_source_ports(profile: u32, q: &Query, tier: u8, peer: u32) -> Option<PolicyEntry> {
+    let key = PolicyKey {
+        profile,
+        peer,
+        port: 0,
+        protocol: 0,
+        flags: policy_key::flags(q.slot as u8, tier, q.direction, policy_kind::PORT),
+    };
+    let table = unsafe { MSEG_SPORT_RULES.get(&key) }?;
+    let mut best: Option<PolicyEntry> = None;
+    for i in 0..MAX_SOURCE_PORT_RULES {
+        if i as u32 >= table.count {
+            break;
+        }
+        let e = &table.entries[i];
+        let matches = (e.protocol == 0 || e.protocol == q.protocol)
+            && e.dport_start <= q.dport
+            && q.dport <= e.dport_end
+            && e.sport_start <= q.sport
+            && q.sport <= e.sport_end;
+        let better = match best {
+            None => true,
+            Some(b) => e.rank < b.rank || (e.rank == b.rank && e.rule_id < b.rule_id),
+        };
+        if matches && better {
+            best = Some(PolicyEntry {
+                rank: e.rank,
+                rule_id: e.rule_id,
+            });
+        }
+    }
+    best
 }

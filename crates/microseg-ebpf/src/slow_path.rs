@@ -91,6 +91,7 @@ fn new_session(
             direction,
             peer_identity: identity_of(slot, peer),
             protocol: pkt.protocol,
+            sport: pkt.sport,
             dport: pkt.dport,
             has_ports: proto::has_ports(pkt.protocol),
         },
@@ -156,7 +157,7 @@ fn rejudge(cfg: &Config, stats: &mut Stats, key: &SessionKey, s: &mut Session, n
     } else {
         direction::INGRESS
     };
-    let (src, _, dst, dport) = orig_tuple(key, s);
+    let (src, sport, dst, dport) = orig_tuple(key, s);
     let ep_key = EndpointKey {
         slot,
         ifindex: key.ifindex,
@@ -175,6 +176,7 @@ fn rejudge(cfg: &Config, stats: &mut Stats, key: &SessionKey, s: &mut Session, n
                     direction,
                     peer_identity: identity_of(slot, peer),
                     protocol: key.protocol,
+                    sport,
                     dport,
                     has_ports: proto::has_ports(key.protocol),
                 },

@@ -61,6 +61,12 @@ fn check(files: &[PathBuf]) -> ExitCode {
         .collect();
     let local = local_endpoints(&set, &interfaces);
     let compiled = Compiler::new().compile(&set, &local);
+    if !compiled.problems.is_empty() {
+        for p in &compiled.problems {
+            eprintln!("error: {p}");
+        }
+        return ExitCode::from(2);
+    }
     let s = compiled.tables.sizes();
     println!(
         "ok: {} workload(s), {} policies, {} rule(s)",

@@ -49,14 +49,25 @@ fn policy_check_names_file_line_and_column_of_every_error_and_exits_2() {
 }
 
 #[test]
-fn source_ports_are_refused_rather_than_ignored() {
-    let f = temp(
+fn source_ports_compile_and_more_than_a_peer_can_hold_are_refused() {
+    let policy = |sports: &str| {
+        format!("apiVersion: microseg.io/v1\nkind: Workload\nmetadata: {{name: w}}\nspec: {{interface: w0, ips: [10.0.0.1]}}\n---\napiVersion: microseg.io/v1\nkind: Policy\nmetadata: {{name: sp}}\nspec:\n  selector: {{}}\n  ingress:\n    - action: allow\n      ports: [{{protocol: UDP, port: 53}}]\n      sourcePorts: [{sports}]\n")
+    };
+    let ok = temp(
         "sport.yaml",
-        "apiVersion: microseg.io/v1\nkind: Policy\nmetadata: {name: sp}\nspec:\n  selector: {}\n  ingress:\n    - action: allow\n      sourcePorts: [{port: 53}]\n",
+        &policy("{port: 53}, {port: 1024, endPort: 2048}"),
     );
-    let (code, _, err) = run(&["policy", "check", "-f", &f]);
+    let (code, out, err) = run(&["policy", "check", "-f", &ok]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ok:"), "{out}");
+    let many: Vec<String> = (1..=17).map(|p| format!("{{port: {p}}}")).collect();
+    let too_many = temp("sport-many.yaml", &policy(&many.join(", ")));
+    let (code, _, err) = run(&["policy", "check", "-f", &too_many]);
     assert_eq!(code, 2);
-    assert!(err.contains("sourcePorts cannot be enforced"), "{err}");
+    assert!(
+        err.contains("sourcePorts") && err.contains("at most 16"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -9,8 +9,9 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use microseg_common::{
-    dir_flags, policy_key, policy_kind, PolicyEntry, PolicyKey, PortRangeEntry, PortRangeTable,
-    IDENTITY_ANY, MAX_PORT_RANGES,
+    dir_flags, policy_key, policy_kind, proto, PolicyEntry, PolicyKey, PortRangeEntry,
+    PortRangeTable, SourcePortEntry, SourcePortTable, IDENTITY_ANY, MAX_PORT_RANGES,
+    MAX_SOURCE_PORT_RULES,
 };
 
 /// (rank, rule id): lower wins, in the kernel too.
@@ -46,6 +47,17 @@ struct PeerRules {
 #[derive(Default)]
 pub struct Section {
     peers: BTreeMap<u32, PeerRules>,
+    /// Rules that also match source ports: they stay unfolded, in a small table per peer.
+    source_ports: BTreeMap<u32, Vec<SourcePortEntry>>,
+}
+
+/// Where the compiled tables go.
+pub struct Output<'a> {
+    pub policy: &'a mut HashMap<PolicyKey, PolicyEntry>,
+    pub port_ranges: &'a mut HashMap<PolicyKey, PortRangeTable>,
+    pub source_ports: &'a mut HashMap<PolicyKey, SourcePortTable>,
+    /// What could not be compiled; the caller must not apply the result.
+    pub problems: &'a mut Vec<String>,
 }
 
 impl Section {
@@ -67,16 +79,82 @@ impl Section {
         }
     }
 
-    /// Writes the section's entries; returns its `dir_flags` (peer and range bits).
+    /// Adds a rule with `sourcePorts`: one entry per peer, destination and source range.
+    pub fn add_source_ports(
+        &mut self,
+        best: Best,
+        peers: &[u32],
+        ports: &[(u8, Option<(u16, u16)>)],
+        source_ports: &[(u16, u16)],
+    ) {
+        // No ports listed: any protocol that has ports (protocol 0 in the table).
+        let dests: Vec<(u8, (u16, u16))> = if ports.is_empty() {
+            vec![(0, (0, u16::MAX))]
+        } else {
+            ports
+                .iter()
+                .filter(|(p, _)| proto::has_ports(*p))
+                .map(|(p, r)| (*p, r.unwrap_or((0, u16::MAX))))
+                .collect()
+        };
+        for peer in peers {
+            let table = self.source_ports.entry(*peer).or_default();
+            for (protocol, (dport_start, dport_end)) in &dests {
+                for (sport_start, sport_end) in source_ports {
+                    table.push(SourcePortEntry {
+                        protocol: *protocol,
+                        _pad: [0; 3],
+                        dport_start: *dport_start,
+                        dport_end: *dport_end,
+                        sport_start: *sport_start,
+                        sport_end: *sport_end,
+                        rank: best.0,
+                        rule_id: best.1,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Writes the section's entries; returns its `dir_flags` (peer, range and source-port
+    /// bits). `context` names the section in problems.
     pub fn emit(
         &self,
         profile: u32,
         tier: u8,
         direction: u8,
-        policy: &mut HashMap<PolicyKey, PolicyEntry>,
-        port_ranges: &mut HashMap<PolicyKey, PortRangeTable>,
+        context: &str,
+        out: &mut Output,
     ) -> u8 {
+        let policy = &mut *out.policy;
+        let port_ranges = &mut *out.port_ranges;
         let mut flags = 0;
+        for (peer, entries) in &self.source_ports {
+            if entries.is_empty() {
+                continue;
+            }
+            if entries.len() > MAX_SOURCE_PORT_RULES {
+                out.problems.push(format!(
+                    "{context}: {} rule entries with sourcePorts apply to one peer; the data plane holds at most {MAX_SOURCE_PORT_RULES}",
+                    entries.len()
+                ));
+                continue;
+            }
+            flags |= dir_flags::HAS_SOURCE_PORTS;
+            let mut table = SourcePortTable {
+                count: entries.len() as u32,
+                ..Default::default()
+            };
+            table.entries[..entries.len()].copy_from_slice(entries);
+            let key = PolicyKey {
+                profile,
+                peer: *peer,
+                port: 0,
+                protocol: 0,
+                flags: policy_key::flags(0, tier, direction, policy_kind::PORT),
+            };
+            out.source_ports.insert(key, table);
+        }
         for (peer, rules) in &self.peers {
             flags |= if *peer == IDENTITY_ANY {
                 dir_flags::PEER_ANY

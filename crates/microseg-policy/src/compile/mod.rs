@@ -17,7 +17,7 @@ use microseg_common::{
 pub use identity::{Identities, IdentityAllocator, Signature};
 
 use crate::model::{Action, Direction, Mode, Policy, ResourceSet, Workload};
-use entries::Section;
+use entries::{Output, Section};
 
 /// What a rule id stands for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,6 +48,9 @@ pub struct Compiled {
     /// ifindex → workload name.
     pub endpoints: BTreeMap<u32, String>,
     pub profiles: usize,
+    /// What could not be compiled (e.g. too many `sourcePorts` rules for one peer); when
+    /// not empty the tables are incomplete and must not be applied.
+    pub problems: Vec<String>,
 }
 
 /// Compiles resource sets, keeping numbers stable across compiles.
@@ -95,6 +98,7 @@ impl Compiler {
             ..Default::default()
         };
         let mut endpoints = BTreeMap::new();
+        let mut problems = Vec::new();
         let mut profile_flags: HashMap<u32, [u8; 4]> = HashMap::new();
         let mut used_profiles = HashSet::new();
         for ep in local {
@@ -116,51 +120,22 @@ impl Compiler {
                 *next
             });
             used_profiles.insert(profile);
-            let flags = *profile_flags.entry(profile).or_insert_with(|| {
-                let mut f = [0u8; 4];
-                for (tier_code, policies) in [(tier::ENFORCE, &enforce), (tier::AUDIT, &audit)] {
-                    for dir in [Direction::Ingress, Direction::Egress] {
-                        let d = direction_code(dir);
-                        let mut section = Section::default();
-                        let mut flags = 0;
-                        for p in policies.iter() {
-                            flags |= dir_flags::SELECTED;
-                            let Some(rules) = p.section(dir) else {
-                                continue;
-                            };
-                            flags |= dir_flags::HAS_SECTION;
-                            for (i, rule) in rules.iter().enumerate() {
-                                let id = rule_id_of[&(p.name.as_str(), dir, i as u32)];
-                                let best = (rank(p.priority, action_verdict(rule.action)), id);
-                                let peers: Vec<u32> = if rule.peers.is_empty() {
-                                    vec![IDENTITY_ANY]
-                                } else {
-                                    let mut v: Vec<u32> =
-                                        rule.peers.iter().flat_map(|pe| ids.matching(pe)).collect();
-                                    v.sort_unstable();
-                                    v.dedup();
-                                    v
-                                };
-                                let ports: Vec<(u8, Option<(u16, u16)>)> = rule
-                                    .ports
-                                    .iter()
-                                    .map(|pm| (pm.protocol, pm.ports.map(|r| (r.start, r.end))))
-                                    .collect();
-                                section.add(best, &peers, &ports);
-                            }
-                        }
-                        flags |= section.emit(
-                            profile,
-                            tier_code,
-                            d,
-                            &mut tables.policy,
-                            &mut tables.port_ranges,
-                        );
-                        f[(tier_code * 2 + d) as usize] = flags;
-                    }
+            let flags = match profile_flags.get(&profile) {
+                Some(f) => *f,
+                None => {
+                    let mut out = Output {
+                        policy: &mut tables.policy,
+                        port_ranges: &mut tables.port_ranges,
+                        source_ports: &mut tables.source_ports,
+                        problems: &mut problems,
+                    };
+                    let tiers = [(tier::ENFORCE, &enforce[..]), (tier::AUDIT, &audit[..])];
+                    let f =
+                        compile_profile(profile, &tiers, &rule_id_of, &mut ids, &w.name, &mut out);
+                    profile_flags.insert(profile, f);
+                    f
                 }
-                f
-            });
+            };
             // Both families always: a workload listing only IPv4 addresses must not be
             // able to send IPv6 from another workload's address either.
             let mut ep_flags = endpoint_flags::VERIFY_SOURCE_V4 | endpoint_flags::VERIFY_SOURCE_V6;
@@ -194,6 +169,7 @@ impl Compiler {
             identities: ids.signatures.clone(),
             endpoints,
             profiles: used_profiles.len(),
+            problems,
         }
     }
 
@@ -270,26 +246,64 @@ pub fn local_endpoints(set: &ResourceSet, interfaces: &HashMap<String, u32>) -> 
         .collect()
 }
 
-/// What the data plane cannot enforce yet, as errors: rejected rather than silently
-/// widened (a `sourcePorts` constraint dropped would make a rule match more than written).
-pub fn unsupported(set: &ResourceSet) -> Vec<crate::Diagnostic> {
-    let mut out = Vec::new();
-    for p in &set.policies {
+/// What the data plane cannot enforce, found before compiling (none at present; kept so
+/// callers have one place to ask).
+pub fn unsupported(_set: &ResourceSet) -> Vec<crate::Diagnostic> {
+    Vec::new()
+}
+
+/// The entries of one endpoint profile (the policies selecting it, by tier); returns its
+/// `dir_flags`, indexed by `tier * 2 + direction`.
+fn compile_profile(
+    profile: u32,
+    tiers: &[(u8, &[&Policy]); 2],
+    rule_id_of: &HashMap<(&str, Direction, u32), u32>,
+    ids: &mut Identities,
+    workload: &str,
+    out: &mut Output,
+) -> [u8; 4] {
+    let mut f = [0u8; 4];
+    for (tier_code, policies) in tiers {
         for dir in [Direction::Ingress, Direction::Egress] {
-            for (i, r) in p.section(dir).unwrap_or(&[]).iter().enumerate() {
-                if !r.source_ports.is_empty() {
-                    out.push(crate::Diagnostic::new(
-                        &p.origin.file,
-                        p.origin.line,
-                        p.origin.col,
-                        format!(
-                            "policy \"{}\" {dir} rule {i}: sourcePorts cannot be enforced by this data plane yet; remove it (the rule would otherwise match more than it says)",
-                            p.name
-                        ),
-                    ));
+            let d = direction_code(dir);
+            let mut section = Section::default();
+            let mut flags = 0;
+            for p in policies.iter() {
+                flags |= dir_flags::SELECTED;
+                let Some(rules) = p.section(dir) else {
+                    continue;
+                };
+                flags |= dir_flags::HAS_SECTION;
+                for (i, rule) in rules.iter().enumerate() {
+                    let id = rule_id_of[&(p.name.as_str(), dir, i as u32)];
+                    let best = (rank(p.priority, action_verdict(rule.action)), id);
+                    let peers: Vec<u32> = if rule.peers.is_empty() {
+                        vec![IDENTITY_ANY]
+                    } else {
+                        let mut v: Vec<u32> =
+                            rule.peers.iter().flat_map(|pe| ids.matching(pe)).collect();
+                        v.sort_unstable();
+                        v.dedup();
+                        v
+                    };
+                    let ports: Vec<(u8, Option<(u16, u16)>)> = rule
+                        .ports
+                        .iter()
+                        .map(|pm| (pm.protocol, pm.ports.map(|r| (r.start, r.end))))
+                        .collect();
+                    if rule.source_ports.is_empty() {
+                        section.add(best, &peers, &ports);
+                    } else {
+                        let sports: Vec<(u16, u16)> =
+                            rule.source_ports.iter().map(|r| (r.start, r.end)).collect();
+                        section.add_source_ports(best, &peers, &ports, &sports);
+                    }
                 }
             }
+            let context = format!("workload \"{workload}\" {dir}");
+            flags |= section.emit(profile, *tier_code, d, &context, out);
+            f[(*tier_code * 2 + d) as usize] = flags;
         }
     }
-    out
+    f
 }
