@@ -104,6 +104,7 @@ fn answer(req: &Request, state: &Arc<Mutex<State>>) -> (Vec<Value>, Follow) {
         Request::Status => {
             let v = json!({
                 "revision": st.revision,
+                "controller_revision": st.controller_revision,
                 "workloads": st.endpoints.values().collect::<Vec<_>>(),
                 "rules": st.rules.len(),
                 "errors": st.last_errors,

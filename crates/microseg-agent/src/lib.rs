@@ -6,12 +6,15 @@
 //! `stats`, `flows` and `sessions` on a local socket ([`api`]).
 
 pub mod api;
+pub mod discovery;
 pub mod flows;
 pub mod interfaces;
+pub mod managed;
 mod options;
 mod reconcile;
 mod runtime;
 pub mod stats;
 
+pub use managed::ControllerLink;
 pub use options::AgentOptions;
-pub use runtime::{cleanup, run, AgentError};
+pub use runtime::{cleanup, run, AgentError, Source};

@@ -23,6 +23,8 @@ pub struct State {
     pub revision: u64,
     /// The last reload's errors, while the previous policy stays in force.
     pub last_errors: Vec<String>,
+    /// Managed mode: the controller revision enforced.
+    pub controller_revision: u64,
 }
 
 /// What the watched files and interfaces look like; a change means reload.
@@ -88,7 +90,19 @@ pub fn load(opts: &AgentOptions) -> Result<ResourceSet, Vec<Diagnostic>> {
 /// to the interfaces of local workloads and taken off those no longer local.
 pub fn enforce(state: &mut State, set: ResourceSet, opts: &AgentOptions) -> Result<String, String> {
     let ifaces: HashMap<String, u32> = interfaces::list();
-    let local = local_endpoints(&set, &ifaces);
+    // A workload labelled with another node's name is a peer here, even if an interface
+    // of the same name exists on this node.
+    let elsewhere = |name: &str| {
+        set.workloads
+            .iter()
+            .find(|w| w.name == name)
+            .and_then(|w| w.labels.get("node"))
+            .is_some_and(|n| n != &opts.node)
+    };
+    let local: Vec<_> = local_endpoints(&set, &ifaces)
+        .into_iter()
+        .filter(|ep| !elsewhere(&ep.workload))
+        .collect();
     let compiled = state.compiler.compile(&set, &local);
     if !compiled.problems.is_empty() {
         return Err(format!(
@@ -120,6 +134,7 @@ pub fn enforce(state: &mut State, set: ResourceSet, opts: &AgentOptions) -> Resu
     let wanted: Vec<String> = set
         .workloads
         .iter()
+        .filter(|w| !elsewhere(&w.name))
         .filter_map(|w| w.interface.clone())
         .collect();
     for iface in Dataplane::attached_interfaces(&links) {

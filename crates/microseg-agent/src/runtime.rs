@@ -11,6 +11,7 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::flows::{protocol_json, rfc3339, verdict_name, wall_clock, FlowLog, FlowRecord, Names};
+use crate::managed::ControllerLink;
 use crate::reconcile::{enforce, fingerprint, load, State};
 use crate::AgentOptions;
 
@@ -25,9 +26,23 @@ fn runtime(e: impl std::fmt::Display) -> AgentError {
     AgentError::Runtime(e.to_string())
 }
 
-pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
-    let set =
-        load(&opts).map_err(|d| AgentError::BadInput(d.iter().map(|d| d.to_string()).collect()))?;
+/// Where the agent takes its policy from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// `--policy PATH...`: files and directories, reloaded on change.
+    Files,
+    /// `--controller URL`: the controller's desired state.
+    Controller(ControllerLink),
+}
+
+pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
+    let set = match source {
+        Source::Files => Some(
+            load(&opts)
+                .map_err(|d| AgentError::BadInput(d.iter().map(|d| d.to_string()).collect()))?,
+        ),
+        Source::Controller(_) => None,
+    };
     let mut dp = Dataplane::load(&LoadOptions {
         pin_dir: Some(opts.maps_dir()),
         sessions: opts.session_capacity,
@@ -50,9 +65,10 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         resources: None,
         revision: 0,
         last_errors: Vec::new(),
+        controller_revision: 0,
     }));
     let mut seen = fingerprint(&opts);
-    {
+    if let Some(set) = set {
         let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
         match enforce(&mut st, set, &opts) {
             Ok(summary) => log::info!("enforcing {summary}"),
@@ -80,6 +96,13 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         tokio::spawn(read_events(fd, state.clone(), opts.node.clone()));
     }
 
+    let files = match source {
+        Source::Files => true,
+        Source::Controller(link) => {
+            tokio::spawn(crate::managed::run(link, opts.clone(), state.clone()));
+            false
+        }
+    };
     let mut term = signal(SignalKind::terminate()).map_err(runtime)?;
     let mut int = signal(SignalKind::interrupt()).map_err(runtime)?;
     let mut reload = tokio::time::interval(opts.reload_interval);
@@ -88,7 +111,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = reload.tick() => {
+            _ = reload.tick(), if files => {
                 let now = fingerprint(&opts);
                 if now != seen {
                     seen = now;

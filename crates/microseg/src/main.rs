@@ -47,8 +47,12 @@ struct AgentArgs {
     /// Node name reported in flows (default: the hostname).
     #[arg(long)]
     node: Option<String>,
+    /// Bearer token for the controller (else the MICROSEG_TOKEN variable).
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
+    /// Labels for discovered workloads: a JSON object {"<netns>": {"key": "value"}}.
+    #[arg(long, value_name = "PATH")]
+    labels_file: Option<PathBuf>,
     #[arg(long, default_value = "/sys/fs/bpf/microseg", value_name = "DIR")]
     bpffs: PathBuf,
     #[arg(long, default_value = "/var/lib/microseg", value_name = "DIR")]
@@ -104,18 +108,40 @@ fn agent(a: AgentArgs) -> ExitCode {
             }
         };
     }
-    if a.controller.is_some() || a.token_file.is_some() {
-        eprintln!(
-            "error: managed mode (--controller) is not available in this build; use --policy PATH"
-        );
-        return ExitCode::from(2);
-    }
-    if a.policy.is_empty() {
-        eprintln!(
-            "error: the agent needs --policy PATH (a file or directory of Workloads and Policies)"
-        );
-        return ExitCode::from(2);
-    }
+    let source = match (&a.controller, a.policy.is_empty()) {
+        (Some(_), false) => {
+            eprintln!("error: use either --policy PATH or --controller URL, not both");
+            return ExitCode::from(2);
+        }
+        (None, true) => {
+            eprintln!("error: the agent needs --policy PATH (files or directories of Workloads and Policies) or --controller URL");
+            return ExitCode::from(2);
+        }
+        (None, false) => microseg_agent::Source::Files,
+        (Some(url), true) => {
+            let token = match &a.token_file {
+                Some(p) => match std::fs::read_to_string(p) {
+                    Ok(t) => t.trim().to_string(),
+                    Err(e) => {
+                        eprintln!("error: --token-file {}: {e}", p.display());
+                        return ExitCode::from(2);
+                    }
+                },
+                None => std::env::var("MICROSEG_TOKEN").unwrap_or_default(),
+            };
+            if token.is_empty() {
+                eprintln!(
+                    "error: the controller needs a token: --token-file PATH or MICROSEG_TOKEN"
+                );
+                return ExitCode::from(2);
+            }
+            microseg_agent::Source::Controller(microseg_agent::ControllerLink {
+                url: url.clone(),
+                token,
+                labels_file: a.labels_file.clone(),
+            })
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -127,7 +153,7 @@ fn agent(a: AgentArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(microseg_agent::run(opts)) {
+    match rt.block_on(microseg_agent::run(opts, source)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(AgentError::BadInput(errors)) => {
             for e in errors {

@@ -1,0 +1,145 @@
+//! Finding the workloads on this node: named network namespaces (`ip netns`) whose veth
+//! has its other end in the agent's namespace.
+//!
+//! A veth end in our namespace names its peer's namespace by an nsid that only means
+//! something here; `ip netns list`, run here, gives the same nsid for each named
+//! namespace. Matching the two ties an interface to its workload without trusting
+//! ifindexes, which repeat from one namespace to the next.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+/// A workload found on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Discovered {
+    /// The namespace's name.
+    pub name: String,
+    /// The host-side interface (in the agent's namespace).
+    pub interface: String,
+    pub ips: Vec<IpAddr>,
+    pub labels: BTreeMap<String, String>,
+}
+
+fn ip_json(args: &[&str]) -> Result<Value, String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("running ip {}: {e}", args.join(" ")))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    if out.stdout.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(Value::Array(Vec::new()));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("ip {}: {e}", args.join(" ")))
+}
+
+/// Namespace names are free-form; workload names are lowercase letters, digits, '-', '.'.
+pub fn workload_name(netns: &str) -> String {
+    let mut s: String = netns
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    s.truncate(253);
+    s
+}
+
+/// Every workload on this node, with default labels `netns=<name>`, `node=<node>` and
+/// those of `labels` (by namespace name) on top.
+pub fn discover(
+    node: &str,
+    labels: &BTreeMap<String, BTreeMap<String, String>>,
+) -> Result<Vec<Discovered>, String> {
+    let mut by_nsid = BTreeMap::new();
+    for ns in ip_json(&["-j", "netns", "list"])?
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let (Some(name), Some(id)) = (ns["name"].as_str(), ns["id"].as_u64()) {
+            by_nsid.insert(id, name.to_string());
+        }
+    }
+    let mut found = Vec::new();
+    for link in ip_json(&["-j", "-d", "link", "show", "type", "veth"])?
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let (Some(iface), Some(nsid), Some(peer)) = (
+            link["ifname"].as_str(),
+            link["link_netnsid"].as_u64(),
+            link["link_index"].as_u64(),
+        ) else {
+            continue;
+        };
+        let Some(netns) = by_nsid.get(&nsid) else {
+            continue;
+        };
+        let addrs = ip_json(&["-n", netns, "-j", "addr", "show"])?;
+        let Some(inner) = addrs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i["ifindex"].as_u64() == Some(peer))
+        else {
+            continue;
+        };
+        let ips = inner["addr_info"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["scope"] == "global")
+            .filter_map(|a| a["local"].as_str()?.parse().ok())
+            .collect();
+        let name = workload_name(netns);
+        let mut l = BTreeMap::from([
+            ("netns".to_string(), name.clone()),
+            ("node".to_string(), node.to_string()),
+        ]);
+        if let Some(extra) = labels.get(netns).or_else(|| labels.get(&name)) {
+            l.extend(extra.clone());
+        }
+        found.push(Discovered {
+            name,
+            interface: iface.to_string(),
+            ips,
+            labels: l,
+        });
+    }
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(found)
+}
+
+/// A labels file: a JSON object `{"<netns>": {"key": "value"}}`.
+pub fn read_labels(path: &Path) -> Result<BTreeMap<String, BTreeMap<String, String>>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| format!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::workload_name;
+
+    #[test]
+    fn namespace_names_become_valid_workload_names() {
+        assert_eq!(workload_name("db-1"), "db-1");
+        assert_eq!(workload_name("Web_Front"), "web-front");
+    }
+}

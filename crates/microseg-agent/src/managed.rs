@@ -1,0 +1,264 @@
+//! Managed mode: the agent's link to the controller.
+//!
+//! It reports the workloads it discovers, receives the desired state (full, then deltas),
+//! enforces each revision through the same compile-and-apply path as files, acknowledges
+//! it, and uploads flows in batches. When the link breaks it reconnects with backoff and
+//! resyncs; enforcement of the last state never stops meanwhile.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use microseg_policy::{parse_str, Resource, ResourceSet};
+use microseg_proto::v1::{
+    agent_link_client::AgentLinkClient, AckRequest, DesiredState, DiscoveredWorkload, FlowBatch,
+    SyncRequest, WorkloadReport,
+};
+use tokio::sync::broadcast::error::TryRecvError;
+use tonic::codegen::tokio_stream;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use crate::discovery::{discover, read_labels, Discovered};
+use crate::flows::FlowRecord;
+use crate::reconcile::{enforce, State};
+use crate::AgentOptions;
+
+/// Where the controller is and how to prove who we are.
+#[derive(Clone, Debug)]
+pub struct ControllerLink {
+    pub url: String,
+    pub token: String,
+    pub labels_file: Option<PathBuf>,
+}
+
+type Client = AgentLinkClient<InterceptedService<Channel, Bearer>>;
+
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// The controller's resources as this agent last received them, by (kind, name).
+#[derive(Default)]
+struct Desired {
+    revision: u64,
+    resources: BTreeMap<(String, String), String>,
+}
+
+impl Desired {
+    fn update(&mut self, d: DesiredState) {
+        if d.full {
+            self.resources.clear();
+        }
+        for r in d.upserts {
+            self.resources.insert((r.kind, r.name), r.json);
+        }
+        for r in d.deletes {
+            self.resources.remove(&(r.kind, r.name));
+        }
+        self.revision = d.revision;
+    }
+
+    fn resource_set(&self) -> Result<ResourceSet, Vec<String>> {
+        let mut set = ResourceSet::default();
+        let mut errors = Vec::new();
+        for ((kind, name), json) in &self.resources {
+            let (res, diags) = parse_str(&format!("controller:{kind}/{name}"), json);
+            errors.extend(diags.iter().map(|d| d.to_string()));
+            for r in res {
+                match r {
+                    Resource::Workload(w) => set.workloads.push(w),
+                    Resource::Policy(p) => set.policies.push(p),
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(set)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// Runs the link until the process stops.
+pub async fn run(link: ControllerLink, opts: AgentOptions, state: Arc<Mutex<State>>) {
+    let mut desired = Desired::default();
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match session(&link, &opts, &state, &mut desired).await {
+            Ok(()) => log::warn!("controller closed the stream; resyncing"),
+            Err(e) => log::warn!(
+                "controller link: {e}; retrying in {backoff:?} (enforcing revision {})",
+                desired.revision
+            ),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+        if desired.revision > 0 {
+            // A stream that got as far as a revision earns a quick first retry.
+            backoff = backoff.min(Duration::from_secs(1));
+        }
+    }
+}
+
+async fn connect(link: &ControllerLink) -> Result<Client, String> {
+    let channel = tonic::transport::Endpoint::from_shared(link.url.clone())
+        .map_err(|e| format!("{}: {e}", link.url))?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_keepalive(Some(Duration::from_secs(10)))
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("connecting to {}: {e}", link.url))?;
+    let value = format!("Bearer {}", link.token)
+        .parse()
+        .map_err(|_| "the token is not valid in a header".to_string())?;
+    Ok(AgentLinkClient::with_interceptor(channel, Bearer(value)))
+}
+
+fn report(node: &str, found: &[Discovered]) -> WorkloadReport {
+    WorkloadReport {
+        node: node.to_string(),
+        workloads: found
+            .iter()
+            .map(|d| DiscoveredWorkload {
+                name: d.name.clone(),
+                interface: d.interface.clone(),
+                ips: d.ips.iter().map(|ip| ip.to_string()).collect(),
+                labels: d.labels.clone().into_iter().collect(),
+            })
+            .collect(),
+    }
+}
+
+fn discover_now(link: &ControllerLink, node: &str) -> Vec<Discovered> {
+    let labels = match &link.labels_file {
+        Some(p) => read_labels(p).unwrap_or_else(|e| {
+            log::error!("labels file: {e}");
+            BTreeMap::new()
+        }),
+        None => BTreeMap::new(),
+    };
+    discover(node, &labels).unwrap_or_else(|e| {
+        log::error!("workload discovery: {e}");
+        Vec::new()
+    })
+}
+
+/// One connected stretch: report, sync, enforce, acknowledge, upload, until the link breaks.
+async fn session(
+    link: &ControllerLink,
+    opts: &AgentOptions,
+    state: &Arc<Mutex<State>>,
+    desired: &mut Desired,
+) -> Result<(), String> {
+    let mut client = connect(link).await?;
+    let mut found = discover_now(link, &opts.node);
+    client
+        .report_workloads(report(&opts.node, &found))
+        .await
+        .map_err(|e| format!("reporting workloads: {}", e.message()))?;
+    let mut stream = client
+        .sync(SyncRequest {
+            node: opts.node.clone(),
+            revision: desired.revision,
+        })
+        .await
+        .map_err(|e| format!("sync: {}", e.message()))?
+        .into_inner();
+    log::info!(
+        "connected to the controller at {} as node {}",
+        link.url,
+        opts.node
+    );
+    let mut flows = state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .flows
+        .subscribe();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            msg = stream.message() => {
+                let Some(d) = msg.map_err(|e| format!("stream: {}", e.message()))? else {
+                    return Ok(());
+                };
+                desired.update(d);
+                let error = enforce_desired(desired, opts, state);
+                let ack = AckRequest { node: opts.node.clone(), revision: desired.revision, error };
+                client.ack(ack).await.map_err(|e| format!("ack: {}", e.message()))?;
+            }
+            _ = tick.tick() => {
+                let now = discover_now(link, &opts.node);
+                if now != found {
+                    found = now;
+                    client
+                        .report_workloads(report(&opts.node, &found))
+                        .await
+                        .map_err(|e| format!("reporting workloads: {}", e.message()))?;
+                }
+                let batch = drain(&mut flows);
+                if !batch.is_empty() {
+                    let flows_json = batch.iter().filter_map(|r| serde_json::to_string(r).ok()).collect();
+                    let msg = FlowBatch { node: opts.node.clone(), flows_json };
+                    client
+                        .upload_flows(tokio_stream::iter(vec![msg]))
+                        .await
+                        .map_err(|e| format!("uploading flows: {}", e.message()))?;
+                }
+            }
+        }
+    }
+}
+
+fn drain(rx: &mut tokio::sync::broadcast::Receiver<FlowRecord>) -> Vec<FlowRecord> {
+    let mut out = Vec::new();
+    loop {
+        match rx.try_recv() {
+            Ok(r) => out.push(r),
+            Err(TryRecvError::Lagged(n)) => {
+                log::warn!("{n} flows not uploaded (the agent fell behind)")
+            }
+            Err(_) => return out,
+        }
+    }
+}
+
+/// Enforces the desired state; the error to acknowledge with, empty when enforced.
+fn enforce_desired(desired: &Desired, opts: &AgentOptions, state: &Arc<Mutex<State>>) -> String {
+    let set = match desired.resource_set() {
+        Ok(set) => set,
+        Err(errors) => {
+            log::error!(
+                "revision {} not enforced: {}",
+                desired.revision,
+                errors.join("; ")
+            );
+            return errors.join("; ");
+        }
+    };
+    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+    match enforce(&mut st, set, opts) {
+        Ok(summary) => {
+            log::info!(
+                "controller revision {}: enforcing {summary}",
+                desired.revision
+            );
+            st.controller_revision = desired.revision;
+            String::new()
+        }
+        Err(e) => {
+            log::error!("controller revision {}: {e}", desired.revision);
+            e
+        }
+    }
+}
