@@ -139,7 +139,7 @@ pub fn enforce(state: &mut State, set: ResourceSet, opts: &AgentOptions) -> Resu
         .collect();
     for iface in Dataplane::attached_interfaces(&links) {
         if !wanted.contains(&iface) || !ifaces.contains_key(&iface) {
-            if let Err(e) = Dataplane::detach(&iface, &links) {
+            if let Err(e) = state.dp.detach_interface(&iface, &links) {
                 problems.push(e.to_string());
             }
         }

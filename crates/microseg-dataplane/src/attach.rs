@@ -18,8 +18,20 @@ use aya::{
 
 use crate::{Dataplane, Error, Hook, Result};
 
+/// TCX links on kernels that have them; `MICROSEG_TC_MODE=netlink` forces the classic
+/// clsact path (how the fallback for kernels < 6.6 is tested on newer ones).
 fn has_tcx() -> bool {
+    if std::env::var("MICROSEG_TC_MODE").is_ok_and(|m| m == "netlink") {
+        return false;
+    }
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+fn ifindex(interface: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(interface).ok()?;
+    // SAFETY: a valid NUL-terminated name; 0 means no such interface.
+    let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (i != 0).then_some(i)
 }
 
 fn hooks() -> [(Hook, TcAttachType, &'static str); 2] {
@@ -52,12 +64,21 @@ fn iface_err(interface: &str, what: impl std::fmt::Display) -> Error {
 
 impl Dataplane {
     /// Puts both classifiers on `interface`, pinning TCX links under `link_dir`.
+    /// Does nothing when this process already attached to the same interface (same name
+    /// and ifindex), so reconciling often costs nothing.
     pub fn attach(&mut self, interface: &str, link_dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(link_dir).map_err(Error::io(link_dir))?;
+        let index = ifindex(interface).ok_or_else(|| iface_err(interface, "no such interface"))?;
+        if self.attached.get(interface) == Some(&index) {
+            return Ok(());
+        }
+        let dir = link_dir.join(escape(interface));
+        std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
         let tcx = has_tcx();
         for (hook, attach_type, side) in hooks() {
             let prog = self.classifier_mut(hook.program())?;
             if !tcx {
+                // The classic path has no atomic replacement: a restarted agent swaps the
+                // filter out and back in (a gap of one netlink round trip).
                 // EEXIST when the qdisc is there already: fine.
                 let _ = tc::qdisc_add_clsact(interface);
                 let _ = tc::qdisc_detach_program(interface, attach_type, hook.program());
@@ -98,7 +119,14 @@ impl Dataplane {
             fd.pin(&pin)
                 .map_err(|e| iface_err(interface, format!("pinning {}: {e:?}", pin.display())))?;
         }
+        self.attached.insert(interface.to_string(), index);
         Ok(())
+    }
+
+    /// [`Dataplane::detach`], and forgets that this process attached there.
+    pub fn detach_interface(&mut self, interface: &str, link_dir: &Path) -> Result<()> {
+        self.attached.remove(interface);
+        Dataplane::detach(interface, link_dir)
     }
 
     /// Takes the classifiers off `interface` (if it still exists) and removes their pins.
@@ -108,8 +136,8 @@ impl Dataplane {
             if pin.exists() {
                 // The link lives while pinned or open: removing the pin detaches it.
                 std::fs::remove_file(&pin).map_err(Error::io(&pin))?;
-            }
-            if !has_tcx() {
+            } else {
+                // Attached through netlink (no pin): remove the filter by name.
                 let _ = tc::qdisc_detach_program(interface, attach_type, hook.program());
             }
         }

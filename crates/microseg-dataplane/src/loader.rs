@@ -64,6 +64,8 @@ pub struct Dataplane {
     /// What both slots hold once an apply has finished; None until the first apply.
     pub(crate) current: Option<Tables>,
     pub(crate) pin_dir: Option<PathBuf>,
+    /// Interfaces this process attached to, with their ifindex then.
+    pub(crate) attached: std::collections::HashMap<String, u32>,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
@@ -133,6 +135,7 @@ impl Dataplane {
             ebpf,
             current: None,
             pin_dir: opts.pin_dir.clone(),
+            attached: Default::default(),
         })
     }
 

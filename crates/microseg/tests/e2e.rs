@@ -237,3 +237,49 @@ fn enforcement_outlives_the_agent_and_a_new_agent_adopts_it_without_dropping_ses
         "no enforcement left after --cleanup"
     );
 }
+
+#[test]
+fn the_classic_tc_path_for_older_kernels_enforces_and_cleans_up_too() {
+    let mut t = Topology::new("netlink", &["client", "web", "other"]);
+    t.write_policy("workloads.yaml", &t.workloads_yaml());
+    t.write_policy("policy.yaml", WEB_ONLY_FROM_CLIENT);
+    t.tcp_echo("web", 8080);
+    t.start_agent_with_env(&[("MICROSEG_TC_MODE", "netlink")]);
+    let web = addr(&t.w("web").v4, 8080);
+    assert!(t.tcp_ok("client", web));
+    assert!(!t.tcp_ok("other", web));
+    let node = t.node.clone();
+    let filters = |dir: &str| {
+        let out = std::process::Command::new("tc")
+            .args(["-n", &node, "filter", "show", "dev", "veth-web", dir])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        filters("egress").contains("microseg_to_workload"),
+        "{}",
+        filters("egress")
+    );
+    assert!(
+        filters("ingress").contains("microseg_from_workload"),
+        "{}",
+        filters("ingress")
+    );
+
+    // The filters outlive the agent, and --cleanup removes them.
+    t.stop_agent(libc::SIGKILL);
+    assert!(!t.tcp_ok("other", web));
+    let out = t.agent_cmd(&["--cleanup"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !filters("egress").contains("microseg"),
+        "{}",
+        filters("egress")
+    );
+    assert!(t.tcp_ok("other", web));
+}

@@ -178,6 +178,10 @@ impl Topology {
 
     /// Starts the agent on the policy directory and waits until it answers.
     pub fn start_agent(&mut self) {
+        self.start_agent_with_env(&[]);
+    }
+
+    pub fn start_agent_with_env(&mut self, env: &[(&str, &str)]) {
         let log = File::create(self.dir.join("agent.log")).unwrap();
         let child = self
             .agent_cmd(&[
@@ -186,6 +190,7 @@ impl Topology {
                 "--node",
                 "test-node",
             ])
+            .envs(env.iter().copied())
             .stderr(log)
             .stdout(Stdio::null())
             .spawn()

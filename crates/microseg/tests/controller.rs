@@ -1,0 +1,352 @@
+//! The controller and the client commands end to end: `microseg controller` on a random
+//! loopback port, `microseg policy/workload/status/flows` against it (no root needed).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_microseg");
+
+struct Controller {
+    child: Option<Child>,
+    dir: PathBuf,
+    url: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Controller {
+    fn start(test: &str) -> Controller {
+        let dir = std::env::temp_dir().join(format!("msctl-cli-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("controller.log")).unwrap();
+        let child = Command::new(BIN)
+            .args([
+                "controller",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--state-dir",
+            ])
+            .arg(dir.join("state"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let c = Controller {
+            child: Some(child),
+            dir,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if c.token_file().exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            {
+                return c;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("controller did not start: {}", c.log());
+    }
+
+    fn token_file(&self) -> PathBuf {
+        self.dir.join("state/controller.token")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("controller.log")).unwrap_or_default()
+    }
+
+    /// Runs `microseg ARGS --server URL --token-file TOKEN`.
+    fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let tf = self.token_file();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--server", &self.url, "--token-file", tf.to_str().unwrap()]);
+        run(Command::new(BIN)
+            .args(&all)
+            .env_remove("MICROSEG_TOKEN")
+            .output()
+            .unwrap())
+    }
+
+    fn file(&self, name: &str, text: &str) -> String {
+        let p = self.dir.join(name);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(&p, text).unwrap();
+        p.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn run(out: Output) -> (i32, String, String) {
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn demo() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/demo").to_string()
+}
+
+fn policy(name: &str, port: u16) -> String {
+    format!(
+        "apiVersion: microseg.io/v1\nkind: Policy\nmetadata: {{name: {name}}}\nspec:\n  selector: {{matchLabels: {{app: db}}}}\n  ingress:\n    - action: allow\n      ports: [{{protocol: TCP, port: {port}}}]\n"
+    )
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
+}
+
+#[test]
+fn policy_and_workload_commands_against_the_controller() {
+    let c = Controller::start("crud");
+    // Apply a directory of Workloads and Policies.
+    let (code, out, err) = c.cli(&["policy", "apply", "-f", &demo()]);
+    assert_eq!(code, 0, "{err}\n{}", c.log());
+    assert!(out.contains("policy/web-ingress created"), "{out}");
+    assert!(out.contains("workload/web created"), "{out}");
+    assert!(out.contains("revision "), "{out}");
+    let (code, out, _) = c.cli(&["policy", "apply", "-f", &demo()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("policy/web-ingress unchanged"), "{out}");
+
+    // list: table, json, yaml.
+    let (code, out, _) = c.cli(&["policy", "list"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("NAME") && out.contains("web-ingress"),
+        "{out}"
+    );
+    let (_, out, _) = c.cli(&["policy", "list", "-o", "json"]);
+    let v = json(&out);
+    assert!(v["items"].as_array().unwrap().len() >= 3, "{v}");
+    let (code, out, _) = c.cli(&["policy", "list", "-o", "yaml"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("kind: Policy") && out.contains("---"), "{out}");
+
+    // get -o yaml gives a document that applies back unchanged.
+    let (code, y, _) = c.cli(&["policy", "get", "web-ingress", "-o", "yaml"]);
+    assert_eq!(code, 0);
+    assert!(y.contains("microseg.io/revision"), "{y}");
+    let f = c.file("roundtrip.yaml", &y);
+    let (code, out, err) = c.cli(&["policy", "apply", "-f", &f]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("policy/web-ingress unchanged"), "{out}");
+    let (code, out, _) = c.cli(&["policy", "get", "web-ingress"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.lines().count() == 2 && out.contains("web-ingress"),
+        "{out}"
+    );
+
+    // Bad input: FILE:LINE:COL, exit 2, nothing applied (not even the good file).
+    let good = c.file("in/a-good.yaml", &policy("fresh", 80));
+    let bad = c.file(
+        "in/b-bad.yaml",
+        "apiVersion: microseg.io/v1\nkind: Policy\nmetadata: {name: bad}\nspec:\n  selector: {}\n  ingress:\n    - action: allow\n      from: [{cidr: 10.0.0.0/33}]\n",
+    );
+    let (code, _, err) = c.cli(&["policy", "apply", "-f", &good, &bad]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("{bad}:8:")) && err.contains("10.0.0.0/33"),
+        "{err}"
+    );
+    assert_eq!(c.cli(&["policy", "get", "fresh"]).0, 2, "404 is exit 2");
+    // Refused by the server (an address used by a stored workload): exit 2 with why.
+    let dup = c.file(
+        "dup.yaml",
+        "apiVersion: microseg.io/v1\nkind: Workload\nmetadata: {name: dup}\nspec: {ips: [10.210.0.10]}\n",
+    );
+    let (code, _, err) = c.cli(&["policy", "apply", "-f", &dup]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("{dup}:1:1")) && err.contains("already used"),
+        "{err}"
+    );
+    assert_eq!(c.cli(&["workload", "get", "dup"]).0, 2);
+
+    // delete.
+    let (code, out, _) = c.cli(&["policy", "delete", "web-ingress"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("policy/web-ingress deleted (revision"),
+        "{out}"
+    );
+    assert_eq!(c.cli(&["policy", "delete", "web-ingress"]).0, 2);
+    assert_eq!(c.cli(&["policy", "get", "Bad_Name"]).0, 2);
+
+    // workloads and labels: KEY=VALUE sets, KEY- removes.
+    let (code, out, _) = c.cli(&["workload", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("NAME") && out.contains("web"), "{out}");
+    let (code, out, err) = c.cli(&["workload", "label", "web", "env=prod", "tier=", "app-"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("workload/web labeled") && out.contains("env=prod"),
+        "{out}"
+    );
+    let (_, out, _) = c.cli(&["workload", "get", "web", "-o", "json"]);
+    let labels = &json(&out)["metadata"]["labels"];
+    assert_eq!(labels["env"], "prod");
+    assert_eq!(labels["tier"], "");
+    assert!(labels.get("app").is_none(), "{labels}");
+    assert_eq!(c.cli(&["workload", "label", "web", "nonsense"]).0, 2);
+    assert_eq!(c.cli(&["workload", "label", "nope", "a=b"]).0, 2);
+
+    // status and flows from the controller.
+    let (code, out, _) = c.cli(&["status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("revision") && out.contains("NODE"), "{out}");
+    let (_, out, _) = c.cli(&["status", "-o", "json"]);
+    assert!(json(&out)["revision"].as_u64().unwrap() >= 3);
+    let (code, out, err) = c.cli(&["flows", "-o", "json", "--verdict", "deny"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.trim().is_empty(), "no agent uploaded flows: {out}");
+}
+
+#[test]
+fn tokens_exit_codes_and_the_progress_bar() {
+    let c = Controller::start("auth");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(c.token_file()).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(
+        c.log().contains("controller.token"),
+        "the token's path is logged: {}",
+        c.log()
+    );
+
+    // The token from MICROSEG_TOKEN works; a wrong one is exit 2 and changes nothing.
+    let token = std::fs::read_to_string(c.token_file()).unwrap();
+    let f = c.file("p.yaml", &policy("p", 80));
+    let with_env = |t: &str, args: &[&str]| {
+        run(Command::new(BIN)
+            .args(args)
+            .args(["--server", &c.url])
+            .env("MICROSEG_TOKEN", t)
+            .output()
+            .unwrap())
+    };
+    let (code, _, err) = with_env("wrong", &["policy", "apply", "-f", &f]);
+    assert_eq!(code, 2);
+    assert!(err.contains("token"), "{err}");
+    let (code, out, _) = with_env(token.trim(), &["policy", "list", "-o", "json"]);
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["items"].as_array().unwrap().len(), 0);
+    assert_eq!(with_env(token.trim(), &["policy", "apply", "-f", &f]).0, 0);
+
+    // Nobody listening: exit 1. A bad --server or -o: exit 2.
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let (code, _, err) = run(Command::new(BIN)
+        .args(["status", "--server", &closed])
+        .output()
+        .unwrap());
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        run(Command::new(BIN)
+            .args(["status", "--server", "ftp://x"])
+            .output()
+            .unwrap())
+        .0,
+        2
+    );
+    assert_eq!(c.cli(&["status", "-o", "xml"]).0, 2);
+
+    // Many resources: a progress bar on stderr.
+    let dir = c.dir.join("many");
+    for i in 0..25 {
+        c.file(
+            &format!("many/p{i:02}.yaml"),
+            &policy(&format!("many-{i}"), 1000 + i),
+        );
+    }
+    let out = Command::new(BIN)
+        .args(["policy", "apply", "-f"])
+        .arg(&dir)
+        .args([
+            "--server",
+            &c.url,
+            "--token-file",
+            c.token_file().to_str().unwrap(),
+        ])
+        .env("MICROSEG_PROGRESS", "1")
+        .output()
+        .unwrap();
+    let (code, out, err) = run(out);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("25/25 resources") && err.contains('#'),
+        "{err}"
+    );
+    assert_eq!(
+        out.lines().filter(|l| l.ends_with(" created")).count(),
+        25,
+        "{out}"
+    );
+}
+
+#[test]
+fn controller_flags_and_signals() {
+    let dir = std::env::temp_dir().join(format!("msctl-cli-{}-flags", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (code, _, err) = run(Command::new(BIN)
+        .args([
+            "controller",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            "mysql://x",
+            "--state-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap());
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = run(Command::new(BIN)
+        .args([
+            "controller",
+            "--listen",
+            "127.0.0.1:0",
+            "--token-file",
+            "/nonexistent/t",
+            "--state-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap());
+    assert_eq!(code, 2, "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // SIGTERM: a clean exit.
+    let mut c = Controller::start("signal");
+    let child = c.child.take().unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?} {}", out.status, c.log());
+    assert!(c.log().contains("stopping"), "{}", c.log());
+    let _ = Path::new(&c.dir);
+}
