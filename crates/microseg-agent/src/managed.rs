@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use microseg_policy::{parse_str, Resource, ResourceSet};
+use microseg_policy::{parse_str, ResourceSet};
 use microseg_proto::v1::{
     agent_link_client::AgentLinkClient, AckRequest, DesiredState, DiscoveredWorkload, FlowBatch,
     SyncRequest, WorkloadReport,
@@ -73,12 +73,7 @@ impl Desired {
         for ((kind, name), json) in &self.resources {
             let (res, diags) = parse_str(&format!("controller:{kind}/{name}"), json);
             errors.extend(diags.iter().map(|d| d.to_string()));
-            for r in res {
-                match r {
-                    Resource::Workload(w) => set.workloads.push(w),
-                    Resource::Policy(p) => set.policies.push(p),
-                }
-            }
+            set.extend(res);
         }
         if errors.is_empty() {
             Ok(set)

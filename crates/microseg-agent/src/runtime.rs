@@ -3,14 +3,14 @@
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 
-use microseg_common::{config_flags, session_flags as sf, tables::words_addr};
+use microseg_common::{config_flags, session_flags as sf};
 use microseg_dataplane::{sessions::Timeouts, Dataplane, LoadOptions};
 use microseg_policy::compile::Compiler;
 use tokio::io::unix::AsyncFd;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::flows::{protocol_json, rfc3339, verdict_name, wall_clock, FlowLog, FlowRecord, Names};
+use crate::flows::{FlowLog, Names};
 use crate::managed::ControllerLink;
 use crate::reconcile::{enforce, fingerprint, load, State};
 use crate::AgentOptions;
@@ -209,41 +209,13 @@ fn expire(state: &Arc<Mutex<State>>, node: &str) {
         if s.flags & sf::ENDED != 0 {
             continue;
         }
-        let (src, sport, dst, dport) = if s.flags & sf::ORIG_IS_LO != 0 {
-            (k.lo_addr, k.lo_port, k.hi_addr, k.hi_port)
-        } else {
-            (k.hi_addr, k.hi_port, k.lo_addr, k.lo_port)
+        let e = microseg_dataplane::sessions::end_event(&k, &s);
+        let names = Names {
+            node,
+            endpoints: &st.endpoints,
+            rules: &st.rules,
         };
-        let unix = wall_clock(s.last_seen_ns);
-        let r = FlowRecord {
-            time: rfc3339(unix),
-            node: node.to_string(),
-            workload: st
-                .endpoints
-                .get(&k.ifindex)
-                .cloned()
-                .unwrap_or_else(|| format!("ifindex-{}", k.ifindex)),
-            direction: if s.flags & sf::ORIG_EGRESS != 0 {
-                "egress"
-            } else {
-                "ingress"
-            }
-            .into(),
-            src_ip: words_addr(src).to_string(),
-            dst_ip: words_addr(dst).to_string(),
-            src_port: sport,
-            dst_port: dport,
-            protocol: protocol_json(k.protocol),
-            verdict: verdict_name(s.verdict).unwrap_or("allow").into(),
-            policy: microseg_policy::compile::rule_policy_name(&st.rules, s.rule_id),
-            rule: st.rules.get(&s.rule_id).map(|r| r.index),
-            audit_verdict: verdict_name(s.audit_verdict).map(str::to_string),
-            audit_policy: microseg_policy::compile::rule_policy_name(&st.rules, s.audit_rule_id),
-            packets: s.packets[0] + s.packets[1],
-            bytes: s.bytes[0] + s.bytes[1],
-            event: "end".into(),
-            unix_time: unix,
-        };
+        let r = names.record(&e);
         st.flows.push(r);
     }
 }

@@ -518,13 +518,7 @@ fn check(checker: &mut Checker, sc: &Scenario) -> Result<(), String> {
             "generated resources do not parse:\n{text}\n{diags:?}"
         ));
     }
-    let mut set = ResourceSet::default();
-    for r in res {
-        match r {
-            microseg_policy::Resource::Workload(w) => set.workloads.push(w),
-            microseg_policy::Resource::Policy(p) => set.policies.push(p),
-        }
-    }
+    let set: ResourceSet = res.into_iter().collect();
     let diags = microseg_policy::validate_set(&set);
     if !diags.is_empty() {
         return Err(format!(

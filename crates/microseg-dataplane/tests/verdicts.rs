@@ -1,20 +1,10 @@
 //! Policies compiled and loaded into the kernel program give the contract's verdicts.
 
-use microseg_dataplane::{packet::*, Dataplane, Hook, LoadOptions};
-use microseg_policy::{compile::*, parse_str, Resource, ResourceSet};
+mod common;
 
-fn resources(yaml: &str) -> ResourceSet {
-    let (res, diags) = parse_str("test.yaml", yaml);
-    assert!(diags.is_empty(), "{diags:?}");
-    let mut set = ResourceSet::default();
-    for r in res {
-        match r {
-            Resource::Workload(w) => set.workloads.push(w),
-            Resource::Policy(p) => set.policies.push(p),
-        }
-    }
-    set
-}
+use common::resources;
+use microseg_dataplane::{packet::*, Dataplane, Hook, LoadOptions};
+use microseg_policy::compile::*;
 
 const BASE: &str = r#"
 apiVersion: microseg.io/v1

@@ -20,6 +20,25 @@ pub enum Resource {
     Policy(Policy),
 }
 
+impl Extend<Resource> for ResourceSet {
+    fn extend<I: IntoIterator<Item = Resource>>(&mut self, resources: I) {
+        for r in resources {
+            match r {
+                Resource::Workload(w) => self.workloads.push(w),
+                Resource::Policy(p) => self.policies.push(p),
+            }
+        }
+    }
+}
+
+impl FromIterator<Resource> for ResourceSet {
+    fn from_iter<I: IntoIterator<Item = Resource>>(resources: I) -> ResourceSet {
+        let mut set = ResourceSet::default();
+        set.extend(resources);
+        set
+    }
+}
+
 /// Parses every document of one file. Only resources without errors are returned;
 /// all errors are collected, in file order.
 pub fn parse_str(file: &str, text: &str) -> (Vec<Resource>, Vec<Diagnostic>) {
@@ -319,12 +338,7 @@ pub fn load_paths(paths: &[impl AsRef<Path>]) -> Result<ResourceSet, Vec<Diagnos
         };
         let (res, d) = parse_str(&name, &text);
         diags.extend(d);
-        for r in res {
-            match r {
-                Resource::Workload(w) => set.workloads.push(w),
-                Resource::Policy(p) => set.policies.push(p),
-            }
-        }
+        set.extend(res);
     }
     diags.extend(validate_set(&set));
     if diags.is_empty() {

@@ -28,13 +28,7 @@ spec: {ips: [10.0.0.7], mode: audit}
 fn set(policies: &str) -> ResourceSet {
     let (res, diags) = parse_str("t.yaml", &format!("{WORKLOADS}\n---\n{policies}"));
     assert!(diags.is_empty(), "{diags:?}");
-    let mut set = ResourceSet::default();
-    for r in res {
-        match r {
-            Resource::Workload(w) => set.workloads.push(w),
-            Resource::Policy(p) => set.policies.push(p),
-        }
-    }
+    let set: ResourceSet = res.into_iter().collect();
     assert!(validate_set(&set).is_empty());
     set
 }

@@ -38,6 +38,13 @@ pub struct FlowArgs {
     /// Only flows newer than this (e.g. 30s, 5m, 2h).
     #[arg(long, value_parser = parse_duration)]
     since: Option<f64>,
+    /// Fetch the flows the controller collected from its agents instead (e.g.
+    /// http://127.0.0.1:7070).
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// Bearer token for --server (else MICROSEG_TOKEN).
+    #[arg(long, value_name = "PATH", requires = "server")]
+    token_file: Option<PathBuf>,
 }
 
 /// "90s", "5m", "1h30m", "2d" → seconds.
@@ -129,6 +136,12 @@ fn s(v: &Value, k: &str) -> String {
     }
 }
 
+/// "src:port -> dst:port" of a flow or session object.
+fn flow_text(r: &Value) -> String {
+    let (sp, dp) = (s(r, "src_port"), s(r, "dst_port"));
+    format!("{}:{sp} -> {}:{dp}", s(r, "src_ip"), s(r, "dst_ip"))
+}
+
 pub fn flows(f: &FlowArgs) -> ExitCode {
     let json = match json_output(&f.view) {
         Ok(j) => j,
@@ -148,17 +161,11 @@ pub fn flows(f: &FlowArgs) -> ExitCode {
             "TIME", "WORKLOAD", "DIR", "EVENT", "FLOW", "PROTO", "VERDICT"
         );
     }
-    finish(request(&f.view.socket, &req, |r| {
+    let print = |r: Value| {
         if json {
             println!("{r}");
         } else {
-            let flow = format!(
-                "{}:{} -> {}:{}",
-                s(&r, "src_ip"),
-                s(&r, "src_port"),
-                s(&r, "dst_ip"),
-                s(&r, "dst_port")
-            );
+            let flow = flow_text(&r);
             let mut policy = s(&r, "policy");
             if let Some(rule) = r.get("rule").and_then(Value::as_u64) {
                 policy = format!("{policy}[{rule}]");
@@ -177,6 +184,23 @@ pub fn flows(f: &FlowArgs) -> ExitCode {
                 s(&r, "verdict"),
             );
         }
+    };
+    if let Some(server) = &f.server {
+        if f.follow {
+            eprintln!("error: --follow works with the local agent only, not with --server");
+            return ExitCode::from(2);
+        }
+        return crate::client_cmd::remote_flows(
+            server,
+            f.token_file.as_deref(),
+            f.verdict.as_deref(),
+            f.workload.as_deref(),
+            f.since,
+            print,
+        );
+    }
+    finish(request(&f.view.socket, &req, |r| {
+        print(r);
         true
     }))
 }
@@ -196,13 +220,7 @@ pub fn sessions(v: &ViewArgs) -> ExitCode {
         if json {
             println!("{r}");
         } else {
-            let flow = format!(
-                "{}:{} -> {}:{}",
-                s(&r, "src_ip"),
-                s(&r, "src_port"),
-                s(&r, "dst_ip"),
-                s(&r, "dst_port")
-            );
+            let flow = flow_text(&r);
             println!(
                 "{:<12} {:<44} {:<6} {:<12} {:<7} {:<20} {:>8} {:>10} {:>5}s",
                 s(&r, "workload"),

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use microseg_dataplane::{common::*, Dataplane, LoadOptions};
-use microseg_policy::{compile::*, parse_str, Resource, ResourceSet};
+use microseg_policy::{compile::*, parse_str, ResourceSet};
 
 /// ifindex of `lo`: the local workload of every test sits on it.
 pub const LO: u32 = 1;
@@ -13,13 +13,7 @@ pub const LO: u32 = 1;
 pub fn resources(yaml: &str) -> ResourceSet {
     let (res, diags) = parse_str("test.yaml", yaml);
     assert!(diags.is_empty(), "diagnostics for:\n{yaml}\n{diags:?}");
-    let mut set = ResourceSet::default();
-    for r in res {
-        match r {
-            Resource::Workload(w) => set.workloads.push(w),
-            Resource::Policy(p) => set.policies.push(p),
-        }
-    }
+    let set: ResourceSet = res.into_iter().collect();
     let diags = microseg_policy::validate_set(&set);
     assert!(diags.is_empty(), "diagnostics for:\n{yaml}\n{diags:?}");
     set
