@@ -6,7 +6,8 @@ set -euo pipefail
 
 log() { echo "setup: $*" >&2; }
 
-packages=(bpftool iproute2 iperf3 socat iputils-ping util-linux protobuf-compiler)
+# postgresql: the controller tests start their own throw-away server from its binaries.
+packages=(bpftool iproute2 iperf3 socat iputils-ping util-linux protobuf-compiler postgresql)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -2,6 +2,8 @@
 //!
 //! Exit status: 0 success, 1 runtime failure, 2 bad input (usage or invalid resources).
 
+mod client_cmd;
+mod controller_cmd;
 mod logger;
 mod policy_cmd;
 mod views;
@@ -34,6 +36,15 @@ enum Command {
     Flows(views::FlowArgs),
     /// The session table.
     Sessions(views::ViewArgs),
+    /// Run the controller: REST API and agent gRPC on one address.
+    Controller(controller_cmd::ControllerArgs),
+    /// Workloads known to the controller and their labels.
+    Workload {
+        #[command(subcommand)]
+        command: client_cmd::WorkloadCommand,
+    },
+    /// Nodes, the revision each enforces, and its lag.
+    Status(client_cmd::ClientArgs),
 }
 
 #[derive(Args)]
@@ -82,6 +93,9 @@ fn main() -> ExitCode {
         Command::Stats(v) => views::stats(&v),
         Command::Flows(f) => views::flows(&f),
         Command::Sessions(v) => views::sessions(&v),
+        Command::Controller(c) => controller_cmd::run(c),
+        Command::Workload { command } => client_cmd::workload(command),
+        Command::Status(c) => client_cmd::status(&c),
     }
 }
 

@@ -1,0 +1,230 @@
+//! A small blocking HTTP/1.1 client for the controller's REST API (plain `http://`), used
+//! by the `microseg` client commands and the tests. One connection per request.
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// host:port
+    authority: String,
+    /// Path prefix of the server URL (usually empty).
+    prefix: String,
+    token: Option<String>,
+    pub timeout: Duration,
+}
+
+/// An answer: status and body (JSON when it parses, else a JSON string of the text).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The server's error message and details, one per line.
+    pub fn error_text(&self) -> String {
+        let mut s = match self.body.get("error").and_then(Value::as_str) {
+            Some(e) => e.to_string(),
+            None => format!("HTTP {}: {}", self.status, self.body),
+        };
+        for d in self
+            .body
+            .get("details")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            s.push('\n');
+            s.push_str(d.as_str().unwrap_or_default());
+        }
+        s
+    }
+}
+
+/// Percent-encodes a query or path component.
+pub fn encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Client {
+    /// `url`: `http://HOST:PORT[/PREFIX]` (port 80 when omitted).
+    pub fn new(url: &str, token: Option<String>) -> Result<Client, String> {
+        let rest = match url.strip_prefix("http://") {
+            Some(r) => r,
+            None if url.starts_with("https://") => {
+                return Err(format!(
+                    "--server {url}: https is not supported by this client; use http://"
+                ))
+            }
+            None => return Err(format!("--server {url}: expected http://HOST:PORT")),
+        };
+        let (auth, prefix) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        if auth.is_empty() {
+            return Err(format!("--server {url}: missing host"));
+        }
+        let authority = if auth
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            auth.to_string()
+        } else {
+            format!("{auth}:80")
+        };
+        Ok(Client {
+            authority,
+            prefix: prefix.to_string(),
+            token,
+            timeout: Duration::from_secs(60),
+        })
+    }
+
+    pub fn get(&self, path: &str) -> std::io::Result<Reply> {
+        self.call("GET", path, None)
+    }
+
+    /// One request; `body` is (content type, bytes).
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &[u8])>,
+    ) -> std::io::Result<Reply> {
+        let addr =
+            self.authority.to_socket_addrs()?.next().ok_or_else(|| {
+                std::io::Error::other(format!("cannot resolve {}", self.authority))
+            })?;
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(self.timeout))?;
+        s.set_write_timeout(Some(self.timeout))?;
+        let mut req = format!(
+            "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nConnection: close\r\n",
+            self.prefix, self.authority
+        );
+        if let Some(t) = &self.token {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        let body = body.unwrap_or(("application/json", b""));
+        if method != "GET" && method != "DELETE" || !body.1.is_empty() {
+            req.push_str(&format!(
+                "Content-Type: {}\r\nContent-Length: {}\r\n",
+                body.0,
+                body.1.len()
+            ));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes())?;
+        s.write_all(body.1)?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        parse_reply(&raw)
+    }
+}
+
+fn bad(msg: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg.to_string())
+}
+
+fn parse_reply(raw: &[u8]) -> std::io::Result<Reply> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("truncated HTTP response"))?;
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| bad("bad HTTP status line"))?;
+    let mut chunked = false;
+    let mut length = None;
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+            if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
+                chunked = true;
+            } else if k == "content-length" {
+                length = v.parse::<usize>().ok();
+            }
+        }
+    }
+    let mut body = &raw[end + 4..];
+    let mut decoded = Vec::new();
+    if chunked {
+        loop {
+            let nl = body
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .ok_or_else(|| bad("bad chunk"))?;
+            let size_text = String::from_utf8_lossy(&body[..nl]);
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| bad("bad chunk size"))?;
+            body = &body[nl + 2..];
+            if size == 0 {
+                break;
+            }
+            if body.len() < size {
+                return Err(bad("truncated chunk"));
+            }
+            decoded.extend_from_slice(&body[..size]);
+            body = body.get(size + 2..).unwrap_or_default();
+        }
+    } else {
+        let n = length.unwrap_or(body.len()).min(body.len());
+        decoded.extend_from_slice(&body[..n]);
+    }
+    let text = String::from_utf8_lossy(&decoded);
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.into_owned()));
+    Ok(Reply { status, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_parse_with_length_or_chunks() {
+        let r = parse_reply(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\n{\"a\":1}\n").unwrap();
+        assert_eq!((r.status, r.body["a"].as_u64()), (200, Some(1)));
+        let r = parse_reply(
+            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:2}\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!((r.status, r.body["a"].as_u64()), (404, Some(2)));
+    }
+
+    #[test]
+    fn server_urls() {
+        assert_eq!(
+            Client::new("http://127.0.0.1:7070", None)
+                .unwrap()
+                .authority,
+            "127.0.0.1:7070"
+        );
+        let c = Client::new("http://ctl/api/", None).unwrap();
+        assert_eq!(
+            (c.authority.as_str(), c.prefix.as_str()),
+            ("ctl:80", "/api")
+        );
+        assert!(Client::new("https://x", None).is_err());
+        assert!(Client::new("x:1", None).is_err());
+    }
+}

@@ -1,0 +1,706 @@
+//! What the controller does, independent of how it is asked: apply, delete and label
+//! resources, take the workloads agents report, and keep the recent flows.
+
+use crate::error::Error;
+use crate::resources::{self, WORKLOAD};
+use crate::store::{publish, Row, Snapshot, Store, Write};
+use microseg_policy::{
+    check_interface, check_label_key, check_label_value, check_name, parse_str, validate_set,
+    Resource, ResourceSet,
+};
+use microseg_proto::v1::DiscoveredWorkload;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+pub fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// RFC 3339 UTC with milliseconds.
+pub fn rfc3339(unix: f64) -> String {
+    let ms = (unix * 1000.0).round() as i64;
+    let (secs, milli) = (ms.div_euclid(1000), ms.rem_euclid(1000));
+    let (days, sod) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60
+    )
+}
+
+/// One resource of an apply and what happened to it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Applied {
+    pub kind: String,
+    pub name: String,
+    /// created, configured or unchanged.
+    pub action: &'static str,
+}
+
+/// Recent flows uploaded by agents, oldest first, bounded.
+pub struct Flows {
+    buf: VecDeque<(f64, Value)>,
+    cap: usize,
+}
+
+/// Which flows `GET /v1/flows` returns.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct FlowQuery {
+    pub verdict: Option<String>,
+    pub workload: Option<String>,
+    pub node: Option<String>,
+    /// Received within this many seconds (or a duration like 30s, 5m, 2h).
+    pub since: Option<String>,
+    /// At most this many, the newest.
+    pub limit: Option<usize>,
+}
+
+/// "90", "90s", "5m", "1h30m", "2d" → seconds.
+pub fn parse_duration(s: &str) -> Option<f64> {
+    if let Ok(n) = s.parse::<f64>() {
+        return Some(n);
+    }
+    let (mut total, mut num) = (0.0, String::new());
+    for c in s.chars() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let n: f64 = num.parse().ok()?;
+        total += n * match c {
+            's' => 1.0,
+            'm' => 60.0,
+            'h' => 3600.0,
+            'd' => 86400.0,
+            _ => return None,
+        };
+        num.clear();
+    }
+    num.is_empty().then_some(total)
+}
+
+impl Flows {
+    pub fn new(cap: usize) -> Flows {
+        Flows {
+            buf: VecDeque::new(),
+            cap: cap.max(1),
+        }
+    }
+
+    pub fn push(&mut self, at: f64, v: Value) {
+        if self.buf.len() == self.cap {
+            self.buf.pop_front();
+        }
+        self.buf.push_back((at, v));
+    }
+
+    pub fn query(&self, q: &FlowQuery) -> Result<Vec<Value>, Error> {
+        let since = match &q.since {
+            Some(s) => Some(
+                parse_duration(s)
+                    .ok_or_else(|| Error::bad(format!("invalid duration {s:?} for since")))?,
+            ),
+            None => None,
+        };
+        let cutoff = since.map(|s| now() - s);
+        let field = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        let mut out: Vec<Value> = self
+            .buf
+            .iter()
+            .filter(|(at, v)| {
+                cutoff.is_none_or(|c| *at >= c)
+                    && q.verdict.as_ref().is_none_or(|want| {
+                        field(v, "verdict").is_some_and(|x| x.eq_ignore_ascii_case(want))
+                    })
+                    && q.workload
+                        .as_ref()
+                        .is_none_or(|w| field(v, "workload").as_ref() == Some(w))
+                    && q.node
+                        .as_ref()
+                        .is_none_or(|n| field(v, "node").as_ref() == Some(n))
+            })
+            .map(|(_, v)| v.clone())
+            .collect();
+        if let Some(l) = q.limit {
+            let skip = out.len().saturating_sub(l);
+            out.drain(..skip);
+        }
+        Ok(out)
+    }
+}
+
+pub struct Core {
+    pub store: Arc<dyn Store>,
+    /// The newest revision known (local writes and, via the store, other controllers').
+    pub rev: Arc<watch::Sender<u64>>,
+    pub flows: Mutex<Flows>,
+    /// Nodes with an open Sync stream to this controller, and how many.
+    pub streams: Mutex<BTreeMap<String, usize>>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+const NODE_ANNOTATION: &str = "microseg.io/node";
+const REVISION_ANNOTATION: &str = "microseg.io/revision";
+
+/// A stored row as the API shows it: the document plus annotations for the revision
+/// that last changed it and, for a discovered workload, its node.
+pub fn decorate(r: &Row) -> Value {
+    let mut doc: Value = serde_json::from_str(&r.json).unwrap_or(Value::Null);
+    if let Some(meta) = doc.get_mut("metadata").and_then(Value::as_object_mut) {
+        let mut ann = serde_json::Map::new();
+        ann.insert(REVISION_ANNOTATION.into(), json!(r.revision.to_string()));
+        if !r.node.is_empty() {
+            ann.insert(NODE_ANNOTATION.into(), json!(r.node));
+        }
+        meta.insert("annotations".into(), Value::Object(ann));
+    }
+    doc
+}
+
+/// The document as node `node` receives it: the workloads discovered on other nodes lose
+/// their interface (it names a link on that other node), so they are peers only.
+pub fn for_node(r: &Row, node: &str) -> String {
+    if r.node.is_empty() || r.node == node {
+        return r.json.clone();
+    }
+    let mut doc: Value = match serde_json::from_str(&r.json) {
+        Ok(d) => d,
+        Err(_) => return r.json.clone(),
+    };
+    if let Some(spec) = doc.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.remove("interface");
+    }
+    doc.to_string()
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Reported {
+    name: String,
+    labels: BTreeMap<String, String>,
+}
+
+fn effective_labels(
+    reported: &BTreeMap<String, String>,
+    overlay: Option<&BTreeMap<String, Option<String>>>,
+) -> BTreeMap<String, String> {
+    let mut l = reported.clone();
+    for (k, v) in overlay.into_iter().flatten() {
+        match v {
+            Some(v) => l.insert(k.clone(), v.clone()),
+            None => l.remove(k),
+        };
+    }
+    l
+}
+
+/// The stored resources as one set for the validator; discovered workloads lose their
+/// interface (interface names repeat across nodes).
+fn stored_set(snap: &Snapshot, skip: &dyn Fn(&Row) -> bool) -> ResourceSet {
+    let mut set = ResourceSet::default();
+    for r in snap.rows.iter().filter(|r| !skip(r)) {
+        let (res, _) = parse_str(&format!("stored {}/{}", r.kind, r.name), &r.json);
+        for x in res {
+            match x {
+                Resource::Workload(mut w) => {
+                    if !r.node.is_empty() {
+                        w.interface = None;
+                    }
+                    set.workloads.push(w)
+                }
+                Resource::Policy(p) => set.policies.push(p),
+            }
+        }
+    }
+    set
+}
+
+impl Core {
+    pub fn new(
+        store: Arc<dyn Store>,
+        rev: Arc<watch::Sender<u64>>,
+        flow_buffer: usize,
+        shutdown: watch::Receiver<bool>,
+    ) -> Core {
+        Core {
+            store,
+            rev,
+            flows: Mutex::new(Flows::new(flow_buffer)),
+            streams: Mutex::new(BTreeMap::new()),
+            shutdown,
+        }
+    }
+
+    fn published(&self, rev: u64) -> u64 {
+        publish(&self.rev, rev);
+        rev
+    }
+
+    /// Creates or replaces the resources in `text` (YAML or JSON: one resource, a list or
+    /// a `kind: List`). `only`: the kind the endpoint takes; `expect_name`: the name in the
+    /// URL of a PUT. Nothing is stored unless everything is valid.
+    pub async fn apply(
+        &self,
+        file: &str,
+        text: &str,
+        only: Option<&str>,
+        expect_name: Option<&str>,
+    ) -> Result<(u64, Vec<Applied>), Error> {
+        let (parsed, diags) = parse_str(file, text);
+        if !diags.is_empty() {
+            return Err(Error::invalid(
+                diags.iter().map(ToString::to_string).collect(),
+            ));
+        }
+        if parsed.is_empty() {
+            return Err(Error::bad("no resources in the request body"));
+        }
+        let mut problems = Vec::new();
+        for r in &parsed {
+            let origin = match r {
+                Resource::Workload(w) => &w.origin,
+                Resource::Policy(p) => &p.origin,
+            };
+            if let Some(k) = only {
+                if resources::kind(r) != k {
+                    problems.push(format!(
+                        "{origin}: this endpoint takes {k} resources, found a {}",
+                        resources::kind(r)
+                    ));
+                }
+            }
+            if let Some(n) = expect_name {
+                if resources::name(r) != n {
+                    problems.push(format!(
+                        "{origin}: metadata.name \"{}\" does not match \"{n}\" in the URL",
+                        resources::name(r)
+                    ));
+                }
+            }
+        }
+        if expect_name.is_some() && parsed.len() > 1 {
+            problems.push(format!("{file}: PUT takes one resource"));
+        }
+        let mut new_set = ResourceSet::default();
+        for r in &parsed {
+            match r {
+                Resource::Workload(w) => new_set.workloads.push(w.clone()),
+                Resource::Policy(p) => new_set.policies.push(p.clone()),
+            }
+        }
+        problems.extend(
+            microseg_policy::compile::unsupported(&new_set)
+                .iter()
+                .map(ToString::to_string),
+        );
+        if !problems.is_empty() {
+            return Err(Error::invalid(problems));
+        }
+        let docs: Vec<(String, String, String)> = parsed
+            .iter()
+            .map(|r| {
+                (
+                    resources::kind(r).to_string(),
+                    resources::name(r).to_string(),
+                    resources::to_json(r).to_string(),
+                )
+            })
+            .collect();
+        let mut applied = Vec::new();
+        let out = &mut applied;
+        let rev = self
+            .store
+            .transact(Box::new(move |snap: &Snapshot| {
+                for (k, n, _) in &docs {
+                    if let Some(r) = snap.get(k, n).filter(|r| !r.node.is_empty()) {
+                        return Err(Error::Conflict(format!(
+                            "workload \"{n}\" was discovered on node \"{}\"; choose another name",
+                            r.node
+                        )));
+                    }
+                }
+                let replaced = |r: &Row| docs.iter().any(|(k, n, _)| *k == r.kind && *n == r.name);
+                let mut set = stored_set(snap, &replaced);
+                set.workloads.extend(new_set.workloads.iter().cloned());
+                set.policies.extend(new_set.policies.iter().cloned());
+                let diags: Vec<String> = validate_set(&set)
+                    .into_iter()
+                    .filter(|d| d.file == file)
+                    .map(|d| d.to_string())
+                    .collect();
+                if !diags.is_empty() {
+                    return Err(Error::invalid(diags));
+                }
+                let mut writes = Vec::new();
+                for (kind, name, json) in docs {
+                    let action = match snap.get(&kind, &name) {
+                        Some(r) if r.json == json => "unchanged",
+                        Some(_) => "configured",
+                        None => "created",
+                    };
+                    out.push(Applied {
+                        kind: kind.clone(),
+                        name: name.clone(),
+                        action,
+                    });
+                    if action != "unchanged" {
+                        writes.push(Write::Put {
+                            kind,
+                            name,
+                            json,
+                            node: String::new(),
+                            reported: None,
+                        });
+                    }
+                }
+                Ok(writes)
+            }))
+            .await?;
+        Ok((self.published(rev), applied))
+    }
+
+    pub async fn delete(&self, kind: &str, name: &str) -> Result<u64, Error> {
+        let rev = self
+            .store
+            .transact(Box::new(move |snap: &Snapshot| {
+                match snap.get(kind, name) {
+                    None => Err(Error::NotFound(format!("{kind} \"{name}\" not found"))),
+                    Some(r) if !r.node.is_empty() => Err(Error::Conflict(format!(
+                        "workload \"{name}\" is reported by the agent on node \"{}\"; it goes away with its namespace",
+                        r.node
+                    ))),
+                    Some(_) => Ok(vec![Write::Delete {
+                        kind: kind.to_string(),
+                        name: name.to_string(),
+                    }]),
+                }
+            }))
+            .await?;
+        Ok(self.published(rev))
+    }
+
+    /// Merges labels into a workload: `Some(v)` sets, `None` removes. On a discovered
+    /// workload the change is kept apart from what the agent reports and wins over it.
+    pub async fn label(
+        &self,
+        name: &str,
+        changes: BTreeMap<String, Option<String>>,
+    ) -> Result<(u64, BTreeMap<String, String>), Error> {
+        let mut problems = Vec::new();
+        for (k, v) in &changes {
+            problems.extend(check_label_key(k));
+            if let Some(v) = v {
+                problems.extend(check_label_value(v));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Error::invalid(problems));
+        }
+        if changes.is_empty() {
+            return Err(Error::bad("no labels given"));
+        }
+        let mut result = BTreeMap::new();
+        let out = &mut result;
+        let rev = self
+            .store
+            .transact(Box::new(move |snap: &Snapshot| {
+                let row = snap
+                    .get(WORKLOAD, name)
+                    .ok_or_else(|| Error::NotFound(format!("Workload \"{name}\" not found")))?;
+                let mut doc: Value = serde_json::from_str(&row.json)?;
+                let mut writes = Vec::new();
+                let labels = if row.node.is_empty() {
+                    let mut l = resources::labels_of(&doc);
+                    for (k, v) in &changes {
+                        match v {
+                            Some(v) => l.insert(k.clone(), v.clone()),
+                            None => l.remove(k),
+                        };
+                    }
+                    l
+                } else {
+                    let mut overlay = snap.overlays.get(name).cloned().unwrap_or_default();
+                    overlay.extend(changes.clone());
+                    let reported: Reported = row
+                        .reported
+                        .as_deref()
+                        .and_then(|r| serde_json::from_str(r).ok())
+                        .unwrap_or_default();
+                    let l = effective_labels(&reported.labels, Some(&overlay));
+                    writes.push(Write::Overlay {
+                        name: name.to_string(),
+                        labels: overlay,
+                    });
+                    l
+                };
+                doc["metadata"]["labels"] = json!(labels);
+                let json = doc.to_string();
+                if json != row.json {
+                    writes.push(Write::Put {
+                        kind: WORKLOAD.into(),
+                        name: name.to_string(),
+                        json,
+                        node: row.node.clone(),
+                        reported: row.reported.clone(),
+                    });
+                }
+                *out = labels;
+                Ok(writes)
+            }))
+            .await?;
+        Ok((self.published(rev), result))
+    }
+
+    /// Replaces the workloads discovered on `node` with `report`. Entries that are not
+    /// valid (name, interface, address, label) are skipped with a warning.
+    pub async fn report(&self, node: &str, report: Vec<DiscoveredWorkload>) -> Result<u64, Error> {
+        if let Some(e) = check_name(node) {
+            return Err(Error::bad(format!("node: {e}")));
+        }
+        let mut ok = Vec::new();
+        for w in report {
+            let mut errs: Vec<String> = Vec::new();
+            errs.extend(check_name(&w.name));
+            if !w.interface.is_empty() {
+                errs.extend(check_interface(&w.interface));
+            }
+            let mut ips = Vec::new();
+            for ip in &w.ips {
+                match ip.parse::<std::net::IpAddr>() {
+                    Ok(a) if !ips.contains(&a.to_string()) => ips.push(a.to_string()),
+                    Ok(_) => {}
+                    Err(_) => errs.push(format!("invalid address {ip:?}")),
+                }
+            }
+            for (k, v) in &w.labels {
+                errs.extend(check_label_key(k));
+                errs.extend(check_label_value(v));
+            }
+            if errs.is_empty() {
+                ok.push((w, ips));
+            } else {
+                log::warn!(
+                    "node {node}: skipping reported workload {:?}: {}",
+                    w.name,
+                    errs.join("; ")
+                );
+            }
+        }
+        let rev = self
+            .store
+            .transact(Box::new(move |snap: &Snapshot| {
+                let mine: Vec<&Row> = snap
+                    .rows
+                    .iter()
+                    .filter(|r| r.kind == WORKLOAD && r.node == node)
+                    .collect();
+                let reported_name = |r: &Row| -> String {
+                    r.reported
+                        .as_deref()
+                        .and_then(|x| serde_json::from_str::<Reported>(x).ok())
+                        .map(|x| x.name)
+                        .unwrap_or_else(|| r.name.clone())
+                };
+                // Addresses of every other workload: a report must not make the set
+                // invalid for the agents (an address belongs to one workload).
+                let mut used: BTreeMap<String, String> = BTreeMap::new();
+                for r in snap.rows.iter().filter(|r| r.kind == WORKLOAD && r.node != node) {
+                    let doc: Value = serde_json::from_str(&r.json)?;
+                    for ip in doc["spec"]["ips"].as_array().into_iter().flatten() {
+                        used.insert(ip.as_str().unwrap_or_default().to_string(), r.name.clone());
+                    }
+                }
+                let mut writes = Vec::new();
+                let mut kept: Vec<String> = Vec::new();
+                for (w, ips) in &ok {
+                    if let Some((ip, other)) = ips.iter().find_map(|ip| used.get_key_value(ip)) {
+                        log::warn!(
+                            "node {node}: skipping reported workload {:?}: address {ip} belongs to workload {other:?}",
+                            w.name
+                        );
+                        continue;
+                    }
+                    let existing = mine.iter().find(|r| reported_name(r) == w.name);
+                    let name = match existing {
+                        Some(r) => r.name.clone(),
+                        None => {
+                            let taken = |n: &str| {
+                                snap.get(WORKLOAD, n).is_some() || kept.iter().any(|k| k == n)
+                            };
+                            if !taken(&w.name) {
+                                w.name.clone()
+                            } else {
+                                let alt = format!("{}.{node}", w.name);
+                                if taken(&alt) || check_name(&alt).is_some() {
+                                    log::warn!(
+                                        "node {node}: workload name {:?} is taken; skipped",
+                                        w.name
+                                    );
+                                    continue;
+                                }
+                                alt
+                            }
+                        }
+                    };
+                    let labels: BTreeMap<String, String> = w
+                        .labels
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    let eff = effective_labels(&labels, snap.overlays.get(&name));
+                    let iface = (!w.interface.is_empty()).then_some(w.interface.as_str());
+                    let json = resources::workload_doc(&name, &eff, iface, ips).to_string();
+                    let reported = serde_json::to_string(&Reported {
+                        name: w.name.clone(),
+                        labels,
+                    })?;
+                    let same = existing.is_some_and(|r| {
+                        r.json == json && r.reported.as_deref() == Some(reported.as_str())
+                    });
+                    if !same {
+                        writes.push(Write::Put {
+                            kind: WORKLOAD.into(),
+                            name: name.clone(),
+                            json,
+                            node: node.to_string(),
+                            reported: Some(reported),
+                        });
+                    }
+                    kept.push(name);
+                }
+                for r in &mine {
+                    if !kept.contains(&r.name) {
+                        writes.push(Write::Delete {
+                            kind: WORKLOAD.into(),
+                            name: r.name.clone(),
+                        });
+                    }
+                }
+                Ok(writes)
+            }))
+            .await?;
+        Ok(self.published(rev))
+    }
+
+    pub async fn list(&self, kind: &str) -> Result<(u64, Vec<Value>), Error> {
+        let rev = self.store.revision().await?;
+        let rows = self.store.list(Some(kind)).await?;
+        Ok((rev, rows.iter().map(decorate).collect()))
+    }
+
+    pub async fn get(&self, kind: &str, name: &str) -> Result<Value, Error> {
+        let rows = self.store.list(Some(kind)).await?;
+        rows.iter()
+            .find(|r| r.name == name)
+            .map(decorate)
+            .ok_or_else(|| Error::NotFound(format!("{kind} \"{name}\" not found")))
+    }
+
+    pub async fn nodes(&self) -> Result<(u64, Vec<Value>), Error> {
+        let rev = self.store.revision().await?;
+        let streams = self.streams.lock().map(|s| s.clone()).unwrap_or_default();
+        let nodes = self.store.nodes().await?;
+        let items = nodes
+            .iter()
+            .map(|n| {
+                json!({
+                    "name": n.name,
+                    "revision": n.revision,
+                    "controllerRevision": rev,
+                    "lag": rev.saturating_sub(n.revision),
+                    "inSync": n.revision >= rev && n.error.is_empty(),
+                    "connected": streams.get(&n.name).copied().unwrap_or(0) > 0,
+                    "lastSeen": rfc3339(n.last_seen),
+                    "lastAck": n.last_ack.map(rfc3339),
+                    "error": (!n.error.is_empty()).then_some(&n.error),
+                })
+            })
+            .collect();
+        Ok((rev, items))
+    }
+
+    pub fn add_flows(&self, node: &str, flows: &[String]) -> u64 {
+        let at = now();
+        let mut accepted = 0;
+        if let Ok(mut f) = self.flows.lock() {
+            for text in flows {
+                let Ok(mut v) = serde_json::from_str::<Value>(text) else {
+                    continue;
+                };
+                let Some(obj) = v.as_object_mut() else {
+                    continue;
+                };
+                if obj
+                    .get("node")
+                    .is_none_or(|n| n.as_str().is_none_or(str::is_empty))
+                {
+                    obj.insert("node".into(), json!(node));
+                }
+                f.push(at, v);
+                accepted += 1;
+            }
+        }
+        accepted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_format_as_rfc3339() {
+        assert_eq!(rfc3339(0.0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_000_000.5), "2026-11-18T11:06:40.500Z");
+        assert_eq!(rfc3339(951_782_400.0), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn overlays_win_over_reported_labels() {
+        let rep: BTreeMap<String, String> =
+            [("a".into(), "1".into()), ("b".into(), "2".into())].into();
+        let ov: BTreeMap<String, Option<String>> =
+            [("a".into(), Some("9".into())), ("b".into(), None)].into();
+        let l = effective_labels(&rep, Some(&ov));
+        assert_eq!(l, [("a".to_string(), "9".to_string())].into());
+    }
+
+    #[test]
+    fn flow_buffer_is_bounded_and_filters() {
+        let mut f = Flows::new(2);
+        for (i, v) in ["allow", "deny", "deny"].iter().enumerate() {
+            f.push(now(), json!({"verdict": v, "workload": format!("w{i}")}));
+        }
+        let all = f.query(&FlowQuery::default()).unwrap();
+        assert_eq!(all.len(), 2);
+        let q = FlowQuery {
+            workload: Some("w2".into()),
+            verdict: Some("DENY".into()),
+            since: Some("1m".into()),
+            ..Default::default()
+        };
+        assert_eq!(f.query(&q).unwrap().len(), 1);
+        assert!(f
+            .query(&FlowQuery {
+                since: Some("x".into()),
+                ..Default::default()
+            })
+            .is_err());
+    }
+}

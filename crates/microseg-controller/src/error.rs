@@ -1,0 +1,56 @@
+//! Errors of the API, mapped to HTTP statuses and gRPC codes.
+
+/// What went wrong with a request.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// Invalid input: 400 with every message (`FILE:LINE:COL: message` where positioned).
+    #[error("{message}")]
+    BadInput {
+        message: String,
+        details: Vec<String>,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// The database failed: 500.
+    #[error("storage: {0}")]
+    Store(String),
+}
+
+impl Error {
+    pub fn bad(message: impl Into<String>) -> Error {
+        Error::BadInput {
+            message: message.into(),
+            details: Vec::new(),
+        }
+    }
+
+    pub fn invalid(details: Vec<String>) -> Error {
+        Error::BadInput {
+            message: format!("invalid input: {} error(s)", details.len()),
+            details,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Error {
+        Error::Store(e.to_string())
+    }
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Error {
+        Error::Store(match e.as_db_error() {
+            Some(db) => format!("{}: {}", db.code().code(), db.message()),
+            None => e.to_string(),
+        })
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Error {
+        Error::Store(format!("stored JSON: {e}"))
+    }
+}

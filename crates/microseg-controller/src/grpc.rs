@@ -1,0 +1,237 @@
+//! The AgentLink gRPC service: desired state down (full, then deltas), acks, discovered
+//! workloads and flows up.
+
+use crate::core::{for_node, now, Core};
+use crate::error::Error;
+use crate::store::Row;
+use microseg_policy::check_name;
+use microseg_proto::v1::agent_link_server::AgentLink;
+use microseg_proto::v1::{
+    AckRequest, AckResponse, DesiredState, FlowBatch, ReportResponse, Resource, ResourceRef,
+    SyncRequest, UploadResponse, WorkloadReport,
+};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+pub struct Link {
+    core: Arc<Core>,
+}
+
+impl Link {
+    pub fn new(core: Arc<Core>) -> Link {
+        Link { core }
+    }
+}
+
+fn status(e: Error) -> Status {
+    match e {
+        Error::BadInput { message, details } => {
+            Status::invalid_argument(format!("{message} {}", details.join("; ")))
+        }
+        Error::NotFound(m) => Status::not_found(m),
+        Error::Conflict(m) => Status::failed_precondition(m),
+        Error::Store(m) => Status::unavailable(format!("storage: {m}")),
+    }
+}
+
+fn node_name(n: &str) -> Result<(), Status> {
+    match check_name(n) {
+        Some(e) => Err(Status::invalid_argument(format!("node: {e}"))),
+        None => Ok(()),
+    }
+}
+
+fn upsert(r: &Row, node: &str) -> Resource {
+    Resource {
+        kind: r.kind.clone(),
+        name: r.name.clone(),
+        json: for_node(r, node),
+    }
+}
+
+/// Counts the node's open streams while it lives.
+struct Connected {
+    core: Arc<Core>,
+    node: String,
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.core.streams.lock() {
+            if let Some(n) = s.get_mut(&self.node) {
+                *n -= 1;
+                if *n == 0 {
+                    s.remove(&self.node);
+                }
+            }
+        }
+    }
+}
+
+async fn stream_state(
+    core: Arc<Core>,
+    node: String,
+    tx: mpsc::Sender<Result<DesiredState, Status>>,
+) {
+    if let Ok(mut s) = core.streams.lock() {
+        *s.entry(node.clone()).or_default() += 1;
+    }
+    let _guard = Connected {
+        core: core.clone(),
+        node: node.clone(),
+    };
+    // Subscribe before reading, so no change between the read and the wait is missed.
+    let mut rev_rx = core.rev.subscribe();
+    let mut shutdown = core.shutdown.clone();
+    let (rev, rows) = match core.store.full().await {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = tx.send(Err(status(e))).await;
+            return;
+        }
+    };
+    let full = DesiredState {
+        revision: rev,
+        full: true,
+        upserts: rows.iter().map(|r| upsert(r, &node)).collect(),
+        deletes: Vec::new(),
+    };
+    log::info!(
+        "node {node}: sending the full state at revision {rev} ({} resources)",
+        full.upserts.len()
+    );
+    if tx.send(Ok(full)).await.is_err() {
+        return;
+    }
+    let mut last = rev;
+    let mut touch = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            r = rev_rx.changed() => if r.is_err() { return },
+            _ = touch.tick() => {
+                let _ = core.store.touch_node(&node, now()).await;
+                continue;
+            }
+            _ = tx.closed() => return,
+            _ = shutdown.changed() => return,
+        }
+        if *rev_rx.borrow_and_update() <= last {
+            continue;
+        }
+        let rows = match core.store.since(last).await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.send(Err(status(e))).await;
+                return;
+            }
+        };
+        let Some(max) = rows.iter().map(|r| r.revision).max() else {
+            continue;
+        };
+        let delta = DesiredState {
+            revision: max,
+            full: false,
+            upserts: rows
+                .iter()
+                .filter(|r| !r.deleted)
+                .map(|r| upsert(r, &node))
+                .collect(),
+            deletes: rows
+                .iter()
+                .filter(|r| r.deleted)
+                .map(|r| ResourceRef {
+                    kind: r.kind.clone(),
+                    name: r.name.clone(),
+                })
+                .collect(),
+        };
+        log::debug!(
+            "node {node}: delta to revision {max} ({} upserts, {} deletes)",
+            delta.upserts.len(),
+            delta.deletes.len()
+        );
+        if tx.send(Ok(delta)).await.is_err() {
+            return;
+        }
+        last = max;
+    }
+}
+
+type StateStream = Pin<Box<dyn Stream<Item = Result<DesiredState, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentLink for Link {
+    type SyncStream = StateStream;
+
+    async fn sync(&self, req: Request<SyncRequest>) -> Result<Response<Self::SyncStream>, Status> {
+        let r = req.into_inner();
+        node_name(&r.node)?;
+        self.core
+            .store
+            .touch_node(&r.node, now())
+            .await
+            .map_err(status)?;
+        log::info!(
+            "node {} connected (it enforces revision {})",
+            r.node,
+            r.revision
+        );
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(stream_state(self.core.clone(), r.node, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn ack(&self, req: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
+        let r = req.into_inner();
+        node_name(&r.node)?;
+        if !r.error.is_empty() {
+            log::warn!(
+                "node {} failed revision {}: {}",
+                r.node,
+                r.revision,
+                r.error
+            );
+        }
+        self.core
+            .store
+            .ack(&r.node, r.revision, &r.error, now())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(AckResponse {}))
+    }
+
+    async fn report_workloads(
+        &self,
+        req: Request<WorkloadReport>,
+    ) -> Result<Response<ReportResponse>, Status> {
+        let r = req.into_inner();
+        node_name(&r.node)?;
+        self.core
+            .store
+            .touch_node(&r.node, now())
+            .await
+            .map_err(status)?;
+        self.core
+            .report(&r.node, r.workloads)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(ReportResponse {}))
+    }
+
+    async fn upload_flows(
+        &self,
+        req: Request<Streaming<FlowBatch>>,
+    ) -> Result<Response<UploadResponse>, Status> {
+        let mut s = req.into_inner();
+        let mut accepted = 0;
+        while let Some(batch) = s.message().await? {
+            accepted += self.core.add_flows(&batch.node, &batch.flows_json);
+        }
+        Ok(Response::new(UploadResponse { accepted }))
+    }
+}

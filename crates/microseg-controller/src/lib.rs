@@ -1,0 +1,203 @@
+//! microseg-controller: the control plane. REST/JSON API and the AgentLink gRPC service
+//! on one address, behind a bearer token; resources stored in SQLite (default) or
+//! PostgreSQL (shared by several controllers), versioned by one global revision.
+
+pub mod client;
+mod core;
+mod error;
+mod grpc;
+pub mod resources;
+mod rest;
+pub mod store;
+
+pub use crate::core::{parse_duration, rfc3339, Core};
+pub use error::Error;
+pub use rest::OPENAPI;
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use store::Store;
+use tokio::sync::watch;
+
+/// How the controller runs (the `microseg controller` flags).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub listen: String,
+    /// None: SQLite at `<state_dir>/controller.db`; `sqlite:PATH`; `postgres://...`.
+    pub db: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    /// Recent flows kept for `GET /v1/flows`.
+    pub flow_buffer: usize,
+}
+
+impl Options {
+    pub fn new(state_dir: impl Into<PathBuf>) -> Options {
+        Options {
+            listen: "127.0.0.1:7070".into(),
+            db: None,
+            token_file: None,
+            state_dir: state_dir.into(),
+            flow_buffer: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// A flag or file is wrong (exit 2).
+    #[error("{0}")]
+    BadInput(String),
+    /// Anything else (exit 1).
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// The token file created under the state dir when no `--token-file` is given.
+pub const TOKEN_FILE: &str = "controller.token";
+
+fn random_token() -> std::io::Result<String> {
+    let mut b = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// The token from `--token-file`, or the one under the state dir (created on first run,
+/// mode 0600).
+pub fn load_token(opts: &Options) -> Result<String, ControllerError> {
+    if let Some(p) = &opts.token_file {
+        let t = std::fs::read_to_string(p)
+            .map_err(|e| ControllerError::BadInput(format!("--token-file {}: {e}", p.display())))?;
+        let t = t.trim().to_string();
+        if t.is_empty() || t.contains(char::is_whitespace) {
+            return Err(ControllerError::BadInput(format!(
+                "--token-file {}: the token must be one non-empty word",
+                p.display()
+            )));
+        }
+        return Ok(t);
+    }
+    let path = opts.state_dir.join(TOKEN_FILE);
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        if !t.trim().is_empty() {
+            log::info!("API token: {}", path.display());
+            return Ok(t.trim().to_string());
+        }
+    }
+    let rt = |e: std::io::Error| ControllerError::Runtime(format!("{}: {e}", path.display()));
+    let token = random_token().map_err(rt)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(rt)?;
+    writeln!(f, "{token}").map_err(rt)?;
+    log::info!("created the API token: {}", path.display());
+    Ok(token)
+}
+
+pub async fn open_store(opts: &Options) -> Result<Arc<dyn Store>, ControllerError> {
+    let db = opts.db.clone().unwrap_or_default();
+    if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+        let pg = store::postgres::Postgres::open(&db)
+            .await
+            .map_err(|e| ControllerError::Runtime(format!("PostgreSQL: {e}")))?;
+        log::info!("storage: PostgreSQL");
+        return Ok(Arc::new(pg));
+    }
+    let path = if db.is_empty() {
+        opts.state_dir.join("controller.db")
+    } else if let Some(p) = db
+        .strip_prefix("sqlite://")
+        .or_else(|| db.strip_prefix("sqlite:"))
+    {
+        PathBuf::from(p)
+    } else {
+        return Err(ControllerError::BadInput(format!(
+            "--db {db}: use postgres://USER@HOST:PORT/DB or sqlite:PATH"
+        )));
+    };
+    let s = store::sqlite::Sqlite::open(&path)
+        .map_err(|e| ControllerError::Runtime(format!("SQLite {}: {e}", path.display())))?;
+    log::info!("storage: SQLite {}", path.display());
+    Ok(Arc::new(s))
+}
+
+/// A controller serving in this process.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub token: String,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops serving (open agent streams end) and waits, at most 5 s, for it.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+fn ensure_dir(p: &Path) -> Result<(), ControllerError> {
+    std::fs::create_dir_all(p)
+        .map_err(|e| ControllerError::Runtime(format!("state dir {}: {e}", p.display())))
+}
+
+/// Opens the store, binds `opts.listen` and serves until [`Running::stop`].
+pub async fn start(opts: &Options) -> Result<Running, ControllerError> {
+    ensure_dir(&opts.state_dir)?;
+    let token = load_token(opts)?;
+    let store = open_store(opts).await?;
+    let listener = tokio::net::TcpListener::bind(&opts.listen)
+        .await
+        .map_err(|e| ControllerError::Runtime(format!("listen on {}: {e}", opts.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ControllerError::Runtime(e.to_string()))?;
+    let rev0 = store
+        .revision()
+        .await
+        .map_err(|e| ControllerError::Runtime(e.to_string()))?;
+    let rev = Arc::new(watch::channel(rev0).0);
+    let (stop, stop_rx) = watch::channel(false);
+    store.clone().watch_changes(rev.clone(), stop_rx.clone());
+    let core = Arc::new(Core::new(store, rev, opts.flow_buffer, stop_rx.clone()));
+    let app = rest::app(core, token.clone());
+    let mut stopped = stop_rx.clone();
+    let task = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        });
+        if let Err(e) = serve.await {
+            log::error!("serving: {e}");
+        }
+    });
+    log::info!("controller listening on {addr} (REST and gRPC, revision {rev0})");
+    Ok(Running {
+        addr,
+        token,
+        stop,
+        task,
+    })
+}
+
+/// `microseg controller`: serves until SIGTERM or SIGINT.
+pub async fn run(opts: Options) -> Result<(), ControllerError> {
+    let running = start(&opts).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| ControllerError::Runtime(e.to_string()))?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    log::info!("stopping");
+    running.stop().await;
+    Ok(())
+}

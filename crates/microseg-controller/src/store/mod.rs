@@ -1,0 +1,150 @@
+//! The data layer: one trait, two back ends (SQLite, PostgreSQL).
+//!
+//! Every change goes through [`Store::transact`]: the back end locks out other writers
+//! (also other controllers sharing the database), hands the closure a snapshot of the
+//! live state, writes what it returns and raises the global revision once if any
+//! resource changed. Each resource row carries the revision that last changed it, and
+//! deletions leave a tombstone, so "changes since revision N" is one query.
+
+pub mod postgres;
+pub mod sqlite;
+
+use crate::error::Error;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
+
+/// The closure of a transaction: reads the snapshot, returns the writes or refuses.
+pub type TxFn<'a> = Box<dyn FnOnce(&Snapshot) -> Result<Vec<Write>, Error> + Send + 'a>;
+
+/// One resource row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub kind: String,
+    pub name: String,
+    /// The resource document (JSON text).
+    pub json: String,
+    /// "" for resources created through the API; the node for discovered workloads.
+    pub node: String,
+    /// Discovered workloads: `{"name": reported name, "labels": reported labels}`.
+    pub reported: Option<String>,
+    pub revision: u64,
+    pub deleted: bool,
+}
+
+/// The live state handed to a transaction.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub revision: u64,
+    /// Live (not deleted) rows.
+    pub rows: Vec<Row>,
+    /// Labels set through the API on discovered workloads: name → key → value (None removes).
+    pub overlays: BTreeMap<String, BTreeMap<String, Option<String>>>,
+}
+
+impl Snapshot {
+    pub fn get(&self, kind: &str, name: &str) -> Option<&Row> {
+        self.rows.iter().find(|r| r.kind == kind && r.name == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Write {
+    Put {
+        kind: String,
+        name: String,
+        json: String,
+        node: String,
+        reported: Option<String>,
+    },
+    Delete {
+        kind: String,
+        name: String,
+    },
+    /// Replaces a workload's label overlay (an empty map removes it). Raises no revision
+    /// by itself.
+    Overlay {
+        name: String,
+        labels: BTreeMap<String, Option<String>>,
+    },
+}
+
+impl Write {
+    pub fn changes_resources(&self) -> bool {
+        !matches!(self, Write::Overlay { .. })
+    }
+}
+
+/// One node as the controller knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRow {
+    pub name: String,
+    /// The revision the node reported enforcing.
+    pub revision: u64,
+    pub error: String,
+    pub last_ack: Option<f64>,
+    pub last_seen: f64,
+}
+
+pub trait Store: Send + Sync {
+    /// Runs `f` on the live state with writers locked out; writes its result. Returns
+    /// the revision after the transaction (unchanged if no resource changed).
+    fn transact<'a>(&'a self, f: TxFn<'a>) -> BoxFut<'a, u64>;
+    fn revision(&self) -> BoxFut<'_, u64>;
+    /// The live rows of one kind (or all), sorted by kind and name.
+    fn list<'a>(&'a self, kind: Option<&'a str>) -> BoxFut<'a, Vec<Row>>;
+    /// The whole live state and its revision, read consistently.
+    fn full(&self) -> BoxFut<'_, (u64, Vec<Row>)>;
+    /// Rows (tombstones included) changed after `revision`.
+    fn since(&self, revision: u64) -> BoxFut<'_, Vec<Row>>;
+    fn touch_node<'a>(&'a self, node: &'a str, now: f64) -> BoxFut<'a, ()>;
+    fn ack<'a>(&'a self, node: &'a str, revision: u64, error: &'a str, now: f64) -> BoxFut<'a, ()>;
+    fn nodes(&self) -> BoxFut<'_, Vec<NodeRow>>;
+    /// Keeps `tx` at the newest revision written by anyone (other controllers on a shared
+    /// database); local writes are published by the caller.
+    fn watch_changes(self: Arc<Self>, tx: Arc<watch::Sender<u64>>, stop: watch::Receiver<bool>);
+}
+
+/// Raises the published revision if `rev` is newer.
+pub fn publish(tx: &watch::Sender<u64>, rev: u64) {
+    tx.send_if_modified(|v| {
+        if rev > *v {
+            *v = rev;
+            true
+        } else {
+            false
+        }
+    });
+}
+
+pub(crate) fn parse_overlay(text: &str) -> BTreeMap<String, Option<String>> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+pub(crate) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL);
+INSERT INTO meta (key, value) VALUES ('revision', 0) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS resources (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    json TEXT NOT NULL,
+    node TEXT NOT NULL DEFAULT '',
+    reported TEXT,
+    revision BIGINT NOT NULL,
+    deleted BOOLEAN NOT NULL DEFAULT FALSE,
+    PRIMARY KEY (kind, name)
+);
+CREATE INDEX IF NOT EXISTS resources_revision ON resources (revision);
+CREATE TABLE IF NOT EXISTS label_overlays (name TEXT PRIMARY KEY, labels TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (
+    name TEXT PRIMARY KEY,
+    revision BIGINT NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '',
+    last_ack DOUBLE PRECISION,
+    last_seen DOUBLE PRECISION NOT NULL
+);
+";

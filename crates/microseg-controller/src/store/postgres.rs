@@ -1,0 +1,358 @@
+//! PostgreSQL back end, for several controllers sharing one database. Writers serialize
+//! on the revision row (`SELECT ... FOR UPDATE`); each commit that raises the revision
+//! sends `NOTIFY microseg_changes, '<revision>'`, which every controller LISTENs to (and
+//! it polls the revision every 2 s as well, in case a notification is lost with a
+//! dropped connection).
+
+use super::{parse_overlay, BoxFut, NodeRow, Row, Snapshot, Store, TxFn, Write, SCHEMA};
+use crate::error::Error;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Mutex, MutexGuard};
+use tokio_postgres::{AsyncMessage, Client, IsolationLevel, NoTls};
+
+pub const CHANNEL: &str = "microseg_changes";
+
+pub struct Postgres {
+    url: String,
+    client: Mutex<Option<Client>>,
+}
+
+const COLS: &str = "kind, name, json, node, reported, revision, deleted";
+
+fn row(r: &tokio_postgres::Row) -> Row {
+    Row {
+        kind: r.get(0),
+        name: r.get(1),
+        json: r.get(2),
+        node: r.get(3),
+        reported: r.get(4),
+        revision: r.get::<_, i64>(5) as u64,
+        deleted: r.get(6),
+    }
+}
+
+async fn connect(url: &str) -> Result<Client, Error> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            log::warn!("PostgreSQL connection lost: {e}");
+        }
+    });
+    Ok(client)
+}
+
+impl Postgres {
+    pub async fn open(url: &str) -> Result<Postgres, Error> {
+        let client = connect(url).await?;
+        // Two controllers starting at once must not race on CREATE TABLE.
+        client
+            .batch_execute(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock(7070); {SCHEMA} COMMIT;"
+            ))
+            .await?;
+        Ok(Postgres {
+            url: url.to_string(),
+            client: Mutex::new(Some(client)),
+        })
+    }
+
+    /// The shared connection, reconnecting if it was lost.
+    async fn client(&self) -> Result<MutexGuard<'_, Option<Client>>, Error> {
+        let mut g = self.client.lock().await;
+        if g.as_ref().is_none_or(Client::is_closed) {
+            *g = Some(connect(&self.url).await?);
+        }
+        Ok(g)
+    }
+}
+
+async fn revision(c: &impl tokio_postgres::GenericClient) -> Result<u64, Error> {
+    let r = c
+        .query_one("SELECT value FROM meta WHERE key = 'revision'", &[])
+        .await?;
+    Ok(r.get::<_, i64>(0) as u64)
+}
+
+impl Store for Postgres {
+    fn transact<'a>(&'a self, f: TxFn<'a>) -> BoxFut<'a, u64> {
+        Box::pin(async move {
+            let mut g = self.client().await?;
+            let c = g.as_mut().expect("connected");
+            let tx = c.transaction().await?;
+            let cur = tx
+                .query_one(
+                    "SELECT value FROM meta WHERE key = 'revision' FOR UPDATE",
+                    &[],
+                )
+                .await?;
+            let mut snap = Snapshot {
+                revision: cur.get::<_, i64>(0) as u64,
+                ..Default::default()
+            };
+            snap.rows = tx
+                .query(
+                    &format!("SELECT {COLS} FROM resources WHERE NOT deleted ORDER BY kind, name"),
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(row)
+                .collect();
+            for r in tx
+                .query("SELECT name, labels FROM label_overlays", &[])
+                .await?
+            {
+                snap.overlays
+                    .insert(r.get(0), parse_overlay(r.get::<_, &str>(1)));
+            }
+            let writes = f(&snap)?;
+            let mut rev = snap.revision;
+            if writes.iter().any(Write::changes_resources) {
+                rev += 1;
+                tx.execute(
+                    "UPDATE meta SET value = $1 WHERE key = 'revision'",
+                    &[&(rev as i64)],
+                )
+                .await?;
+            }
+            for w in writes {
+                match w {
+                    Write::Put {
+                        kind,
+                        name,
+                        json,
+                        node,
+                        reported,
+                    } => {
+                        tx.execute(
+                            "INSERT INTO resources (kind, name, json, node, reported, revision, deleted)
+                             VALUES ($1, $2, $3, $4, $5, $6, FALSE)
+                             ON CONFLICT (kind, name) DO UPDATE SET json = excluded.json,
+                               node = excluded.node, reported = excluded.reported,
+                               revision = excluded.revision, deleted = FALSE",
+                            &[&kind, &name, &json, &node, &reported, &(rev as i64)],
+                        )
+                        .await?;
+                    }
+                    Write::Delete { kind, name } => {
+                        tx.execute(
+                            "UPDATE resources SET deleted = TRUE, revision = $3 WHERE kind = $1 AND name = $2",
+                            &[&kind, &name, &(rev as i64)],
+                        )
+                        .await?;
+                    }
+                    Write::Overlay { name, labels } => {
+                        if labels.is_empty() {
+                            tx.execute("DELETE FROM label_overlays WHERE name = $1", &[&name])
+                                .await?;
+                        } else {
+                            tx.execute(
+                                "INSERT INTO label_overlays (name, labels) VALUES ($1, $2)
+                                 ON CONFLICT (name) DO UPDATE SET labels = excluded.labels",
+                                &[&name, &serde_json::to_string(&labels)?],
+                            )
+                            .await?;
+                        }
+                    }
+                }
+            }
+            if rev != snap.revision {
+                tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &rev.to_string()])
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(rev)
+        })
+    }
+
+    fn revision(&self) -> BoxFut<'_, u64> {
+        Box::pin(async move {
+            let g = self.client().await?;
+            revision(g.as_ref().expect("connected")).await
+        })
+    }
+
+    fn list<'a>(&'a self, kind: Option<&'a str>) -> BoxFut<'a, Vec<Row>> {
+        Box::pin(async move {
+            let g = self.client().await?;
+            let c = g.as_ref().expect("connected");
+            let r = match kind {
+                Some(k) => {
+                    c.query(
+                        &format!("SELECT {COLS} FROM resources WHERE NOT deleted AND kind = $1 ORDER BY name"),
+                        &[&k],
+                    )
+                    .await?
+                }
+                None => {
+                    c.query(
+                        &format!("SELECT {COLS} FROM resources WHERE NOT deleted ORDER BY kind, name"),
+                        &[],
+                    )
+                    .await?
+                }
+            };
+            Ok(r.iter().map(row).collect())
+        })
+    }
+
+    fn full(&self) -> BoxFut<'_, (u64, Vec<Row>)> {
+        Box::pin(async move {
+            let mut g = self.client().await?;
+            let c = g.as_mut().expect("connected");
+            let tx = c
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let rev = revision(&tx).await?;
+            let rows = tx
+                .query(
+                    &format!("SELECT {COLS} FROM resources WHERE NOT deleted ORDER BY kind, name"),
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(row)
+                .collect();
+            tx.commit().await?;
+            Ok((rev, rows))
+        })
+    }
+
+    fn since(&self, rev: u64) -> BoxFut<'_, Vec<Row>> {
+        Box::pin(async move {
+            let g = self.client().await?;
+            let r = g
+                .as_ref()
+                .expect("connected")
+                .query(
+                    &format!("SELECT {COLS} FROM resources WHERE revision > $1 ORDER BY revision, kind, name"),
+                    &[&(rev as i64)],
+                )
+                .await?;
+            Ok(r.iter().map(row).collect())
+        })
+    }
+
+    fn touch_node<'a>(&'a self, node: &'a str, now: f64) -> BoxFut<'a, ()> {
+        Box::pin(async move {
+            let g = self.client().await?;
+            g.as_ref()
+                .expect("connected")
+                .execute(
+                    "INSERT INTO nodes (name, last_seen) VALUES ($1, $2)
+                     ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen",
+                    &[&node, &now],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn ack<'a>(&'a self, node: &'a str, revision: u64, error: &'a str, now: f64) -> BoxFut<'a, ()> {
+        Box::pin(async move {
+            let g = self.client().await?;
+            let c = g.as_ref().expect("connected");
+            if error.is_empty() {
+                c.execute(
+                    "INSERT INTO nodes (name, revision, error, last_ack, last_seen)
+                     VALUES ($1, $2, '', $3, $3)
+                     ON CONFLICT (name) DO UPDATE SET revision = excluded.revision,
+                       error = '', last_ack = excluded.last_ack, last_seen = excluded.last_seen",
+                    &[&node, &(revision as i64), &now],
+                )
+                .await?;
+            } else {
+                c.execute(
+                    "INSERT INTO nodes (name, error, last_ack, last_seen) VALUES ($1, $2, $3, $3)
+                     ON CONFLICT (name) DO UPDATE SET error = excluded.error,
+                       last_ack = excluded.last_ack, last_seen = excluded.last_seen",
+                    &[&node, &format!("revision {revision}: {error}"), &now],
+                )
+                .await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn nodes(&self) -> BoxFut<'_, Vec<NodeRow>> {
+        Box::pin(async move {
+            let g = self.client().await?;
+            let r = g
+                .as_ref()
+                .expect("connected")
+                .query(
+                    "SELECT name, revision, error, last_ack, last_seen FROM nodes ORDER BY name",
+                    &[],
+                )
+                .await?;
+            Ok(r.iter()
+                .map(|r| NodeRow {
+                    name: r.get(0),
+                    revision: r.get::<_, i64>(1) as u64,
+                    error: r.get(2),
+                    last_ack: r.get(3),
+                    last_seen: r.get(4),
+                })
+                .collect())
+        })
+    }
+
+    fn watch_changes(
+        self: Arc<Self>,
+        tx: Arc<watch::Sender<u64>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        tokio::spawn(async move {
+            loop {
+                match tokio_postgres::connect(&self.url, NoTls).await {
+                    Ok((client, mut conn)) => {
+                        let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel();
+                        let drive = tokio::spawn(async move {
+                            while let Some(Ok(m)) =
+                                std::future::poll_fn(|cx| conn.poll_message(cx)).await
+                            {
+                                if let AsyncMessage::Notification(n) = m {
+                                    let _ = ntx.send(n.payload().parse::<u64>().ok());
+                                }
+                            }
+                        });
+                        match client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+                            Ok(()) => {
+                                let mut tick = tokio::time::interval(Duration::from_secs(2));
+                                loop {
+                                    tokio::select! {
+                                        n = nrx.recv() => match n {
+                                            Some(Some(rev)) => super::publish(&tx, rev),
+                                            Some(None) => {}
+                                            None => break,
+                                        },
+                                        _ = tick.tick() => {
+                                            if let Ok(rev) = self.revision().await {
+                                                super::publish(&tx, rev);
+                                            }
+                                        }
+                                        _ = stop.changed() => {
+                                            drive.abort();
+                                            return;
+                                        }
+                                    }
+                                }
+                            }
+                            Err(e) => log::warn!("LISTEN {CHANNEL}: {e}"),
+                        }
+                        drive.abort();
+                    }
+                    Err(e) => log::warn!("PostgreSQL listener: {e}"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,343 @@
+//! The AgentLink gRPC service with the generated client: full state then deltas, acks in
+//! /v1/nodes, discovered workloads and their labels, flows; two controllers on one
+//! PostgreSQL.
+
+mod common;
+
+use common::*;
+use microseg_proto::v1::agent_link_client::AgentLinkClient;
+use microseg_proto::v1::{
+    AckRequest, DesiredState, DiscoveredWorkload, FlowBatch, SyncRequest, WorkloadReport,
+};
+use serde_json::Value;
+use std::time::Duration;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status, Streaming};
+
+type Auth = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>;
+type Link = AgentLinkClient<InterceptedService<Channel, Auth>>;
+
+async fn link(url: &str, token: Option<String>) -> Link {
+    let ch = Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let f: Auth = Box::new(move |mut r: Request<()>| {
+        if let Some(t) = &token {
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        Ok(r)
+    });
+    AgentLinkClient::with_interceptor(ch, f)
+}
+
+async fn next(s: &mut Streaming<DesiredState>) -> DesiredState {
+    tokio::time::timeout(Duration::from_secs(5), s.message())
+        .await
+        .expect("a message within 5 s")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
+fn doc(d: &DesiredState, kind: &str, name: &str) -> Option<Value> {
+    d.upserts
+        .iter()
+        .find(|r| r.kind == kind && r.name == name)
+        .map(|r| serde_json::from_str(&r.json).unwrap())
+}
+
+fn discovered(name: &str, iface: &str, ip: &str, node: &str) -> DiscoveredWorkload {
+    DiscoveredWorkload {
+        name: name.into(),
+        interface: iface.into(),
+        ips: vec![ip.into()],
+        labels: [
+            ("netns".to_string(), name.to_string()),
+            ("node".to_string(), node.to_string()),
+        ]
+        .into(),
+    }
+}
+
+fn node<'a>(nodes: &'a Value, name: &str) -> &'a Value {
+    nodes["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == name)
+        .unwrap_or_else(|| panic!("node {name} in {nodes}"))
+}
+
+#[test]
+fn sync_streams_full_state_then_deltas_and_acks_show_in_nodes() {
+    let state = TempDir::new("grpc");
+    let ctl = Ctl::start(&state.0, None);
+    let c = ctl.client();
+    let (url, token) = (ctl.url(), ctl.token());
+    assert_eq!(
+        call(&c, "POST", "/v1/apply", &policy("p1", 5432)).status,
+        200
+    );
+    ctl.rt.block_on(async {
+        // Without the token: UNAUTHENTICATED, and the node is not registered.
+        let mut anon = link(&url, None).await;
+        let e = anon
+            .sync(SyncRequest {
+                node: "node-a".into(),
+                revision: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+        let e = anon
+            .ack(AckRequest {
+                node: "node-a".into(),
+                revision: 1,
+                error: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+
+        let mut a = link(&url, Some(token.clone())).await;
+        let mut sa = a
+            .sync(SyncRequest {
+                node: "node-a".into(),
+                revision: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let full = next(&mut sa).await;
+        assert!(full.full);
+        assert_eq!(full.revision, 1);
+        let p1 = doc(&full, "Policy", "p1").expect("p1 in the full state");
+        assert_eq!(p1["spec"]["ingress"][0]["ports"][0]["port"], 5432);
+        assert!(
+            p1["metadata"].get("annotations").is_none(),
+            "the agent gets the pure document"
+        );
+
+        // A policy applied through the API arrives as a delta.
+        let r = call(&c, "POST", "/v1/apply", &policy("p2", 80));
+        assert_eq!(r.body["revision"], 2);
+        let d = next(&mut sa).await;
+        assert!(!d.full);
+        assert_eq!(d.revision, 2);
+        assert_eq!(d.upserts.len(), 1);
+        assert!(doc(&d, "Policy", "p2").is_some());
+        assert!(c.call("DELETE", "/v1/policies/p1", None).unwrap().ok());
+        let d = next(&mut sa).await;
+        assert_eq!((d.revision, d.upserts.len()), (3, 0));
+        assert_eq!(
+            (d.deletes[0].kind.as_str(), d.deletes[0].name.as_str()),
+            ("Policy", "p1")
+        );
+
+        a.ack(AckRequest {
+            node: "node-a".into(),
+            revision: 3,
+            error: String::new(),
+        })
+        .await
+        .unwrap();
+        let nodes = get(&c, "/v1/nodes").body;
+        let n = node(&nodes, "node-a");
+        assert_eq!(
+            (n["revision"].as_u64(), n["lag"].as_u64()),
+            (Some(3), Some(0)),
+            "{n}"
+        );
+        assert_eq!(n["controllerRevision"], 3);
+        assert_eq!(n["connected"], true);
+        assert!(n["lastSeen"].as_str().unwrap().ends_with('Z'));
+
+        // Discovered workloads: node-a's "web" keeps its interface for node-a and is a
+        // peer (no interface) for node-b; node-b's own "web" becomes "web.node-b".
+        a.report_workloads(WorkloadReport {
+            node: "node-a".into(),
+            workloads: vec![discovered("web", "veth-web", "10.1.0.2", "node-a")],
+        })
+        .await
+        .unwrap();
+        let d = next(&mut sa).await;
+        assert_eq!(d.revision, 4);
+        let web = doc(&d, "Workload", "web").expect("web");
+        assert_eq!(web["spec"]["interface"], "veth-web");
+        assert_eq!(web["metadata"]["labels"]["node"], "node-a");
+
+        let mut b = link(&url, Some(token.clone())).await;
+        let mut sb = b
+            .sync(SyncRequest {
+                node: "node-b".into(),
+                revision: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let full_b = next(&mut sb).await;
+        let web_peer = doc(&full_b, "Workload", "web").expect("web for node-b");
+        assert!(web_peer["spec"].get("interface").is_none(), "{web_peer}");
+        assert_eq!(web_peer["spec"]["ips"][0], "10.1.0.2");
+
+        b.report_workloads(WorkloadReport {
+            node: "node-b".into(),
+            workloads: vec![discovered("web", "veth-web", "10.2.0.2", "node-b")],
+        })
+        .await
+        .unwrap();
+        let d = next(&mut sb).await;
+        assert!(doc(&d, "Workload", "web.node-b").is_some(), "{d:?}");
+        let d = next(&mut sa).await;
+        let peer = doc(&d, "Workload", "web.node-b").unwrap();
+        assert!(peer["spec"].get("interface").is_none());
+
+        // Labels set through the API win over the report and survive the next report.
+        let r = call(
+            &c,
+            "PUT",
+            "/v1/workloads/web.node-b/labels",
+            r#"{"labels": {"env": "prod", "netns": null}}"#,
+        );
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        b.report_workloads(WorkloadReport {
+            node: "node-b".into(),
+            workloads: vec![discovered("web", "veth-web", "10.2.0.3", "node-b")],
+        })
+        .await
+        .unwrap();
+        let w = get(&c, "/v1/workloads/web.node-b").body;
+        assert_eq!(
+            w["metadata"]["labels"],
+            serde_json::json!({"env": "prod", "node": "node-b"})
+        );
+        assert_eq!(w["spec"]["ips"][0], "10.2.0.3");
+        assert_eq!(w["metadata"]["annotations"]["microseg.io/node"], "node-b");
+        // A reported address that another workload owns is skipped (the set stays valid).
+        b.report_workloads(WorkloadReport {
+            node: "node-b".into(),
+            workloads: vec![
+                discovered("web", "veth-web", "10.2.0.3", "node-b"),
+                discovered("thief", "veth-thief", "10.1.0.2", "node-b"),
+            ],
+        })
+        .await
+        .unwrap();
+        assert_eq!(get(&c, "/v1/workloads/thief").status, 404);
+        assert_eq!(get(&c, "/v1/workloads/web.node-b").status, 200);
+        // A discovered workload cannot be deleted or shadowed through the API.
+        assert_eq!(
+            c.call("DELETE", "/v1/workloads/web", None).unwrap().status,
+            409
+        );
+        assert_eq!(
+            call(&c, "POST", "/v1/apply", &workload("web", "10.3.0.1")).status,
+            409
+        );
+
+        // A failed revision: the error shows, the enforced revision stays, lag grows.
+        let rev = revision(&c);
+        b.ack(AckRequest {
+            node: "node-b".into(),
+            revision: rev,
+            error: "map full".into(),
+        })
+        .await
+        .unwrap();
+        let nodes = get(&c, "/v1/nodes").body;
+        let n = node(&nodes, "node-b");
+        assert!(n["error"].as_str().unwrap().contains("map full"), "{n}");
+        assert_eq!(n["revision"], 0);
+        assert_eq!(n["lag"].as_u64(), Some(rev));
+
+        // A namespace gone: its workload is deleted everywhere.
+        a.report_workloads(WorkloadReport {
+            node: "node-a".into(),
+            workloads: vec![],
+        })
+        .await
+        .unwrap();
+        let mut deleted = false;
+        for _ in 0..4 {
+            let d = next(&mut sb).await;
+            if d.deletes.iter().any(|r| r.name == "web") {
+                deleted = true;
+                break;
+            }
+        }
+        assert!(deleted);
+        assert_eq!(get(&c, "/v1/workloads/web").status, 404);
+
+        // Flows, batched up a client stream, then filtered.
+        let batches = vec![
+            FlowBatch {
+                node: "node-a".into(),
+                flows_json: vec![
+                    r#"{"workload":"web","verdict":"allow","dst_port":80}"#.into(),
+                    r#"{"workload":"web","verdict":"deny","dst_port":22}"#.into(),
+                    "not json".into(),
+                ],
+            },
+            FlowBatch {
+                node: "node-b".into(),
+                flows_json: vec![r#"{"workload":"db","verdict":"deny","node":"node-b"}"#.into()],
+            },
+        ];
+        let r = a.upload_flows(tokio_stream::iter(batches)).await.unwrap();
+        assert_eq!(r.into_inner().accepted, 3);
+    });
+    let f = get(&c, "/v1/flows?verdict=deny");
+    let items = f.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["node"], "node-a");
+    let f = get(&c, "/v1/flows?workload=web&since=1m");
+    assert_eq!(f.body["items"].as_array().unwrap().len(), 2);
+    assert_eq!(get(&c, "/v1/flows?since=bogus").status, 400);
+}
+
+#[test]
+fn two_controllers_on_one_postgres_see_each_others_changes() {
+    let pg = Pg::start();
+    let url = pg.database("shared");
+    let (sa, sb) = (TempDir::new("pga"), TempDir::new("pgb"));
+    let a = Ctl::start(&sa.0, Some(&url));
+    let b = Ctl::start(&sb.0, Some(&url));
+    let (ca, cb) = (a.client(), b.client());
+    let (burl, btoken) = (b.url(), b.token());
+    b.rt.block_on(async {
+        let mut l = link(&burl, Some(btoken)).await;
+        let mut s = l
+            .sync(SyncRequest {
+                node: "node-b".into(),
+                revision: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let full = next(&mut s).await;
+        assert_eq!((full.revision, full.upserts.len()), (0, 0));
+        // A change through controller A reaches an agent of controller B (NOTIFY).
+        let t0 = std::time::Instant::now();
+        let r = tokio::task::spawn_blocking(move || {
+            call(&ca, "POST", "/v1/apply", &policy("shared", 443))
+        })
+        .await
+        .unwrap();
+        assert_eq!(r.body["revision"], 1);
+        let d = next(&mut s).await;
+        assert_eq!(d.revision, 1);
+        assert!(doc(&d, "Policy", "shared").is_some());
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    });
+    // B serves what A stored, and its writes raise the same revision.
+    assert_eq!(names(&get(&cb, "/v1/policies")), ["shared"]);
+    let r = call(&cb, "POST", "/v1/apply", &policy("second", 80));
+    assert_eq!(r.body["revision"], 2);
+    assert_eq!(
+        names(&get(&a.client(), "/v1/policies")),
+        ["second", "shared"]
+    );
+}

@@ -1,0 +1,248 @@
+//! The REST API against real storage: SQLite and a PostgreSQL server started by the test.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+/// CRUD, revisions, the token, validation; then a restart on the same storage.
+fn crud_and_restart(state: &std::path::Path, db: Option<&str>) {
+    let mut ctl = Ctl::start(state, db);
+    let c = ctl.client();
+    let anon = ctl.anonymous();
+    assert_eq!(revision(&c), 0);
+
+    // No token, or a wrong one: 401 and nothing changes.
+    assert_eq!(get(&anon, "/v1/policies").status, 401);
+    assert_eq!(
+        call(&anon, "POST", "/v1/policies", &policy("p1", 5432)).status,
+        401
+    );
+    let wrong = microseg_controller::client::Client::new(&ctl.url(), Some("nope".into())).unwrap();
+    assert_eq!(
+        call(&wrong, "POST", "/v1/apply", &policy("p1", 5432)).status,
+        401
+    );
+    assert_eq!(revision(&c), 0);
+    assert!(names(&get(&c, "/v1/policies")).is_empty());
+
+    // Create, re-apply unchanged, replace.
+    let r = call(&c, "POST", "/v1/policies", &policy("p1", 5432));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["revision"], 1);
+    assert_eq!(r.body["applied"][0]["action"], "created");
+    let r = call(&c, "POST", "/v1/policies", &policy("p1", 5432));
+    assert_eq!(
+        (
+            r.body["revision"].as_u64(),
+            r.body["applied"][0]["action"].as_str()
+        ),
+        (Some(1), Some("unchanged"))
+    );
+    let r = call(&c, "PUT", "/v1/policies/p1", &policy("p1", 6432));
+    assert_eq!(
+        (r.status, r.body["revision"].as_u64()),
+        (200, Some(2)),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(r.body["applied"][0]["action"], "configured");
+    let p = get(&c, "/v1/policies/p1");
+    assert_eq!(p.status, 200);
+    assert_eq!(p.body["spec"]["ingress"][0]["ports"][0]["port"], 6432);
+    assert_eq!(p.body["spec"]["priority"], 1000, "defaults are filled in");
+    assert_eq!(annotation_revision(&p.body), 2);
+    // JSON works as well as YAML; a list applies atomically.
+    let list = format!(
+        "[{}, {}]",
+        serde_json::json!({"apiVersion": "microseg.io/v1", "kind": "Workload",
+            "metadata": {"name": "db-1", "labels": {"app": "db"}},
+            "spec": {"interface": "veth-db1", "ips": ["10.9.0.3", "fd09::3"]}}),
+        serde_json::json!({"apiVersion": "microseg.io/v1", "kind": "Policy",
+            "metadata": {"name": "p2"}, "spec": {"selector": {}, "egress": []}})
+    );
+    let r = call(&c, "POST", "/v1/apply", &list);
+    assert_eq!(
+        (r.status, r.body["revision"].as_u64()),
+        (200, Some(3)),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(names(&get(&c, "/v1/policies")), ["p1", "p2"]);
+    assert_eq!(names(&get(&c, "/v1/workloads")), ["db-1"]);
+
+    // Bad input: 400 with the validator's FILE:LINE:COL messages; nothing stored.
+    let bad = "apiVersion: microseg.io/v1\nkind: Policy\nmetadata: {name: bad}\nspec:\n  selector: {}\n  ingress:\n    - action: allow\n      from: [{cidr: 10.0.0.0/33}]\n      ports: [{protocol: TCP, port: 80, endPort: 70}]\n";
+    let r = call(
+        &c,
+        "POST",
+        "/v1/policies?file=bad.yaml",
+        &format!("{}---\n{bad}", policy("p3", 1)),
+    );
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    let text = r.error_text();
+    assert!(
+        text.contains("bad.yaml:18:21") && text.contains("10.0.0.0/33"),
+        "{text}"
+    );
+    assert!(
+        text.contains("bad.yaml:19:50") && text.contains("endPort"),
+        "{text}"
+    );
+    // A conflict with what is stored (an address already used) is bad input too.
+    let r = call(
+        &c,
+        "POST",
+        "/v1/workloads?file=w.yaml",
+        &workload("db-2", "10.9.0.3"),
+    );
+    assert_eq!(r.status, 400);
+    assert!(
+        r.error_text().contains("w.yaml:1:1") && r.error_text().contains("db-1"),
+        "{}",
+        r.error_text()
+    );
+    // The wrong kind for the endpoint, a name not matching the URL, the reserved name.
+    assert_eq!(
+        call(&c, "POST", "/v1/policies", &workload("x", "10.9.9.9")).status,
+        400
+    );
+    assert_eq!(
+        call(&c, "PUT", "/v1/policies/other", &policy("p1", 1)).status,
+        400
+    );
+    assert_eq!(
+        call(&c, "POST", "/v1/policies", &policy("default-deny", 1)).status,
+        400
+    );
+    assert_eq!(call(&c, "POST", "/v1/policies", "").status, 400);
+    assert_eq!(revision(&c), 3);
+    assert_eq!(names(&get(&c, "/v1/policies")), ["p1", "p2"]);
+    assert_eq!(get(&c, "/v1/policies/p3").status, 404);
+
+    // Labels: merge, empty value allowed, null removes; every change a revision.
+    let r = call(
+        &c,
+        "PUT",
+        "/v1/workloads/db-1/labels",
+        r#"{"labels": {"env": "prod", "tier": ""}}"#,
+    );
+    assert_eq!(
+        (r.status, r.body["revision"].as_u64()),
+        (200, Some(4)),
+        "{:?}",
+        r.body
+    );
+    let r = call(
+        &c,
+        "PUT",
+        "/v1/workloads/db-1/labels",
+        r#"{"labels": {"tier": null}}"#,
+    );
+    assert_eq!(r.body["revision"], 5);
+    let w = get(&c, "/v1/workloads/db-1").body;
+    assert_eq!(
+        w["metadata"]["labels"],
+        serde_json::json!({"app": "db", "env": "prod"})
+    );
+    assert_eq!(
+        call(
+            &c,
+            "PUT",
+            "/v1/workloads/db-1/labels",
+            r#"{"labels": {"bad key": "x"}}"#
+        )
+        .status,
+        400
+    );
+    assert_eq!(
+        call(
+            &c,
+            "PUT",
+            "/v1/workloads/nope/labels",
+            r#"{"labels": {"a": "b"}}"#
+        )
+        .status,
+        404
+    );
+
+    // Delete.
+    let r = c.call("DELETE", "/v1/policies/p2", None).unwrap();
+    assert_eq!((r.status, r.body["revision"].as_u64()), (200, Some(6)));
+    assert_eq!(
+        c.call("DELETE", "/v1/policies/p2", None).unwrap().status,
+        404
+    );
+    assert_eq!(get(&c, "/v1/policies/p2").status, 404);
+
+    // A restart on the same storage loses nothing, and keeps the token.
+    let before_p = get(&c, "/v1/policies").body;
+    let before_w = get(&c, "/v1/workloads").body;
+    let token = ctl.token();
+    ctl.restart();
+    let c = ctl.client();
+    assert_eq!(ctl.token(), token);
+    assert_eq!(get(&c, "/v1/policies").body, before_p);
+    assert_eq!(get(&c, "/v1/workloads").body, before_w);
+    assert_eq!(revision(&c), 6);
+    let r = call(&c, "POST", "/v1/policies", &policy("p2", 1));
+    assert_eq!(
+        r.body["revision"], 7,
+        "the revision goes on after a restart"
+    );
+}
+
+#[test]
+fn sqlite_crud_revisions_token_validation_and_restart() {
+    let state = TempDir::new("sqlite");
+    crud_and_restart(&state.0, None);
+    assert!(state.0.join("controller.db").exists());
+    let token = state.0.join(microseg_controller::TOKEN_FILE);
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&token).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn postgres_crud_revisions_token_validation_and_restart() {
+    let pg = Pg::start();
+    let url = pg.database("crud");
+    let state = TempDir::new("pgcrud");
+    crud_and_restart(&state.0, Some(&url));
+    assert!(!state.0.join("controller.db").exists(), "nothing in SQLite");
+}
+
+#[test]
+fn openapi_document_is_served_and_lists_every_endpoint() {
+    let state = TempDir::new("openapi");
+    let ctl = Ctl::start(&state.0, None);
+    let r = get(&ctl.client(), "/v1/openapi.json");
+    assert_eq!(r.status, 200);
+    assert!(r.body["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = r.body["paths"].as_object().unwrap();
+    for (p, methods) in [
+        ("/v1/apply", &["post"][..]),
+        ("/v1/policies", &["get", "post"]),
+        ("/v1/policies/{name}", &["get", "put", "delete"]),
+        ("/v1/workloads", &["get", "post"]),
+        ("/v1/workloads/{name}", &["get", "put", "delete"]),
+        ("/v1/workloads/{name}/labels", &["put"]),
+        ("/v1/nodes", &["get"]),
+        ("/v1/flows", &["get"]),
+        ("/v1/openapi.json", &["get"]),
+    ] {
+        for m in methods {
+            assert!(paths[p].get(*m).is_some(), "{m} {p} documented");
+        }
+    }
+    assert_eq!(
+        paths.len(),
+        9,
+        "no undocumented extras: {:?}",
+        paths.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(get(&ctl.anonymous(), "/v1/openapi.json").status, 401);
+    let unknown = get(&ctl.client(), "/v1/nothing");
+    assert_eq!(unknown.status, 404);
+    assert!(unknown.body.get("error").is_some_and(Value::is_string));
+}

@@ -1,0 +1,286 @@
+//! Test harness: a controller running in this process on a loopback port, a throw-away
+//! PostgreSQL server (initdb'd in a temp dir, started on a free loopback port, stopped
+//! and removed on drop), and the REST client.
+#![allow(dead_code)]
+
+use microseg_controller::client::{Client, Reply};
+use microseg_controller::{Options, Running};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> TempDir {
+        TempDir::new_in(&std::env::temp_dir(), what)
+    }
+
+    /// Under `base` (PostgreSQL's dir must be reachable by the postgres user: /tmp).
+    pub fn new_in(base: &std::path::Path, what: &str) -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let p = base.join(format!("msctl-{what}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A PostgreSQL server of its own.
+pub struct Pg {
+    dir: TempDir,
+    bin: PathBuf,
+    pub port: u16,
+}
+
+fn pg_bin() -> PathBuf {
+    let mut v: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is installed (scripts/setup.sh installs Debian's postgresql)")
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    v.sort();
+    v.pop().expect("an initdb under /usr/lib/postgresql/*/bin")
+}
+
+fn as_postgres(args: &[&str]) -> std::process::Output {
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .args(args)
+        .output()
+        .expect("runuser");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl Pg {
+    pub fn start() -> Pg {
+        let bin = pg_bin();
+        let dir = TempDir::new_in(std::path::Path::new("/tmp"), "pg");
+        let st = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(&dir.0)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let data = dir.0.join("data");
+        let pg = Pg {
+            port: free_port(),
+            dir,
+            bin,
+        };
+        as_postgres(&[
+            pg.bin.join("initdb").to_str().unwrap(),
+            "-D",
+            data.to_str().unwrap(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off",
+            pg.port,
+            pg.dir.0.display()
+        );
+        as_postgres(&[
+            pg.bin.join("pg_ctl").to_str().unwrap(),
+            "-D",
+            data.to_str().unwrap(),
+            "-l",
+            pg.dir.0.join("log").to_str().unwrap(),
+            "-w",
+            "-t",
+            "30",
+            "-o",
+            &opts,
+            "start",
+        ]);
+        pg
+    }
+
+    /// Creates a database and returns its URL.
+    pub fn database(&self, name: &str) -> String {
+        let out = Command::new(self.bin.join("createdb"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                name,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.0.join("data"))
+            .args(["-m", "immediate", "-w", "-t", "20", "stop"])
+            .output();
+    }
+}
+
+/// A controller in this process, on its own runtime.
+pub struct Ctl {
+    pub rt: tokio::runtime::Runtime,
+    pub running: Option<Running>,
+    pub opts: Options,
+}
+
+impl Ctl {
+    /// state_dir: where the token (and the SQLite file, without `db`) live.
+    pub fn start(state_dir: &std::path::Path, db: Option<&str>) -> Ctl {
+        let mut opts = Options::new(state_dir);
+        opts.listen = "127.0.0.1:0".into();
+        opts.db = db.map(str::to_string);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let running = rt
+            .block_on(microseg_controller::start(&opts))
+            .expect("start");
+        Ctl {
+            rt,
+            running: Some(running),
+            opts,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.running.as_ref().unwrap().addr)
+    }
+
+    pub fn token(&self) -> String {
+        self.running.as_ref().unwrap().token.clone()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url(), Some(self.token())).unwrap()
+    }
+
+    pub fn anonymous(&self) -> Client {
+        Client::new(&self.url(), None).unwrap()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            self.rt.block_on(r.stop());
+        }
+    }
+
+    /// Stops and starts again with the same options (another port).
+    pub fn restart(&mut self) {
+        self.stop();
+        let mut opts = self.opts.clone();
+        opts.listen = "127.0.0.1:0".into();
+        self.running = Some(
+            self.rt
+                .block_on(microseg_controller::start(&opts))
+                .expect("restart"),
+        );
+    }
+}
+
+impl Drop for Ctl {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn call(c: &Client, method: &str, path: &str, body: &str) -> Reply {
+    c.call(method, path, Some(("application/yaml", body.as_bytes())))
+        .expect("request")
+}
+
+pub fn get(c: &Client, path: &str) -> Reply {
+    c.get(path).expect("request")
+}
+
+pub fn revision(c: &Client) -> u64 {
+    get(c, "/v1/nodes").body["revision"].as_u64().unwrap()
+}
+
+pub fn names(r: &Reply) -> Vec<String> {
+    r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn policy(name: &str, port: u16) -> String {
+    format!(
+        "apiVersion: microseg.io/v1\nkind: Policy\nmetadata: {{name: {name}}}\nspec:\n  selector: {{matchLabels: {{app: db}}}}\n  ingress:\n    - action: allow\n      from: [{{selector: {{matchLabels: {{app: web}}}}}}]\n      ports: [{{protocol: TCP, port: {port}}}]\n"
+    )
+}
+
+pub fn workload(name: &str, ip: &str) -> String {
+    format!(
+        "apiVersion: microseg.io/v1\nkind: Workload\nmetadata: {{name: {name}, labels: {{app: {name}}}}}\nspec: {{interface: veth-{name}, ips: [\"{ip}\"]}}\n"
+    )
+}
+
+pub fn annotation_revision(v: &Value) -> u64 {
+    v["metadata"]["annotations"]["microseg.io/revision"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}

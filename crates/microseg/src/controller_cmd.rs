@@ -1,0 +1,57 @@
+//! `microseg controller`: the control plane (REST and gRPC on one address).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use microseg_controller::{ControllerError, Options};
+
+#[derive(Args)]
+pub struct ControllerArgs {
+    /// Address for REST and gRPC.
+    #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
+    listen: String,
+    /// Storage: postgres://USER@HOST:PORT/DB for a database shared by several
+    /// controllers, or sqlite:PATH (default: SQLite at <state-dir>/controller.db).
+    #[arg(long, value_name = "URL")]
+    db: Option<String>,
+    /// The bearer token clients and agents must present (default: one created under
+    /// the state dir, mode 0600).
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    #[arg(long, default_value = "/var/lib/microseg", value_name = "DIR")]
+    state_dir: PathBuf,
+    /// How many recent flows uploaded by agents to keep.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    flow_buffer: usize,
+}
+
+pub fn run(a: ControllerArgs) -> ExitCode {
+    let mut opts = Options::new(a.state_dir);
+    opts.listen = a.listen;
+    opts.db = a.db;
+    opts.token_file = a.token_file;
+    opts.flow_buffer = a.flow_buffer;
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(microseg_controller::run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(ControllerError::BadInput(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        Err(ControllerError::Runtime(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
