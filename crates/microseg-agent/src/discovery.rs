@@ -4,7 +4,8 @@
 //! A veth end in our namespace names its peer's namespace by an nsid that only means
 //! something here; `ip netns list`, run here, gives the same nsid for each named
 //! namespace. Matching the two ties an interface to its workload without trusting
-//! ifindexes, which repeat from one namespace to the next.
+//! ifindexes, which repeat from one namespace to the next. Ends that are bridge or bond
+//! ports, or have no routable address, are links between nodes, not workloads.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -100,13 +101,21 @@ pub fn discover(
         else {
             continue;
         };
-        let ips = inner["addr_info"]
+        // A bridge or bond port is plumbing (a link between nodes, a switch), not an
+        // endpoint; so is an end with no routable address: nothing could name it.
+        if inner.get("master").is_some() {
+            continue;
+        }
+        let ips: Vec<IpAddr> = inner["addr_info"]
             .as_array()
             .into_iter()
             .flatten()
             .filter(|a| a["scope"] == "global")
             .filter_map(|a| a["local"].as_str()?.parse().ok())
             .collect();
+        if ips.is_empty() {
+            continue;
+        }
         let name = workload_name(netns);
         let mut l = BTreeMap::from([
             ("netns".to_string(), name.clone()),

@@ -68,6 +68,31 @@ fn finds_workloads_behind_this_nodes_veths_and_not_another_nodes() {
     ]);
     ip(&["-n", &db, "link", "set", "eth0", "up"]);
     ip(&["-n", &web, "addr", "add", "10.66.0.4/24", "dev", "eth0"]);
+    // A link to another node's bridge: plumbing, not a workload.
+    ip(&["-n", &node_b, "link", "add", "br0", "type", "bridge"]);
+    ip(&[
+        "-n", &node_a, "link", "add", "trunk", "type", "veth", "peer", "name", "trunk", "netns",
+        &node_b,
+    ]);
+    ip(&["-n", &node_b, "link", "set", "trunk", "master", "br0"]);
+    // And a namespace whose end has no routable address.
+    let bare = format!("{p}-bare");
+    ip(&["netns", "add", &bare]);
+    let _cleanup_bare = Netns(vec![bare.clone()]);
+    ip(&[
+        "-n",
+        &node_a,
+        "link",
+        "add",
+        "veth-bare",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &bare,
+    ]);
 
     let labels = BTreeMap::from([(
         db.clone(),

@@ -61,7 +61,7 @@ pub struct Topology {
     pub bpffs: PathBuf,
     pub socket: PathBuf,
     agent: Option<Child>,
-    servers: Vec<(Arc<AtomicBool>, JoinHandle<()>)>,
+    servers: Vec<Server>,
 }
 
 impl Topology {
@@ -253,76 +253,19 @@ impl Topology {
 
     /// A TCP server in workload `w` answering each connection with what it reads, echoed.
     pub fn tcp_echo(&mut self, w: &str, port: u16) {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ns, flag) = (self.w(w).ns.clone(), stop.clone());
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let handle = std::thread::spawn(move || {
-            in_netns(&ns, move || {
-                let l = TcpListener::bind(("::", port)).expect("bind");
-                l.set_nonblocking(true).unwrap();
-                ready_tx.send(()).unwrap();
-                let deadline = Instant::now() + Duration::from_secs(120);
-                while !flag.load(Ordering::SeqCst) && Instant::now() < deadline {
-                    match l.accept() {
-                        Ok((mut s, _)) => {
-                            std::thread::spawn(move || {
-                                s.set_nonblocking(false).ok();
-                                s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-                                let mut buf = [0u8; 1024];
-                                while let Ok(n) = s.read(&mut buf) {
-                                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                                        break;
-                                    }
-                                }
-                            });
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                    }
-                }
-            })
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("server ready");
-        self.servers.push((stop, handle));
+        let server = tcp_echo_in(self.w(w).ns.clone(), port);
+        self.servers.push(server);
     }
 
     /// A UDP server in workload `w` echoing datagrams.
     pub fn udp_echo(&mut self, w: &str, port: u16) {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ns, flag) = (self.w(w).ns.clone(), stop.clone());
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let handle = std::thread::spawn(move || {
-            in_netns(&ns, move || {
-                let s = UdpSocket::bind(("::", port)).expect("bind");
-                s.set_read_timeout(Some(Duration::from_millis(100)))
-                    .unwrap();
-                ready_tx.send(()).unwrap();
-                let deadline = Instant::now() + Duration::from_secs(120);
-                let mut buf = [0u8; 1500];
-                while !flag.load(Ordering::SeqCst) && Instant::now() < deadline {
-                    if let Ok((n, from)) = s.recv_from(&mut buf) {
-                        let _ = s.send_to(&buf[..n], from);
-                    }
-                }
-            })
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("server ready");
-        self.servers.push((stop, handle));
+        let server = udp_echo_in(self.w(w).ns.clone(), port);
+        self.servers.push(server);
     }
 
     /// Connects from workload `from` and exchanges one message; true when it came back.
     pub fn tcp_ok(&self, from: &str, to: SocketAddr) -> bool {
-        in_netns(&self.w(from).ns.clone(), move || {
-            let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_millis(1500)) else {
-                return false;
-            };
-            s.set_read_timeout(Some(Duration::from_millis(1500))).ok();
-            let mut buf = [0u8; 5];
-            s.write_all(b"hello").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"hello"
-        })
+        tcp_ok_from(&self.w(from).ns, to)
     }
 
     pub fn udp_ok(&self, from: &str, to: SocketAddr) -> bool {
@@ -359,17 +302,8 @@ impl Topology {
     }
 
     /// Polls `cond` for up to `limit`.
-    pub fn eventually(&self, limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-        let deadline = Instant::now() + limit;
-        loop {
-            if cond() {
-                return true;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    pub fn eventually(&self, limit: Duration, cond: impl FnMut() -> bool) -> bool {
+        eventually(limit, cond)
     }
 }
 
@@ -383,12 +317,7 @@ pub fn addr(ip: &str, port: u16) -> SocketAddr {
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        for (stop, _) in &self.servers {
-            stop.store(true, Ordering::SeqCst);
-        }
-        for (_, h) in self.servers.drain(..) {
-            let _ = h.join();
-        }
+        self.servers.clear();
         if let Some(mut a) = self.agent.take() {
             let _ = a.kill();
             let _ = a.wait();
@@ -409,4 +338,107 @@ impl Drop for Topology {
 
 pub fn path_exists(p: &Path) -> bool {
     p.exists()
+}
+
+/// A server thread in a namespace; stopped and joined on drop.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Runs `serve(stop)` on a thread inside `ns` once `ready` says it listens.
+fn server_in<F>(ns: String, serve: F) -> Server
+where
+    F: FnOnce(Arc<AtomicBool>, std::sync::mpsc::Sender<()>) + Send + 'static,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || in_netns(&ns, move || serve(flag, ready_tx)));
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server ready");
+    Server {
+        stop,
+        handle: Some(handle),
+    }
+}
+
+/// A TCP echo server on `port` in namespace `ns`, bounded to two minutes.
+pub fn tcp_echo_in(ns: String, port: u16) -> Server {
+    server_in(ns, move |stop, ready| {
+        let l = TcpListener::bind(("::", port)).expect("bind");
+        l.set_nonblocking(true).unwrap();
+        ready.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    std::thread::spawn(move || {
+                        s.set_nonblocking(false).ok();
+                        s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+                        let mut buf = [0u8; 1024];
+                        while let Ok(n) = s.read(&mut buf) {
+                            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    })
+}
+
+/// A UDP echo server on `port` in namespace `ns`, bounded to two minutes.
+pub fn udp_echo_in(ns: String, port: u16) -> Server {
+    server_in(ns, move |stop, ready| {
+        let s = UdpSocket::bind(("::", port)).expect("bind");
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        ready.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut buf = [0u8; 1500];
+        while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+            if let Ok((n, from)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(&buf[..n], from);
+            }
+        }
+    })
+}
+
+/// Connects from namespace `ns` and exchanges one message; true when it came back.
+pub fn tcp_ok_from(ns: &str, to: SocketAddr) -> bool {
+    in_netns(ns, move || {
+        let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_millis(1500)) else {
+            return false;
+        };
+        s.set_read_timeout(Some(Duration::from_millis(1500))).ok();
+        let mut buf = [0u8; 5];
+        s.write_all(b"hello").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"hello"
+    })
+}
+
+/// Polls `cond` for up to `limit`.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
