@@ -43,6 +43,7 @@ pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
         ),
         Source::Controller(_) => None,
     };
+    ensure_bpffs(&opts.bpffs).map_err(runtime)?;
     let mut dp = Dataplane::load(&LoadOptions {
         pin_dir: Some(opts.maps_dir()),
         sessions: opts.session_capacity,
@@ -218,6 +219,39 @@ fn expire(state: &Arc<Mutex<State>>, node: &str) {
         let r = names.record(&e);
         st.flows.push(r);
     }
+}
+
+/// Pins only survive on a BPF filesystem: check that `dir` is on one, mounting the
+/// usual /sys/fs/bpf when it is missing.
+fn ensure_bpffs(dir: &std::path::Path) -> Result<(), String> {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let on_bpffs = |p: &std::path::Path| -> bool {
+        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+            return false;
+        };
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid path and a statfs we own.
+        unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+    };
+    // The nearest existing ancestor decides (the directory itself may not exist yet).
+    let existing = dir.ancestors().find(|a| a.exists()).unwrap_or(dir);
+    if on_bpffs(existing) {
+        return Ok(());
+    }
+    let root = std::path::Path::new("/sys/fs/bpf");
+    if dir.starts_with(root) && root.exists() {
+        let c = std::ffi::CString::new("/sys/fs/bpf").expect("no NUL");
+        let fs = std::ffi::CString::new("bpf").expect("no NUL");
+        // SAFETY: valid C strings; a bpffs mount has no data argument.
+        if unsafe { libc::mount(fs.as_ptr(), c.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) } == 0 {
+            log::info!("mounted a BPF filesystem on /sys/fs/bpf");
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "{} is not on a BPF filesystem, so nothing could be pinned there (mount -t bpf bpf /sys/fs/bpf, or pass --bpffs DIR on one)",
+        dir.display()
+    ))
 }
 
 /// `microseg agent --cleanup`: takes the classifiers off every interface and removes all
