@@ -1,9 +1,11 @@
 //! Atomic policy updates.
 //!
-//! Both slots hold the same state between updates. An update writes only what changed
-//! into the inactive slot, flips `Config::active_slot` (one word: every packet sees the
-//! old state or the new, never a mix) and raises the generation so sessions are judged
-//! again; then it writes the same change into the slot that just went inactive.
+//! Policy maps hold two slots; packets read the one `Config::active_slot` names. An update
+//! writes the standby slot, then flips the slot word (one word: every packet sees the old
+//! state or the new, never a mix) and raises the generation so sessions are judged again.
+//! The slot that went standby keeps the previous state and is brought up to date by the
+//! next update, as part of its own write: each update writes one slot, with the difference
+//! between what that slot holds (two states back) and the new state.
 
 use std::{collections::HashMap as StdHashMap, hash::Hash};
 
@@ -80,22 +82,21 @@ impl Dataplane {
                 ..Default::default()
             });
         }
-        let old_active = (cfg.active_slot & 1) as u8;
-        let inactive = 1 - old_active;
-        let old = self.current.take();
-        let mut report = self.write_slot(inactive, old.as_ref(), new)?;
-        cfg.active_slot = inactive as u32;
+        let standby = 1 - (cfg.active_slot & 1) as u8;
+        // Taken first: if the write fails half way, the standby content is unknown.
+        let behind = self.standby.take();
+        let mut report = self.write_slot(standby, behind.as_ref(), new)?;
+        cfg.active_slot = standby as u32;
         cfg.generation = cfg.generation.wrapping_add(1);
         self.config
             .set(0, cfg, 0)
             .map_err(Error::map(names::CONFIG))?;
-        self.write_slot(old_active, old.as_ref(), new)?;
-        self.current = Some(new.clone());
+        self.standby = self.current.replace(new.clone());
         report.generation = cfg.generation;
         Ok(report)
     }
 
-    /// The state both slots hold, if an update has been applied by this process.
+    /// The state packets see, if an update has been applied by this process.
     pub fn current(&self) -> Option<&Tables> {
         self.current.as_ref()
     }

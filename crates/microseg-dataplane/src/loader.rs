@@ -61,8 +61,10 @@ pub struct Dataplane {
     pub(crate) stats: PerCpuArray<MapData, Stats>,
     pub(crate) rule_counters: PerCpuArray<MapData, RuleCounter>,
     pub(crate) events: Option<RingBuf<MapData>>,
-    /// What both slots hold once an apply has finished; None until the first apply.
+    /// What the active slot holds; None until this process applied something.
     pub(crate) current: Option<Tables>,
+    /// What the standby slot holds (the state before `current`); None when unknown.
+    pub(crate) standby: Option<Tables>,
     pub(crate) pin_dir: Option<PathBuf>,
     /// Interfaces this process attached to, with their ifindex then.
     pub(crate) attached: std::collections::HashMap<String, u32>,
@@ -134,6 +136,7 @@ impl Dataplane {
             events: Some(take(&mut ebpf, names::EVENTS)?),
             ebpf,
             current: None,
+            standby: None,
             pin_dir: opts.pin_dir.clone(),
             attached: Default::default(),
         })

@@ -172,9 +172,15 @@ impl Identities {
             by_cidr: HashMap::new(),
             selector_cache: HashMap::new(),
         };
+        // Only the prefix lengths some CIDR has can contain anything: usually a handful.
+        let mut lengths: Vec<(bool, u8)> = cidrs.iter().map(|c| (c.v4, c.prefix.len)).collect();
+        lengths.sort_unstable();
+        lengths.dedup();
         for net in all {
-            let mut containing: Vec<Net> = (net.root_len()..=net.prefix.len)
-                .map(|l| net.truncate(l))
+            let mut containing: Vec<Net> = lengths
+                .iter()
+                .filter(|(v4, len)| *v4 == net.v4 && *len <= net.prefix.len)
+                .map(|(_, len)| net.truncate(*len))
                 .filter(|n| cidrs.contains(n))
                 .collect();
             containing.sort();
