@@ -32,6 +32,12 @@ pub struct ControllerLink {
     pub url: String,
     pub token: String,
     pub labels_file: Option<PathBuf>,
+    /// For an `https://` URL: the CAs that issued the controller's certificate (PEM).
+    pub tls_ca: Option<PathBuf>,
+    /// For mutual TLS: this agent's certificate chain and private key (PEM). The files
+    /// are read at every (re)connect, so renewed certificates take effect then.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 type Client = AgentLinkClient<InterceptedService<Channel, Bearer>>;
@@ -105,15 +111,41 @@ pub async fn run(link: ControllerLink, opts: AgentOptions, state: Arc<Mutex<Stat
 }
 
 async fn connect(link: &ControllerLink) -> Result<Client, String> {
-    let channel = tonic::transport::Endpoint::from_shared(link.url.clone())
-        .map_err(|e| format!("{}: {e}", link.url))?
+    let mut endpoint = tonic::transport::Endpoint::from_shared(link.url.clone())
+        .map_err(|e| format!("{}: {e}", link.url))?;
+    if link.url.starts_with("https://") {
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        if let Some(ca) = &link.tls_ca {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&link.tls_cert, &link.tls_key) {
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                read(cert)?,
+                read(key)?,
+            ));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| format!("TLS for {}: {e}", link.url))?;
+    }
+    let channel = endpoint
         .connect_timeout(Duration::from_secs(3))
         .tcp_keepalive(Some(Duration::from_secs(10)))
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))
         .connect()
         .await
-        .map_err(|e| format!("connecting to {}: {e}", link.url))?;
+        .map_err(|e| {
+            // tonic's transport error says little by itself; its sources say why.
+            let mut msg = format!("connecting to {}: {e}", link.url);
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            msg
+        })?;
     let value = format!("Bearer {}", link.token)
         .parse()
         .map_err(|_| "the token is not valid in a header".to_string())?;

@@ -34,7 +34,7 @@ impl AgentOptions {
             drop_non_ip: false,
             flow_buffer: 10_000,
             session_capacity: microseg_common::capacity::SESSIONS,
-            reload_interval: Duration::from_millis(500),
+            reload_interval: Duration::from_millis(100),
             gc_interval: Duration::from_secs(10),
         }
     }

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use microseg_dataplane::Dataplane;
 use microseg_policy::compile::{local_endpoints, Compiler, RuleInfo};
-use microseg_policy::{load_paths, Diagnostic, ResourceSet};
+use microseg_policy::{Diagnostic, Loader, ResourceSet};
 
 use crate::flows::FlowLog;
 use crate::{interfaces, AgentOptions};
@@ -25,6 +25,8 @@ pub struct State {
     pub last_errors: Vec<String>,
     /// Managed mode: the controller revision enforced.
     pub controller_revision: u64,
+    /// Files mode: parsed files, so a reload parses only what changed.
+    pub loader: Loader,
 }
 
 /// What the watched files and interfaces look like; a change means reload.
@@ -34,50 +36,27 @@ pub struct Fingerprint {
     interfaces: Vec<(String, u32)>,
 }
 
-/// The policy files under `path`, as `load_paths` reads them (hidden entries skipped).
-fn walk(path: &PathBuf, top: bool, out: &mut Vec<(PathBuf, Option<SystemTime>, u64)>) {
-    let hidden = path
-        .file_name()
-        .is_some_and(|n| n.to_string_lossy().starts_with('.'));
-    if hidden && !top {
-        return;
-    }
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_dir() => {
-            let mut entries: Vec<_> = std::fs::read_dir(path)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.path())
-                .collect();
-            entries.sort();
-            for e in entries {
-                walk(&e, false, out);
-            }
-        }
-        Ok(m) => {
-            let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase());
-            if top || matches!(ext.as_deref(), Some("yaml" | "yml" | "json")) {
-                out.push((path.clone(), m.modified().ok(), m.len()));
-            }
-        }
-        Err(_) => out.push((path.clone(), None, 0)),
-    }
-}
-
 pub fn fingerprint(opts: &AgentOptions) -> Fingerprint {
-    let mut files = Vec::new();
-    for p in &opts.policy_paths {
-        walk(p, true, &mut files);
-    }
+    let (paths, _) = microseg_policy::policy_files(&opts.policy_paths);
+    let files = paths
+        .into_iter()
+        .map(|p| {
+            let meta = std::fs::metadata(&p).ok();
+            let (mtime, len) = (
+                meta.as_ref().and_then(|m| m.modified().ok()),
+                meta.map_or(0, |m| m.len()),
+            );
+            (p, mtime, len)
+        })
+        .collect();
     let mut interfaces: Vec<_> = interfaces::list().into_iter().collect();
     interfaces.sort();
     Fingerprint { files, interfaces }
 }
 
 /// Reads the policy files; every problem as `FILE:LINE:COL: message`.
-pub fn load(opts: &AgentOptions) -> Result<ResourceSet, Vec<Diagnostic>> {
-    let set = load_paths(&opts.policy_paths)?;
+pub fn load(loader: &mut Loader, opts: &AgentOptions) -> Result<ResourceSet, Vec<Diagnostic>> {
+    let set = loader.load(&opts.policy_paths)?;
     let unsupported = microseg_policy::compile::unsupported(&set);
     if unsupported.is_empty() {
         Ok(set)

@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use microseg_common::{config_flags, session_flags as sf};
 use microseg_dataplane::{sessions::Timeouts, Dataplane, LoadOptions};
 use microseg_policy::compile::Compiler;
-use tokio::io::unix::AsyncFd;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -36,9 +35,10 @@ pub enum Source {
 }
 
 pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
+    let mut loader = microseg_policy::Loader::default();
     let set = match source {
         Source::Files => Some(
-            load(&opts)
+            load(&mut loader, &opts)
                 .map_err(|d| AgentError::BadInput(d.iter().map(|d| d.to_string()).collect()))?,
         ),
         Source::Controller(_) => None,
@@ -67,6 +67,7 @@ pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
         revision: 0,
         last_errors: Vec::new(),
         controller_revision: 0,
+        loader,
     }));
     let mut seen = fingerprint(&opts);
     if let Some(set) = set {
@@ -91,10 +92,7 @@ pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
     );
     tokio::spawn(crate::api::serve(listener, state.clone()));
     if let Some(rb) = events {
-        // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd owns it.
-        let fd = unsafe { AsyncFd::register_with_interest(rb, tokio::io::Interest::READABLE) }
-            .map_err(|e| runtime(e.to_string()))?;
-        tokio::spawn(read_events(fd, state.clone(), opts.node.clone()));
+        tokio::spawn(read_events(rb, state.clone(), opts.node.clone()));
     }
 
     let files = match source {
@@ -133,7 +131,8 @@ pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
 /// Files or interfaces changed: enforce the new policy, or keep the last good one.
 fn reload_now(state: &Arc<Mutex<State>>, opts: &AgentOptions) {
     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-    match load(opts) {
+    let loaded = load(&mut st.loader, opts);
+    match loaded {
         Ok(set) => {
             st.last_errors.clear();
             match enforce(&mut st, set, opts) {
@@ -161,30 +160,33 @@ fn reload_now(state: &Arc<Mutex<State>>, opts: &AgentOptions) {
     }
 }
 
+/// How often the event ring is drained. The kernel submits events without waking us
+/// (a wake-up per event costs the sender an interrupt), so the agent polls instead.
+const EVENT_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 async fn read_events(
-    mut fd: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+    mut rb: aya::maps::RingBuf<aya::maps::MapData>,
     state: Arc<Mutex<State>>,
     node: String,
 ) {
+    let mut tick = tokio::time::interval(EVENT_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::new();
     loop {
-        let Ok(mut guard) = fd.readable_mut().await else {
-            return;
-        };
-        let mut batch = Vec::new();
-        {
-            let rb = guard.get_inner_mut();
-            while let Some(item) = rb.next() {
-                if item.len() >= std::mem::size_of::<microseg_common::FlowEvent>() {
-                    // SAFETY: the kernel wrote a FlowEvent.
-                    batch.push(unsafe {
-                        std::ptr::read_unaligned(item.as_ptr() as *const microseg_common::FlowEvent)
-                    });
-                }
+        tick.tick().await;
+        while let Some(item) = rb.next() {
+            if item.len() >= std::mem::size_of::<microseg_common::FlowEvent>() {
+                // SAFETY: the kernel wrote a FlowEvent; read_unaligned copes with any alignment.
+                batch.push(unsafe {
+                    std::ptr::read_unaligned(item.as_ptr() as *const microseg_common::FlowEvent)
+                });
             }
         }
-        guard.clear_ready();
+        if batch.is_empty() {
+            continue;
+        }
         let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-        for e in batch {
+        for e in batch.drain(..) {
             let names = Names {
                 node: &node,
                 endpoints: &st.endpoints,

@@ -308,42 +308,95 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>, diags: &mut Vec<Diagnostic
     }
 }
 
-/// Loads files and directories into one set and runs the cross-resource checks.
+/// Reads files and directories of resources (see [`Loader`]); every problem as a
+/// diagnostic with its position.
 pub fn load_paths(paths: &[impl AsRef<Path>]) -> Result<ResourceSet, Vec<Diagnostic>> {
-    let mut diags = Vec::new();
-    let mut files = Vec::new();
+    Loader::default().load(paths)
+}
+
+/// The resource files under `paths`: files as named, and the `*.yaml`, `*.yml` and
+/// `*.json` files of directories (recursively, hidden entries skipped), sorted.
+pub fn policy_files(paths: &[impl AsRef<Path>]) -> (Vec<std::path::PathBuf>, Vec<Diagnostic>) {
+    let (mut files, mut diags) = (Vec::new(), Vec::new());
     for p in paths {
         collect_files(p.as_ref(), &mut files, &mut diags);
     }
-    let mut set = ResourceSet::default();
-    for f in files {
-        let name = f.display().to_string();
-        let text = match std::fs::read(&f) {
-            Ok(b) => match String::from_utf8(b) {
-                Ok(t) => t,
-                Err(_) => {
-                    diags.push(Diagnostic::new(&name, 1, 1, "file is not valid UTF-8"));
-                    continue;
-                }
-            },
-            Err(e) => {
-                diags.push(Diagnostic::new(
-                    &name,
-                    1,
-                    1,
-                    format!("cannot read file: {e}"),
-                ));
-                continue;
-            }
-        };
-        let (res, d) = parse_str(&name, &text);
-        diags.extend(d);
-        set.extend(res);
+    (files, diags)
+}
+
+fn parse_file(f: &Path) -> (Vec<Resource>, Vec<Diagnostic>) {
+    let name = f.display().to_string();
+    match std::fs::read(f) {
+        Ok(b) => match String::from_utf8(b) {
+            Ok(t) => parse_str(&name, &t),
+            Err(_) => (
+                Vec::new(),
+                vec![Diagnostic::new(&name, 1, 1, "file is not valid UTF-8")],
+            ),
+        },
+        Err(e) => (
+            Vec::new(),
+            vec![Diagnostic::new(
+                &name,
+                1,
+                1,
+                format!("cannot read file: {e}"),
+            )],
+        ),
     }
-    diags.extend(validate_set(&set));
-    if diags.is_empty() {
-        Ok(set)
-    } else {
-        Err(diags)
+}
+
+/// Loads resource files, parsing again only the files whose size or modification time
+/// changed since its last load: a one-line edit next to a large policy file costs the
+/// small file's parse, not the large one's.
+#[derive(Default)]
+pub struct Loader {
+    parsed: std::collections::HashMap<std::path::PathBuf, ParsedFile>,
+}
+
+/// A file as last parsed: its modification time and size, what it held, what was wrong.
+struct ParsedFile {
+    mtime: Option<std::time::SystemTime>,
+    len: u64,
+    resources: Vec<Resource>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Loader {
+    pub fn load(&mut self, paths: &[impl AsRef<Path>]) -> Result<ResourceSet, Vec<Diagnostic>> {
+        let (files, mut diags) = policy_files(paths);
+        let mut set = ResourceSet::default();
+        let mut seen = std::collections::HashSet::new();
+        for f in files {
+            let meta = std::fs::metadata(&f).ok();
+            let (mtime, len) = (
+                meta.as_ref().and_then(|m| m.modified().ok()),
+                meta.map_or(0, |m| m.len()),
+            );
+            let fresh = matches!(self.parsed.get(&f), Some(p) if p.mtime == mtime && p.len == len && mtime.is_some());
+            if !fresh {
+                let (res, d) = parse_file(&f);
+                self.parsed.insert(
+                    f.clone(),
+                    ParsedFile {
+                        mtime,
+                        len,
+                        resources: res,
+                        diagnostics: d,
+                    },
+                );
+            }
+            let p = &self.parsed[&f];
+            set.extend(p.resources.iter().cloned());
+            diags.extend(p.diagnostics.iter().cloned());
+            seen.insert(f);
+        }
+        self.parsed.retain(|f, _| seen.contains(f));
+        diags.extend(validate_set(&set));
+        if diags.is_empty() {
+            Ok(set)
+        } else {
+            Err(diags)
+        }
     }
 }
