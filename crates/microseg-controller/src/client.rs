@@ -1,15 +1,42 @@
-//! A small blocking HTTP/1.1 client for the controller's REST API (plain `http://`), used
-//! by the `microseg` client commands and the tests. One connection per request.
+//! A small blocking HTTP/1.1 client for the controller's REST API (`http://`, or
+//! `https://` over rustls with an optional client certificate), used by the `microseg`
+//! client commands and the tests. One connection per request.
 
+use rustls::pki_types::ServerName;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Certificates for an `https://` server: the CAs to trust (None: the system bundle) and,
+/// for mutual TLS, the client's certificate chain and key (PEM files).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TlsFiles<'a> {
+    pub ca: Option<&'a Path>,
+    pub cert: Option<&'a Path>,
+    pub key: Option<&'a Path>,
+}
+
+impl TlsFiles<'_> {
+    fn any(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Tls {
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+}
 
 #[derive(Debug, Clone)]
 pub struct Client {
     /// host:port
     authority: String,
+    /// Set for `https://`.
+    tls: Option<Tls>,
     /// Path prefix of the server URL (usually empty).
     prefix: String,
     token: Option<String>,
@@ -62,17 +89,29 @@ pub fn encode(s: &str) -> String {
 }
 
 impl Client {
-    /// `url`: `http://HOST:PORT[/PREFIX]` (port 80 when omitted).
+    /// `url`: `http://HOST:PORT[/PREFIX]` (port 80 when omitted), or `https://` trusting
+    /// the system's CA bundle.
     pub fn new(url: &str, token: Option<String>) -> Result<Client, String> {
-        let rest = match url.strip_prefix("http://") {
-            Some(r) => r,
-            None if url.starts_with("https://") => {
-                return Err(format!(
-                    "--server {url}: https is not supported by this client; use http://"
-                ))
-            }
-            None => return Err(format!("--server {url}: expected http://HOST:PORT")),
+        Client::with_tls(url, token, TlsFiles::default())
+    }
+
+    /// `url`: `http://HOST:PORT[/PREFIX]` (port 80 when omitted) or `https://...` (port
+    /// 443), with the certificates `tls` names (only for https).
+    pub fn with_tls(url: &str, token: Option<String>, tls: TlsFiles) -> Result<Client, String> {
+        let (rest, https) = if let Some(r) = url.strip_prefix("http://") {
+            (r, false)
+        } else if let Some(r) = url.strip_prefix("https://") {
+            (r, true)
+        } else {
+            return Err(format!(
+                "--server {url}: expected http://HOST:PORT or https://HOST:PORT"
+            ));
         };
+        if !https && tls.any() {
+            return Err(format!(
+                "--server {url}: --tls-ca, --tls-cert and --tls-key need an https:// URL"
+            ));
+        }
         let (auth, prefix) = match rest.find('/') {
             Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
             None => (rest, ""),
@@ -80,16 +119,32 @@ impl Client {
         if auth.is_empty() {
             return Err(format!("--server {url}: missing host"));
         }
-        let authority = if auth
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
+        let has_port = auth.rsplit_once(':').is_some_and(|(h, p)| {
+            p.parse::<u16>().is_ok() && (!h.starts_with('[') || h.ends_with(']'))
+        });
+        let authority = if has_port {
             auth.to_string()
         } else {
-            format!("{auth}:80")
+            format!("{auth}:{}", if https { 443 } else { 80 })
+        };
+        let tls = if https {
+            let host = authority.rsplit_once(':').map_or("", |(h, _)| h);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let name = ServerName::try_from(host.to_string())
+                .map_err(|_| format!("--server {url}: {host:?} is no valid TLS server name"))?;
+            let identity = match (tls.cert, tls.key) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                _ => return Err("--tls-cert and --tls-key go together".into()),
+            };
+            let config = crate::tls::client_config(tls.ca, identity)?;
+            Some(Tls { config, name })
+        } else {
+            None
         };
         Ok(Client {
             authority,
+            tls,
             prefix: prefix.to_string(),
             token,
             timeout: Duration::from_secs(60),
@@ -111,9 +166,27 @@ impl Client {
             self.authority.to_socket_addrs()?.next().ok_or_else(|| {
                 std::io::Error::other(format!("cannot resolve {}", self.authority))
             })?;
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         s.set_read_timeout(Some(self.timeout))?;
         s.set_write_timeout(Some(self.timeout))?;
+        match &self.tls {
+            None => self.exchange(s, method, path, body),
+            Some(t) => {
+                let conn = rustls::ClientConnection::new(t.config.clone(), t.name.clone())
+                    .map_err(std::io::Error::other)?;
+                self.exchange(rustls::StreamOwned::new(conn, s), method, path, body)
+                    .map_err(tls_hint)
+            }
+        }
+    }
+
+    fn exchange(
+        &self,
+        mut s: impl Read + Write,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &[u8])>,
+    ) -> std::io::Result<Reply> {
         let mut req = format!(
             "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nConnection: close\r\n",
             self.prefix, self.authority
@@ -132,10 +205,38 @@ impl Client {
         req.push_str("\r\n");
         s.write_all(req.as_bytes())?;
         s.write_all(body.1)?;
+        s.flush()?;
         let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
+        match s.read_to_end(&mut raw) {
+            Ok(_) => {}
+            // A TLS peer that closed without close_notify: the reply is judged by its
+            // framing (a short body is an error below).
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+            Err(e) => return Err(e),
+        }
         parse_reply(&raw)
     }
+}
+
+/// A TLS failure with a word on the likely fix.
+fn tls_hint(e: std::io::Error) -> std::io::Error {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+    let hint = match e.get_ref().and_then(|x| x.downcast_ref::<E>()) {
+        Some(E::AlertReceived(A::CertificateRequired | A::HandshakeFailure)) => {
+            "the controller requires a client certificate: --tls-cert and --tls-key"
+        }
+        Some(E::AlertReceived(
+            A::UnknownCA | A::BadCertificate | A::UnsupportedCertificate | A::CertificateUnknown,
+        )) => "the controller does not accept this client certificate",
+        Some(E::InvalidCertificate(C::UnknownIssuer)) => {
+            "the controller's certificate is not issued by a CA in --tls-ca"
+        }
+        Some(E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. })) => {
+            "the controller's certificate does not name the host of --server"
+        }
+        _ => return e,
+    };
+    std::io::Error::new(e.kind(), format!("TLS: {e} ({hint})"))
 }
 
 fn bad(msg: &str) -> std::io::Error {
@@ -143,6 +244,13 @@ fn bad(msg: &str) -> std::io::Error {
 }
 
 fn parse_reply(raw: &[u8]) -> std::io::Result<Reply> {
+    if !raw.starts_with(b"HTTP/") {
+        return Err(bad(if raw.is_empty() {
+            "the server closed the connection without an answer (does it serve https://?)"
+        } else {
+            "the answer is not HTTP (does the server speak https://?)"
+        }));
+    }
     let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -188,7 +296,10 @@ fn parse_reply(raw: &[u8]) -> std::io::Result<Reply> {
             body = body.get(size + 2..).unwrap_or_default();
         }
     } else {
-        let n = length.unwrap_or(body.len()).min(body.len());
+        let n = length.unwrap_or(body.len());
+        if n > body.len() {
+            return Err(bad("truncated HTTP response body"));
+        }
         decoded.extend_from_slice(&body[..n]);
     }
     let text = String::from_utf8_lossy(&decoded);
@@ -224,7 +335,14 @@ mod tests {
             (c.authority.as_str(), c.prefix.as_str()),
             ("ctl:80", "/api")
         );
-        assert!(Client::new("https://x", None).is_err());
         assert!(Client::new("x:1", None).is_err());
+        let ca = TlsFiles {
+            ca: Some(Path::new("/nonexistent/ca.pem")),
+            ..TlsFiles::default()
+        };
+        let e = Client::with_tls("http://x:1", None, ca).unwrap_err();
+        assert!(e.contains("need an https:// URL"), "{e}");
+        let e = Client::with_tls("https://x:1", None, ca).unwrap_err();
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
     }
 }

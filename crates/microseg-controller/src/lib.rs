@@ -1,5 +1,6 @@
 //! microseg-controller: the control plane. REST/JSON API and the AgentLink gRPC service
-//! on one address, behind a bearer token; resources stored in SQLite (default) or
+//! on one address (plain HTTP, or TLS with optional client certificates), behind a bearer
+//! token; resources stored in SQLite (default) or
 //! PostgreSQL (shared by several controllers), versioned by one global revision.
 
 pub mod client;
@@ -9,6 +10,7 @@ mod grpc;
 pub mod resources;
 mod rest;
 pub mod store;
+pub mod tls;
 
 pub use crate::core::{parse_duration, rfc3339, Core};
 pub use error::Error;
@@ -33,6 +35,12 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// Recent flows kept for `GET /v1/flows`.
     pub flow_buffer: usize,
+    /// TLS: the server's certificate chain and private key (PEM). Without them the
+    /// controller serves plain HTTP.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: clients must present a certificate issued by one of these CAs (PEM).
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Options {
@@ -43,6 +51,23 @@ impl Options {
             token_file: None,
             state_dir: state_dir.into(),
             flow_buffer: 10_000,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+        }
+    }
+
+    /// The TLS configuration the flags ask for (None: plain HTTP).
+    pub fn tls_config(&self) -> Result<Option<Arc<rustls::ServerConfig>>, ControllerError> {
+        match (&self.tls_cert, &self.tls_key, &self.tls_client_ca) {
+            (None, None, None) => Ok(None),
+            (Some(cert), Some(key), ca) => tls::server_config(cert, key, ca.as_deref())
+                .map(Some)
+                .map_err(|e| ControllerError::BadInput(format!("TLS: {e}"))),
+            _ => Err(ControllerError::BadInput(
+                "TLS needs both --tls-cert and --tls-key (and --tls-client-ca only with them)"
+                    .into(),
+            )),
         }
     }
 }
@@ -133,6 +158,8 @@ pub async fn open_store(opts: &Options) -> Result<Arc<dyn Store>, ControllerErro
 pub struct Running {
     pub addr: SocketAddr,
     pub token: String,
+    /// Serving over TLS (`https://`).
+    pub tls: bool,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -152,6 +179,7 @@ fn ensure_dir(p: &Path) -> Result<(), ControllerError> {
 
 /// Opens the store, binds `opts.listen` and serves until [`Running::stop`].
 pub async fn start(opts: &Options) -> Result<Running, ControllerError> {
+    let tls = opts.tls_config()?;
     ensure_dir(&opts.state_dir)?;
     let token = load_token(opts)?;
     let store = open_store(opts).await?;
@@ -171,18 +199,37 @@ pub async fn start(opts: &Options) -> Result<Running, ControllerError> {
     let core = Arc::new(Core::new(store, rev, opts.flow_buffer, stop_rx.clone()));
     let app = rest::app(core, token.clone());
     let mut stopped = stop_rx.clone();
-    let task = tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        });
-        if let Err(e) = serve.await {
-            log::error!("serving: {e}");
+    let stopping = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    let mode = match (&tls, &opts.tls_client_ca) {
+        (None, _) => "plain HTTP",
+        (Some(_), None) => "TLS",
+        (Some(_), Some(_)) => "mutual TLS",
+    };
+    let task = match tls.clone() {
+        None => tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(stopping);
+            if let Err(e) = serve.await {
+                log::error!("serving: {e}");
+            }
+        }),
+        Some(cfg) => {
+            let listener = tls::TlsListener::new(listener, cfg)
+                .map_err(|e| ControllerError::Runtime(e.to_string()))?;
+            tokio::spawn(async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(stopping);
+                if let Err(e) = serve.await {
+                    log::error!("serving: {e}");
+                }
+            })
         }
-    });
-    log::info!("controller listening on {addr} (REST and gRPC, revision {rev0})");
+    };
+    log::info!("controller listening on {addr} (REST and gRPC, {mode}, revision {rev0})");
     Ok(Running {
         addr,
         token,
+        tls: tls.is_some(),
         stop,
         task,
     })

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use microseg_controller::client::{encode, Client, Reply};
+use microseg_controller::client::{encode, Client, Reply, TlsFiles};
 use serde_json::Value;
 
 /// Where the controller is and how to talk to it.
@@ -22,6 +22,8 @@ pub struct ClientArgs {
     /// controller's /var/lib/microseg/controller.token when readable).
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Output format: table (default), json or yaml.
     #[arg(
         short = 'o',
@@ -30,6 +32,31 @@ pub struct ClientArgs {
         value_name = "FORMAT"
     )]
     pub output: String,
+}
+
+/// Certificates for an https:// controller.
+#[derive(Args, Clone, Default)]
+pub struct TlsArgs {
+    /// The CA certificates (PEM) that issued the controller's certificate (default: the
+    /// system's CA bundle). https:// only.
+    #[arg(long, value_name = "PATH")]
+    pub tls_ca: Option<PathBuf>,
+    /// Mutual TLS: the client certificate chain (PEM), with --tls-key.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Mutual TLS: the client's private key (PEM), with --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn files(&self) -> TlsFiles<'_> {
+        TlsFiles {
+            ca: self.tls_ca.as_deref(),
+            cert: self.tls_cert.as_deref(),
+            key: self.tls_key.as_deref(),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -112,7 +139,8 @@ fn token(c: &ClientArgs) -> Result<Option<String>, Fail> {
 }
 
 fn client(c: &ClientArgs) -> Result<Client, Fail> {
-    Client::new(&c.server, token(c)?).map_err(|e| Fail(format!("error: {e}"), 2))
+    Client::with_tls(&c.server, token(c)?, c.tls.files())
+        .map_err(|e| Fail(format!("error: {e}"), 2))
 }
 
 /// One request; a non-2xx answer becomes a failure (4xx: exit 2, otherwise 1).
@@ -700,6 +728,7 @@ pub fn status(c: &ClientArgs) -> ExitCode {
 pub fn remote_flows(
     server: &str,
     token_file: Option<&Path>,
+    tls: TlsArgs,
     verdict: Option<&str>,
     workload: Option<&str>,
     since_s: Option<f64>,
@@ -708,6 +737,7 @@ pub fn remote_flows(
     let c = ClientArgs {
         server: server.to_string(),
         token_file: token_file.map(Path::to_path_buf),
+        tls,
         output: "json".into(),
     };
     finish((|| {

@@ -24,6 +24,16 @@ pub struct ControllerArgs {
     /// How many recent flows uploaded by agents to keep.
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     flow_buffer: usize,
+    /// Serve REST and gRPC over TLS with this certificate chain (PEM), with --tls-key.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: require every client (agents, CLI) to present a certificate issued by
+    /// one of these CAs (PEM). Needs --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 pub fn run(a: ControllerArgs) -> ExitCode {
@@ -32,6 +42,9 @@ pub fn run(a: ControllerArgs) -> ExitCode {
     opts.db = a.db;
     opts.token_file = a.token_file;
     opts.flow_buffer = a.flow_buffer;
+    opts.tls_cert = a.tls_cert;
+    opts.tls_key = a.tls_key;
+    opts.tls_client_ca = a.tls_client_ca;
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

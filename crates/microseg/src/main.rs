@@ -61,6 +61,16 @@ struct AgentArgs {
     /// Bearer token for the controller (else the MICROSEG_TOKEN variable).
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
+    /// For an https:// controller: the CA certificates (PEM) that issued its certificate
+    /// (default: the system's CA bundle).
+    #[arg(long, value_name = "PATH", requires = "controller")]
+    tls_ca: Option<PathBuf>,
+    /// Mutual TLS: this agent's certificate chain (PEM), with --tls-key.
+    #[arg(long, value_name = "PATH", requires_all = ["controller", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// Mutual TLS: this agent's private key (PEM), with --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Labels for discovered workloads: a JSON object {"<netns>": {"key": "value"}}.
     #[arg(long, value_name = "PATH")]
     labels_file: Option<PathBuf>,
@@ -96,6 +106,32 @@ fn main() -> ExitCode {
         Command::Controller(c) => controller_cmd::run(c),
         Command::Workload { command } => client_cmd::workload(command),
         Command::Status(c) => client_cmd::status(&c),
+    }
+}
+
+/// Checks the agent's TLS flags against the controller URL; the CA file to trust (for
+/// https: --tls-ca, else the system bundle).
+fn controller_tls(url: &str, files: [&Option<PathBuf>; 3]) -> Result<Option<PathBuf>, String> {
+    let ca = files[0];
+    if !url.starts_with("https://") {
+        if files.iter().any(|f| f.is_some()) {
+            return Err(format!(
+                "--controller {url}: --tls-ca, --tls-cert and --tls-key need an https:// URL"
+            ));
+        }
+        return Ok(None);
+    }
+    // Readable now, so a typo fails at start rather than at every reconnect.
+    for p in files.into_iter().flatten() {
+        std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    match ca {
+        Some(p) => Ok(Some(p.clone())),
+        None => microseg_controller::tls::system_ca_file()
+            .map(|p| Some(p.to_path_buf()))
+            .ok_or_else(|| {
+                format!("--controller {url}: no system CA bundle found; give --tls-ca PATH")
+            }),
     }
 }
 
@@ -149,10 +185,20 @@ fn agent(a: AgentArgs) -> ExitCode {
                 );
                 return ExitCode::from(2);
             }
+            let tls_ca = match controller_tls(url, [&a.tls_ca, &a.tls_cert, &a.tls_key]) {
+                Ok(ca) => ca,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             microseg_agent::Source::Controller(microseg_agent::ControllerLink {
                 url: url.clone(),
                 token,
                 labels_file: a.labels_file.clone(),
+                tls_ca,
+                tls_cert: a.tls_cert.clone(),
+                tls_key: a.tls_key.clone(),
             })
         }
     };

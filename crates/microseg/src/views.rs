@@ -45,6 +45,9 @@ pub struct FlowArgs {
     /// Bearer token for --server (else MICROSEG_TOKEN).
     #[arg(long, value_name = "PATH", requires = "server")]
     token_file: Option<PathBuf>,
+    /// Certificates for an https:// --server.
+    #[command(flatten)]
+    tls: crate::client_cmd::TlsArgs,
 }
 
 /// "90s", "5m", "1h30m", "2d" → seconds.
@@ -193,6 +196,7 @@ pub fn flows(f: &FlowArgs) -> ExitCode {
         return crate::client_cmd::remote_flows(
             server,
             f.token_file.as_deref(),
+            f.tls.clone(),
             f.verdict.as_deref(),
             f.workload.as_deref(),
             f.since,

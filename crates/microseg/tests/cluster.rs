@@ -12,6 +12,8 @@
 //! ```
 
 mod common;
+#[path = "../../microseg-controller/tests/common/pki.rs"]
+mod pki;
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -39,9 +41,12 @@ struct Cluster {
     controller: Option<Child>,
     agents: Vec<(String, Option<Child>)>,
     servers: Vec<Server>,
+    /// Mutual TLS between the agents (and the CLI) and the controller.
+    tls: Option<pki::Pki>,
 }
 
 const CTL_URL: &str = "http://10.79.0.1:7070";
+const CTL_TLS_URL: &str = "https://10.79.0.1:7070";
 
 impl Cluster {
     fn new(test: &str) -> Cluster {
@@ -56,6 +61,7 @@ impl Cluster {
             controller: None,
             agents: Vec::new(),
             servers: Vec::new(),
+            tls: None,
         };
         let ctl = c.ns("ctl");
         sh(&["ip", "-n", &ctl, "link", "add", "mgmt", "type", "bridge"]);
@@ -110,6 +116,36 @@ impl Cluster {
         c.workload("nodeb", "cache", "10.78.0.22");
         std::fs::write(c.dir.join("token"), "cluster-test-token\n").unwrap();
         c
+    }
+
+    /// Certificates for mutual TLS: the controller's for 10.79.0.1, one client
+    /// certificate shared by the agents and the CLI.
+    fn with_tls(mut self) -> Cluster {
+        self.tls = Some(pki::Pki::write(&self.dir.join("pki"), &["10.79.0.1"]));
+        self
+    }
+
+    fn url(&self) -> &'static str {
+        if self.tls.is_some() {
+            CTL_TLS_URL
+        } else {
+            CTL_URL
+        }
+    }
+
+    /// The client side's TLS flags (none without TLS).
+    fn client_tls(&self) -> Vec<PathBuf> {
+        match &self.tls {
+            None => Vec::new(),
+            Some(p) => vec![
+                "--tls-ca".into(),
+                p.ca.clone(),
+                "--tls-cert".into(),
+                p.client_cert.clone(),
+                "--tls-key".into(),
+                p.client_key.clone(),
+            ],
+        }
     }
 
     fn name(&self, short: &str) -> String {
@@ -181,8 +217,20 @@ impl Cluster {
             .unwrap();
         let token = self.dir.join("token");
         let state = self.dir.join("ctl-state");
+        let tls: Vec<PathBuf> = match &self.tls {
+            None => Vec::new(),
+            Some(p) => vec![
+                "--tls-cert".into(),
+                p.server_cert.clone(),
+                "--tls-key".into(),
+                p.server_key.clone(),
+                "--tls-client-ca".into(),
+                p.ca.clone(),
+            ],
+        };
         let child = self
             .in_ns("ctl", &[BIN, "controller", "--listen", "10.79.0.1:7070"])
+            .args(&tls)
             .arg("--token-file")
             .arg(&token)
             .arg("--state-dir")
@@ -230,7 +278,7 @@ impl Cluster {
                     BIN,
                     "agent",
                     "--controller",
-                    CTL_URL,
+                    self.url(),
                     "--node",
                     node,
                     "--bpffs",
@@ -245,6 +293,7 @@ impl Cluster {
             .arg(&socket)
             .arg("--state-dir")
             .arg(&self.dir)
+            .args(self.client_tls())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -267,8 +316,9 @@ impl Cluster {
     fn cli(&self, args: &[&str]) -> Output {
         self.in_ns("ctl", &[BIN])
             .args(args)
-            .args(["--server", CTL_URL, "--token-file"])
+            .args(["--server", self.url(), "--token-file"])
             .arg(self.dir.join("token"))
+            .args(self.client_tls())
             .output()
             .unwrap()
     }
@@ -469,4 +519,49 @@ fn a_policy_applied_through_the_cli_is_enforced_on_both_nodes_and_survives_resta
         c.tcp_ok("web", "10.78.0.21", 5432),
         "web allowed by the new db-ingress"
     );
+}
+
+/// The same link over mutual TLS: the agents connect with their client certificate, the
+/// CLI too, and a policy applied through the CLI is enforced on both nodes.
+#[test]
+fn agents_link_to_the_controller_over_mutual_tls() {
+    let mut c = Cluster::new("mtls").with_tls();
+    c.start_controller();
+    c.start_agent("nodea");
+    c.start_agent("nodeb");
+    c.servers.push(tcp_echo_in(c.name("db"), 5432));
+    assert!(
+        eventually(Duration::from_secs(20), || c.in_sync()),
+        "nodes in sync over mutual TLS: {}\n{}",
+        c.status(),
+        c.logs()
+    );
+    assert!(
+        c.tcp_ok("web", "10.78.0.21", 5432),
+        "open before any policy"
+    );
+    c.apply(DB_FROM_CACHE_ONLY);
+    assert!(
+        eventually(Duration::from_secs(5), || c.in_sync()),
+        "both nodes enforce the new revision: {}",
+        c.status()
+    );
+    assert!(
+        !c.tcp_ok("web", "10.78.0.21", 5432),
+        "web denied\n{}",
+        c.logs()
+    );
+    assert!(c.tcp_ok("cache", "10.78.0.21", 5432), "cache allowed");
+    // The CLI without a client certificate is refused.
+    let out = c
+        .in_ns(
+            "ctl",
+            &[BIN, "status", "--server", CTL_TLS_URL, "--token-file"],
+        )
+        .arg(c.dir.join("token"))
+        .arg("--tls-ca")
+        .arg(&c.tls.as_ref().unwrap().ca)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
 }

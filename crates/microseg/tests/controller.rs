@@ -23,11 +23,22 @@ fn free_port() -> u16 {
 
 impl Controller {
     fn start(test: &str) -> Controller {
+        Controller::start_with(test, |_| Vec::new())
+    }
+
+    /// `extra(dir)`: more controller flags; any `--tls-cert` makes the URL https.
+    fn start_with(test: &str, extra: impl FnOnce(&Path) -> Vec<String>) -> Controller {
         let dir = std::env::temp_dir().join(format!("msctl-cli-{}-{test}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
         let log = std::fs::File::create(dir.join("controller.log")).unwrap();
+        let extra = extra(&dir);
+        let scheme = if extra.iter().any(|a| a == "--tls-cert") {
+            "https"
+        } else {
+            "http"
+        };
         let child = Command::new(BIN)
             .args([
                 "controller",
@@ -36,6 +47,7 @@ impl Controller {
                 "--state-dir",
             ])
             .arg(dir.join("state"))
+            .args(&extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -43,7 +55,7 @@ impl Controller {
         let c = Controller {
             child: Some(child),
             dir,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
@@ -96,6 +108,112 @@ impl Drop for Controller {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+#[path = "../../microseg-controller/tests/common/pki.rs"]
+mod pki;
+
+/// The controller over mutual TLS with certificates made here; the client commands with
+/// the CA and a client certificate, without one, and with one of another CA.
+#[test]
+fn client_commands_over_mutual_tls() {
+    let pki = std::cell::OnceCell::new();
+    let c = Controller::start_with("mtls", |dir| {
+        let p = pki.get_or_init(|| pki::Pki::write(&dir.join("pki"), &["127.0.0.1"]));
+        let s = |p: &Path| p.to_string_lossy().into_owned();
+        vec![
+            "--tls-cert".into(),
+            s(&p.server_cert),
+            "--tls-key".into(),
+            s(&p.server_key),
+            "--tls-client-ca".into(),
+            s(&p.ca),
+        ]
+    });
+    let pki = pki.get().unwrap();
+    assert!(c.url.starts_with("https://"), "{}", c.url);
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let (ca, cert, key) = (path(&pki.ca), path(&pki.client_cert), path(&pki.client_key));
+    let mtls = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--tls-ca", &ca, "--tls-cert", &cert, "--tls-key", &key]);
+        c.cli(&all)
+    };
+    let f = c.file("p.yaml", &policy("db-ingress", 5432));
+    let (code, out, err) = mtls(&["policy", "apply", "-f", &f]);
+    assert_eq!(code, 0, "{out}{err}{}", c.log());
+    let (code, out, err) = mtls(&["policy", "list", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["items"][0]["metadata"]["name"], "db-ingress");
+    let (code, out, err) = mtls(&["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("revision 1"), "{out}");
+    let (code, _, err) = mtls(&["workload", "list"]);
+    assert_eq!(code, 0, "{err}");
+    // flows --server takes the same flags (and its own --server).
+    let tf = c.token_file();
+    let (code, out, err) = run(Command::new(BIN)
+        .args(["flows", "-o", "json", "--server", &c.url, "--token-file"])
+        .arg(&tf)
+        .args(["--tls-ca", &ca, "--tls-cert", &cert, "--tls-key", &key])
+        .output()
+        .unwrap());
+    assert_eq!(code, 0, "{out}{err}");
+
+    // Without a client certificate, or with one of another CA: refused (exit 1).
+    let (code, _, err) = c.cli(&["status", "--tls-ca", &ca]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot reach the controller"), "{err}");
+    let (other_cert, other_key) = (path(&pki.other_cert), path(&pki.other_key));
+    let (code, _, err) = c.cli(&[
+        "policy",
+        "delete",
+        "db-ingress",
+        "--tls-ca",
+        &ca,
+        "--tls-cert",
+        &other_cert,
+        "--tls-key",
+        &other_key,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    // A client that trusts another CA refuses the controller.
+    let other_ca = path(&pki.other_ca);
+    let (code, _, err) = c.cli(&[
+        "status",
+        "--tls-ca",
+        &other_ca,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    // Nothing was deleted.
+    let (code, out, _) = mtls(&["policy", "get", "db-ingress", "-o", "json"]);
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["metadata"]["name"], "db-ingress");
+
+    // Usage errors: TLS flags with http://, --tls-cert without --tls-key (exit 2).
+    let tf = tf.to_str().unwrap().to_string();
+    let http = c.url.replace("https://", "http://");
+    let (code, _, err) = run(Command::new(BIN)
+        .args([
+            "status",
+            "--server",
+            &http,
+            "--token-file",
+            &tf,
+            "--tls-ca",
+            &ca,
+        ])
+        .output()
+        .unwrap());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("https://"), "{err}");
+    let (code, _, err) = c.cli(&["status", "--tls-ca", &ca, "--tls-cert", &cert]);
+    assert_eq!(code, 2, "{err}");
 }
 
 fn run(out: Output) -> (i32, String, String) {

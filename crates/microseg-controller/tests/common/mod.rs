@@ -3,6 +3,8 @@
 //! and removed on drop), and the REST client.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use microseg_controller::client::{Client, Reply};
 use microseg_controller::{Options, Running};
 use serde_json::Value;
@@ -174,6 +176,11 @@ impl Ctl {
         let mut opts = Options::new(state_dir);
         opts.listen = "127.0.0.1:0".into();
         opts.db = db.map(str::to_string);
+        Ctl::start_with(opts)
+    }
+
+    /// With options of the caller's (e.g. TLS).
+    pub fn start_with(opts: Options) -> Ctl {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -190,7 +197,9 @@ impl Ctl {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.running.as_ref().unwrap().addr)
+        let r = self.running.as_ref().unwrap();
+        let scheme = if r.tls { "https" } else { "http" };
+        format!("{scheme}://{}", r.addr)
     }
 
     pub fn token(&self) -> String {
