@@ -42,6 +42,19 @@ impl FromIterator<Resource> for ResourceSet {
 /// Parses every document of one file. Only resources without errors are returned;
 /// all errors are collected, in file order.
 pub fn parse_str(file: &str, text: &str) -> (Vec<Resource>, Vec<Diagnostic>) {
+    // Fast path for JSON; anything it finds wrong is reported by the YAML path, which
+    // knows every position.
+    if let Some(node) = crate::yaml::json_document(text) {
+        let mut ctx = Ctx::new(file);
+        let items = top_level_items(&mut ctx, &node);
+        let out: Vec<Resource> = items
+            .into_iter()
+            .filter_map(|item| parse_resource(&mut ctx, item))
+            .collect();
+        if ctx.diags.is_empty() {
+            return (out, Vec::new());
+        }
+    }
     let mut diags = Vec::new();
     let docs = load_documents(file, text, &mut diags);
     let mut ctx = Ctx::new(file);

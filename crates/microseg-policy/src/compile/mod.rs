@@ -7,7 +7,9 @@
 mod entries;
 mod identity;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use microseg_common::{
     dir_flags, endpoint_flags, rank, tables::*, tier, verdict, EndpointInfo, IDENTITY_ANY,
@@ -57,11 +59,11 @@ pub struct Compiled {
 #[derive(Default)]
 pub struct Compiler {
     identities: IdentityAllocator,
-    rule_ids: HashMap<(String, Direction, u32), u32>,
+    rule_ids: FxHashMap<(String, Direction, u32), u32>,
     free_rule_ids: Vec<u32>,
     next_rule_id: u32,
     /// (enforce policies, audit policies) selecting an endpoint → profile id.
-    profiles: HashMap<(Vec<String>, Vec<String>), u32>,
+    profiles: FxHashMap<(Vec<String>, Vec<String>), u32>,
     next_profile: u32,
 }
 
@@ -88,7 +90,7 @@ impl Compiler {
     pub fn compile(&mut self, set: &ResourceSet, local: &[LocalEndpoint]) -> Compiled {
         let mut ids = Identities::build(set, &mut self.identities);
         let (rules, new_rule_ids) = self.number_rules(set);
-        let rule_id_of: HashMap<(&str, Direction, u32), u32> = rules
+        let rule_id_of: FxHashMap<(&str, Direction, u32), u32> = rules
             .iter()
             .map(|(id, r)| ((r.policy.as_str(), r.direction, r.index), *id))
             .collect();
@@ -99,8 +101,8 @@ impl Compiler {
         };
         let mut endpoints = BTreeMap::new();
         let mut problems = Vec::new();
-        let mut profile_flags: HashMap<u32, [u8; 4]> = HashMap::new();
-        let mut used_profiles = HashSet::new();
+        let mut profile_flags: FxHashMap<u32, [u8; 4]> = FxHashMap::default();
+        let mut used_profiles = FxHashSet::default();
         for ep in local {
             let Some(w) = set.workloads.iter().find(|w| w.name == ep.workload) else {
                 continue;
@@ -176,7 +178,7 @@ impl Compiler {
     /// Stable rule ids for every rule of every policy; returns them and the ids new to use.
     fn number_rules(&mut self, set: &ResourceSet) -> (BTreeMap<u32, RuleInfo>, Vec<u32>) {
         let mut rules = BTreeMap::new();
-        let mut live = HashSet::new();
+        let mut live = FxHashSet::default();
         for p in &set.policies {
             for dir in [Direction::Ingress, Direction::Egress] {
                 for (i, r) in p.section(dir).unwrap_or(&[]).iter().enumerate() {
@@ -257,7 +259,7 @@ pub fn unsupported(_set: &ResourceSet) -> Vec<crate::Diagnostic> {
 fn compile_profile(
     profile: u32,
     tiers: &[(u8, &[&Policy]); 2],
-    rule_id_of: &HashMap<(&str, Direction, u32), u32>,
+    rule_id_of: &FxHashMap<(&str, Direction, u32), u32>,
     ids: &mut Identities,
     workload: &str,
     out: &mut Output,
