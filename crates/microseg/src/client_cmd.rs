@@ -389,38 +389,6 @@ fn workload_rows(items: &[Value]) -> Vec<Vec<String>> {
 
 // ---- policy ------------------------------------------------------------------------
 
-/// Files named on the command line: files as given, directories' *.yaml, *.yml and
-/// *.json (sorted, recursive, hidden entries skipped).
-fn collect(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    if !path.is_dir() {
-        out.push(path.to_path_buf());
-        return Ok(());
-    }
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    entries.sort();
-    for p in entries {
-        let hidden = p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_none_or(|n| n.starts_with('.'));
-        if hidden {
-            continue;
-        }
-        if p.is_dir() {
-            collect(&p, out)?;
-        } else if p
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
-        {
-            out.push(p);
-        }
-    }
-    Ok(())
-}
-
 /// A progress bar on stderr, drawn only on a terminal (or with MICROSEG_PROGRESS=1).
 struct Progress {
     total: usize,
@@ -466,10 +434,10 @@ pub fn apply(files: &[PathBuf], c: &ClientArgs) -> ExitCode {
     finish((|| {
         let f = format(c)?;
         let cl = client(c)?;
-        let mut paths = Vec::new();
-        for p in files {
-            collect(p, &mut paths)
-                .map_err(|e| Fail(format!("{}: cannot read directory: {e}", p.display()), 2))?;
+        let (paths, unreadable) = microseg_policy::policy_files(files);
+        if !unreadable.is_empty() {
+            let msg: Vec<String> = unreadable.iter().map(ToString::to_string).collect();
+            return Err(Fail(msg.join("\n"), 2));
         }
         // Everything is checked before anything is sent: an error in one file applies none.
         if let Err(diags) = microseg_policy::load_paths(&paths) {

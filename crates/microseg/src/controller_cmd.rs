@@ -45,16 +45,9 @@ pub fn run(a: ControllerArgs) -> ExitCode {
     opts.tls_cert = a.tls_cert;
     opts.tls_key = a.tls_key;
     opts.tls_client_ca = a.tls_client_ca;
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     match rt.block_on(microseg_controller::run(opts)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -202,16 +202,9 @@ fn agent(a: AgentArgs) -> ExitCode {
             })
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     match rt.block_on(microseg_agent::run(opts, source)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -226,4 +219,16 @@ fn agent(a: AgentArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The async runtime of the long-running commands (agent, controller): two workers.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        })
 }
