@@ -17,6 +17,13 @@
 //! 172.16.0.0+i+1/32 to the server, port 1024+(i mod 60000)), then the rule that allows the
 //! real client→server flows (TCP 7001 iperf3, 7002 connections, 7003 request/response,
 //! UDP 7004). N = 0 means just that allowing rule.
+//!
+//! Rule changes: "one rule change" is one rule for every contender (microseg: a separate
+//! one-rule deny file at priority 10 next to the big policy, removed again to undo;
+//! iptables: `-D`/`-A` of one rule; nftables: delete/add of one map element), repeated
+//! `--changes` times per turn; "rule set replaced" rewrites the whole set without that rule.
+//! Every write waits a random 0-100 ms first, so it lands at a random phase of the agent's
+//! 100 ms policy poll.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -682,9 +689,11 @@ fn microseg_workloads() -> String {
     )
 }
 
-/// `n` rules (n-1 non-matching, then the allowing one); `with_allow=false` leaves the
-/// allowing rule out; `n=None`: a policy with an empty ingress section (default deny).
-fn microseg_policy(n: Option<usize>, with_allow: bool) -> String {
+/// `n` rules (n-1 non-matching, then the allowing one); `with_cps=false` leaves the
+/// connection port out of the allowing rule (the "rule set replaced" measurement, the same
+/// change iptables and nftables get); `n=None`: a policy with an empty ingress section
+/// (default deny).
+fn microseg_policy(n: Option<usize>, with_cps: bool) -> String {
     let mut s = String::from(
         "apiVersion: microseg.io/v1\nkind: Policy\nmetadata: {name: bench}\nspec:\n  selector: {matchLabels: {app: server}}\n",
     );
@@ -693,10 +702,6 @@ fn microseg_policy(n: Option<usize>, with_allow: bool) -> String {
         return s;
     };
     let dummies = n.max(1) - 1;
-    if dummies == 0 && !with_allow {
-        s.push_str("  ingress: []\n");
-        return s;
-    }
     s.push_str("  ingress:\n");
     for i in 0..dummies {
         let (ip, port) = dummy(i);
@@ -704,12 +709,26 @@ fn microseg_policy(n: Option<usize>, with_allow: bool) -> String {
             "    - action: allow\n      from: [{{cidr: {ip}/32}}]\n      ports: [{{protocol: TCP, port: {port}}}]\n"
         ));
     }
-    if with_allow {
-        s.push_str(&format!(
-            "    - action: allow\n      from: [{{cidr: {CLI_IP}/32}}]\n      ports: [{{protocol: TCP, port: {P_IPERF}}}, {{protocol: TCP, port: {P_RR}}}, {{protocol: UDP, port: {P_UDP}}}, {{protocol: TCP, port: {P_CPS}}}]\n"
-        ));
-    }
+    let cps = if with_cps {
+        format!(", {{protocol: TCP, port: {P_CPS}}}")
+    } else {
+        String::new()
+    };
+    s.push_str(&format!(
+        "    - action: allow\n      from: [{{cidr: {CLI_IP}/32}}]\n      ports: [{{protocol: TCP, port: {P_IPERF}}}, {{protocol: TCP, port: {P_RR}}}, {{protocol: UDP, port: {P_UDP}}}{cps}]\n"
+    ));
     s
+}
+
+/// The one-rule change for microseg: a small file of its own next to the big policy, holding
+/// one deny rule for the client's connection flow at priority 10 (the big policy has the
+/// default 1000, and lower numbers win). Writing it is the change; removing it undoes it.
+/// Like `iptables -D` of one rule or `nft delete element` of one element, nothing else in
+/// the policy directory is touched.
+fn microseg_deny_one() -> String {
+    format!(
+        "apiVersion: microseg.io/v1\nkind: Policy\nmetadata: {{name: deny-one}}\nspec:\n  selector: {{matchLabels: {{app: server}}}}\n  priority: 10\n  ingress:\n    - action: deny\n      from: [{{cidr: {CLI_IP}/32}}]\n      ports: [{{protocol: TCP, port: {P_CPS}}}]\n"
+    )
 }
 
 const ALLOW_IPT: [(&str, u16); 4] = [
@@ -719,7 +738,9 @@ const ALLOW_IPT: [(&str, u16); 4] = [
     ("tcp", P_CPS),
 ];
 
-fn iptables_rules(n: Option<usize>) -> String {
+/// `with_cps = false` leaves out the rule for the connection port (the "rule set replaced"
+/// measurement: the whole set again, without that one rule).
+fn iptables_rules(n: Option<usize>, with_cps: bool) -> String {
     let mut s = String::from(
         "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n",
     );
@@ -731,7 +752,7 @@ fn iptables_rules(n: Option<usize>) -> String {
             ));
         }
         // The allowing rule: one per protocol/port (iptables has no tcp+udp in one rule).
-        for (proto, port) in ALLOW_IPT {
+        for (proto, port) in ALLOW_IPT.iter().filter(|(_, p)| with_cps || *p != P_CPS) {
             s.push_str(&format!(
                 "-A FORWARD -s {CLI_IP}/32 -d {SRV_IP}/32 -p {proto} -m {proto} --dport {port} -j ACCEPT\n"
             ));
@@ -741,7 +762,7 @@ fn iptables_rules(n: Option<usize>) -> String {
     s
 }
 
-fn nft_rules(n: Option<usize>) -> String {
+fn nft_rules(n: Option<usize>, with_cps: bool) -> String {
     let mut s = String::from("table inet mcmp\ndelete table inet mcmp\ntable inet mcmp {\n  map allow {\n    type ipv4_addr . ipv4_addr . inet_proto . inet_service : verdict\n");
     if let Some(n) = n {
         s.push_str("    elements = {\n");
@@ -751,6 +772,7 @@ fn nft_rules(n: Option<usize>) -> String {
         }
         let allow: Vec<String> = ALLOW_IPT
             .iter()
+            .filter(|(_, p)| with_cps || *p != P_CPS)
             .map(|(p, port)| format!("      {CLI_IP} . {SRV_IP} . {p} . {port} : accept"))
             .collect();
         s.push_str(&allow.join(",\n"));
@@ -782,6 +804,42 @@ impl Who {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Change {
+    /// The one-rule change: microseg writes a one-rule deny file (priority 10) next to the
+    /// big policy; iptables deletes one rule; nftables deletes one map element.
+    One,
+    /// Undoes `One`: removes the file, appends the rule, adds the element back.
+    Undo,
+    /// The whole rule set replaced by the same set without the connection-port rule
+    /// (microseg: the 10 MB policy file rewritten; iptables-nft-restore; nft -f).
+    Replace,
+}
+
+/// The agent's default poll interval for policy files (`reload_interval`).
+const AGENT_POLL: Duration = Duration::from_millis(100);
+const DENY_ONE_FILE: &str = "deny-one.yaml";
+
+static RNG: AtomicU64 = AtomicU64::new(0);
+
+/// A uniformly random duration in [0, max), from a xorshift64* seeded by the clock and pid.
+fn jitter(max: Duration) -> Duration {
+    let mut x = RNG.load(Ordering::Relaxed);
+    if x == 0 {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        x = t ^ ((std::process::id() as u64) << 32) | 1;
+    }
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    RNG.store(x, Ordering::Relaxed);
+    let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+    Duration::from_nanos(((r >> 11) as f64 / (1u64 << 53) as f64 * max.as_nanos() as f64) as u64)
+}
+
 #[derive(Default, Clone)]
 struct Sample {
     cps: f64,
@@ -793,8 +851,16 @@ struct Sample {
     p99: f64,
     apply_cmd_ms: f64,
     apply_traffic_ms: f64,
-    change_ms: f64,
-    change_cmd_ms: f64,
+    /// One rule change, every sample of this turn: ms until new connections fail.
+    change_ms: Vec<f64>,
+    /// The same, until the command returned (microseg: until the agent logged the revision).
+    change_cmd_ms: Vec<f64>,
+    /// Undoing it: ms until new connections pass again.
+    undo_ms: Vec<f64>,
+    /// The whole rule set replaced by one without the connection-port rule: ms until new
+    /// connections fail, and until the command returned (microseg: the agent's log line).
+    replace_ms: f64,
+    replace_cmd_ms: f64,
     mem_kernel_kb: f64,
     mem_memlock_kb: f64,
     agent_rss_kb: f64,
@@ -809,6 +875,8 @@ struct Ctx {
     iperf_secs: u32,
     files: BTreeMap<usize, RuleFiles>,
     agent: Option<Child>,
+    /// One-rule changes (each followed by its undo) per turn.
+    changes: usize,
     revision_seen: u64,
 }
 
@@ -817,6 +885,8 @@ struct RuleFiles {
     mseg_revoked: PathBuf,
     ipt: PathBuf,
     nft: PathBuf,
+    ipt_revoked: PathBuf,
+    nft_revoked: PathBuf,
 }
 
 impl Ctx {
@@ -922,13 +992,13 @@ impl Ctx {
             }
             Who::Iptables => {
                 let f = self.t.dir.join("ipt-base.rules");
-                std::fs::write(&f, iptables_rules(None)).unwrap();
+                std::fs::write(&f, iptables_rules(None, true)).unwrap();
                 self.node_exec(&["iptables-nft-restore", f.to_str().unwrap()])
                     .map(|_| ())
             }
             Who::Nft => {
                 let f = self.t.dir.join("nft-base.nft");
-                std::fs::write(&f, nft_rules(None)).unwrap();
+                std::fs::write(&f, nft_rules(None, true)).unwrap();
                 self.node_exec(&["nft", "-f", f.to_str().unwrap()])
                     .map(|_| ())
             }
@@ -967,6 +1037,7 @@ impl Ctx {
 
     /// Applies the rule set of size `n`: (command ms, traffic ms).
     fn apply(&mut self, who: Who, n: usize) -> (f64, f64) {
+        std::thread::sleep(jitter(AGENT_POLL));
         let (tx, probe) = spawn_probe(&self.t, true, Duration::from_secs(90));
         let files = &self.files[&n];
         let (mseg, ipt, nft) = (
@@ -1002,41 +1073,70 @@ impl Ctx {
         (cmd_ms, traffic)
     }
 
-    /// Revokes the allowing rule: (command ms, ms until new connections fail).
-    fn revoke(&mut self, who: Who, n: usize) -> (f64, f64) {
-        let (tx, probe) = spawn_probe(&self.t, false, Duration::from_secs(60));
-        let revoked = self.files[&n].mseg_revoked.clone();
+    /// Writes `text` to `name` in the policy directory, atomically (write, then rename).
+    fn write_policy_file(&self, name: &str, text: &str) {
+        let tmp = self.t.dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.t.dir.join("policy").join(name)).unwrap();
+    }
+
+    /// One change of the rules (see `Change`): (command ms, traffic ms). Traffic: for
+    /// `One`/`Replace` the start time of the first probe that got no answer within 200 ms
+    /// (new connections fail); for `Undo` the time the first probe connected.
+    /// Every change waits a random 0..AGENT_POLL first, so the write lands at a random phase
+    /// of the agent's poll tick (the same wait for every contender; it is not counted).
+    fn change(&mut self, who: Who, n: usize, kind: Change) -> (f64, f64) {
+        std::thread::sleep(jitter(AGENT_POLL));
+        let (tx, probe) = spawn_probe(&self.t, kind == Change::Undo, Duration::from_secs(60));
+        let files = &self.files[&n];
+        let (mseg_rev, ipt_rev, nft_rev) = (
+            files.mseg_revoked.clone(),
+            files.ipt_revoked.clone(),
+            files.nft_revoked.clone(),
+        );
         let cps_rule =
             format!("-s {CLI_IP}/32 -d {SRV_IP}/32 -p tcp -m tcp --dport {P_CPS} -j ACCEPT");
+        let el = format!("{{ {CLI_IP} . {SRV_IP} . tcp . {P_CPS} : accept }}");
+        let el_key = format!("{{ {CLI_IP} . {SRV_IP} . tcp . {P_CPS} }}");
         let t0 = Instant::now();
         tx.send(t0).ok();
-        let cmd_ms = match who {
-            Who::Microseg => {
-                self.write_policy(Some(&revoked), None);
+        let done = |r: Result<String, String>| match r {
+            Ok(_) => t0.elapsed().as_secs_f64() * 1e3,
+            Err(e) => {
+                eprintln!("  {e}");
+                f64::NAN
+            }
+        };
+        let cmd_ms = match (who, kind) {
+            (Who::None, _) => f64::NAN,
+            (Who::Microseg, k) => {
+                match k {
+                    Change::One => self.write_policy_file(DENY_ONE_FILE, &microseg_deny_one()),
+                    Change::Undo => {
+                        std::fs::remove_file(self.t.dir.join("policy").join(DENY_ONE_FILE)).unwrap()
+                    }
+                    Change::Replace => self.write_policy(Some(&mseg_rev), None),
+                }
                 self.wait_revision(t0, Duration::from_secs(60))
             }
-            Who::Iptables => {
-                let mut args = vec!["iptables-nft", "-D", "FORWARD"];
+            (Who::Iptables, Change::One) | (Who::Iptables, Change::Undo) => {
+                let op = if kind == Change::One { "-D" } else { "-A" };
+                let mut args = vec!["iptables-nft", op, "FORWARD"];
                 args.extend(cps_rule.split(' '));
-                match self.node_exec(&args) {
-                    Ok(_) => t0.elapsed().as_secs_f64() * 1e3,
-                    Err(e) => {
-                        eprintln!("  {e}");
-                        f64::NAN
-                    }
-                }
+                done(self.node_exec(&args))
             }
-            Who::Nft => {
-                let el = format!("{{ {CLI_IP} . {SRV_IP} . tcp . {P_CPS} }}");
-                match self.node_exec(&["nft", "delete", "element", "inet", "mcmp", "allow", &el]) {
-                    Ok(_) => t0.elapsed().as_secs_f64() * 1e3,
-                    Err(e) => {
-                        eprintln!("  {e}");
-                        f64::NAN
-                    }
-                }
+            (Who::Iptables, Change::Replace) => {
+                done(self.node_exec(&["iptables-nft-restore", ipt_rev.to_str().unwrap()]))
             }
-            Who::None => f64::NAN,
+            (Who::Nft, Change::One) => done(
+                self.node_exec(&["nft", "delete", "element", "inet", "mcmp", "allow", &el_key]),
+            ),
+            (Who::Nft, Change::Undo) => {
+                done(self.node_exec(&["nft", "add", "element", "inet", "mcmp", "allow", &el]))
+            }
+            (Who::Nft, Change::Replace) => {
+                done(self.node_exec(&["nft", "-f", nft_rev.to_str().unwrap()]))
+            }
         };
         let traffic = probe.join().ok().flatten().unwrap_or(f64::NAN);
         (cmd_ms, traffic)
@@ -1067,6 +1167,7 @@ impl Ctx {
                     .status();
                 let _ = std::fs::remove_dir_all(&self.t.bpffs);
                 let _ = std::fs::remove_file(self.t.dir.join("policy").join("bench.yaml"));
+                let _ = std::fs::remove_file(self.t.dir.join("policy").join(DENY_ONE_FILE));
             }
             Who::Iptables | Who::Nft => {
                 let _ = self.node_exec(&["nft", "flush", "ruleset"]);
@@ -1139,9 +1240,25 @@ impl Ctx {
         }
         self.battery(&mut s);
         if who != Who::None {
-            let (cmd, traffic) = self.revoke(who, n);
-            s.change_cmd_ms = cmd;
-            s.change_ms = traffic;
+            // The one-rule change, `changes` times (change, then undo), then the whole rule
+            // set replaced by one without that rule.
+            for _ in 0..self.changes {
+                let (cmd, traffic) = self.change(who, n, Change::One);
+                s.change_cmd_ms.push(cmd);
+                s.change_ms.push(traffic);
+                let (_, back) = self.change(who, n, Change::Undo);
+                s.undo_ms.push(back);
+                if back.is_nan() {
+                    eprintln!(
+                        "  {}: traffic did not pass again after the undo",
+                        who.name()
+                    );
+                    break;
+                }
+            }
+            let (cmd, traffic) = self.change(who, n, Change::Replace);
+            s.replace_cmd_ms = cmd;
+            s.replace_ms = traffic;
         }
         Ok(s)
     }
@@ -1266,6 +1383,7 @@ struct Args {
     reps: usize,
     svg: Option<PathBuf>,
     diagnose: bool,
+    changes: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -1275,6 +1393,7 @@ fn parse_args() -> Result<Args, String> {
         reps: 0,
         svg: None,
         diagnose: false,
+        changes: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(s) = it.next() {
@@ -1306,9 +1425,16 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|e| format!("--reps: {e}"))?
             }
             "--diagnose" => a.diagnose = true,
+            "--changes" => {
+                a.changes = it
+                    .next()
+                    .ok_or("--changes needs N")?
+                    .parse()
+                    .map_err(|e| format!("--changes: {e}"))?
+            }
             "--svg" => a.svg = Some(PathBuf::from(it.next().ok_or("--svg needs a path")?)),
             "-h" | "--help" => {
-                println!("usage: microseg-compare [--quick] [--rules 0,1000,10000,100000] [--reps N] [--svg FILE] [--diagnose]");
+                println!("usage: microseg-compare [--quick] [--rules 0,1000,10000,100000] [--reps N] [--changes N] [--svg FILE] [--diagnose]");
                 std::process::exit(0);
             }
             x => return Err(format!("unknown argument {x}")),
@@ -1316,6 +1442,9 @@ fn parse_args() -> Result<Args, String> {
     }
     if a.reps == 0 {
         a.reps = if a.quick { 2 } else { 4 };
+    }
+    if a.changes == 0 {
+        a.changes = if a.quick { 2 } else { 3 };
     }
     Ok(a)
 }
@@ -1418,11 +1547,15 @@ fn run(a: &Args) -> Result<(), String> {
             mseg_revoked: d.join(format!("mseg-{n}-revoked.yaml")),
             ipt: d.join(format!("ipt-{n}.rules")),
             nft: d.join(format!("nft-{n}.nft")),
+            ipt_revoked: d.join(format!("ipt-{n}-revoked.rules")),
+            nft_revoked: d.join(format!("nft-{n}-revoked.nft")),
         };
         std::fs::write(&rf.mseg_full, microseg_policy(Some(n), true)).unwrap();
         std::fs::write(&rf.mseg_revoked, microseg_policy(Some(n), false)).unwrap();
-        std::fs::write(&rf.ipt, iptables_rules(Some(n))).unwrap();
-        std::fs::write(&rf.nft, nft_rules(Some(n))).unwrap();
+        std::fs::write(&rf.ipt, iptables_rules(Some(n), true)).unwrap();
+        std::fs::write(&rf.nft, nft_rules(Some(n), true)).unwrap();
+        std::fs::write(&rf.ipt_revoked, iptables_rules(Some(n), false)).unwrap();
+        std::fs::write(&rf.nft_revoked, nft_rules(Some(n), false)).unwrap();
         files.insert(n, rf);
     }
     let mut ctx = Ctx {
@@ -1432,6 +1565,7 @@ fn run(a: &Args) -> Result<(), String> {
         t,
         files,
         agent: None,
+        changes: a.changes,
         revision_seen: 0,
     };
     register(Undo::Cmd(ctx.agent_cleanup_cmd()));
@@ -1458,9 +1592,12 @@ fn run(a: &Args) -> Result<(), String> {
                 match res {
                     Ok(s) => {
                         eprintln!(
-                            "rules {n:>6} rep {rep} {:<13} cps {:>7.0} (failed {}) tcp1 {:>6.2} tcp4 {:>6.2} Gbit/s udp {:>8.0} pps rr p50 {:>6.1} p99 {:>7.1} us apply {:>8} ms (traffic {:>8} ms) change {:>7} ms agent cpu {}% [{:.1}s]",
+                            "rules {n:>6} rep {rep} {:<13} cps {:>7.0} (failed {}) tcp1 {:>6.2} tcp4 {:>6.2} Gbit/s udp {:>8.0} pps rr p50 {:>6.1} p99 {:>7.1} us apply {:>8} ms (traffic {:>8} ms) one change {:?} ms undo {:?} ms replaced {} ms agent cpu {}% [{:.1}s]",
                             who.name(), s.cps, s.cps_failed, s.tput1, s.tput4, s.udp, s.p50, s.p99,
-                            fmt(s.apply_cmd_ms, 1), fmt(s.apply_traffic_ms, 1), fmt(s.change_ms, 1), fmt(s.agent_cpu_pct, 0), t0.elapsed().as_secs_f64()
+                            fmt(s.apply_cmd_ms, 1), fmt(s.apply_traffic_ms, 1),
+                            s.change_ms.iter().map(|x| fmt(*x, 1)).collect::<Vec<_>>(),
+                            s.undo_ms.iter().map(|x| fmt(*x, 1)).collect::<Vec<_>>(),
+                            fmt(s.replace_ms, 1), fmt(s.agent_cpu_pct, 0), t0.elapsed().as_secs_f64()
                         );
                         got.insert(who, s);
                     }
@@ -1532,13 +1669,15 @@ fn run(a: &Args) -> Result<(), String> {
         std::env::args().skip(1).collect::<Vec<_>>().join(" "),
         nproc.trim(), cpu, uname.trim(), date.trim(), a.reps, ctx.secs, ctx.iperf_secs
     );
-    out += "| rules | contender | conn/s | x | TCP 1 stream Gbit/s | x | TCP 4 streams Gbit/s | x | UDP 64 B kpps | x | RR p50 us | x | RR p99 us | x | apply ms (cmd / traffic) | one change ms (traffic) | rule memory KiB |\n";
-    out += "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|\n";
+    out += "| rules | contender | conn/s | x | TCP 1 stream Gbit/s | x | TCP 4 streams Gbit/s | x | UDP 64 B kpps | x | RR p50 us | x | RR p99 us | x | apply ms (cmd / traffic) | one rule change ms (traffic) | rule set replaced ms (traffic) | rule memory KiB |\n";
+    out += "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|\n";
     let mut cps_med: BTreeMap<(usize, Who), f64> = BTreeMap::new();
     let mut cps_ratio: BTreeMap<(usize, Who), f64> = BTreeMap::new();
     let mut tput_ratio: BTreeMap<(usize, Who), (f64, f64)> = BTreeMap::new();
     let mut change: BTreeMap<(usize, Who), f64> = BTreeMap::new();
     let mut apply: BTreeMap<(usize, Who), f64> = BTreeMap::new();
+    let mut replace: BTreeMap<(usize, Who), f64> = BTreeMap::new();
+    let mut change_lines = String::new();
     for &n in &a.rules {
         for who in whos {
             let Some(v) = samples.get(&(n, who)) else {
@@ -1550,7 +1689,32 @@ fn run(a: &Args) -> Result<(), String> {
             cps_med.insert((n, who), m(|s| s.cps));
             cps_ratio.insert((n, who), r(|s| s.cps));
             tput_ratio.insert((n, who), (r(|s| s.tput1), r(|s| s.tput4)));
-            change.insert((n, who), m(|s| s.change_ms));
+            // Every one-rule-change sample of every rep, pooled.
+            let all = |f: fn(&Sample) -> &Vec<f64>| -> Vec<f64> {
+                v.iter().flat_map(|s| f(s).iter().copied()).collect()
+            };
+            let ch_all = all(|s| &s.change_ms);
+            change.insert((n, who), median(&ch_all));
+            if who != Who::None {
+                let span = |x: &[f64]| {
+                    let x: Vec<f64> = x.iter().copied().filter(|x| x.is_finite()).collect();
+                    format!(
+                        "median {} (min..max {}..{}, n={})",
+                        fmt(median(&x), 1),
+                        fmt(x.iter().copied().fold(f64::INFINITY, f64::min), 1),
+                        fmt(x.iter().copied().fold(f64::NEG_INFINITY, f64::max), 1),
+                        x.len()
+                    )
+                };
+                change_lines += &format!(
+                    "  {:>7} {:<13} change: traffic {}; cmd {}\n  {:>7} {:<13} undo:   traffic {}\n  {:>7} {:<13} rule set replaced: traffic {}; cmd {}\n",
+                    fmt_rules(n), who.name(), span(&ch_all), span(&all(|s| &s.change_cmd_ms)),
+                    "", "", span(&all(|s| &s.undo_ms)),
+                    "", "", span(&v.iter().map(|s| s.replace_ms).collect::<Vec<_>>()),
+                    span(&v.iter().map(|s| s.replace_cmd_ms).collect::<Vec<_>>())
+                );
+            }
+            replace.insert((n, who), m(|s| s.replace_ms));
             apply.insert((n, who), m(|s| s.apply_traffic_ms));
             let mem = match who {
                 Who::None => "-".to_string(),
@@ -1564,7 +1728,7 @@ fn run(a: &Args) -> Result<(), String> {
                 _ => format!("kernel {:+.0}", m(|s| s.mem_kernel_kb)),
             };
             out += &format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 fmt_rules(n), who.name(),
                 fmt(m(|s| s.cps), 0), fmt(r(|s| s.cps), 2),
                 fmt(m(|s| s.tput1), 2), fmt(r(|s| s.tput1), 2),
@@ -1573,7 +1737,8 @@ fn run(a: &Args) -> Result<(), String> {
                 fmt(m(|s| s.p50), 1), fmt(r(|s| s.p50), 2),
                 fmt(m(|s| s.p99), 1), fmt(r(|s| s.p99), 2),
                 if who == Who::None { "-".into() } else { format!("{} / {}", fmt(m(|s| s.apply_cmd_ms), 1), fmt(m(|s| s.apply_traffic_ms), 1)) },
-                if who == Who::None { "-".into() } else { fmt(m(|s| s.change_ms), 1) },
+                if who == Who::None { "-".into() } else { fmt(change[&(n, who)], 1) },
+                if who == Who::None { "-".into() } else { fmt(m(|s| s.replace_ms), 1) },
                 mem
             );
         }
@@ -1602,6 +1767,10 @@ fn run(a: &Args) -> Result<(), String> {
             );
         }
     }
+    out += &format!(
+        "\none rule change (ms; every change and undo after a random 0-{} ms wait, all samples of all reps pooled):\n{change_lines}",
+        AGENT_POLL.as_millis()
+    );
     out += &format!("\nsessions:\n{sess_line}");
 
     // ---- targets (issue 5)
@@ -1648,6 +1817,14 @@ fn run(a: &Args) -> Result<(), String> {
             .copied()
             .unwrap_or(f64::NAN);
         out += &format!("  {} one rule change enforced on traffic < 10 ms with {} rules: {} ms (nftables {} ms, iptables {} ms)\n", verdict(fin(ch) && ch < 10.0), fmt_rules(top), fmt(ch, 1), fmt(change.get(&(top, Who::Nft)).copied().unwrap_or(f64::NAN), 1), fmt(change.get(&(top, Who::Iptables)).copied().unwrap_or(f64::NAN), 1));
+        let rp = |w: Who| replace.get(&(top, w)).copied().unwrap_or(f64::NAN);
+        out += &format!(
+            "  info: rule set replaced (whole set rewritten without that rule) with {} rules: {} ms (nftables {} ms, iptables {} ms)\n",
+            fmt_rules(top),
+            fmt(rp(Who::Microseg), 1),
+            fmt(rp(Who::Nft), 1),
+            fmt(rp(Who::Iptables), 1)
+        );
         let ap = apply
             .get(&(top, Who::Microseg))
             .copied()

@@ -1065,6 +1065,14 @@ fn components(
         format!("{COPIES} x MSEG_RULE_COUNTERS lookup"),
         fd("MSEG_RULE_COUNTERS").map(|f| raw::lookups(f, &sess.rule_id.to_ne_bytes(), COPIES)),
     );
+    let host_key = IpKeyT {
+        slot,
+        addr: microseg_dataplane::common::tables::addr_words(IpAddr::V4(peer(last))),
+    };
+    add(
+        format!("{COPIES} x MSEG_HOST_IDENTITIES hash lookup (peer, exact address)"),
+        fd("MSEG_HOST_IDENTITIES").map(|f| raw::lookups(f, &bytes_of(&host_key), COPIES)),
+    );
     let mut lpm = (160u32).to_ne_bytes().to_vec();
     lpm.extend(bytes_of(&IpKeyT {
         slot,
