@@ -55,14 +55,9 @@ pub fn fingerprint(opts: &AgentOptions) -> Fingerprint {
 }
 
 /// Reads the policy files; every problem as `FILE:LINE:COL: message`.
+/// (What the data plane cannot hold is found when compiling, in [`enforce`].)
 pub fn load(loader: &mut Loader, opts: &AgentOptions) -> Result<ResourceSet, Vec<Diagnostic>> {
-    let set = loader.load(&opts.policy_paths)?;
-    let unsupported = microseg_policy::compile::unsupported(&set);
-    if unsupported.is_empty() {
-        Ok(set)
-    } else {
-        Err(unsupported)
-    }
+    loader.load(&opts.policy_paths)
 }
 
 /// Compiles `set` and enforces it: tables swapped in atomically, then classifiers attached
@@ -84,10 +79,11 @@ pub fn enforce(state: &mut State, set: ResourceSet, opts: &AgentOptions) -> Resu
         .collect();
     let compiled = state.compiler.compile(&set, &local);
     if !compiled.problems.is_empty() {
+        let problems: Vec<String> = compiled.problems.iter().map(ToString::to_string).collect();
         return Err(format!(
             "policy not applied, revision {} stays in force: {}",
             state.revision,
-            compiled.problems.join("; ")
+            problems.join("; ")
         ));
     }
     state

@@ -304,8 +304,9 @@ impl Core {
                 Resource::Policy(p) => new_set.policies.push(p.clone()),
             }
         }
+        // What the agents would refuse to compile (a capacity limit), refused here first.
         problems.extend(
-            microseg_policy::compile::unsupported(&new_set)
+            microseg_policy::compile::check(&new_set)
                 .iter()
                 .map(ToString::to_string),
         );

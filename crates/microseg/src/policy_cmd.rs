@@ -1,11 +1,10 @@
 //! `microseg policy check` and `microseg policy import`.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use microseg_policy::compile::{local_endpoints, Compiler};
+use microseg_policy::compile::compile_everywhere;
 use microseg_policy::{import_k8s, load_paths, policies_to_yaml};
 
 #[derive(Subcommand)]
@@ -62,15 +61,15 @@ pub fn run(cmd: PolicyCommand) -> ExitCode {
 
 fn check(files: &[PathBuf]) -> ExitCode {
     let loaded = load_paths(files).and_then(|set| {
-        let unsupported = microseg_policy::compile::unsupported(&set);
-        if unsupported.is_empty() {
-            Ok(set)
+        let (compiled, problems) = compile_everywhere(&set);
+        if problems.is_empty() {
+            Ok((set, compiled))
         } else {
-            Err(unsupported)
+            Err(problems)
         }
     });
-    let set = match loaded {
-        Ok(set) => set,
+    let (set, compiled) = match loaded {
+        Ok(x) => x,
         Err(diags) => {
             for d in &diags {
                 eprintln!("{d}");
@@ -79,22 +78,7 @@ fn check(files: &[PathBuf]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // What the policy costs: compile as if every workload with an interface were local.
-    let interfaces: HashMap<String, u32> = set
-        .workloads
-        .iter()
-        .filter_map(|w| w.interface.clone())
-        .enumerate()
-        .map(|(i, name)| (name, i as u32 + 1))
-        .collect();
-    let local = local_endpoints(&set, &interfaces);
-    let compiled = Compiler::new().compile(&set, &local);
-    if !compiled.problems.is_empty() {
-        for p in &compiled.problems {
-            eprintln!("error: {p}");
-        }
-        return ExitCode::from(2);
-    }
+    // What the policy costs, compiled as if every workload with an interface were local.
     let s = compiled.tables.sizes();
     println!(
         "ok: {} workload(s), {} policies, {} rule(s)",
@@ -103,10 +87,11 @@ fn check(files: &[PathBuf]) -> ExitCode {
         compiled.rules.len()
     );
     println!(
-        "compiled for {} workload(s) with an interface: {} policy entries, {} port-range tables, {} identities over {} prefixes, {} profile(s)",
-        local.len(),
+        "compiled for {} workload(s) with an interface: {} policy entries, {} port-range tables, {} source-port tables, {} identities over {} prefixes, {} profile(s)",
+        compiled.endpoints.len(),
         s.policy,
         s.port_ranges,
+        s.source_ports,
         compiled.identities.len(),
         s.identities,
         compiled.profiles

@@ -57,7 +57,7 @@ pub struct Output<'a> {
     pub port_ranges: &'a mut HashMap<PolicyKey, PortRangeTable>,
     pub source_ports: &'a mut HashMap<PolicyKey, SourcePortTable>,
     /// What could not be compiled; the caller must not apply the result.
-    pub problems: &'a mut Vec<String>,
+    pub problems: &'a mut Vec<super::Problem>,
 }
 
 impl Section {
@@ -117,13 +117,14 @@ impl Section {
     }
 
     /// Writes the section's entries; returns its `dir_flags` (peer, range and source-port
-    /// bits). `context` names the section in problems.
+    /// bits). `workload` and `dir` name the section in problems.
     pub fn emit(
         &self,
         profile: u32,
         tier: u8,
         direction: u8,
-        context: &str,
+        workload: &str,
+        dir: crate::Direction,
         out: &mut Output,
     ) -> u8 {
         let policy = &mut *out.policy;
@@ -134,10 +135,13 @@ impl Section {
                 continue;
             }
             if entries.len() > MAX_SOURCE_PORT_RULES {
-                out.problems.push(format!(
-                    "{context}: {} rule entries with sourcePorts apply to one peer; the data plane holds at most {MAX_SOURCE_PORT_RULES}",
-                    entries.len()
-                ));
+                out.problems.push(super::Problem {
+                    workload: workload.to_string(),
+                    message: format!(
+                        "{dir}: {} rule entries with sourcePorts apply to one peer; the data plane holds at most {MAX_SOURCE_PORT_RULES}",
+                        entries.len()
+                    ),
+                });
                 continue;
             }
             flags |= dir_flags::HAS_SOURCE_PORTS;

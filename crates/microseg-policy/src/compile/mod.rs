@@ -52,7 +52,20 @@ pub struct Compiled {
     pub profiles: usize,
     /// What could not be compiled (e.g. too many `sourcePorts` rules for one peer); when
     /// not empty the tables are incomplete and must not be applied.
-    pub problems: Vec<String>,
+    pub problems: Vec<Problem>,
+}
+
+/// Something of one workload's policy the data plane cannot hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub workload: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "workload \"{}\": {}", self.workload, self.message)
+    }
 }
 
 /// Compiles resource sets, keeping numbers stable across compiles.
@@ -248,10 +261,41 @@ pub fn local_endpoints(set: &ResourceSet, interfaces: &HashMap<String, u32>) -> 
         .collect()
 }
 
-/// What the data plane cannot enforce, found before compiling (none at present; kept so
-/// callers have one place to ask).
-pub fn unsupported(_set: &ResourceSet) -> Vec<crate::Diagnostic> {
-    Vec::new()
+/// Compiles `set` as if every workload with an interface were local (interfaces numbered
+/// from 1), and reports what the data plane could not hold (see [`Compiled::problems`]) at
+/// the workload concerned: what `microseg policy check` and the controller run before
+/// accepting a policy.
+pub fn compile_everywhere(set: &ResourceSet) -> (Compiled, Vec<crate::Diagnostic>) {
+    let local: Vec<LocalEndpoint> = set
+        .workloads
+        .iter()
+        .filter(|w| w.interface.is_some())
+        .enumerate()
+        .map(|(i, w)| LocalEndpoint {
+            workload: w.name.clone(),
+            ifindex: i as u32 + 1,
+        })
+        .collect();
+    let compiled = Compiler::new().compile(set, &local);
+    let diags = compiled
+        .problems
+        .iter()
+        .map(|p| {
+            let o = set
+                .workloads
+                .iter()
+                .find(|w| w.name == p.workload)
+                .map(|w| w.origin.clone())
+                .unwrap_or_default();
+            crate::Diagnostic::new(&o.file, o.line, o.col, p.to_string())
+        })
+        .collect();
+    (compiled, diags)
+}
+
+/// Only the problems of [`compile_everywhere`].
+pub fn check(set: &ResourceSet) -> Vec<crate::Diagnostic> {
+    compile_everywhere(set).1
 }
 
 /// The entries of one endpoint profile (the policies selecting it, by tier); returns its
@@ -302,8 +346,7 @@ fn compile_profile(
                     }
                 }
             }
-            let context = format!("workload \"{workload}\" {dir}");
-            flags |= section.emit(profile, *tier_code, d, &context, out);
+            flags |= section.emit(profile, *tier_code, d, workload, dir, out);
             f[(*tier_code * 2 + d) as usize] = flags;
         }
     }
