@@ -170,7 +170,10 @@ impl FlowLog {
         if self.recent.len() == self.capacity {
             self.recent.pop_front();
         }
-        let _ = self.feed.send(r.clone());
+        // Cloned for followers only when there are any.
+        if self.feed.receiver_count() > 0 {
+            let _ = self.feed.send(r.clone());
+        }
         self.recent.push_back(r);
     }
 
