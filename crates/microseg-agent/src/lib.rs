@@ -14,6 +14,7 @@ mod options;
 mod reconcile;
 mod runtime;
 pub mod stats;
+mod watch;
 
 pub use managed::ControllerLink;
 pub use options::AgentOptions;

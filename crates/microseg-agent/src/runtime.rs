@@ -106,10 +106,29 @@ pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
     let mut int = signal(SignalKind::interrupt()).map_err(runtime)?;
     let mut reload = tokio::time::interval(opts.reload_interval);
     let mut gc = tokio::time::interval(opts.gc_interval);
+    let mut watcher = match files {
+        true => crate::watch::Watcher::new(&opts.policy_paths)
+            .map_err(|e| log::warn!("no inotify ({e}); changes are seen at the next poll"))
+            .ok(),
+        false => None,
+    };
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = async { watcher.as_mut().expect("guarded").changed().await }, if watcher.is_some() => {
+                let now = fingerprint(&opts);
+                if now != seen {
+                    seen = now;
+                    reload_now(&state, &opts);
+                }
+                // New subdirectories get watches too.
+                if let Some(w) = &watcher {
+                    for p in &opts.policy_paths {
+                        w.add(p);
+                    }
+                }
+            }
             _ = reload.tick(), if files => {
                 let now = fingerprint(&opts);
                 if now != seen {
