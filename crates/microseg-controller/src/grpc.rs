@@ -39,6 +39,19 @@ fn status(e: Error) -> Status {
     }
 }
 
+/// Under mutual TLS, a node may only speak for itself: its certificate must name it.
+fn certified<T>(req: &Request<T>, node: &str) -> Result<(), Status> {
+    let cert = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<crate::tls::ClientCertificate>>();
+    match cert {
+        Some(c) if !c.0.allows_node(node) => Err(Status::permission_denied(format!(
+            "the client certificate is not issued to node \"{node}\" (it needs a DNS subject alternative name \"{node}\")"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn node_name(n: &str) -> Result<(), Status> {
     match check_name(n) {
         Some(e) => Err(Status::invalid_argument(format!("node: {e}"))),
@@ -169,6 +182,7 @@ impl AgentLink for Link {
     type SyncStream = StateStream;
 
     async fn sync(&self, req: Request<SyncRequest>) -> Result<Response<Self::SyncStream>, Status> {
+        certified(&req, &req.get_ref().node)?;
         let r = req.into_inner();
         node_name(&r.node)?;
         self.core
@@ -187,6 +201,7 @@ impl AgentLink for Link {
     }
 
     async fn ack(&self, req: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
+        certified(&req, &req.get_ref().node)?;
         let r = req.into_inner();
         node_name(&r.node)?;
         if !r.error.is_empty() {
@@ -209,6 +224,7 @@ impl AgentLink for Link {
         &self,
         req: Request<WorkloadReport>,
     ) -> Result<Response<ReportResponse>, Status> {
+        certified(&req, &req.get_ref().node)?;
         let r = req.into_inner();
         node_name(&r.node)?;
         self.core
@@ -227,9 +243,19 @@ impl AgentLink for Link {
         &self,
         req: Request<Streaming<FlowBatch>>,
     ) -> Result<Response<UploadResponse>, Status> {
+        let cert = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<crate::tls::ClientCertificate>>()
+            .map(|c| c.0.clone());
         let mut s = req.into_inner();
         let mut accepted = 0;
         while let Some(batch) = s.message().await? {
+            if cert.as_ref().is_some_and(|c| !c.allows_node(&batch.node)) {
+                return Err(Status::permission_denied(format!(
+                    "the client certificate is not issued to node \"{}\"",
+                    batch.node
+                )));
+            }
             accepted += self.core.add_flows(&batch.node, &batch.flows_json);
         }
         Ok(Response::new(UploadResponse { accepted }))

@@ -217,6 +217,7 @@ pub async fn start(opts: &Options) -> Result<Running, ControllerError> {
         Some(cfg) => {
             let listener = tls::TlsListener::new(listener, cfg)
                 .map_err(|e| ControllerError::Runtime(e.to_string()))?;
+            let app = app.into_make_service_with_connect_info::<tls::ClientCertificate>();
             tokio::spawn(async move {
                 let serve = axum::serve(listener, app).with_graceful_shutdown(stopping);
                 if let Err(e) = serve.await {

@@ -179,3 +179,41 @@ impl axum::serve::Listener for TlsListener {
         Ok(self.addr)
     }
 }
+
+/// The client certificate a connection presented (DER), if any: under mutual TLS an
+/// agent may act only as the node its certificate names.
+#[derive(Clone, Debug, Default)]
+pub struct ClientCertificate(pub Option<Arc<Vec<u8>>>);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for ClientCertificate
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        let (_, session) = stream.io().get_ref();
+        ClientCertificate(
+            session
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|der| Arc::new(der.to_vec())),
+        )
+    }
+}
+
+impl ClientCertificate {
+    /// Whether the certificate (when there is one) is issued to `node`: a DNS name in its
+    /// subject alternative names, checked as TLS checks a server's name.
+    pub fn allows_node(&self, node: &str) -> bool {
+        let Some(der) = &self.0 else {
+            return true;
+        };
+        let der = rustls::pki_types::CertificateDer::from(der.as_slice());
+        let Ok(cert) = webpki::EndEntityCert::try_from(&der) else {
+            return false;
+        };
+        let Ok(name) = rustls::pki_types::DnsName::try_from(node.to_string()) else {
+            return false;
+        };
+        cert.verify_is_valid_for_subject_name(&rustls::pki_types::ServerName::DnsName(name))
+            .is_ok()
+    }
+}

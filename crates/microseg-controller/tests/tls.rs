@@ -183,6 +183,25 @@ fn agent_link_over_mutual_tls() {
         .await
         .unwrap();
 
+        // A node's certificate does not let it speak for another node.
+        let denied = link
+            .sync(SyncRequest {
+                node: "node-b".into(),
+                revision: 0,
+            })
+            .await
+            .expect_err("node-a's certificate acting as node-b");
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+        let denied = link
+            .ack(AckRequest {
+                node: "node-b".into(),
+                revision: 1,
+                error: String::new(),
+            })
+            .await
+            .expect_err("ack as another node");
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+
         // Without a client certificate, or with one of another CA: no link.
         for identity in [
             None,

@@ -133,7 +133,7 @@ impl Cluster {
         }
     }
 
-    /// The client side's TLS flags (none without TLS).
+    /// The client side's TLS flags (none without TLS): the CLI's certificate.
     fn client_tls(&self) -> Vec<PathBuf> {
         match &self.tls {
             None => Vec::new(),
@@ -145,6 +145,28 @@ impl Cluster {
                 "--tls-key".into(),
                 p.client_key.clone(),
             ],
+        }
+    }
+
+    /// An agent's TLS flags: its own node's certificate.
+    fn agent_tls(&self, node: &str) -> Vec<PathBuf> {
+        match &self.tls {
+            None => Vec::new(),
+            Some(p) => {
+                let (_, cert, key) = p
+                    .nodes
+                    .iter()
+                    .find(|(n, _, _)| n == node)
+                    .expect("node certificate");
+                vec![
+                    "--tls-ca".into(),
+                    p.ca.clone(),
+                    "--tls-cert".into(),
+                    cert.clone(),
+                    "--tls-key".into(),
+                    key.clone(),
+                ]
+            }
         }
     }
 
@@ -293,7 +315,7 @@ impl Cluster {
             .arg(&socket)
             .arg("--state-dir")
             .arg(&self.dir)
-            .args(self.client_tls())
+            .args(self.agent_tls(node))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -55,6 +55,8 @@ pub struct Pki {
     pub server_key: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    /// Client certificates of the cluster test's nodes, by node name.
+    pub nodes: Vec<(String, PathBuf, PathBuf)>,
     /// Another CA and a client certificate it issued (to be refused).
     pub other_ca: PathBuf,
     pub other_cert: PathBuf,
@@ -73,7 +75,8 @@ impl Pki {
         let ca = Ca::new("microseg test CA");
         let other = Ca::new("some other CA");
         let (sc, sk) = ca.issue("controller", server_sans, true);
-        let (cc, ck) = ca.issue("node-a", &[], false);
+        // A node's certificate names the node: it may act only as that node.
+        let (cc, ck) = ca.issue("node-a", &["node-a"], false);
         let (oc, ok) = other.issue("node-a", &[], false);
         Pki {
             ca: w("ca.crt", &ca.pem),
@@ -81,6 +84,17 @@ impl Pki {
             server_key: w("server.key", &sk),
             client_cert: w("client.crt", &cc),
             client_key: w("client.key", &ck),
+            nodes: ["nodea", "nodeb"]
+                .iter()
+                .map(|n| {
+                    let (c, k) = ca.issue(n, &[n], false);
+                    (
+                        n.to_string(),
+                        w(&format!("{n}.crt"), &c),
+                        w(&format!("{n}.key"), &k),
+                    )
+                })
+                .collect(),
             other_ca: w("other-ca.crt", &other.pem),
             other_cert: w("other.crt", &oc),
             other_key: w("other.key", &ok),
