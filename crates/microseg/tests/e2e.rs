@@ -122,6 +122,7 @@ fn a_policy_change_is_enforced_on_new_and_existing_connections_and_bad_input_kee
     let ns = t.w("client").ns.clone();
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<bool>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let conn = std::thread::spawn(move || {
         common::in_netns(&ns, move || {
             use std::io::{Read, Write};
@@ -132,12 +133,18 @@ fn a_policy_change_is_enforced_on_new_and_existing_connections_and_bad_input_kee
             let mut buf = [0u8; 2];
             s.write_all(b"ok").unwrap();
             s.read_exact(&mut buf).unwrap();
+            ready_tx.send(()).unwrap();
             rx.recv().unwrap();
             // After the revoke: the next packets must not get through.
             let ok = s.write_all(b"no").is_ok() && s.read_exact(&mut buf).is_ok();
             done_tx.send(ok).unwrap();
         })
     });
+
+    // The connection is up and has carried data before the policy changes.
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("long-lived connection established");
 
     // Revoke: web now only accepts traffic from `other`.
     t.write_policy(
