@@ -669,7 +669,7 @@ fn scenario(args: &Args, rules: usize, fill: u32, totals: &mut Totals) {
         let apply = t.elapsed();
         let sz = compiled.tables.sizes();
         println!(
-            "compile: {:.3} s   apply: {:.3} s ({} entries written per slot, both slots)   compile+apply: {:.3} s{}",
+            "compile: {:.3} s   apply: {:.3} s ({} entries written, one slot)   compile+apply: {:.3} s{}",
             compile.as_secs_f64(),
             apply.as_secs_f64(),
             rep.written,
