@@ -76,9 +76,14 @@ pub struct Compiler {
     free_rule_ids: Vec<u32>,
     next_rule_id: u32,
     /// (enforce policies, audit policies) selecting an endpoint → profile id.
-    profiles: FxHashMap<(Vec<String>, Vec<String>), u32>,
+    profiles: FxHashMap<ProfileKey, u32>,
+    /// Profile id → the workloads that had it in the last compile.
+    profile_members: FxHashMap<u32, Vec<String>>,
     next_profile: u32,
 }
+
+/// The names of the enforce and audit policies selecting an endpoint.
+type ProfileKey = (Vec<String>, Vec<String>);
 
 fn direction_code(d: Direction) -> u8 {
     match d {
@@ -116,6 +121,8 @@ impl Compiler {
         let mut problems = Vec::new();
         let mut profile_flags: FxHashMap<u32, [u8; 4]> = FxHashMap::default();
         let mut used_profiles = FxHashSet::default();
+        // Which policies select each local workload: its profile's key.
+        let mut selected = Vec::new();
         for ep in local {
             let Some(w) = set.workloads.iter().find(|w| w.name == ep.workload) else {
                 continue;
@@ -128,12 +135,15 @@ impl Compiler {
             };
             let (enforce, audit) = (selecting(Mode::Enforce), selecting(Mode::Audit));
             let names = |ps: &[&Policy]| ps.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
-            let profile_key = (names(&enforce), names(&audit));
-            let next = &mut self.next_profile;
-            let profile = *self.profiles.entry(profile_key).or_insert_with(|| {
-                *next += 1;
-                *next
-            });
+            let key = (names(&enforce), names(&audit));
+            selected.push((ep, w, key, enforce, audit));
+        }
+        let keys: Vec<&ProfileKey> = selected.iter().map(|s| &s.2).collect();
+        let members: Vec<&str> = selected.iter().map(|s| s.1.name.as_str()).collect();
+        self.number_profiles(&keys, &members);
+        for (ep, w, key, enforce, audit) in &selected {
+            let (ep, w, enforce, audit) = (*ep, *w, enforce, audit);
+            let profile = self.profiles[key];
             used_profiles.insert(profile);
             let flags = match profile_flags.get(&profile) {
                 Some(f) => *f,
@@ -176,7 +186,6 @@ impl Compiler {
             );
             endpoints.insert(ep.ifindex, w.name.clone());
         }
-        self.profiles.retain(|_, id| used_profiles.contains(id));
         Compiled {
             tables,
             rules,
@@ -186,6 +195,44 @@ impl Compiler {
             profiles: used_profiles.len(),
             problems,
         }
+    }
+
+    /// Profile ids for this compile's keys. A key seen before keeps its id. A new key whose
+    /// workloads are exactly those of a profile whose key went away takes over that id:
+    /// adding or removing a policy that selects the same workloads then rewrites only the
+    /// entries its rules touch, not every entry of the profile.
+    fn number_profiles(&mut self, keys: &[&ProfileKey], members: &[&str]) {
+        let mut groups: BTreeMap<&ProfileKey, Vec<String>> = BTreeMap::new();
+        for (k, m) in keys.iter().zip(members) {
+            groups.entry(*k).or_default().push(m.to_string());
+        }
+        for g in groups.values_mut() {
+            g.sort();
+        }
+        let gone: FxHashMap<&Vec<String>, u32> = self
+            .profiles
+            .iter()
+            .filter(|(k, _)| !groups.contains_key(k))
+            .filter_map(|(_, id)| self.profile_members.get(id).map(|m| (m, *id)))
+            .collect();
+        let mut next: FxHashMap<ProfileKey, u32> = FxHashMap::default();
+        let mut members_of = FxHashMap::default();
+        for (key, group) in &groups {
+            let id = match self.profiles.get(*key) {
+                Some(id) => *id,
+                None => match gone.get(group) {
+                    Some(id) => *id,
+                    None => {
+                        self.next_profile += 1;
+                        self.next_profile
+                    }
+                },
+            };
+            next.insert((*key).clone(), id);
+            members_of.insert(id, group.clone());
+        }
+        self.profiles = next;
+        self.profile_members = members_of;
     }
 
     /// Stable rule ids for every rule of every policy; returns them and the ids new to use.
