@@ -11,16 +11,6 @@ use microseg_dataplane::{common::*, packet::*, Hook};
 /// anything else is default-denied. Its egress is open (no policy has an egress section).
 const POLICY: &str = r#"
 apiVersion: microseg.io/v1
-kind: Workload
-metadata: {name: db, labels: {app: db}}
-spec: {interface: lo, ips: [10.1.0.3, "fd00::3"]}
----
-apiVersion: microseg.io/v1
-kind: Workload
-metadata: {name: web, labels: {app: web}}
-spec: {interface: web0, ips: [10.1.0.2, "fd00::2"]}
----
-apiVersion: microseg.io/v1
 kind: Policy
 metadata: {name: db-ingress}
 spec:
@@ -37,27 +27,7 @@ spec:
 "#;
 
 fn env() -> Env {
-    Env::new(POLICY, "db")
-}
-
-fn web4() -> std::net::IpAddr {
-    ip("10.1.0.2")
-}
-fn db4() -> std::net::IpAddr {
-    ip("10.1.0.3")
-}
-fn web6() -> std::net::IpAddr {
-    ip("fd00::2")
-}
-fn db6() -> std::net::IpAddr {
-    ip("fd00::3")
-}
-
-fn passes(env: &Env, hook: Hook, frame: &[u8]) -> bool {
-    env.dp
-        .test_run(hook, frame, LO, 1)
-        .expect("test run")
-        .passed()
+    Env::new(&with(POLICY), "db")
 }
 
 fn ingress(env: &Env, frame: &Frame) -> bool {

@@ -7,46 +7,11 @@ use common::*;
 use microseg_dataplane::{common::*, packet::*, Hook};
 use microseg_policy::Direction::{Egress, Ingress};
 
-const WORKLOADS: &str = r#"
-apiVersion: microseg.io/v1
-kind: Workload
-metadata: {name: db, labels: {app: db}}
-spec: {interface: lo, ips: [10.1.0.3, "fd00::3"]}
----
-apiVersion: microseg.io/v1
-kind: Workload
-metadata: {name: web, labels: {app: web}}
-spec: {interface: web0, ips: [10.1.0.2, "fd00::2"]}
-"#;
-
-fn with(policies: &str) -> String {
-    format!("{WORKLOADS}---\n{policies}")
-}
-
-fn db4() -> std::net::IpAddr {
-    ip("10.1.0.3")
-}
-fn web4() -> std::net::IpAddr {
-    ip("10.1.0.2")
-}
-fn db6() -> std::net::IpAddr {
-    ip("fd00::3")
-}
-fn web6() -> std::net::IpAddr {
-    ip("fd00::2")
-}
-
-fn run(env: &Env, hook: Hook, f: &Frame) -> bool {
-    env.dp
-        .test_run(hook, &f.bytes(), LO, 1)
-        .expect("test run")
-        .passed()
-}
 fn into_db(env: &Env, f: &Frame) -> bool {
-    run(env, Hook::ToWorkload, f)
+    passes(env, Hook::ToWorkload, &f.bytes())
 }
 fn from_db(env: &Env, f: &Frame) -> bool {
-    run(env, Hook::FromWorkload, f)
+    passes(env, Hook::FromWorkload, &f.bytes())
 }
 
 /// The single NEW event of the last packet: (verdict, rule id).
@@ -903,7 +868,7 @@ fn tcp_sessions_walk_the_state_machine_and_report_their_end() {
     let mut bytes = 0u64;
     let mut send = |env: &Env, hook, f: Frame| {
         bytes += f.bytes().len() as u64;
-        assert!(run(env, hook, &f));
+        assert!(passes(env, hook, &f.bytes()));
     };
     send(&env, Hook::ToWorkload, c2s(40000, TCP_SYN));
     assert_eq!(state(&env, 40000), Some(session_state::SYN_SENT));

@@ -66,15 +66,20 @@ pub fn handle(ctx: &TcContext, direction: u8) -> i32 {
     }
 
     let (key, src_is_lo) = session_key(ifindex, &pkt);
+    let mut stale = false;
     if let Some(s) = MSEG_SESSIONS.get_ptr_mut(&key) {
         let s = unsafe { &mut *s };
-        if s.generation == cfg.generation && !starts_over(s, &pkt) {
-            stats.session_hits += 1;
-            // The coarse clock (one tick) is plenty for idle timeouts and costs a seventh.
-            let now = unsafe { bpf_ktime_get_coarse_ns() };
-            let (verdict, rule_id) = established(stats, &key, s, &pkt, src_is_lo, now, len);
-            record_first_fragment(ifindex, &pkt, verdict, rule_id, stats);
-            return finish(stats, verdict);
+        // A SYN on a closed session's ports is a new connection: judged as new.
+        if !starts_over(s, &pkt) {
+            if s.generation == cfg.generation {
+                stats.session_hits += 1;
+                // The coarse clock (one tick) is plenty for idle timeouts and costs a seventh.
+                let now = unsafe { bpf_ktime_get_coarse_ns() };
+                let (verdict, rule_id) = established(stats, &key, s, &pkt, src_is_lo, now, len);
+                record_first_fragment(ifindex, &pkt, verdict, rule_id, stats);
+                return finish(stats, verdict);
+            }
+            stale = true;
         }
     }
 
@@ -86,6 +91,7 @@ pub fn handle(ctx: &TcContext, direction: u8) -> i32 {
         (*handoff).len = len;
         (*handoff).ifindex = ifindex;
         (*handoff).direction = direction;
+        (*handoff).stale_session = stale;
         let _ = MSEG_JUMP.tail_call(ctx, SLOW_PATH);
     }
     // Only reached when the slow path is not installed: fail closed.

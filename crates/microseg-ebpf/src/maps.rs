@@ -89,6 +89,9 @@ pub struct Handoff {
     pub len: u64,
     pub ifindex: u32,
     pub direction: u8,
+    /// The packet has a session judged under an older generation (else it has none): the
+    /// slow path looks the session up again only then.
+    pub stale_session: bool,
 }
 
 #[map]

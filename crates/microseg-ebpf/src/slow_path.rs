@@ -10,7 +10,7 @@ use crate::{
     maps::*,
     parse::{self, Packet},
     policy::{identity_of, judge, Judgement, Query},
-    session::{initial_state, orig_tuple, session_key, starts_over},
+    session::{initial_state, orig_tuple, session_key},
 };
 
 #[inline(always)]
@@ -30,8 +30,13 @@ pub fn handle(ctx: &TcContext) -> i32 {
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let (key, src_is_lo) = session_key(ifindex, &pkt);
 
-    let (verdict, rule_id) = match MSEG_SESSIONS.get_ptr_mut(&key) {
-        Some(s) if !starts_over(unsafe { &*s }, &pkt) => {
+    let stale = if h.stale_session {
+        MSEG_SESSIONS.get_ptr_mut(&key)
+    } else {
+        None
+    };
+    let (verdict, rule_id) = match stale {
+        Some(s) => {
             let s = unsafe { &mut *s };
             stats.session_hits += 1;
             if s.generation != cfg.generation {
@@ -39,7 +44,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
             }
             established(stats, &key, s, &pkt, src_is_lo, now, len)
         }
-        _ => {
+        None => {
             stats.session_misses += 1;
             new_session(ctx, cfg, stats, &key, src_is_lo, &pkt, direction, now, len)
         }

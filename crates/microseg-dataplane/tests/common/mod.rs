@@ -96,3 +96,42 @@ impl Env {
 pub fn ip(s: &str) -> IpAddr {
     s.parse().unwrap_or_else(|_| panic!("bad address {s}"))
 }
+
+/// The two workloads most tests use: db on `lo` (the local endpoint) and web elsewhere.
+pub const WORKLOADS: &str = r#"
+apiVersion: microseg.io/v1
+kind: Workload
+metadata: {name: db, labels: {app: db}}
+spec: {interface: lo, ips: [10.1.0.3, "fd00::3"]}
+---
+apiVersion: microseg.io/v1
+kind: Workload
+metadata: {name: web, labels: {app: web}}
+spec: {interface: web0, ips: [10.1.0.2, "fd00::2"]}
+"#;
+
+/// [`WORKLOADS`] followed by `policies`.
+pub fn with(policies: &str) -> String {
+    format!("{WORKLOADS}---\n{policies}")
+}
+
+pub fn db4() -> IpAddr {
+    ip("10.1.0.3")
+}
+pub fn web4() -> IpAddr {
+    ip("10.1.0.2")
+}
+pub fn db6() -> IpAddr {
+    ip("fd00::3")
+}
+pub fn web6() -> IpAddr {
+    ip("fd00::2")
+}
+
+/// Runs one frame through `hook` of the endpoint on `lo`; true when it passed.
+pub fn passes(env: &Env, hook: microseg_dataplane::Hook, frame: &[u8]) -> bool {
+    env.dp
+        .test_run(hook, frame, LO, 1)
+        .expect("test run")
+        .passed()
+}
