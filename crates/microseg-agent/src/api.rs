@@ -106,7 +106,7 @@ fn answer(req: &Request, state: &Arc<Mutex<State>>) -> (Vec<Value>, Follow) {
                 "revision": st.revision,
                 "controller_revision": st.controller_revision,
                 "workloads": st.endpoints.values().collect::<Vec<_>>(),
-                "rules": st.rules.len(),
+                "rules": st.compiler.rules().len(),
                 "errors": st.last_errors,
             });
             (vec![v], None)
@@ -137,7 +137,7 @@ fn answer(req: &Request, state: &Arc<Mutex<State>>) -> (Vec<Value>, Follow) {
                         "protocol": protocol_json(k.protocol),
                         "state": state_name(s.state),
                         "verdict": verdict_name(s.verdict).unwrap_or("allow"),
-                        "policy": microseg_policy::compile::rule_policy_name(&st.rules, s.rule_id),
+                        "policy": microseg_policy::compile::rule_policy_name(st.compiler.rules(), s.rule_id),
                         "packets": s.packets[0] + s.packets[1],
                         "bytes": s.bytes[0] + s.bytes[1],
                         "age_s": now.saturating_sub(s.created_ns) / 1_000_000_000,
@@ -154,7 +154,8 @@ fn answer(req: &Request, state: &Arc<Mutex<State>>) -> (Vec<Value>, Follow) {
 /// Packets and bytes each rule decided, summed over CPUs.
 fn rule_hits(st: &State) -> Value {
     let rules: Vec<Value> = st
-        .rules
+        .compiler
+        .rules()
         .iter()
         .filter_map(|(id, r)| {
             let c = st.dp.rule_counter(*id).ok()?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use microseg_dataplane::Dataplane;
-use microseg_policy::compile::{local_endpoints, Compiler, RuleInfo};
+use microseg_policy::compile::{local_endpoints, Compiler};
 use microseg_policy::{Diagnostic, Loader, ResourceSet};
 
 use crate::flows::FlowLog;
@@ -14,8 +14,11 @@ use crate::{interfaces, AgentOptions};
 /// Everything the agent holds, behind one lock.
 pub struct State {
     pub dp: Dataplane,
+    /// Also the owner of the rule table (`compiler.rules()`).
     pub compiler: Compiler,
-    pub rules: BTreeMap<u32, RuleInfo>,
+    /// Whether the data plane holds the compiler's last output, so the next compile's
+    /// changes can be applied as they are.
+    pub in_sync: bool,
     pub endpoints: BTreeMap<u32, String>,
     pub flows: FlowLog,
     pub resources: Option<ResourceSet>,
@@ -79,6 +82,7 @@ pub fn enforce(state: &mut State, set: ResourceSet, opts: &AgentOptions) -> Resu
         .collect();
     let compiled = state.compiler.compile(&set, &local);
     if !compiled.problems.is_empty() {
+        state.in_sync = false;
         let problems: Vec<String> = compiled.problems.iter().map(ToString::to_string).collect();
         return Err(format!(
             "policy not applied, revision {} stays in force: {}",
@@ -90,10 +94,14 @@ pub fn enforce(state: &mut State, set: ResourceSet, opts: &AgentOptions) -> Resu
         .dp
         .reset_rule_counters(compiled.new_rule_ids.iter().copied())
         .map_err(|e| e.to_string())?;
-    let report = state
-        .dp
-        .apply(&compiled.tables)
-        .map_err(|e| e.to_string())?;
+    // Usually only what changed is written; after a refused or failed update the whole
+    // state is compared with what the data plane holds.
+    let applied = match state.in_sync {
+        true => state.dp.apply_changes(&compiled.changes),
+        false => state.dp.apply(&compiled.tables),
+    };
+    state.in_sync = applied.is_ok();
+    let report = applied.map_err(|e| e.to_string())?;
     let links = opts.links_dir();
     let mut problems = Vec::new();
     for ep in &local {
@@ -120,7 +128,10 @@ pub fn enforce(state: &mut State, set: ResourceSet, opts: &AgentOptions) -> Resu
         }
     }
     let sizes = compiled.tables.sizes();
-    state.rules = compiled.rules;
+    let rules = compiled.rules.len();
+    // The compiler's shared copies go before the next compile, which then updates in place.
+    drop(compiled.tables);
+    drop(compiled.rules);
     state.endpoints = compiled.endpoints;
     state.resources = Some(set);
     state.revision += 1;
@@ -128,8 +139,8 @@ pub fn enforce(state: &mut State, set: ResourceSet, opts: &AgentOptions) -> Resu
         "revision {}: {} local workload(s), {} rule(s), {} identities, {} policy entries, {} port-range tables, {} prefixes (generation {}, {} written, {} removed)",
         state.revision,
         local.len(),
-        state.rules.len(),
-        compiled.identities.len(),
+        rules,
+        compiled.identities,
         sizes.policy,
         sizes.port_ranges,
         sizes.identities,

@@ -60,7 +60,7 @@ pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
     let state = Arc::new(Mutex::new(State {
         dp,
         compiler: Compiler::new(),
-        rules: Default::default(),
+        in_sync: false,
         endpoints: Default::default(),
         flows: FlowLog::new(opts.flow_buffer),
         resources: None,
@@ -209,7 +209,7 @@ async fn read_events(
             let names = Names {
                 node: &node,
                 endpoints: &st.endpoints,
-                rules: &st.rules,
+                rules: st.compiler.rules(),
             };
             let r = names.record(&e);
             st.flows.push(r);
@@ -235,7 +235,7 @@ fn expire(state: &Arc<Mutex<State>>, node: &str) {
         let names = Names {
             node,
             endpoints: &st.endpoints,
-            rules: &st.rules,
+            rules: st.compiler.rules(),
         };
         let r = names.record(&e);
         st.flows.push(r);

@@ -41,6 +41,162 @@ impl Tables {
     }
 }
 
+/// The difference between two [`Tables`], per map: a key with `Some` gets that value, a key
+/// with `None` goes (for `endpoint_addrs`, `true` adds the pair and `false` removes it).
+///
+/// The compiler reports each update as changes, so that a one-rule edit costs the data plane
+/// a few map writes however large the rest of the policy is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TableChanges {
+    pub endpoints: HashMap<u32, Option<EndpointInfo>>,
+    pub endpoint_addrs: HashMap<(u32, [u32; 4]), bool>,
+    pub identities: HashMap<Prefix, Option<u32>>,
+    pub policy: HashMap<PolicyKey, Option<PolicyEntry>>,
+    pub port_ranges: HashMap<PolicyKey, Option<PortRangeTable>>,
+    pub source_ports: HashMap<PolicyKey, Option<SourcePortTable>>,
+}
+
+fn diff_into<'a, K, V>(
+    old: impl Iterator<Item = (&'a K, &'a V)>,
+    new: impl Iterator<Item = (&'a K, &'a V)>,
+    old_get: impl Fn(&K) -> Option<&'a V>,
+    new_has: impl Fn(&K) -> bool,
+    out: &mut HashMap<K, Option<V>>,
+) where
+    K: Copy + Eq + core::hash::Hash + 'a,
+    V: Copy + PartialEq + 'a,
+{
+    for (k, _) in old {
+        if !new_has(k) {
+            out.insert(*k, None);
+        }
+    }
+    for (k, v) in new {
+        if old_get(k) != Some(v) {
+            out.insert(*k, Some(*v));
+        }
+    }
+}
+
+fn apply_map<K: Copy + Eq + core::hash::Hash, V: Copy>(
+    map: &mut HashMap<K, V>,
+    changes: &HashMap<K, Option<V>>,
+) {
+    for (k, v) in changes {
+        match v {
+            Some(v) => map.insert(*k, *v),
+            None => map.remove(k),
+        };
+    }
+}
+
+impl TableChanges {
+    /// What turns `old` into `new`.
+    pub fn between(old: &Tables, new: &Tables) -> TableChanges {
+        let mut c = TableChanges::default();
+        diff_into(
+            old.endpoints.iter(),
+            new.endpoints.iter(),
+            |k| old.endpoints.get(k),
+            |k| new.endpoints.contains_key(k),
+            &mut c.endpoints,
+        );
+        for k in old.endpoint_addrs.difference(&new.endpoint_addrs) {
+            c.endpoint_addrs.insert(*k, false);
+        }
+        for k in new.endpoint_addrs.difference(&old.endpoint_addrs) {
+            c.endpoint_addrs.insert(*k, true);
+        }
+        diff_into(
+            old.identities.iter(),
+            new.identities.iter(),
+            |k| old.identities.get(k),
+            |k| new.identities.contains_key(k),
+            &mut c.identities,
+        );
+        diff_into(
+            old.policy.iter(),
+            new.policy.iter(),
+            |k| old.policy.get(k),
+            |k| new.policy.contains_key(k),
+            &mut c.policy,
+        );
+        diff_into(
+            old.port_ranges.iter(),
+            new.port_ranges.iter(),
+            |k| old.port_ranges.get(k),
+            |k| new.port_ranges.contains_key(k),
+            &mut c.port_ranges,
+        );
+        diff_into(
+            old.source_ports.iter(),
+            new.source_ports.iter(),
+            |k| old.source_ports.get(k),
+            |k| new.source_ports.contains_key(k),
+            &mut c.source_ports,
+        );
+        c
+    }
+
+    /// Keys written or removed, over all maps.
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+            + self.endpoint_addrs.len()
+            + self.identities.len()
+            + self.policy.len()
+            + self.port_ranges.len()
+            + self.source_ports.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// These changes followed by `later`: later values win.
+    pub fn then(&mut self, later: &TableChanges) {
+        self.endpoints
+            .extend(later.endpoints.iter().map(|(k, v)| (*k, *v)));
+        self.endpoint_addrs
+            .extend(later.endpoint_addrs.iter().map(|(k, v)| (*k, *v)));
+        self.identities
+            .extend(later.identities.iter().map(|(k, v)| (*k, *v)));
+        self.policy
+            .extend(later.policy.iter().map(|(k, v)| (*k, *v)));
+        self.port_ranges
+            .extend(later.port_ranges.iter().map(|(k, v)| (*k, *v)));
+        self.source_ports
+            .extend(later.source_ports.iter().map(|(k, v)| (*k, *v)));
+    }
+}
+
+impl Tables {
+    /// Brings these tables up to date with `changes`.
+    pub fn apply(&mut self, changes: &TableChanges) {
+        for (k, v) in &changes.endpoints {
+            match v {
+                Some(v) => self.endpoints.insert(*k, *v),
+                None => self.endpoints.remove(k),
+            };
+        }
+        for (k, add) in &changes.endpoint_addrs {
+            if *add {
+                self.endpoint_addrs.insert(*k);
+            } else {
+                self.endpoint_addrs.remove(k);
+            }
+        }
+        for (k, v) in &changes.identities {
+            match v {
+                Some(v) => self.identities.insert(*k, *v),
+                None => self.identities.remove(k),
+            };
+        }
+        apply_map(&mut self.policy, &changes.policy);
+        apply_map(&mut self.port_ranges, &changes.port_ranges);
+        apply_map(&mut self.source_ports, &changes.source_ports);
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TableSizes {
     pub endpoints: usize,

@@ -223,7 +223,7 @@ spec:
                 let mut r = r.clone();
                 match &mut r {
                     Resource::Workload(w) => w.origin = Default::default(),
-                    Resource::Policy(p) => p.origin = Default::default(),
+                    Resource::Policy(p) => std::sync::Arc::make_mut(p).origin = Default::default(),
                 }
                 r
             };

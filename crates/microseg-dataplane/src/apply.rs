@@ -4,12 +4,11 @@
 //! writes the standby slot, then flips the slot word (one word: every packet sees the old
 //! state or the new, never a mix) and raises the generation so sessions are judged again.
 //! The slot that went standby keeps the previous state and is brought up to date by the
-//! next update, as part of its own write: each update writes one slot, with the difference
-//! between what that slot holds (two states back) and the new state.
+//! next update, as part of its own write: each update writes one slot, with the changes
+//! that slot lacks (the previous update's, then its own). An update costs what it changes,
+//! not the size of the policy.
 
-use std::{collections::HashMap as StdHashMap, hash::Hash};
-
-use aya::maps::lpm_trie::Key as LpmKey;
+use aya::maps::{lpm_trie::Key as LpmKey, MapError};
 use microseg_common::{names, tables::*, *};
 
 use crate::{Dataplane, Error, Result};
@@ -22,47 +21,6 @@ pub struct ApplyReport {
     pub generation: u32,
 }
 
-/// Entries to write and keys to remove to turn one map's content into another's.
-struct Delta<K, V> {
-    upsert: Vec<(K, V)>,
-    remove: Vec<K>,
-}
-
-fn delta<K: Copy + Eq + Hash, V: Copy + PartialEq>(
-    old: Option<&StdHashMap<K, V>>,
-    new: &StdHashMap<K, V>,
-) -> Delta<K, V> {
-    let empty = StdHashMap::new();
-    let old = old.unwrap_or(&empty);
-    Delta {
-        upsert: new
-            .iter()
-            .filter(|(k, v)| old.get(k) != Some(v))
-            .map(|(k, v)| (*k, *v))
-            .collect(),
-        remove: old
-            .keys()
-            .filter(|k| !new.contains_key(k))
-            .copied()
-            .collect(),
-    }
-}
-
-/// Every table flattened to per-map key/value collections.
-struct Flat {
-    endpoints: StdHashMap<u32, EndpointInfo>,
-    addrs: StdHashMap<(u32, [u32; 4]), u32>,
-    identities: StdHashMap<Prefix, u32>,
-}
-
-fn flat(t: &Tables) -> Flat {
-    Flat {
-        endpoints: t.endpoints.iter().map(|(k, v)| (*k, *v)).collect(),
-        addrs: t.endpoint_addrs.iter().map(|k| (*k, 1)).collect(),
-        identities: t.identities.iter().map(|(k, v)| (*k, *v)).collect(),
-    }
-}
-
 fn with_slot(flags: u8, slot: u8) -> u8 {
     (flags & !1) | (slot & 1)
 }
@@ -71,28 +29,91 @@ fn lpm_key(slot: u32, p: &Prefix) -> LpmKey<IpKey> {
     LpmKey::new(32 + p.len as u32, IpKey { slot, addr: p.addr })
 }
 
+/// Removing a key the slot does not hold is not an error: composed changes may remove a
+/// key that a skipped state had added.
+fn removed(r: std::result::Result<(), MapError>) -> std::result::Result<(), MapError> {
+    match r {
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => r,
+    }
+}
+
 impl Dataplane {
-    /// Makes `new` the policy state, atomically.
+    /// Makes `new` the policy state, atomically. The difference from the current state is
+    /// computed here; a caller that knows it already uses [`Dataplane::apply_changes`].
     pub fn apply(&mut self, new: &Tables) -> Result<ApplyReport> {
-        let mut cfg = self.config()?;
-        if self.current.as_ref() == Some(new) {
+        match &self.current {
+            Some(cur) => {
+                let changes = TableChanges::between(cur, new);
+                self.apply_changes(&changes)
+            }
+            None => self.switch(None, new.clone()),
+        }
+    }
+
+    /// Applies `changes` to the current state (the last one applied by this process),
+    /// atomically; only the changed keys are written. Without a current state this is an
+    /// error: use [`Dataplane::apply`] first.
+    pub fn apply_changes(&mut self, changes: &TableChanges) -> Result<ApplyReport> {
+        if self.current.is_none() {
+            return Err(Error::NoState);
+        }
+        if changes.is_empty() {
             // Nothing changed: keep the generation, so no session is judged again.
             return Ok(ApplyReport {
-                generation: cfg.generation,
+                generation: self.config()?.generation,
                 ..Default::default()
             });
         }
+        match self.behind.take() {
+            Some(mut pending) => {
+                pending.then(changes);
+                let report = self.switch(Some(&pending), Tables::default())?;
+                if let Some(cur) = self.current.as_mut() {
+                    cur.apply(changes);
+                }
+                self.behind = Some(changes.clone());
+                Ok(report)
+            }
+            None => {
+                // The standby slot's content is unknown: it is written whole.
+                let mut next = self.current.clone().unwrap_or_default();
+                next.apply(changes);
+                self.switch(None, next)
+            }
+        }
+    }
+
+    /// Writes the standby slot, flips to it and raises the generation. With `changes`, the
+    /// slot is brought up to date with them; without, it is emptied and `whole` is written
+    /// and becomes the current state.
+    fn switch(&mut self, changes: Option<&TableChanges>, whole: Tables) -> Result<ApplyReport> {
+        let mut cfg = self.config()?;
         let standby = 1 - (cfg.active_slot & 1) as u8;
-        // Taken first: if the write fails half way, the standby content is unknown.
-        let behind = self.standby.take();
-        let mut report = self.write_slot(standby, behind.as_ref(), new)?;
+        // If the write fails half way the standby content is unknown: `behind` stays None.
+        self.behind = None;
+        let mut report = match changes {
+            Some(c) => self.write_slot(standby, c)?,
+            None => {
+                self.clear_slot(standby)?;
+                let all = TableChanges::between(&Tables::default(), &whole);
+                self.write_slot(standby, &all)?
+            }
+        };
         cfg.active_slot = standby as u32;
         cfg.generation = cfg.generation.wrapping_add(1);
         self.config
             .set(0, cfg, 0)
             .map_err(Error::map(names::CONFIG))?;
-        self.standby = self.current.replace(new.clone());
         report.generation = cfg.generation;
+        if changes.is_none() {
+            // The slot now in standby holds the previous state, if this process knew it.
+            let previous = self.current.replace(whole);
+            self.behind = match (&previous, &self.current) {
+                (Some(prev), Some(cur)) => Some(TableChanges::between(prev, cur)),
+                _ => None,
+            };
+        }
         Ok(report)
     }
 
@@ -101,141 +122,81 @@ impl Dataplane {
         self.current.as_ref()
     }
 
-    /// Brings one slot from `old` to `new`; with no `old` (first update, or adopted pins
-    /// of unknown content) the slot is emptied and written whole.
-    fn write_slot(&mut self, slot: u8, old: Option<&Tables>, new: &Tables) -> Result<ApplyReport> {
-        if old.is_none() {
-            self.clear_slot(slot)?;
-        }
+    /// Writes `changes` into one slot.
+    fn write_slot(&mut self, slot: u8, changes: &TableChanges) -> Result<ApplyReport> {
         let s32 = slot as u32;
         let mut report = ApplyReport::default();
-        let (old_flat, new_flat) = (old.map(flat), flat(new));
-
-        let d = delta(old.map(|o| &o.policy), &new.policy);
-        for k in &d.remove {
-            let key = PolicyKey {
-                flags: with_slot(k.flags, slot),
-                ..*k
-            };
-            self.policy
-                .remove(&key)
-                .map_err(Error::map(names::POLICY))?;
+        let mut count = |v: bool| {
+            if v {
+                report.written += 1
+            } else {
+                report.removed += 1
+            }
+        };
+        let slotted = |k: &PolicyKey| PolicyKey {
+            flags: with_slot(k.flags, slot),
+            ..*k
+        };
+        for (k, v) in &changes.policy {
+            let key = slotted(k);
+            match v {
+                Some(v) => self.policy.insert(key, v, 0),
+                None => removed(self.policy.remove(&key)),
+            }
+            .map_err(Error::map(names::POLICY))?;
+            count(v.is_some());
         }
-        for (k, v) in &d.upsert {
-            let key = PolicyKey {
-                flags: with_slot(k.flags, slot),
-                ..*k
-            };
-            self.policy
-                .insert(key, v, 0)
-                .map_err(Error::map(names::POLICY))?;
+        for (k, v) in &changes.port_ranges {
+            let key = slotted(k);
+            match v {
+                Some(v) => self.port_ranges.insert(key, v, 0),
+                None => removed(self.port_ranges.remove(&key)),
+            }
+            .map_err(Error::map(names::PORT_RANGES))?;
+            count(v.is_some());
         }
-        report.written += d.upsert.len();
-        report.removed += d.remove.len();
-
-        let d = delta(old.map(|o| &o.port_ranges), &new.port_ranges);
-        for k in &d.remove {
-            let key = PolicyKey {
-                flags: with_slot(k.flags, slot),
-                ..*k
-            };
-            self.port_ranges
-                .remove(&key)
-                .map_err(Error::map(names::PORT_RANGES))?;
+        for (k, v) in &changes.source_ports {
+            let key = slotted(k);
+            match v {
+                Some(v) => self.source_ports.insert(key, v, 0),
+                None => removed(self.source_ports.remove(&key)),
+            }
+            .map_err(Error::map(names::SOURCE_PORT_RULES))?;
+            count(v.is_some());
         }
-        for (k, v) in &d.upsert {
-            let key = PolicyKey {
-                flags: with_slot(k.flags, slot),
-                ..*k
-            };
-            self.port_ranges
-                .insert(key, v, 0)
-                .map_err(Error::map(names::PORT_RANGES))?;
+        for (p, v) in &changes.identities {
+            match v {
+                Some(id) => self.insert_identity(s32, p, *id)?,
+                None => self.remove_identity(s32, p)?,
+            }
+            count(v.is_some());
         }
-        report.written += d.upsert.len();
-        report.removed += d.remove.len();
-
-        let d = delta(old.map(|o| &o.source_ports), &new.source_ports);
-        for k in &d.remove {
-            let key = PolicyKey {
-                flags: with_slot(k.flags, slot),
-                ..*k
-            };
-            self.source_ports
-                .remove(&key)
-                .map_err(Error::map(names::SOURCE_PORT_RULES))?;
-        }
-        for (k, v) in &d.upsert {
-            let key = PolicyKey {
-                flags: with_slot(k.flags, slot),
-                ..*k
-            };
-            self.source_ports
-                .insert(key, v, 0)
-                .map_err(Error::map(names::SOURCE_PORT_RULES))?;
-        }
-        report.written += d.upsert.len();
-        report.removed += d.remove.len();
-
-        let d = delta(
-            old_flat.as_ref().map(|o| &o.identities),
-            &new_flat.identities,
-        );
-        for p in &d.remove {
-            self.remove_identity(s32, p)?;
-        }
-        for (p, id) in &d.upsert {
-            self.insert_identity(s32, p, *id)?;
-        }
-        report.written += d.upsert.len();
-        report.removed += d.remove.len();
-
-        let d = delta(old_flat.as_ref().map(|o| &o.addrs), &new_flat.addrs);
-        for (ifindex, addr) in &d.remove {
+        for ((ifindex, addr), add) in &changes.endpoint_addrs {
             let key = EndpointAddrKey {
                 slot: s32,
                 ifindex: *ifindex,
                 addr: *addr,
             };
-            self.endpoint_addrs
-                .remove(&key)
-                .map_err(Error::map(names::ENDPOINT_ADDRS))?;
+            match add {
+                true => self.endpoint_addrs.insert(key, 1, 0),
+                false => removed(self.endpoint_addrs.remove(&key)),
+            }
+            .map_err(Error::map(names::ENDPOINT_ADDRS))?;
+            count(*add);
         }
-        for ((ifindex, addr), v) in &d.upsert {
-            let key = EndpointAddrKey {
-                slot: s32,
-                ifindex: *ifindex,
-                addr: *addr,
-            };
-            self.endpoint_addrs
-                .insert(key, v, 0)
-                .map_err(Error::map(names::ENDPOINT_ADDRS))?;
-        }
-        report.written += d.upsert.len();
-        report.removed += d.remove.len();
-
         // Endpoints last: an endpoint's entries exist before packets can find it.
-        let d = delta(old_flat.as_ref().map(|o| &o.endpoints), &new_flat.endpoints);
-        for ifindex in &d.remove {
+        for (ifindex, info) in &changes.endpoints {
             let key = EndpointKey {
                 slot: s32,
                 ifindex: *ifindex,
             };
-            self.endpoints
-                .remove(&key)
-                .map_err(Error::map(names::ENDPOINTS))?;
+            match info {
+                Some(info) => self.endpoints.insert(key, info, 0),
+                None => removed(self.endpoints.remove(&key)),
+            }
+            .map_err(Error::map(names::ENDPOINTS))?;
+            count(info.is_some());
         }
-        for (ifindex, info) in &d.upsert {
-            let key = EndpointKey {
-                slot: s32,
-                ifindex: *ifindex,
-            };
-            self.endpoints
-                .insert(key, info, 0)
-                .map_err(Error::map(names::ENDPOINTS))?;
-        }
-        report.written += d.upsert.len();
-        report.removed += d.remove.len();
         Ok(report)
     }
 
@@ -257,12 +218,9 @@ impl Dataplane {
     fn remove_identity(&mut self, slot: u32, p: &Prefix) -> Result<()> {
         if p.len == 128 {
             let key = IpKey { slot, addr: p.addr };
-            self.host_identities
-                .remove(&key)
-                .map_err(Error::map(names::HOST_IDENTITIES))
+            removed(self.host_identities.remove(&key)).map_err(Error::map(names::HOST_IDENTITIES))
         } else {
-            self.identities
-                .remove(&lpm_key(slot, p))
+            removed(self.identities.remove(&lpm_key(slot, p)))
                 .map_err(Error::map(names::IDENTITIES))
         }
     }

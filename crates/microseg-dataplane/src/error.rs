@@ -29,6 +29,8 @@ pub enum Error {
     },
     #[error("test run: {0}")]
     TestRun(String),
+    #[error("changes need a state to apply to: apply whole tables first")]
+    NoState,
 }
 
 impl Error {

@@ -7,7 +7,11 @@ use aya::{
     programs::SchedClassifier,
     Ebpf, EbpfLoader,
 };
-use microseg_common::{names, tables::Tables, *};
+use microseg_common::{
+    names,
+    tables::{TableChanges, Tables},
+    *,
+};
 
 use crate::{Error, Result};
 
@@ -63,8 +67,8 @@ pub struct Dataplane {
     pub(crate) events: Option<RingBuf<MapData>>,
     /// What the active slot holds; None until this process applied something.
     pub(crate) current: Option<Tables>,
-    /// What the standby slot holds (the state before `current`); None when unknown.
-    pub(crate) standby: Option<Tables>,
+    /// What the standby slot lacks to hold `current`; None when its content is unknown.
+    pub(crate) behind: Option<TableChanges>,
     pub(crate) pin_dir: Option<PathBuf>,
     /// Interfaces this process attached to, with their ifindex then.
     pub(crate) attached: std::collections::HashMap<String, u32>,
@@ -136,7 +140,7 @@ impl Dataplane {
             events: Some(take(&mut ebpf, names::EVENTS)?),
             ebpf,
             current: None,
-            standby: None,
+            behind: None,
             pin_dir: opts.pin_dir.clone(),
             attached: Default::default(),
         })

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
@@ -316,7 +317,7 @@ impl Serialize for IpNet {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct ResourceSet {
     pub workloads: Vec<Workload>,
-    pub policies: Vec<Policy>,
+    pub policies: Vec<Arc<Policy>>,
 }
 
 impl ResourceSet {
@@ -325,6 +326,6 @@ impl ResourceSet {
     }
 
     pub fn policy(&self, name: &str) -> Option<&Policy> {
-        self.policies.iter().find(|p| p.name == name)
+        self.policies.iter().find(|p| p.name == name).map(|p| &**p)
     }
 }

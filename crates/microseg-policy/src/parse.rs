@@ -10,6 +10,7 @@ use marked_yaml::types::{MarkedMappingNode, Node};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub const API_VERSION: &str = "microseg.io/v1";
 
@@ -17,7 +18,9 @@ pub const API_VERSION: &str = "microseg.io/v1";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resource {
     Workload(Workload),
-    Policy(Policy),
+    /// Shared: a reload hands out the policies of unchanged files without copying them,
+    /// and the compiler tells them apart from changed ones by pointer.
+    Policy(Arc<Policy>),
 }
 
 impl Extend<Resource> for ResourceSet {
@@ -146,9 +149,9 @@ fn parse_resource(ctx: &mut Ctx, node: &Node) -> Option<Resource> {
                 return None;
             }
         };
-        Resource::Policy(crate::parse_policy::parse_policy_spec(
+        Resource::Policy(Arc::new(crate::parse_policy::parse_policy_spec(
             ctx, spec, name, origin,
-        )?)
+        )?))
     };
     (ctx.diags.len() == before).then_some(res)
 }

@@ -24,7 +24,7 @@ fn via_yaml(text: &str) -> (Vec<Resource>, Vec<microseg_policy::Diagnostic>) {
     for r in &mut res {
         match r {
             Resource::Workload(w) => w.origin = Default::default(),
-            Resource::Policy(p) => p.origin = Default::default(),
+            Resource::Policy(p) => std::sync::Arc::make_mut(p).origin = Default::default(),
         }
     }
     (res, diags)
@@ -35,7 +35,7 @@ fn via_json(text: &str) -> (Vec<Resource>, Vec<microseg_policy::Diagnostic>) {
     for r in &mut res {
         match r {
             Resource::Workload(w) => w.origin = Default::default(),
-            Resource::Policy(p) => p.origin = Default::default(),
+            Resource::Policy(p) => std::sync::Arc::make_mut(p).origin = Default::default(),
         }
     }
     (res, diags)

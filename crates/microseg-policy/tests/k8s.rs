@@ -170,9 +170,10 @@ fn imported_policies_round_trip_through_yaml() {
     let yaml = policies_to_yaml(&ps);
     let (res, d) = parse_str("out.yaml", &yaml);
     assert!(d.is_empty(), "{d:?}\n{yaml}");
-    let Resource::Policy(mut back) = res.into_iter().next().unwrap() else {
+    let Resource::Policy(back) = res.into_iter().next().unwrap() else {
         panic!()
     };
+    let mut back = std::sync::Arc::unwrap_or_clone(back);
     back.origin = ps[0].origin.clone();
     assert_eq!(back, ps.remove(0));
 }
@@ -214,7 +215,7 @@ fn imported_policy_selects_the_mapped_workloads() {
                 ],
             ),
         ],
-        policies: ps,
+        policies: ps.into_iter().map(std::sync::Arc::new).collect(),
     };
     let db = set.workload("db").unwrap();
     let v = |src: &str| {

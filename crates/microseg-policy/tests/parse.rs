@@ -316,9 +316,10 @@ fn empty_documents_are_skipped() {
 
 #[test]
 fn emitted_yaml_reads_back_into_equal_policies() {
-    let Resource::Policy(mut p) = parse_ok(EXAMPLE).remove(1) else {
+    let Resource::Policy(p) = parse_ok(EXAMPLE).remove(1) else {
         panic!()
     };
+    let mut p = std::sync::Arc::unwrap_or_clone(p);
     p.selector
         .match_labels
         .insert("odd key/x:y".replace(' ', "_"), "".into());
@@ -333,7 +334,8 @@ fn emitted_yaml_reads_back_into_equal_policies() {
     let back: Vec<Policy> = parse_ok(&yaml)
         .into_iter()
         .map(|r| match r {
-            Resource::Policy(mut x) => {
+            Resource::Policy(x) => {
+                let mut x = std::sync::Arc::unwrap_or_clone(x);
                 x.origin = p.origin.clone();
                 x
             }

@@ -92,7 +92,7 @@ fn check(files: &[PathBuf]) -> ExitCode {
         s.policy,
         s.port_ranges,
         s.source_ports,
-        compiled.identities.len(),
+        compiled.identities,
         s.identities,
         compiled.profiles
     );

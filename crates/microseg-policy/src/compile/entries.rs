@@ -1,17 +1,17 @@
-//! Turning the rules of one endpoint profile into policy entries.
+//! Turning what the rules of one section say about one peer into policy entries.
 //!
 //! The kernel looks up, per peer class, exact port → port range → any port → any protocol
 //! and stops at the first hit. So every entry carries the best rule among itself and all
 //! less specific rules of the same peer: the winner is resolved here, once, and not in
-//! the kernel.
+//! the kernel. A peer's entries depend only on that peer's contributions, which is what
+//! lets an update recompute just the peers a change touches.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 
 use microseg_common::{
-    dir_flags, policy_key, policy_kind, proto, PolicyEntry, PolicyKey, PortRangeEntry,
-    PortRangeTable, SourcePortEntry, SourcePortTable, IDENTITY_ANY, MAX_PORT_RANGES,
-    MAX_SOURCE_PORT_RULES,
+    policy_key, policy_kind, proto, PolicyEntry, PolicyKey, PortRangeEntry, PortRangeTable,
+    SourcePortEntry, SourcePortTable, MAX_PORT_RANGES, MAX_SOURCE_PORT_RULES,
 };
 
 /// (rank, rule id): lower wins, in the kernel too.
@@ -31,185 +31,206 @@ fn better(a: Option<Best>, b: Option<Best>) -> Option<Best> {
     }
 }
 
+/// What one rule says about the traffic of one peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Match {
+    AnyProtocol,
+    AnyPort(u8),
+    /// Protocol and inclusive destination port range.
+    Ports(u8, u16, u16),
+    /// A rule with `sourcePorts`: kept unfolded, in a small table per peer.
+    SourcePorts(SourcePortEntry),
+}
+
+/// One rule's [`Match`] for one peer, tagged with the policy it came from so that an
+/// update of that policy can take it back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Contribution {
+    pub policy: u32,
+    pub best: Best,
+    pub what: Match,
+}
+
+/// The matches of one rule (the same for each of its peers); empty `ports` means any
+/// protocol.
+pub fn rule_matches(
+    best: Best,
+    ports: &[(u8, Option<(u16, u16)>)],
+    source_ports: &[(u16, u16)],
+) -> Vec<Match> {
+    if source_ports.is_empty() {
+        if ports.is_empty() {
+            return vec![Match::AnyProtocol];
+        }
+        return ports
+            .iter()
+            .map(|(p, r)| match r {
+                None => Match::AnyPort(*p),
+                Some((a, b)) => Match::Ports(*p, *a, *b),
+            })
+            .collect();
+    }
+    // No ports listed: any protocol that has ports (protocol 0 in the table).
+    let dests: Vec<(u8, (u16, u16))> = if ports.is_empty() {
+        vec![(0, (0, u16::MAX))]
+    } else {
+        ports
+            .iter()
+            .filter(|(p, _)| proto::has_ports(*p))
+            .map(|(p, r)| (*p, r.unwrap_or((0, u16::MAX))))
+            .collect()
+    };
+    let mut out = Vec::new();
+    for (protocol, (dport_start, dport_end)) in &dests {
+        for (sport_start, sport_end) in source_ports {
+            out.push(Match::SourcePorts(SourcePortEntry {
+                protocol: *protocol,
+                _pad: [0; 3],
+                dport_start: *dport_start,
+                dport_end: *dport_end,
+                sport_start: *sport_start,
+                sport_end: *sport_end,
+                rank: best.0,
+                rule_id: best.1,
+            }));
+        }
+    }
+    out
+}
+
+/// Names one (profile, tier, direction) in keys.
+#[derive(Clone, Copy, Debug)]
+pub struct SectionId {
+    pub profile: u32,
+    pub tier: u8,
+    pub direction: u8,
+}
+
+impl SectionId {
+    fn key(&self, peer: u32, kind: u8, protocol: u8, port: u16) -> PolicyKey {
+        PolicyKey {
+            profile: self.profile,
+            peer,
+            port,
+            protocol,
+            flags: policy_key::flags(0, self.tier, self.direction, kind),
+        }
+    }
+}
+
+/// The entries one peer of one section owns (no other peer writes these keys).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerEntries {
+    pub policy: Vec<(PolicyKey, PolicyEntry)>,
+    pub port_ranges: Vec<(PolicyKey, PortRangeTable)>,
+    pub source_ports: Option<(PolicyKey, SourcePortTable)>,
+    /// What the data plane cannot hold for this peer (then no source-port table is made).
+    pub problem: Option<String>,
+}
+
 #[derive(Default)]
 struct ProtoRules {
+    protocol: u8,
     any_port: Option<Best>,
-    ranges: Vec<(u16, u16, Best)>,
+    ranges: Vec<Interval>,
 }
 
-#[derive(Default)]
-struct PeerRules {
-    any_protocol: Option<Best>,
-    protocols: BTreeMap<u8, ProtoRules>,
-}
-
-/// The rules of one (profile, tier, direction), gathered by peer.
-#[derive(Default)]
-pub struct Section {
-    peers: BTreeMap<u32, PeerRules>,
-    /// Rules that also match source ports: they stay unfolded, in a small table per peer.
-    source_ports: BTreeMap<u32, Vec<SourcePortEntry>>,
-}
-
-/// Where the compiled tables go.
-pub struct Output<'a> {
-    pub policy: &'a mut HashMap<PolicyKey, PolicyEntry>,
-    pub port_ranges: &'a mut HashMap<PolicyKey, PortRangeTable>,
-    pub source_ports: &'a mut HashMap<PolicyKey, SourcePortTable>,
-    /// What could not be compiled; the caller must not apply the result.
-    pub problems: &'a mut Vec<super::Problem>,
-}
-
-impl Section {
-    /// Adds a rule that matches `peers` (IDENTITY_ANY for any) on `ports`
-    /// (protocol, optional inclusive range); empty `ports` means any protocol.
-    pub fn add(&mut self, best: Best, peers: &[u32], ports: &[(u8, Option<(u16, u16)>)]) {
-        for peer in peers {
-            let p = self.peers.entry(*peer).or_default();
-            if ports.is_empty() {
-                p.any_protocol = better(p.any_protocol, Some(best));
-            }
-            for (proto, range) in ports {
-                let r = p.protocols.entry(*proto).or_default();
-                match range {
-                    None => r.any_port = better(r.any_port, Some(best)),
-                    Some((a, b)) => r.ranges.push((*a, *b, best)),
-                }
-            }
-        }
-    }
-
-    /// Adds a rule with `sourcePorts`: one entry per peer, destination and source range.
-    pub fn add_source_ports(
-        &mut self,
-        best: Best,
-        peers: &[u32],
-        ports: &[(u8, Option<(u16, u16)>)],
-        source_ports: &[(u16, u16)],
-    ) {
-        // No ports listed: any protocol that has ports (protocol 0 in the table).
-        let dests: Vec<(u8, (u16, u16))> = if ports.is_empty() {
-            vec![(0, (0, u16::MAX))]
-        } else {
-            ports
-                .iter()
-                .filter(|(p, _)| proto::has_ports(*p))
-                .map(|(p, r)| (*p, r.unwrap_or((0, u16::MAX))))
-                .collect()
-        };
-        for peer in peers {
-            let table = self.source_ports.entry(*peer).or_default();
-            for (protocol, (dport_start, dport_end)) in &dests {
-                for (sport_start, sport_end) in source_ports {
-                    table.push(SourcePortEntry {
-                        protocol: *protocol,
-                        _pad: [0; 3],
-                        dport_start: *dport_start,
-                        dport_end: *dport_end,
-                        sport_start: *sport_start,
-                        sport_end: *sport_end,
-                        rank: best.0,
-                        rule_id: best.1,
-                    });
-                }
-            }
-        }
-    }
-
-    /// Writes the section's entries; returns its `dir_flags` (peer, range and source-port
-    /// bits). `workload` and `dir` name the section in problems.
-    pub fn emit(
-        &self,
-        profile: u32,
-        tier: u8,
-        direction: u8,
-        workload: &str,
-        dir: crate::Direction,
-        out: &mut Output,
-    ) -> u8 {
-        let policy = &mut *out.policy;
-        let port_ranges = &mut *out.port_ranges;
-        let mut flags = 0;
-        for (peer, entries) in &self.source_ports {
-            if entries.is_empty() {
-                continue;
-            }
-            if entries.len() > MAX_SOURCE_PORT_RULES {
-                out.problems.push(super::Problem {
-                    workload: workload.to_string(),
-                    message: format!(
-                        "{dir}: {} rule entries with sourcePorts apply to one peer; the data plane holds at most {MAX_SOURCE_PORT_RULES}",
-                        entries.len()
-                    ),
+/// The entries of `peer` in section `id`, from all its contributions.
+pub fn emit_peer(id: SectionId, peer: u32, contributions: &[Contribution]) -> PeerEntries {
+    let mut out = PeerEntries::default();
+    let mut any_protocol = None;
+    let mut protocols: Vec<ProtoRules> = Vec::new();
+    let mut sports: Vec<SourcePortEntry> = Vec::new();
+    fn of(protocols: &mut Vec<ProtoRules>, p: u8) -> &mut ProtoRules {
+        let i = match protocols.iter().position(|r| r.protocol == p) {
+            Some(i) => i,
+            None => {
+                protocols.push(ProtoRules {
+                    protocol: p,
+                    ..Default::default()
                 });
-                continue;
+                protocols.len() - 1
             }
-            flags |= dir_flags::HAS_SOURCE_PORTS;
+        };
+        &mut protocols[i]
+    }
+    for c in contributions {
+        match c.what {
+            Match::AnyProtocol => any_protocol = better(any_protocol, Some(c.best)),
+            Match::AnyPort(p) => {
+                let r = of(&mut protocols, p);
+                r.any_port = better(r.any_port, Some(c.best));
+            }
+            Match::Ports(p, a, b) => of(&mut protocols, p).ranges.push((a, b, c.best)),
+            Match::SourcePorts(e) => sports.push(e),
+        }
+    }
+    if !sports.is_empty() {
+        if sports.len() > MAX_SOURCE_PORT_RULES {
+            out.problem = Some(format!(
+                "{} rule entries with sourcePorts apply to one peer; the data plane holds at most {MAX_SOURCE_PORT_RULES}",
+                sports.len()
+            ));
+        } else {
+            // The kernel scans the whole table; a fixed order makes equal tables compare equal.
+            sports.sort_by_key(|e| {
+                (
+                    e.rank,
+                    e.rule_id,
+                    e.protocol,
+                    e.dport_start,
+                    e.dport_end,
+                    e.sport_start,
+                    e.sport_end,
+                )
+            });
             let mut table = SourcePortTable {
-                count: entries.len() as u32,
+                count: sports.len() as u32,
                 ..Default::default()
             };
-            table.entries[..entries.len()].copy_from_slice(entries);
-            let key = PolicyKey {
-                profile,
-                peer: *peer,
-                port: 0,
-                protocol: 0,
-                flags: policy_key::flags(0, tier, direction, policy_kind::PORT),
-            };
-            out.source_ports.insert(key, table);
+            table.entries[..sports.len()].copy_from_slice(&sports);
+            out.source_ports = Some((id.key(peer, policy_kind::PORT, 0, 0), table));
         }
-        for (peer, rules) in &self.peers {
-            flags |= if *peer == IDENTITY_ANY {
-                dir_flags::PEER_ANY
-            } else {
-                dir_flags::PEER_SPECIFIC
-            };
-            let key = |kind: u8, protocol: u8, port: u16| PolicyKey {
-                profile,
-                peer: *peer,
-                port,
-                protocol,
-                flags: policy_key::flags(0, tier, direction, kind),
-            };
-            if let Some(b) = rules.any_protocol {
-                policy.insert(key(policy_kind::ANY_PROTOCOL, 0, 0), entry(b));
-            }
-            for (proto, r) in &rules.protocols {
-                let base = better(r.any_port, rules.any_protocol);
-                if r.any_port.is_some() {
-                    policy.insert(
-                        key(policy_kind::ANY_PORT, *proto, 0),
-                        entry(base.expect("set")),
-                    );
-                }
-                let intervals = resolve_intervals(&r.ranges, base);
-                let (exact, wide) = split_wide(intervals);
-                for (a, b, best) in exact {
-                    for port in a..=b {
-                        policy.insert(key(policy_kind::PORT, *proto, port), entry(best));
-                    }
-                }
-                if !wide.is_empty() {
-                    flags |= dir_flags::HAS_RANGES;
-                    let mut table = PortRangeTable {
-                        count: wide.len() as u32,
-                        ..Default::default()
-                    };
-                    for (i, (a, b, best)) in wide.into_iter().enumerate() {
-                        table.ranges[i] = PortRangeEntry {
-                            start: a,
-                            end: b,
-                            rank: best.0,
-                            rule_id: best.1,
-                        };
-                    }
-                    port_ranges.insert(key(policy_kind::RANGES, *proto, 0), table);
-                }
-            }
-        }
-        flags
     }
+    if let Some(b) = any_protocol {
+        out.policy
+            .push((id.key(peer, policy_kind::ANY_PROTOCOL, 0, 0), entry(b)));
+    }
+    for r in &protocols {
+        let base = better(r.any_port, any_protocol);
+        if r.any_port.is_some() {
+            out.policy.push((
+                id.key(peer, policy_kind::ANY_PORT, r.protocol, 0),
+                entry(base.expect("set")),
+            ));
+        }
+        let (exact, wide) = split_wide(resolve_intervals(&r.ranges, base));
+        for (a, b, best) in exact {
+            for port in a..=b {
+                out.policy.push((
+                    id.key(peer, policy_kind::PORT, r.protocol, port),
+                    entry(best),
+                ));
+            }
+        }
+        if !wide.is_empty() {
+            let mut table = PortRangeTable {
+                count: wide.len() as u32,
+                ..Default::default()
+            };
+            for (i, (a, b, best)) in wide.into_iter().enumerate() {
+                table.ranges[i] = PortRangeEntry {
+                    start: a,
+                    end: b,
+                    rank: best.0,
+                    rule_id: best.1,
+                };
+            }
+            out.port_ranges
+                .push((id.key(peer, policy_kind::RANGES, r.protocol, 0), table));
+        }
+    }
+    out
 }
 
 fn entry(b: Best) -> PolicyEntry {
@@ -221,7 +242,7 @@ fn entry(b: Best) -> PolicyEntry {
 
 /// Disjoint, sorted intervals covered by at least one range, each with its winner
 /// (folding in `base`, the any-port/any-protocol winner); neighbours with the same winner merged.
-fn resolve_intervals(ranges: &[(u16, u16, Best)], base: Option<Best>) -> Vec<(u16, u16, Best)> {
+fn resolve_intervals(ranges: &[Interval], base: Option<Best>) -> Vec<Interval> {
     if ranges.is_empty() {
         return Vec::new();
     }
@@ -231,12 +252,12 @@ fn resolve_intervals(ranges: &[(u16, u16, Best)], base: Option<Best>) -> Vec<(u1
         .collect();
     bounds.sort_unstable();
     bounds.dedup();
-    let mut sorted: Vec<&(u16, u16, Best)> = ranges.iter().collect();
+    let mut sorted: Vec<&Interval> = ranges.iter().collect();
     sorted.sort_by_key(|r| r.0);
     let mut next = 0;
     // Active ranges by winner, with their end; ended ones are dropped lazily.
     let mut active: BinaryHeap<Reverse<(Best, u16)>> = BinaryHeap::new();
-    let mut out: Vec<(u16, u16, Best)> = Vec::new();
+    let mut out: Vec<Interval> = Vec::new();
     for w in bounds.windows(2) {
         let (start, end) = (w[0], w[1] - 1);
         while next < sorted.len() && sorted[next].0 as u32 <= start {
@@ -264,7 +285,7 @@ fn resolve_intervals(ranges: &[(u16, u16, Best)], base: Option<Best>) -> Vec<(u1
 
 /// Narrow intervals become single ports; the widest (up to the table's size) stay ranges.
 fn split_wide(intervals: Vec<Interval>) -> (Vec<Interval>, Vec<Interval>) {
-    let width = |i: &(u16, u16, Best)| i.1 as u32 - i.0 as u32 + 1;
+    let width = |i: &Interval| i.1 as u32 - i.0 as u32 + 1;
     let (mut wide, mut exact): (Vec<_>, Vec<_>) =
         intervals.into_iter().partition(|i| width(i) > EXPAND_LIMIT);
     if wide.len() > MAX_PORT_RANGES {
@@ -304,5 +325,48 @@ mod tests {
         assert_eq!(wide.len(), MAX_PORT_RANGES);
         assert_eq!(exact.len(), 4);
         assert!(wide.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    #[test]
+    fn a_peer_entries_do_not_depend_on_the_order_of_its_contributions() {
+        let id = SectionId {
+            profile: 1,
+            tier: 0,
+            direction: 0,
+        };
+        let mut cs = Vec::new();
+        for (i, m) in [
+            Match::Ports(6, 80, 90),
+            Match::AnyPort(17),
+            Match::Ports(6, 85, 200),
+            Match::AnyProtocol,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            cs.push(Contribution {
+                policy: 1,
+                best: (10 - i as u32, i as u32 + 2),
+                what: m,
+            });
+        }
+        for m in rule_matches((3, 9), &[(6, Some((1, 2)))], &[(1000, 2000), (5, 6)]) {
+            cs.push(Contribution {
+                policy: 2,
+                best: (3, 9),
+                what: m,
+            });
+        }
+        let forward = emit_peer(id, 7, &cs);
+        cs.reverse();
+        let mut backward = emit_peer(id, 7, &cs);
+        let mut f = forward.clone();
+        f.policy.sort_by_key(|(k, _)| (k.flags, k.protocol, k.port));
+        backward
+            .policy
+            .sort_by_key(|(k, _)| (k.flags, k.protocol, k.port));
+        assert_eq!(f.policy, backward.policy);
+        assert_eq!(forward.source_ports, backward.source_ports);
+        assert_eq!(forward.port_ranges, backward.port_ranges);
     }
 }

@@ -95,7 +95,7 @@ pub struct Signature {
 }
 
 /// Hands out identity numbers that stay the same while their signature exists.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct IdentityAllocator {
     ids: HashMap<Signature, u32>,
     free: Vec<u32>,
@@ -134,6 +134,7 @@ impl IdentityAllocator {
 }
 
 /// The identities of one compile.
+#[derive(Clone)]
 pub struct Identities {
     /// Prefix → identity, for the LPM map.
     pub prefixes: BTreeMap<Prefix, u32>,

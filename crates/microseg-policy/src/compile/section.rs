@@ -1,0 +1,187 @@
+//! One (profile, tier, direction) kept between compiles: every rule's contribution, by
+//! peer, so that a change to one policy recomputes only the peers its rules name.
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use microseg_common::{
+    dir_flags,
+    tables::{TableChanges, Tables},
+    IDENTITY_ANY,
+};
+
+use super::entries::{emit_peer, Contribution, PeerEntries, SectionId};
+
+#[derive(Clone, Debug, Default)]
+pub struct Section {
+    peers: FxHashMap<u32, Vec<Contribution>>,
+    // How many peers hold each kind of entry: the section's dir_flags.
+    specific: u32,
+    any: bool,
+    with_ranges: u32,
+    with_source_ports: u32,
+}
+
+/// Where entries go: the tables, and (when updating) the record of what changed.
+pub struct Sink<'a> {
+    pub tables: &'a mut Tables,
+    pub changes: Option<&'a mut TableChanges>,
+}
+
+impl Sink<'_> {
+    /// Replaces one peer's `old` entries by its `new` ones.
+    fn replace(&mut self, old: &PeerEntries, new: &PeerEntries) {
+        let t = &mut *self.tables;
+        if !old.policy.is_empty() {
+            let keep: FxHashSet<_> = new.policy.iter().map(|(k, _)| *k).collect();
+            for (k, _) in old.policy.iter().filter(|(k, _)| !keep.contains(k)) {
+                t.policy.remove(k);
+                if let Some(c) = self.changes.as_deref_mut() {
+                    c.policy.insert(*k, None);
+                }
+            }
+        }
+        for (k, v) in &new.policy {
+            if t.policy.insert(*k, *v) != Some(*v) {
+                if let Some(c) = self.changes.as_deref_mut() {
+                    c.policy.insert(*k, Some(*v));
+                }
+            }
+        }
+        for (k, _) in &old.port_ranges {
+            if !new.port_ranges.iter().any(|(n, _)| n == k) {
+                t.port_ranges.remove(k);
+                if let Some(c) = self.changes.as_deref_mut() {
+                    c.port_ranges.insert(*k, None);
+                }
+            }
+        }
+        for (k, v) in &new.port_ranges {
+            if t.port_ranges.insert(*k, *v) != Some(*v) {
+                if let Some(c) = self.changes.as_deref_mut() {
+                    c.port_ranges.insert(*k, Some(*v));
+                }
+            }
+        }
+        if let Some((k, _)) = &old.source_ports {
+            if new.source_ports.as_ref().map(|(n, _)| n) != Some(k) {
+                t.source_ports.remove(k);
+                if let Some(c) = self.changes.as_deref_mut() {
+                    c.source_ports.insert(*k, None);
+                }
+            }
+        }
+        if let Some((k, v)) = &new.source_ports {
+            if t.source_ports.insert(*k, *v) != Some(*v) {
+                if let Some(c) = self.changes.as_deref_mut() {
+                    c.source_ports.insert(*k, Some(*v));
+                }
+            }
+        }
+    }
+}
+
+/// A policy's part in one section: per peer, what its rules contribute.
+pub struct PolicyPart {
+    pub contributions: Vec<(u32, Contribution)>,
+}
+
+impl Section {
+    /// Takes back the contributions of the `removed` policies (tag and the peers they
+    /// named) and adds those of `added`; writes the entries of every peer touched and
+    /// returns the problems found there.
+    pub fn update(
+        &mut self,
+        id: SectionId,
+        removed: &[(u32, Vec<u32>)],
+        added: Vec<PolicyPart>,
+        sink: &mut Sink,
+    ) -> Vec<String> {
+        let mut touched: Vec<u32> = removed
+            .iter()
+            .flat_map(|(_, peers)| peers.iter().copied())
+            .chain(
+                added
+                    .iter()
+                    .flat_map(|p| p.contributions.iter().map(|(peer, _)| *peer)),
+            )
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
+        let old: Vec<PeerEntries> = touched.iter().map(|p| self.entries(id, *p)).collect();
+        for (tag, peers) in removed {
+            for peer in peers {
+                if let Some(cs) = self.peers.get_mut(peer) {
+                    cs.retain(|c| c.policy != *tag);
+                    if cs.is_empty() {
+                        self.peers.remove(peer);
+                    }
+                }
+            }
+        }
+        for part in added {
+            for (peer, c) in part.contributions {
+                self.peers.entry(peer).or_default().push(c);
+            }
+        }
+        let mut problems = Vec::new();
+        for (peer, old) in touched.iter().zip(&old) {
+            let new = self.entries(id, *peer);
+            self.count(*peer, old, false);
+            self.count(*peer, &new, true);
+            sink.replace(old, &new);
+            problems.extend(new.problem);
+        }
+        problems
+    }
+
+    /// Removes every entry of this section (its profile is gone).
+    pub fn clear(&mut self, id: SectionId, sink: &mut Sink) {
+        for (peer, cs) in std::mem::take(&mut self.peers) {
+            sink.replace(&emit_peer(id, peer, &cs), &PeerEntries::default());
+        }
+        *self = Section::default();
+    }
+
+    fn entries(&self, id: SectionId, peer: u32) -> PeerEntries {
+        match self.peers.get(&peer) {
+            Some(cs) => emit_peer(id, peer, cs),
+            None => PeerEntries::default(),
+        }
+    }
+
+    fn count(&mut self, peer: u32, e: &PeerEntries, add: bool) {
+        let step = |n: &mut u32, yes: bool| {
+            if yes {
+                *n = if add { *n + 1 } else { *n - 1 };
+            }
+        };
+        let rules = !e.policy.is_empty() || !e.port_ranges.is_empty();
+        if peer == IDENTITY_ANY {
+            if rules {
+                self.any = add;
+            }
+        } else {
+            step(&mut self.specific, rules);
+        }
+        step(&mut self.with_ranges, !e.port_ranges.is_empty());
+        step(&mut self.with_source_ports, e.source_ports.is_some());
+    }
+
+    /// The peer, range and source-port bits of the section's `dir_flags`.
+    pub fn flags(&self) -> u8 {
+        let mut f = 0;
+        if self.specific > 0 {
+            f |= dir_flags::PEER_SPECIFIC;
+        }
+        if self.any {
+            f |= dir_flags::PEER_ANY;
+        }
+        if self.with_ranges > 0 {
+            f |= dir_flags::HAS_RANGES;
+        }
+        if self.with_source_ports > 0 {
+            f |= dir_flags::HAS_SOURCE_PORTS;
+        }
+        f
+    }
+}
