@@ -106,6 +106,7 @@ pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
     let mut int = signal(SignalKind::interrupt()).map_err(runtime)?;
     let mut reload = tokio::time::interval(opts.reload_interval);
     let mut gc = tokio::time::interval(opts.gc_interval);
+    let mut idle = tokio::time::interval(STANDBY_CHECK);
     let mut watcher = match files {
         true => crate::watch::Watcher::new(&opts.policy_paths)
             .map_err(|e| log::warn!("no inotify ({e}); changes are seen at the next poll"))
@@ -137,6 +138,7 @@ pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
                 }
             }
             _ = gc.tick() => expire(&state, &opts.node),
+            _ = idle.tick() => prepare_standby(&state),
         }
     }
     let _ = std::fs::remove_file(&opts.socket);
@@ -145,6 +147,22 @@ pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
         opts.bpffs.display()
     );
     Ok(())
+}
+
+/// How soon after a whole-state write the standby slot is filled in.
+const STANDBY_CHECK: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// After a whole-state write (the first update, or one after a failure) the standby
+/// slot's content is unknown and the next update would write everything: fill it in now,
+/// while nothing waits, so that the next change writes only what it changes.
+fn prepare_standby(state: &Arc<Mutex<State>>) {
+    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+    if st.dp.standby_unknown() {
+        match st.dp.prepare_standby() {
+            Ok(n) => log::debug!("standby slot prepared ({n} entries)"),
+            Err(e) => log::warn!("preparing the standby slot: {e}"),
+        }
+    }
 }
 
 /// Files or interfaces changed: enforce the new policy, or keep the last good one.

@@ -629,9 +629,12 @@ struct Totals {
     )>,
     fills: Vec<(usize, u32, usize)>,
     memory: Vec<(String, u64)>,
-    /// Rules, then per one-rule change (add, remove): compile, apply, entries written.
-    changes: Vec<(usize, Vec<(Duration, Duration, usize)>)>,
+    /// Rules, then per one-rule change (add, remove).
+    changes: Vec<(usize, Vec<ChangeSample>)>,
 }
+
+/// One change: compile time, apply time, keys written or removed.
+type ChangeSample = (Duration, Duration, usize);
 
 /// A policy of one rule that denies what the last rule of `resource_set(n)` allows, ahead
 /// of it (priority 10): the "one rule change" of the side-by-side comparison.
@@ -652,7 +655,7 @@ fn one_rule_changes(
     dp: &mut Dataplane,
     set: &ResourceSet,
     local: &[LocalEndpoint],
-) -> Vec<(Duration, Duration, usize)> {
+) -> Vec<ChangeSample> {
     let n = set.policies[0].ingress.as_ref().map_or(0, |r| r.len());
     let mut with = set.clone();
     with.policies.push(std::sync::Arc::new(deny_one(n)));
@@ -735,9 +738,10 @@ fn scenario(args: &Args, rules: usize, fill: u32, totals: &mut Totals) {
             .find(|k| k.port == port(rules - 1))
             .copied();
         drop(compiled);
-        totals
-            .changes
-            .push((rules, one_rule_changes(&mut compiler, &mut dp, &set, &local)));
+        totals.changes.push((
+            rules,
+            one_rule_changes(&mut compiler, &mut dp, &set, &local),
+        ));
     }
 
     let ring_events = ring_capacity_events(opts.events_bytes);

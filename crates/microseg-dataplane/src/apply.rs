@@ -117,6 +117,27 @@ impl Dataplane {
         Ok(report)
     }
 
+    /// Whether the standby slot's content is unknown, so the next update would write the
+    /// whole state (see [`Dataplane::prepare_standby`]).
+    pub fn standby_unknown(&self) -> bool {
+        self.current.is_some() && self.behind.is_none()
+    }
+
+    /// Writes the whole current state into the standby slot, which packets do not read,
+    /// so that the next update writes only its changes. Worth calling when idle after the
+    /// first update (or after a failed one); a no-op when the slot is known.
+    pub fn prepare_standby(&mut self) -> Result<usize> {
+        let Some(cur) = self.current.as_ref().filter(|_| self.behind.is_none()) else {
+            return Ok(0);
+        };
+        let all = TableChanges::between(&Tables::default(), cur);
+        let standby = 1 - (self.config()?.active_slot & 1) as u8;
+        self.clear_slot(standby)?;
+        let report = self.write_slot(standby, &all)?;
+        self.behind = Some(TableChanges::default());
+        Ok(report.written)
+    }
+
     /// The state packets see, if an update has been applied by this process.
     pub fn current(&self) -> Option<&Tables> {
         self.current.as_ref()

@@ -15,7 +15,7 @@ pub const NAMESPACE_LABELS_PREFIX: &str = "k8s.namespace.labels/";
 /// and need no conversion: their labels live on the workloads.
 pub fn import_k8s(file: &str, text: &str) -> (Vec<Policy>, Vec<Diagnostic>) {
     let mut diags = Vec::new();
-    let docs = load_documents(file, text, &mut diags);
+    let (docs, _) = load_documents(file, text, &mut diags, false);
     let mut ctx = Ctx::new(file);
     let mut out = Vec::new();
     for doc in &docs {

@@ -5,6 +5,7 @@ pub mod compile;
 mod diagnostics;
 mod emit;
 mod evaluate;
+mod fast_yaml;
 mod k8s;
 mod model;
 mod parse;

@@ -58,8 +58,20 @@ pub fn parse_str(file: &str, text: &str) -> (Vec<Resource>, Vec<Diagnostic>) {
             return (out, Vec::new());
         }
     }
+    // The quick YAML reader first; errors are reported from the full loader's tree,
+    // whose positions are exact everywhere.
+    match parse_yaml(file, text, true) {
+        (_, diags, true) if !diags.is_empty() => {
+            let (out, diags, _) = parse_yaml(file, text, false);
+            (out, diags)
+        }
+        (out, diags, _) => (out, diags),
+    }
+}
+
+fn parse_yaml(file: &str, text: &str, fast: bool) -> (Vec<Resource>, Vec<Diagnostic>, bool) {
     let mut diags = Vec::new();
-    let docs = load_documents(file, text, &mut diags);
+    let (docs, fast_used) = load_documents(file, text, &mut diags, fast);
     let mut ctx = Ctx::new(file);
     let mut out = Vec::new();
     for doc in &docs {
@@ -72,7 +84,7 @@ pub fn parse_str(file: &str, text: &str) -> (Vec<Resource>, Vec<Diagnostic>) {
     }
     diags.extend(ctx.diags);
     diags.sort_by_key(|d| (d.line, d.col));
-    (out, diags)
+    (out, diags, fast_used)
 }
 
 /// A document is one resource, a list of them, or a `kind: List` wrapper.

@@ -32,7 +32,14 @@ fn is_blank(chunk: &str) -> bool {
 
 /// Splits a multi-document stream on `---` lines and parses each document.
 /// marked-yaml only loads a single document, so the split is done here.
-pub(crate) fn load_documents(file: &str, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<Document> {
+/// With `fast`, each document is first tried with [`crate::fast_yaml`]; the second value
+/// tells whether any was read that way (its list and mapping positions are approximate).
+pub(crate) fn load_documents(
+    file: &str,
+    text: &str,
+    diags: &mut Vec<Diagnostic>,
+    fast: bool,
+) -> (Vec<Document>, bool) {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut chunks: Vec<(usize, String)> = vec![(0, String::new())];
     for (i, line) in text.lines().enumerate() {
@@ -46,16 +53,24 @@ pub(crate) fn load_documents(file: &str, text: &str, diags: &mut Vec<Diagnostic>
         }
     }
     let mut docs = Vec::new();
+    let mut fast_used = false;
     for (line_off, chunk) in chunks {
         if is_blank(&chunk) {
             continue;
+        }
+        if fast {
+            if let Some(node) = crate::fast_yaml::parse(&chunk) {
+                fast_used = true;
+                docs.push(Document { node, line_off });
+                continue;
+            }
         }
         match parse_chunk(&chunk) {
             Ok(node) => docs.push(Document { node, line_off }),
             Err((line, col, msg)) => diags.push(Diagnostic::new(file, line + line_off, col, msg)),
         }
     }
-    docs
+    (docs, fast_used)
 }
 
 fn parse_chunk(chunk: &str) -> Result<Node, (usize, usize, String)> {
