@@ -80,7 +80,9 @@ pub fn enforce(state: &mut State, set: ResourceSet, opts: &AgentOptions) -> Resu
         .into_iter()
         .filter(|ep| !elsewhere(&ep.workload))
         .collect();
+    let started = std::time::Instant::now();
     let compiled = state.compiler.compile(&set, &local);
+    let compile_time = started.elapsed();
     if !compiled.problems.is_empty() {
         state.in_sync = false;
         let problems: Vec<String> = compiled.problems.iter().map(ToString::to_string).collect();
@@ -102,6 +104,7 @@ pub fn enforce(state: &mut State, set: ResourceSet, opts: &AgentOptions) -> Resu
     };
     state.in_sync = applied.is_ok();
     let report = applied.map_err(|e| e.to_string())?;
+    let apply_time = started.elapsed() - compile_time;
     let links = opts.links_dir();
     let mut problems = Vec::new();
     for ep in &local {
@@ -136,7 +139,7 @@ pub fn enforce(state: &mut State, set: ResourceSet, opts: &AgentOptions) -> Resu
     state.resources = Some(set);
     state.revision += 1;
     let summary = format!(
-        "revision {}: {} local workload(s), {} rule(s), {} identities, {} policy entries, {} port-range tables, {} prefixes (generation {}, {} written, {} removed)",
+        "revision {}: {} local workload(s), {} rule(s), {} identities, {} policy entries, {} port-range tables, {} prefixes (generation {}, {} written, {} removed; compiled{} in {:.1} ms, applied in {:.1} ms)",
         state.revision,
         local.len(),
         rules,
@@ -146,7 +149,10 @@ pub fn enforce(state: &mut State, set: ResourceSet, opts: &AgentOptions) -> Resu
         sizes.identities,
         report.generation,
         report.written,
-        report.removed
+        report.removed,
+        if compiled.incremental { " incrementally" } else { "" },
+        compile_time.as_secs_f64() * 1e3,
+        apply_time.as_secs_f64() * 1e3,
     );
     if problems.is_empty() {
         Ok(summary)

@@ -138,7 +138,7 @@ pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
                 }
             }
             _ = gc.tick() => expire(&state, &opts.node),
-            _ = idle.tick() => prepare_standby(&state),
+            _ = idle.tick() => catch_up_standby(&state),
         }
     }
     let _ = std::fs::remove_file(&opts.socket);
@@ -149,18 +149,18 @@ pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// How soon after a whole-state write the standby slot is filled in.
+/// How soon after an update the standby slot is brought up to date.
 const STANDBY_CHECK: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// After a whole-state write (the first update, or one after a failure) the standby
-/// slot's content is unknown and the next update would write everything: fill it in now,
-/// while nothing waits, so that the next change writes only what it changes.
-fn prepare_standby(state: &Arc<Mutex<State>>) {
+/// After an update the standby slot lacks that update's changes (all of the state, after
+/// the first one): write them now, while nothing waits, so that the next change writes
+/// only what it changes.
+fn catch_up_standby(state: &Arc<Mutex<State>>) {
     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-    if st.dp.standby_unknown() {
-        match st.dp.prepare_standby() {
-            Ok(n) => log::debug!("standby slot prepared ({n} entries)"),
-            Err(e) => log::warn!("preparing the standby slot: {e}"),
+    if st.dp.standby_behind() {
+        match st.dp.catch_up_standby() {
+            Ok(n) => log::debug!("standby slot caught up ({n} keys)"),
+            Err(e) => log::warn!("bringing the standby slot up to date: {e}"),
         }
     }
 }
@@ -168,12 +168,18 @@ fn prepare_standby(state: &Arc<Mutex<State>>) {
 /// Files or interfaces changed: enforce the new policy, or keep the last good one.
 fn reload_now(state: &Arc<Mutex<State>>, opts: &AgentOptions) {
     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+    let started = std::time::Instant::now();
     let loaded = load(&mut st.loader, opts);
+    let load_time = started.elapsed();
     match loaded {
         Ok(set) => {
             st.last_errors.clear();
             match enforce(&mut st, set, opts) {
-                Ok(summary) => log::info!("reloaded: enforcing {summary}"),
+                Ok(summary) => log::info!(
+                    "reloaded: enforcing {summary}; files read in {:.1} ms, {:.1} ms in all",
+                    load_time.as_secs_f64() * 1e3,
+                    started.elapsed().as_secs_f64() * 1e3
+                ),
                 Err(e) => log::error!("reload: {e}"),
             }
         }

@@ -654,7 +654,7 @@ fn check(checker: &mut Checker, sc: &Scenario) -> Result<(), String> {
                     && want
                         .tied
                         .iter()
-                        .any(|t| t.policy == r.policy && t.rule == r.index)
+                        .any(|t| *t.policy == *r.policy && t.rule == r.index)
             }),
         };
         // Named by policy: the kernel's (policy, index) is one of the tied winners; else
@@ -691,16 +691,16 @@ fn check(checker: &mut Checker, sc: &Scenario) -> Result<(), String> {
                 };
                 let tied = r.audit
                     && r.direction == direction
-                    && (&r.policy, r.index) != (wp, wr)
+                    && (&*r.policy, r.index) != (wp.as_str(), wr)
                     && same_rank(
                         &set,
                         &local,
                         direction,
                         &packet,
-                        (&r.policy, r.index),
+                        (&r.policy.to_string(), r.index),
                         (wp, wr),
                     );
-                if !((r.policy == *wp && r.index == wr) || (!fresh && tied)) {
+                if !((*r.policy == **wp && r.index == wr) || (!fresh && tied)) {
                     return Err(report("audit rule differs", got));
                 }
             }

@@ -4,9 +4,9 @@ use crate::diagnostics::Diagnostic;
 use crate::model::*;
 use crate::parse::top_level_items;
 use crate::parse_policy::{parse_cidr, parse_selector};
+use crate::tree::{Mapping, Node};
 use crate::validate::check_name;
 use crate::yaml::{describe, is_null, load_documents, Ctx};
-use marked_yaml::types::{MarkedMappingNode, Node};
 
 pub const NAMESPACE_LABEL: &str = "k8s.namespace";
 pub const NAMESPACE_LABELS_PREFIX: &str = "k8s.namespace.labels/";
@@ -67,7 +67,7 @@ fn import_object(ctx: &mut Ctx, node: &Node) -> Option<Policy> {
         return None;
     }
     let before = ctx.diags.len();
-    let empty = MarkedMappingNode::new_empty(*map.span());
+    let empty = Mapping::new_empty(*map.span());
     let spec = match map.get_node("spec") {
         Some(s) if !is_null(s) => ctx.map(s, "spec")?,
         _ => &empty,
@@ -81,8 +81,7 @@ fn import_object(ctx: &mut Ctx, node: &Node) -> Option<Policy> {
     // As in Kubernetes: without policyTypes, egress is isolated only by egress rules.
     let has_egress_rules = spec
         .get_node("egress")
-        .and_then(|n| n.as_sequence())
-        .is_some_and(|rules| !rules.is_empty());
+        .is_some_and(|n| matches!(n, Node::Sequence(rules) if !rules.as_slice().is_empty()));
     let (mut want_in, mut want_eg) = (true, has_egress_rules);
     if let Some(pt) = spec.get_node("policyTypes") {
         if let Some(types) = ctx.seq(pt, "policyTypes") {

@@ -11,6 +11,7 @@ mod model;
 mod parse;
 mod parse_policy;
 mod selector;
+mod tree;
 mod validate;
 mod yaml;
 

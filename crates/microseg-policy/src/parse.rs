@@ -2,11 +2,11 @@
 
 use crate::diagnostics::Diagnostic;
 use crate::model::{Mode, Policy, ResourceSet, Workload};
+use crate::tree::{Mapping, Node};
 use crate::validate::{
     check_interface, check_label_key, check_label_value, check_name, validate_set,
 };
 use crate::yaml::{entries, is_null, load_documents, Ctx};
-use marked_yaml::types::{MarkedMappingNode, Node};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -168,11 +168,7 @@ fn parse_resource(ctx: &mut Ctx, node: &Node) -> Option<Resource> {
     (ctx.diags.len() == before).then_some(res)
 }
 
-fn parse_metadata(
-    ctx: &mut Ctx,
-    map: &MarkedMappingNode,
-    kind: &str,
-) -> (String, BTreeMap<String, String>) {
+fn parse_metadata(ctx: &mut Ctx, map: &Mapping, kind: &str) -> (String, BTreeMap<String, String>) {
     let mut name = String::new();
     let mut labels = BTreeMap::new();
     let Some(meta) = ctx

@@ -2,9 +2,9 @@
 
 use crate::model::*;
 use crate::parse::{parse_labels, parse_mode};
+use crate::tree::{Mapping, Node};
 use crate::validate::{check_label_key, check_label_value};
 use crate::yaml::{describe, is_null, Ctx};
-use marked_yaml::types::{MarkedMappingNode, Node};
 
 const RULE_FIELDS: &[&str] = &["action", "from", "to", "ports", "sourcePorts"];
 
@@ -353,7 +353,7 @@ fn parse_port_match(ctx: &mut Ctx, node: &Node) -> Option<PortMatch> {
 }
 
 /// `port` and optional `endPort` of a mapping; `port` must be present.
-fn parse_range(ctx: &mut Ctx, map: &MarkedMappingNode) -> Option<PortRange> {
+fn parse_range(ctx: &mut Ctx, map: &Mapping) -> Option<PortRange> {
     let pn = map.get_node("port")?;
     let start = parse_port(ctx, pn, "port");
     let end = match map.get_node("endPort") {

@@ -2,8 +2,8 @@
 
 use crate::diagnostics::Diagnostic;
 use crate::model::Origin;
+use crate::tree::{Mapping, Node, Scalar, Span};
 use marked_yaml::loader::{parse_yaml_with_options, LoadError, LoaderOptions};
-use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode, Node, Span};
 
 /// One document of a file, with the line it starts on (0-based offset).
 pub(crate) struct Document {
@@ -96,9 +96,9 @@ fn parse_chunk(chunk: &str) -> Result<Node, (usize, usize, String)> {
         })
     };
     match run(false) {
-        Ok(n) => Ok(n),
+        Ok(n) => Ok(Node::from(&n)),
         Err(LoadError::TopLevelMustBeMapping(_)) => match run(true) {
-            Ok(n) => Ok(n),
+            Ok(n) => Ok(Node::from(&n)),
             Err(LoadError::TopLevelMustBeSequence(m)) => Err((
                 m.line(),
                 m.column(),
@@ -142,7 +142,7 @@ pub(crate) fn start(node: &Node) -> &Span {
     }
 }
 
-pub(crate) fn map_start(m: &MarkedMappingNode) -> &Span {
+pub(crate) fn map_start(m: &Mapping) -> &Span {
     m.keys().next().map_or(m.span(), |k| k.span())
 }
 
@@ -195,7 +195,7 @@ impl<'f> Ctx<'f> {
         self.diags.push(Diagnostic::new(self.file, line, col, msg));
     }
 
-    pub fn map<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n MarkedMappingNode> {
+    pub fn map<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n Mapping> {
         match node {
             Node::Mapping(m) => Some(m),
             _ => {
@@ -253,7 +253,7 @@ impl<'f> Ctx<'f> {
     }
 
     /// Reports keys not in `allowed`, at the key's position.
-    pub fn check_fields(&mut self, map: &MarkedMappingNode, what: &str, allowed: &[&str]) {
+    pub fn check_fields(&mut self, map: &Mapping, what: &str, allowed: &[&str]) {
         for key in map.keys() {
             if !allowed.contains(&key.as_str()) {
                 self.err(
@@ -269,12 +269,7 @@ impl<'f> Ctx<'f> {
     }
 
     /// A required field; reports its absence at the mapping.
-    pub fn required<'n>(
-        &mut self,
-        map: &'n MarkedMappingNode,
-        key: &str,
-        what: &str,
-    ) -> Option<&'n Node> {
+    pub fn required<'n>(&mut self, map: &'n Mapping, key: &str, what: &str) -> Option<&'n Node> {
         let n = map.get_node(key);
         if n.is_none() {
             self.err(map_start(map), format!("missing field \"{key}\" in {what}"));
@@ -284,7 +279,7 @@ impl<'f> Ctx<'f> {
 }
 
 /// Key/value pairs of a mapping with the key nodes (for positions).
-pub(crate) fn entries(map: &MarkedMappingNode) -> impl Iterator<Item = (&MarkedScalarNode, &Node)> {
+pub(crate) fn entries(map: &Mapping) -> impl Iterator<Item = (&Scalar, &Node)> {
     map.iter()
 }
 
@@ -301,33 +296,24 @@ pub(crate) fn json_document(text: &str) -> Option<Node> {
 }
 
 fn json_node(v: serde_json::Value) -> Node {
-    use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode, MarkedSequenceNode, Span};
-    let span = Span::new_blank();
-    let scalar = |s: String, plain: bool| {
-        let mut n = MarkedScalarNode::new(span, s);
-        // JSON strings are quoted scalars: never read as numbers, booleans or null.
-        n.set_coerce(plain);
-        Node::Scalar(n)
-    };
+    use crate::tree::Sequence;
+    let span = Span::blank();
+    // JSON strings are quoted scalars: never read as numbers, booleans or null.
+    let scalar = |s: String, plain: bool| Node::Scalar(Scalar::new(span, s, plain));
     match v {
         serde_json::Value::Null => scalar("null".into(), true),
         serde_json::Value::Bool(b) => scalar(b.to_string(), true),
         serde_json::Value::Number(n) => scalar(n.to_string(), true),
         serde_json::Value::String(s) => scalar(s, false),
-        serde_json::Value::Array(a) => Node::Sequence(MarkedSequenceNode::new(
-            span,
-            a.into_iter().map(json_node).collect(),
-        )),
+        serde_json::Value::Array(a) => {
+            Node::Sequence(Sequence::new(span, a.into_iter().map(json_node).collect()))
+        }
         serde_json::Value::Object(o) => {
-            let map = o
-                .into_iter()
-                .map(|(k, v)| {
-                    let mut key = MarkedScalarNode::new(span, k);
-                    key.set_coerce(false);
-                    (key, json_node(v))
-                })
-                .collect();
-            Node::Mapping(MarkedMappingNode::new(span, map))
+            let mut map = Mapping::new_empty(span);
+            for (k, v) in o {
+                map.insert(Scalar::new(span, k, false), json_node(v));
+            }
+            Node::Mapping(map)
         }
     }
 }

@@ -74,7 +74,7 @@ impl Env {
             .compiled
             .rules
             .iter()
-            .find(|(_, r)| r.policy == policy && r.direction == direction && r.index == index)
+            .find(|(_, r)| &*r.policy == policy && r.direction == direction && r.index == index)
             .unwrap_or_else(|| panic!("no rule {policy}/{direction:?}/{index}"))
             .0
     }

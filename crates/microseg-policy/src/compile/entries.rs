@@ -123,7 +123,8 @@ impl SectionId {
 pub struct PeerEntries {
     pub policy: Vec<(PolicyKey, PolicyEntry)>,
     pub port_ranges: Vec<(PolicyKey, PortRangeTable)>,
-    pub source_ports: Option<(PolicyKey, SourcePortTable)>,
+    /// Boxed: most peers have none, and the table is large.
+    pub source_ports: Option<Box<(PolicyKey, SourcePortTable)>>,
     /// What the data plane cannot hold for this peer (then no source-port table is made).
     pub problem: Option<String>,
 }
@@ -189,7 +190,7 @@ pub fn emit_peer(id: SectionId, peer: u32, contributions: &[Contribution]) -> Pe
                 ..Default::default()
             };
             table.entries[..sports.len()].copy_from_slice(&sports);
-            out.source_ports = Some((id.key(peer, policy_kind::PORT, 0, 0), table));
+            out.source_ports = Some(Box::new((id.key(peer, policy_kind::PORT, 0, 0), table)));
         }
     }
     if let Some(b) = any_protocol {

@@ -31,7 +31,8 @@ use section::{PolicyPart, Section, Sink};
 /// What a rule id stands for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleInfo {
-    pub policy: String,
+    /// Shared by the rules of one policy.
+    pub policy: Arc<str>,
     pub direction: Direction,
     /// Index in the policy's `ingress` or `egress` list.
     pub index: u32,
@@ -619,6 +620,7 @@ impl Compiler {
         let mut ids = self.rule_ids.remove(&p.name).unwrap_or_default();
         let mut fresh = Vec::new();
         let rules = Arc::make_mut(&mut self.rules);
+        let name: Arc<str> = Arc::from(p.name.as_str());
         for dir in DIRECTIONS {
             let n = p.section(dir).map_or(0, |s| s.len());
             let v = ids.of(dir);
@@ -645,7 +647,7 @@ impl Compiler {
                 rules.insert(
                     *id,
                     RuleInfo {
-                        policy: p.name.clone(),
+                        policy: name.clone(),
                         direction: dir,
                         index: i as u32,
                         action: rule.action,
@@ -723,7 +725,7 @@ impl Compiler {
 pub fn rule_policy_name(rules: &BTreeMap<u32, RuleInfo>, rule_id: u32) -> Option<String> {
     match rule_id {
         RULE_DEFAULT_DENY => Some(crate::DEFAULT_DENY.to_string()),
-        id => rules.get(&id).map(|r| r.policy.clone()),
+        id => rules.get(&id).map(|r| r.policy.to_string()),
     }
 }
 

@@ -62,15 +62,15 @@ impl Sink<'_> {
                 }
             }
         }
-        if let Some((k, _)) = &old.source_ports {
-            if new.source_ports.as_ref().map(|(n, _)| n) != Some(k) {
+        if let Some((k, _)) = old.source_ports.as_deref() {
+            if new.source_ports.as_deref().map(|(n, _)| n) != Some(k) {
                 t.source_ports.remove(k);
                 if let Some(c) = self.changes.as_deref_mut() {
                     c.source_ports.insert(*k, None);
                 }
             }
         }
-        if let Some((k, v)) = &new.source_ports {
+        if let Some((k, v)) = new.source_ports.as_deref() {
             if t.source_ports.insert(*k, *v) != Some(*v) {
                 if let Some(c) = self.changes.as_deref_mut() {
                     c.source_ports.insert(*k, Some(*v));
@@ -107,7 +107,12 @@ impl Section {
             .collect();
         touched.sort_unstable();
         touched.dedup();
-        let old: Vec<PeerEntries> = touched.iter().map(|p| self.entries(id, *p)).collect();
+        // The entries of touched peers that have some now (none when building afresh).
+        let old: FxHashMap<u32, PeerEntries> = touched
+            .iter()
+            .filter(|p| self.peers.contains_key(p))
+            .map(|p| (*p, self.entries(id, *p)))
+            .collect();
         for (tag, peers) in removed {
             for peer in peers {
                 if let Some(cs) = self.peers.get_mut(peer) {
@@ -120,14 +125,20 @@ impl Section {
         }
         for part in added {
             for (peer, c) in part.contributions {
-                self.peers.entry(peer).or_default().push(c);
+                // Most peers have one contribution: no room for more until needed.
+                self.peers
+                    .entry(peer)
+                    .or_insert_with(|| Vec::with_capacity(1))
+                    .push(c);
             }
         }
         let mut problems = Vec::new();
-        for (peer, old) in touched.iter().zip(&old) {
-            let new = self.entries(id, *peer);
-            self.count(*peer, old, false);
-            self.count(*peer, &new, true);
+        let none = PeerEntries::default();
+        for peer in touched {
+            let old = old.get(&peer).unwrap_or(&none);
+            let new = self.entries(id, peer);
+            self.count(peer, old, false);
+            self.count(peer, &new, true);
             sink.replace(old, &new);
             problems.extend(new.problem);
         }
