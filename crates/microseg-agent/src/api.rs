@@ -116,7 +116,7 @@ fn answer(req: &Request, state: &Arc<Mutex<State>>) -> (Vec<Value>, Follow) {
                 .flows
                 .recent()
                 .filter(|r| filter.matches(r))
-                .filter_map(|r| serde_json::to_value(r).ok())
+                .filter_map(|r| serde_json::to_value(&r).ok())
                 .collect();
             let feed = follow.then(|| (st.flows.subscribe(), filter.clone()));
             (lines, feed)

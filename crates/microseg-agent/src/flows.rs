@@ -1,10 +1,13 @@
 //! Flow records: what the kernel's events mean to a user, in the contract's JSON shape.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use microseg_common::{event_kind, proto, tables::words_addr, verdict, FlowEvent, RULE_NONE};
-use microseg_policy::compile::{rule_policy_name, RuleInfo};
+use microseg_common::{
+    event_kind, proto, tables::words_addr, verdict, FlowEvent, RULE_DEFAULT_DENY, RULE_NONE,
+};
+use microseg_policy::compile::RuleInfo;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -92,36 +95,94 @@ pub fn rfc3339(unix: f64) -> String {
 
 /// Converts kernel monotonic timestamps to wall-clock time.
 pub fn wall_clock(mono_ns: u64) -> f64 {
-    let now_mono = microseg_dataplane::sessions::monotonic_ns();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
-    now.as_secs_f64() - (now_mono.saturating_sub(mono_ns)) as f64 / 1e9
+    Clock::now().wall(mono_ns)
+}
+
+/// The monotonic and wall clocks read once, to date a batch of events.
+#[derive(Clone, Copy)]
+pub struct Clock {
+    mono_ns: u64,
+    wall_s: f64,
+}
+
+impl Clock {
+    pub fn now() -> Clock {
+        Clock {
+            mono_ns: microseg_dataplane::sessions::monotonic_ns(),
+            wall_s: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or(Duration::ZERO)
+                .as_secs_f64(),
+        }
+    }
+
+    /// Seconds since the epoch of a kernel monotonic timestamp.
+    pub fn wall(&self, mono_ns: u64) -> f64 {
+        self.wall_s - self.mono_ns.saturating_sub(mono_ns) as f64 / 1e9
+    }
 }
 
 /// What the agent knows to name an event's parts.
 pub struct Names<'a> {
-    pub node: &'a str,
-    pub endpoints: &'a BTreeMap<u32, String>,
+    pub endpoints: &'a BTreeMap<u32, Arc<str>>,
     pub rules: &'a BTreeMap<u32, RuleInfo>,
 }
 
 impl Names<'_> {
-    fn rule_index(&self, id: u32) -> Option<u32> {
-        self.rules.get(&id).map(|r| r.index)
+    fn policy(&self, rule_id: u32) -> Option<Arc<str>> {
+        match rule_id {
+            RULE_DEFAULT_DENY => Some(default_deny()),
+            id => self.rules.get(&id).map(|r| r.policy.clone()),
+        }
     }
 
-    pub fn record(&self, e: &FlowEvent) -> FlowRecord {
-        let unix = wall_clock(e.time_ns);
-        let audit_verdict = verdict_name(e.audit_verdict).map(str::to_string);
+    /// The event with the names it has now. Nothing is formatted here: the agent keeps
+    /// tens of thousands of flows a second, and most are never looked at.
+    pub fn flow(&self, e: &FlowEvent, clock: &Clock) -> Flow {
+        let audit = verdict_name(e.audit_verdict).is_some() && e.audit_rule_id != RULE_NONE;
+        Flow {
+            event: *e,
+            unix_time: clock.wall(e.time_ns),
+            workload: self.endpoints.get(&e.ifindex).cloned(),
+            policy: self.policy(e.rule_id),
+            rule: self.rules.get(&e.rule_id).map(|r| r.index),
+            audit_policy: if audit {
+                self.policy(e.audit_rule_id)
+            } else {
+                None
+            },
+        }
+    }
+}
+
+fn default_deny() -> Arc<str> {
+    static NAME: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| Arc::from(microseg_policy::DEFAULT_DENY))
+        .clone()
+}
+
+/// A flow as kept: the kernel's event and the names it had when it came.
+#[derive(Clone, Debug)]
+pub struct Flow {
+    event: FlowEvent,
+    unix_time: f64,
+    workload: Option<Arc<str>>,
+    policy: Option<Arc<str>>,
+    rule: Option<u32>,
+    audit_policy: Option<Arc<str>>,
+}
+
+impl Flow {
+    /// The flow as users see it, reported by `node`.
+    pub fn record(&self, node: &str) -> FlowRecord {
+        let e = &self.event;
         FlowRecord {
-            time: rfc3339(unix),
-            node: self.node.to_string(),
-            workload: self
-                .endpoints
-                .get(&e.ifindex)
-                .cloned()
-                .unwrap_or_else(|| format!("ifindex-{}", e.ifindex)),
+            time: rfc3339(self.unix_time),
+            node: node.to_string(),
+            workload: match &self.workload {
+                Some(w) => w.to_string(),
+                None => format!("ifindex-{}", e.ifindex),
+            },
             direction: if e.direction == microseg_common::direction::EGRESS {
                 "egress"
             } else {
@@ -134,51 +195,51 @@ impl Names<'_> {
             dst_port: e.dst_port,
             protocol: protocol_json(e.protocol),
             verdict: verdict_name(e.verdict).unwrap_or("allow").to_string(),
-            policy: rule_policy_name(self.rules, e.rule_id),
-            rule: self.rule_index(e.rule_id),
-            audit_policy: if audit_verdict.is_some() && e.audit_rule_id != RULE_NONE {
-                rule_policy_name(self.rules, e.audit_rule_id)
-            } else {
-                None
-            },
-            audit_verdict,
+            policy: self.policy.as_deref().map(str::to_string),
+            rule: self.rule,
+            audit_policy: self.audit_policy.as_deref().map(str::to_string),
+            audit_verdict: verdict_name(e.audit_verdict).map(str::to_string),
             packets: e.packets,
             bytes: e.bytes,
             event: event_name(e.kind, e.verdict).into(),
-            unix_time: unix,
+            unix_time: self.unix_time,
         }
     }
 }
 
 /// The most recent flows, bounded, with a feed for followers.
 pub struct FlowLog {
-    recent: VecDeque<FlowRecord>,
+    recent: VecDeque<Flow>,
     capacity: usize,
+    /// Reported in every record.
+    node: String,
     feed: broadcast::Sender<FlowRecord>,
 }
 
 impl FlowLog {
-    pub fn new(capacity: usize) -> FlowLog {
+    pub fn new(capacity: usize, node: &str) -> FlowLog {
         FlowLog {
             recent: VecDeque::with_capacity(capacity.min(65_536)),
             capacity: capacity.max(1),
+            node: node.to_string(),
             feed: broadcast::channel(4096).0,
         }
     }
 
-    pub fn push(&mut self, r: FlowRecord) {
+    pub fn push(&mut self, f: Flow) {
         if self.recent.len() == self.capacity {
             self.recent.pop_front();
         }
-        // Cloned for followers only when there are any.
+        // Formatted for followers only when there are any.
         if self.feed.receiver_count() > 0 {
-            let _ = self.feed.send(r.clone());
+            let _ = self.feed.send(f.record(&self.node));
         }
-        self.recent.push_back(r);
+        self.recent.push_back(f);
     }
 
-    pub fn recent(&self) -> impl Iterator<Item = &FlowRecord> {
-        self.recent.iter()
+    /// The kept flows, oldest first, as records.
+    pub fn recent(&self) -> impl Iterator<Item = FlowRecord> + '_ {
+        self.recent.iter().map(|f| f.record(&self.node))
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<FlowRecord> {

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use microseg_dataplane::Dataplane;
@@ -19,7 +20,8 @@ pub struct State {
     /// Whether the data plane holds the compiler's last output, so the next compile's
     /// changes can be applied as they are.
     pub in_sync: bool,
-    pub endpoints: BTreeMap<u32, String>,
+    /// ifindex → workload name (shared by the flows that name it).
+    pub endpoints: BTreeMap<u32, Arc<str>>,
     pub flows: FlowLog,
     pub resources: Option<ResourceSet>,
     /// Raised on every successful apply.
@@ -135,7 +137,11 @@ pub fn enforce(state: &mut State, set: ResourceSet, opts: &AgentOptions) -> Resu
     // The compiler's shared copies go before the next compile, which then updates in place.
     drop(compiled.tables);
     drop(compiled.rules);
-    state.endpoints = compiled.endpoints;
+    state.endpoints = compiled
+        .endpoints
+        .iter()
+        .map(|(i, n)| (*i, Arc::from(n.as_str())))
+        .collect();
     state.resources = Some(set);
     state.revision += 1;
     let summary = format!(

@@ -9,7 +9,7 @@ use microseg_policy::compile::Compiler;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::flows::{FlowLog, Names};
+use crate::flows::{Clock, FlowLog, Names};
 use crate::managed::ControllerLink;
 use crate::reconcile::{enforce, fingerprint, load, State};
 use crate::AgentOptions;
@@ -62,7 +62,7 @@ pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
         compiler: Compiler::new(),
         in_sync: false,
         endpoints: Default::default(),
-        flows: FlowLog::new(opts.flow_buffer),
+        flows: FlowLog::new(opts.flow_buffer, &opts.node),
         resources: None,
         revision: 0,
         last_errors: Vec::new(),
@@ -92,7 +92,7 @@ pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
     );
     tokio::spawn(crate::api::serve(listener, state.clone()));
     if let Some(rb) = events {
-        tokio::spawn(read_events(rb, state.clone(), opts.node.clone()));
+        tokio::spawn(read_events(rb, state.clone()));
     }
 
     let files = match source {
@@ -137,7 +137,7 @@ pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
                     reload_now(&state, &opts);
                 }
             }
-            _ = gc.tick() => expire(&state, &opts.node),
+            _ = gc.tick() => expire(&state),
             _ = idle.tick() => catch_up_standby(&state),
         }
     }
@@ -207,11 +207,7 @@ fn reload_now(state: &Arc<Mutex<State>>, opts: &AgentOptions) {
 /// (a wake-up per event costs the sender an interrupt), so the agent polls instead.
 const EVENT_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
-async fn read_events(
-    mut rb: aya::maps::RingBuf<aya::maps::MapData>,
-    state: Arc<Mutex<State>>,
-    node: String,
-) {
+async fn read_events(mut rb: aya::maps::RingBuf<aya::maps::MapData>, state: Arc<Mutex<State>>) {
     let mut tick = tokio::time::interval(EVENT_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::new();
@@ -228,21 +224,21 @@ async fn read_events(
         if batch.is_empty() {
             continue;
         }
+        let clock = Clock::now();
         let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        let st = &mut *st;
+        let names = Names {
+            endpoints: &st.endpoints,
+            rules: st.compiler.rules(),
+        };
         for e in batch.drain(..) {
-            let names = Names {
-                node: &node,
-                endpoints: &st.endpoints,
-                rules: st.compiler.rules(),
-            };
-            let r = names.record(&e);
-            st.flows.push(r);
+            st.flows.push(names.flow(&e, &clock));
         }
     }
 }
 
 /// Removes idle sessions, reporting each as an ended flow.
-fn expire(state: &Arc<Mutex<State>>, node: &str) {
+fn expire(state: &Arc<Mutex<State>>) {
     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
     let expired = match st.dp.expire_sessions(&Timeouts::default()) {
         Ok(e) => e,
@@ -251,18 +247,18 @@ fn expire(state: &Arc<Mutex<State>>, node: &str) {
             return;
         }
     };
+    let clock = Clock::now();
+    let st = &mut *st;
+    let names = Names {
+        endpoints: &st.endpoints,
+        rules: st.compiler.rules(),
+    };
     for (k, s) in expired {
         if s.flags & sf::ENDED != 0 {
             continue;
         }
         let e = microseg_dataplane::sessions::end_event(&k, &s);
-        let names = Names {
-            node,
-            endpoints: &st.endpoints,
-            rules: st.compiler.rules(),
-        };
-        let r = names.record(&e);
-        st.flows.push(r);
+        st.flows.push(names.flow(&e, &clock));
     }
 }
 
