@@ -100,9 +100,9 @@ pub fn enforce(state: &mut State, set: ResourceSet, opts: &AgentOptions) -> Resu
         .map_err(|e| e.to_string())?;
     // Usually only what changed is written; after a refused or failed update the whole
     // state is compared with what the data plane holds.
-    let applied = match state.in_sync {
-        true => state.dp.apply_changes(&compiled.changes),
-        false => state.dp.apply(&compiled.tables),
+    let applied = match (&compiled.changes, state.in_sync) {
+        (Some(changes), true) => state.dp.apply_changes(changes),
+        _ => state.dp.apply(&compiled.tables),
     };
     state.in_sync = applied.is_ok();
     let report = applied.map_err(|e| e.to_string())?;

@@ -664,7 +664,9 @@ fn one_rule_changes(
         let next = if i % 2 == 0 { &with } else { set };
         let t = Instant::now();
         let compiled = compiler.compile(next, local);
-        let changes = compiled.changes;
+        let changes = compiled
+            .changes
+            .expect("an update of one policy is incremental");
         drop(compiled.tables);
         let compile = t.elapsed();
         let t = Instant::now();

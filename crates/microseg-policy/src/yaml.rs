@@ -1,5 +1,7 @@
 //! YAML document loading and typed access to nodes with positioned errors.
 
+use std::borrow::Cow;
+
 use crate::diagnostics::Diagnostic;
 use crate::model::Origin;
 use crate::tree::{Mapping, Node, Scalar, Span};
@@ -41,16 +43,39 @@ pub(crate) fn load_documents(
     fast: bool,
 ) -> (Vec<Document>, bool) {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut chunks: Vec<(usize, String)> = vec![(0, String::new())];
-    for (i, line) in text.lines().enumerate() {
-        if is_separator(line) {
-            // Keep content after "---" on the same line, padded to keep columns.
-            let rest = line.strip_prefix("---").unwrap_or("");
-            chunks.push((i, format!("   {rest}\n")));
-        } else if let Some((_, c)) = chunks.last_mut() {
-            c.push_str(line);
-            c.push('\n');
+    // Separator lines: (line index, byte offset of the line, byte offset after it).
+    let mut separators = Vec::new();
+    let mut offset = 0;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        if is_separator(line.trim_end_matches(['\n', '\r'])) {
+            separators.push((i, offset, offset + line.len()));
         }
+        offset += line.len();
+    }
+    // Documents as slices of the text, not copies of a large file. One that starts with
+    // content on its "---" line is copied, that line padded to keep columns; its line
+    // offset is then that of the marker line.
+    let mut chunks: Vec<(usize, Cow<str>)> = Vec::new();
+    let (mut start, mut start_line) = (0, 0);
+    for (k, &(i, line_start, line_end)) in separators.iter().enumerate() {
+        chunks.push((start_line, Cow::Borrowed(&text[start..line_start])));
+        let end = separators.get(k + 1).map_or(text.len(), |s| s.1);
+        let rest = text[line_start..line_end]
+            .strip_prefix("---")
+            .unwrap_or("")
+            .trim_end_matches(['\n', '\r']);
+        if rest.trim().is_empty() {
+            (start, start_line) = (line_end, i + 1);
+        } else {
+            chunks.push((
+                i,
+                Cow::Owned(format!("   {rest}\n{}", &text[line_end..end])),
+            ));
+            (start, start_line) = (end, 0);
+        }
+    }
+    if start < text.len() {
+        chunks.push((start_line, Cow::Borrowed(&text[start..])));
     }
     let mut docs = Vec::new();
     let mut fast_used = false;

@@ -52,8 +52,9 @@ pub struct Compiled {
     /// The whole state. Shared with the compiler: drop it before the next compile, or
     /// that compile copies it.
     pub tables: Arc<Tables>,
-    /// What changed since the compiler's previous output.
-    pub changes: TableChanges,
+    /// What changed since the compiler's previous output, when only that was compiled;
+    /// None when the compile started over (apply `tables` whole, which compares).
+    pub changes: Option<TableChanges>,
     /// Whether only what changed was compiled (the previous state was reused).
     pub incremental: bool,
     /// Rule id → rule, for every id in `tables` (shared like `tables`).
@@ -372,14 +373,15 @@ impl Compiler {
         self.number_profiles(&keys, &members);
 
         let mut changes = TableChanges::default();
-        let (mut tables, previous) = if incremental {
-            (std::mem::take(&mut self.tables), None)
+        let mut tables = if incremental {
+            std::mem::take(&mut self.tables)
         } else {
-            let fresh = Tables {
+            // Started over: the previous tables go (and with them a copy of every entry).
+            self.tables = Arc::default();
+            Arc::new(Tables {
                 identities: ids.prefixes.clone(),
                 ..Default::default()
-            };
-            (Arc::new(fresh), Some(std::mem::take(&mut self.tables)))
+            })
         };
         let mut problems = Vec::new();
         let mut profile_flags: FxHashMap<u32, [u8; 4]> = FxHashMap::default();
@@ -505,9 +507,6 @@ impl Compiler {
             t.endpoints = endpoints;
             t.endpoint_addrs = addrs;
         }
-        if let Some(previous) = previous {
-            changes = TableChanges::between(&previous, &tables);
-        }
         self.tables = tables;
         let endpoints = selected
             .iter()
@@ -541,7 +540,7 @@ impl Compiler {
         }
         Compiled {
             tables: self.tables.clone(),
-            changes,
+            changes: incremental.then_some(changes),
             incremental,
             rules: self.rules.clone(),
             new_rule_ids,
