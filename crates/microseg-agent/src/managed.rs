@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use microseg_policy::{parse_str, ResourceSet};
+use microseg_policy::{parse_str, Resource, ResourceSet};
 use microseg_proto::v1::{
     agent_link_client::AgentLinkClient, AckRequest, DesiredState, DiscoveredWorkload, FlowBatch,
     SyncRequest, WorkloadReport,
@@ -56,16 +56,43 @@ impl tonic::service::Interceptor for Bearer {
 #[derive(Default)]
 struct Desired {
     revision: u64,
-    resources: BTreeMap<(String, String), String>,
+    resources: BTreeMap<(String, String), Received>,
+}
+
+/// One resource's JSON and what it parsed to. Parsed when it arrives, so that a delta
+/// costs its own parse and the unchanged resources reach the compiler as the same shared
+/// values (which it recognizes as unchanged without comparing them).
+struct Received {
+    json: String,
+    resources: Vec<Resource>,
+    errors: Vec<String>,
 }
 
 impl Desired {
     fn update(&mut self, d: DesiredState) {
         if d.full {
-            self.resources.clear();
-        }
-        for r in d.upserts {
-            self.resources.insert((r.kind, r.name), r.json);
+            // A resync: keep what parsed before if its JSON is the same.
+            let mut before = std::mem::take(&mut self.resources);
+            for r in d.upserts {
+                let key = (r.kind, r.name);
+                let received = match before.remove(&key) {
+                    Some(old) if old.json == r.json => old,
+                    _ => Received::parse(&key, r.json),
+                };
+                self.resources.insert(key, received);
+            }
+        } else {
+            for r in d.upserts {
+                let key = (r.kind, r.name);
+                if self
+                    .resources
+                    .get(&key)
+                    .is_none_or(|old| old.json != r.json)
+                {
+                    let received = Received::parse(&key, r.json);
+                    self.resources.insert(key, received);
+                }
+            }
         }
         for r in d.deletes {
             self.resources.remove(&(r.kind, r.name));
@@ -76,15 +103,25 @@ impl Desired {
     fn resource_set(&self) -> Result<ResourceSet, Vec<String>> {
         let mut set = ResourceSet::default();
         let mut errors = Vec::new();
-        for ((kind, name), json) in &self.resources {
-            let (res, diags) = parse_str(&format!("controller:{kind}/{name}"), json);
-            errors.extend(diags.iter().map(|d| d.to_string()));
-            set.extend(res);
+        for r in self.resources.values() {
+            errors.extend(r.errors.iter().cloned());
+            set.extend(r.resources.iter().cloned());
         }
         if errors.is_empty() {
             Ok(set)
         } else {
             Err(errors)
+        }
+    }
+}
+
+impl Received {
+    fn parse((kind, name): &(String, String), json: String) -> Received {
+        let (resources, diags) = parse_str(&format!("controller:{kind}/{name}"), &json);
+        Received {
+            json,
+            resources,
+            errors: diags.iter().map(|d| d.to_string()).collect(),
         }
     }
 }
