@@ -1926,11 +1926,13 @@ fn diagnose(ctx: &mut Ctx, rules: &[usize], reps: usize) -> Result<(), String> {
         format!("echo {} > {stats_path}", old.trim()),
     ]));
     let secs = ctx.secs;
-    let mut out = String::from("\nmicroseg --diagnose: conn/s medians; BPF run time from kernel.bpf_stats_enabled (on only during the 'bpf stats' loops)\n");
+    let mut out = String::from("\nmicroseg --diagnose: conn/s and TCP medians; BPF run time from kernel.bpf_stats_enabled (on only during the 'bpf stats' loops)\n");
+    let isecs = ctx.iperf_secs;
     for &n in rules {
-        let mut base = Vec::new();
+        let (mut base, mut base_tcp1) = (Vec::new(), Vec::new());
         for _ in 0..reps {
             base.push(cps(&ctx.t, secs, 2_000_000).0);
+            base_tcp1.push(iperf(&ctx.t, 1, isecs));
         }
         ctx.install_base(Who::Microseg)?;
         let (_, tr) = ctx.apply(Who::Microseg, n);
@@ -1967,6 +1969,39 @@ fn diagnose(ctx: &mut Ctx, rules: &[usize], reps: usize) -> Result<(), String> {
                 }
             }
         }
+        // One TCP stream: the programs' share of a CPU while it runs.
+        let (mut tcp1, mut tcp1_stats) = (Vec::new(), Vec::new());
+        let mut per_sec: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+        for _ in 0..reps {
+            tcp1.push(iperf(&ctx.t, 1, isecs));
+            let _ = std::fs::write(stats_path, "1");
+            let before = prog_stats(ctx);
+            let w0 = Instant::now();
+            let g = iperf(&ctx.t, 1, isecs);
+            let wall = w0.elapsed().as_secs_f64();
+            let after = prog_stats(ctx);
+            let _ = std::fs::write(stats_path, old.trim());
+            tcp1_stats.push(g);
+            for (k, (cnt1, ns1)) in &after {
+                let (cnt0, ns0) = before.get(k).copied().unwrap_or((0, 0));
+                let (dc, dn) = ((cnt1 - cnt0) as f64, (ns1 - ns0) as f64);
+                if dc > 0.0 {
+                    let e = per_sec.entry(k.1.clone()).or_insert((0.0, 0.0));
+                    e.0 += dc / wall / reps as f64;
+                    e.1 += dn / wall / reps as f64;
+                }
+            }
+        }
+        let mut ts = String::new();
+        let mut busy = 0.0;
+        for (name, (runs, ns)) in &per_sec {
+            busy += ns;
+            ts += &format!(
+                "    {name:<24} {runs:>9.0} runs/s  {:>7.0} ns/run  {:>5.2}% of one CPU\n",
+                ns / runs,
+                ns / 1e7
+            );
+        }
         let mut ps = String::new();
         let mut total = 0.0;
         for (name, (runs, ns)) in &per_conn {
@@ -1980,6 +2015,11 @@ fn diagnose(ctx: &mut Ctx, rules: &[usize], reps: usize) -> Result<(), String> {
         out += &format!(
             "  {} rules: no filter {:.0} conn/s; microseg {:.0} conn/s ({:.2}x); agent SIGSTOPped {:.0} conn/s ({:.2}x); with bpf_stats {:.0}\n{ps}    all microseg programs: {total:.0} ns per connection = {:.1}% of one CPU at {m:.0} conn/s\n",
             fmt_rules(n), median(&base), m, m / median(&base), median(&stopped), median(&stopped) / median(&base), median(&with_stats), total * m / 1e9 * 100.0
+        );
+        let t1 = median(&tcp1);
+        out += &format!(
+            "  {} rules, TCP 1 stream: no filter {:.2} Gbit/s; microseg {t1:.2} Gbit/s ({:.2}x); with bpf_stats {:.2} (per second of the iperf3 run, setup included)\n{ts}    all microseg programs: {:.2}% of one CPU\n",
+            fmt_rules(n), median(&base_tcp1), t1 / median(&base_tcp1), median(&tcp1_stats), busy / 1e7
         );
         ctx.teardown(Who::Microseg);
     }
