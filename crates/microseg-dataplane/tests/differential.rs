@@ -549,7 +549,7 @@ fn check(checker: &mut Checker, sc: &Scenario) -> Result<(), String> {
     // Some cases catch the standby slot up, as the agent does when idle: the next case
     // then writes only its own changes into it, and its verdicts show whether that slot
     // held exactly this state.
-    if checker.cases % 3 == 0 {
+    if checker.cases.is_multiple_of(3) {
         dp.catch_up_standby()
             .map_err(|e| format!("catch up: {e}"))?;
     }

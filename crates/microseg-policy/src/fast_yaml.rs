@@ -145,6 +145,20 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A value that is the rest of `line` from `col0` (a comment may follow); the next line
+    /// must not continue it.
+    fn value_on_line(&mut self, line: &Line, col0: usize, indent: usize) -> Option<Node> {
+        let (node, end) = inline(line, col0, self.depth, &mut self.scratch)?;
+        if !only_comment(&line.text[end..]) {
+            return None;
+        }
+        self.next += 1;
+        if self.peek().is_some_and(|l| l.indent > indent) {
+            return None;
+        }
+        Some(node)
+    }
+
     fn list(&mut self, indent: usize) -> Option<Node> {
         let first = self.peek()?;
         let base = self.scratch.nodes.len();
@@ -176,14 +190,7 @@ impl<'a> Reader<'a> {
                 self.scratch.nodes.push(item);
                 continue;
             }
-            let (node, end) = inline(&line, col0, self.depth, &mut self.scratch)?;
-            if !only_comment(&line.text[end..]) {
-                return None;
-            }
-            self.next += 1;
-            if self.peek().is_some_and(|l| l.indent > indent) {
-                return None;
-            }
+            let node = self.value_on_line(&line, col0, indent)?;
             self.scratch.nodes.push(node);
         }
         Some(self.scratch.sequence(marker(&first, 0), base))
@@ -212,15 +219,7 @@ impl<'a> Reader<'a> {
                     _ => self.nested(indent, &line, col0)?,
                 }
             } else {
-                let (node, end) = inline(&line, col0, self.depth, &mut self.scratch)?;
-                if !only_comment(&line.text[end..]) {
-                    return None;
-                }
-                self.next += 1;
-                if self.peek().is_some_and(|l| l.indent > indent) {
-                    return None;
-                }
-                node
+                self.value_on_line(&line, col0, indent)?
             };
             if !self.scratch.entry(base, key, value) {
                 return None;

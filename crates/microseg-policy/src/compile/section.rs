@@ -1,6 +1,9 @@
 //! One (profile, tier, direction) kept between compiles: every rule's contribution, by
 //! peer, so that a change to one policy recomputes only the peers its rules name.
 
+use std::collections::HashMap;
+use std::hash::Hash;
+
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use microseg_common::{
@@ -31,52 +34,74 @@ impl Sink<'_> {
     /// Replaces one peer's `old` entries by its `new` ones.
     fn replace(&mut self, old: &PeerEntries, new: &PeerEntries) {
         let t = &mut *self.tables;
+        let mut c = self.changes.as_deref_mut();
         if !old.policy.is_empty() {
             let keep: FxHashSet<_> = new.policy.iter().map(|(k, _)| *k).collect();
             for (k, _) in old.policy.iter().filter(|(k, _)| !keep.contains(k)) {
-                t.policy.remove(k);
-                if let Some(c) = self.changes.as_deref_mut() {
-                    c.policy.insert(*k, None);
-                }
+                set(&mut t.policy, c.as_mut().map(|c| &mut c.policy), *k, None);
             }
         }
         for (k, v) in &new.policy {
-            if t.policy.insert(*k, *v) != Some(*v) {
-                if let Some(c) = self.changes.as_deref_mut() {
-                    c.policy.insert(*k, Some(*v));
-                }
-            }
+            set(
+                &mut t.policy,
+                c.as_mut().map(|c| &mut c.policy),
+                *k,
+                Some(*v),
+            );
         }
         for (k, _) in &old.port_ranges {
             if !new.port_ranges.iter().any(|(n, _)| n == k) {
-                t.port_ranges.remove(k);
-                if let Some(c) = self.changes.as_deref_mut() {
-                    c.port_ranges.insert(*k, None);
-                }
+                set(
+                    &mut t.port_ranges,
+                    c.as_mut().map(|c| &mut c.port_ranges),
+                    *k,
+                    None,
+                );
             }
         }
         for (k, v) in &new.port_ranges {
-            if t.port_ranges.insert(*k, *v) != Some(*v) {
-                if let Some(c) = self.changes.as_deref_mut() {
-                    c.port_ranges.insert(*k, Some(*v));
-                }
-            }
+            set(
+                &mut t.port_ranges,
+                c.as_mut().map(|c| &mut c.port_ranges),
+                *k,
+                Some(*v),
+            );
         }
+        let new_sports = new.source_ports.as_deref();
         if let Some((k, _)) = old.source_ports.as_deref() {
-            if new.source_ports.as_deref().map(|(n, _)| n) != Some(k) {
-                t.source_ports.remove(k);
-                if let Some(c) = self.changes.as_deref_mut() {
-                    c.source_ports.insert(*k, None);
-                }
+            if new_sports.map(|(n, _)| n) != Some(k) {
+                set(
+                    &mut t.source_ports,
+                    c.as_mut().map(|c| &mut c.source_ports),
+                    *k,
+                    None,
+                );
             }
         }
-        if let Some((k, v)) = new.source_ports.as_deref() {
-            if t.source_ports.insert(*k, *v) != Some(*v) {
-                if let Some(c) = self.changes.as_deref_mut() {
-                    c.source_ports.insert(*k, Some(*v));
-                }
-            }
+        if let Some((k, v)) = new_sports {
+            set(
+                &mut t.source_ports,
+                c.as_mut().map(|c| &mut c.source_ports),
+                *k,
+                Some(*v),
+            );
         }
+    }
+}
+
+/// Sets (or with None removes) one key, and records it in `log` if that changed anything.
+fn set<K: Copy + Eq + Hash, V: Copy + PartialEq>(
+    map: &mut HashMap<K, V>,
+    log: Option<&mut HashMap<K, Option<V>>>,
+    key: K,
+    value: Option<V>,
+) {
+    let changed = match value {
+        Some(v) => map.insert(key, v) != Some(v),
+        None => map.remove(&key).is_some(),
+    };
+    if let (true, Some(log)) = (changed, log) {
+        log.insert(key, value);
     }
 }
 
