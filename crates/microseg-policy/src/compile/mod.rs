@@ -9,6 +9,7 @@
 
 mod entries;
 mod identity;
+mod numbering;
 mod section;
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,7 +20,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use microseg_common::{
     dir_flags, endpoint_flags, rank, tables::*, tier, verdict, EndpointInfo, IDENTITY_ANY,
-    IDENTITY_WORLD, RULE_DEFAULT_DENY, RULE_FIRST,
+    IDENTITY_WORLD, RULE_DEFAULT_DENY,
 };
 
 pub use identity::{Identities, IdentityAllocator, Net, Signature};
@@ -89,7 +90,7 @@ impl std::fmt::Display for Problem {
 pub struct Compiler {
     identities: IdentityAllocator,
     /// Policy name → rule ids by index, per direction.
-    rule_ids: FxHashMap<String, RuleIds>,
+    rule_ids: FxHashMap<String, numbering::RuleIds>,
     free_rule_ids: Vec<u32>,
     next_rule_id: u32,
     /// (enforce policies, audit policies) selecting an endpoint → profile id.
@@ -106,21 +107,6 @@ pub struct Compiler {
     last: Option<Last>,
 }
 
-#[derive(Clone, Debug, Default)]
-struct RuleIds {
-    ingress: Vec<u32>,
-    egress: Vec<u32>,
-}
-
-impl RuleIds {
-    fn of(&mut self, d: Direction) -> &mut Vec<u32> {
-        match d {
-            Direction::Ingress => &mut self.ingress,
-            Direction::Egress => &mut self.egress,
-        }
-    }
-}
-
 /// The names of the enforce and audit policies selecting an endpoint.
 type ProfileKey = (Vec<String>, Vec<String>);
 
@@ -135,6 +121,66 @@ struct Last {
     cidrs: FxHashMap<Net, u32>,
     ids: Identities,
     profiles: FxHashMap<u32, ProfileState>,
+}
+
+impl Last {
+    /// The policies added, removed or different in `now`, and whether the identities stay
+    /// (no CIDR came or went and the workloads are the same). Counts `now`'s CIDRs.
+    fn changes_to(
+        &mut self,
+        now: &FxHashMap<&str, &Arc<Policy>>,
+        workloads: &[WorkloadIdentity],
+    ) -> (FxHashSet<String>, bool) {
+        let mut changed: FxHashSet<String> = FxHashSet::default();
+        for (name, p) in now {
+            match self.policies.get(*name) {
+                Some(q) if Arc::ptr_eq(p, q) || p == &q => {}
+                _ => {
+                    changed.insert(name.to_string());
+                }
+            }
+        }
+        for name in self.policies.keys() {
+            if !now.contains_key(name.as_str()) {
+                changed.insert(name.clone());
+            }
+        }
+        let mut same_identities = self.workloads == workloads;
+        // CIDR → whether it was named before this compile.
+        let mut touched: FxHashMap<Net, bool> = FxHashMap::default();
+        for name in &changed {
+            if let Some(old) = self.policies.get(name) {
+                for c in policy_cidrs(old) {
+                    touched.entry(c).or_insert(true);
+                    *self.cidrs.get_mut(&c).expect("counted") -= 1;
+                }
+            }
+            if let Some(new) = now.get(name.as_str()) {
+                for c in policy_cidrs(new) {
+                    let n = self.cidrs.entry(c).or_insert(0);
+                    touched.entry(c).or_insert(*n > 0);
+                    *n += 1;
+                }
+            }
+        }
+        for (c, before) in touched {
+            let named = self.cidrs[&c] > 0;
+            if !named {
+                self.cidrs.remove(&c);
+            }
+            if named != before {
+                same_identities = false;
+            }
+        }
+        (changed, same_identities)
+    }
+}
+
+/// The policies of this compile and of the last, and which names differ between them.
+struct Versions<'a> {
+    changed: &'a FxHashSet<String>,
+    old: &'a FxHashMap<String, Arc<Policy>>,
+    now: &'a FxHashMap<&'a str, &'a Arc<Policy>>,
 }
 
 #[derive(Clone)]
@@ -279,52 +325,10 @@ impl Compiler {
         }
         let workloads = workload_identities(set);
         let mut last = self.last.take();
-        // Policies added, removed or different since the last compile.
-        let mut changed: FxHashSet<String> = FxHashSet::default();
-        let mut same_identities = false;
-        if let Some(l) = last.as_mut() {
-            for (name, p) in &now {
-                match l.policies.get(*name) {
-                    Some(q) if Arc::ptr_eq(p, q) || p == &q => {}
-                    _ => {
-                        changed.insert(name.to_string());
-                    }
-                }
-            }
-            for name in l.policies.keys() {
-                if !now.contains_key(name.as_str()) {
-                    changed.insert(name.clone());
-                }
-            }
-            // Identities stay when no CIDR comes or goes and the workloads are the same.
-            same_identities = l.workloads == workloads;
-            // CIDR → whether it was named before this compile.
-            let mut touched: FxHashMap<Net, bool> = FxHashMap::default();
-            for name in &changed {
-                if let Some(old) = l.policies.get(name) {
-                    for c in policy_cidrs(old) {
-                        touched.entry(c).or_insert(true);
-                        *l.cidrs.get_mut(&c).expect("counted") -= 1;
-                    }
-                }
-                if let Some(new) = now.get(name.as_str()) {
-                    for c in policy_cidrs(new) {
-                        let n = l.cidrs.entry(c).or_insert(0);
-                        touched.entry(c).or_insert(*n > 0);
-                        *n += 1;
-                    }
-                }
-            }
-            for (c, before) in touched {
-                let named = l.cidrs[&c] > 0;
-                if !named {
-                    l.cidrs.remove(&c);
-                }
-                if named != before {
-                    same_identities = false;
-                }
-            }
-        }
+        let (changed, same_identities) = match last.as_mut() {
+            Some(l) => l.changes_to(&now, &workloads),
+            None => (FxHashSet::default(), false),
+        };
         let (mut ids, cidrs, mut old_policies, mut old_profiles) = match last {
             Some(l) if same_identities => (l.ids, l.cidrs, l.policies, l.profiles),
             _ => {
@@ -400,52 +404,20 @@ impl Compiler {
                     key: Default::default(),
                     sections: Default::default(),
                 });
-                let workload = self.profile_members[&id][0].clone();
-                for tier_code in TIERS {
-                    let (old_names, new_names) =
-                        (tier_names(&ps.key, tier_code), tier_names(key, tier_code));
-                    let old_set: FxHashSet<&str> = old_names.iter().map(|s| s.as_str()).collect();
-                    let new_set: FxHashSet<&str> = new_names.iter().map(|s| s.as_str()).collect();
-                    let removed: Vec<&Arc<Policy>> = old_names
-                        .iter()
-                        .filter(|n| !new_set.contains(n.as_str()) || changed.contains(*n))
-                        .map(|n| &old_policies[n])
-                        .collect();
-                    let added: Vec<&Arc<Policy>> = new_names
-                        .iter()
-                        .filter(|n| !old_set.contains(n.as_str()) || changed.contains(*n))
-                        .map(|n| now[n.as_str()])
-                        .collect();
-                    if removed.is_empty() && added.is_empty() {
-                        continue;
-                    }
-                    for dir in DIRECTIONS {
-                        let d = direction_code(dir);
-                        let sid = SectionId {
-                            profile: id,
-                            tier: tier_code,
-                            direction: d,
-                        };
-                        let gone: Vec<(u32, Vec<u32>)> = removed
-                            .iter()
-                            .map(|p| (self.tag(&p.name), policy_peers(p, dir, &mut ids)))
-                            .collect();
-                        let parts: Vec<PolicyPart> = added
-                            .iter()
-                            .map(|p| {
-                                let rule_ids = self.rule_ids[&p.name].clone().of(dir).clone();
-                                policy_part(p, self.tag(&p.name), dir, &rule_ids, &mut ids)
-                            })
-                            .collect();
-                        let section = &mut ps.sections[(tier_code * 2 + d) as usize];
-                        for message in section.update(sid, &gone, parts, &mut sink) {
-                            problems.push(Problem {
-                                workload: workload.clone(),
-                                message: format!("{dir}: {message}"),
-                            });
-                        }
-                    }
-                }
+                let policies = Versions {
+                    changed: &changed,
+                    old: &old_policies,
+                    now: &now,
+                };
+                self.update_profile(
+                    id,
+                    key,
+                    &mut ps,
+                    &policies,
+                    &mut ids,
+                    &mut sink,
+                    &mut problems,
+                );
                 ps.key = key.clone();
                 profile_flags.insert(id, self.flags_of(&ps, &now));
                 profiles.insert(id, ps);
@@ -461,51 +433,7 @@ impl Compiler {
                     section.clear(sid, &mut sink);
                 }
             }
-            // Endpoints and their addresses: few, rewritten from scratch and compared.
-            let mut endpoints = BTreeMap::new();
-            let mut addrs = std::collections::BTreeSet::new();
-            for (ep, w, key) in &selected {
-                let profile = self.profiles[key];
-                // Both families always: a workload listing only IPv4 addresses must not be
-                // able to send IPv6 from another workload's address either.
-                let mut flags = endpoint_flags::VERIFY_SOURCE_V4 | endpoint_flags::VERIFY_SOURCE_V6;
-                if w.mode == Mode::Audit {
-                    flags |= endpoint_flags::AUDIT_MODE;
-                }
-                for ip in &w.ips {
-                    addrs.insert((ep.ifindex, addr_words(*ip)));
-                }
-                let identity = w
-                    .ips
-                    .first()
-                    .map(|ip| ids.of(*ip))
-                    .unwrap_or(IDENTITY_WORLD);
-                endpoints.insert(
-                    ep.ifindex,
-                    EndpointInfo {
-                        profile,
-                        identity,
-                        flags,
-                        dir_flags: profile_flags[&profile],
-                    },
-                );
-            }
-            let t = &mut *sink.tables;
-            if let Some(c) = sink.changes.as_deref_mut() {
-                let old = Tables {
-                    endpoints: std::mem::take(&mut t.endpoints),
-                    endpoint_addrs: std::mem::take(&mut t.endpoint_addrs),
-                    ..Default::default()
-                };
-                let new = Tables {
-                    endpoints: endpoints.clone(),
-                    endpoint_addrs: addrs.clone(),
-                    ..Default::default()
-                };
-                c.then(&TableChanges::between(&old, &new));
-            }
-            t.endpoints = endpoints;
-            t.endpoint_addrs = addrs;
+            self.write_endpoints(&selected, &ids, &profile_flags, &mut sink);
         }
         self.tables = tables;
         let endpoints = selected
@@ -551,6 +479,122 @@ impl Compiler {
         }
     }
 
+    /// Brings one profile from the policies it had (`ps.key`) to those of `key`: the ones
+    /// that left or changed take their contributions back, the ones that came or changed
+    /// add theirs. What the data plane cannot hold is pushed to `problems`.
+    #[allow(clippy::too_many_arguments)]
+    fn update_profile(
+        &self,
+        id: u32,
+        key: &ProfileKey,
+        ps: &mut ProfileState,
+        policies: &Versions,
+        ids: &mut Identities,
+        sink: &mut Sink,
+        problems: &mut Vec<Problem>,
+    ) {
+        let workload = &self.profile_members[&id][0];
+        for tier_code in TIERS {
+            let (old_names, new_names) =
+                (tier_names(&ps.key, tier_code), tier_names(key, tier_code));
+            let old_set: FxHashSet<&str> = old_names.iter().map(|s| s.as_str()).collect();
+            let new_set: FxHashSet<&str> = new_names.iter().map(|s| s.as_str()).collect();
+            let removed: Vec<&Arc<Policy>> = old_names
+                .iter()
+                .filter(|n| !new_set.contains(n.as_str()) || policies.changed.contains(*n))
+                .map(|n| &policies.old[n])
+                .collect();
+            let added: Vec<&Arc<Policy>> = new_names
+                .iter()
+                .filter(|n| !old_set.contains(n.as_str()) || policies.changed.contains(*n))
+                .map(|n| policies.now[n.as_str()])
+                .collect();
+            if removed.is_empty() && added.is_empty() {
+                continue;
+            }
+            for dir in DIRECTIONS {
+                let d = direction_code(dir);
+                let sid = SectionId {
+                    profile: id,
+                    tier: tier_code,
+                    direction: d,
+                };
+                let gone: Vec<(u32, Vec<u32>)> = removed
+                    .iter()
+                    .map(|p| (self.tag(&p.name), policy_peers(p, dir, ids)))
+                    .collect();
+                let parts: Vec<PolicyPart> = added
+                    .iter()
+                    .map(|p| {
+                        let rule_ids = self.rule_ids[&p.name].get(dir);
+                        policy_part(p, self.tag(&p.name), dir, rule_ids, ids)
+                    })
+                    .collect();
+                let section = &mut ps.sections[(tier_code * 2 + d) as usize];
+                for message in section.update(sid, &gone, parts, sink) {
+                    problems.push(Problem {
+                        workload: workload.clone(),
+                        message: format!("{dir}: {message}"),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Endpoints and their addresses: few, so rewritten from scratch and compared.
+    fn write_endpoints(
+        &self,
+        selected: &[(&LocalEndpoint, &Workload, ProfileKey)],
+        ids: &Identities,
+        profile_flags: &FxHashMap<u32, [u8; 4]>,
+        sink: &mut Sink,
+    ) {
+        let mut endpoints = BTreeMap::new();
+        let mut addrs = std::collections::BTreeSet::new();
+        for (ep, w, key) in selected {
+            let profile = self.profiles[key];
+            // Both families always: a workload listing only IPv4 addresses must not be
+            // able to send IPv6 from another workload's address either.
+            let mut flags = endpoint_flags::VERIFY_SOURCE_V4 | endpoint_flags::VERIFY_SOURCE_V6;
+            if w.mode == Mode::Audit {
+                flags |= endpoint_flags::AUDIT_MODE;
+            }
+            for ip in &w.ips {
+                addrs.insert((ep.ifindex, addr_words(*ip)));
+            }
+            let identity = w
+                .ips
+                .first()
+                .map(|ip| ids.of(*ip))
+                .unwrap_or(IDENTITY_WORLD);
+            endpoints.insert(
+                ep.ifindex,
+                EndpointInfo {
+                    profile,
+                    identity,
+                    flags,
+                    dir_flags: profile_flags[&profile],
+                },
+            );
+        }
+        let t = &mut *sink.tables;
+        if let Some(c) = sink.changes.as_deref_mut() {
+            let old = Tables {
+                endpoints: std::mem::take(&mut t.endpoints),
+                endpoint_addrs: std::mem::take(&mut t.endpoint_addrs),
+                ..Default::default()
+            };
+            let new = Tables {
+                endpoints: endpoints.clone(),
+                endpoint_addrs: addrs.clone(),
+                ..Default::default()
+            };
+            c.then(&TableChanges::between(&old, &new));
+        }
+        t.endpoints = endpoints;
+        t.endpoint_addrs = addrs;
+    }
+
     fn tag(&self, policy: &str) -> u32 {
         self.policy_tags[policy]
     }
@@ -573,150 +617,6 @@ impl Compiler {
             }
         }
         f
-    }
-
-    /// Profile ids for this compile's keys. A key seen before keeps its id. A new key whose
-    /// workloads are exactly those of a profile whose key went away takes over that id:
-    /// adding or removing a policy that selects the same workloads then rewrites only the
-    /// entries its rules touch, not every entry of the profile.
-    fn number_profiles(&mut self, keys: &[&ProfileKey], members: &[&str]) {
-        let mut groups: BTreeMap<&ProfileKey, Vec<String>> = BTreeMap::new();
-        for (k, m) in keys.iter().zip(members) {
-            groups.entry(*k).or_default().push(m.to_string());
-        }
-        for g in groups.values_mut() {
-            g.sort();
-        }
-        let gone: FxHashMap<&Vec<String>, u32> = self
-            .profiles
-            .iter()
-            .filter(|(k, _)| !groups.contains_key(k))
-            .filter_map(|(_, id)| self.profile_members.get(id).map(|m| (m, *id)))
-            .collect();
-        let mut next: FxHashMap<ProfileKey, u32> = FxHashMap::default();
-        let mut members_of = FxHashMap::default();
-        for (key, group) in &groups {
-            let id = match self.profiles.get(*key) {
-                Some(id) => *id,
-                None => match gone.get(group) {
-                    Some(id) => *id,
-                    None => {
-                        self.next_profile += 1;
-                        self.next_profile
-                    }
-                },
-            };
-            next.insert((*key).clone(), id);
-            members_of.insert(id, group.clone());
-        }
-        self.profiles = next;
-        self.profile_members = members_of;
-    }
-
-    /// Gives `p`'s rules their ids: an index that existed keeps its id, the rest get free
-    /// ones; records each rule in `self.rules`. Returns the ids handed out.
-    fn number_policy(&mut self, p: &Policy) -> Vec<u32> {
-        let mut ids = self.rule_ids.remove(&p.name).unwrap_or_default();
-        let mut fresh = Vec::new();
-        let rules = Arc::make_mut(&mut self.rules);
-        let name: Arc<str> = Arc::from(p.name.as_str());
-        for dir in DIRECTIONS {
-            let n = p.section(dir).map_or(0, |s| s.len());
-            let v = ids.of(dir);
-            for id in v.drain(n.min(v.len())..) {
-                rules.remove(&id);
-                self.free_rule_ids.push(id);
-            }
-            while v.len() < n {
-                let id = self.free_rule_ids.pop().unwrap_or_else(|| {
-                    self.next_rule_id = self.next_rule_id.max(RULE_FIRST);
-                    self.next_rule_id += 1;
-                    self.next_rule_id - 1
-                });
-                v.push(id);
-                fresh.push(id);
-            }
-            for (i, (rule, id)) in p
-                .section(dir)
-                .unwrap_or(&[])
-                .iter()
-                .zip(v.iter())
-                .enumerate()
-            {
-                rules.insert(
-                    *id,
-                    RuleInfo {
-                        policy: name.clone(),
-                        direction: dir,
-                        index: i as u32,
-                        action: rule.action,
-                        audit: p.mode == Mode::Audit,
-                    },
-                );
-            }
-        }
-        self.rule_ids.insert(p.name.clone(), ids);
-        fresh
-    }
-
-    /// Frees the rule ids of a policy that is gone.
-    fn forget_policy(&mut self, name: &str) {
-        if let Some(ids) = self.rule_ids.remove(name) {
-            let rules = Arc::make_mut(&mut self.rules);
-            for id in ids.ingress.into_iter().chain(ids.egress) {
-                rules.remove(&id);
-                self.free_rule_ids.push(id);
-            }
-        }
-    }
-
-    /// Rule ids after `changed` policies changed; returns the ids new to use.
-    fn renumber_rules(
-        &mut self,
-        changed: &FxHashSet<String>,
-        old: &FxHashMap<String, Arc<Policy>>,
-        now: &FxHashMap<&str, &Arc<Policy>>,
-    ) -> Vec<u32> {
-        let mut names: Vec<&String> = changed.iter().collect();
-        names.sort();
-        // Frees first, so that a rule moving between policies can keep a low id.
-        for name in &names {
-            if old.contains_key(*name) && !now.contains_key(name.as_str()) {
-                self.forget_policy(name);
-            }
-        }
-        let mut fresh = Vec::new();
-        for name in names {
-            if let Some(p) = now.get(name.as_str()) {
-                fresh.extend(self.number_policy(p));
-            }
-        }
-        fresh
-    }
-
-    /// Rule ids for every rule of every policy, from scratch (ids of rules that exist
-    /// stay); returns the ids new to use.
-    fn number_rules(&mut self, set: &ResourceSet) -> Vec<u32> {
-        let live: FxHashSet<&str> = set.policies.iter().map(|p| p.name.as_str()).collect();
-        let gone: Vec<String> = self
-            .rule_ids
-            .keys()
-            .filter(|n| !live.contains(n.as_str()))
-            .cloned()
-            .collect();
-        for name in gone {
-            self.forget_policy(&name);
-        }
-        let mut seen = FxHashSet::default();
-        let mut fresh = Vec::new();
-        let mut policies: Vec<&Arc<Policy>> = set.policies.iter().collect();
-        policies.sort_by(|a, b| a.name.cmp(&b.name));
-        for p in policies {
-            if seen.insert(p.name.as_str()) {
-                fresh.extend(self.number_policy(p));
-            }
-        }
-        fresh
     }
 }
 
