@@ -93,11 +93,6 @@ pub fn rfc3339(unix: f64) -> String {
     )
 }
 
-/// Converts kernel monotonic timestamps to wall-clock time.
-pub fn wall_clock(mono_ns: u64) -> f64 {
-    Clock::now().wall(mono_ns)
-}
-
 /// The monotonic and wall clocks read once, to date a batch of events.
 #[derive(Clone, Copy)]
 pub struct Clock {

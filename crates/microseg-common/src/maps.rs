@@ -216,6 +216,14 @@ pub struct PolicyEntry {
     pub rule_id: u32,
 }
 
+impl PolicyEntry {
+    /// Lower rank wins; on equal rank, the lower rule id (as userspace resolves ties).
+    #[inline(always)]
+    pub fn beats(&self, other: &PolicyEntry) -> bool {
+        self.rank < other.rank || (self.rank == other.rank && self.rule_id < other.rule_id)
+    }
+}
+
 /// One interval of a [`PortRangeTable`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -255,7 +263,8 @@ pub struct SourcePortEntry {
 /// `MSEG_SPORT_RULES` value, keyed like a policy entry with kind PORT, port 0 and
 /// protocol 0: the few rules that also match on the source port, which cannot be folded
 /// into the destination-keyed entries. Checked only where
-/// [`dir_flags::HAS_SOURCE_PORTS`] is set, and bounded.
+/// [`dir_flags::HAS_SOURCE_PORTS`] is set, and bounded. Entries are sorted by (rank, rule
+/// id), so the first one that matches is the winner.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SourcePortTable {

@@ -25,6 +25,11 @@ fn with_slot(flags: u8, slot: u8) -> u8 {
     (flags & !1) | (slot & 1)
 }
 
+/// The slot packets do not read.
+fn standby_slot(cfg: &Config) -> u8 {
+    1 - (cfg.active_slot & 1) as u8
+}
+
 fn lpm_key(slot: u32, p: &Prefix) -> LpmKey<IpKey> {
     LpmKey::new(32 + p.len as u32, IpKey { slot, addr: p.addr })
 }
@@ -47,7 +52,12 @@ impl Dataplane {
                 let changes = TableChanges::between(cur, new);
                 self.apply_changes(&changes)
             }
-            None => self.switch(None, new.clone()),
+            None => {
+                // What the other slot holds is unknown (fresh maps, or adopted pins).
+                let report = self.flip(|dp, slot| dp.write_whole(slot, new))?;
+                self.current = Some(new.clone());
+                Ok(report)
+            }
         }
     }
 
@@ -55,9 +65,9 @@ impl Dataplane {
     /// atomically; only the changed keys are written. Without a current state this is an
     /// error: use [`Dataplane::apply`] first.
     pub fn apply_changes(&mut self, changes: &TableChanges) -> Result<ApplyReport> {
-        if self.current.is_none() {
+        let Some(current) = &self.current else {
             return Err(Error::NoState);
-        }
+        };
         if changes.is_empty() {
             // Nothing changed: keep the generation, so no session is judged again.
             return Ok(ApplyReport {
@@ -65,55 +75,52 @@ impl Dataplane {
                 ..Default::default()
             });
         }
-        match self.behind.take() {
+        let report = match self.behind.take() {
             Some(mut pending) => {
                 pending.then(changes);
-                let report = self.switch(Some(&pending), Tables::default())?;
+                let report = self.flip(|dp, slot| dp.write_slot(slot, &pending))?;
                 if let Some(cur) = self.current.as_mut() {
                     cur.apply(changes);
                 }
-                self.behind = Some(changes.clone());
-                Ok(report)
+                report
             }
             None => {
                 // The standby slot's content is unknown: it is written whole.
-                let mut next = self.current.clone().unwrap_or_default();
+                let mut next = current.clone();
                 next.apply(changes);
-                self.switch(None, next)
-            }
-        }
-    }
-
-    /// Writes the standby slot, flips to it and raises the generation. With `changes`, the
-    /// slot is brought up to date with them; without, it is emptied and `whole` is written
-    /// and becomes the current state.
-    fn switch(&mut self, changes: Option<&TableChanges>, whole: Tables) -> Result<ApplyReport> {
-        let mut cfg = self.config()?;
-        let standby = 1 - (cfg.active_slot & 1) as u8;
-        // If the write fails half way the standby content is unknown: `behind` stays None.
-        self.behind = None;
-        let mut report = match changes {
-            Some(c) => self.write_slot(standby, c)?,
-            None => {
-                self.clear_slot(standby)?;
-                self.write(standby, Writes::whole(&whole))?
+                let report = self.flip(|dp, slot| dp.write_whole(slot, &next))?;
+                self.current = Some(next);
+                report
             }
         };
+        // The slot that went standby holds the state before these changes.
+        self.behind = Some(changes.clone());
+        Ok(report)
+    }
+
+    /// Writes the standby slot with `write`, then flips to it and raises the generation.
+    fn flip(
+        &mut self,
+        write: impl FnOnce(&mut Self, u8) -> Result<ApplyReport>,
+    ) -> Result<ApplyReport> {
+        let mut cfg = self.config()?;
+        let standby = standby_slot(&cfg);
+        // If the write fails half way the standby content is unknown: `behind` stays None.
+        self.behind = None;
+        let mut report = write(self, standby)?;
         cfg.active_slot = standby as u32;
         cfg.generation = cfg.generation.wrapping_add(1);
         self.config
             .set(0, cfg, 0)
             .map_err(Error::map(names::CONFIG))?;
         report.generation = cfg.generation;
-        if changes.is_none() {
-            // The slot now in standby holds the previous state, if this process knew it.
-            let previous = self.current.replace(whole);
-            self.behind = match (&previous, &self.current) {
-                (Some(prev), Some(cur)) => Some(TableChanges::between(prev, cur)),
-                _ => None,
-            };
-        }
         Ok(report)
+    }
+
+    /// Empties one slot and writes all of `t` into it.
+    fn write_whole(&mut self, slot: u8, t: &Tables) -> Result<ApplyReport> {
+        self.clear_slot(slot)?;
+        self.write(slot, Writes::whole(t))
     }
 
     /// Whether the standby slot lags the current state: its content is unknown, or the
@@ -130,16 +137,14 @@ impl Dataplane {
         if self.current.is_none() {
             return Ok(0);
         }
-        let standby = 1 - (self.config()?.active_slot & 1) as u8;
+        let standby = standby_slot(&self.config()?);
         // Unknown content until the write completes.
         let report = match self.behind.take() {
             Some(pending) => self.write_slot(standby, &pending)?,
             None => {
                 // Taken out for the write, so that it need not be copied.
                 let cur = self.current.take().expect("checked");
-                let written = self
-                    .clear_slot(standby)
-                    .and_then(|()| self.write(standby, Writes::whole(&cur)));
+                let written = self.write_whole(standby, &cur);
                 self.current = Some(cur);
                 written?
             }

@@ -93,10 +93,8 @@ impl Dataplane {
                 std::mem::forget(prog.take_link(id).map_err(|e| iface_err(interface, e))?);
                 continue;
             }
+            // In `dir`, created above.
             let pin = link_pin(link_dir, interface, side);
-            if let Some(dir) = pin.parent() {
-                std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
-            }
             let id = match PinnedLink::from_pin(&pin) {
                 Ok(old) => {
                     let link: SchedClassifierLink = FdLink::from(old).try_into().map_err(|e| {

@@ -1,11 +1,9 @@
 //! Flow events to userspace. A full ring buffer is counted, never silent.
 
+use aya_ebpf::bindings::BPF_RB_NO_WAKEUP;
 use microseg_common::*;
 
 use crate::maps::MSEG_EVENTS;
-
-/// `bpf_ringbuf_submit` flag: do not notify the consumer.
-const BPF_RB_NO_WAKEUP: u64 = 1;
 
 /// Reserves an event, lets `fill` write every field in place (no copy on the small BPF
 /// stack), and submits it.
@@ -21,5 +19,5 @@ pub fn emit(stats: &mut Stats, fill: impl FnOnce(&mut FlowEvent)) {
     fill(e);
     // No wake-up: the agent polls the ring. Waking it costs the sending packet an
     // interrupt, which on a busy node is most of a new connection's cost.
-    entry.submit(BPF_RB_NO_WAKEUP);
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
 }

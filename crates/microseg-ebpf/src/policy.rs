@@ -81,7 +81,7 @@ fn resolve_tier(ep: &EndpointInfo, q: &Query, tier: u8) -> (u8, u32) {
     }
     if flags & dir_flags::PEER_ANY != 0 {
         if let Some(e) = lookup_class(ep.profile, q, tier, flags, IDENTITY_ANY) {
-            if e.rank < best.rank || (e.rank == best.rank && e.rule_id < best.rule_id) {
+            if e.beats(&best) {
                 best = e;
             }
         }
@@ -89,7 +89,7 @@ fn resolve_tier(ep: &EndpointInfo, q: &Query, tier: u8) -> (u8, u32) {
     if flags & dir_flags::HAS_SOURCE_PORTS != 0 && q.has_ports {
         for peer in [q.peer_identity, IDENTITY_ANY] {
             if let Some(e) = lookup_source_ports(ep.profile, q, tier, peer) {
-                if e.rank < best.rank || (e.rank == best.rank && e.rule_id < best.rule_id) {
+                if e.beats(&best) {
                     best = e;
                 }
             }
@@ -158,7 +158,8 @@ fn scan_ranges(table: &PortRangeTable, port: u16) -> Option<PolicyEntry> {
     None
 }
 
-/// The best rule with `sourcePorts` for one peer class: a bounded scan of a small table.
+/// The best rule with `sourcePorts` for one peer class: the first match of a small table
+/// sorted best first, in a bounded scan.
 #[inline(always)]
 fn lookup_source_ports(profile: u32, q: &Query, tier: u8, peer: u32) -> Option<PolicyEntry> {
     let key = PolicyKey {
@@ -169,27 +170,22 @@ fn lookup_source_ports(profile: u32, q: &Query, tier: u8, peer: u32) -> Option<P
         flags: policy_key::flags(q.slot as u8, tier, q.direction, policy_kind::PORT),
     };
     let table = unsafe { MSEG_SPORT_RULES.get(&key) }?;
-    let mut best: Option<PolicyEntry> = None;
     for i in 0..MAX_SOURCE_PORT_RULES {
         if i as u32 >= table.count {
             break;
         }
         let e = &table.entries[i];
-        let matches = (e.protocol == 0 || e.protocol == q.protocol)
+        if (e.protocol == 0 || e.protocol == q.protocol)
             && e.dport_start <= q.dport
             && q.dport <= e.dport_end
             && e.sport_start <= q.sport
-            && q.sport <= e.sport_end;
-        let better = match best {
-            None => true,
-            Some(b) => e.rank < b.rank || (e.rank == b.rank && e.rule_id < b.rule_id),
-        };
-        if matches && better {
-            best = Some(PolicyEntry {
+            && q.sport <= e.sport_end
+        {
+            return Some(PolicyEntry {
                 rank: e.rank,
                 rule_id: e.rule_id,
             });
         }
     }
-    best
+    None
 }

@@ -366,7 +366,7 @@ fn flow(line: &Line, col0: usize, depth: usize, sc: &mut Scratch) -> Option<(Nod
             break;
         }
         if is_map {
-            let (key, after) = flow_scalar(line, i, depth)?;
+            let (key, after) = flow_scalar(line, i)?;
             let Node::Scalar(key) = key else {
                 return None;
             };
@@ -411,12 +411,12 @@ fn flow(line: &Line, col0: usize, depth: usize, sc: &mut Scratch) -> Option<(Nod
 fn flow_item(line: &Line, i: usize, depth: usize, sc: &mut Scratch) -> Option<(Node, usize)> {
     match line.text.as_bytes().get(i)? {
         b'[' | b'{' => flow(line, i, depth + 1, sc),
-        _ => flow_scalar(line, i, depth),
+        _ => flow_scalar(line, i),
     }
 }
 
 /// A scalar inside a flow collection: quoted, or plain up to `,`, a bracket or `: `.
-fn flow_scalar(line: &Line, i: usize, _depth: usize) -> Option<(Node, usize)> {
+fn flow_scalar(line: &Line, i: usize) -> Option<(Node, usize)> {
     let s = &line.text[i..];
     match s.as_bytes().first()? {
         b'"' | b'\'' => quoted(line, i, s).map(|(n, e)| (n, i + e)),

@@ -173,7 +173,8 @@ pub fn emit_peer(id: SectionId, peer: u32, contributions: &[Contribution]) -> Pe
                 sports.len()
             ));
         } else {
-            // The kernel scans the whole table; a fixed order makes equal tables compare equal.
+            // Best first: the kernel takes the first match. The other fields fix the order
+            // so that equal tables compare equal.
             sports.sort_by_key(|e| {
                 (
                     e.rank,

@@ -294,7 +294,7 @@ fn policy_part(
             }
         }
     }
-    PolicyPart { contributions }
+    contributions
 }
 
 impl Compiler {
@@ -325,12 +325,13 @@ impl Compiler {
         }
         let workloads = workload_identities(set);
         let mut last = self.last.take();
-        let (changed, same_identities) = match last.as_mut() {
+        // Incremental when the identities stay: the last compile's state is built on.
+        let (changed, incremental) = match last.as_mut() {
             Some(l) => l.changes_to(&now, &workloads),
             None => (FxHashSet::default(), false),
         };
         let (mut ids, cidrs, mut old_policies, mut old_profiles) = match last {
-            Some(l) if same_identities => (l.ids, l.cidrs, l.policies, l.profiles),
+            Some(l) if incremental => (l.ids, l.cidrs, l.policies, l.profiles),
             _ => {
                 let mut cidrs: FxHashMap<Net, u32> = FxHashMap::default();
                 for p in now.values() {
@@ -342,7 +343,6 @@ impl Compiler {
                 (ids, cidrs, FxHashMap::default(), FxHashMap::default())
             }
         };
-        let incremental = same_identities;
         let new_rule_ids = if incremental {
             self.renumber_rules(&changed, &old_policies, &now)
         } else {

@@ -106,9 +106,7 @@ fn set<K: Copy + Eq + Hash, V: Copy + PartialEq>(
 }
 
 /// A policy's part in one section: per peer, what its rules contribute.
-pub struct PolicyPart {
-    pub contributions: Vec<(u32, Contribution)>,
-}
+pub type PolicyPart = Vec<(u32, Contribution)>;
 
 impl Section {
     /// Takes back the contributions of the `removed` policies (tag and the peers they
@@ -124,11 +122,7 @@ impl Section {
         let mut touched: Vec<u32> = removed
             .iter()
             .flat_map(|(_, peers)| peers.iter().copied())
-            .chain(
-                added
-                    .iter()
-                    .flat_map(|p| p.contributions.iter().map(|(peer, _)| *peer)),
-            )
+            .chain(added.iter().flat_map(|p| p.iter().map(|(peer, _)| *peer)))
             .collect();
         touched.sort_unstable();
         touched.dedup();
@@ -149,7 +143,7 @@ impl Section {
             }
         }
         for part in added {
-            for (peer, c) in part.contributions {
+            for (peer, c) in part {
                 // Most peers have one contribution: no room for more until needed.
                 self.peers
                     .entry(peer)
