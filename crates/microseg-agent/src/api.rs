@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use microseg_common::session_flags as sf;
 use microseg_common::tables::words_addr;
-use microseg_dataplane::sessions::{monotonic_ns, orig_tuple, state_name};
+use microseg_dataplane::sessions::{monotonic_ns, state_name};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
@@ -128,7 +128,7 @@ fn answer(req: &Request, state: &Arc<Mutex<State>>) -> (Vec<Value>, Follow) {
                 .sessions()
                 .into_iter()
                 .map(|(k, s)| {
-                    let (src, sport, dst, dport) = orig_tuple(&k, &s);
+                    let (src, sport, dst, dport) = k.orig_tuple(&s);
                     json!({
                         "src_ip": words_addr(src).to_string(),
                         "dst_ip": words_addr(dst).to_string(),

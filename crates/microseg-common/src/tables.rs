@@ -56,37 +56,62 @@ pub struct TableChanges {
     pub source_ports: HashMap<PolicyKey, Option<SourcePortTable>>,
 }
 
-fn diff_into<'a, K, V>(
-    old: impl Iterator<Item = (&'a K, &'a V)>,
-    new: impl Iterator<Item = (&'a K, &'a V)>,
-    old_get: impl Fn(&K) -> Option<&'a V>,
-    new_has: impl Fn(&K) -> bool,
+/// What [`TableChanges`] needs of a map, for the hash and the ordered maps of [`Tables`].
+trait Map<K, V> {
+    fn get_value(&self, k: &K) -> Option<&V>;
+    fn set(&mut self, k: K, v: Option<V>);
+    fn entries<'a>(&'a self) -> impl Iterator<Item = (&'a K, &'a V)>
+    where
+        K: 'a,
+        V: 'a;
+}
+
+macro_rules! impl_map {
+    ($map:ident, $($bound:tt)+) => {
+        impl<K: $($bound)+, V> Map<K, V> for $map<K, V> {
+            fn get_value(&self, k: &K) -> Option<&V> {
+                self.get(k)
+            }
+            fn set(&mut self, k: K, v: Option<V>) {
+                match v {
+                    Some(v) => self.insert(k, v),
+                    None => self.remove(&k),
+                };
+            }
+            fn entries<'a>(&'a self) -> impl Iterator<Item = (&'a K, &'a V)>
+            where
+                K: 'a,
+                V: 'a,
+            {
+                self.iter()
+            }
+        }
+    };
+}
+impl_map!(HashMap, Eq + core::hash::Hash);
+impl_map!(BTreeMap, Ord);
+
+/// Records in `out` what turns `old` into `new`.
+fn diff_into<K: Copy + Eq + core::hash::Hash, V: Copy + PartialEq>(
+    old: &impl Map<K, V>,
+    new: &impl Map<K, V>,
     out: &mut HashMap<K, Option<V>>,
-) where
-    K: Copy + Eq + core::hash::Hash + 'a,
-    V: Copy + PartialEq + 'a,
-{
-    for (k, _) in old {
-        if !new_has(k) {
+) {
+    for (k, _) in old.entries() {
+        if new.get_value(k).is_none() {
             out.insert(*k, None);
         }
     }
-    for (k, v) in new {
-        if old_get(k) != Some(v) {
+    for (k, v) in new.entries() {
+        if old.get_value(k) != Some(v) {
             out.insert(*k, Some(*v));
         }
     }
 }
 
-fn apply_map<K: Copy + Eq + core::hash::Hash, V: Copy>(
-    map: &mut HashMap<K, V>,
-    changes: &HashMap<K, Option<V>>,
-) {
+fn apply_map<K: Copy, V: Copy>(map: &mut impl Map<K, V>, changes: &HashMap<K, Option<V>>) {
     for (k, v) in changes {
-        match v {
-            Some(v) => map.insert(*k, *v),
-            None => map.remove(k),
-        };
+        map.set(*k, *v);
     }
 }
 
@@ -94,47 +119,17 @@ impl TableChanges {
     /// What turns `old` into `new`.
     pub fn between(old: &Tables, new: &Tables) -> TableChanges {
         let mut c = TableChanges::default();
-        diff_into(
-            old.endpoints.iter(),
-            new.endpoints.iter(),
-            |k| old.endpoints.get(k),
-            |k| new.endpoints.contains_key(k),
-            &mut c.endpoints,
-        );
+        diff_into(&old.endpoints, &new.endpoints, &mut c.endpoints);
         for k in old.endpoint_addrs.difference(&new.endpoint_addrs) {
             c.endpoint_addrs.insert(*k, false);
         }
         for k in new.endpoint_addrs.difference(&old.endpoint_addrs) {
             c.endpoint_addrs.insert(*k, true);
         }
-        diff_into(
-            old.identities.iter(),
-            new.identities.iter(),
-            |k| old.identities.get(k),
-            |k| new.identities.contains_key(k),
-            &mut c.identities,
-        );
-        diff_into(
-            old.policy.iter(),
-            new.policy.iter(),
-            |k| old.policy.get(k),
-            |k| new.policy.contains_key(k),
-            &mut c.policy,
-        );
-        diff_into(
-            old.port_ranges.iter(),
-            new.port_ranges.iter(),
-            |k| old.port_ranges.get(k),
-            |k| new.port_ranges.contains_key(k),
-            &mut c.port_ranges,
-        );
-        diff_into(
-            old.source_ports.iter(),
-            new.source_ports.iter(),
-            |k| old.source_ports.get(k),
-            |k| new.source_ports.contains_key(k),
-            &mut c.source_ports,
-        );
+        diff_into(&old.identities, &new.identities, &mut c.identities);
+        diff_into(&old.policy, &new.policy, &mut c.policy);
+        diff_into(&old.port_ranges, &new.port_ranges, &mut c.port_ranges);
+        diff_into(&old.source_ports, &new.source_ports, &mut c.source_ports);
         c
     }
 
@@ -172,12 +167,7 @@ impl TableChanges {
 impl Tables {
     /// Brings these tables up to date with `changes`.
     pub fn apply(&mut self, changes: &TableChanges) {
-        for (k, v) in &changes.endpoints {
-            match v {
-                Some(v) => self.endpoints.insert(*k, *v),
-                None => self.endpoints.remove(k),
-            };
-        }
+        apply_map(&mut self.endpoints, &changes.endpoints);
         for (k, add) in &changes.endpoint_addrs {
             if *add {
                 self.endpoint_addrs.insert(*k);
@@ -185,12 +175,7 @@ impl Tables {
                 self.endpoint_addrs.remove(k);
             }
         }
-        for (k, v) in &changes.identities {
-            match v {
-                Some(v) => self.identities.insert(*k, *v),
-                None => self.identities.remove(k),
-            };
-        }
+        apply_map(&mut self.identities, &changes.identities);
         apply_map(&mut self.policy, &changes.policy);
         apply_map(&mut self.port_ranges, &changes.port_ranges);
         apply_map(&mut self.source_ports, &changes.source_ports);

@@ -95,8 +95,14 @@ fn mutual_tls_refuses_clients_without_a_certificate_of_the_ca() {
             Some(("application/yaml", policy("p2", 81).as_bytes())),
         )
         .unwrap_err();
-    // A certificate of another CA is refused in the handshake, not by the token check.
-    assert!(e.to_string().contains("UnknownCA"), "{e}");
+    // `call` fails only when no HTTP reply came back (a refusal by status would be Ok):
+    // the handshake refused the certificate (UnknownCA), or broke the pipe while the body
+    // was being written (or reset the connection).
+    let e = e.to_string();
+    assert!(
+        e.contains("UnknownCA") || e.contains("Broken pipe") || e.contains("reset"),
+        "{e}"
+    );
     // Nothing got through.
     assert_eq!(names(&get(&good, "/v1/policies")), ["p1"]);
     // With a certificate but without the token: 401.

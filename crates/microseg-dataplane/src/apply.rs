@@ -271,33 +271,12 @@ impl Dataplane {
     /// Removes every entry of one slot.
     fn clear_slot(&mut self, slot: u8) -> Result<()> {
         let s32 = slot as u32;
-        let keys: Vec<_> = self
-            .policy
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k.flags & 1 == slot)
-            .collect();
-        for k in keys {
-            let _ = self.policy.remove(&k);
-        }
-        let keys: Vec<_> = self
-            .port_ranges
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k.flags & 1 == slot)
-            .collect();
-        for k in keys {
-            let _ = self.port_ranges.remove(&k);
-        }
-        let keys: Vec<_> = self
-            .source_ports
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k.flags & 1 == slot)
-            .collect();
-        for k in keys {
-            let _ = self.source_ports.remove(&k);
-        }
+        clear(&mut self.policy, |k| k.flags & 1 == slot);
+        clear(&mut self.port_ranges, |k| k.flags & 1 == slot);
+        clear(&mut self.source_ports, |k| k.flags & 1 == slot);
+        clear(&mut self.host_identities, |k| k.slot == s32);
+        clear(&mut self.endpoint_addrs, |k| k.slot == s32);
+        clear(&mut self.endpoints, |k| k.slot == s32);
         let keys: Vec<_> = self
             .identities
             .keys()
@@ -307,34 +286,19 @@ impl Dataplane {
         for k in keys {
             let _ = self.identities.remove(&k);
         }
-        let keys: Vec<_> = self
-            .host_identities
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k.slot == s32)
-            .collect();
-        for k in keys {
-            let _ = self.host_identities.remove(&k);
-        }
-        let keys: Vec<_> = self
-            .endpoint_addrs
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k.slot == s32)
-            .collect();
-        for k in keys {
-            let _ = self.endpoint_addrs.remove(&k);
-        }
-        let keys: Vec<_> = self
-            .endpoints
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k.slot == s32)
-            .collect();
-        for k in keys {
-            let _ = self.endpoints.remove(&k);
-        }
         Ok(())
+    }
+}
+
+/// Removes every key of `map` that `in_slot` picks.
+fn clear<K: aya::Pod, V: aya::Pod>(map: &mut HashMap<MapData, K, V>, in_slot: impl Fn(&K) -> bool) {
+    let keys: Vec<K> = map
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| in_slot(k))
+        .collect();
+    for k in keys {
+        let _ = map.remove(&k);
     }
 }
 

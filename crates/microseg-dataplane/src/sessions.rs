@@ -136,42 +136,10 @@ impl Dataplane {
     }
 }
 
-/// The originator's side of a session: (source, source port, destination, destination port).
-pub fn orig_tuple(key: &SessionKey, s: &Session) -> ([u32; 4], u16, [u32; 4], u16) {
-    if s.flags & microseg_common::session_flags::ORIG_IS_LO != 0 {
-        (key.lo_addr, key.lo_port, key.hi_addr, key.hi_port)
-    } else {
-        (key.hi_addr, key.hi_port, key.lo_addr, key.lo_port)
-    }
-}
-
 /// The event the kernel would have sent had it seen the session end (used for sessions
 /// that expire idle, which the kernel never sees end).
 pub fn end_event(key: &SessionKey, s: &Session) -> microseg_common::FlowEvent {
-    use microseg_common::{direction, event_kind, session_flags as sf};
-    let (src, sport, dst, dport) = orig_tuple(key, s);
-    microseg_common::FlowEvent {
-        time_ns: s.last_seen_ns,
-        packets: s.packets[0] + s.packets[1],
-        bytes: s.bytes[0] + s.bytes[1],
-        ifindex: key.ifindex,
-        rule_id: s.rule_id,
-        audit_rule_id: s.audit_rule_id,
-        peer_identity: s.peer_identity,
-        local_identity: 0,
-        src_addr: src,
-        dst_addr: dst,
-        src_port: sport,
-        dst_port: dport,
-        kind: event_kind::END,
-        direction: if s.flags & sf::ORIG_EGRESS != 0 {
-            direction::EGRESS
-        } else {
-            direction::INGRESS
-        },
-        verdict: s.verdict,
-        audit_verdict: s.audit_verdict,
-        protocol: key.protocol,
-        _pad: [0; 7],
-    }
+    let mut e = microseg_common::FlowEvent::default();
+    e.fill_from_session(microseg_common::event_kind::END, key, s, s.last_seen_ns);
+    e
 }

@@ -13,7 +13,7 @@ use crate::{
     events::emit,
     maps::*,
     parse::{self, Packet, Parsed, FRAG_FIRST, FRAG_LATER},
-    session::{advance, orig_tuple, session_key, starts_over},
+    session::{advance, session_key, starts_over},
 };
 
 pub const PASS: i32 = TC_ACT_OK as i32;
@@ -194,30 +194,7 @@ pub fn established(
 /// An event about a whole session, in its originator's direction.
 #[inline(always)]
 pub fn session_event(kind: u8, key: &SessionKey, s: &Session, now: u64, stats: &mut Stats) {
-    emit(stats, |e| {
-        let (src, sport, dst, dport) = orig_tuple(key, s);
-        e.time_ns = now;
-        e.packets = s.packets[0] + s.packets[1];
-        e.bytes = s.bytes[0] + s.bytes[1];
-        e.ifindex = key.ifindex;
-        e.rule_id = s.rule_id;
-        e.audit_rule_id = s.audit_rule_id;
-        e.peer_identity = s.peer_identity;
-        e.local_identity = 0;
-        e.src_addr = src;
-        e.dst_addr = dst;
-        e.src_port = sport;
-        e.dst_port = dport;
-        e.kind = kind;
-        e.direction = if s.flags & sf::ORIG_EGRESS != 0 {
-            direction::EGRESS
-        } else {
-            direction::INGRESS
-        };
-        e.verdict = s.verdict;
-        e.audit_verdict = s.audit_verdict;
-        e.protocol = key.protocol;
-    });
+    emit(stats, |e| e.fill_from_session(kind, key, s, now));
 }
 
 #[inline(always)]

@@ -36,16 +36,6 @@ fn endpoint_le(a: &[u32; 4], ap: u16, b: &[u32; 4], bp: u16) -> bool {
     ap <= bp
 }
 
-/// The originator's view of a session: (src, sport, dst, dport).
-#[inline(always)]
-pub fn orig_tuple(key: &SessionKey, s: &Session) -> ([u32; 4], u16, [u32; 4], u16) {
-    if s.flags & sf::ORIG_IS_LO != 0 {
-        (key.lo_addr, key.lo_port, key.hi_addr, key.hi_port)
-    } else {
-        (key.hi_addr, key.hi_port, key.lo_addr, key.lo_port)
-    }
-}
-
 /// State of a session whose first packet carries `flags` (TCP) — mid-stream packets are
 /// picked up as established, as after an agent restart that lost nothing but the table.
 #[inline(always)]

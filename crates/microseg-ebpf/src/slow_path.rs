@@ -10,7 +10,7 @@ use crate::{
     maps::*,
     parse::{self, Packet},
     policy::{identity_of, judge, Judgement, Query},
-    session::{initial_state, orig_tuple, session_key},
+    session::{initial_state, session_key},
 };
 
 #[inline(always)]
@@ -157,12 +157,8 @@ fn new_session(
 fn rejudge(cfg: &Config, stats: &mut Stats, key: &SessionKey, s: &mut Session, now: u64) {
     stats.rejudged += 1;
     let slot = cfg.active_slot & 1;
-    let direction = if s.flags & sf::ORIG_EGRESS != 0 {
-        direction::EGRESS
-    } else {
-        direction::INGRESS
-    };
-    let (src, sport, dst, dport) = orig_tuple(key, s);
+    let direction = s.orig_direction();
+    let (src, sport, dst, dport) = key.orig_tuple(s);
     let ep_key = EndpointKey {
         slot,
         ifindex: key.ifindex,

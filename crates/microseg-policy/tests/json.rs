@@ -20,16 +20,10 @@ const WORKLOADS: &str = r#"[{"apiVersion": "microseg.io/v1", "kind": "Workload",
 
 /// The same text through the YAML path: a leading comment keeps it off the JSON one.
 fn via_yaml(text: &str) -> (Vec<Resource>, Vec<microseg_policy::Diagnostic>) {
-    let (mut res, diags) = parse_str("f.json", &format!("# yaml path\n{text}"));
-    for r in &mut res {
-        match r {
-            Resource::Workload(w) => w.origin = Default::default(),
-            Resource::Policy(p) => std::sync::Arc::make_mut(p).origin = Default::default(),
-        }
-    }
-    (res, diags)
+    via_json(&format!("# yaml path\n{text}"))
 }
 
+/// Parsed, with origins cleared (the two paths place them differently).
 fn via_json(text: &str) -> (Vec<Resource>, Vec<microseg_policy::Diagnostic>) {
     let (mut res, diags) = parse_str("f.json", text);
     for r in &mut res {
