@@ -295,13 +295,14 @@ fn ensure_bpffs(dir: &std::path::Path) -> Result<(), String> {
     ))
 }
 
-/// `microseg agent --cleanup`: takes the classifiers off every interface and removes all
-/// pinned state.
+/// `microseg agent --cleanup`: takes the classifiers off every interface (classic filters
+/// too when their record is gone) and removes all pinned state.
 pub fn cleanup(opts: &AgentOptions) -> Result<(), String> {
     let links = opts.links_dir();
     for iface in Dataplane::attached_interfaces(&links) {
         Dataplane::detach(&iface, &links).map_err(|e| e.to_string())?;
     }
+    Dataplane::detach_netlink_filters_everywhere();
     if opts.bpffs.exists() {
         std::fs::remove_dir_all(&opts.bpffs)
             .map_err(|e| format!("{}: {e}", opts.bpffs.display()))?;

@@ -274,19 +274,19 @@ fn the_classic_tc_path_for_older_kernels_enforces_and_cleans_up_too() {
         filters("ingress")
     );
 
-    // The filters outlive the agent, and --cleanup removes them.
+    // The filters outlive the agent, and --cleanup removes them, even when the record of
+    // where they are is gone with the pins (a bpffs private to an ended mount namespace).
     t.stop_agent(libc::SIGKILL);
     assert!(!t.tcp_ok("other", web));
+    std::fs::remove_dir_all(t.bpffs.join("links")).unwrap();
     let out = t.agent_cmd(&["--cleanup"]).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        !filters("egress").contains("microseg"),
-        "{}",
-        filters("egress")
-    );
+    for dir in ["egress", "ingress"] {
+        assert!(!filters(dir).contains("microseg"), "{}", filters(dir));
+    }
     assert!(t.tcp_ok("other", web));
 }
