@@ -262,6 +262,18 @@ fn expire(state: &Arc<Mutex<State>>) {
     }
 }
 
+/// False only when this process's mount namespace is known to be init's (reading init's
+/// needs privileges a container may not grant: then it may be private).
+fn private_mount_namespace() -> bool {
+    match (
+        std::fs::read_link("/proc/self/ns/mnt"),
+        std::fs::read_link("/proc/1/ns/mnt"),
+    ) {
+        (Ok(mine), Ok(init)) => mine != init,
+        _ => true,
+    }
+}
+
 /// Pins only survive on a BPF filesystem: check that `dir` is on one, mounting the
 /// usual /sys/fs/bpf when it is missing.
 fn ensure_bpffs(dir: &std::path::Path) -> Result<(), String> {
@@ -286,6 +298,13 @@ fn ensure_bpffs(dir: &std::path::Path) -> Result<(), String> {
         // SAFETY: valid C strings; a bpffs mount has no data argument.
         if unsafe { libc::mount(fs.as_ptr(), c.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) } == 0 {
             log::info!("mounted a BPF filesystem on /sys/fs/bpf");
+            if private_mount_namespace() {
+                // `ip netns exec` makes such a namespace: the mount, the pins and the TCX
+                // links on them end with this process, taking enforcement along.
+                log::warn!(
+                    "/sys/fs/bpf was mounted in what may be a mount namespace of this agent alone (ip netns exec makes one); if so, the pins end with the agent, and enforcement with them: mount bpffs where it outlives the agent, or start it with nsenter --net"
+                );
+            }
             return Ok(());
         }
     }
