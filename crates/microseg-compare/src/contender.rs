@@ -1,5 +1,5 @@
-//! Contenders (no filter, microseg, iptables, nftables) and what each does in a turn: install
-//! its base state, apply a rule set, change one rule, tear down.
+//! Contenders (no filter, an empty TC program, microseg, iptables, nftables) and what each
+//! does in a turn: install its base state, apply a rule set, change one rule, tear down.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,6 +16,9 @@ use crate::topology::{Topo, CLI_IP, P_CPS, SRV_IP};
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub(crate) enum Who {
     None,
+    /// The floor of any TC-based filter: an empty classifier on the four hooks microseg
+    /// uses (ingress and egress of both workload veths), enforcing nothing.
+    TcEmpty,
     Microseg,
     Iptables,
     Nft,
@@ -23,17 +26,32 @@ pub(crate) enum Who {
 
 impl Who {
     /// Every contender, in the order of the report.
-    pub(crate) const ALL: [Who; 4] = [Who::None, Who::Microseg, Who::Iptables, Who::Nft];
+    pub(crate) const ALL: [Who; 5] = [
+        Who::None,
+        Who::TcEmpty,
+        Who::Microseg,
+        Who::Iptables,
+        Who::Nft,
+    ];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
             Who::None => "no filter",
+            Who::TcEmpty => "empty tc prog",
             Who::Microseg => "microseg",
             Who::Iptables => "iptables-nft",
             Who::Nft => "nftables",
         }
     }
+
+    /// Whether it enforces the rule sets (and so has apply and change times).
+    pub(crate) fn enforces(self) -> bool {
+        !matches!(self, Who::None | Who::TcEmpty)
+    }
 }
+
+/// The workload veths in NODE, where microseg attaches.
+const WORKLOAD_VETHS: [&str; 2] = ["veth-cli", "veth-srv"];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Change {
@@ -102,6 +120,26 @@ impl Ctx {
     pub(crate) fn install_base(&mut self, who: Who) -> Result<(), String> {
         match who {
             Who::None => Ok(()),
+            Who::TcEmpty => {
+                for dev in WORKLOAD_VETHS {
+                    self.node_exec(&["tc", "qdisc", "add", "dev", dev, "clsact"])?;
+                    for hook in ["ingress", "egress"] {
+                        // Classic BPF "return 0": no match, the packet goes on.
+                        self.node_exec(&[
+                            "tc",
+                            "filter",
+                            "add",
+                            "dev",
+                            dev,
+                            hook,
+                            "bpf",
+                            "bytecode",
+                            "1,6 0 0 0",
+                        ])?;
+                    }
+                }
+                Ok(())
+            }
             Who::Microseg => self.start_agent(),
             Who::Iptables => {
                 let f = self.t.dir.join("ipt-base.rules");
@@ -140,7 +178,7 @@ impl Ctx {
                 self.node_exec(&["iptables-nft-restore", ipt.to_str().unwrap()]),
             ),
             Who::Nft => ms_since(t0, self.node_exec(&["nft", "-f", nft.to_str().unwrap()])),
-            Who::None => f64::NAN,
+            Who::None | Who::TcEmpty => f64::NAN,
         };
         let traffic = probe.join().ok().flatten().unwrap_or(f64::NAN);
         (cmd_ms, traffic)
@@ -168,7 +206,7 @@ impl Ctx {
         tx.send(t0).ok();
         let done = |r: Result<String, String>| ms_since(t0, r);
         let cmd_ms = match (who, kind) {
-            (Who::None, _) => f64::NAN,
+            (Who::None | Who::TcEmpty, _) => f64::NAN,
             (Who::Microseg, k) => {
                 match k {
                     Change::One => self.write_policy_file(DENY_ONE_FILE, &microseg_deny_one()),
@@ -205,6 +243,11 @@ impl Ctx {
     pub(crate) fn teardown(&mut self, who: Who) {
         match who {
             Who::None => {}
+            Who::TcEmpty => {
+                for dev in WORKLOAD_VETHS {
+                    let _ = self.node_exec(&["tc", "qdisc", "del", "dev", dev, "clsact"]);
+                }
+            }
             Who::Microseg => self.stop_agent(),
             Who::Iptables | Who::Nft => {
                 let _ = self.node_exec(&["nft", "flush", "ruleset"]);

@@ -1,5 +1,6 @@
-//! `microseg-compare`: microseg against no filter, iptables (nft back end) and nftables, side
-//! by side in one run, on a topology of network namespaces this command creates and removes.
+//! `microseg-compare`: microseg against no filter, an empty TC program, iptables (nft back
+//! end) and nftables, side by side in one run, on a topology of network namespaces this
+//! command creates and removes.
 //!
 //! Topology (all names carry the process id, everything is removed on exit, also on failure
 //! and on SIGINT/SIGTERM/SIGHUP):
@@ -10,7 +11,9 @@
 //! ```
 //!
 //! Every filter lives in NODE: microseg's classifiers on the host ends of the veths (the
-//! agent runs there via `nsenter --net`), iptables/nftables in NODE's FORWARD hook. Nothing
+//! agent runs there via `nsenter --net`), iptables/nftables in NODE's FORWARD hook. The empty
+//! TC program (a classic-BPF `return 0` on the same four hooks, through `tc`) is the floor any
+//! TC-based filter pays, so the table shows what the hook costs and what microseg adds. Nothing
 //! is touched outside these namespaces except a bpffs directory of our own.
 //!
 //! Rule sets of size N: N-1 rules that match no test traffic (rule i allows TCP from

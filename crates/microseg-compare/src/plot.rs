@@ -63,6 +63,7 @@ pub(crate) fn svg(
     s += &format!("<rect x=\"{l}\" y=\"{top}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#444\"/>\n");
     let colors = [
         (Who::None, "#555555", "4 3"),
+        (Who::TcEmpty, "#9467bd", "2 2"),
         (Who::Microseg, "#d62728", ""),
         (Who::Iptables, "#1f77b4", ""),
         (Who::Nft, "#2ca02c", ""),

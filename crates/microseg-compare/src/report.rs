@@ -120,7 +120,7 @@ fn table(a: &Args, res: &Results) -> (String, Medians, String) {
             };
             let ch_all = all(|s| &s.change_ms);
             change.insert((n, who), median(&ch_all));
-            if who != Who::None {
+            if who.enforces() {
                 let span = |x: &[f64]| {
                     let x: Vec<f64> = x.iter().copied().filter(|x| x.is_finite()).collect();
                     format!(
@@ -142,7 +142,7 @@ fn table(a: &Args, res: &Results) -> (String, Medians, String) {
             replace.insert((n, who), m(|s| s.replace_ms));
             apply.insert((n, who), m(|s| s.apply_traffic_ms));
             let mem = match who {
-                Who::None => "-".to_string(),
+                Who::None | Who::TcEmpty => "-".to_string(),
                 Who::Microseg => format!(
                     "memlock +{} / kernel {:+.0} / agent RSS {} (agent CPU {}% during conn/s)",
                     fmt(m(|s| s.mem_memlock_kb), 0),
@@ -161,9 +161,9 @@ fn table(a: &Args, res: &Results) -> (String, Medians, String) {
                 fmt(m(|s| s.udp) / 1e3, 0), fmt(r(|s| s.udp), 2),
                 fmt(m(|s| s.p50), 1), fmt(r(|s| s.p50), 2),
                 fmt(m(|s| s.p99), 1), fmt(r(|s| s.p99), 2),
-                if who == Who::None { "-".into() } else { format!("{} / {}", fmt(m(|s| s.apply_cmd_ms), 1), fmt(m(|s| s.apply_traffic_ms), 1)) },
-                if who == Who::None { "-".into() } else { fmt(change[&(n, who)], 1) },
-                if who == Who::None { "-".into() } else { fmt(m(|s| s.replace_ms), 1) },
+                if !who.enforces() { "-".into() } else { format!("{} / {}", fmt(m(|s| s.apply_cmd_ms), 1), fmt(m(|s| s.apply_traffic_ms), 1)) },
+                if !who.enforces() { "-".into() } else { fmt(change[&(n, who)], 1) },
+                if !who.enforces() { "-".into() } else { fmt(m(|s| s.replace_ms), 1) },
                 mem
             );
         }
@@ -184,7 +184,7 @@ fn spread(a: &Args, ratios: &BTreeMap<(usize, Who), Vec<Sample>>) -> String {
     let mut out = String::new();
     out += "\nspread of the ratio to no filter over the reps (min..max):\n";
     for &n in &a.rules {
-        for who in [Who::Microseg, Who::Iptables, Who::Nft] {
+        for who in [Who::TcEmpty, Who::Microseg, Who::Iptables, Who::Nft] {
             let Some(rt) = ratios.get(&(n, who)) else {
                 continue;
             };
@@ -293,6 +293,19 @@ fn targets(a: &Args, med: &Medians) -> String {
             fmt_rules(n),
             fmt(t1, 2),
             fmt(t4, 2)
+        );
+    }
+    // What microseg adds to the hook itself: its ratio over the empty program's (medians).
+    for &n in &a.rules {
+        let get = |w: Who| cps_ratio.get(&(n, w)).copied().unwrap_or(f64::NAN);
+        let tput = |w: Who| tput_ratio.get(&(n, w)).map_or(f64::NAN, |t| t.0);
+        out += &format!(
+            "  info: at {} rules the empty tc program got conn/s {}x and TCP 1 stream {}x; microseg relative to it: conn/s {}x, TCP 1 stream {}x\n",
+            fmt_rules(n),
+            fmt(get(Who::TcEmpty), 2),
+            fmt(tput(Who::TcEmpty), 2),
+            fmt(get(Who::Microseg) / get(Who::TcEmpty), 2),
+            fmt(tput(Who::Microseg) / tput(Who::TcEmpty), 2)
         );
     }
     out

@@ -69,7 +69,7 @@ impl Ctx {
         } else {
             0.0
         };
-        if who != Who::None {
+        if who.enforces() {
             let (cmd, traffic) = self.apply(who, n);
             s.apply_cmd_ms = cmd;
             s.apply_traffic_ms = traffic;
@@ -95,7 +95,7 @@ impl Ctx {
             }
         }
         self.battery(&mut s);
-        if who != Who::None {
+        if who.enforces() {
             // The one-rule change, `changes` times (change, then undo), then the whole rule
             // set replaced by one without that rule.
             for _ in 0..self.changes {
