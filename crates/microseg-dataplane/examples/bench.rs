@@ -770,6 +770,16 @@ fn scenario(args: &Args, rules: usize, fill: u32, totals: &mut Totals) {
             100.0 * count as f64 / opts.sessions as f64,
             t.elapsed().as_secs_f64()
         );
+        let t = Instant::now();
+        let batched = dp.sessions().len();
+        let batched_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let single = dp.sessions_one_by_one().len();
+        println!(
+            "session table read: {batched} sessions in {batched_s:.3} s in batches, {single} in {:.3} s one key at a time ({:.1}x)",
+            t.elapsed().as_secs_f64(),
+            t.elapsed().as_secs_f64() / batched_s
+        );
         totals.fills.push((rules, fill, count));
     }
 

@@ -4,6 +4,7 @@
 
 mod apply;
 pub mod attach;
+mod batch;
 mod error;
 mod loader;
 pub mod packet;

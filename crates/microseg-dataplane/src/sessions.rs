@@ -1,10 +1,12 @@
 //! Reading the session table and removing expired sessions.
 
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
+use aya::maps::IterableMap;
 use microseg_common::{names, proto, session_state as st, Session, SessionKey};
 
-use crate::{Dataplane, Error, Result};
+use crate::{batch, Dataplane, Error, Result};
 
 /// Idle time after which a session is removed, by protocol and state.
 #[derive(Clone, Copy, Debug)]
@@ -69,13 +71,26 @@ pub fn state_name(state: u8) -> &'static str {
 }
 
 impl Dataplane {
-    /// Every session in the table.
+    fn sessions_fd(&self) -> BorrowedFd<'_> {
+        self.sessions.map().fd().as_fd()
+    }
+
+    /// Every session in the table: read in batches, or one key at a time where the kernel
+    /// has no batch reads.
     pub fn sessions(&self) -> Vec<(SessionKey, Session)> {
+        batch::lookup_all(self.sessions_fd()).unwrap_or_else(|_| self.sessions_one_by_one())
+    }
+
+    /// Every session, one key at a time (two system calls per session).
+    pub fn sessions_one_by_one(&self) -> Vec<(SessionKey, Session)> {
         self.sessions.iter().filter_map(|r| r.ok()).collect()
     }
 
     pub fn session_count(&self) -> usize {
-        self.sessions.keys().filter(|k| k.is_ok()).count()
+        match batch::lookup_all::<SessionKey, Session>(self.sessions_fd()) {
+            Ok(all) => all.len(),
+            Err(_) => self.sessions.keys().filter(|k| k.is_ok()).count(),
+        }
     }
 
     /// Removes sessions idle for longer than their timeout; returns them as they were.
@@ -88,15 +103,23 @@ impl Dataplane {
                 now.saturating_sub(s.last_seen_ns) > timeouts.for_session(k, s).as_nanos() as u64
             })
             .collect();
-        for (k, _) in &expired {
-            match self.sessions.remove(k) {
-                Ok(()) => {}
-                // Evicted by the LRU meanwhile: already gone.
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(Error::map(names::SESSIONS)(e)),
-            }
-        }
+        let keys: Vec<SessionKey> = expired.iter().map(|(k, _)| *k).collect();
+        self.remove_sessions(&keys)?;
         Ok(expired)
+    }
+
+    /// Removes these sessions, in batches; keys already gone (evicted by the LRU meanwhile)
+    /// are skipped. Returns how many were removed.
+    pub fn remove_sessions(&mut self, keys: &[SessionKey]) -> Result<usize> {
+        batch::delete_all(self.sessions_fd(), keys).map_err(|io_error| {
+            Error::map(names::SESSIONS)(
+                aya::sys::SyscallError {
+                    call: "bpf_map_delete_batch",
+                    io_error,
+                }
+                .into(),
+            )
+        })
     }
 
     /// Empties the session table (used by tests and `--cleanup`).

@@ -61,3 +61,46 @@ fn idle_sessions_expire_by_their_own_timeout_and_busy_ones_stay() {
     assert_eq!(dp.session_count(), 1);
     assert!(dp.session_for(1, 6, a, 5001, b, 80).is_some());
 }
+
+#[test]
+fn the_whole_table_reads_in_batches_as_it_does_key_by_key_and_removal_skips_missing_keys() {
+    let yaml = "apiVersion: microseg.io/v1\nkind: Workload\nmetadata: {name: a}\nspec: {interface: lo, ips: [10.6.0.1]}\n";
+    let mut dp = common::Env::with_sessions(yaml, "a", 16_384).dp;
+    let a = ip("10.6.0.1");
+    // More sessions than one batch holds (4,096), across many buckets.
+    const N: u16 = 10_000;
+    for i in 0..N {
+        let b = ip(&format!("10.7.{}.{}", i / 250, i % 250 + 1));
+        let frame = Frame::tcp(a, b, 10_000 + i, 443, TCP_SYN).bytes();
+        assert!(dp
+            .test_run(Hook::FromWorkload, &frame, 1, 1)
+            .unwrap()
+            .passed());
+    }
+    let mut batched = dp.sessions();
+    let mut one_by_one = dp.sessions_one_by_one();
+    assert_eq!(batched.len(), N as usize);
+    assert_eq!(dp.session_count(), N as usize);
+    let order = |v: &mut Vec<(microseg_common::SessionKey, microseg_common::Session)>| {
+        v.sort_by_key(|(k, _)| (k.hi_addr, k.hi_port, k.lo_addr, k.lo_port))
+    };
+    order(&mut batched);
+    order(&mut one_by_one);
+    assert_eq!(batched.len(), one_by_one.len());
+    for ((kb, sb), (ko, so)) in batched.iter().zip(&one_by_one) {
+        assert_eq!(kb, ko);
+        assert_eq!(sb.packets, so.packets);
+        assert_eq!(sb.created_ns, so.created_ns);
+    }
+
+    // Half of them, with one key removed twice and one that never existed.
+    let mut keys: Vec<_> = batched.iter().step_by(2).map(|(k, _)| *k).collect();
+    keys.insert(10, keys[3]);
+    let mut never = keys[0];
+    never.lo_port ^= 0x5555;
+    keys.push(never);
+    let removed = dp.remove_sessions(&keys).unwrap();
+    assert_eq!(removed, N as usize / 2);
+    assert_eq!(dp.session_count(), N as usize / 2);
+    assert!(dp.sessions().iter().all(|(k, _)| !keys.contains(k)));
+}

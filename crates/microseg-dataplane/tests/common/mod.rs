@@ -20,8 +20,12 @@ pub fn resources(yaml: &str) -> ResourceSet {
 }
 
 pub fn load() -> Dataplane {
+    load_with_sessions(4096)
+}
+
+pub fn load_with_sessions(sessions: u32) -> Dataplane {
     Dataplane::load(&LoadOptions {
-        sessions: 4096,
+        sessions,
         ..Default::default()
     })
     .expect("load the data plane")
@@ -37,7 +41,12 @@ pub struct Env {
 
 impl Env {
     pub fn new(yaml: &str, local: &str) -> Env {
-        let mut dp = load();
+        Env::with_sessions(yaml, local, 4096)
+    }
+
+    /// As `new`, with room for `sessions` sessions.
+    pub fn with_sessions(yaml: &str, local: &str, sessions: u32) -> Env {
+        let mut dp = load_with_sessions(sessions);
         let mut compiler = Compiler::new();
         let compiled = compiler.compile(
             &resources(yaml),

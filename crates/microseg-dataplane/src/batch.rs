@@ -1,0 +1,125 @@
+//! Batched map reads and deletes (`BPF_MAP_LOOKUP_BATCH`, `BPF_MAP_DELETE_BATCH`, Linux
+//! 5.6+), which aya does not wrap. Walking a million-entry session table one key at a time
+//! costs two system calls per entry; a batch moves thousands of entries per call.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+/// Entries per call: large enough that calls are few, small enough for any bucket.
+const BATCH_ENTRIES: usize = 4096;
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
+    // SAFETY: `attr` is a valid bpf_attr prefix of the size passed; the pointers in it
+    // point at buffers the caller keeps alive and sized for `count` entries.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>(),
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Every (key, value) of a hash map, read in batches. `K` and `V` must be the map's
+/// plain-data key and value types. An error the first call returns (as `EINVAL` from a
+/// kernel without batch support) comes back untouched, so callers can fall back.
+pub(crate) fn lookup_all<K: Copy + Default, V: Copy + Default>(
+    map: BorrowedFd<'_>,
+) -> io::Result<Vec<(K, V)>> {
+    let mut keys = vec![K::default(); BATCH_ENTRIES];
+    let mut values = vec![V::default(); BATCH_ENTRIES];
+    let mut all = Vec::new();
+    // For hash maps the position is a bucket index.
+    let mut position: u32 = 0;
+    let mut next: u32 = 0;
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &position as *const u32 as u64
+            },
+            out_batch: &mut next as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: BATCH_ENTRIES as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        // The kernel reports how many entries it wrote, also with ENOENT (the last batch).
+        let got = (attr.count as usize).min(BATCH_ENTRIES);
+        match result {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                all.extend(
+                    keys[..got]
+                        .iter()
+                        .copied()
+                        .zip(values[..got].iter().copied()),
+                );
+                return Ok(all);
+            }
+            Err(e) => return Err(e),
+        }
+        all.extend(
+            keys[..got]
+                .iter()
+                .copied()
+                .zip(values[..got].iter().copied()),
+        );
+        position = next;
+        first = false;
+    }
+}
+
+/// Deletes `keys` in batches; keys already gone (evicted meanwhile) are skipped. Returns
+/// how many were deleted.
+pub(crate) fn delete_all<K: Copy>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
+    let mut deleted = 0;
+    let mut rest = keys;
+    while !rest.is_empty() {
+        let chunk = &rest[..rest.len().min(BATCH_ENTRIES)];
+        let mut attr = BatchAttr {
+            keys: chunk.as_ptr() as u64,
+            count: chunk.len() as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        let result = bpf(BPF_MAP_DELETE_BATCH, &mut attr);
+        // The kernel stops at the first key it cannot delete and says how many it did.
+        let done = (attr.count as usize).min(chunk.len());
+        deleted += done;
+        match result {
+            Ok(()) => rest = &rest[chunk.len()..],
+            // That key is gone already: skip it and go on after it.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => rest = &rest[done + 1..],
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(deleted)
+}
