@@ -1,10 +1,11 @@
 //! Helpers shared by the data-plane integration tests: resources from YAML, a loaded data
-//! plane with them applied, addresses.
+//! plane with them applied, addresses, frames run into and out of the local workload and
+//! the verdict they got.
 #![allow(dead_code)]
 
 use std::net::IpAddr;
 
-use microseg_dataplane::{common::*, Dataplane, LoadOptions};
+use microseg_dataplane::{common::*, packet::Frame, Dataplane, Hook, LoadOptions};
 use microseg_policy::{compile::*, parse_str, ResourceSet};
 
 /// ifindex of `lo`: the local workload of every test sits on it.
@@ -138,9 +139,26 @@ pub fn web6() -> IpAddr {
 }
 
 /// Runs one frame through `hook` of the endpoint on `lo`; true when it passed.
-pub fn passes(env: &Env, hook: microseg_dataplane::Hook, frame: &[u8]) -> bool {
+pub fn passes(env: &Env, hook: Hook, frame: &[u8]) -> bool {
     env.dp
         .test_run(hook, frame, LO, 1)
         .expect("test run")
         .passed()
+}
+
+/// Runs `f` into the local workload (db in most tests); true when it passed.
+pub fn into_db(env: &Env, f: &Frame) -> bool {
+    passes(env, Hook::ToWorkload, &f.bytes())
+}
+
+/// Runs `f` out of the local workload (db in most tests); true when it passed.
+pub fn from_db(env: &Env, f: &Frame) -> bool {
+    passes(env, Hook::FromWorkload, &f.bytes())
+}
+
+/// The single NEW event of the last packet: (verdict, rule id).
+pub fn verdict_of(env: &mut Env) -> (u8, u32) {
+    let ev = env.new_events();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    (ev[0].verdict, ev[0].rule_id)
 }

@@ -1,0 +1,355 @@
+//! CONTRACT §1 through the kernel: sessions. A policy change re-judges the flows it
+//! concerns (and an unchanged policy keeps its generation); replies and ICMP errors pass
+//! with their session; TCP and UDP sessions walk their states and report their end; a SYN on
+//! a closed session is judged again; deny events of a session are rate limited.
+
+mod common;
+
+use common::*;
+use microseg_dataplane::{common::*, packet::*, Hook};
+use microseg_policy::Direction::Ingress;
+
+const ALLOW_WEB: &str = r#"apiVersion: microseg.io/v1
+kind: Policy
+metadata: {name: db-ingress}
+spec:
+  selector: {matchLabels: {app: db}}
+  ingress: [{action: allow, from: [{selector: {matchLabels: {app: web}}}], ports: [{protocol: TCP, port: 5432}]}]
+"#;
+
+const DENY_ALL: &str = r#"apiVersion: microseg.io/v1
+kind: Policy
+metadata: {name: db-ingress}
+spec:
+  selector: {matchLabels: {app: db}}
+  ingress: []
+"#;
+
+/// The session of the TCP connection web:40000 → db:5432, which must exist.
+fn web_db_session(env: &Env) -> Session {
+    env.dp
+        .session_for(LO, 6, web4(), 40000, db4(), 5432)
+        .expect("session")
+        .1
+}
+
+#[test]
+fn revoking_an_allow_cuts_an_established_connection() {
+    let mut env = Env::new(&with(ALLOW_WEB), "db");
+    assert!(into_db(
+        &env,
+        &Frame::tcp(web4(), db4(), 40000, 5432, TCP_SYN)
+    ));
+    assert!(from_db(
+        &env,
+        &Frame::tcp(db4(), web4(), 5432, 40000, TCP_SYN | TCP_ACK)
+    ));
+    assert!(into_db(
+        &env,
+        &Frame::tcp(web4(), db4(), 40000, 5432, TCP_ACK)
+    ));
+    let s = web_db_session(&env);
+    assert_eq!(s.state, session_state::ESTABLISHED);
+    env.dp.drain_events();
+    assert_eq!(env.dp.stats().unwrap().rejudged, 0);
+
+    env.reapply(&with(DENY_ALL));
+    assert!(
+        !into_db(&env, &Frame::tcp(web4(), db4(), 40000, 5432, TCP_ACK)),
+        "revoked connection still passes"
+    );
+    assert_eq!(env.dp.stats().unwrap().rejudged, 1);
+    assert_eq!(verdict_of(&mut env), (verdict::DENY, RULE_DEFAULT_DENY));
+    // Both directions are cut, and the session stays judged: no second re-judgement.
+    assert!(!from_db(
+        &env,
+        &Frame::tcp(db4(), web4(), 5432, 40000, TCP_ACK)
+    ));
+    assert_eq!(env.dp.stats().unwrap().rejudged, 1);
+    let s = web_db_session(&env);
+    assert_eq!(s.verdict, verdict::DENY);
+}
+
+#[test]
+fn granting_an_allow_lets_a_denied_flow_through() {
+    let mut env = Env::new(&with(DENY_ALL), "db");
+    let syn = Frame::tcp(web4(), db4(), 40000, 5432, TCP_SYN);
+    assert!(!into_db(&env, &syn));
+    assert!(!into_db(&env, &syn), "retransmission of a denied SYN");
+    env.reapply(&with(ALLOW_WEB));
+    assert!(
+        into_db(&env, &syn),
+        "denied flow still dropped after the allow"
+    );
+    assert_eq!(env.dp.stats().unwrap().rejudged, 1);
+    let ev = env.new_events();
+    let last = ev.last().expect("event on re-judgement");
+    assert_eq!(
+        (last.verdict, last.rule_id),
+        (verdict::ALLOW, env.rule_id("db-ingress", Ingress, 0))
+    );
+    // Re-applying an unchanged policy keeps the generation: nothing is judged again.
+    let same = with(ALLOW_WEB);
+    let generation = env.dp.config().unwrap().generation;
+    env.reapply(&same);
+    assert_eq!(env.dp.config().unwrap().generation, generation);
+    assert!(from_db(
+        &env,
+        &Frame::tcp(db4(), web4(), 5432, 40000, TCP_SYN | TCP_ACK)
+    ));
+    assert_eq!(env.dp.stats().unwrap().rejudged, 1);
+}
+
+#[test]
+fn replies_of_allowed_connections_pass_a_closed_direction() {
+    let env = Env::new(
+        &with(
+            r#"apiVersion: microseg.io/v1
+kind: Policy
+metadata: {name: db}
+spec:
+  selector: {matchLabels: {app: db}}
+  ingress: [{action: allow, ports: [{protocol: TCP, port: 5432}, {protocol: UDP, port: 53}, {protocol: ICMP}, {protocol: ICMPv6}]}]
+  egress: []
+"#,
+        ),
+        "db",
+    );
+    assert!(
+        !from_db(
+            &env,
+            &Frame::tcp(db4(), web4(), 5432, 40000, TCP_SYN | TCP_ACK)
+        ),
+        "egress is closed"
+    );
+    assert!(into_db(
+        &env,
+        &Frame::tcp(web4(), db4(), 40001, 5432, TCP_SYN)
+    ));
+    assert!(
+        from_db(
+            &env,
+            &Frame::tcp(db4(), web4(), 5432, 40001, TCP_SYN | TCP_ACK)
+        ),
+        "TCP reply"
+    );
+    assert!(into_db(&env, &Frame::udp(web6(), db6(), 40002, 53)));
+    assert!(
+        from_db(&env, &Frame::udp(db6(), web6(), 53, 40002)),
+        "UDP reply"
+    );
+    assert!(
+        !from_db(&env, &Frame::udp(db6(), web6(), 53, 40003)),
+        "not a reply: other port"
+    );
+    assert!(into_db(&env, &Frame::echo_request(web4(), db4(), 77)));
+    assert!(
+        from_db(&env, &Frame::echo_reply(db4(), web4(), 77)),
+        "echo reply"
+    );
+    assert!(
+        !from_db(&env, &Frame::echo_reply(db4(), web4(), 78)),
+        "echo reply of another id"
+    );
+    assert!(into_db(&env, &Frame::echo_request(web6(), db6(), 5)));
+    assert!(
+        from_db(&env, &Frame::echo_reply(db6(), web6(), 5)),
+        "ICMPv6 echo reply"
+    );
+}
+
+#[test]
+fn icmp_errors_about_an_allowed_session_pass() {
+    let env = Env::new(
+        &with(
+            r#"apiVersion: microseg.io/v1
+kind: Policy
+metadata: {name: db}
+spec:
+  selector: {matchLabels: {app: db}}
+  ingress: []
+  egress: [{action: allow, ports: [{protocol: TCP, port: 443}, {protocol: UDP, port: 53}]}]
+"#,
+        ),
+        "db",
+    );
+    let router4 = ip("10.1.0.1");
+    let router6 = ip("fd00::1");
+    let out4 = Frame::tcp(db4(), ip("192.0.2.10"), 40000, 443, TCP_SYN);
+    let out6 = Frame::udp(db6(), ip("2001:db8::10"), 40000, 53);
+    assert!(from_db(&env, &out4));
+    assert!(from_db(&env, &out6));
+    // Errors about them come in from someone else (a router): they pass with the session.
+    assert!(
+        into_db(&env, &Frame::icmp_unreachable(router4, db4(), &out4)),
+        "ICMP unreachable"
+    );
+    assert!(
+        into_db(&env, &Frame::icmp_unreachable(router6, db6(), &out6)),
+        "ICMPv6 unreachable"
+    );
+    // Packet too big and time exceeded too.
+    let mut ptb = Frame::icmp_unreachable(router6, db6(), &out6);
+    ptb.l4[0] = 2;
+    assert!(into_db(&env, &ptb), "ICMPv6 packet too big");
+    let mut te = Frame::icmp_unreachable(router4, db4(), &out4);
+    te.l4[0] = 11;
+    assert!(into_db(&env, &te), "ICMP time exceeded");
+    assert_eq!(env.dp.stats().unwrap().icmp_related, 4);
+    // The same errors about connections that do not exist are judged by policy: ingress denies.
+    let other4 = Frame::tcp(db4(), ip("192.0.2.10"), 40001, 443, TCP_SYN);
+    let other6 = Frame::udp(db6(), ip("2001:db8::10"), 40001, 53);
+    assert!(!into_db(
+        &env,
+        &Frame::icmp_unreachable(router4, db4(), &other4)
+    ));
+    assert!(!into_db(
+        &env,
+        &Frame::icmp_unreachable(router6, db6(), &other6)
+    ));
+    // And about a denied connection.
+    let denied = Frame::tcp(db4(), ip("192.0.2.10"), 40002, 80, TCP_SYN);
+    assert!(!from_db(&env, &denied));
+    assert!(!into_db(
+        &env,
+        &Frame::icmp_unreachable(router4, db4(), &denied)
+    ));
+    assert_eq!(env.dp.stats().unwrap().icmp_related, 4);
+}
+
+#[test]
+fn tcp_sessions_walk_the_state_machine_and_report_their_end() {
+    let mut env = Env::new(&with(ALLOW_WEB), "db");
+    let state = |env: &Env, sport| {
+        env.dp
+            .session_for(LO, 6, web4(), sport, db4(), 5432)
+            .map(|(_, s)| s.state)
+    };
+    let c2s = |sport, flags| Frame::tcp(web4(), db4(), sport, 5432, flags);
+    let s2c = |sport, flags| Frame::tcp(db4(), web4(), 5432, sport, flags);
+    let mut bytes = 0u64;
+    let mut send = |env: &Env, hook, f: Frame| {
+        bytes += f.bytes().len() as u64;
+        assert!(passes(env, hook, &f.bytes()));
+    };
+    send(&env, Hook::ToWorkload, c2s(40000, TCP_SYN));
+    assert_eq!(state(&env, 40000), Some(session_state::SYN_SENT));
+    send(&env, Hook::FromWorkload, s2c(40000, TCP_SYN | TCP_ACK));
+    assert_eq!(state(&env, 40000), Some(session_state::SYN_RECV));
+    send(&env, Hook::ToWorkload, c2s(40000, TCP_ACK));
+    assert_eq!(state(&env, 40000), Some(session_state::ESTABLISHED));
+    send(&env, Hook::FromWorkload, s2c(40000, TCP_ACK));
+    send(&env, Hook::ToWorkload, c2s(40000, TCP_FIN | TCP_ACK));
+    assert_eq!(state(&env, 40000), Some(session_state::CLOSING));
+    assert!(env
+        .dp
+        .drain_events()
+        .iter()
+        .all(|e| e.kind == event_kind::NEW));
+    send(&env, Hook::FromWorkload, s2c(40000, TCP_FIN | TCP_ACK));
+    assert_eq!(state(&env, 40000), Some(session_state::CLOSED));
+    let ev = env.dp.drain_events();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    let end = ev[0];
+    assert_eq!(end.kind, event_kind::END);
+    assert_eq!((end.packets, end.bytes), (6, bytes));
+    assert_eq!(
+        (end.src_port, end.dst_port, end.direction),
+        (40000, 5432, direction::INGRESS)
+    );
+    assert_eq!(tables::words_addr(end.src_addr), web4());
+    // The last ACK passes too, and does not end it twice.
+    assert!(into_db(&env, &c2s(40000, TCP_ACK)));
+    assert!(env.dp.drain_events().is_empty());
+
+    // RST closes at once.
+    assert!(into_db(&env, &c2s(40001, TCP_SYN)));
+    assert!(from_db(&env, &s2c(40001, TCP_RST | TCP_ACK)));
+    assert_eq!(state(&env, 40001), Some(session_state::CLOSED));
+    let ev = env.dp.drain_events();
+    let ends: Vec<_> = ev.iter().filter(|e| e.kind == event_kind::END).collect();
+    assert_eq!(ends.len(), 1, "{ev:?}");
+    assert_eq!(ends[0].packets, 2);
+}
+
+#[test]
+fn udp_sessions_are_established_by_a_reply() {
+    let env = Env::new(WORKLOADS, "db");
+    assert!(from_db(&env, &Frame::udp(db4(), web4(), 40000, 53)));
+    let st = |env: &Env| {
+        env.dp
+            .session_for(LO, 17, db4(), 40000, web4(), 53)
+            .expect("session")
+            .1
+    };
+    assert_eq!(st(&env).state, session_state::NEW);
+    assert!(from_db(&env, &Frame::udp(db4(), web4(), 40000, 53)));
+    assert_eq!(
+        st(&env).state,
+        session_state::NEW,
+        "more requests keep it new"
+    );
+    assert!(into_db(&env, &Frame::udp(web4(), db4(), 53, 40000)));
+    let s = st(&env);
+    assert_eq!(s.state, session_state::ESTABLISHED);
+    assert_eq!(s.packets, [2, 1]);
+}
+
+#[test]
+fn a_syn_on_a_closed_session_is_judged_again() {
+    let mut env = Env::new(&with(ALLOW_WEB), "db");
+    assert!(into_db(
+        &env,
+        &Frame::tcp(web4(), db4(), 40000, 5432, TCP_SYN)
+    ));
+    assert!(from_db(
+        &env,
+        &Frame::tcp(db4(), web4(), 5432, 40000, TCP_RST | TCP_ACK)
+    ));
+    env.dp.drain_events();
+    let misses = env.dp.stats().unwrap().session_misses;
+    assert!(into_db(
+        &env,
+        &Frame::tcp(web4(), db4(), 40000, 5432, TCP_SYN)
+    ));
+    assert_eq!(
+        env.dp.stats().unwrap().session_misses,
+        misses + 1,
+        "the SYN went to the policy"
+    );
+    assert_eq!(
+        verdict_of(&mut env),
+        (verdict::ALLOW, env.rule_id("db-ingress", Ingress, 0))
+    );
+    let s = web_db_session(&env);
+    assert_eq!(
+        (s.state, s.packets, s.flags & session_flags::ENDED),
+        (session_state::SYN_SENT, [1, 0], 0)
+    );
+    // A closed session's ports reused after a policy change are judged by the new policy.
+    assert!(from_db(
+        &env,
+        &Frame::tcp(db4(), web4(), 5432, 40000, TCP_RST | TCP_ACK)
+    ));
+    env.reapply(&with(DENY_ALL));
+    assert!(!into_db(
+        &env,
+        &Frame::tcp(web4(), db4(), 40000, 5432, TCP_SYN)
+    ));
+}
+
+#[test]
+fn deny_events_of_a_session_are_rate_limited() {
+    let mut env = Env::new(&with(DENY_ALL), "db");
+    let syn = Frame::tcp(web4(), db4(), 40000, 5432, TCP_SYN);
+    for _ in 0..5 {
+        assert!(!into_db(&env, &syn));
+    }
+    let ev = env.dp.drain_events();
+    assert_eq!(ev.len(), 1, "one event per session per second: {ev:?}");
+    assert_eq!(
+        (ev[0].kind, ev[0].verdict),
+        (event_kind::NEW, verdict::DENY)
+    );
+    assert_eq!(env.dp.stats().unwrap().denied(), 5);
+}
