@@ -1,0 +1,89 @@
+#!/bin/bash
+# A/B of agent builds on one topology: client and server network namespaces routed through a
+# node namespace, like microseg-compare. Per rep and per build: no filter, then the build's
+# agent enforcing an allow policy; prints each build's ratios to no filter and their median.
+#
+#   sudo BINS="old/microseg new/microseg" [MODE=cps|tcp] [REPS=8] [SECS=1.5] [SESSIONS=N]
+#        [TC_MODE=netlink] [KILL=1] scripts/ab/ab.sh
+#
+# KILL=1 kills each agent once it has attached (with TC_MODE=netlink its filters stay): the
+# programs without the agent. Every loop is bounded; everything is removed on exit.
+set -u
+P=ab$$; DIR=$(mktemp -d); REPS=${REPS:-8}; SECS=${SECS:-1.5}; MODE=${MODE:-cps}
+BINS=${BINS:?set BINS to one or more microseg binaries}
+gcc -O2 -o $DIR/conn_loop "$(dirname "$0")/conn_loop.c"
+cleanup() {
+  [ -n "${AG:-}" ] && kill $AG 2>/dev/null
+  [ -n "${SV:-}" ] && kill $SV 2>/dev/null
+  [ -n "${IPERF:-}" ] && kill $IPERF 2>/dev/null
+  for n in cli node srv; do ip netns del $P-$n 2>/dev/null; done
+  rm -rf $DIR /sys/fs/bpf/$P
+}
+trap cleanup EXIT
+for n in cli node srv; do ip netns add $P-$n; done
+for w in cli srv; do
+  ip link add veth-$w netns $P-node type veth peer name eth0 netns $P-$w
+done
+ip -n $P-cli addr add 10.94.1.2/24 dev eth0; ip -n $P-srv addr add 10.94.2.2/24 dev eth0
+ip -n $P-node addr add 10.94.1.1/24 dev veth-cli; ip -n $P-node addr add 10.94.2.1/24 dev veth-srv
+for n in cli srv; do ip -n $P-$n link set dev eth0 up; ip -n $P-$n link set dev lo up; done
+for d in veth-cli veth-srv; do ip -n $P-node link set dev $d up; done
+ip netns exec $P-node sysctl -qw net.ipv4.ip_forward=1
+ip netns exec $P-cli sysctl -qw net.ipv4.ip_local_port_range="1024 65000" net.ipv4.tcp_tw_reuse=1
+ip -n $P-cli route add default via 10.94.1.1; ip -n $P-srv route add default via 10.94.2.1
+ip netns exec $P-srv $DIR/conn_loop server 7302 1 & SV=$!
+ip netns exec $P-srv iperf3 -s -p 7303 -A 1 >/dev/null 2>&1 & IPERF=$!
+mkdir -p $DIR/pol
+cat > $DIR/pol/all.yaml <<Y
+apiVersion: microseg.io/v1
+kind: Workload
+metadata: {name: client, labels: {app: client}}
+spec: {interface: veth-cli, ips: [10.94.1.2]}
+---
+apiVersion: microseg.io/v1
+kind: Workload
+metadata: {name: server, labels: {app: server}}
+spec: {interface: veth-srv, ips: [10.94.2.2]}
+---
+apiVersion: microseg.io/v1
+kind: Policy
+metadata: {name: ab}
+spec:
+  selector: {matchLabels: {app: server}}
+  ingress:
+    - action: allow
+      from: [{cidr: 10.94.1.2/32}]
+      ports: [{protocol: TCP, port: 7302}, {protocol: TCP, port: 7303}]
+Y
+sleep 0.5
+if [ "$MODE" = tcp ]; then
+  run() { ip netns exec $P-cli timeout 20 iperf3 -c 10.94.2.2 -p 7303 -t 2 -A 0,1 -J 2>/dev/null |
+    python3 -c 'import json,sys; print("%.3f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'; }
+else
+  run() { ip netns exec $P-cli $DIR/conn_loop client 10.94.2.2 7302 0 $SECS; }
+fi
+# nsenter keeps this mount namespace, so the agent's pins (and TCX links) outlive it only
+# until --cleanup, as in microseg-compare.
+on() {
+  nsenter --net=/run/netns/$P-node env MICROSEG_LOG=warn ${TC_MODE:+MICROSEG_TC_MODE=$TC_MODE} \
+    $1 agent --policy $DIR/pol --bpffs /sys/fs/bpf/$P --socket $DIR/sock --state-dir $DIR/state \
+    ${SESSIONS:+--sessions $SESSIONS} >/dev/null 2>&1 & AG=$!
+  sleep 1.5
+  [ "${KILL:-}" = 1 ] && { kill -9 $AG; wait $AG 2>/dev/null; AG=; }
+}
+off() {
+  [ -n "${AG:-}" ] && { kill $AG; wait $AG 2>/dev/null; AG=; }
+  nsenter --net=/run/netns/$P-node $1 agent --cleanup --bpffs /sys/fs/bpf/$P >/dev/null 2>&1
+  # Builds older than 95816b7 leave classic filters of a killed agent behind.
+  for d in veth-cli veth-srv; do tc -n $P-node qdisc del dev $d clsact 2>/dev/null; done
+}
+declare -A RATIOS
+for i in $(seq $REPS); do
+  for b in $BINS; do
+    base=$(run); on $b; got=$(run); off $b
+    RATIOS[$b]+="$(python3 -c "print('%.3f' % ($got / $base))") "
+  done
+done
+for b in $BINS; do
+  echo "$b ($MODE): ${RATIOS[$b]} median $(printf '%s\n' ${RATIOS[$b]} | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')"
+done
