@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::flows::{protocol_json, verdict_name, FlowFilter};
-use crate::reconcile::State;
+use crate::reconcile::{read_sessions, State};
 use crate::stats::stats_json;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -88,12 +88,17 @@ type Follow = Option<(
 )>;
 
 fn answer(req: &Request, state: &Arc<Mutex<State>>) -> (Vec<Value>, Follow) {
+    // The session table is read before taking the lock (see `read_sessions`).
+    let sessions = match req {
+        Request::Stats | Request::Sessions => read_sessions(state),
+        _ => Vec::new(),
+    };
     let st = state.lock().unwrap_or_else(|p| p.into_inner());
     match req {
         Request::Stats => {
             let v = match st.dp.stats() {
                 Ok(s) => {
-                    let mut v = stats_json(&s, st.dp.session_count());
+                    let mut v = stats_json(&s, sessions.len());
                     v["rules"] = rule_hits(&st);
                     v
                 }
@@ -123,9 +128,7 @@ fn answer(req: &Request, state: &Arc<Mutex<State>>) -> (Vec<Value>, Follow) {
         }
         Request::Sessions => {
             let now = monotonic_ns();
-            let lines = st
-                .dp
-                .sessions()
+            let lines = sessions
                 .into_iter()
                 .map(|(k, s)| {
                     let (src, sport, dst, dport) = k.orig_tuple(&s);

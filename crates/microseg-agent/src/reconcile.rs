@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use microseg_dataplane::Dataplane;
+use microseg_dataplane::{sessions::SessionReader, Dataplane};
 use microseg_policy::compile::{local_endpoints, Compiler};
 use microseg_policy::{Diagnostic, Loader, ResourceSet};
 
@@ -15,6 +15,8 @@ use crate::{interfaces, AgentOptions};
 /// Everything the agent holds, behind one lock.
 pub struct State {
     pub dp: Dataplane,
+    /// The session table, readable without this lock (see `read_sessions`).
+    pub sessions: SessionReader,
     /// Also the owner of the rule table (`compiler.rules()`).
     pub compiler: Compiler,
     /// Whether the data plane holds the compiler's last output, so the next compile's
@@ -32,6 +34,22 @@ pub struct State {
     pub controller_revision: u64,
     /// Files mode: parsed files, so a reload parses only what changed.
     pub loader: Loader,
+}
+
+/// Reads the whole session table with `state` unlocked (a million sessions take a good
+/// part of a second; events and the API wait meanwhile otherwise).
+pub fn read_sessions(
+    state: &std::sync::Mutex<State>,
+) -> Vec<(
+    microseg_dataplane::common::SessionKey,
+    microseg_dataplane::common::Session,
+)> {
+    let reader = state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .sessions
+        .clone();
+    reader.sessions()
 }
 
 /// What the watched files and interfaces look like; a change means reload.

@@ -4,14 +4,17 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 
 use microseg_common::{config_flags, session_flags as sf};
-use microseg_dataplane::{sessions::Timeouts, Dataplane, LoadOptions};
+use microseg_dataplane::{
+    sessions::{idle, Timeouts},
+    Dataplane, LoadOptions,
+};
 use microseg_policy::compile::Compiler;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::flows::{Clock, FlowLog, Names};
 use crate::managed::ControllerLink;
-use crate::reconcile::{enforce, fingerprint, load, State};
+use crate::reconcile::{enforce, fingerprint, load, read_sessions, State};
 use crate::AgentOptions;
 
 /// Why the agent stopped with an error: bad input (exit 2) or a runtime failure (exit 1).
@@ -57,8 +60,10 @@ pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
     })
     .map_err(runtime)?;
     let events = dp.take_events();
+    let sessions = dp.session_reader().map_err(runtime)?;
     let state = Arc::new(Mutex::new(State {
         dp,
+        sessions,
         compiler: Compiler::new(),
         in_sync: false,
         endpoints: Default::default(),
@@ -239,14 +244,17 @@ async fn read_events(mut rb: aya::maps::RingBuf<aya::maps::MapData>, state: Arc<
 
 /// Removes idle sessions, reporting each as an ended flow.
 fn expire(state: &Arc<Mutex<State>>) {
+    // Read unlocked; the lock only for the removal and the report.
+    let expired = idle(read_sessions(state), &Timeouts::default());
+    if expired.is_empty() {
+        return;
+    }
+    let keys: Vec<_> = expired.iter().map(|(k, _)| *k).collect();
     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-    let expired = match st.dp.expire_sessions(&Timeouts::default()) {
-        Ok(e) => e,
-        Err(e) => {
-            log::warn!("session expiry: {e}");
-            return;
-        }
-    };
+    if let Err(e) = st.dp.remove_sessions(&keys) {
+        log::warn!("session expiry: {e}");
+        return;
+    }
     let clock = Clock::now();
     let st = &mut *st;
     let names = Names {

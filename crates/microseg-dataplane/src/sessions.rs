@@ -3,7 +3,9 @@
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
-use aya::maps::IterableMap;
+use std::sync::Arc;
+
+use aya::maps::{HashMap, IterableMap, Map, MapData};
 use microseg_common::{names, proto, session_state as st, Session, SessionKey};
 
 use crate::{batch, Dataplane, Error, Result};
@@ -70,39 +72,92 @@ pub fn state_name(state: u8) -> &'static str {
     }
 }
 
+type SessionMap = HashMap<MapData, SessionKey, Session>;
+
+/// Every session: read in batches, or one key at a time where the kernel has no batch reads.
+fn read_all(map: &SessionMap) -> Vec<(SessionKey, Session)> {
+    batch::lookup_all(map.map().fd().as_fd()).unwrap_or_else(|_| read_one_by_one(map))
+}
+
+/// Two system calls per session.
+fn read_one_by_one(map: &SessionMap) -> Vec<(SessionKey, Session)> {
+    map.iter().filter_map(|r| r.ok()).collect()
+}
+
+/// Sessions whose idle time exceeds their timeout.
+pub fn idle(
+    sessions: Vec<(SessionKey, Session)>,
+    timeouts: &Timeouts,
+) -> Vec<(SessionKey, Session)> {
+    let now = monotonic_ns();
+    sessions
+        .into_iter()
+        .filter(|(k, s)| {
+            now.saturating_sub(s.last_seen_ns) > timeouts.for_session(k, s).as_nanos() as u64
+        })
+        .collect()
+}
+
+/// A handle of its own on the session table, so that it can be read without the
+/// [`Dataplane`], and so without holding whatever guards it: a million sessions take a
+/// good part of a second to read.
+#[derive(Clone)]
+pub struct SessionReader(Arc<SessionMap>);
+
+impl SessionReader {
+    pub fn sessions(&self) -> Vec<(SessionKey, Session)> {
+        read_all(&self.0)
+    }
+
+    pub fn count(&self) -> usize {
+        self.sessions().len()
+    }
+}
+
 impl Dataplane {
     fn sessions_fd(&self) -> BorrowedFd<'_> {
         self.sessions.map().fd().as_fd()
     }
 
-    /// Every session in the table: read in batches, or one key at a time where the kernel
-    /// has no batch reads.
-    pub fn sessions(&self) -> Vec<(SessionKey, Session)> {
-        batch::lookup_all(self.sessions_fd()).unwrap_or_else(|_| self.sessions_one_by_one())
+    /// A second handle on the session table (see [`SessionReader`]).
+    pub fn session_reader(&self) -> Result<SessionReader> {
+        let map_err = Error::map(names::SESSIONS);
+        let fd = self
+            .sessions_fd()
+            .try_clone_to_owned()
+            .map_err(|io_error| {
+                Error::map(names::SESSIONS)(
+                    aya::sys::SyscallError {
+                        call: "dup",
+                        io_error,
+                    }
+                    .into(),
+                )
+            })?;
+        let map = MapData::from_fd(fd)
+            .and_then(Map::from_map_data)
+            .and_then(SessionMap::try_from)
+            .map_err(map_err)?;
+        Ok(SessionReader(Arc::new(map)))
     }
 
-    /// Every session, one key at a time (two system calls per session).
+    /// Every session in the table.
+    pub fn sessions(&self) -> Vec<(SessionKey, Session)> {
+        read_all(&self.sessions)
+    }
+
+    /// Every session, one key at a time (the fallback of [`Dataplane::sessions`]).
     pub fn sessions_one_by_one(&self) -> Vec<(SessionKey, Session)> {
-        self.sessions.iter().filter_map(|r| r.ok()).collect()
+        read_one_by_one(&self.sessions)
     }
 
     pub fn session_count(&self) -> usize {
-        match batch::lookup_all::<SessionKey, Session>(self.sessions_fd()) {
-            Ok(all) => all.len(),
-            Err(_) => self.sessions.keys().filter(|k| k.is_ok()).count(),
-        }
+        self.sessions().len()
     }
 
     /// Removes sessions idle for longer than their timeout; returns them as they were.
     pub fn expire_sessions(&mut self, timeouts: &Timeouts) -> Result<Vec<(SessionKey, Session)>> {
-        let now = monotonic_ns();
-        let expired: Vec<_> = self
-            .sessions()
-            .into_iter()
-            .filter(|(k, s)| {
-                now.saturating_sub(s.last_seen_ns) > timeouts.for_session(k, s).as_nanos() as u64
-            })
-            .collect();
+        let expired = idle(self.sessions(), timeouts);
         let keys: Vec<SessionKey> = expired.iter().map(|(k, _)| *k).collect();
         self.remove_sessions(&keys)?;
         Ok(expired)
