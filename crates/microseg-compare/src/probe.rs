@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::cleanup::STOP;
-use crate::topology::{enter, Topo, P_CPS};
+use crate::topology::{enter, Topo, P_CPS, SRV_IP};
 
 /// Probes new TCP connections to the server, one started every millisecond, from the
 /// moment `t0` arrives. `want_ok`: returns when a connection succeeded (time of its
@@ -27,7 +27,12 @@ pub(crate) fn spawn_probe(
             sin_family: libc::AF_INET as u16,
             sin_port: P_CPS.to_be(),
             sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes([10, 91, 2, 2]),
+                s_addr: u32::from_ne_bytes(
+                    SRV_IP
+                        .parse::<std::net::Ipv4Addr>()
+                        .expect("SRV_IP is an IPv4 address")
+                        .octets(),
+                ),
             },
             sin_zero: [0; 8],
         };
