@@ -43,6 +43,16 @@ fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
     }
 }
 
+/// Whether `e` says the kernel has no batch operations for this map (EINVAL, or
+/// EOPNOTSUPP/ENOTSUPP).
+pub(crate) fn unsupported(e: &io::Error) -> bool {
+    const ENOTSUPP: i32 = 524;
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) | Some(ENOTSUPP)
+    )
+}
+
 /// Every (key, value) of a hash map, read in batches. `K` and `V` must be the map's
 /// plain-data key and value types. An error the first call returns (as `EINVAL` from a
 /// kernel without batch support) comes back untouched, so callers can fall back.

@@ -166,15 +166,28 @@ impl Dataplane {
     /// Removes these sessions, in batches; keys already gone (evicted by the LRU meanwhile)
     /// are skipped. Returns how many were removed.
     pub fn remove_sessions(&mut self, keys: &[SessionKey]) -> Result<usize> {
-        batch::delete_all(self.sessions_fd(), keys).map_err(|io_error| {
-            Error::map(names::SESSIONS)(
+        match batch::delete_all(self.sessions_fd(), keys) {
+            Ok(n) => Ok(n),
+            // A kernel without batch deletes (before 5.6): one key at a time.
+            Err(e) if batch::unsupported(&e) => {
+                let mut removed = 0;
+                for k in keys {
+                    match self.sessions.remove(k) {
+                        Ok(()) => removed += 1,
+                        Err(aya::maps::MapError::KeyNotFound) => {}
+                        Err(e) => return Err(Error::map(names::SESSIONS)(e)),
+                    }
+                }
+                Ok(removed)
+            }
+            Err(io_error) => Err(Error::map(names::SESSIONS)(
                 aya::sys::SyscallError {
                     call: "bpf_map_delete_batch",
                     io_error,
                 }
                 .into(),
-            )
-        })
+            )),
+        }
     }
 
     /// Empties the session table (used by tests and `--cleanup`).
