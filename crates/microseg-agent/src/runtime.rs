@@ -329,7 +329,7 @@ pub fn cleanup(opts: &AgentOptions) -> Result<(), String> {
     for iface in Dataplane::attached_interfaces(&links) {
         Dataplane::detach(&iface, &links).map_err(|e| e.to_string())?;
     }
-    Dataplane::detach_netlink_filters_everywhere();
+    Dataplane::detach_netlink_filters(crate::interfaces::list().keys().map(String::as_str));
     if opts.bpffs.exists() {
         std::fs::remove_dir_all(&opts.bpffs)
             .map_err(|e| format!("{}: {e}", opts.bpffs.display()))?;

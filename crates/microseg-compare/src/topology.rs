@@ -81,33 +81,13 @@ impl Topo {
             ])?;
         }
         // Per-namespace sysctls only.
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            n,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ])?;
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &t.cli,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_local_port_range=1024 65000",
-        ])?;
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &t.cli,
-            "sysctl",
-            "-qw",
-            "net.ipv4.tcp_tw_reuse=1",
-        ])?;
+        for (ns, setting) in [
+            (n, "net.ipv4.ip_forward=1"),
+            (t.cli.as_str(), "net.ipv4.ip_local_port_range=1024 65000"),
+            (t.cli.as_str(), "net.ipv4.tcp_tw_reuse=1"),
+        ] {
+            sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", setting])?;
+        }
         Ok(t)
     }
 }

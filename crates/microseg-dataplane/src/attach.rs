@@ -34,29 +34,6 @@ fn ifindex(interface: &str) -> Option<u32> {
     (i != 0).then_some(i)
 }
 
-/// The names of this network namespace's interfaces.
-fn interface_names() -> Vec<String> {
-    let mut names = Vec::new();
-    // SAFETY: if_nameindex returns an array ended by a zero entry, freed below.
-    unsafe {
-        let list = libc::if_nameindex();
-        if list.is_null() {
-            return names;
-        }
-        let mut entry = list;
-        while (*entry).if_index != 0 {
-            names.push(
-                std::ffi::CStr::from_ptr((*entry).if_name)
-                    .to_string_lossy()
-                    .into_owned(),
-            );
-            entry = entry.add(1);
-        }
-        libc::if_freenameindex(list);
-    }
-    names
-}
-
 fn hooks() -> [(Hook, TcAttachType, &'static str); 2] {
     [
         (Hook::FromWorkload, TcAttachType::Ingress, "ingress"),
@@ -166,15 +143,16 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Removes microseg's classic (netlink) filters from every interface of this network
-    /// namespace. Those filters outlive the agent and its pins, so this finds them even
-    /// when the pin directory is gone (a bpffs that was unmounted or private to a mount
-    /// namespace that ended). TCX links are untouched: they end with their pins.
-    pub fn detach_netlink_filters_everywhere() {
-        for interface in interface_names() {
+    /// Removes microseg's classic (netlink) filters from these interfaces, found by name.
+    /// Those filters outlive the agent and its pins, so a caller passing every interface
+    /// finds them even when the pin directory is gone (a bpffs that was unmounted or
+    /// private to a mount namespace that ended). TCX links are untouched: they end with
+    /// their pins.
+    pub fn detach_netlink_filters<'a>(interfaces: impl IntoIterator<Item = &'a str>) {
+        for interface in interfaces {
             for (hook, attach_type, _) in hooks() {
                 // NotFound on interfaces without our filters: nothing to do there.
-                let _ = tc::qdisc_detach_program(&interface, attach_type, hook.program());
+                let _ = tc::qdisc_detach_program(interface, attach_type, hook.program());
             }
         }
     }

@@ -62,17 +62,12 @@ pub(crate) fn lookup_all<K: Copy + Default, V: Copy + Default>(
     let mut keys = vec![K::default(); BATCH_ENTRIES];
     let mut values = vec![V::default(); BATCH_ENTRIES];
     let mut all = Vec::new();
-    // For hash maps the position is a bucket index.
-    let mut position: u32 = 0;
+    // For hash maps the position is a bucket index; none for the first call.
+    let mut position: Option<u32> = None;
     let mut next: u32 = 0;
-    let mut first = true;
     loop {
         let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                &position as *const u32 as u64
-            },
+            in_batch: position.as_ref().map_or(0, |p| p as *const u32 as u64),
             out_batch: &mut next as *mut u32 as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
@@ -80,30 +75,23 @@ pub(crate) fn lookup_all<K: Copy + Default, V: Copy + Default>(
             map_fd: map.as_raw_fd() as u32,
             ..Default::default()
         };
-        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        // The kernel reports how many entries it wrote, also with ENOENT (the last batch).
-        let got = (attr.count as usize).min(BATCH_ENTRIES);
-        match result {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                all.extend(
-                    keys[..got]
-                        .iter()
-                        .copied()
-                        .zip(values[..got].iter().copied()),
-                );
-                return Ok(all);
-            }
+        let last = match bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+            Ok(()) => false,
+            // ENOENT: no bucket left; what this call found is still counted.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
             Err(e) => return Err(e),
-        }
+        };
+        let got = (attr.count as usize).min(BATCH_ENTRIES);
         all.extend(
             keys[..got]
                 .iter()
                 .copied()
                 .zip(values[..got].iter().copied()),
         );
-        position = next;
-        first = false;
+        if last {
+            return Ok(all);
+        }
+        position = Some(next);
     }
 }
 

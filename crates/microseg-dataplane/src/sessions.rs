@@ -74,6 +74,11 @@ pub fn state_name(state: u8) -> &'static str {
 
 type SessionMap = HashMap<MapData, SessionKey, Session>;
 
+/// A failed system call on the session table.
+fn syscall_error(call: &'static str, io_error: std::io::Error) -> Error {
+    Error::map(names::SESSIONS)(aya::sys::SyscallError { call, io_error }.into())
+}
+
 /// Every session: read in batches, or one key at a time where the kernel has no batch reads.
 fn read_all(map: &SessionMap) -> Vec<(SessionKey, Session)> {
     batch::lookup_all(map.map().fd().as_fd()).unwrap_or_else(|_| read_one_by_one(map))
@@ -121,23 +126,14 @@ impl Dataplane {
 
     /// A second handle on the session table (see [`SessionReader`]).
     pub fn session_reader(&self) -> Result<SessionReader> {
-        let map_err = Error::map(names::SESSIONS);
         let fd = self
             .sessions_fd()
             .try_clone_to_owned()
-            .map_err(|io_error| {
-                Error::map(names::SESSIONS)(
-                    aya::sys::SyscallError {
-                        call: "dup",
-                        io_error,
-                    }
-                    .into(),
-                )
-            })?;
+            .map_err(|e| syscall_error("dup", e))?;
         let map = MapData::from_fd(fd)
             .and_then(Map::from_map_data)
             .and_then(SessionMap::try_from)
-            .map_err(map_err)?;
+            .map_err(Error::map(names::SESSIONS))?;
         Ok(SessionReader(Arc::new(map)))
     }
 
@@ -180,13 +176,7 @@ impl Dataplane {
                 }
                 Ok(removed)
             }
-            Err(io_error) => Err(Error::map(names::SESSIONS)(
-                aya::sys::SyscallError {
-                    call: "bpf_map_delete_batch",
-                    io_error,
-                }
-                .into(),
-            )),
+            Err(e) => Err(syscall_error("bpf_map_delete_batch", e)),
         }
     }
 

@@ -48,7 +48,7 @@ spec:
         "db",
     );
     assert!(
-        !into_db(&env, &Frame::tcp(web4(), db4(), 40000, 5432, TCP_SYN)),
+        !into_db(&env, &web_to_db(TCP_SYN)),
         "priority 10 deny beats priority 100 allow"
     );
     assert_eq!(
@@ -160,10 +160,7 @@ spec:
         "db",
     );
     // db's ingress: an empty section is a section: default deny, attributed to rule 1.
-    assert!(!into_db(
-        &env,
-        &Frame::tcp(web4(), db4(), 40000, 5432, TCP_SYN)
-    ));
+    assert!(!into_db(&env, &web_to_db(TCP_SYN)));
     let (v, rule) = verdict_of(&mut env);
     assert_eq!((v, rule), (verdict::DENY, RULE_DEFAULT_DENY));
     assert_eq!(
@@ -226,10 +223,7 @@ spec:
         "nor on default deny"
     );
     assert_eq!(verdict_of(&mut env), (verdict::AUDIT, RULE_DEFAULT_DENY));
-    assert!(into_db(
-        &env,
-        &Frame::tcp(web4(), db4(), 40000, 5432, TCP_SYN)
-    ));
+    assert!(into_db(&env, &web_to_db(TCP_SYN)));
     assert_eq!(
         verdict_of(&mut env),
         (verdict::ALLOW, env.rule_id("db-ingress", Ingress, 1))
@@ -274,7 +268,7 @@ spec:
         assert_eq!(got, (want.0, want.1, want.2, want.3.map(String::from)));
         assert_eq!(passed, want.0 != verdict::DENY);
     };
-    let p = into_db(&env, &Frame::tcp(web4(), db4(), 40000, 5432, TCP_SYN));
+    let p = into_db(&env, &web_to_db(TCP_SYN));
     check(
         &mut env,
         p,
@@ -331,23 +325,14 @@ spec:
         ),
         "db",
     );
-    assert!(into_db(
-        &env,
-        &Frame::tcp(web4(), db4(), 40000, 5432, TCP_SYN)
-    ));
+    assert!(into_db(&env, &web_to_db(TCP_SYN)));
     assert_eq!(
         verdict_of(&mut env),
         (verdict::LOG, env.rule_id("watch", Ingress, 0))
     );
     // The reply and the next packets pass with the session's log verdict.
-    assert!(from_db(
-        &env,
-        &Frame::tcp(db4(), web4(), 5432, 40000, TCP_SYN | TCP_ACK)
-    ));
-    assert!(into_db(
-        &env,
-        &Frame::tcp(web4(), db4(), 40000, 5432, TCP_ACK)
-    ));
+    assert!(from_db(&env, &db_to_web(TCP_SYN | TCP_ACK)));
+    assert!(into_db(&env, &web_to_db(TCP_ACK)));
     let s = env.dp.stats().unwrap();
     assert_eq!((s.logged(), s.allowed(), s.denied()), (3, 0, 0));
     assert!(!into_db(

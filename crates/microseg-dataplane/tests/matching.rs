@@ -271,9 +271,9 @@ spec:
     );
     let allow = env.rule_id("db-ingress", Ingress, 0);
     let deny = env.rule_id("db-ingress", Ingress, 1);
-    let syn = Frame::tcp(web4(), db4(), 40000, 5432, TCP_SYN);
-    let synack = Frame::tcp(db4(), web4(), 5432, 40000, TCP_SYN | TCP_ACK);
-    let mut ack = Frame::tcp(web4(), db4(), 40000, 5432, TCP_ACK);
+    let syn = web_to_db(TCP_SYN);
+    let synack = db_to_web(TCP_SYN | TCP_ACK);
+    let mut ack = web_to_db(TCP_ACK);
     ack.l4.extend_from_slice(&[0u8; 100]);
     assert!(into_db(&env, &syn));
     assert!(from_db(&env, &synack));

@@ -36,18 +36,9 @@ fn web_db_session(env: &Env) -> Session {
 #[test]
 fn revoking_an_allow_cuts_an_established_connection() {
     let mut env = Env::new(&with(ALLOW_WEB), "db");
-    assert!(into_db(
-        &env,
-        &Frame::tcp(web4(), db4(), 40000, 5432, TCP_SYN)
-    ));
-    assert!(from_db(
-        &env,
-        &Frame::tcp(db4(), web4(), 5432, 40000, TCP_SYN | TCP_ACK)
-    ));
-    assert!(into_db(
-        &env,
-        &Frame::tcp(web4(), db4(), 40000, 5432, TCP_ACK)
-    ));
+    assert!(into_db(&env, &web_to_db(TCP_SYN)));
+    assert!(from_db(&env, &db_to_web(TCP_SYN | TCP_ACK)));
+    assert!(into_db(&env, &web_to_db(TCP_ACK)));
     let s = web_db_session(&env);
     assert_eq!(s.state, session_state::ESTABLISHED);
     env.dp.drain_events();
@@ -55,16 +46,13 @@ fn revoking_an_allow_cuts_an_established_connection() {
 
     env.reapply(&with(DENY_ALL));
     assert!(
-        !into_db(&env, &Frame::tcp(web4(), db4(), 40000, 5432, TCP_ACK)),
+        !into_db(&env, &web_to_db(TCP_ACK)),
         "revoked connection still passes"
     );
     assert_eq!(env.dp.stats().unwrap().rejudged, 1);
     assert_eq!(verdict_of(&mut env), (verdict::DENY, RULE_DEFAULT_DENY));
     // Both directions are cut, and the session stays judged: no second re-judgement.
-    assert!(!from_db(
-        &env,
-        &Frame::tcp(db4(), web4(), 5432, 40000, TCP_ACK)
-    ));
+    assert!(!from_db(&env, &db_to_web(TCP_ACK)));
     assert_eq!(env.dp.stats().unwrap().rejudged, 1);
     let s = web_db_session(&env);
     assert_eq!(s.verdict, verdict::DENY);
@@ -73,7 +61,7 @@ fn revoking_an_allow_cuts_an_established_connection() {
 #[test]
 fn granting_an_allow_lets_a_denied_flow_through() {
     let mut env = Env::new(&with(DENY_ALL), "db");
-    let syn = Frame::tcp(web4(), db4(), 40000, 5432, TCP_SYN);
+    let syn = web_to_db(TCP_SYN);
     assert!(!into_db(&env, &syn));
     assert!(!into_db(&env, &syn), "retransmission of a denied SYN");
     env.reapply(&with(ALLOW_WEB));
@@ -93,10 +81,7 @@ fn granting_an_allow_lets_a_denied_flow_through() {
     let generation = env.dp.config().unwrap().generation;
     env.reapply(&same);
     assert_eq!(env.dp.config().unwrap().generation, generation);
-    assert!(from_db(
-        &env,
-        &Frame::tcp(db4(), web4(), 5432, 40000, TCP_SYN | TCP_ACK)
-    ));
+    assert!(from_db(&env, &db_to_web(TCP_SYN | TCP_ACK)));
     assert_eq!(env.dp.stats().unwrap().rejudged, 1);
 }
 
@@ -116,10 +101,7 @@ spec:
         "db",
     );
     assert!(
-        !from_db(
-            &env,
-            &Frame::tcp(db4(), web4(), 5432, 40000, TCP_SYN | TCP_ACK)
-        ),
+        !from_db(&env, &db_to_web(TCP_SYN | TCP_ACK)),
         "egress is closed"
     );
     assert!(into_db(
@@ -298,20 +280,11 @@ fn udp_sessions_are_established_by_a_reply() {
 #[test]
 fn a_syn_on_a_closed_session_is_judged_again() {
     let mut env = Env::new(&with(ALLOW_WEB), "db");
-    assert!(into_db(
-        &env,
-        &Frame::tcp(web4(), db4(), 40000, 5432, TCP_SYN)
-    ));
-    assert!(from_db(
-        &env,
-        &Frame::tcp(db4(), web4(), 5432, 40000, TCP_RST | TCP_ACK)
-    ));
+    assert!(into_db(&env, &web_to_db(TCP_SYN)));
+    assert!(from_db(&env, &db_to_web(TCP_RST | TCP_ACK)));
     env.dp.drain_events();
     let misses = env.dp.stats().unwrap().session_misses;
-    assert!(into_db(
-        &env,
-        &Frame::tcp(web4(), db4(), 40000, 5432, TCP_SYN)
-    ));
+    assert!(into_db(&env, &web_to_db(TCP_SYN)));
     assert_eq!(
         env.dp.stats().unwrap().session_misses,
         misses + 1,
@@ -327,21 +300,15 @@ fn a_syn_on_a_closed_session_is_judged_again() {
         (session_state::SYN_SENT, [1, 0], 0)
     );
     // A closed session's ports reused after a policy change are judged by the new policy.
-    assert!(from_db(
-        &env,
-        &Frame::tcp(db4(), web4(), 5432, 40000, TCP_RST | TCP_ACK)
-    ));
+    assert!(from_db(&env, &db_to_web(TCP_RST | TCP_ACK)));
     env.reapply(&with(DENY_ALL));
-    assert!(!into_db(
-        &env,
-        &Frame::tcp(web4(), db4(), 40000, 5432, TCP_SYN)
-    ));
+    assert!(!into_db(&env, &web_to_db(TCP_SYN)));
 }
 
 #[test]
 fn deny_events_of_a_session_are_rate_limited() {
     let mut env = Env::new(&with(DENY_ALL), "db");
-    let syn = Frame::tcp(web4(), db4(), 40000, 5432, TCP_SYN);
+    let syn = web_to_db(TCP_SYN);
     for _ in 0..5 {
         assert!(!into_db(&env, &syn));
     }

@@ -131,6 +131,14 @@ pub fn db4() -> IpAddr {
 pub fn web4() -> IpAddr {
     ip("10.1.0.2")
 }
+/// web:40000 → db:5432 over TCP: the connection most tests follow.
+pub fn web_to_db(tcp_flags: u8) -> Frame {
+    Frame::tcp(web4(), db4(), 40000, 5432, tcp_flags)
+}
+/// Its reply, db:5432 → web:40000.
+pub fn db_to_web(tcp_flags: u8) -> Frame {
+    Frame::tcp(db4(), web4(), 5432, 40000, tcp_flags)
+}
 pub fn db6() -> IpAddr {
     ip("fd00::3")
 }
