@@ -3,8 +3,16 @@
 # node namespace, like microseg-compare. Per rep and per build: no filter, then the build's
 # agent enforcing an allow policy; prints each build's ratios to no filter and their median.
 #
-#   sudo BINS="old/microseg new/microseg" [MODE=cps|tcp] [REPS=8] [SECS=1.5] [SESSIONS=N]
+#   sudo BINS="old/microseg new/microseg" [MODE=cps|tcp|cost] [REPS=8] [SECS=1.5] [SESSIONS=N]
 #        [TC_MODE=netlink] [KILL=1] scripts/ab/ab.sh
+#
+# The build "cbpf" stands for no agent and a classic-BPF `return 0` filter on the four hooks
+# microseg uses, like microseg-compare's "empty tc prog". scripts/ab/variants.sh builds
+# variants of the kernel programs to compare.
+#
+# MODE=cost runs the connection loop with kernel.bpf_stats_enabled on and prints, per build,
+# the microseg programs' run time per connection (a tail call counts toward its caller):
+# far less noisy than a rate, so it shows what a kernel change saves.
 #
 # KILL=1 kills each agent once it has attached (with TC_MODE=netlink its filters stay): the
 # programs without the agent. Every loop is bounded; everything is removed on exit.
@@ -13,6 +21,7 @@ P=ab$$; DIR=$(mktemp -d); REPS=${REPS:-8}; SECS=${SECS:-1.5}; MODE=${MODE:-cps}
 BINS=${BINS:?set BINS to one or more microseg binaries}
 gcc -O2 -o $DIR/conn_loop "$(dirname "$0")/conn_loop.c"
 cleanup() {
+  [ -n "${STATS_WAS:-}" ] && sysctl -qw kernel.bpf_stats_enabled=$STATS_WAS
   [ -n "${AG:-}" ] && kill $AG 2>/dev/null
   [ -n "${SV:-}" ] && kill $SV 2>/dev/null
   [ -n "${IPERF:-}" ] && kill $IPERF 2>/dev/null
@@ -65,6 +74,13 @@ fi
 # nsenter keeps this mount namespace, so the agent's pins (and TCX links) outlive it only
 # until --cleanup, as in microseg-compare.
 on() {
+  if [ "$1" = cbpf ]; then
+    for d in veth-cli veth-srv; do
+      tc -n $P-node qdisc add dev $d clsact
+      for h in ingress egress; do tc -n $P-node filter add dev $d $h bpf bytecode '1,6 0 0 0,'; done
+    done
+    return
+  fi
   nsenter --net=/run/netns/$P-node env MICROSEG_LOG=warn ${TC_MODE:+MICROSEG_TC_MODE=$TC_MODE} \
     $1 agent --policy $DIR/pol --bpffs /sys/fs/bpf/$P --socket $DIR/sock --state-dir $DIR/state \
     ${SESSIONS:+--sessions $SESSIONS} >/dev/null 2>&1 & AG=$!
@@ -72,18 +88,40 @@ on() {
   [ "${KILL:-}" = 1 ] && { kill -9 $AG; wait $AG 2>/dev/null; AG=; }
 }
 off() {
+  [ "$1" = cbpf ] && { for d in veth-cli veth-srv; do tc -n $P-node qdisc del dev $d clsact; done; return; }
   [ -n "${AG:-}" ] && { kill $AG; wait $AG 2>/dev/null; AG=; }
   nsenter --net=/run/netns/$P-node $1 agent --cleanup --bpffs /sys/fs/bpf/$P >/dev/null 2>&1
   # Builds older than 95816b7 leave classic filters of a killed agent behind.
   for d in veth-cli veth-srv; do tc -n $P-node qdisc del dev $d clsact 2>/dev/null; done
 }
+# Sum of run_time_ns of the two entry programs (names are cut to 15 characters).
+prog_ns() {
+  bpftool prog show -j | python3 -c 'import json,sys
+print(sum(p.get("run_time_ns",0) for p in json.load(sys.stdin)
+          if p.get("name","")[:15] in ("microseg_from_w","microseg_to_wor")))'
+}
 declare -A RATIOS
-for i in $(seq $REPS); do
-  for b in $BINS; do
-    base=$(run); on $b; got=$(run); off $b
-    RATIOS[$b]+="$(python3 -c "print('%.3f' % ($got / $base))") "
+if [ "$MODE" = cost ]; then
+  STATS_WAS=$(sysctl -n kernel.bpf_stats_enabled)
+  for i in $(seq $REPS); do
+    for b in $BINS; do
+      on $b
+      sysctl -qw kernel.bpf_stats_enabled=1
+      t0=$(prog_ns); rate=$(run); t1=$(prog_ns)
+      sysctl -qw kernel.bpf_stats_enabled=0
+      off $b
+      RATIOS[$b]+="$(python3 -c "print('%.0f' % (($t1 - $t0) / ($rate * $SECS)))") "
+    done
   done
-done
+  MODE="ns per connection"
+else
+  for i in $(seq $REPS); do
+    for b in $BINS; do
+      base=$(run); on $b; got=$(run); off $b
+      RATIOS[$b]+="$(python3 -c "print('%.3f' % ($got / $base))") "
+    done
+  done
+fi
 for b in $BINS; do
   echo "$b ($MODE): ${RATIOS[$b]} median $(printf '%s\n' ${RATIOS[$b]} | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')"
 done
