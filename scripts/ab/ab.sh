@@ -7,13 +7,15 @@
 #        [TC_MODE=netlink] [KILL=1] scripts/ab/ab.sh
 #
 # The build "cbpf" stands for no agent and a classic-BPF `return 0` filter on the four hooks
-# microseg uses, like microseg-compare's "empty tc prog". scripts/ab/variants.sh builds
-# variants of the kernel programs to compare.
+# microseg uses, like microseg-compare's "empty tc prog"; "ebpf" for an eBPF `return 0`
+# (direct action, built with llc) on the same hooks. scripts/ab/variants.sh builds variants
+# of the kernel programs to compare.
 #
 # MODE=cost runs the connection loop with kernel.bpf_stats_enabled on and prints, per build,
 # the microseg programs' run time per connection (a tail call counts toward its caller):
 # far less noisy than a rate, so it shows what a kernel change saves.
 #
+# SETTLE (seconds, default 1.5) is waited after an agent starts and after it is removed.
 # KILL=1 kills each agent once it has attached (with TC_MODE=netlink its filters stay): the
 # programs without the agent. Every loop is bounded; everything is removed on exit.
 set -u
@@ -73,26 +75,35 @@ else
 fi
 # nsenter keeps this mount namespace, so the agent's pins (and TCX links) outlive it only
 # until --cleanup, as in microseg-compare.
+if [[ " $BINS " == *" ebpf "* ]]; then
+  printf 'define i32 @pass(i8* %%c) section "classifier" {\n  ret i32 0\n}\n@_license = global [4 x i8] c"GPL\\00", section "license"\n' |
+    llc -march=bpfel -filetype=obj -o $DIR/pass.o
+fi
 on() {
-  if [ "$1" = cbpf ]; then
+  if [ "$1" = cbpf ] || [ "$1" = ebpf ]; then
     for d in veth-cli veth-srv; do
       tc -n $P-node qdisc add dev $d clsact
-      for h in ingress egress; do tc -n $P-node filter add dev $d $h bpf bytecode '1,6 0 0 0,'; done
+      for h in ingress egress; do
+        if [ "$1" = cbpf ]; then tc -n $P-node filter add dev $d $h bpf bytecode '1,6 0 0 0,'
+        else tc -n $P-node filter add dev $d $h bpf da obj $DIR/pass.o sec classifier; fi
+      done
     done
     return
   fi
   nsenter --net=/run/netns/$P-node env MICROSEG_LOG=warn ${TC_MODE:+MICROSEG_TC_MODE=$TC_MODE} \
     $1 agent --policy $DIR/pol --bpffs /sys/fs/bpf/$P --socket $DIR/sock --state-dir $DIR/state \
     ${SESSIONS:+--sessions $SESSIONS} >/dev/null 2>&1 & AG=$!
-  sleep 1.5
+  sleep ${SETTLE:-1.5}
   [ "${KILL:-}" = 1 ] && { kill -9 $AG; wait $AG 2>/dev/null; AG=; }
 }
 off() {
-  [ "$1" = cbpf ] && { for d in veth-cli veth-srv; do tc -n $P-node qdisc del dev $d clsact; done; return; }
+  [ "$1" = cbpf ] || [ "$1" = ebpf ] && { for d in veth-cli veth-srv; do tc -n $P-node qdisc del dev $d clsact; done; return; }
   [ -n "${AG:-}" ] && { kill $AG; wait $AG 2>/dev/null; AG=; }
   nsenter --net=/run/netns/$P-node $1 agent --cleanup --bpffs /sys/fs/bpf/$P >/dev/null 2>&1
   # Builds older than 95816b7 leave classic filters of a killed agent behind.
   for d in veth-cli veth-srv; do tc -n $P-node qdisc del dev $d clsact 2>/dev/null; done
+  # The kernel frees the maps (about 200 MB) after the agent exits; not during the next run.
+  sleep ${SETTLE:-1.5}
 }
 # Sum of run_time_ns of the two entry programs (names are cut to 15 characters).
 prog_ns() {
