@@ -6,14 +6,14 @@
 #   sudo MODE=cost BINS="OUT/base/microseg OUT/no-events/microseg" scripts/ab/ab.sh
 #
 # Builds in a temporary worktree of HEAD (uncommitted changes are not included) with the
-# repository's target directory, so only the workspace crates are compiled again.
+# target directory of its own (target/variants), so the repository's own build is left alone.
 set -eu
 OUT=$(realpath -m "$1"); shift
 REPO=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 WT=$(mktemp -d)
 trap 'git -C "$REPO" worktree remove --force "$WT"' EXIT
 git -C "$REPO" worktree add -q --detach "$WT" HEAD
-export CARGO_TARGET_DIR=$REPO/target
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target/variants}
 build() {
   (cd "$WT" && cargo build --release -q -p microseg)
   mkdir -p "$OUT/$1" && cp "$CARGO_TARGET_DIR/release/microseg" "$OUT/$1/"

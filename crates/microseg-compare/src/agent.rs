@@ -49,18 +49,6 @@ impl Ctx {
         ]
     }
 
-    pub(crate) fn write_policy(&self, src: Option<&Path>, text: Option<&str>) {
-        let tmp = self.t.dir.join(".bench.yaml.tmp");
-        match (src, text) {
-            (Some(p), _) => {
-                std::fs::copy(p, &tmp).unwrap();
-            }
-            (_, Some(s)) => std::fs::write(&tmp, s).unwrap(),
-            _ => unreachable!(),
-        }
-        std::fs::rename(&tmp, self.t.dir.join("policy").join("bench.yaml")).unwrap();
-    }
-
     /// Waits until the agent log reports `revision N:`; ms since `t0`, or NaN.
     pub(crate) fn wait_revision(&mut self, t0: Instant, limit: Duration) -> f64 {
         let want = self.revision_seen + 1;
@@ -76,11 +64,21 @@ impl Ctx {
         f64::NAN
     }
 
-    /// Writes `text` to `name` in the policy directory, atomically (write, then rename).
-    pub(crate) fn write_policy_file(&self, name: &str, text: &str) {
+    /// Puts `name` in the policy directory atomically: `fill` writes a temporary file that is
+    /// then renamed, so the agent never reads half a file.
+    fn put_policy_file(&self, name: &str, fill: impl FnOnce(&Path) -> std::io::Result<()>) {
         let tmp = self.t.dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text).unwrap();
+        fill(&tmp).unwrap();
         std::fs::rename(&tmp, self.t.dir.join("policy").join(name)).unwrap();
+    }
+
+    pub(crate) fn write_policy_file(&self, name: &str, text: &str) {
+        self.put_policy_file(name, |tmp| std::fs::write(tmp, text));
+    }
+
+    /// The rule sets are written once per rule count and copied in for each turn.
+    pub(crate) fn copy_policy_file(&self, name: &str, src: &Path) {
+        self.put_policy_file(name, |tmp| std::fs::copy(src, tmp).map(|_| ()));
     }
 
     /// Starts the agent in NODE with an empty ingress section (default deny for the server)
@@ -91,7 +89,7 @@ impl Ctx {
             microseg_workloads(),
         )
         .unwrap();
-        self.write_policy(None, Some(&microseg_policy(None, true)));
+        self.write_policy_file("bench.yaml", &microseg_policy(None, true));
         let log = File::create(self.agent_log()).unwrap();
         let mut c = self.nsenter();
         c.arg(&self.bin)

@@ -170,7 +170,7 @@ impl Ctx {
         tx.send(t0).ok();
         let cmd_ms = match who {
             Who::Microseg => {
-                self.write_policy(Some(&mseg), None);
+                self.copy_policy_file("bench.yaml", &mseg);
                 self.wait_revision(t0, Duration::from_secs(90))
             }
             Who::Iptables => ms_since(
@@ -213,7 +213,7 @@ impl Ctx {
                     Change::Undo => {
                         std::fs::remove_file(self.t.dir.join("policy").join(DENY_ONE_FILE)).unwrap()
                     }
-                    Change::Replace => self.write_policy(Some(&mseg_rev), None),
+                    Change::Replace => self.copy_policy_file("bench.yaml", &mseg_rev),
                 }
                 self.wait_revision(t0, Duration::from_secs(60))
             }

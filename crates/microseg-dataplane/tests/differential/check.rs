@@ -21,7 +21,8 @@ fn verdict_code(v: Verdict) -> u8 {
 pub struct Checker {
     pub dp: Dataplane,
     pub packets: usize,
-    /// Checked packets by outcome: allow, deny, log, audit, default deny, open, audit-tier verdicts.
+    /// Checked packets by outcome: allow, deny, log, audit, default deny, open, audit-tier
+    /// verdicts.
     pub seen: [usize; 7],
     /// One compiler across cases, as the agent keeps one across policy changes: its
     /// numbering (identities, rule ids, profiles) carries over from case to case.
