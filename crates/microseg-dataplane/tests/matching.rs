@@ -1,6 +1,6 @@
 //! CONTRACT §1 through the kernel: what a rule matches and what it counts. CIDR peers with
 //! excepts, zero prefixes of one family only, port ranges, egress rules on the hook out of
-//! the workload, sources a workload may not send from, and per-rule packet and byte counters.
+//! the workload, and per-rule packet and byte counters.
 
 mod common;
 
@@ -219,38 +219,6 @@ spec:
     let e = env.new_events();
     assert_eq!(e[0].direction, direction::INGRESS);
     assert_eq!((e[0].verdict, e[0].rule_id), (verdict::ALLOW, RULE_NONE));
-}
-
-#[test]
-fn egress_from_a_foreign_source_address_is_dropped() {
-    let env = Env::new(WORKLOADS, "db");
-    // No policy at all: open, but db may not borrow web's address (or anyone's).
-    assert!(from_db(&env, &Frame::tcp(db4(), web4(), 1, 80, TCP_SYN)));
-    assert!(!from_db(
-        &env,
-        &Frame::tcp(web4(), ip("10.9.9.9"), 1, 80, TCP_SYN)
-    ));
-    assert!(!from_db(
-        &env,
-        &Frame::udp(ip("10.1.0.99"), ip("10.9.9.9"), 1, 53)
-    ));
-    assert!(!from_db(
-        &env,
-        &Frame::tcp(web6(), ip("fd00::9"), 1, 80, TCP_SYN)
-    ));
-    // IPv6 link-local sources are exempt.
-    assert!(from_db(
-        &env,
-        &Frame::udp(ip("fe80::5"), ip("ff02::1:2"), 546, 547)
-    ));
-    // Ingress is not about db's source: any peer may be the source there.
-    assert!(into_db(
-        &env,
-        &Frame::tcp(ip("10.9.9.9"), db4(), 1, 80, TCP_SYN)
-    ));
-    let s = env.dp.stats().unwrap();
-    assert_eq!(s.spoofed, 3);
-    assert_eq!(s.denied(), 3);
 }
 
 #[test]

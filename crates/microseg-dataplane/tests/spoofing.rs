@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::{db4, from_db, into_db, web4, web6, Env, WORKLOADS};
 use microseg_dataplane::{packet::*, Hook};
 
 const YAML: &str = r#"
@@ -58,4 +59,36 @@ fn an_ipv4_only_workload_cannot_send_ipv6_from_another_workloads_address() {
         "link-local is exempt"
     );
     assert_eq!(env.dp.stats().unwrap().spoofed, 2);
+}
+
+#[test]
+fn egress_from_a_foreign_source_address_is_dropped() {
+    let env = Env::new(WORKLOADS, "db");
+    // No policy at all: open, but db may not borrow web's address (or anyone's).
+    assert!(from_db(&env, &Frame::tcp(db4(), web4(), 1, 80, TCP_SYN)));
+    assert!(!from_db(
+        &env,
+        &Frame::tcp(web4(), ip("10.9.9.9"), 1, 80, TCP_SYN)
+    ));
+    assert!(!from_db(
+        &env,
+        &Frame::udp(ip("10.1.0.99"), ip("10.9.9.9"), 1, 53)
+    ));
+    assert!(!from_db(
+        &env,
+        &Frame::tcp(web6(), ip("fd00::9"), 1, 80, TCP_SYN)
+    ));
+    // IPv6 link-local sources are exempt.
+    assert!(from_db(
+        &env,
+        &Frame::udp(ip("fe80::5"), ip("ff02::1:2"), 546, 547)
+    ));
+    // Ingress is not about db's source: any peer may be the source there.
+    assert!(into_db(
+        &env,
+        &Frame::tcp(ip("10.9.9.9"), db4(), 1, 80, TCP_SYN)
+    ));
+    let s = env.dp.stats().unwrap();
+    assert_eq!(s.spoofed, 3);
+    assert_eq!(s.denied(), 3);
 }
