@@ -1,11 +1,11 @@
-//! CONTRACT §1 through the kernel: what a rule matches and what it counts. CIDR peers with
-//! excepts, zero prefixes of one family only, port ranges, egress rules on the hook out of
-//! the workload, and per-rule packet and byte counters.
+//! CONTRACT §1 through the kernel: what a rule matches and what it counts. Selector peers,
+//! CIDR peers with excepts, zero prefixes of one family only, port ranges, egress rules on
+//! the hook out of the workload, and per-rule packet and byte counters.
 
 mod common;
 
 use common::*;
-use microseg_dataplane::{common::*, packet::*};
+use microseg_dataplane::{common::*, packet::*, Hook};
 use microseg_policy::Direction::{Egress, Ingress};
 
 #[test]
@@ -255,4 +255,38 @@ spec:
     let c = env.dp.rule_counter(deny).unwrap();
     assert_eq!((c.packets, c.bytes), (2, 2 * udp.bytes().len() as u64));
     assert_eq!(env.dp.rule_counter(allow).unwrap().packets, 3);
+}
+
+const DB_INGRESS: &str = r#"
+apiVersion: microseg.io/v1
+kind: Policy
+metadata: {name: db-ingress}
+spec:
+  selector: {matchLabels: {app: db}}
+  ingress:
+    - action: allow
+      from: [{selector: {matchLabels: {app: web}}}]
+      ports: [{protocol: TCP, port: 5432}]
+"#;
+
+#[test]
+fn selector_rule_allows_web_and_default_denies_others() {
+    let env = Env::new(&with(DB_INGRESS), "db");
+    let (web, db, other) = (web4(), db4(), ip("10.9.9.9"));
+    let to_db = |f: Frame| passes(&env, Hook::ToWorkload, &f.bytes());
+    assert!(to_db(Frame::tcp(web, db, 40000, 5432, TCP_SYN)));
+    assert!(
+        !to_db(Frame::tcp(web, db, 40001, 5433, TCP_SYN)),
+        "another port"
+    );
+    assert!(
+        !to_db(Frame::tcp(other, db, 40002, 5432, TCP_SYN)),
+        "another peer"
+    );
+    // The reply of the allowed connection passes db's egress (no egress policy: open anyway).
+    let reply = Frame::tcp(db, web, 5432, 40000, TCP_SYN | TCP_ACK);
+    assert!(passes(&env, Hook::FromWorkload, &reply.bytes()));
+    let st = env.dp.stats().unwrap();
+    assert_eq!(st.denied(), 2);
+    assert_eq!(st.allowed(), 2);
 }
