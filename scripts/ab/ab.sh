@@ -3,7 +3,7 @@
 # node namespace, like microseg-compare. Per rep and per build: no filter, then the build's
 # agent enforcing an allow policy; prints each build's ratios to no filter and their median.
 #
-#   sudo BINS="old/microseg new/microseg" [MODE=cps|tcp|cost] [REPS=8] [SECS=1.5] [SESSIONS=N]
+#   sudo BINS="old/microseg new/microseg" [MODE=cps|tcp|cost|cost-tcp] [REPS=8] [SECS=1.5] [SESSIONS=N]
 #        [TC_MODE=netlink] [KILL=1] scripts/ab/ab.sh
 #
 # The build "cbpf" stands for no agent and a classic-BPF `return 0` filter on the four hooks
@@ -13,7 +13,8 @@
 #
 # MODE=cost runs the connection loop with kernel.bpf_stats_enabled on and prints, per build,
 # the microseg programs' run time per connection (a tail call counts toward its caller):
-# far less noisy than a rate, so it shows what a kernel change saves.
+# far less noisy than a rate, so it shows what a kernel change saves. MODE=cost-tcp prints
+# the run time per program run during one iperf3 stream (the established path).
 #
 # SETTLE (seconds, default 1.5) is waited after an agent starts and after it is removed.
 # KILL=1 kills each agent once it has attached (with TC_MODE=netlink its filters stay): the
@@ -67,7 +68,7 @@ spec:
       ports: [{protocol: TCP, port: 7302}, {protocol: TCP, port: 7303}]
 Y
 sleep 0.5
-if [ "$MODE" = tcp ]; then
+if [ "$MODE" = tcp ] || [ "$MODE" = cost-tcp ]; then
   run() { ip netns exec $P-cli timeout 20 iperf3 -c 10.94.2.2 -p 7303 -t 2 -A 0,1 -J 2>/dev/null |
     python3 -c 'import json,sys; print("%.3f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'; }
 else
@@ -105,26 +106,27 @@ off() {
   # The kernel frees the maps (about 200 MB) after the agent exits; not during the next run.
   sleep ${SETTLE:-1.5}
 }
-# Sum of run_time_ns of the two entry programs (names are cut to 15 characters).
-prog_ns() {
+# Sums of run_time_ns and run_cnt of the two entry programs (names are cut to 15 characters).
+prog_stats() {
   bpftool prog show -j | python3 -c 'import json,sys
-print(sum(p.get("run_time_ns",0) for p in json.load(sys.stdin)
-          if p.get("name","")[:15] in ("microseg_from_w","microseg_to_wor")))'
+ps = [p for p in json.load(sys.stdin) if p.get("name","")[:15] in ("microseg_from_w","microseg_to_wor")]
+print(sum(p.get("run_time_ns",0) for p in ps), sum(p.get("run_cnt",0) for p in ps))'
 }
 declare -A RATIOS
-if [ "$MODE" = cost ]; then
+if [ "$MODE" = cost ] || [ "$MODE" = cost-tcp ]; then
   STATS_WAS=$(sysctl -n kernel.bpf_stats_enabled)
   for i in $(seq $REPS); do
     for b in $BINS; do
       on $b
       sysctl -qw kernel.bpf_stats_enabled=1
-      t0=$(prog_ns); rate=$(run); t1=$(prog_ns)
+      read t0 n0 < <(prog_stats); rate=$(run); read t1 n1 < <(prog_stats)
       sysctl -qw kernel.bpf_stats_enabled=0
       off $b
-      RATIOS[$b]+="$(python3 -c "print('%.0f' % (($t1 - $t0) / ($rate * $SECS)))") "
+      if [ "$MODE" = cost ]; then per="$rate * $SECS"; else per="max($n1 - $n0, 1)"; fi
+      RATIOS[$b]+="$(python3 -c "print('%.0f' % (($t1 - $t0) / ($per)))") "
     done
   done
-  MODE="ns per connection"
+  [ "$MODE" = cost ] && MODE="ns per connection" || MODE="ns per run"
 else
   for i in $(seq $REPS); do
     for b in $BINS; do
