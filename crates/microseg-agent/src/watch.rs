@@ -1,6 +1,6 @@
-//! Wakes the agent when a policy file changes (inotify), so an edit is enforced within
-//! milliseconds instead of at the next poll. The poll stays: it also sees interfaces come
-//! and go, and covers anything inotify misses (a watch limit, a new subdirectory).
+//! Wakes the agent when a policy file changes (inotify) or an interface comes or goes
+//! (netlink link notifications), so either is acted on within milliseconds, without
+//! polling. A slow poll stays for anything they miss (a watch limit, a lost notification).
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -71,30 +71,97 @@ impl Watcher {
 
     /// Waits for the next batch of changes and drains it.
     pub async fn changed(&mut self) {
+        wait_and_drain(&mut self.fd).await
+    }
+}
+
+struct Netlink(OwnedFd);
+
+impl AsRawFd for Netlink {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Link notifications (RTMGRP_LINK) of the agent's network namespace: an interface
+/// created, renamed, moved or deleted.
+pub struct LinkWatcher {
+    fd: AsyncFd<Netlink>,
+}
+
+impl LinkWatcher {
+    pub fn new() -> std::io::Result<LinkWatcher> {
+        // SAFETY: plain syscall; the result is checked before use.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor we own from here on.
+        let fd = Netlink(unsafe { OwnedFd::from_raw_fd(raw) });
+        // SAFETY: a zeroed sockaddr_nl is valid; the groups are set below.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        addr.nl_groups = libc::RTMGRP_LINK as u32;
+        // SAFETY: binding our socket to an address of the size given.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the Netlink owns its descriptor for as long as the AsyncFd owns it.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(LinkWatcher { fd })
+    }
+
+    /// Waits for the next batch of link notifications and drains it. An overrun socket
+    /// (ENOBUFS) counts as a change too: something happened that was not read.
+    pub async fn changed(&mut self) {
+        wait_and_drain(&mut self.fd).await
+    }
+}
+
+/// Waits until `fd` is readable and reads everything it holds; returns once something
+/// was read or notifications were lost (ENOBUFS).
+async fn wait_and_drain<T: AsRawFd>(fd: &mut AsyncFd<T>) {
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return std::future::pending().await;
+        };
+        let mut buf = [0u8; 4096];
+        let mut any = false;
         loop {
-            let Ok(mut guard) = self.fd.readable_mut().await else {
-                return std::future::pending().await;
+            // SAFETY: reading into a buffer we own, of the length given.
+            let n = unsafe {
+                libc::read(
+                    guard.get_inner().as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
             };
-            let mut buf = [0u8; 4096];
-            let mut any = false;
-            loop {
-                // SAFETY: reading into a buffer we own, of the length given.
-                let n = unsafe {
-                    libc::read(
-                        guard.get_inner().as_raw_fd(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                    )
-                };
-                if n <= 0 {
-                    break;
-                }
+            if n > 0 {
+                any = true;
+                continue;
+            }
+            if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS) {
                 any = true;
             }
-            guard.clear_ready();
-            if any {
-                return;
-            }
+            break;
+        }
+        guard.clear_ready();
+        if any {
+            return;
         }
     }
 }

@@ -246,6 +246,22 @@ fn enforcement_outlives_the_agent_and_a_new_agent_adopts_it_without_dropping_ses
 }
 
 #[test]
+fn a_workload_interface_made_again_is_enforced_again() {
+    // A restarted pod gets a new veth of the same name and a new ifindex: the agent hears
+    // of the link and attaches to it, with nothing polling for it.
+    let t = start("relink", WEB_ONLY_FROM_CLIENT);
+    let web = addr(&t.w("web").v4, 8080);
+    assert!(!t.tcp_ok("other", web));
+    t.recreate_interface("web");
+    assert!(
+        t.eventually(Duration::from_secs(10), || t.tcp_ok("client", web)
+            && !t.tcp_ok("other", web)),
+        "the new interface is enforced: {}",
+        t.agent_log()
+    );
+}
+
+#[test]
 fn the_classic_tc_path_for_older_kernels_enforces_and_cleans_up_too() {
     let mut t = Topology::new("netlink", &["client", "web", "other"]);
     t.write_policy("workloads.yaml", &t.workloads_yaml());

@@ -99,39 +99,18 @@ impl Topology {
                 v6: v6.clone(),
             });
             sh(&["ip", "netns", "add", &ns]);
-            sh(&[
-                "ip", "-n", &node, "link", "add", &host_end, "type", "veth", "peer", "name",
-                "eth0", "netns", &ns,
-            ]);
-            sh(&[
-                "ip", "-n", &node, "link", "set", &host_end, "master", "br0", "up",
-            ]);
-            sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{v4}/24"),
-                "dev",
-                "eth0",
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                &ns,
-                "-6",
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ]);
-            sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+            link_workload(&node, &ns, &host_end, &v4, &v6);
         }
         t
+    }
+
+    /// Deletes workload `name`'s veth pair and makes it again, as a restarted pod gets a
+    /// new interface of the same name (and a new ifindex).
+    pub fn recreate_interface(&self, name: &str) {
+        let w = self.w(name);
+        let host_end = format!("veth-{name}");
+        sh(&["ip", "-n", &self.node, "link", "del", &host_end]);
+        link_workload(&self.node, &w.ns, &host_end, &w.v4, &w.v6);
     }
 
     pub fn w(&self, name: &str) -> &Workload {
@@ -305,6 +284,41 @@ impl Topology {
     pub fn eventually(&self, limit: Duration, cond: impl FnMut() -> bool) -> bool {
         eventually(limit, cond)
     }
+}
+
+/// A veth pair from the node's bridge into workload namespace `ns`, addressed and up.
+fn link_workload(node: &str, ns: &str, host_end: &str, v4: &str, v6: &str) {
+    sh(&[
+        "ip", "-n", node, "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns",
+        ns,
+    ]);
+    sh(&[
+        "ip", "-n", node, "link", "set", host_end, "master", "br0", "up",
+    ]);
+    sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+    sh(&[
+        "ip",
+        "-n",
+        ns,
+        "addr",
+        "add",
+        &format!("{v4}/24"),
+        "dev",
+        "eth0",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        ns,
+        "-6",
+        "addr",
+        "add",
+        &format!("{v6}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    sh(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
 }
 
 pub fn addr(ip: &str, port: u16) -> SocketAddr {
