@@ -99,7 +99,7 @@ on() {
 }
 off() {
   [ "$1" = cbpf ] || [ "$1" = ebpf ] && { for d in veth-cli veth-srv; do tc -n $P-node qdisc del dev $d clsact; done; return; }
-  [ -n "${AG:-}" ] && { kill $AG; wait $AG 2>/dev/null; AG=; }
+  [ -n "${AG:-}" ] && { kill $AG 2>/dev/null; wait $AG 2>/dev/null; AG=; }
   nsenter --net=/run/netns/$P-node $1 agent --cleanup --bpffs /sys/fs/bpf/$P >/dev/null 2>&1
   # Builds older than 95816b7 leave classic filters of a killed agent behind.
   for d in veth-cli veth-srv; do tc -n $P-node qdisc del dev $d clsact 2>/dev/null; done

@@ -14,7 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::flows::{Clock, FlowLog, Names};
 use crate::managed::ControllerLink;
-use crate::reconcile::{enforce, fingerprint, load, read_sessions, State};
+use crate::reconcile::{enforce, fingerprint, load, read_sessions, Fingerprint, State};
 use crate::AgentOptions;
 
 /// Why the agent stopped with an error: bad input (exit 2) or a runtime failure (exit 1).
@@ -135,11 +135,7 @@ pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = async { watcher.as_mut().expect("guarded").changed().await }, if watcher.is_some() => {
-                let now = fingerprint(&opts);
-                if now != seen {
-                    seen = now;
-                    reload_now(&state, &opts);
-                }
+                reload_if_changed(&mut seen, &state, &opts);
                 // New subdirectories get watches too.
                 if let Some(w) = &watcher {
                     for p in &opts.policy_paths {
@@ -148,18 +144,10 @@ pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
                 }
             }
             _ = async { links.as_mut().expect("guarded").changed().await }, if links.is_some() => {
-                let now = fingerprint(&opts);
-                if now != seen {
-                    seen = now;
-                    reload_now(&state, &opts);
-                }
+                reload_if_changed(&mut seen, &state, &opts);
             }
             _ = reload.tick(), if files => {
-                let now = fingerprint(&opts);
-                if now != seen {
-                    seen = now;
-                    reload_now(&state, &opts);
-                }
+                reload_if_changed(&mut seen, &state, &opts);
             }
             _ = gc.tick() => expire(&state),
             _ = idle.tick() => catch_up_standby(&state),
@@ -189,6 +177,15 @@ fn catch_up_standby(state: &Arc<Mutex<State>>) {
             Ok(n) => log::debug!("standby slot caught up ({n} keys)"),
             Err(e) => log::warn!("bringing the standby slot up to date: {e}"),
         }
+    }
+}
+
+/// Reloads when the files or interfaces look different from `seen`.
+fn reload_if_changed(seen: &mut Fingerprint, state: &Arc<Mutex<State>>, opts: &AgentOptions) {
+    let now = fingerprint(opts);
+    if now != *seen {
+        *seen = now;
+        reload_now(state, opts);
     }
 }
 

@@ -3,7 +3,7 @@
 //! polling. A slow poll stays for anything they miss (a watch limit, a lost notification).
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use tokio::io::unix::AsyncFd;
@@ -18,16 +18,8 @@ const MASK: u32 = libc::IN_CLOSE_WRITE
     | libc::IN_MOVE_SELF
     | libc::IN_ATTRIB;
 
-struct Inotify(OwnedFd);
-
-impl AsRawFd for Inotify {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
-}
-
 pub struct Watcher {
-    fd: AsyncFd<Inotify>,
+    fd: AsyncFd<OwnedFd>,
 }
 
 impl Watcher {
@@ -39,10 +31,8 @@ impl Watcher {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: `raw` is a fresh descriptor we own from here on.
-        let fd = Inotify(unsafe { OwnedFd::from_raw_fd(raw) });
-        // SAFETY: the Inotify owns its descriptor for as long as the AsyncFd owns it.
-        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = register(fd)?;
         let w = Watcher { fd };
         for p in paths {
             w.add(p);
@@ -75,18 +65,10 @@ impl Watcher {
     }
 }
 
-struct Netlink(OwnedFd);
-
-impl AsRawFd for Netlink {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
-}
-
 /// Link notifications (RTMGRP_LINK) of the agent's network namespace: an interface
 /// created, renamed, moved or deleted.
 pub struct LinkWatcher {
-    fd: AsyncFd<Netlink>,
+    fd: AsyncFd<OwnedFd>,
 }
 
 impl LinkWatcher {
@@ -103,7 +85,7 @@ impl LinkWatcher {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: `raw` is a fresh descriptor we own from here on.
-        let fd = Netlink(unsafe { OwnedFd::from_raw_fd(raw) });
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         // SAFETY: a zeroed sockaddr_nl is valid; the groups are set below.
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as u16;
@@ -119,9 +101,7 @@ impl LinkWatcher {
         if rc < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        // SAFETY: the Netlink owns its descriptor for as long as the AsyncFd owns it.
-        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let fd = register(fd)?;
         Ok(LinkWatcher { fd })
     }
 
@@ -130,6 +110,14 @@ impl LinkWatcher {
     pub async fn changed(&mut self) {
         wait_and_drain(&mut self.fd).await
     }
+}
+
+/// Hands `fd` to tokio's reactor, waking readers when it is readable.
+fn register(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the same descriptor until
+    // the AsyncFd drops it.
+    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 /// Waits until `fd` is readable and reads everything it holds; returns once something

@@ -113,10 +113,6 @@ impl SessionReader {
     pub fn sessions(&self) -> Vec<(SessionKey, Session)> {
         read_all(&self.0)
     }
-
-    pub fn count(&self) -> usize {
-        self.sessions().len()
-    }
 }
 
 impl Dataplane {

@@ -248,7 +248,7 @@ fn enforcement_outlives_the_agent_and_a_new_agent_adopts_it_without_dropping_ses
 #[test]
 fn a_workload_interface_made_again_is_enforced_again() {
     // A restarted pod gets a new veth of the same name and a new ifindex: the agent hears
-    // of the link and attaches to it, with nothing polling for it.
+    // of the link (or its slow safety poll finds it) and attaches to it.
     let t = start("relink", WEB_ONLY_FROM_CLIENT);
     let web = addr(&t.w("web").v4, 8080);
     assert!(!t.tcp_ok("other", web));
