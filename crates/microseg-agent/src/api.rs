@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use microseg_common::session_flags as sf;
+use microseg_common::direction;
 use microseg_common::tables::words_addr;
 use microseg_dataplane::sessions::{monotonic_ns, state_name};
 use serde::{Deserialize, Serialize};
@@ -98,7 +98,9 @@ fn answer(req: &Request, state: &Arc<Mutex<State>>) -> (Vec<Value>, Follow) {
         Request::Stats => {
             let v = match st.dp.stats() {
                 Ok(s) => {
-                    let mut v = stats_json(&s, sessions.len());
+                    // Counted as `sessions` lists them: one per judging interface.
+                    let legs = sessions.iter().map(|(_, s)| s.present_legs().count()).sum();
+                    let mut v = stats_json(&s, legs);
                     v["rules"] = rule_hits(&st);
                     v
                 }
@@ -128,24 +130,29 @@ fn answer(req: &Request, state: &Arc<Mutex<State>>) -> (Vec<Value>, Follow) {
         }
         Request::Sessions => {
             let now = monotonic_ns();
+            // One line per judging interface: a connection between two local workloads
+            // shows on both, as each one's policy decided it.
+            let st = &*st;
             let lines = sessions
-                .into_iter()
-                .map(|(k, s)| {
-                    let (src, sport, dst, dport) = k.orig_tuple(&s);
-                    json!({
-                        "src_ip": words_addr(src).to_string(),
-                        "dst_ip": words_addr(dst).to_string(),
-                        "src_port": sport,
-                        "dst_port": dport,
-                        "protocol": protocol_json(k.protocol),
-                        "state": state_name(s.state),
-                        "verdict": verdict_name(s.verdict).unwrap_or("allow"),
-                        "policy": microseg_policy::compile::rule_policy_name(st.compiler.rules(), s.rule_id),
-                        "packets": s.packets[0] + s.packets[1],
-                        "bytes": s.bytes[0] + s.bytes[1],
-                        "age_s": now.saturating_sub(s.created_ns) / 1_000_000_000,
-                        "workload": st.endpoints.get(&k.ifindex),
-                        "direction": if s.flags & sf::ORIG_EGRESS != 0 { "egress" } else { "ingress" },
+                .iter()
+                .flat_map(|(k, s)| {
+                    s.present_legs().map(move |(direction, l)| {
+                        let (src, sport, dst, dport) = k.orig_tuple(s);
+                        json!({
+                            "src_ip": words_addr(src).to_string(),
+                            "dst_ip": words_addr(dst).to_string(),
+                            "src_port": sport,
+                            "dst_port": dport,
+                            "protocol": protocol_json(k.protocol),
+                            "state": state_name(s.state),
+                            "verdict": verdict_name(l.verdict).unwrap_or("allow"),
+                            "policy": microseg_policy::compile::rule_policy_name(st.compiler.rules(), l.rule_id),
+                            "packets": s.packets[0] + s.packets[1],
+                            "bytes": s.bytes[0] + s.bytes[1],
+                            "age_s": now.saturating_sub(s.created_ns) / 1_000_000_000,
+                            "workload": st.endpoints.get(&l.ifindex),
+                            "direction": if direction == direction::EGRESS { "egress" } else { "ingress" },
+                        })
                     })
                 })
                 .collect();

@@ -3,7 +3,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 
-use microseg_common::{config_flags, session_flags as sf};
+use microseg_common::config_flags;
 use microseg_dataplane::{
     sessions::{idle, Timeouts},
     Dataplane, LoadOptions,
@@ -285,11 +285,9 @@ fn expire(state: &Arc<Mutex<State>>) {
         rules: st.compiler.rules(),
     };
     for (k, s) in expired {
-        if s.flags & sf::ENDED != 0 {
-            continue;
+        for e in microseg_dataplane::sessions::end_events(&k, &s) {
+            st.flows.push(names.flow(&e, &clock));
         }
-        let e = microseg_dataplane::sessions::end_event(&k, &s);
-        st.flows.push(names.flow(&e, &clock));
     }
 }
 

@@ -53,45 +53,46 @@ impl crate::SessionKey {
 }
 
 impl crate::Session {
-    /// The direction of the originator's first packet, from the workload's side.
-    #[inline(always)]
-    pub fn orig_direction(&self) -> u8 {
-        if self.flags & crate::session_flags::ORIG_EGRESS != 0 {
-            crate::direction::EGRESS
-        } else {
-            crate::direction::INGRESS
-        }
+    /// The present legs, with the direction each judges.
+    pub fn present_legs(&self) -> impl Iterator<Item = (u8, &crate::SessionLeg)> {
+        [crate::direction::INGRESS, crate::direction::EGRESS]
+            .into_iter()
+            .map(|d| (d, &self.legs[d as usize]))
+            .filter(|(_, l)| l.is_present())
     }
 }
 
 impl FlowEvent {
-    /// Fills every field but the padding with an event of `kind` about a whole session,
-    /// in its originator's direction (in place: the kernel writes into its ring buffer).
+    /// Fills every field but the padding with an event of `kind` about a whole session as
+    /// its `leg` judged it, in the originator's direction (in place: the kernel writes into
+    /// its ring buffer).
     #[inline(always)]
     pub fn fill_from_session(
         &mut self,
         kind: u8,
         key: &crate::SessionKey,
         s: &crate::Session,
+        leg: usize,
         time_ns: u64,
     ) {
         let (src, sport, dst, dport) = key.orig_tuple(s);
+        let l = &s.legs[leg & 1];
         self.time_ns = time_ns;
         self.packets = s.packets[0] + s.packets[1];
         self.bytes = s.bytes[0] + s.bytes[1];
-        self.ifindex = key.ifindex;
-        self.rule_id = s.rule_id;
-        self.audit_rule_id = s.audit_rule_id;
-        self.peer_identity = s.peer_identity;
+        self.ifindex = l.ifindex;
+        self.rule_id = l.rule_id;
+        self.audit_rule_id = l.audit_rule_id;
+        self.peer_identity = l.peer_identity;
         self.local_identity = 0;
         self.src_addr = src;
         self.dst_addr = dst;
         self.src_port = sport;
         self.dst_port = dport;
         self.kind = kind;
-        self.direction = s.orig_direction();
-        self.verdict = s.verdict;
-        self.audit_verdict = s.audit_verdict;
+        self.direction = (leg & 1) as u8;
+        self.verdict = l.verdict;
+        self.audit_verdict = l.audit_verdict;
         self.protocol = key.protocol;
     }
 }

@@ -79,15 +79,16 @@ pub mod config_flags {
     pub const NO_SESSION_INSERT: u32 = 1 << 1;
 }
 
-/// `MSEG_SESSIONS` key (LRU hash): one session per enforced interface and connection.
+/// `MSEG_SESSIONS` key (LRU hash): one session per connection the node's programs see.
 ///
 /// Both directions of a connection share one key: the (address, port) pairs are ordered,
-/// lower first. IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`).
+/// lower first. IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`). No interface is
+/// part of the key: a connection between two workloads of the node is one session whose two
+/// [`SessionLeg`]s are the two interfaces, so the second program finds the entry the first
+/// one just touched, in a warm cache line, instead of a second cold one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SessionKey {
-    /// ifindex of the enforced interface: each workload judges its own side.
-    pub ifindex: u32,
     pub lo_addr: [u32; 4],
     pub hi_addr: [u32; 4],
     /// Host byte order.
@@ -107,38 +108,78 @@ pub mod session_state {
     pub const CLOSED: u8 = 5;
 }
 
+/// [`Session::flags`] bits.
 pub mod session_flags {
     /// The originator is the `lo` side of the key.
     pub const ORIG_IS_LO: u8 = 1 << 0;
-    /// The originator is the workload (the session started in its egress direction).
-    pub const ORIG_EGRESS: u8 = 1 << 1;
     pub const FIN_ORIG: u8 = 1 << 2;
     pub const FIN_REPLY: u8 = 1 << 3;
-    /// The session-end event was sent.
-    pub const ENDED: u8 = 1 << 4;
 }
 
-/// `MSEG_SESSIONS` value.
+/// [`SessionLeg::flags`] bits.
+pub mod leg_flags {
+    /// The leg's session-end event was sent.
+    pub const ENDED: u8 = 1 << 0;
+}
+
+/// `MSEG_SESSIONS` value: what the connection did, and how each local interface judged it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Session {
     pub created_ns: u64,
     pub last_seen_ns: u64,
-    /// Last deny or log event, for rate limiting.
-    pub last_event_ns: u64,
-    /// Originator's packets and bytes, then the replier's.
+    /// Originator's packets and bytes, then the replier's; each packet counted once, by
+    /// the first local program it passes.
     pub packets: [u64; 2],
     pub bytes: [u64; 2],
+    pub state: u8,
+    /// [`session_flags`] bits.
+    pub flags: u8,
+    pub _pad: [u8; 6],
+    /// Indexed by the direction the leg judges, seen from its workload:
+    /// `[direction::EGRESS]` is the originator's interface (its egress),
+    /// `[direction::INGRESS]` the replier's (its ingress). Absent legs have ifindex 0.
+    pub legs: [SessionLeg; 2],
+}
+
+/// One local interface's judgement of a session.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionLeg {
+    /// Last deny or log event, for rate limiting.
+    pub last_event_ns: u64,
+    /// The enforcing interface; 0 when no local interface judges this side.
+    pub ifindex: u32,
     /// [`Config::generation`] the verdict was computed under.
     pub generation: u32,
     pub rule_id: u32,
     pub audit_rule_id: u32,
     pub peer_identity: u32,
-    pub state: u8,
     pub verdict: u8,
     pub audit_verdict: u8,
+    /// [`leg_flags`] bits.
     pub flags: u8,
-    pub _pad: u32,
+    pub _pad: u8,
+}
+
+impl SessionLeg {
+    #[inline(always)]
+    pub fn is_present(&self) -> bool {
+        self.ifindex != 0
+    }
+}
+
+/// Which leg judges a packet that passes a program of `direction`: the originator's
+/// packets leave through its egress leg and reach the replier's ingress leg, and replies
+/// go the other way.
+#[inline(always)]
+pub const fn leg_of(direction: u8, is_orig: bool) -> usize {
+    let d = (direction & 1) as usize;
+    if is_orig {
+        d
+    } else {
+        d ^ 1
+    }
 }
 
 /// `MSEG_POLICY` key (hash) and `MSEG_PORT_RANGES` key (with kind [`policy_kind::RANGES`]).

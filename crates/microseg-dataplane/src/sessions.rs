@@ -6,7 +6,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use aya::maps::{HashMap, IterableMap, Map, MapData};
-use microseg_common::{names, proto, session_state as st, Session, SessionKey};
+use microseg_common::{leg_flags, names, proto, session_state as st, Session, SessionKey};
 
 use crate::{batch, Dataplane, Error, Result};
 
@@ -143,6 +143,7 @@ impl Dataplane {
         read_one_by_one(&self.sessions)
     }
 
+    /// Sessions in the table (a connection between two local workloads is one).
     pub fn session_count(&self) -> usize {
         self.sessions().len()
     }
@@ -186,10 +187,9 @@ impl Dataplane {
 }
 
 impl Dataplane {
-    /// The session of a connection on `ifindex`, found from either direction's tuple.
+    /// The session of a connection, found from either direction's tuple.
     pub fn session_for(
         &self,
-        ifindex: u32,
         protocol: u8,
         src: std::net::IpAddr,
         sport: u16,
@@ -200,7 +200,6 @@ impl Dataplane {
         let (a, b) = ((addr_words(src), sport), (addr_words(dst), dport));
         [(a, b), (b, a)].into_iter().find_map(|(lo, hi)| {
             let key = SessionKey {
-                ifindex,
                 lo_addr: lo.0,
                 hi_addr: hi.0,
                 lo_port: lo.1,
@@ -213,10 +212,21 @@ impl Dataplane {
     }
 }
 
-/// The event the kernel would have sent had it seen the session end (used for sessions
-/// that expire idle, which the kernel never sees end).
-pub fn end_event(key: &SessionKey, s: &Session) -> microseg_common::FlowEvent {
-    let mut e = microseg_common::FlowEvent::default();
-    e.fill_from_session(microseg_common::event_kind::END, key, s, s.last_seen_ns);
-    e
+/// The events the kernel would have sent had it seen the session end, one per leg that
+/// has not sent its own (for sessions that expire idle, which the kernel never sees end).
+pub fn end_events(key: &SessionKey, s: &Session) -> Vec<microseg_common::FlowEvent> {
+    s.present_legs()
+        .filter(|(_, l)| l.flags & leg_flags::ENDED == 0)
+        .map(|(direction, _)| {
+            let mut e = microseg_common::FlowEvent::default();
+            e.fill_from_session(
+                microseg_common::event_kind::END,
+                key,
+                s,
+                direction as usize,
+                s.last_seen_ns,
+            );
+            e
+        })
+        .collect()
 }

@@ -59,7 +59,7 @@ fn idle_sessions_expire_by_their_own_timeout_and_busy_ones_stay() {
     assert_eq!(expired[0].0.protocol, 17);
     assert_eq!(expired[0].1.packets[0], 1, "its counters come back with it");
     assert_eq!(dp.session_count(), 1);
-    assert!(dp.session_for(1, 6, a, 5001, b, 80).is_some());
+    assert!(dp.session_for(6, a, 5001, b, 80).is_some());
 }
 
 #[test]

@@ -28,7 +28,7 @@ spec:
 /// The session of the TCP connection web:40000 → db:5432, which must exist.
 fn web_db_session(env: &Env) -> Session {
     env.dp
-        .session_for(LO, 6, web4(), 40000, db4(), 5432)
+        .session_for(6, web4(), 40000, db4(), 5432)
         .expect("session")
         .1
 }
@@ -55,7 +55,7 @@ fn revoking_an_allow_cuts_an_established_connection() {
     assert!(!from_db(&env, &db_to_web(TCP_ACK)));
     assert_eq!(env.dp.stats().unwrap().rejudged, 1);
     let s = web_db_session(&env);
-    assert_eq!(s.verdict, verdict::DENY);
+    assert_eq!(s.legs[direction::INGRESS as usize].verdict, verdict::DENY);
 }
 
 #[test]
@@ -204,7 +204,7 @@ fn tcp_sessions_walk_the_state_machine_and_report_their_end() {
     let mut env = Env::new(&with(ALLOW_WEB), "db");
     let state = |env: &Env, sport| {
         env.dp
-            .session_for(LO, 6, web4(), sport, db4(), 5432)
+            .session_for(6, web4(), sport, db4(), 5432)
             .map(|(_, s)| s.state)
     };
     let c2s = |sport, flags| Frame::tcp(web4(), db4(), sport, 5432, flags);
@@ -260,7 +260,7 @@ fn udp_sessions_are_established_by_a_reply() {
     assert!(from_db(&env, &Frame::udp(db4(), web4(), 40000, 53)));
     let st = |env: &Env| {
         env.dp
-            .session_for(LO, 17, db4(), 40000, web4(), 53)
+            .session_for(17, db4(), 40000, web4(), 53)
             .expect("session")
             .1
     };
@@ -296,7 +296,11 @@ fn a_syn_on_a_closed_session_is_judged_again() {
     );
     let s = web_db_session(&env);
     assert_eq!(
-        (s.state, s.packets, s.flags & session_flags::ENDED),
+        (
+            s.state,
+            s.packets,
+            s.legs[direction::INGRESS as usize].flags & leg_flags::ENDED
+        ),
         (session_state::SYN_SENT, [1, 0], 0)
     );
     // A closed session's ports reused after a policy change are judged by the new policy.

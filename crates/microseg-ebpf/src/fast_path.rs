@@ -65,21 +65,26 @@ pub fn handle(ctx: &TcContext, direction: u8) -> i32 {
         return finish(stats, verdict);
     }
 
-    let (key, src_is_lo) = session_key(ifindex, &pkt);
-    let mut stale = false;
+    let (key, src_is_lo) = session_key(&pkt);
+    let mut has_session = false;
     if let Some(s) = MSEG_SESSIONS.get_ptr_mut(&key) {
         let s = unsafe { &mut *s };
         // A SYN on a closed session's ports is a new connection: judged as new.
         if !starts_over(s, &pkt) {
-            if s.generation == cfg.generation {
+            let is_orig = is_orig(s, src_is_lo);
+            let leg = leg_of(direction, is_orig);
+            let l = &s.legs[leg];
+            if l.ifindex == ifindex && l.generation == cfg.generation {
                 stats.session_hits += 1;
                 // The coarse clock (one tick) is plenty for idle timeouts and costs a seventh.
                 let now = unsafe { bpf_ktime_get_coarse_ns() };
-                let (verdict, rule_id) = established(stats, &key, s, &pkt, src_is_lo, now, len);
+                let (verdict, rule_id) =
+                    established(stats, &key, s, leg, direction, is_orig, &pkt, now, len);
                 record_first_fragment(ifindex, &pkt, verdict, rule_id, stats);
                 return finish(stats, verdict);
             }
-            stale = true;
+            // Judged under an older policy, or not yet on this interface.
+            has_session = true;
         }
     }
 
@@ -91,7 +96,7 @@ pub fn handle(ctx: &TcContext, direction: u8) -> i32 {
         (*handoff).len = len;
         (*handoff).ifindex = ifindex;
         (*handoff).direction = direction;
-        (*handoff).stale_session = stale;
+        (*handoff).has_session = has_session;
         let _ = MSEG_JUMP.tail_call(ctx, SLOW_PATH);
     }
     // Only reached when the slow path is not installed: fail closed.
@@ -156,45 +161,66 @@ pub fn record_first_fragment(
     let _ = MSEG_FRAGMENTS.insert(&fragment_key(ifindex, pkt), &entry, 0);
 }
 
-/// A packet of a session whose verdict is current; returns (verdict, rule id).
+/// Whether `src_is_lo` names the session's originator.
 #[inline(always)]
+pub fn is_orig(s: &Session, src_is_lo: bool) -> bool {
+    (s.flags & sf::ORIG_IS_LO != 0) == src_is_lo
+}
+
+/// A packet of a session whose `leg` (on this interface) is current; returns (verdict,
+/// rule id).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub fn established(
     stats: &mut Stats,
     key: &SessionKey,
     s: &mut Session,
+    leg: usize,
+    direction: u8,
+    is_orig: bool,
     pkt: &Packet,
-    src_is_lo: bool,
     now: u64,
     len: u64,
 ) -> (u8, u32) {
-    let is_orig = (s.flags & sf::ORIG_IS_LO != 0) == src_is_lo;
-    let side = if is_orig { 0 } else { 1 };
-    s.packets[side] += 1;
-    s.bytes[side] += len;
-    s.last_seen_ns = now;
-    let closed = advance(s, pkt, is_orig);
-    count_rule(s.rule_id, len);
-    let v = s.verdict;
-    if v != verdict::ALLOW && now.wrapping_sub(s.last_event_ns) >= EVENT_INTERVAL_NS {
-        s.last_event_ns = now;
+    let leg = leg & 1;
+    // Counted and tracked once, by the first program on this node the packet passes: the
+    // sender's own interface, unless the sender has no leg here (a remote peer).
+    if direction == direction::EGRESS || !s.legs[leg ^ 1].is_present() {
+        let side = if is_orig { 0 } else { 1 };
+        s.packets[side] += 1;
+        s.bytes[side] += len;
+        s.last_seen_ns = now;
+        advance(s, pkt, is_orig);
+    }
+    let (v, rule_id) = (s.legs[leg].verdict, s.legs[leg].rule_id);
+    count_rule(rule_id, len);
+    if v != verdict::ALLOW && now.wrapping_sub(s.legs[leg].last_event_ns) >= EVENT_INTERVAL_NS {
+        s.legs[leg].last_event_ns = now;
         let kind = if v == verdict::LOG {
             event_kind::LOG
         } else {
             event_kind::DENY
         };
-        session_event(kind, key, s, now, stats);
+        session_event(kind, key, s, leg, now, stats);
     }
-    if closed && s.flags & sf::ENDED == 0 {
-        s.flags |= sf::ENDED;
-        session_event(event_kind::END, key, s, now, stats);
+    if s.state == session_state::CLOSED && s.legs[leg].flags & leg_flags::ENDED == 0 {
+        s.legs[leg].flags |= leg_flags::ENDED;
+        session_event(event_kind::END, key, s, leg, now, stats);
     }
-    (v, s.rule_id)
+    (v, rule_id)
 }
 
-/// An event about a whole session, in its originator's direction.
+/// An event about a whole session as `leg` judged it, in its originator's direction.
 #[inline(always)]
-pub fn session_event(kind: u8, key: &SessionKey, s: &Session, now: u64, stats: &mut Stats) {
-    emit(stats, |e| e.fill_from_session(kind, key, s, now));
+pub fn session_event(
+    kind: u8,
+    key: &SessionKey,
+    s: &Session,
+    leg: usize,
+    now: u64,
+    stats: &mut Stats,
+) {
+    emit(stats, |e| e.fill_from_session(kind, key, s, leg, now));
 }
 
 #[inline(always)]

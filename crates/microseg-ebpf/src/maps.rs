@@ -14,7 +14,8 @@ use crate::parse::Packet;
 #[map]
 pub static MSEG_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
-/// Connection → session. LRU: a full table forgets the least recently used session.
+/// Connection → session, shared by the connection's local interfaces (its legs). LRU: a
+/// full table forgets the least recently used session.
 #[map]
 pub static MSEG_SESSIONS: LruHashMap<SessionKey, Session> =
     LruHashMap::with_max_entries(capacity::SESSIONS, 0);
@@ -89,9 +90,11 @@ pub struct Handoff {
     pub len: u64,
     pub ifindex: u32,
     pub direction: u8,
-    /// The packet has a session judged under an older generation (else it has none): the
-    /// slow path looks the session up again only then.
-    pub stale_session: bool,
+    /// The packet has a session, but its leg on this interface is missing or was judged
+    /// under an older generation: the slow path looks the session up again only then.
+    pub has_session: bool,
+    /// Scratch space where the slow path builds a session before inserting it.
+    pub new_session: Session,
 }
 
 #[map]

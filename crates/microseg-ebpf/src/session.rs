@@ -6,7 +6,7 @@ use crate::parse::{tcp_flags as tf, Packet};
 
 /// The key both directions of a connection share, and whether `pkt`'s source is its lo side.
 #[inline(always)]
-pub fn session_key(ifindex: u32, pkt: &Packet) -> (SessionKey, bool) {
+pub fn session_key(pkt: &Packet) -> (SessionKey, bool) {
     let src_is_lo = endpoint_le(&pkt.src, pkt.sport, &pkt.dst, pkt.dport);
     let (lo, lo_port, hi, hi_port) = if src_is_lo {
         (pkt.src, pkt.sport, pkt.dst, pkt.dport)
@@ -14,7 +14,6 @@ pub fn session_key(ifindex: u32, pkt: &Packet) -> (SessionKey, bool) {
         (pkt.dst, pkt.dport, pkt.src, pkt.sport)
     };
     let key = SessionKey {
-        ifindex,
         lo_addr: lo,
         hi_addr: hi,
         lo_port,
@@ -63,15 +62,14 @@ pub fn starts_over(s: &Session, pkt: &Packet) -> bool {
         && pkt.tcp_flags & (tf::SYN | tf::ACK) == tf::SYN
 }
 
-/// Advances the state with one packet; true when the session just closed.
+/// Advances the state with one packet.
 #[inline(always)]
-pub fn advance(s: &mut Session, pkt: &Packet, is_orig: bool) -> bool {
-    let before = s.state;
+pub fn advance(s: &mut Session, pkt: &Packet, is_orig: bool) {
     if pkt.protocol != proto::TCP {
         if !is_orig && s.state == st::NEW {
             s.state = st::ESTABLISHED;
         }
-        return false;
+        return;
     }
     let f = pkt.tcp_flags;
     if f & tf::RST != 0 {
@@ -88,5 +86,4 @@ pub fn advance(s: &mut Session, pkt: &Packet, is_orig: bool) -> bool {
     } else if s.state == st::SYN_RECV && is_orig && f & tf::ACK != 0 {
         s.state = st::ESTABLISHED;
     }
-    before != st::CLOSED && s.state == st::CLOSED
 }

@@ -6,7 +6,9 @@ use microseg_common::{session_flags as sf, *};
 
 use crate::{
     events::emit,
-    fast_path::{count_rule, established, finish, record_first_fragment, session_event, DROP},
+    fast_path::{
+        count_rule, established, finish, is_orig, record_first_fragment, session_event, DROP,
+    },
     maps::*,
     parse::{self, Packet},
     policy::{identity_of, judge, Judgement, Query},
@@ -28,61 +30,92 @@ pub fn handle(ctx: &TcContext) -> i32 {
     let pkt = h.pkt;
     let (len, ifindex, direction) = (h.len, h.ifindex, h.direction & 1);
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let (key, src_is_lo) = session_key(ifindex, &pkt);
+    let (key, src_is_lo) = session_key(&pkt);
 
-    let stale = if h.stale_session {
+    let existing = if h.has_session {
         MSEG_SESSIONS.get_ptr_mut(&key)
     } else {
         None
     };
-    let (verdict, rule_id) = match stale {
+    let (verdict, rule_id) = match existing {
         Some(s) => {
             let s = unsafe { &mut *s };
             stats.session_hits += 1;
-            if s.generation != cfg.generation {
-                rejudge(cfg, stats, &key, s, now);
+            let is_orig = is_orig(s, src_is_lo);
+            let leg = leg_of(direction, is_orig);
+            if s.legs[leg].ifindex == ifindex {
+                if s.legs[leg].generation != cfg.generation {
+                    rejudge(cfg, stats, &key, s, leg, now);
+                }
+                established(stats, &key, s, leg, direction, is_orig, &pkt, now, len)
+            } else {
+                // The connection's first packet on this interface: its peer is local too.
+                match decide(ctx, cfg, stats, ifindex, &pkt, direction) {
+                    Decision::Untracked(v) => (v, RULE_NONE),
+                    Decision::Judged(j, local_identity) => {
+                        s.legs[leg] = new_leg(&j, ifindex, cfg.generation, now);
+                        emit(stats, |e| {
+                            e.fill_from_session(event_kind::NEW, &key, s, leg, now);
+                            e.local_identity = local_identity;
+                        });
+                        established(stats, &key, s, leg, direction, is_orig, &pkt, now, len)
+                    }
+                }
             }
-            established(stats, &key, s, &pkt, src_is_lo, now, len)
         }
         None => {
             stats.session_misses += 1;
-            new_session(ctx, cfg, stats, &key, src_is_lo, &pkt, direction, now, len)
+            match decide(ctx, cfg, stats, ifindex, &pkt, direction) {
+                Decision::Untracked(v) => (v, RULE_NONE),
+                Decision::Judged(j, local_identity) => {
+                    let new = NewSession {
+                        key: &key,
+                        src_is_lo,
+                        ifindex,
+                        direction,
+                        now,
+                        len,
+                    };
+                    open_session(cfg, stats, &new, &pkt, &j, local_identity)
+                }
+            }
         }
     };
     record_first_fragment(ifindex, &pkt, verdict, rule_id, stats);
     finish(stats, verdict)
 }
 
-/// The first packet of a connection: judge it and open its session.
+/// What policy makes of a packet no current leg judged.
+enum Decision {
+    /// Decided without opening a leg: related ICMP errors, spoofed sources, interfaces
+    /// without a workload.
+    Untracked(u8),
+    /// Judged by the workload's policy; with the workload's identity.
+    Judged(Judgement, u32),
+}
+
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn new_session(
+fn decide(
     ctx: &TcContext,
     cfg: &Config,
     stats: &mut Stats,
-    key: &SessionKey,
-    src_is_lo: bool,
+    ifindex: u32,
     pkt: &Packet,
     direction: u8,
-    now: u64,
-    len: u64,
-) -> (u8, u32) {
-    if parse::is_icmp_error(pkt) && icmp_error_related(ctx, key.ifindex, pkt) {
+) -> Decision {
+    if parse::is_icmp_error(pkt) && icmp_error_related(ctx, ifindex, pkt) {
         stats.icmp_related += 1;
-        return (verdict::ALLOW, RULE_NONE);
+        return Decision::Untracked(verdict::ALLOW);
     }
     let slot = cfg.active_slot & 1;
-    let ep_key = EndpointKey {
-        slot,
-        ifindex: key.ifindex,
-    };
+    let ep_key = EndpointKey { slot, ifindex };
     let Some(ep) = (unsafe { MSEG_ENDPOINTS.get(&ep_key) }) else {
         // An interface with no endpoint in this slot has no policy: open.
-        return (verdict::ALLOW, RULE_NONE);
+        return Decision::Untracked(verdict::ALLOW);
     };
-    if direction == direction::EGRESS && spoofed(slot, key.ifindex, ep, pkt) {
+    if direction == direction::EGRESS && spoofed(slot, ifindex, ep, pkt) {
         stats.spoofed += 1;
-        return (verdict::DENY, RULE_NONE);
+        return Decision::Untracked(verdict::DENY);
     }
     let peer = if direction == direction::EGRESS {
         &pkt.dst
@@ -101,67 +134,94 @@ fn new_session(
             has_ports: proto::has_ports(pkt.protocol),
         },
     );
-    if cfg.flags & config_flags::NO_SESSION_INSERT == 0 {
-        let mut flags = 0;
-        if src_is_lo {
-            flags |= sf::ORIG_IS_LO;
-        }
-        if direction == direction::EGRESS {
-            flags |= sf::ORIG_EGRESS;
-        }
-        let s = Session {
-            created_ns: now,
-            last_seen_ns: now,
-            last_event_ns: now,
-            packets: [1, 0],
-            bytes: [len, 0],
-            generation: cfg.generation,
-            rule_id: j.rule_id,
-            audit_rule_id: j.audit_rule_id,
-            peer_identity: j.peer_identity,
-            state: initial_state(pkt),
-            verdict: j.verdict,
-            audit_verdict: j.audit_verdict,
-            flags,
-            _pad: 0,
-        };
-        if MSEG_SESSIONS.insert(key, &s, 0).is_ok() {
-            stats.sessions_created += 1;
-        }
+    Decision::Judged(j, ep.identity)
+}
+
+#[inline(always)]
+fn new_leg(j: &Judgement, ifindex: u32, generation: u32, now: u64) -> SessionLeg {
+    SessionLeg {
+        last_event_ns: now,
+        ifindex,
+        generation,
+        rule_id: j.rule_id,
+        audit_rule_id: j.audit_rule_id,
+        peer_identity: j.peer_identity,
+        verdict: j.verdict,
+        audit_verdict: j.audit_verdict,
+        flags: 0,
+        _pad: 0,
     }
-    count_rule(j.rule_id, len);
+}
+
+/// Where and when a connection's first packet was seen.
+struct NewSession<'a> {
+    key: &'a SessionKey,
+    src_is_lo: bool,
+    ifindex: u32,
+    direction: u8,
+    now: u64,
+    len: u64,
+}
+
+/// The first packet of a connection, judged: open its session.
+#[inline(always)]
+fn open_session(
+    cfg: &Config,
+    stats: &mut Stats,
+    n: &NewSession,
+    pkt: &Packet,
+    j: &Judgement,
+    local_identity: u32,
+) -> (u8, u32) {
+    // Built in the per-CPU scratch slot: a session does not fit on the stack beside the rest.
+    let Some(h) = MSEG_HANDOFF.get_ptr_mut(0) else {
+        return (verdict::DENY, RULE_NONE);
+    };
+    let s = unsafe { &mut (*h).new_session };
+    // The first packet seen is the originator's: its leg judges this direction.
+    let leg = leg_of(n.direction, true);
+    s.created_ns = n.now;
+    s.last_seen_ns = n.now;
+    s.packets = [1, 0];
+    s.bytes = [n.len, 0];
+    s.state = initial_state(pkt);
+    s.flags = if n.src_is_lo { sf::ORIG_IS_LO } else { 0 };
+    s._pad = [0; 6];
+    s.legs[leg ^ 1] = SessionLeg::default();
+    s.legs[leg] = new_leg(j, n.ifindex, cfg.generation, n.now);
+    if cfg.flags & config_flags::NO_SESSION_INSERT == 0
+        && MSEG_SESSIONS.insert(n.key, &*s, 0).is_ok()
+    {
+        stats.sessions_created += 1;
+    }
+    count_rule(j.rule_id, n.len);
     emit(stats, |e| {
-        e.time_ns = now;
-        e.packets = 1;
-        e.bytes = len;
-        e.ifindex = key.ifindex;
-        e.rule_id = j.rule_id;
-        e.audit_rule_id = j.audit_rule_id;
-        e.peer_identity = j.peer_identity;
-        e.local_identity = ep.identity;
-        e.src_addr = pkt.src;
-        e.dst_addr = pkt.dst;
-        e.src_port = pkt.sport;
-        e.dst_port = pkt.dport;
-        e.kind = event_kind::NEW;
-        e.direction = direction;
-        e.verdict = j.verdict;
-        e.audit_verdict = j.audit_verdict;
-        e.protocol = pkt.protocol;
+        e.fill_from_session(event_kind::NEW, n.key, s, leg, n.now);
+        e.local_identity = local_identity;
     });
     (j.verdict, j.rule_id)
 }
 
-/// The policy changed since this session was judged: judge its originator again.
+/// The policy changed since this leg was judged: judge the session again, as the leg's
+/// workload sees it.
 #[inline(always)]
-fn rejudge(cfg: &Config, stats: &mut Stats, key: &SessionKey, s: &mut Session, now: u64) {
+fn rejudge(
+    cfg: &Config,
+    stats: &mut Stats,
+    key: &SessionKey,
+    s: &mut Session,
+    leg: usize,
+    now: u64,
+) {
     stats.rejudged += 1;
+    let leg = leg & 1;
     let slot = cfg.active_slot & 1;
-    let direction = s.orig_direction();
+    // Legs are indexed by the direction they judge.
+    let direction = leg as u8;
     let (src, sport, dst, dport) = key.orig_tuple(s);
     let ep_key = EndpointKey {
         slot,
-        ifindex: key.ifindex,
+        ifindex: s.legs[leg].ifindex,
     };
     let j = match unsafe { MSEG_ENDPOINTS.get(&ep_key) } {
         Some(ep) => {
@@ -185,20 +245,21 @@ fn rejudge(cfg: &Config, stats: &mut Stats, key: &SessionKey, s: &mut Session, n
         }
         None => Judgement {
             verdict: verdict::ALLOW,
-            peer_identity: s.peer_identity,
+            peer_identity: s.legs[leg].peer_identity,
             ..Default::default()
         },
     };
-    s.generation = cfg.generation;
-    let changed = j.verdict != s.verdict || j.rule_id != s.rule_id;
-    s.verdict = j.verdict;
-    s.rule_id = j.rule_id;
-    s.audit_verdict = j.audit_verdict;
-    s.audit_rule_id = j.audit_rule_id;
-    s.peer_identity = j.peer_identity;
+    let l = &mut s.legs[leg];
+    l.generation = cfg.generation;
+    let changed = j.verdict != l.verdict || j.rule_id != l.rule_id;
+    l.verdict = j.verdict;
+    l.rule_id = j.rule_id;
+    l.audit_verdict = j.audit_verdict;
+    l.audit_rule_id = j.audit_rule_id;
+    l.peer_identity = j.peer_identity;
     if changed {
-        s.last_event_ns = now;
-        session_event(event_kind::NEW, key, s, now, stats);
+        l.last_event_ns = now;
+        session_event(event_kind::NEW, key, s, leg, now, stats);
     }
 }
 
@@ -225,16 +286,19 @@ fn spoofed(slot: u32, ifindex: u32, ep: &EndpointInfo, pkt: &Packet) -> bool {
     unsafe { MSEG_ENDPOINT_ADDRS.get(&key) }.is_none()
 }
 
-/// An ICMP error about a session that is not denied passes with it.
+/// An ICMP error about a session this interface did not deny passes with it.
 #[inline(always)]
 fn icmp_error_related(ctx: &TcContext, ifindex: u32, pkt: &Packet) -> bool {
     let mut inner = Packet::default();
     if !parse::parse_icmp_inner(ctx, pkt, &mut inner) {
         return false;
     }
-    let (key, _) = session_key(ifindex, &inner);
+    let (key, _) = session_key(&inner);
     match unsafe { MSEG_SESSIONS.get(&key) } {
-        Some(s) => s.verdict != verdict::DENY,
+        Some(s) => {
+            let allowed_on = |l: &SessionLeg| l.ifindex == ifindex && l.verdict != verdict::DENY;
+            allowed_on(&s.legs[0]) || allowed_on(&s.legs[1])
+        }
         None => false,
     }
 }

@@ -3,14 +3,17 @@
 
 use std::net::IpAddr;
 
-use microseg_dataplane::{common::FlowEvent, Dataplane};
+use microseg_dataplane::{
+    common::{direction, FlowEvent},
+    Dataplane,
+};
 use microseg_policy::PROTO_TCP;
 
 use crate::{
     args::Args,
     measure::median,
     memory::bpftool_show,
-    policy::{peer, port, DB_IP, IFINDEX_LO},
+    policy::{peer, port, DB_IP},
     raw,
 };
 
@@ -61,7 +64,6 @@ pub(crate) fn components(
 ) {
     const COPIES: usize = 4;
     let Some((skey, sess)) = dp.session_for(
-        IFINDEX_LO,
         PROTO_TCP,
         IpAddr::V4(peer(last)),
         64_000,
@@ -124,7 +126,13 @@ pub(crate) fn components(
     );
     add(
         format!("{COPIES} x MSEG_RULE_COUNTERS lookup"),
-        fd("MSEG_RULE_COUNTERS").map(|f| raw::lookups(f, &sess.rule_id.to_ne_bytes(), COPIES)),
+        fd("MSEG_RULE_COUNTERS").map(|f| {
+            raw::lookups(
+                f,
+                &sess.legs[direction::INGRESS as usize].rule_id.to_ne_bytes(),
+                COPIES,
+            )
+        }),
     );
     let host_key = IpKeyT {
         slot,

@@ -1,0 +1,268 @@
+//! Two workloads of one node talking to each other: their connection is one session with a
+//! leg on each interface. Each leg is judged by its own workload's policy and enforces it
+//! in both directions, each packet is counted once, and each leg reports its own NEW and
+//! END events.
+
+mod common;
+
+use std::process::Command;
+
+use common::{db4, resources, web4};
+use microseg_dataplane::{common::*, packet::*, Dataplane, Hook};
+use microseg_policy::{compile::*, Direction};
+
+const WORKLOADS: &str = r#"
+apiVersion: microseg.io/v1
+kind: Workload
+metadata: {name: db, labels: {app: db}}
+spec: {interface: db0, ips: [10.1.0.3]}
+---
+apiVersion: microseg.io/v1
+kind: Workload
+metadata: {name: web, labels: {app: web}}
+spec: {interface: web0, ips: [10.1.0.2]}
+---
+apiVersion: microseg.io/v1
+kind: Policy
+metadata: {name: web-egress}
+spec:
+  selector: {matchLabels: {app: web}}
+  egress: [{action: allow, to: [{selector: {matchLabels: {app: db}}}], ports: [{protocol: TCP, port: 5432}]}]
+"#;
+
+const DB_ALLOWS_WEB: &str = r#"
+apiVersion: microseg.io/v1
+kind: Policy
+metadata: {name: db-ingress}
+spec:
+  selector: {matchLabels: {app: db}}
+  ingress: [{action: allow, from: [{selector: {matchLabels: {app: web}}}], ports: [{protocol: TCP, port: 5432}]}]
+"#;
+
+const DB_DENIES_ALL: &str = r#"
+apiVersion: microseg.io/v1
+kind: Policy
+metadata: {name: db-ingress}
+spec:
+  selector: {matchLabels: {app: db}}
+  ingress: []
+"#;
+
+/// web and db on interfaces of their own, with their policies applied.
+struct Node {
+    dp: Dataplane,
+    compiler: Compiler,
+    compiled: Option<Compiled>,
+    web0: u32,
+    db0: u32,
+}
+
+impl Node {
+    fn new(db_policy: &str) -> Node {
+        let (web0, db0) = (ifindex("web0"), ifindex("db0"));
+        let mut node = Node {
+            dp: common::load(),
+            compiler: Compiler::new(),
+            compiled: None,
+            web0,
+            db0,
+        };
+        node.apply(db_policy);
+        node
+    }
+
+    fn apply(&mut self, db_policy: &str) {
+        let locals = [
+            LocalEndpoint {
+                workload: "web".into(),
+                ifindex: self.web0,
+            },
+            LocalEndpoint {
+                workload: "db".into(),
+                ifindex: self.db0,
+            },
+        ];
+        let yaml = format!("{WORKLOADS}---\n{db_policy}");
+        let compiled = self.compiler.compile(&resources(&yaml), &locals);
+        self.dp.apply(&compiled.tables).expect("apply");
+        self.compiled = Some(compiled);
+    }
+
+    fn rule_id(&self, policy: &str, direction: Direction) -> u32 {
+        *self
+            .compiled
+            .as_ref()
+            .expect("applied")
+            .rules
+            .iter()
+            .find(|(_, r)| &*r.policy == policy && r.direction == direction && r.index == 0)
+            .expect("rule")
+            .0
+    }
+
+    fn run(&self, hook: Hook, ifindex: u32, f: &Frame) -> bool {
+        self.dp
+            .test_run(hook, &f.bytes(), ifindex, 1)
+            .expect("test run")
+            .passed()
+    }
+
+    /// web → db: out of web's interface, then (if it passed) into db's. True when delivered.
+    fn web_to_db(&self, flags: u8) -> bool {
+        let f = Frame::tcp(web4(), db4(), 40000, 5432, flags);
+        self.run(Hook::FromWorkload, self.web0, &f) && self.run(Hook::ToWorkload, self.db0, &f)
+    }
+
+    /// db → web, the reply direction.
+    fn db_to_web(&self, flags: u8) -> bool {
+        let f = Frame::tcp(db4(), web4(), 5432, 40000, flags);
+        self.run(Hook::FromWorkload, self.db0, &f) && self.run(Hook::ToWorkload, self.web0, &f)
+    }
+
+    fn session(&self) -> Session {
+        self.dp
+            .session_for(proto::TCP, web4(), 40000, db4(), 5432)
+            .expect("session")
+            .1
+    }
+
+    /// Events of `kind` waiting, as (ifindex, direction, verdict, rule id), in order.
+    fn events(&mut self, kind: u8) -> Vec<(u32, u8, u8, u32)> {
+        self.dp
+            .drain_events()
+            .iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| (e.ifindex, e.direction, e.verdict, e.rule_id))
+            .collect()
+    }
+}
+
+fn ifindex(name: &str) -> u32 {
+    let name = std::ffi::CString::new(name).unwrap();
+    // SAFETY: a valid C string.
+    let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert_ne!(i, 0, "no interface {name:?}");
+    i
+}
+
+/// Runs `test` on a thread in a network namespace of its own holding two links, `web0`
+/// and `db0` (BPF_PROG_TEST_RUN needs real interfaces to name; a veth pair is two). The namespace and
+/// its links go away with the thread, whatever the test does.
+fn on_two_interfaces(test: impl FnOnce() + Send + 'static) {
+    let outcome = std::thread::spawn(move || {
+        // SAFETY: only this thread changes namespace.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
+        let status = Command::new("ip")
+            .args(["link", "add", "web0", "type", "veth", "peer", "name", "db0"])
+            .status()
+            .expect("run ip");
+        assert!(status.success(), "ip link add web0");
+        test();
+    })
+    .join();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+const EGRESS: usize = direction::EGRESS as usize;
+const INGRESS: usize = direction::INGRESS as usize;
+
+#[test]
+fn a_connection_between_two_local_workloads_is_one_session_with_a_leg_on_each_interface() {
+    on_two_interfaces(|| {
+        let mut node = Node::new(DB_ALLOWS_WEB);
+        let (web_rule, db_rule) = (
+            node.rule_id("web-egress", Direction::Egress),
+            node.rule_id("db-ingress", Direction::Ingress),
+        );
+        assert!(node.web_to_db(TCP_SYN));
+        assert!(node.db_to_web(TCP_SYN | TCP_ACK));
+        assert!(node.web_to_db(TCP_ACK));
+
+        let stats = node.dp.stats().unwrap();
+        assert_eq!(
+            stats.sessions_created, 1,
+            "one session, not one per interface"
+        );
+        assert_eq!(node.dp.session_count(), 1);
+        let s = node.session();
+        assert_eq!(s.state, session_state::ESTABLISHED);
+        assert_eq!(
+            s.packets,
+            [2, 1],
+            "each packet counted once, not at both interfaces"
+        );
+        let (out, into) = (s.legs[EGRESS], s.legs[INGRESS]);
+        assert_eq!((out.ifindex, out.rule_id), (node.web0, web_rule));
+        assert_eq!((into.ifindex, into.rule_id), (node.db0, db_rule));
+        assert_eq!(
+            node.events(event_kind::NEW),
+            [
+                (node.web0, direction::EGRESS, verdict::ALLOW, web_rule),
+                (node.db0, direction::INGRESS, verdict::ALLOW, db_rule),
+            ],
+            "each side reports its own judgement"
+        );
+        // Both rules counted every packet they let through.
+        for rule in [web_rule, db_rule] {
+            assert_eq!(node.dp.rule_counter(rule).unwrap().packets, 3);
+        }
+
+        assert!(node.web_to_db(TCP_FIN | TCP_ACK));
+        assert!(node.db_to_web(TCP_FIN | TCP_ACK));
+        assert!(node.web_to_db(TCP_ACK));
+        let s = node.session();
+        assert_eq!((s.state, s.packets), (session_state::CLOSED, [4, 2]));
+        let mut ends = node.events(event_kind::END);
+        ends.sort();
+        let mut want = [
+            (node.web0, direction::EGRESS, verdict::ALLOW, web_rule),
+            (node.db0, direction::INGRESS, verdict::ALLOW, db_rule),
+        ];
+        want.sort();
+        assert_eq!(ends, want, "one END per leg");
+    });
+}
+
+#[test]
+fn each_leg_enforces_its_own_workloads_policy_in_both_directions() {
+    on_two_interfaces(|| {
+        let mut node = Node::new(DB_DENIES_ALL);
+        let syn = Frame::tcp(web4(), db4(), 40000, 5432, TCP_SYN);
+        assert!(
+            node.run(Hook::FromWorkload, node.web0, &syn),
+            "web's egress allows it"
+        );
+        assert!(
+            !node.run(Hook::ToWorkload, node.db0, &syn),
+            "db's ingress denies it"
+        );
+        let s = node.session();
+        assert_eq!(s.legs[EGRESS].verdict, verdict::ALLOW);
+        assert_eq!(
+            (s.legs[INGRESS].verdict, s.legs[INGRESS].rule_id),
+            (verdict::DENY, RULE_DEFAULT_DENY)
+        );
+        // What db sends on that connection is judged by db's leg: denied, although web's
+        // leg allows the connection.
+        let reply = Frame::tcp(db4(), web4(), 5432, 40000, TCP_SYN | TCP_ACK);
+        assert!(!node.run(Hook::FromWorkload, node.db0, &reply));
+        assert!(!node.web_to_db(TCP_SYN), "retransmission");
+        node.events(event_kind::NEW);
+
+        // Allowing it on db's side re-judges db's leg; web's leg is judged again too, and
+        // keeps its verdict without a second NEW event.
+        node.apply(DB_ALLOWS_WEB);
+        let rejudged = node.dp.stats().unwrap().rejudged;
+        assert!(node.web_to_db(TCP_SYN));
+        assert_eq!(node.dp.stats().unwrap().rejudged, rejudged + 2);
+        let db_rule = node.rule_id("db-ingress", Direction::Ingress);
+        assert_eq!(
+            node.events(event_kind::NEW),
+            [(node.db0, direction::INGRESS, verdict::ALLOW, db_rule)]
+        );
+        assert!(node.db_to_web(TCP_SYN | TCP_ACK));
+    });
+}
