@@ -93,7 +93,8 @@ pub struct Handoff {
     /// The packet has a session, but its leg on this interface is missing or was judged
     /// under an older generation: the slow path looks the session up again only then.
     pub has_session: bool,
-    /// Scratch space where the slow path builds a session before inserting it.
+    /// Scratch space where the slow path builds a session before inserting it: a session
+    /// does not fit on the 512-byte stack beside the rest.
     pub new_session: Session,
 }
 

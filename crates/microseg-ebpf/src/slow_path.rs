@@ -33,53 +33,46 @@ pub fn handle(ctx: &TcContext) -> i32 {
     let (key, src_is_lo) = session_key(&pkt);
 
     let existing = if h.has_session {
-        MSEG_SESSIONS.get_ptr_mut(&key)
+        MSEG_SESSIONS.get_ptr_mut(&key).map(|s| unsafe { &mut *s })
     } else {
         None
     };
+    let leg_here = |s: &Session| leg_of(direction, is_orig(s, src_is_lo));
     let (verdict, rule_id) = match existing {
-        Some(s) => {
-            let s = unsafe { &mut *s };
+        // This interface's leg, judged under an older policy.
+        Some(s) if s.legs[leg_here(s)].ifindex == ifindex => {
             stats.session_hits += 1;
             let is_orig = is_orig(s, src_is_lo);
             let leg = leg_of(direction, is_orig);
-            if s.legs[leg].ifindex == ifindex {
-                if s.legs[leg].generation != cfg.generation {
-                    rejudge(cfg, stats, &key, s, leg, now);
-                }
-                established(stats, &key, s, leg, direction, is_orig, &pkt, now, len)
-            } else {
-                // The connection's first packet on this interface: its peer is local too.
-                match decide(ctx, cfg, stats, ifindex, &pkt, direction) {
-                    Decision::Untracked(v) => (v, RULE_NONE),
-                    Decision::Judged(j, local_identity) => {
-                        s.legs[leg] = new_leg(&j, ifindex, cfg.generation, now);
-                        emit(stats, |e| {
-                            e.fill_from_session(event_kind::NEW, &key, s, leg, now);
-                            e.local_identity = local_identity;
-                        });
-                        established(stats, &key, s, leg, direction, is_orig, &pkt, now, len)
+            if s.legs[leg].generation != cfg.generation {
+                rejudge(cfg, stats, &key, s, leg, now);
+            }
+            established(stats, &key, s, leg, direction, is_orig, &pkt, now, len)
+        }
+        // No session, or none of its legs is on this interface yet: policy decides.
+        existing => match decide(ctx, cfg, stats, ifindex, &pkt, direction) {
+            Decision::Untracked(v) => (v, RULE_NONE),
+            Decision::Judged(j, local_identity) => {
+                let seen = Seen {
+                    key: &key,
+                    src_is_lo,
+                    ifindex,
+                    direction,
+                    now,
+                    len,
+                };
+                match existing {
+                    Some(s) => {
+                        stats.session_hits += 1;
+                        add_leg(cfg, stats, s, &seen, &pkt, &j, local_identity)
+                    }
+                    None => {
+                        stats.session_misses += 1;
+                        open_session(cfg, stats, &seen, &pkt, &j, local_identity)
                     }
                 }
             }
-        }
-        None => {
-            stats.session_misses += 1;
-            match decide(ctx, cfg, stats, ifindex, &pkt, direction) {
-                Decision::Untracked(v) => (v, RULE_NONE),
-                Decision::Judged(j, local_identity) => {
-                    let new = NewSession {
-                        key: &key,
-                        src_is_lo,
-                        ifindex,
-                        direction,
-                        now,
-                        len,
-                    };
-                    open_session(cfg, stats, &new, &pkt, &j, local_identity)
-                }
-            }
-        }
+        },
     };
     record_first_fragment(ifindex, &pkt, verdict, rule_id, stats);
     finish(stats, verdict)
@@ -153,8 +146,8 @@ fn new_leg(j: &Judgement, ifindex: u32, generation: u32, now: u64) -> SessionLeg
     }
 }
 
-/// Where and when a connection's first packet was seen.
-struct NewSession<'a> {
+/// Where and when a packet that policy judged was seen.
+struct Seen<'a> {
     key: &'a SessionKey,
     src_is_lo: bool,
     ifindex: u32,
@@ -168,38 +161,92 @@ struct NewSession<'a> {
 fn open_session(
     cfg: &Config,
     stats: &mut Stats,
-    n: &NewSession,
+    seen: &Seen,
     pkt: &Packet,
     j: &Judgement,
     local_identity: u32,
 ) -> (u8, u32) {
-    // Built in the per-CPU scratch slot: a session does not fit on the stack beside the rest.
+    if cfg.flags & config_flags::NO_SESSION_INSERT == 0 {
+        insert_session(cfg, stats, seen, pkt, j);
+    }
+    count_rule(j.rule_id, seen.len);
+    // From the packet and the judgement: the session may not have been written.
+    emit(stats, |e| {
+        e.time_ns = seen.now;
+        e.packets = 1;
+        e.bytes = seen.len;
+        e.ifindex = seen.ifindex;
+        e.rule_id = j.rule_id;
+        e.audit_rule_id = j.audit_rule_id;
+        e.peer_identity = j.peer_identity;
+        e.local_identity = local_identity;
+        e.src_addr = pkt.src;
+        e.dst_addr = pkt.dst;
+        e.src_port = pkt.sport;
+        e.dst_port = pkt.dport;
+        e.kind = event_kind::NEW;
+        e.direction = seen.direction;
+        e.verdict = j.verdict;
+        e.audit_verdict = j.audit_verdict;
+        e.protocol = pkt.protocol;
+    });
+    (j.verdict, j.rule_id)
+}
+
+/// Writes a new session whose only leg is the one that judged `pkt`.
+#[inline(always)]
+fn insert_session(cfg: &Config, stats: &mut Stats, seen: &Seen, pkt: &Packet, j: &Judgement) {
+    // Built in the per-CPU scratch slot: a session does not fit on the stack.
     let Some(h) = MSEG_HANDOFF.get_ptr_mut(0) else {
-        return (verdict::DENY, RULE_NONE);
+        return;
     };
     let s = unsafe { &mut (*h).new_session };
     // The first packet seen is the originator's: its leg judges this direction.
-    let leg = leg_of(n.direction, true);
-    s.created_ns = n.now;
-    s.last_seen_ns = n.now;
+    let leg = leg_of(seen.direction, true);
+    s.created_ns = seen.now;
+    s.last_seen_ns = seen.now;
     s.packets = [1, 0];
-    s.bytes = [n.len, 0];
+    s.bytes = [seen.len, 0];
     s.state = initial_state(pkt);
-    s.flags = if n.src_is_lo { sf::ORIG_IS_LO } else { 0 };
+    s.flags = if seen.src_is_lo { sf::ORIG_IS_LO } else { 0 };
     s._pad = [0; 6];
     s.legs[leg ^ 1] = SessionLeg::default();
-    s.legs[leg] = new_leg(j, n.ifindex, cfg.generation, n.now);
-    if cfg.flags & config_flags::NO_SESSION_INSERT == 0
-        && MSEG_SESSIONS.insert(n.key, &*s, 0).is_ok()
-    {
+    s.legs[leg] = new_leg(j, seen.ifindex, cfg.generation, seen.now);
+    if MSEG_SESSIONS.insert(seen.key, &*s, 0).is_ok() {
         stats.sessions_created += 1;
     }
-    count_rule(j.rule_id, n.len);
+}
+
+/// A connection's first packet on this interface, judged (its peer is a local workload,
+/// whose leg opened the session): add this interface's leg, then follow the session.
+#[inline(always)]
+fn add_leg(
+    cfg: &Config,
+    stats: &mut Stats,
+    s: &mut Session,
+    seen: &Seen,
+    pkt: &Packet,
+    j: &Judgement,
+    local_identity: u32,
+) -> (u8, u32) {
+    let is_orig = is_orig(s, seen.src_is_lo);
+    let leg = leg_of(seen.direction, is_orig);
+    s.legs[leg] = new_leg(j, seen.ifindex, cfg.generation, seen.now);
     emit(stats, |e| {
-        e.fill_from_session(event_kind::NEW, n.key, s, leg, n.now);
+        e.fill_from_session(event_kind::NEW, seen.key, s, leg, seen.now);
         e.local_identity = local_identity;
     });
-    (j.verdict, j.rule_id)
+    established(
+        stats,
+        seen.key,
+        s,
+        leg,
+        seen.direction,
+        is_orig,
+        pkt,
+        seen.now,
+        seen.len,
+    )
 }
 
 /// The policy changed since this leg was judged: judge the session again, as the leg's
