@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use aya::{
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, ProgramArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, MapData, MapInfo, PerCpuArray, ProgramArray, RingBuf},
     programs::SchedClassifier,
     Ebpf, EbpfLoader,
 };
@@ -74,6 +74,32 @@ pub struct Dataplane {
     pub(crate) attached: std::collections::HashMap<String, u32>,
 }
 
+/// Removes pins whose key or value size differs from this build's map of the same name.
+/// An older build leaves them (an upgrade that changed a layout); adopted, they would make
+/// the kernel refuse the programs. Their state is lost; every other pin is adopted.
+fn replace_incompatible_pins(pin_paths: &[(&'static str, PathBuf)]) -> Result<()> {
+    if pin_paths.is_empty() {
+        return Ok(());
+    }
+    let object = aya_obj::Object::parse(crate::PROGRAMS).map_err(aya::EbpfError::from)?;
+    for (name, path) in pin_paths {
+        let (Ok(pinned), Some(wanted)) = (MapInfo::from_pin(path), object.maps.get(*name)) else {
+            continue;
+        };
+        let pinned_sizes = (pinned.key_size(), pinned.value_size());
+        let wanted_sizes = (wanted.key_size(), wanted.value_size());
+        if pinned_sizes != wanted_sizes {
+            log::warn!(
+                "{}: pinned by another build with key/value sizes {pinned_sizes:?}, this one \
+                 needs {wanted_sizes:?}: replaced by a new map (its contents are lost)",
+                path.display()
+            );
+            std::fs::remove_file(path).map_err(Error::io(path))?;
+        }
+    }
+    Ok(())
+}
+
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
@@ -98,6 +124,7 @@ impl Dataplane {
             }
             None => Vec::new(),
         };
+        replace_incompatible_pins(&pin_paths)?;
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
         }
