@@ -9,22 +9,6 @@ use common::*;
 use microseg_dataplane::{common::*, packet::*, Hook};
 use microseg_policy::Direction::Ingress;
 
-const ALLOW_WEB: &str = r#"apiVersion: microseg.io/v1
-kind: Policy
-metadata: {name: db-ingress}
-spec:
-  selector: {matchLabels: {app: db}}
-  ingress: [{action: allow, from: [{selector: {matchLabels: {app: web}}}], ports: [{protocol: TCP, port: 5432}]}]
-"#;
-
-const DENY_ALL: &str = r#"apiVersion: microseg.io/v1
-kind: Policy
-metadata: {name: db-ingress}
-spec:
-  selector: {matchLabels: {app: db}}
-  ingress: []
-"#;
-
 /// The session of the TCP connection web:40000 → db:5432, which must exist.
 fn web_db_session(env: &Env) -> Session {
     env.dp
@@ -35,7 +19,7 @@ fn web_db_session(env: &Env) -> Session {
 
 #[test]
 fn revoking_an_allow_cuts_an_established_connection() {
-    let mut env = Env::new(&with(ALLOW_WEB), "db");
+    let mut env = Env::new(&with(DB_ALLOWS_WEB), "db");
     assert!(into_db(&env, &web_to_db(TCP_SYN)));
     assert!(from_db(&env, &db_to_web(TCP_SYN | TCP_ACK)));
     assert!(into_db(&env, &web_to_db(TCP_ACK)));
@@ -44,7 +28,7 @@ fn revoking_an_allow_cuts_an_established_connection() {
     env.dp.drain_events();
     assert_eq!(env.dp.stats().unwrap().rejudged, 0);
 
-    env.reapply(&with(DENY_ALL));
+    env.reapply(&with(DB_DENIES_ALL));
     assert!(
         !into_db(&env, &web_to_db(TCP_ACK)),
         "revoked connection still passes"
@@ -60,11 +44,11 @@ fn revoking_an_allow_cuts_an_established_connection() {
 
 #[test]
 fn granting_an_allow_lets_a_denied_flow_through() {
-    let mut env = Env::new(&with(DENY_ALL), "db");
+    let mut env = Env::new(&with(DB_DENIES_ALL), "db");
     let syn = web_to_db(TCP_SYN);
     assert!(!into_db(&env, &syn));
     assert!(!into_db(&env, &syn), "retransmission of a denied SYN");
-    env.reapply(&with(ALLOW_WEB));
+    env.reapply(&with(DB_ALLOWS_WEB));
     assert!(
         into_db(&env, &syn),
         "denied flow still dropped after the allow"
@@ -77,7 +61,7 @@ fn granting_an_allow_lets_a_denied_flow_through() {
         (verdict::ALLOW, env.rule_id("db-ingress", Ingress, 0))
     );
     // Re-applying an unchanged policy keeps the generation: nothing is judged again.
-    let same = with(ALLOW_WEB);
+    let same = with(DB_ALLOWS_WEB);
     let generation = env.dp.config().unwrap().generation;
     env.reapply(&same);
     assert_eq!(env.dp.config().unwrap().generation, generation);
@@ -201,7 +185,7 @@ spec:
 
 #[test]
 fn tcp_sessions_walk_the_state_machine_and_report_their_end() {
-    let mut env = Env::new(&with(ALLOW_WEB), "db");
+    let mut env = Env::new(&with(DB_ALLOWS_WEB), "db");
     let state = |env: &Env, sport| {
         env.dp
             .session_for(6, web4(), sport, db4(), 5432)
@@ -279,7 +263,7 @@ fn udp_sessions_are_established_by_a_reply() {
 
 #[test]
 fn a_syn_on_a_closed_session_is_judged_again() {
-    let mut env = Env::new(&with(ALLOW_WEB), "db");
+    let mut env = Env::new(&with(DB_ALLOWS_WEB), "db");
     assert!(into_db(&env, &web_to_db(TCP_SYN)));
     assert!(from_db(&env, &db_to_web(TCP_RST | TCP_ACK)));
     env.dp.drain_events();
@@ -305,13 +289,13 @@ fn a_syn_on_a_closed_session_is_judged_again() {
     );
     // A closed session's ports reused after a policy change are judged by the new policy.
     assert!(from_db(&env, &db_to_web(TCP_RST | TCP_ACK)));
-    env.reapply(&with(DENY_ALL));
+    env.reapply(&with(DB_DENIES_ALL));
     assert!(!into_db(&env, &web_to_db(TCP_SYN)));
 }
 
 #[test]
 fn deny_events_of_a_session_are_rate_limited() {
-    let mut env = Env::new(&with(DENY_ALL), "db");
+    let mut env = Env::new(&with(DB_DENIES_ALL), "db");
     let syn = web_to_db(TCP_SYN);
     for _ in 0..5 {
         assert!(!into_db(&env, &syn));

@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{db4, resources, web4};
+use common::{db4, resources, web4, DB_ALLOWS_WEB, DB_DENIES_ALL};
 use microseg_dataplane::{common::*, packet::*, Dataplane, Hook};
 use microseg_policy::{compile::*, Direction};
 
@@ -28,24 +28,6 @@ metadata: {name: web-egress}
 spec:
   selector: {matchLabels: {app: web}}
   egress: [{action: allow, to: [{selector: {matchLabels: {app: db}}}], ports: [{protocol: TCP, port: 5432}]}]
-"#;
-
-const DB_ALLOWS_WEB: &str = r#"
-apiVersion: microseg.io/v1
-kind: Policy
-metadata: {name: db-ingress}
-spec:
-  selector: {matchLabels: {app: db}}
-  ingress: [{action: allow, from: [{selector: {matchLabels: {app: web}}}], ports: [{protocol: TCP, port: 5432}]}]
-"#;
-
-const DB_DENIES_ALL: &str = r#"
-apiVersion: microseg.io/v1
-kind: Policy
-metadata: {name: db-ingress}
-spec:
-  selector: {matchLabels: {app: db}}
-  ingress: []
 "#;
 
 /// web and db on interfaces of their own, with their policies applied.

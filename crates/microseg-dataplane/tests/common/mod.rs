@@ -120,6 +120,24 @@ metadata: {name: web, labels: {app: web}}
 spec: {interface: web0, ips: [10.1.0.2, "fd00::2"]}
 "#;
 
+/// db accepts web on TCP 5432 and nothing else.
+pub const DB_ALLOWS_WEB: &str = r#"apiVersion: microseg.io/v1
+kind: Policy
+metadata: {name: db-ingress}
+spec:
+  selector: {matchLabels: {app: db}}
+  ingress: [{action: allow, from: [{selector: {matchLabels: {app: web}}}], ports: [{protocol: TCP, port: 5432}]}]
+"#;
+
+/// db accepts nothing.
+pub const DB_DENIES_ALL: &str = r#"apiVersion: microseg.io/v1
+kind: Policy
+metadata: {name: db-ingress}
+spec:
+  selector: {matchLabels: {app: db}}
+  ingress: []
+"#;
+
 /// [`WORKLOADS`] followed by `policies`.
 pub fn with(policies: &str) -> String {
     format!("{WORKLOADS}---\n{policies}")
