@@ -257,21 +257,9 @@ spec:
     assert_eq!(env.dp.rule_counter(allow).unwrap().packets, 3);
 }
 
-const DB_INGRESS: &str = r#"
-apiVersion: microseg.io/v1
-kind: Policy
-metadata: {name: db-ingress}
-spec:
-  selector: {matchLabels: {app: db}}
-  ingress:
-    - action: allow
-      from: [{selector: {matchLabels: {app: web}}}]
-      ports: [{protocol: TCP, port: 5432}]
-"#;
-
 #[test]
 fn selector_rule_allows_web_and_default_denies_others() {
-    let env = Env::new(&with(DB_INGRESS), "db");
+    let env = Env::new(&with(DB_ALLOWS_WEB), "db");
     let (web, db, other) = (web4(), db4(), ip("10.9.9.9"));
     let to_db = |f: Frame| passes(&env, Hook::ToWorkload, &f.bytes());
     assert!(to_db(Frame::tcp(web, db, 40000, 5432, TCP_SYN)));
