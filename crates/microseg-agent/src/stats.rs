@@ -18,6 +18,7 @@ pub fn stats_json(s: &Stats, sessions: usize) -> Value {
         "fragments": s.fragments,
         "events_lost": s.events_lost,
         "sessions_created": s.sessions_created,
+        "sessions_closed": s.sessions_closed,
         "rejudged": s.rejudged,
         "fragments_dropped": s.fragments_dropped,
         "arp": s.arp,

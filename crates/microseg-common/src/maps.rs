@@ -114,6 +114,9 @@ pub mod session_flags {
     pub const ORIG_IS_LO: u8 = 1 << 0;
     pub const FIN_ORIG: u8 = 1 << 2;
     pub const FIN_REPLY: u8 = 1 << 3;
+    /// The FIN that closed the connection (the second one) came from the replier, so the
+    /// originator's next ACK is the connection's last packet.
+    pub const CLOSED_BY_REPLY: u8 = 1 << 4;
 }
 
 /// [`SessionLeg::flags`] bits.

@@ -11,6 +11,8 @@ pub struct Stats {
     pub session_hits: u64,
     pub session_misses: u64,
     pub sessions_created: u64,
+    /// TCP sessions removed by their connection's last packet (RST, or the final ACK).
+    pub sessions_closed: u64,
     /// Packets judged again because the policy changed since their session's verdict.
     pub rejudged: u64,
     pub parse_errors: u64,
@@ -42,6 +44,7 @@ impl Stats {
             session_hits,
             session_misses,
             sessions_created,
+            sessions_closed,
             rejudged,
             parse_errors,
             fragments,

@@ -224,18 +224,77 @@ fn tcp_sessions_walk_the_state_machine_and_report_their_end() {
         (40000, 5432, direction::INGRESS)
     );
     assert_eq!(tables::words_addr(end.src_addr), web4());
-    // The last ACK passes too, and does not end it twice.
+    // A FIN sent again does not close it twice.
+    assert!(from_db(&env, &s2c(40000, TCP_FIN | TCP_ACK)));
+    assert!(env.dp.drain_events().is_empty());
+    // The originator's ACK of the second FIN is the last packet: it passes, ends nothing
+    // twice, and takes the session out of the table.
     assert!(into_db(&env, &c2s(40000, TCP_ACK)));
     assert!(env.dp.drain_events().is_empty());
+    assert_eq!(state(&env, 40000), None, "removed by its last packet");
+    assert_eq!(env.dp.stats().unwrap().sessions_closed, 1);
 
-    // RST closes at once.
+    // RST closes at once, and is the last packet.
     assert!(into_db(&env, &c2s(40001, TCP_SYN)));
     assert!(from_db(&env, &s2c(40001, TCP_RST | TCP_ACK)));
-    assert_eq!(state(&env, 40001), Some(session_state::CLOSED));
+    assert_eq!(state(&env, 40001), None);
     let ev = env.dp.drain_events();
     let ends: Vec<_> = ev.iter().filter(|e| e.kind == event_kind::END).collect();
     assert_eq!(ends.len(), 1, "{ev:?}");
     assert_eq!(ends[0].packets, 2);
+    assert_eq!(env.dp.stats().unwrap().sessions_closed, 2);
+
+    // A RST from outside closes the session but leaves it: it may be forged.
+    assert!(into_db(&env, &c2s(40002, TCP_SYN)));
+    assert!(into_db(&env, &c2s(40002, TCP_RST)));
+    assert_eq!(state(&env, 40002), Some(session_state::CLOSED));
+    assert_eq!(env.dp.stats().unwrap().sessions_closed, 2);
+}
+
+#[test]
+fn the_side_that_closes_first_sends_the_last_packet() {
+    let env = Env::new(&with(DB_ALLOWS_WEB), "db");
+    let alive = |sport| env.dp.session_for(6, web4(), sport, db4(), 5432).is_some();
+    let c2s = |sport, flags| Frame::tcp(web4(), db4(), sport, 5432, flags);
+    let s2c = |sport, flags| Frame::tcp(db4(), web4(), 5432, sport, flags);
+    for (sport, db_closes_first) in [(40010, true), (40011, false)] {
+        assert!(into_db(&env, &c2s(sport, TCP_SYN)));
+        assert!(from_db(&env, &s2c(sport, TCP_SYN | TCP_ACK)));
+        assert!(into_db(&env, &c2s(sport, TCP_ACK)));
+        let (first, second) = if db_closes_first {
+            (
+                from_db(&env, &s2c(sport, TCP_FIN | TCP_ACK)),
+                into_db(&env, &c2s(sport, TCP_FIN | TCP_ACK)),
+            )
+        } else {
+            (
+                into_db(&env, &c2s(sport, TCP_FIN | TCP_ACK)),
+                from_db(&env, &s2c(sport, TCP_FIN | TCP_ACK)),
+            )
+        };
+        assert!(first && second);
+        // An ACK from the side that sent the second FIN is not the last packet.
+        let not_last = if db_closes_first {
+            into_db(&env, &c2s(sport, TCP_ACK))
+        } else {
+            from_db(&env, &s2c(sport, TCP_ACK))
+        };
+        assert!(
+            not_last && alive(sport),
+            "port {sport}: kept until the last ACK"
+        );
+        let last = if db_closes_first {
+            from_db(&env, &s2c(sport, TCP_ACK))
+        } else {
+            into_db(&env, &c2s(sport, TCP_ACK))
+        };
+        assert!(
+            last && !alive(sport),
+            "port {sport}: removed by the last ACK"
+        );
+    }
+    // A packet after the last is judged afresh, here by db's ingress: allowed.
+    assert!(into_db(&env, &c2s(40011, TCP_ACK)));
 }
 
 #[test]

@@ -76,14 +76,37 @@ pub fn advance(s: &mut Session, pkt: &Packet, is_orig: bool) {
         s.state = st::CLOSED;
     } else if f & tf::FIN != 0 {
         s.flags |= if is_orig { sf::FIN_ORIG } else { sf::FIN_REPLY };
-        s.state = if s.flags & (sf::FIN_ORIG | sf::FIN_REPLY) == sf::FIN_ORIG | sf::FIN_REPLY {
-            st::CLOSED
-        } else {
-            st::CLOSING
-        };
+        if s.state != st::CLOSED
+            && s.flags & (sf::FIN_ORIG | sf::FIN_REPLY) == sf::FIN_ORIG | sf::FIN_REPLY
+        {
+            s.state = st::CLOSED;
+            if !is_orig {
+                s.flags |= sf::CLOSED_BY_REPLY;
+            }
+        } else if s.state != st::CLOSED {
+            s.state = st::CLOSING;
+        }
     } else if s.state == st::SYN_SENT && !is_orig && f & (tf::SYN | tf::ACK) == tf::SYN | tf::ACK {
         s.state = st::SYN_RECV;
     } else if s.state == st::SYN_RECV && is_orig && f & tf::ACK != 0 {
         s.state = st::ESTABLISHED;
     }
+}
+
+/// Whether `pkt` is a closed connection's last packet: the ACK of the second FIN, sent by
+/// the side that closed first, or a RST `from_local` (sent by a workload of this node). A
+/// RST from outside may be forged (sequence numbers are not checked here): it closes the
+/// session but leaves it in the table, so that the connection's replies are not judged as
+/// new. Anything after the last packet (a retransmission) is judged afresh.
+#[inline(always)]
+pub fn is_last_packet(s: &Session, pkt: &Packet, is_orig: bool, from_local: bool) -> bool {
+    if pkt.protocol != proto::TCP || s.state != st::CLOSED {
+        return false;
+    }
+    let f = pkt.tcp_flags;
+    if f & tf::RST != 0 {
+        return from_local;
+    }
+    let closed_by_reply = s.flags & sf::CLOSED_BY_REPLY != 0;
+    f & (tf::SYN | tf::FIN | tf::ACK) == tf::ACK && is_orig == closed_by_reply
 }
