@@ -34,6 +34,8 @@ pub struct State {
     pub controller_revision: u64,
     /// Files mode: parsed files, so a reload parses only what changed.
     pub loader: Loader,
+    /// Told after every apply: the standby slot then lacks that apply's changes.
+    pub standby_behind: Arc<tokio::sync::Notify>,
 }
 
 /// Reads the whole session table with `state` unlocked (a million sessions take a good
@@ -124,6 +126,7 @@ pub fn enforce(state: &mut State, set: ResourceSet, opts: &AgentOptions) -> Resu
     };
     state.in_sync = applied.is_ok();
     let report = applied.map_err(|e| e.to_string())?;
+    state.standby_behind.notify_one();
     let apply_time = started.elapsed() - compile_time;
     let links = opts.links_dir();
     let mut problems = Vec::new();

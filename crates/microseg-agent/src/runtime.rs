@@ -73,6 +73,7 @@ pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
         last_errors: Vec::new(),
         controller_revision: 0,
         loader,
+        standby_behind: Default::default(),
     }));
     let mut seen = fingerprint(&opts);
     if let Some(set) = set {
@@ -110,7 +111,14 @@ pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
     let mut term = signal(SignalKind::terminate()).map_err(runtime)?;
     let mut int = signal(SignalKind::interrupt()).map_err(runtime)?;
     let mut gc = tokio::time::interval(opts.gc_interval);
-    let mut idle = tokio::time::interval(STANDBY_CHECK);
+    // The standby slot is caught up once, a moment after an apply, instead of polled: a
+    // timer that wakes the agent costs a TCP stream here even when it finds nothing to do.
+    let standby_behind = state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .standby_behind
+        .clone();
+    let mut catch_up_at: Option<tokio::time::Instant> = None;
     let mut watcher = match files {
         true => crate::watch::Watcher::new(&opts.policy_paths)
             .map_err(|e| log::warn!("no inotify ({e}); changes are seen at the next poll"))
@@ -150,7 +158,15 @@ pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
                 reload_if_changed(&mut seen, &state, &opts);
             }
             _ = gc.tick() => expire(&state),
-            _ = idle.tick() => catch_up_standby(&state),
+            _ = standby_behind.notified() => {
+                // Kept if already set, so that a stream of updates still catches up.
+                catch_up_at.get_or_insert_with(|| tokio::time::Instant::now() + STANDBY_DELAY);
+            }
+            _ = tokio::time::sleep_until(catch_up_at.unwrap_or_else(tokio::time::Instant::now)),
+                if catch_up_at.is_some() => {
+                catch_up_at = None;
+                catch_up_standby(&state);
+            }
         }
     }
     let _ = std::fs::remove_file(&opts.socket);
@@ -165,7 +181,7 @@ pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
 const SAFETY_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How soon after an update the standby slot is brought up to date.
-const STANDBY_CHECK: std::time::Duration = std::time::Duration::from_millis(200);
+const STANDBY_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// After an update the standby slot lacks that update's changes (all of the state, after
 /// the first one): write them now, while nothing waits, so that the next change writes

@@ -180,6 +180,46 @@ fn a_policy_change_is_enforced_on_new_and_existing_connections_and_bad_input_kee
     assert!(!t.tcp_ok("client", web));
 }
 
+/// Keys the agent wrote for revision `rev`, from its "revision N: ... (K written" line.
+fn keys_written(log: &str, rev: u64) -> Option<u64> {
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("revision {rev}:")))?;
+    let before = &line[..line.find(" written")?];
+    before.rsplit(' ').next()?.parse().ok()
+}
+
+#[test]
+fn after_an_update_the_standby_slot_catches_up_so_the_next_change_writes_only_itself() {
+    let t = start("standby", WEB_ONLY_FROM_CLIENT);
+    assert!(
+        t.eventually(Duration::from_secs(5), || keys_written(&t.agent_log(), 1)
+            .is_some()),
+        "{}",
+        t.agent_log()
+    );
+    let everything = keys_written(&t.agent_log(), 1).unwrap();
+    // The agent catches the standby slot up 200 ms after an apply, without polling.
+    std::thread::sleep(Duration::from_millis(1000));
+    t.write_policy(
+        "deny-other.yaml",
+        "apiVersion: microseg.io/v1\nkind: Policy\nmetadata: {name: deny-other}\nspec:\n  selector: {matchLabels: {app: web}}\n  priority: 10\n  ingress:\n    - action: deny\n      from: [{selector: {matchLabels: {app: other}}}]\n      ports: [{protocol: TCP, port: 9090}]\n",
+    );
+    assert!(
+        t.eventually(Duration::from_secs(5), || keys_written(&t.agent_log(), 2)
+            .is_some()),
+        "{}",
+        t.agent_log()
+    );
+    let change = keys_written(&t.agent_log(), 2).unwrap();
+    // Behind, the standby slot would take the whole state again with this change.
+    assert!(
+        change < everything,
+        "the change wrote {change} keys, the first apply {everything}: {}",
+        t.agent_log()
+    );
+}
+
 #[test]
 fn enforcement_outlives_the_agent_and_a_new_agent_adopts_it_without_dropping_sessions() {
     let mut t = start("restart", WEB_ONLY_FROM_CLIENT);
