@@ -191,7 +191,10 @@ fn keys_written(log: &str, rev: u64) -> Option<u64> {
 
 #[test]
 fn after_an_update_the_standby_slot_catches_up_so_the_next_change_writes_only_itself() {
-    let t = start("standby", WEB_ONLY_FROM_CLIENT);
+    let mut t = Topology::new("standby", &["client", "web", "other"]);
+    t.write_policy("workloads.yaml", &t.workloads_yaml());
+    t.write_policy("policy.yaml", WEB_ONLY_FROM_CLIENT);
+    t.start_agent_with_env(&[("MICROSEG_LOG", "debug")]);
     assert!(
         t.eventually(Duration::from_secs(5), || keys_written(&t.agent_log(), 1)
             .is_some()),
@@ -200,7 +203,13 @@ fn after_an_update_the_standby_slot_catches_up_so_the_next_change_writes_only_it
     );
     let everything = keys_written(&t.agent_log(), 1).unwrap();
     // The agent catches the standby slot up 200 ms after an apply, without polling.
-    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        t.eventually(Duration::from_secs(5), || t
+            .agent_log()
+            .contains("standby slot caught up")),
+        "{}",
+        t.agent_log()
+    );
     t.write_policy(
         "deny-other.yaml",
         "apiVersion: microseg.io/v1\nkind: Policy\nmetadata: {name: deny-other}\nspec:\n  selector: {matchLabels: {app: web}}\n  priority: 10\n  ingress:\n    - action: deny\n      from: [{selector: {matchLabels: {app: other}}}]\n      ports: [{protocol: TCP, port: 9090}]\n",
