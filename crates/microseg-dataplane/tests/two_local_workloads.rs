@@ -253,3 +253,42 @@ fn each_leg_enforces_its_own_workloads_policy_in_both_directions() {
         assert!(node.db_to_web(TCP_SYN | TCP_ACK));
     });
 }
+
+#[test]
+fn a_leg_taken_over_by_a_new_interface_ends_the_old_legs_flow() {
+    on_two_interfaces(|| {
+        let mut node = Node::new(DB_ALLOWS_WEB);
+        assert!(node.web_to_db(TCP_SYN));
+        assert!(node.db_to_web(TCP_SYN | TCP_ACK));
+        node.dp.drain_events();
+
+        // web's interface is made again, under a new ifindex.
+        let old = node.web0;
+        let status = Command::new("ip")
+            .args([
+                "link", "add", "web1", "type", "veth", "peer", "name", "web1p",
+            ])
+            .status()
+            .expect("run ip");
+        assert!(status.success(), "ip link add web1");
+        node.web0 = ifindex("web1");
+        node.apply(DB_ALLOWS_WEB);
+        assert!(node.web_to_db(TCP_ACK));
+
+        let events: Vec<_> = node
+            .dp
+            .drain_events()
+            .iter()
+            .map(|e| (e.kind, e.ifindex, e.direction))
+            .collect();
+        assert!(
+            events.contains(&(event_kind::END, old, direction::EGRESS)),
+            "the old leg's flow ends: {events:?}"
+        );
+        assert!(
+            events.contains(&(event_kind::NEW, node.web0, direction::EGRESS)),
+            "the new leg's starts: {events:?}"
+        );
+        assert_eq!(node.session().legs[EGRESS].ifindex, node.web0);
+    });
+}

@@ -218,7 +218,8 @@ fn insert_session(cfg: &Config, stats: &mut Stats, seen: &Seen, pkt: &Packet, j:
 }
 
 /// A connection's first packet on this interface, judged (its peer is a local workload,
-/// whose leg opened the session): add this interface's leg, then follow the session.
+/// whose leg opened the session, or the leg was on another interface): add this
+/// interface's leg, then follow the session.
 #[inline(always)]
 fn add_leg(
     cfg: &Config,
@@ -231,6 +232,11 @@ fn add_leg(
 ) -> (u8, u32) {
     let is_orig = is_orig(s, seen.src_is_lo);
     let leg = leg_of(seen.direction, is_orig);
+    // A leg on another interface (its workload's interface made again under a new
+    // ifindex) is taken over: its flow ends here, before the new leg's starts.
+    if s.legs[leg].is_present() && s.legs[leg].flags & leg_flags::ENDED == 0 {
+        session_event(event_kind::END, seen.key, s, leg, seen.now, stats);
+    }
     s.legs[leg] = new_leg(j, seen.ifindex, cfg.generation, seen.now);
     emit(stats, |e| {
         e.fill_from_session(event_kind::NEW, seen.key, s, leg, seen.now);
