@@ -170,6 +170,12 @@ impl SessionLeg {
     pub fn is_present(&self) -> bool {
         self.ifindex != 0
     }
+
+    /// Whether the leg's session-end event was sent.
+    #[inline(always)]
+    pub fn has_ended(&self) -> bool {
+        self.flags & leg_flags::ENDED != 0
+    }
 }
 
 /// Which leg judges a packet that passes a program of `direction`: the originator's

@@ -6,7 +6,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use aya::maps::{HashMap, IterableMap, Map, MapData};
-use microseg_common::{leg_flags, names, proto, session_state as st, Session, SessionKey};
+use microseg_common::{names, proto, session_state as st, Session, SessionKey};
 
 use crate::{batch, Dataplane, Error, Result};
 
@@ -216,7 +216,7 @@ impl Dataplane {
 /// has not sent its own (for sessions that expire idle, which the kernel never sees end).
 pub fn end_events(key: &SessionKey, s: &Session) -> Vec<microseg_common::FlowEvent> {
     s.present_legs()
-        .filter(|(_, l)| l.flags & leg_flags::ENDED == 0)
+        .filter(|(_, l)| !l.has_ended())
         .map(|(direction, _)| {
             let mut e = microseg_common::FlowEvent::default();
             e.fill_from_session(

@@ -135,17 +135,22 @@ fn on_two_interfaces(test: impl FnOnce() + Send + 'static) {
         // SAFETY: only this thread changes namespace.
         let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
         assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
-        let status = Command::new("ip")
-            .args(["link", "add", "web0", "type", "veth", "peer", "name", "db0"])
-            .status()
-            .expect("run ip");
-        assert!(status.success(), "ip link add web0");
+        add_veth_pair("web0", "db0");
         test();
     })
     .join();
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// In the calling thread's network namespace.
+fn add_veth_pair(name: &str, peer: &str) {
+    let status = Command::new("ip")
+        .args(["link", "add", name, "type", "veth", "peer", "name", peer])
+        .status()
+        .expect("run ip");
+    assert!(status.success(), "ip link add {name}");
 }
 
 const EGRESS: usize = direction::EGRESS as usize;
@@ -264,13 +269,7 @@ fn a_leg_taken_over_by_a_new_interface_ends_the_old_legs_flow() {
 
         // web's interface is made again, under a new ifindex.
         let old = node.web0;
-        let status = Command::new("ip")
-            .args([
-                "link", "add", "web1", "type", "veth", "peer", "name", "web1p",
-            ])
-            .status()
-            .expect("run ip");
-        assert!(status.success(), "ip link add web1");
+        add_veth_pair("web1", "web1p");
         node.web0 = ifindex("web1");
         node.apply(DB_ALLOWS_WEB);
         assert!(node.web_to_db(TCP_ACK));

@@ -203,19 +203,24 @@ pub fn established(
         };
         session_event(kind, key, s, leg, now, stats);
     }
-    if s.state == session_state::CLOSED && s.legs[leg].flags & leg_flags::ENDED == 0 {
-        s.legs[leg].flags |= leg_flags::ENDED;
-        session_event(event_kind::END, key, s, leg, now, stats);
-    }
-    // A closed connection leaves the table with its last packet, at the last program on
-    // this node that packet passes: its entry is reused while still in cache, instead of
-    // the next connection taking a cold one. Not before every leg has sent its END.
-    let other_leg_here = s.legs[leg ^ 1].is_present();
-    let last_program = direction == direction::INGRESS || !other_leg_here;
-    let from_local = direction == direction::EGRESS || other_leg_here;
-    if last_program && is_last_packet(s, pkt, is_orig, from_local) && all_legs_ended(s) {
-        let _ = MSEG_SESSIONS.remove(key);
-        stats.sessions_closed += 1;
+    if s.state == session_state::CLOSED {
+        if !s.legs[leg].has_ended() {
+            s.legs[leg].flags |= leg_flags::ENDED;
+            session_event(event_kind::END, key, s, leg, now, stats);
+        }
+        // A closed connection leaves the table with its last packet, at the last program
+        // on this node that packet passes: its entry is reused while still in cache,
+        // instead of the next connection taking a cold one. Not before every leg's END.
+        let other_leg_here = s.legs[leg ^ 1].is_present();
+        let last_program = direction == direction::INGRESS || !other_leg_here;
+        let from_local = direction == direction::EGRESS || other_leg_here;
+        if last_program
+            && is_last_packet(s, pkt, is_orig, from_local)
+            && s.present_legs().all(|(_, l)| l.has_ended())
+        {
+            let _ = MSEG_SESSIONS.remove(key);
+            stats.sessions_closed += 1;
+        }
     }
     (v, rule_id)
 }
@@ -243,11 +248,4 @@ pub fn count_rule(rule_id: u32, len: u64) {
         c.packets += 1;
         c.bytes += len;
     }
-}
-
-#[inline(always)]
-fn all_legs_ended(s: &Session) -> bool {
-    s.legs
-        .iter()
-        .all(|l| !l.is_present() || l.flags & leg_flags::ENDED != 0)
 }

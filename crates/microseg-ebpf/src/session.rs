@@ -76,15 +76,16 @@ pub fn advance(s: &mut Session, pkt: &Packet, is_orig: bool) {
         s.state = st::CLOSED;
     } else if f & tf::FIN != 0 {
         s.flags |= if is_orig { sf::FIN_ORIG } else { sf::FIN_REPLY };
-        if s.state != st::CLOSED
-            && s.flags & (sf::FIN_ORIG | sf::FIN_REPLY) == sf::FIN_ORIG | sf::FIN_REPLY
-        {
-            s.state = st::CLOSED;
-            if !is_orig {
-                s.flags |= sf::CLOSED_BY_REPLY;
+        // A FIN on a closed session (sent again, or after a RST) changes nothing.
+        if s.state != st::CLOSED {
+            if s.flags & (sf::FIN_ORIG | sf::FIN_REPLY) == sf::FIN_ORIG | sf::FIN_REPLY {
+                s.state = st::CLOSED;
+                if !is_orig {
+                    s.flags |= sf::CLOSED_BY_REPLY;
+                }
+            } else {
+                s.state = st::CLOSING;
             }
-        } else if s.state != st::CLOSED {
-            s.state = st::CLOSING;
         }
     } else if s.state == st::SYN_SENT && !is_orig && f & (tf::SYN | tf::ACK) == tf::SYN | tf::ACK {
         s.state = st::SYN_RECV;

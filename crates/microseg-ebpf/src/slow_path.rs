@@ -234,7 +234,7 @@ fn add_leg(
     let leg = leg_of(seen.direction, is_orig);
     // A leg on another interface (its workload's interface made again under a new
     // ifindex) is taken over: its flow ends here, before the new leg's starts.
-    if s.legs[leg].is_present() && s.legs[leg].flags & leg_flags::ENDED == 0 {
+    if s.legs[leg].is_present() && !s.legs[leg].has_ended() {
         session_event(event_kind::END, seen.key, s, leg, seen.now, stats);
     }
     s.legs[leg] = new_leg(j, seen.ifindex, cfg.generation, seen.now);

@@ -180,13 +180,22 @@ fn a_policy_change_is_enforced_on_new_and_existing_connections_and_bad_input_kee
     assert!(!t.tcp_ok("client", web));
 }
 
-/// Keys the agent wrote for revision `rev`, from its "revision N: ... (K written" line.
-fn keys_written(log: &str, rev: u64) -> Option<u64> {
-    let line = log
-        .lines()
-        .find(|l| l.contains(&format!("revision {rev}:")))?;
-    let before = &line[..line.find(" written")?];
-    before.rsplit(' ').next()?.parse().ok()
+/// Keys the agent wrote for revision `rev`, from its "revision N: ... (K written" line,
+/// once that line is logged.
+fn keys_written(t: &Topology, rev: u64) -> u64 {
+    let parse = |log: &str| -> Option<u64> {
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("revision {rev}:")))?;
+        let before = &line[..line.find(" written")?];
+        before.rsplit(' ').next()?.parse().ok()
+    };
+    assert!(
+        t.eventually(Duration::from_secs(5), || parse(&t.agent_log()).is_some()),
+        "no revision {rev}: {}",
+        t.agent_log()
+    );
+    parse(&t.agent_log()).unwrap()
 }
 
 #[test]
@@ -195,13 +204,7 @@ fn after_an_update_the_standby_slot_catches_up_so_the_next_change_writes_only_it
     t.write_policy("workloads.yaml", &t.workloads_yaml());
     t.write_policy("policy.yaml", WEB_ONLY_FROM_CLIENT);
     t.start_agent_with_env(&[("MICROSEG_LOG", "debug")]);
-    assert!(
-        t.eventually(Duration::from_secs(5), || keys_written(&t.agent_log(), 1)
-            .is_some()),
-        "{}",
-        t.agent_log()
-    );
-    let everything = keys_written(&t.agent_log(), 1).unwrap();
+    let everything = keys_written(&t, 1);
     // The agent catches the standby slot up 200 ms after an apply, without polling.
     assert!(
         t.eventually(Duration::from_secs(5), || t
@@ -214,13 +217,7 @@ fn after_an_update_the_standby_slot_catches_up_so_the_next_change_writes_only_it
         "deny-other.yaml",
         "apiVersion: microseg.io/v1\nkind: Policy\nmetadata: {name: deny-other}\nspec:\n  selector: {matchLabels: {app: web}}\n  priority: 10\n  ingress:\n    - action: deny\n      from: [{selector: {matchLabels: {app: other}}}]\n      ports: [{protocol: TCP, port: 9090}]\n",
     );
-    assert!(
-        t.eventually(Duration::from_secs(5), || keys_written(&t.agent_log(), 2)
-            .is_some()),
-        "{}",
-        t.agent_log()
-    );
-    let change = keys_written(&t.agent_log(), 2).unwrap();
+    let change = keys_written(&t, 2);
     // Behind, the standby slot would take the whole state again with this change.
     assert!(
         change < everything,
