@@ -4,7 +4,10 @@
 # agent enforcing an allow policy; prints each build's ratios to no filter and their median.
 #
 #   sudo BINS="old/microseg new/microseg" [MODE=cps|tcp|cost|cost-tcp] [REPS=8] [SECS=1.5] [SESSIONS=N]
-#        [TC_MODE=netlink] [KILL=1] scripts/ab/ab.sh
+#        [TC_MODE=netlink] [KILL=1] [PAR=N] scripts/ab/ab.sh
+#
+# PAR=N (cps and cost) runs N connection loops at once, unpinned, and sums their rates: the
+# node's capacity with both CPUs busy, where one loop leaves them idle between packets.
 #
 # The build "cbpf" stands for no agent and a classic-BPF `return 0` filter on the four hooks
 # microseg uses, like microseg-compare's "empty tc prog"; "ebpf" for an eBPF `return 0`
@@ -43,7 +46,7 @@ for d in veth-cli veth-srv; do ip -n $P-node link set dev $d up; done
 ip netns exec $P-node sysctl -qw net.ipv4.ip_forward=1
 ip netns exec $P-cli sysctl -qw net.ipv4.ip_local_port_range="1024 65000" net.ipv4.tcp_tw_reuse=1
 ip -n $P-cli route add default via 10.94.1.1; ip -n $P-srv route add default via 10.94.2.1
-ip netns exec $P-srv $DIR/conn_loop server 7302 1 & SV=$!
+ip netns exec $P-srv $DIR/conn_loop server 7302 $([ "${PAR:-1}" = 1 ] && echo 1 || echo -1) & SV=$!
 ip netns exec $P-srv iperf3 -s -p 7303 -A 1 >/dev/null 2>&1 & IPERF=$!
 mkdir -p $DIR/pol
 cat > $DIR/pol/all.yaml <<Y
@@ -72,7 +75,11 @@ if [ "$MODE" = tcp ] || [ "$MODE" = cost-tcp ]; then
   run() { ip netns exec $P-cli timeout 20 iperf3 -c 10.94.2.2 -p 7303 -t 2 -A 0,1 -J 2>/dev/null |
     python3 -c 'import json,sys; print("%.3f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'; }
 else
-  run() { ip netns exec $P-cli $DIR/conn_loop client 10.94.2.2 7302 0 $SECS; }
+  run() {
+    if [ "${PAR:-1}" = 1 ]; then ip netns exec $P-cli $DIR/conn_loop client 10.94.2.2 7302 0 $SECS; return; fi
+    for _ in $(seq $PAR); do ip netns exec $P-cli $DIR/conn_loop client 10.94.2.2 7302 -1 $SECS & done |
+      awk '{s += $1} END {print s}'
+  }
 fi
 # nsenter keeps this mount namespace, so the agent's pins (and TCX links) outlive it only
 # until --cleanup, as in microseg-compare.

@@ -1,5 +1,5 @@
 // Bounded TCP connection loop for scripts/ab/ab.sh.
-//   conn_loop server PORT CPU        accept and close at once (exits after 600 s)
+//   conn_loop server PORT CPU        accept and close at once (exits after 600 s); CPU -1: unpinned
 //   conn_loop client IP PORT CPU SECS   connect, read until the server closes, close;
 //                                       for SECS seconds (at most 5,000,000); prints conn/s
 #define _GNU_SOURCE
@@ -13,7 +13,7 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
-static void pin(int c){cpu_set_t s;CPU_ZERO(&s);CPU_SET(c,&s);sched_setaffinity(0,sizeof s,&s);}
+static void pin(int c){if(c<0)return;cpu_set_t s;CPU_ZERO(&s);CPU_SET(c,&s);sched_setaffinity(0,sizeof s,&s);}
 static double now(){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec+t.tv_nsec/1e9;}
 int main(int argc,char**argv){
  if(!strcmp(argv[1],"server")){pin(atoi(argv[3]));int s=socket(AF_INET,SOCK_STREAM,0),one=1;

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 use crate::agent::map_show;
 use crate::cleanup::{register, Undo};
 use crate::contender::{Ctx, Who};
+use crate::interval::median;
 use crate::measure::{cps, iperf};
-use crate::report::{fmt_rules, median};
+use crate::report::fmt_rules;
 use crate::tools::sh;
 
 /// By BPF program (id, name): (run_cnt, run_time_ns).

@@ -33,6 +33,7 @@ mod args;
 mod cleanup;
 mod contender;
 mod diagnose;
+mod interval;
 mod measure;
 mod memory;
 mod plot;

@@ -7,6 +7,7 @@ use std::time::Instant;
 use crate::agent::AGENT_POLL;
 use crate::args::Args;
 use crate::contender::{Ctx, Who};
+use crate::interval::{median, median_interval};
 use crate::tools::sh;
 use crate::turn::{Results, Sample};
 
@@ -23,20 +24,6 @@ pub(crate) fn fmt_rules(n: usize) -> String {
         0 => "0".into(),
         n if n % 1000 == 0 => format!("{},000", n / 1000),
         n => n.to_string(),
-    }
-}
-
-pub(crate) fn median(v: &[f64]) -> f64 {
-    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
 
@@ -83,7 +70,7 @@ pub(crate) fn render(
     );
     out += &format!("\nsessions:\n{sess_line}");
 
-    out += &targets(a, &med);
+    out += &targets(a, &med, &res.ratios);
     out += &format!("\ntotal time {:.0} s\n", started.elapsed().as_secs_f64());
     (out, med.cps_med)
 }
@@ -209,8 +196,39 @@ fn spread(a: &Args, ratios: &BTreeMap<(usize, Who), Vec<Sample>>) -> String {
     out
 }
 
+/// Coverage asked of the intervals beside the targets' medians.
+const COVERAGE: f64 = 0.9;
+
+/// `, 93% CI 0.79-0.90, the line is inside it`: how sure this run is of a median against
+/// a target's `line`.
+fn interval_note(ratios: &[f64], line: f64) -> String {
+    match median_interval(ratios, COVERAGE) {
+        Some(i) => format!(
+            " ({:.0}% CI {}-{}, n={}; {})",
+            i.coverage * 100.0,
+            fmt(i.low, 2),
+            fmt(i.high, 2),
+            ratios.iter().filter(|x| x.is_finite()).count(),
+            if i.excludes(line) {
+                format!("resolved against {line}")
+            } else {
+                format!("{line} is inside: not resolved by this run")
+            }
+        ),
+        None => String::new(),
+    }
+}
+
 /// Targets for microseg (issue 5).
-fn targets(a: &Args, med: &Medians) -> String {
+fn targets(a: &Args, med: &Medians, ratios: &BTreeMap<(usize, Who), Vec<Sample>>) -> String {
+    // One contender's per-repetition ratios of one measure, at one rule count or pooled.
+    let reps = |who: Who, rules: &[usize], f: fn(&Sample) -> f64| -> Vec<f64> {
+        rules
+            .iter()
+            .filter_map(|n| ratios.get(&(*n, who)))
+            .flat_map(|v| v.iter().map(f))
+            .collect()
+    };
     let Medians {
         cps_ratio,
         tput_ratio,
@@ -229,10 +247,11 @@ fn targets(a: &Args, med: &Medians) -> String {
             .copied()
             .unwrap_or(f64::NAN);
         out += &format!(
-            "  {} conn/s >= 0.9x no filter at {} rules: {}x\n",
+            "  {} conn/s >= 0.9x no filter at {} rules: {}x{}\n",
             verdict(fin(r) && r >= 0.9),
             fmt_rules(n),
-            fmt(r, 2)
+            fmt(r, 2),
+            interval_note(&reps(Who::Microseg, &[n], |s| s.cps), 0.9)
         );
     }
     if let Some(&top) = a.rules.iter().max() {
@@ -288,12 +307,31 @@ fn targets(a: &Args, med: &Medians) -> String {
             .copied()
             .unwrap_or((f64::NAN, f64::NAN));
         out += &format!(
-            "  {} TCP throughput >= 0.95x at {} rules: 1 stream {}x, 4 streams {}x\n",
+            "  {} TCP throughput >= 0.95x at {} rules: 1 stream {}x{}, 4 streams {}x\n",
             verdict(fin(t1) && fin(t4) && t1 >= 0.95 && t4 >= 0.95),
             fmt_rules(n),
             fmt(t1, 2),
+            interval_note(&reps(Who::Microseg, &[n], |s| s.tput1), 0.95),
             fmt(t4, 2)
         );
+    }
+    // microseg's work per connection is the same at every rule count (--diagnose), so all
+    // its repetitions measure one level; pooled, they pin it down far better than 8 do.
+    if a.rules.len() > 1 {
+        for (what, line, f) in [
+            ("conn/s", 0.9, (|s: &Sample| s.cps) as fn(&Sample) -> f64),
+            ("TCP 1 stream", 0.95, |s: &Sample| s.tput1),
+        ] {
+            for who in [Who::Microseg, Who::Nft, Who::TcEmpty] {
+                let v = reps(who, &a.rules, f);
+                out += &format!(
+                    "  info: {what} pooled over all rule counts, {}: {}x{}\n",
+                    who.name(),
+                    fmt(median(&v), 3),
+                    interval_note(&v, line)
+                );
+            }
+        }
     }
     // What microseg adds to the hook itself: its ratio over the empty program's (medians).
     for &n in &a.rules {
