@@ -11,8 +11,10 @@ pub mod event_kind {
     pub const END: u8 = 4;
 }
 
-/// Minimum gap between two deny or log events of one session.
-pub const EVENT_INTERVAL_NS: u64 = 1_000_000_000;
+/// Gap between two deny or log events of one session's leg, in [`crate::event_tick`]s of
+/// 67.1 ms: 16 of them, so that two events are never less than a second apart (15 whole
+/// ticks, 1.007 s) and a leg that keeps sending waits at most 1.074 s.
+pub const EVENT_INTERVAL_TICKS: u16 = 16;
 
 /// One flow event. Addresses are IPv4-mapped for IPv4; ports in host byte order.
 #[repr(C)]

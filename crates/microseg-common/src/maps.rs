@@ -138,7 +138,11 @@ pub struct Session {
     pub state: u8,
     /// [`session_flags`] bits.
     pub flags: u8,
-    pub _pad: [u8; 6],
+    /// Each leg's last deny or log event, in [`event_tick`]s, for rate limiting. Kept here
+    /// rather than in the leg so that the whole element (kernel header, key, value) is
+    /// 192 bytes: three whole cache lines instead of four, and 8 % less memory.
+    pub last_event: [u16; 2],
+    pub _pad: [u8; 2],
     /// Indexed by the direction the leg judges, seen from its workload:
     /// `[direction::EGRESS]` is the originator's interface (its egress),
     /// `[direction::INGRESS]` the replier's (its ingress). Absent legs have ifindex 0.
@@ -149,8 +153,6 @@ pub struct Session {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SessionLeg {
-    /// Last deny or log event, for rate limiting.
-    pub last_event_ns: u64,
     /// The enforcing interface; 0 when no local interface judges this side.
     pub ifindex: u32,
     /// [`Config::generation`] the verdict was computed under.
@@ -163,6 +165,29 @@ pub struct SessionLeg {
     /// [`leg_flags`] bits.
     pub flags: u8,
     pub _pad: u8,
+}
+
+/// [`Session::last_event`] counts ticks of 2^26 ns (67 ms). Sixteen bits of them wrap
+/// after 73 minutes: only a leg silent for a multiple of that can notice, by its next event
+/// coming up to a second late.
+pub const EVENT_TICK_SHIFT: u32 = 26;
+
+#[inline(always)]
+pub const fn event_tick(now_ns: u64) -> u16 {
+    (now_ns >> EVENT_TICK_SHIFT) as u16
+}
+
+/// The kernel's hash element header (48 bytes) + key + value make 192 bytes: whole cache
+/// lines, and 192 MiB for a 1,048,576-entry table.
+const _: () =
+    assert!(48 + core::mem::size_of::<SessionKey>() + core::mem::size_of::<Session>() == 192);
+
+impl Session {
+    /// Whether `leg` may send another deny or log event at `now_ns`.
+    #[inline(always)]
+    pub fn event_due(&self, leg: usize, now_ns: u64) -> bool {
+        event_tick(now_ns).wrapping_sub(self.last_event[leg & 1]) >= crate::EVENT_INTERVAL_TICKS
+    }
 }
 
 impl SessionLeg {
@@ -423,4 +448,40 @@ pub struct FragmentEntry {
 pub struct RuleCounter {
     pub packets: u64,
     pub bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_leg_sends_at_most_one_deny_or_log_event_a_second() {
+        let t0 = 5_000 * SECOND;
+        let mut s = Session::default();
+        s.last_event[1] = event_tick(t0);
+        assert!(!s.event_due(1, t0));
+        assert!(!s.event_due(1, t0 + SECOND - 1));
+        assert!(s.event_due(1, t0 + SECOND + 75_000_000));
+        // Wherever in its tick the last event fell: never less than a second apart.
+        for offset in (0..1u64 << EVENT_TICK_SHIFT).step_by(1 << 20) {
+            s.last_event[1] = event_tick(t0 + offset);
+            assert!(!s.event_due(1, t0 + offset + SECOND));
+            assert!(s.event_due(1, t0 + offset + SECOND + 75_000_000));
+        }
+        // Each leg keeps its own clock.
+        assert!(s.event_due(0, t0));
+    }
+
+    #[test]
+    fn the_tick_clock_wraps_without_silencing_a_leg() {
+        // The last event just before the 16-bit tick wraps; the next second is past it.
+        let wrap = (1u64 << 16) << EVENT_TICK_SHIFT;
+        let last = wrap - 2 * (1 << EVENT_TICK_SHIFT);
+        let mut s = Session::default();
+        s.last_event[0] = event_tick(last);
+        assert!(!s.event_due(0, last + SECOND / 2));
+        assert!(s.event_due(0, last + 2 * SECOND));
+    }
 }

@@ -366,4 +366,15 @@ fn deny_events_of_a_session_are_rate_limited() {
         (event_kind::NEW, verdict::DENY)
     );
     assert_eq!(env.dp.stats().unwrap().denied(), 5);
+
+    // A second on (the limit is 1.007-1.074 s, in ticks of 67 ms), the next packet reports.
+    std::thread::sleep(std::time::Duration::from_millis(1_150));
+    assert!(!into_db(&env, &syn));
+    assert!(!into_db(&env, &syn));
+    let ev = env.dp.drain_events();
+    assert_eq!(
+        ev.iter().map(|e| (e.kind, e.verdict)).collect::<Vec<_>>(),
+        [(event_kind::DENY, verdict::DENY)],
+        "one deny event a second later"
+    );
 }

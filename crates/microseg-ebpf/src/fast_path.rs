@@ -194,8 +194,8 @@ pub fn established(
     }
     let (v, rule_id) = (s.legs[leg].verdict, s.legs[leg].rule_id);
     count_rule(rule_id, len);
-    if v != verdict::ALLOW && now.wrapping_sub(s.legs[leg].last_event_ns) >= EVENT_INTERVAL_NS {
-        s.legs[leg].last_event_ns = now;
+    if v != verdict::ALLOW && s.event_due(leg, now) {
+        s.last_event[leg] = event_tick(now);
         let kind = if v == verdict::LOG {
             event_kind::LOG
         } else {

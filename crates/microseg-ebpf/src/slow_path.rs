@@ -131,9 +131,8 @@ fn decide(
 }
 
 #[inline(always)]
-fn new_leg(j: &Judgement, ifindex: u32, generation: u32, now: u64) -> SessionLeg {
+fn new_leg(j: &Judgement, ifindex: u32, generation: u32) -> SessionLeg {
     SessionLeg {
-        last_event_ns: now,
         ifindex,
         generation,
         rule_id: j.rule_id,
@@ -209,9 +208,10 @@ fn insert_session(cfg: &Config, stats: &mut Stats, seen: &Seen, pkt: &Packet, j:
     s.bytes = [seen.len, 0];
     s.state = initial_state(pkt);
     s.flags = if seen.src_is_lo { sf::ORIG_IS_LO } else { 0 };
-    s._pad = [0; 6];
+    s.last_event = [event_tick(seen.now); 2];
+    s._pad = [0; 2];
     s.legs[leg ^ 1] = SessionLeg::default();
-    s.legs[leg] = new_leg(j, seen.ifindex, cfg.generation, seen.now);
+    s.legs[leg] = new_leg(j, seen.ifindex, cfg.generation);
     if MSEG_SESSIONS.insert(seen.key, &*s, 0).is_ok() {
         stats.sessions_created += 1;
     }
@@ -237,7 +237,8 @@ fn add_leg(
     if s.legs[leg].is_present() && !s.legs[leg].has_ended() {
         session_event(event_kind::END, seen.key, s, leg, seen.now, stats);
     }
-    s.legs[leg] = new_leg(j, seen.ifindex, cfg.generation, seen.now);
+    s.legs[leg] = new_leg(j, seen.ifindex, cfg.generation);
+    s.last_event[leg & 1] = event_tick(seen.now);
     emit(stats, |e| {
         e.fill_from_session(event_kind::NEW, seen.key, s, leg, seen.now);
         e.local_identity = local_identity;
@@ -311,7 +312,7 @@ fn rejudge(
     l.audit_rule_id = j.audit_rule_id;
     l.peer_identity = j.peer_identity;
     if changed {
-        l.last_event_ns = now;
+        s.last_event[leg & 1] = event_tick(now);
         session_event(event_kind::NEW, key, s, leg, now, stats);
     }
 }
