@@ -178,7 +178,7 @@ pub const fn event_tick(now_ns: u64) -> u16 {
 }
 
 /// The kernel's hash element header (48 bytes) + key + value make 192 bytes: whole cache
-/// lines, and 192 MiB for a 1,048,576-entry table.
+/// lines, and 192 MiB of elements for a 1,048,576-entry table (plus 16 MiB of buckets).
 const _: () =
     assert!(48 + core::mem::size_of::<SessionKey>() + core::mem::size_of::<Session>() == 192);
 
