@@ -166,13 +166,7 @@ fn a_policy_change_is_enforced_on_new_and_existing_connections_and_bad_input_kee
 
     // Broken input: rejected with its position, and the last good policy stays.
     t.write_policy("policy.yaml", "apiVersion: microseg.io/v1\nkind: Policy\nmetadata: {name: x}\nspec:\n  selector: {}\n  priority: -5\n");
-    assert!(
-        t.eventually(Duration::from_secs(5), || t
-            .agent_log()
-            .contains("policy.yaml:6:")),
-        "{}",
-        t.agent_log()
-    );
+    t.await_log("policy.yaml:6:");
     assert!(
         t.tcp_ok("other", web),
         "still enforcing the last good policy"
@@ -206,13 +200,7 @@ fn after_an_update_the_standby_slot_catches_up_so_the_next_change_writes_only_it
     t.start_agent_with_env(&[("MICROSEG_LOG", "debug")]);
     let everything = keys_written(&t, 1);
     // The agent catches the standby slot up 200 ms after an apply, without polling.
-    assert!(
-        t.eventually(Duration::from_secs(5), || t
-            .agent_log()
-            .contains("standby slot caught up")),
-        "{}",
-        t.agent_log()
-    );
+    t.await_log("standby slot caught up");
     t.write_policy(
         "deny-other.yaml",
         "apiVersion: microseg.io/v1\nkind: Policy\nmetadata: {name: deny-other}\nspec:\n  selector: {matchLabels: {app: web}}\n  priority: 10\n  ingress:\n    - action: deny\n      from: [{selector: {matchLabels: {app: other}}}]\n      ports: [{protocol: TCP, port: 9090}]\n",

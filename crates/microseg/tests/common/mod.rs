@@ -189,6 +189,15 @@ impl Topology {
         std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
     }
 
+    /// Waits up to 5 s for the agent to log `needle`; fails the test with the log if not.
+    pub fn await_log(&self, needle: &str) {
+        assert!(
+            self.eventually(Duration::from_secs(5), || self.agent_log().contains(needle)),
+            "no {needle:?} in the agent's log: {}",
+            self.agent_log()
+        );
+    }
+
     /// Stops the agent with `signal` and waits for it.
     pub fn stop_agent(&mut self, signal: libc::c_int) -> std::process::ExitStatus {
         let mut child = self.agent.take().expect("agent running");
