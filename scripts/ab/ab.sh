@@ -19,6 +19,12 @@
 # far less noisy than a rate, so it shows what a kernel change saves. MODE=cost-tcp prints
 # the run time per program run during one iperf3 stream (the established path).
 #
+# Builds take turns in the given order on odd reps and the reverse on even ones. Printed: each
+# build's values and median, the agent's CPU time (all threads) during each measured cps run,
+# and each build's paired difference to the first build, mean and standard error. An A/A run
+# (one binary under two names, cps, 16 reps) gave medians 0.873 and 0.817 but paired
+# -0.007 +- 0.033: read the paired line, not the medians.
+#
 # SETTLE (seconds, default 1.5) is waited after an agent starts and after it is removed.
 # KILL=1 kills each agent once it has attached (with TC_MODE=netlink its filters stay): the
 # programs without the agent. Every loop is bounded; everything is removed on exit.
@@ -119,11 +125,16 @@ prog_stats() {
 ps = [p for p in json.load(sys.stdin) if p.get("name","")[:15] in ("microseg_from_w","microseg_to_wor")]
 print(sum(p.get("run_time_ns",0) for p in ps), sum(p.get("run_cnt",0) for p in ps))'
 }
-declare -A RATIOS
+declare -A RATIOS AGENT_MS
+# The builds in the given order on odd reps and reversed on even ones, so that a build's
+# place in a rep (after which build, how long after the topology was made) cancels out.
+order() { if [ $(($1 % 2)) = 1 ]; then echo $BINS; else echo $BINS | tr ' ' '\n' | tac; fi; }
+# The agent's time on a CPU so far, all threads, in ns (empty without an agent).
+agent_cpu() { [ -n "${AG:-}" ] && cat /proc/$AG/task/*/schedstat 2>/dev/null | awk '{s += $1} END {print s}'; }
 if [ "$MODE" = cost ] || [ "$MODE" = cost-tcp ]; then
   STATS_WAS=$(sysctl -n kernel.bpf_stats_enabled)
   for i in $(seq $REPS); do
-    for b in $BINS; do
+    for b in $(order $i); do
       on $b
       sysctl -qw kernel.bpf_stats_enabled=1
       read t0 n0 < <(prog_stats); rate=$(run); read t1 n1 < <(prog_stats)
@@ -136,12 +147,26 @@ if [ "$MODE" = cost ] || [ "$MODE" = cost-tcp ]; then
   [ "$MODE" = cost ] && MODE="ns per connection" || MODE="ns per run"
 else
   for i in $(seq $REPS); do
-    for b in $BINS; do
-      base=$(run); on $b; got=$(run); off $b
+    for b in $(order $i); do
+      base=$(run); on $b
+      c0=$(agent_cpu); got=$(run); c1=$(agent_cpu)
+      off $b
       RATIOS[$b]+="$(python3 -c "print('%.3f' % ($got / $base))") "
+      [ -n "$c0" ] && [ -n "$c1" ] && AGENT_MS[$b]+="$(( (c1 - c0) / 1000000 )) "
     done
   done
 fi
 for b in $BINS; do
   echo "$b ($MODE): ${RATIOS[$b]} median $(printf '%s\n' ${RATIOS[$b]} | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')"
+  [ -n "${AGENT_MS[$b]:-}" ] && echo "$b agent CPU ms per run: ${AGENT_MS[$b]}"
+done
+# Each build against the first, rep by rep: the mean difference and its standard error.
+FIRST=${BINS%% *}
+for b in $BINS; do
+  [ "$b" = "$FIRST" ] && continue
+  python3 -c 'import statistics as s, sys
+a, b = (list(map(float, x.split())) for x in sys.argv[1:3])
+d = [y - x for x, y in zip(a, b)]
+print("%s - %s: paired %+.3f +- %.3f (n=%d)" % (sys.argv[4], sys.argv[3], s.mean(d), s.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan"), len(d)))' \
+    "${RATIOS[$FIRST]}" "${RATIOS[$b]}" "$FIRST" "$b"
 done
