@@ -52,7 +52,9 @@ for d in veth-cli veth-srv; do ip -n $P-node link set dev $d up; done
 ip netns exec $P-node sysctl -qw net.ipv4.ip_forward=1
 ip netns exec $P-cli sysctl -qw net.ipv4.ip_local_port_range="1024 65000" net.ipv4.tcp_tw_reuse=1
 ip -n $P-cli route add default via 10.94.1.1; ip -n $P-srv route add default via 10.94.2.1
-ip netns exec $P-srv $DIR/conn_loop server 7302 $([ "${PAR:-1}" = 1 ] && echo 1 || echo -1) & SV=$!
+# The server outlives the run: a minute per build and rep is several times what one takes.
+LIFE=$(( 60 * REPS * $(echo $BINS | wc -w) + 60 ))
+ip netns exec $P-srv $DIR/conn_loop server 7302 $([ "${PAR:-1}" = 1 ] && echo 1 || echo -1) $LIFE & SV=$!
 ip netns exec $P-srv iperf3 -s -p 7303 -A 1 >/dev/null 2>&1 & IPERF=$!
 mkdir -p $DIR/pol
 cat > $DIR/pol/all.yaml <<Y
