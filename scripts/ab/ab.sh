@@ -153,13 +153,14 @@ else
       base=$(run); on $b
       c0=$(agent_cpu); got=$(run); c1=$(agent_cpu)
       off $b
-      RATIOS[$b]+="$(python3 -c "print('%.3f' % ($got / $base))") "
+      # A failed run stays in its place as nan, so that builds stay paired rep by rep.
+      RATIOS[$b]+="$(python3 -c "print('%.3f' % (${got:-0} / ${base:-0}) if ${base:-0} and ${got:-0} else 'nan')") "
       [ -n "$c0" ] && [ -n "$c1" ] && AGENT_MS[$b]+="$(( (c1 - c0) / 1000000 )) "
     done
   done
 fi
 for b in $BINS; do
-  echo "$b ($MODE): ${RATIOS[$b]} median $(printf '%s\n' ${RATIOS[$b]} | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')"
+  echo "$b ($MODE): ${RATIOS[$b]} median $(printf '%s\n' ${RATIOS[$b]} | grep -v nan | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')"
   [ -n "${AGENT_MS[$b]:-}" ] && echo "$b agent CPU ms per run: ${AGENT_MS[$b]}"
 done
 # Each build against the first, rep by rep: the mean difference and its standard error.
@@ -168,7 +169,7 @@ for b in $BINS; do
   [ "$b" = "$FIRST" ] && continue
   python3 -c 'import statistics as s, sys
 a, b = (list(map(float, x.split())) for x in sys.argv[1:3])
-d = [y - x for x, y in zip(a, b)]
+d = [y - x for x, y in zip(a, b) if x == x and y == y]  # pairs without a failed run
 print("%s - %s: paired %+.3f +- %.3f (n=%d)" % (sys.argv[4], sys.argv[3], s.mean(d), s.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan"), len(d)))' \
     "${RATIOS[$FIRST]}" "${RATIOS[$b]}" "$FIRST" "$b"
 done

@@ -19,7 +19,7 @@ static double now(){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t
 int main(int argc,char**argv){
  if(!strcmp(argv[1],"server")){pin(atoi(argv[3]));int s=socket(AF_INET,SOCK_STREAM,0),one=1;
   setsockopt(s,SOL_SOCKET,SO_REUSEADDR,&one,4);struct sockaddr_in a={.sin_family=AF_INET,.sin_port=htons(atoi(argv[2]))};
-  bind(s,(void*)&a,sizeof a);listen(s,4096);int life=argc>4?atoi(argv[4]):600;alarm(life>0&&life<=86400?life:600);for(;;){int c=accept(s,0,0);if(c>=0)close(c);}}
+  bind(s,(void*)&a,sizeof a);listen(s,4096);int life=argc>4?atoi(argv[4]):600;alarm(life<=0?600:life>86400?86400:life);for(;;){int c=accept(s,0,0);if(c>=0)close(c);}}
  pin(atoi(argv[4]));double secs=atof(argv[5]);struct sockaddr_in a={.sin_family=AF_INET,.sin_port=htons(atoi(argv[3]))};
  inet_pton(AF_INET,argv[2],&a.sin_addr);long n=0,fail=0;double t0=now(),t;char b[16];
  while((t=now())-t0<secs && n<5000000){int c=socket(AF_INET,SOCK_STREAM,0);
