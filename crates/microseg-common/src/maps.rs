@@ -60,7 +60,7 @@ pub const IDENTITY_WORLD: u32 = 1;
 pub const IDENTITY_FIRST: u32 = 256;
 
 /// `MSEG_CONFIG[0]`: the switch for atomic updates and global options.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     /// Slot of the policy state packets read (0 or 1).
@@ -70,6 +70,30 @@ pub struct Config {
     /// [`config_flags`] bits.
     pub flags: u32,
     pub _pad: u32,
+}
+
+/// The policy a judgement is made under: the slot read and the generation it is stamped
+/// with, which must belong together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyVersion {
+    pub slot: u32,
+    pub generation: u32,
+}
+
+impl Config {
+    /// `active_slot` and `generation` in one 8-byte load (they are the first word of the
+    /// 8-aligned value, and userspace writes the whole value at once): two loads could see
+    /// a flip between them and stamp the old slot's judgement with the new generation.
+    #[inline(always)]
+    pub fn policy_version(&self) -> PolicyVersion {
+        // SAFETY: Config is 8-aligned and starts with the two u32 fields.
+        let word = unsafe { core::ptr::read_volatile(self as *const Config as *const u64) };
+        let b = word.to_ne_bytes();
+        PolicyVersion {
+            slot: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) & 1,
+            generation: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        }
+    }
 }
 
 pub mod config_flags {

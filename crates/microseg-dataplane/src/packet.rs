@@ -26,6 +26,8 @@ pub struct Frame {
     pub ipv6_ext: Vec<u8>,
     /// (offset in 8-byte units, more fragments, id).
     pub fragment: Option<(u16, bool, u32)>,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub hop_limit: u8,
 }
 
 impl Frame {
@@ -38,6 +40,7 @@ impl Frame {
             vlan: None,
             ipv4_options: Vec::new(),
             ipv6_ext: Vec::new(),
+            hop_limit: 64,
             fragment: None,
         }
     }
@@ -80,6 +83,11 @@ impl Frame {
         Frame::new(src, dst, p, h)
     }
 
+    /// Neighbour discovery (ICMPv6 133-137) as it is sent: with hop limit 255.
+    pub fn neighbour_discovery(src: IpAddr, dst: IpAddr, icmp_type: u8) -> Frame {
+        Frame::icmp(src, dst, icmp_type, 0, [0; 4]).with_hop_limit(255)
+    }
+
     pub fn echo_request(src: IpAddr, dst: IpAddr, id: u16) -> Frame {
         let t = if src.is_ipv4() { 8 } else { 128 };
         let mut rest = [0u8; 4];
@@ -103,6 +111,11 @@ impl Frame {
         let header = if about.src.is_ipv4() { 20 } else { 40 };
         f.l4.extend_from_slice(&quoted[..(header + 8).min(quoted.len())]);
         f
+    }
+
+    pub fn with_hop_limit(mut self, hop_limit: u8) -> Frame {
+        self.hop_limit = hop_limit;
+        self
     }
 
     pub fn with_vlan(mut self, id: u16) -> Frame {
@@ -155,7 +168,7 @@ impl Frame {
                     let bits = (off & 0x1fff) | if more { 0x2000 } else { 0 };
                     h[6..8].copy_from_slice(&bits.to_be_bytes());
                 }
-                h[8] = 64;
+                h[8] = self.hop_limit;
                 h[9] = self.protocol;
                 h[12..16].copy_from_slice(&s.octets());
                 h[16..20].copy_from_slice(&d.octets());
@@ -187,7 +200,7 @@ impl Frame {
                 h[0] = 0x60;
                 h[4..6].copy_from_slice(&((ext.len() + self.l4.len()) as u16).to_be_bytes());
                 h[6] = first;
-                h[7] = 64;
+                h[7] = self.hop_limit;
                 h[8..24].copy_from_slice(&s.octets());
                 h[24..40].copy_from_slice(&d.octets());
                 h.extend_from_slice(&ext);

@@ -184,6 +184,49 @@ spec:
 }
 
 #[test]
+fn an_icmp_error_passes_only_back_to_the_sender_of_what_it_quotes() {
+    let env = Env::new(
+        &with(
+            r#"apiVersion: microseg.io/v1
+kind: Policy
+metadata: {name: db}
+spec:
+  selector: {matchLabels: {app: db}}
+  ingress: []
+  egress: [{action: allow, ports: [{protocol: UDP, port: 53}]}]
+"#,
+        ),
+        "db",
+    );
+    let resolver = ip("192.0.2.53");
+    assert!(from_db(&env, &Frame::udp(db4(), resolver, 40000, 53)));
+    // What db received on that connection, as an error db sends would quote it.
+    let answer = Frame::udp(resolver, db4(), 53, 40000);
+    assert!(
+        from_db(&env, &Frame::icmp_unreachable(db4(), resolver, &answer)),
+        "an error back to the resolver"
+    );
+    // The same quote carried anywhere else is no error about that connection: egress
+    // policy decides, and it allows no ICMP.
+    assert!(!from_db(
+        &env,
+        &Frame::icmp_unreachable(db4(), ip("203.0.113.7"), &answer)
+    ));
+    // Nor may it leave with an address db does not own.
+    assert!(!from_db(
+        &env,
+        &Frame::icmp_unreachable(ip("10.1.0.99"), resolver, &answer)
+    ));
+    // Coming in, an error must be addressed to the sender of what it quotes: db.
+    assert!(!into_db(
+        &env,
+        &Frame::icmp_unreachable(ip("10.1.0.1"), db4(), &answer)
+    ));
+    let s = env.dp.stats().unwrap();
+    assert_eq!((s.icmp_related, s.spoofed), (1, 1));
+}
+
+#[test]
 fn tcp_sessions_walk_the_state_machine_and_report_their_end() {
     let mut env = Env::new(&with(DB_ALLOWS_WEB), "db");
     let state = |env: &Env, sport| {

@@ -291,3 +291,46 @@ fn a_leg_taken_over_by_a_new_interface_ends_the_old_legs_flow() {
         assert_eq!(node.session().legs[EGRESS].ifindex, node.web0);
     });
 }
+
+#[test]
+fn a_leg_opened_by_a_reply_is_judged_in_its_own_direction() {
+    on_two_interfaces(|| {
+        let node = Node::new(DB_DENIES_ALL);
+        // web's SYN leaves web's interface, but db's program never saw it (as when db's
+        // interface is enforced mid-connection): db's first packet is its SYN-ACK.
+        let syn = Frame::tcp(web4(), db4(), 40000, 5432, TCP_SYN);
+        assert!(node.run(Hook::FromWorkload, node.web0, &syn));
+        let reply = Frame::tcp(db4(), web4(), 5432, 40000, TCP_SYN | TCP_ACK);
+        // db's egress is open, but this leg judges web → db:5432, which db's ingress denies.
+        assert!(!node.run(Hook::FromWorkload, node.db0, &reply));
+        let leg = node.session().legs[INGRESS];
+        assert_eq!(
+            (leg.ifindex, leg.verdict, leg.rule_id),
+            (node.db0, verdict::DENY, RULE_DEFAULT_DENY)
+        );
+        assert!(!node.web_to_db(TCP_ACK), "and it holds for web's packets");
+    });
+}
+
+#[test]
+fn a_packet_a_leg_drops_does_not_close_the_connection() {
+    on_two_interfaces(|| {
+        let mut node = Node::new(DB_ALLOWS_WEB);
+        assert!(node.web_to_db(TCP_SYN));
+        assert!(node.db_to_web(TCP_SYN | TCP_ACK));
+        assert!(node.web_to_db(TCP_ACK));
+        // Revoked: db's next packet is judged again and dropped.
+        node.apply(DB_DENIES_ALL);
+        assert!(!node.db_to_web(TCP_ACK));
+        // web's RST passes web's leg but db's drops it: it must not close the session, or
+        // db's next packet would open a new one, the other way, that db's egress allows.
+        assert!(!node.web_to_db(TCP_RST));
+        assert!(!node.web_to_db(TCP_FIN | TCP_ACK));
+        let s = node.session();
+        assert_eq!(s.state, session_state::ESTABLISHED);
+        assert!(!node.db_to_web(TCP_ACK), "db's retransmission");
+        let stats = node.dp.stats().unwrap();
+        assert_eq!((stats.sessions_created, stats.sessions_closed), (1, 0));
+        assert_eq!(node.dp.session_count(), 1);
+    });
+}

@@ -108,10 +108,11 @@ pub fn handle(ctx: &TcContext, direction: u8) -> i32 {
 pub fn finish(stats: &mut Stats, verdict: u8) -> i32 {
     // Masked index into a power-of-two array: bounded for the verifier, no panic branch.
     stats.verdicts[(verdict & 7) as usize] += 1;
-    if verdict == verdict::DENY {
-        DROP
-    } else {
-        PASS
+    // Only a verdict that lets the packet through does: anything else, even a value no
+    // verdict has, drops it.
+    match verdict {
+        verdict::ALLOW | verdict::LOG | verdict::AUDIT => PASS,
+        _ => DROP,
     }
 }
 
@@ -190,7 +191,12 @@ pub fn established(
         s.packets[side] += 1;
         s.bytes[side] += len;
         s.last_seen_ns = now;
-        advance(s, pkt, is_orig);
+        // A packet a leg of this node drops changes nothing: a dropped RST or FIN must not
+        // close (and so remove) a session its endpoints still hold, or the next packet
+        // would be judged afresh, as a connection the other way.
+        if !s.present_legs().any(|(_, l)| l.verdict == verdict::DENY) {
+            advance(s, pkt, is_orig);
+        }
     }
     let (v, rule_id) = (s.legs[leg].verdict, s.legs[leg].rule_id);
     count_rule(rule_id, len);
@@ -215,6 +221,7 @@ pub fn established(
         let last_program = direction == direction::INGRESS || !other_leg_here;
         let from_local = direction == direction::EGRESS || other_leg_here;
         if last_program
+            && v != verdict::DENY
             && is_last_packet(s, pkt, is_orig, from_local)
             && s.present_legs().all(|(_, l)| l.has_ended())
         {

@@ -48,6 +48,8 @@ pub struct Packet {
     pub l4_off: u32,
     pub is_v6: bool,
     pub vlan: bool,
+    /// IPv6 hop limit (neighbour discovery is only such with 255); 0 for IPv4.
+    pub hop_limit: u8,
 }
 
 pub mod tcp_flags {
@@ -168,6 +170,7 @@ fn parse_ipv6(ctx: &TcContext, pkt: &mut Packet, l3: usize) -> Parsed {
         return Parsed::Malformed;
     }
     pkt.is_v6 = true;
+    pkt.hop_limit = b1[3];
     pkt.src = [h[2], h[3], h[4], h[5]];
     pkt.dst = [h[6], h[7], h[8], h[9]];
     let mut next = b1[2];
@@ -175,8 +178,10 @@ fn parse_ipv6(ctx: &TcContext, pkt: &mut Packet, l3: usize) -> Parsed {
     // One pass per extension header, plus the one that reaches the upper layer.
     for _ in 0..=MAX_EXT_HEADERS {
         match next {
-            // Hop-by-hop, routing, destination options, mobility, HIP, shim6.
-            0 | 43 | 60 | 135 | 139 | 140 => {
+            // Hop-by-hop, routing, destination options. Mobility, HIP and shim6 (135, 139,
+            // 140) are not walked: the stack hands them up as protocols of their own, so
+            // they are judged by protocol number, not by a header nested inside them.
+            0 | 43 | 60 => {
                 let Ok(e) = ctx.load::<[u8; 2]>(off) else {
                     return Parsed::Malformed;
                 };
@@ -250,13 +255,19 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Packet, off: usize) -> Parsed {
             let Some(i) = read::<[u8; 8]>(ctx, off) else {
                 return Parsed::Malformed;
             };
+            // ICMP in IPv6 or ICMPv6 in IPv4 means nothing to the stack: a protocol number
+            // like any other, judged without ICMP's exemptions.
+            if !is_icmp(pkt) {
+                return Parsed::Ip;
+            }
             pkt.icmp_type = i[0];
             let id = be16([i[4], i[5]]);
-            let v6 = pkt.protocol == proto::ICMPV6;
-            match (v6, i[0]) {
+            match (pkt.is_v6, i[0]) {
                 (false, 8) | (true, 128) => pkt.sport = id,
                 (false, 0) | (true, 129) => pkt.dport = id,
-                (true, 133..=137) => return Parsed::NeighborDiscovery,
+                // RFC 4861: receivers drop neighbour discovery with any other hop limit, so
+                // only these are exempt from policy; the rest is judged as ICMPv6.
+                (true, 133..=137) if pkt.hop_limit == 255 => return Parsed::NeighborDiscovery,
                 _ => {}
             }
         }
@@ -265,13 +276,26 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Packet, off: usize) -> Parsed {
     Parsed::Ip
 }
 
+/// Whether the packet is ICMP of its own IP version: ICMP in IPv4, ICMPv6 in IPv6.
+#[inline(always)]
+pub fn is_icmp(pkt: &Packet) -> bool {
+    if pkt.is_v6 {
+        pkt.protocol == proto::ICMPV6
+    } else {
+        pkt.protocol == proto::ICMP
+    }
+}
+
 /// Whether an ICMP/ICMPv6 type reports an error about another packet.
 #[inline(always)]
 pub fn is_icmp_error(pkt: &Packet) -> bool {
-    match pkt.protocol {
-        proto::ICMP => matches!(pkt.icmp_type, 3 | 11 | 12),
-        proto::ICMPV6 => matches!(pkt.icmp_type, 1..=4),
-        _ => false,
+    if !is_icmp(pkt) || pkt.fragment == FRAG_LATER {
+        return false;
+    }
+    if pkt.is_v6 {
+        matches!(pkt.icmp_type, 1..=4)
+    } else {
+        matches!(pkt.icmp_type, 3 | 11 | 12)
     }
 }
 
@@ -284,6 +308,9 @@ pub fn parse_icmp_inner(ctx: &TcContext, outer: &Packet, inner: &mut Packet) -> 
         let Ok(h) = ctx.load::<[u32; 10]>(off) else {
             return false;
         };
+        if h[0].to_ne_bytes()[0] >> 4 != 6 {
+            return false;
+        }
         inner.is_v6 = true;
         inner.protocol = h[1].to_ne_bytes()[2];
         inner.src = [h[2], h[3], h[4], h[5]];
@@ -293,8 +320,9 @@ pub fn parse_icmp_inner(ctx: &TcContext, outer: &Packet, inner: &mut Packet) -> 
         let Ok(h) = ctx.load::<[u32; 5]>(off) else {
             return false;
         };
-        let ihl = (h[0].to_ne_bytes()[0] & 0x0f) as usize * 4;
-        if ihl < 20 {
+        let b0 = h[0].to_ne_bytes()[0];
+        let ihl = (b0 & 0x0f) as usize * 4;
+        if b0 >> 4 != 4 || ihl < 20 {
             return false;
         }
         inner.protocol = h[2].to_ne_bytes()[1];

@@ -29,6 +29,9 @@ pub fn handle(ctx: &TcContext) -> i32 {
     };
     let pkt = h.pkt;
     let (len, ifindex, direction) = (h.len, h.ifindex, h.direction & 1);
+    // Read once, together: a policy flip between two reads would stamp a judgement of the
+    // old slot with the new generation, and it would never be judged again.
+    let policy = cfg.policy_version();
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let (key, src_is_lo) = session_key(&pkt);
 
@@ -44,13 +47,15 @@ pub fn handle(ctx: &TcContext) -> i32 {
             stats.session_hits += 1;
             let is_orig = is_orig(s, src_is_lo);
             let leg = leg_of(direction, is_orig);
-            if s.legs[leg].generation != cfg.generation {
-                rejudge(cfg, stats, &key, s, leg, now);
+            if s.legs[leg].generation != policy.generation {
+                rejudge(policy, stats, &key, s, leg, now);
             }
             established(stats, &key, s, leg, direction, is_orig, &pkt, now, len)
         }
         // No session, or none of its legs is on this interface yet: policy decides.
-        existing => match decide(ctx, cfg, stats, ifindex, &pkt, direction) {
+        existing => match decide(
+            ctx, policy, stats, ifindex, &pkt, direction, &key, src_is_lo, &existing,
+        ) {
             Decision::Untracked(v) => (v, RULE_NONE),
             Decision::Judged(j, local_identity) => {
                 let seen = Seen {
@@ -64,11 +69,11 @@ pub fn handle(ctx: &TcContext) -> i32 {
                 match existing {
                     Some(s) => {
                         stats.session_hits += 1;
-                        add_leg(cfg, stats, s, &seen, &pkt, &j, local_identity)
+                        add_leg(policy, stats, s, &seen, &pkt, &j, local_identity)
                     }
                     None => {
                         stats.session_misses += 1;
-                        open_session(cfg, stats, &seen, &pkt, &j, local_identity)
+                        open_session(cfg, policy, stats, &seen, &pkt, &j, local_identity)
                     }
                 }
             }
@@ -88,46 +93,81 @@ enum Decision {
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn decide(
     ctx: &TcContext,
-    cfg: &Config,
+    policy: PolicyVersion,
     stats: &mut Stats,
     ifindex: u32,
     pkt: &Packet,
     direction: u8,
+    key: &SessionKey,
+    src_is_lo: bool,
+    existing: &Option<&mut Session>,
 ) -> Decision {
-    if parse::is_icmp_error(pkt) && icmp_error_related(ctx, ifindex, pkt) {
-        stats.icmp_related += 1;
-        return Decision::Untracked(verdict::ALLOW);
-    }
-    let slot = cfg.active_slot & 1;
+    let slot = policy.slot;
     let ep_key = EndpointKey { slot, ifindex };
     let Some(ep) = (unsafe { MSEG_ENDPOINTS.get(&ep_key) }) else {
         // An interface with no endpoint in this slot has no policy: open.
         return Decision::Untracked(verdict::ALLOW);
     };
+    // Before any exemption: no workload sends from another's address, errors included.
     if direction == direction::EGRESS && spoofed(slot, ifindex, ep, pkt) {
         stats.spoofed += 1;
         return Decision::Untracked(verdict::DENY);
     }
-    let peer = if direction == direction::EGRESS {
-        &pkt.dst
-    } else {
-        &pkt.src
-    };
-    let j = judge(
-        ep,
-        &Query {
+    if parse::is_icmp_error(pkt) && icmp_error_related(ctx, ifindex, pkt) {
+        stats.icmp_related += 1;
+        return Decision::Untracked(verdict::ALLOW);
+    }
+    // A leg judges its own direction of the connection, whichever way the packet that
+    // opens it goes: a reply reaching an interface first must not have the replier's
+    // egress policy decide what its ingress policy would refuse.
+    let q = match existing {
+        Some(s) => {
+            let leg = leg_of(direction, is_orig(s, src_is_lo));
+            leg_query(slot, key, s, leg)
+        }
+        None => Query {
             slot,
             direction,
-            peer_identity: identity_of(slot, peer),
+            peer_identity: identity_of(
+                slot,
+                if direction == direction::EGRESS {
+                    &pkt.dst
+                } else {
+                    &pkt.src
+                },
+            ),
             protocol: pkt.protocol,
             sport: pkt.sport,
             dport: pkt.dport,
             has_ports: proto::has_ports(pkt.protocol),
         },
-    );
-    Decision::Judged(j, ep.identity)
+    };
+    Decision::Judged(judge(ep, &q), ep.identity)
+}
+
+/// The policy question for a session's `leg`: the connection as its originator opened it,
+/// in the direction the leg judges (legs are indexed by that direction).
+#[inline(always)]
+fn leg_query(slot: u32, key: &SessionKey, s: &Session, leg: usize) -> Query {
+    let direction = (leg & 1) as u8;
+    let (src, sport, dst, dport) = key.orig_tuple(s);
+    let peer = if direction == direction::EGRESS {
+        &dst
+    } else {
+        &src
+    };
+    Query {
+        slot,
+        direction,
+        peer_identity: identity_of(slot, peer),
+        protocol: key.protocol,
+        sport,
+        dport,
+        has_ports: proto::has_ports(key.protocol),
+    }
 }
 
 #[inline(always)]
@@ -157,8 +197,10 @@ struct Seen<'a> {
 
 /// The first packet of a connection, judged: open its session.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn open_session(
     cfg: &Config,
+    policy: PolicyVersion,
     stats: &mut Stats,
     seen: &Seen,
     pkt: &Packet,
@@ -166,7 +208,7 @@ fn open_session(
     local_identity: u32,
 ) -> (u8, u32) {
     if cfg.flags & config_flags::NO_SESSION_INSERT == 0 {
-        insert_session(cfg, stats, seen, pkt, j);
+        insert_session(policy, stats, seen, pkt, j);
     }
     count_rule(j.rule_id, seen.len);
     // From the packet and the judgement: the session may not have been written.
@@ -194,7 +236,13 @@ fn open_session(
 
 /// Writes a new session whose only leg is the one that judged `pkt`.
 #[inline(always)]
-fn insert_session(cfg: &Config, stats: &mut Stats, seen: &Seen, pkt: &Packet, j: &Judgement) {
+fn insert_session(
+    policy: PolicyVersion,
+    stats: &mut Stats,
+    seen: &Seen,
+    pkt: &Packet,
+    j: &Judgement,
+) {
     // Built in the per-CPU scratch slot: a session does not fit on the stack.
     let Some(h) = MSEG_HANDOFF.get_ptr_mut(0) else {
         return;
@@ -211,7 +259,7 @@ fn insert_session(cfg: &Config, stats: &mut Stats, seen: &Seen, pkt: &Packet, j:
     s.last_event = [event_tick(seen.now); 2];
     s._pad = [0; 2];
     s.legs[leg ^ 1] = SessionLeg::default();
-    s.legs[leg] = new_leg(j, seen.ifindex, cfg.generation);
+    s.legs[leg] = new_leg(j, seen.ifindex, policy.generation);
     if MSEG_SESSIONS.insert(seen.key, &*s, 0).is_ok() {
         stats.sessions_created += 1;
     }
@@ -222,7 +270,7 @@ fn insert_session(cfg: &Config, stats: &mut Stats, seen: &Seen, pkt: &Packet, j:
 /// interface's leg, then follow the session.
 #[inline(always)]
 fn add_leg(
-    cfg: &Config,
+    policy: PolicyVersion,
     stats: &mut Stats,
     s: &mut Session,
     seen: &Seen,
@@ -237,7 +285,7 @@ fn add_leg(
     if s.legs[leg].is_present() && !s.legs[leg].has_ended() {
         session_event(event_kind::END, seen.key, s, leg, seen.now, stats);
     }
-    s.legs[leg] = new_leg(j, seen.ifindex, cfg.generation);
+    s.legs[leg] = new_leg(j, seen.ifindex, policy.generation);
     s.last_event[leg & 1] = event_tick(seen.now);
     emit(stats, |e| {
         e.fill_from_session(event_kind::NEW, seen.key, s, leg, seen.now);
@@ -260,7 +308,7 @@ fn add_leg(
 /// workload sees it.
 #[inline(always)]
 fn rejudge(
-    cfg: &Config,
+    policy: PolicyVersion,
     stats: &mut Stats,
     key: &SessionKey,
     s: &mut Session,
@@ -269,34 +317,12 @@ fn rejudge(
 ) {
     stats.rejudged += 1;
     let leg = leg & 1;
-    let slot = cfg.active_slot & 1;
-    // Legs are indexed by the direction they judge.
-    let direction = leg as u8;
-    let (src, sport, dst, dport) = key.orig_tuple(s);
     let ep_key = EndpointKey {
-        slot,
+        slot: policy.slot,
         ifindex: s.legs[leg].ifindex,
     };
     let j = match unsafe { MSEG_ENDPOINTS.get(&ep_key) } {
-        Some(ep) => {
-            let peer = if direction == direction::EGRESS {
-                &dst
-            } else {
-                &src
-            };
-            judge(
-                ep,
-                &Query {
-                    slot,
-                    direction,
-                    peer_identity: identity_of(slot, peer),
-                    protocol: key.protocol,
-                    sport,
-                    dport,
-                    has_ports: proto::has_ports(key.protocol),
-                },
-            )
-        }
+        Some(ep) => judge(ep, &leg_query(policy.slot, key, s, leg)),
         None => Judgement {
             verdict: verdict::ALLOW,
             peer_identity: s.legs[leg].peer_identity,
@@ -304,7 +330,7 @@ fn rejudge(
         },
     };
     let l = &mut s.legs[leg];
-    l.generation = cfg.generation;
+    l.generation = policy.generation;
     let changed = j.verdict != l.verdict || j.rule_id != l.rule_id;
     l.verdict = j.verdict;
     l.rule_id = j.rule_id;
@@ -345,6 +371,11 @@ fn spoofed(slot: u32, ifindex: u32, ep: &EndpointInfo, pkt: &Packet) -> bool {
 fn icmp_error_related(ctx: &TcContext, ifindex: u32, pkt: &Packet) -> bool {
     let mut inner = Packet::default();
     if !parse::parse_icmp_inner(ctx, pkt, &mut inner) {
+        return false;
+    }
+    // An error goes back to whoever sent the packet it quotes; anything else is not an
+    // error about that connection, whatever it quotes.
+    if inner.src != pkt.dst {
         return false;
     }
     let (key, _) = session_key(&inner);

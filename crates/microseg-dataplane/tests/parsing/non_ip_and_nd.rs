@@ -14,7 +14,7 @@ fn arp_neighbour_discovery_and_other_non_ip_frames_pass_counted() {
         // ICMPv6 is allowed in by policy, but ND must pass even where policy denies:
         // db's egress is open, so try ND types 133-137 from a peer that is no one.
         for t in 133u8..=137 {
-            let nd = Frame::icmp(ip("fe80::1"), ip("ff02::1"), t, 0, [0; 4]);
+            let nd = Frame::neighbour_discovery(ip("fe80::1"), ip("ff02::1"), t);
             assert!(passes(&env, hook, &nd.bytes()), "ND type {t}");
         }
     }
@@ -41,7 +41,7 @@ spec: {selector: {}, ingress: [], egress: []}
 "#;
     let env = Env::new(yaml, "db");
     for t in 133u8..=137 {
-        let nd = Frame::icmp(ip("fe80::1"), ip("fd00::3"), t, 0, [0; 4]);
+        let nd = Frame::neighbour_discovery(ip("fe80::1"), ip("fd00::3"), t);
         assert!(passes(&env, Hook::ToWorkload, &nd.bytes()), "ND type {t}");
     }
     // Other ICMPv6 is policy's: echo is default-denied.
@@ -53,6 +53,52 @@ spec: {selector: {}, ingress: [], egress: []}
 }
 
 #[test]
+fn only_real_neighbour_discovery_is_exempt_from_policy() {
+    let yaml = r#"
+apiVersion: microseg.io/v1
+kind: Workload
+metadata: {name: db, labels: {app: db}}
+spec: {interface: lo, ips: ["fd00::3", "10.0.0.3"]}
+---
+apiVersion: microseg.io/v1
+kind: Policy
+metadata: {name: lockdown}
+spec: {selector: {}, ingress: [], egress: []}
+"#;
+    let env = Env::new(yaml, "db");
+    for t in 133u8..=137 {
+        // Receivers discard ND that crossed a router (RFC 4861): policy judges it.
+        let routed = Frame::neighbour_discovery(ip("fd00::2"), ip("fd00::3"), t).with_hop_limit(64);
+        assert!(
+            !ingress(&env, &routed),
+            "ND type {t} with hop limit 64 passed"
+        );
+        assert!(!from_db(
+            &env,
+            &Frame::neighbour_discovery(ip("fd00::3"), ip("2001:db8::9"), t).with_hop_limit(254)
+        ));
+        // Protocol 58 in IPv4 is no ICMPv6 at all: no exemption either way.
+        let v4 = Frame::new(
+            ip("10.0.0.2"),
+            ip("10.0.0.3"),
+            58,
+            vec![t, 0, 0, 0, 0, 0, 0, 0],
+        );
+        assert!(!ingress(&env, &v4), "IPv4 protocol 58 type {t} passed in");
+        let out = Frame::new(
+            ip("10.0.0.3"),
+            ip("192.0.2.7"),
+            58,
+            vec![t, 0, 0, 0, 0, 0, 0, 0],
+        );
+        assert!(!from_db(&env, &out), "IPv4 protocol 58 type {t} passed out");
+    }
+    let s = stats(&env);
+    assert_eq!((s.neighbor_discovery, s.parse_errors), (0, 0));
+    assert_eq!(s.denied(), 20);
+}
+
+#[test]
 fn drop_non_ip_drops_lldp_but_not_arp() {
     let mut env = env();
     env.dp.set_flags(config_flags::DROP_NON_IP).unwrap();
@@ -60,7 +106,7 @@ fn drop_non_ip_drops_lldp_but_not_arp() {
     assert!(!passes(&env, Hook::FromWorkload, &non_ip()));
     assert!(passes(&env, Hook::ToWorkload, &arp()));
     assert!(passes(&env, Hook::FromWorkload, &arp()));
-    let nd = Frame::icmp(ip("fe80::1"), ip("ff02::1"), 135, 0, [0; 4]);
+    let nd = Frame::neighbour_discovery(ip("fe80::1"), ip("ff02::1"), 135);
     assert!(passes(&env, Hook::ToWorkload, &nd.bytes()));
     // IP traffic is unaffected.
     assert!(ingress(
