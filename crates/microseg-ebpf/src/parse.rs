@@ -146,7 +146,7 @@ fn parse_ipv4(ctx: &TcContext, pkt: &mut Packet, l3: usize) -> Parsed {
     if offset == 1 && pkt.protocol == proto::TCP {
         return Parsed::Malformed;
     }
-    parse_l4(ctx, pkt, l3 + ihl)
+    parse_l4(ctx, pkt, l3 + ihl, l3 + total_len)
 }
 
 #[inline(always)]
@@ -175,6 +175,13 @@ fn parse_ipv6(ctx: &TcContext, pkt: &mut Packet, l3: usize) -> Parsed {
     pkt.dst = [h[6], h[7], h[8], h[9]];
     let mut next = b1[2];
     let mut off = l3 + 40;
+    // A payload length of 0 is a jumbogram (or a BIG TCP packet inside the stack): the
+    // frame's end is the packet's.
+    let ip_end = if payload_len == 0 {
+        ctx.len() as usize
+    } else {
+        off + payload_len
+    };
     // One pass per extension header, plus the one that reaches the upper layer.
     for _ in 0..=MAX_EXT_HEADERS {
         match next {
@@ -215,7 +222,7 @@ fn parse_ipv6(ctx: &TcContext, pkt: &mut Packet, l3: usize) -> Parsed {
             }
             _ => {
                 pkt.protocol = next;
-                return parse_l4(ctx, pkt, off);
+                return parse_l4(ctx, pkt, off, ip_end);
             }
         }
         if pkt.fragment == FRAG_LATER {
@@ -228,11 +235,21 @@ fn parse_ipv6(ctx: &TcContext, pkt: &mut Packet, l3: usize) -> Parsed {
     Parsed::Malformed
 }
 
+/// The upper-layer header at `off`, which must end by `ip_end` (the end of the IP packet):
+/// bytes past it (Ethernet padding, a trailer) are not the header the receiver reads.
 #[inline(always)]
-fn parse_l4(ctx: &TcContext, pkt: &mut Packet, off: usize) -> Parsed {
+fn parse_l4(ctx: &TcContext, pkt: &mut Packet, off: usize, ip_end: usize) -> Parsed {
     pkt.l4_off = off as u32;
     if pkt.fragment == FRAG_LATER {
         return Parsed::Ip;
+    }
+    let needed = match pkt.protocol {
+        proto::TCP => 20,
+        proto::UDP | proto::SCTP | proto::ICMP | proto::ICMPV6 => 8,
+        _ => 0,
+    };
+    if off + needed > ip_end {
+        return Parsed::Malformed;
     }
     match pkt.protocol {
         proto::TCP => {

@@ -135,3 +135,29 @@ fn invalid_ip_headers_are_dropped_and_counted() {
         "IPv6 payload length beyond the frame",
     );
 }
+
+/// The IP length says where the packet ends; what follows (Ethernet padding, a trailer) is
+/// not part of it, so an upper-layer header cut short by that length is malformed, even
+/// when the frame holds enough bytes to read one.
+#[test]
+fn an_upper_layer_header_must_end_within_the_ip_packet() {
+    let env = env();
+    for (what, frame, l3) in [
+        ("TCP in IPv4", Frame::tcp(web4(), db4(), 1, 80, TCP_SYN), 14),
+        ("UDP in IPv4", Frame::udp(web4(), db4(), 1, 53), 14),
+        ("TCP in IPv6", Frame::tcp(web6(), db6(), 1, 80, TCP_SYN), 14),
+    ] {
+        let mut f = frame.bytes();
+        let v6 = frame.src.is_ipv6();
+        // Declare only 4 bytes of the upper layer; the rest of it stays in the frame.
+        if v6 {
+            f[l3 + 4..l3 + 6].copy_from_slice(&4u16.to_be_bytes());
+        } else {
+            f[l3 + 2..l3 + 4].copy_from_slice(&24u16.to_be_bytes());
+        }
+        assert_malformed(&env, Hook::ToWorkload, &f, what);
+        assert_malformed(&env, Hook::FromWorkload, &f, what);
+    }
+    // With its full length declared, the same packet is judged.
+    assert!(ingress(&env, &Frame::tcp(web4(), db4(), 1, 80, TCP_SYN)));
+}
