@@ -227,6 +227,43 @@ spec:
 }
 
 #[test]
+fn an_unrelated_icmp_error_does_not_hide_the_related_ones_after_it() {
+    let env = Env::new(
+        &with(
+            r#"apiVersion: microseg.io/v1
+kind: Policy
+metadata: {name: db}
+spec:
+  selector: {matchLabels: {app: db}}
+  ingress: []
+  egress: [{action: allow, ports: [{protocol: TCP, port: 443}]}]
+"#,
+        ),
+        "db",
+    );
+    for (router, peer) in [
+        (ip("10.1.0.1"), ip("192.0.2.10")),
+        (ip("fd00::1"), ip("2001:db8::10")),
+    ] {
+        let db = if router.is_ipv4() { db4() } else { db6() };
+        let out = Frame::tcp(db, peer, 40000, 443, TCP_SYN);
+        assert!(from_db(&env, &out));
+        // An error about a connection db never made is judged by policy: denied...
+        let other = Frame::tcp(db, peer, 40009, 443, TCP_SYN);
+        assert!(!into_db(&env, &Frame::icmp_unreachable(router, db, &other)));
+        // ...and leaves nothing behind that would drop the router's next, related error
+        // (packet too big, for IPv6) before its relation is checked.
+        let mut related = Frame::icmp_unreachable(router, db, &out);
+        if !router.is_ipv4() {
+            related.l4[0] = 2;
+        }
+        assert!(into_db(&env, &related), "related error from {router}");
+        assert!(into_db(&env, &related), "and again");
+    }
+    assert_eq!(env.dp.stats().unwrap().icmp_related, 4);
+}
+
+#[test]
 fn tcp_sessions_walk_the_state_machine_and_report_their_end() {
     let mut env = Env::new(&with(DB_ALLOWS_WEB), "db");
     let state = |env: &Env, sport| {

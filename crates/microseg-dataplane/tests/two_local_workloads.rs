@@ -313,6 +313,27 @@ fn a_leg_opened_by_a_reply_is_judged_in_its_own_direction() {
 }
 
 #[test]
+fn a_leg_opened_by_a_reply_is_allowed_by_its_ingress_policy_not_denied_by_its_egress() {
+    on_two_interfaces(|| {
+        // db accepts web on 5432 and may open nothing itself.
+        let node = Node::new(&format!("{DB_ALLOWS_WEB}  egress: []\n"));
+        let syn = Frame::tcp(web4(), db4(), 40000, 5432, TCP_SYN);
+        assert!(node.run(Hook::FromWorkload, node.web0, &syn));
+        let reply = Frame::tcp(db4(), web4(), 5432, 40000, TCP_SYN | TCP_ACK);
+        assert!(node.run(Hook::FromWorkload, node.db0, &reply));
+        let leg = node.session().legs[INGRESS];
+        assert_eq!(
+            (leg.ifindex, leg.verdict, leg.rule_id),
+            (
+                node.db0,
+                verdict::ALLOW,
+                node.rule_id("db-ingress", Direction::Ingress)
+            )
+        );
+    });
+}
+
+#[test]
 fn a_packet_a_leg_drops_does_not_close_the_connection() {
     on_two_interfaces(|| {
         let mut node = Node::new(DB_ALLOWS_WEB);
@@ -332,5 +353,23 @@ fn a_packet_a_leg_drops_does_not_close_the_connection() {
         let stats = node.dp.stats().unwrap();
         assert_eq!((stats.sessions_created, stats.sessions_closed), (1, 0));
         assert_eq!(node.dp.session_count(), 1);
+    });
+}
+
+#[test]
+fn a_rst_right_after_a_revocation_does_not_close_the_connection() {
+    on_two_interfaces(|| {
+        let mut node = Node::new(DB_ALLOWS_WEB);
+        assert!(node.web_to_db(TCP_SYN));
+        assert!(node.db_to_web(TCP_SYN | TCP_ACK));
+        assert!(node.web_to_db(TCP_ACK));
+        // Both legs still carry the old policy's verdict when web's RST arrives: web's leg
+        // is judged again and passes it, db's is judged again and drops it.
+        node.apply(DB_DENIES_ALL);
+        assert!(!node.web_to_db(TCP_RST));
+        assert_eq!(node.session().state, session_state::ESTABLISHED);
+        assert!(!node.db_to_web(TCP_ACK), "db's next packet");
+        assert_eq!(node.dp.session_count(), 1);
+        assert_eq!(node.dp.stats().unwrap().sessions_created, 1);
     });
 }

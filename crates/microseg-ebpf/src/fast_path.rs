@@ -67,7 +67,14 @@ pub fn handle(ctx: &TcContext, direction: u8) -> i32 {
 
     let (key, src_is_lo) = session_key(&pkt);
     let mut has_session = false;
-    if let Some(s) = MSEG_SESSIONS.get_ptr_mut(&key) {
+    // An ICMP error follows the connection it quotes, which the slow path checks; a
+    // session under its own addresses would pass or drop it before that check.
+    let found = if parse::is_icmp_error(&pkt) {
+        None
+    } else {
+        MSEG_SESSIONS.get_ptr_mut(&key)
+    };
+    if let Some(s) = found {
         let s = unsafe { &mut *s };
         // A SYN on a closed session's ports is a new connection: judged as new.
         if !starts_over(s, &pkt) {
@@ -184,21 +191,24 @@ pub fn established(
     len: u64,
 ) -> (u8, u32) {
     let leg = leg & 1;
-    // Counted and tracked once, by the first program on this node the packet passes: the
-    // sender's own interface, unless the sender has no leg here (a remote peer).
-    if direction == direction::EGRESS || !s.legs[leg ^ 1].is_present() {
+    let other_leg_here = s.legs[leg ^ 1].is_present();
+    // Counted once, by the first program on this node the packet passes: the sender's own
+    // interface, unless the sender has no leg here (a remote peer).
+    if direction == direction::EGRESS || !other_leg_here {
         let side = if is_orig { 0 } else { 1 };
         s.packets[side] += 1;
         s.bytes[side] += len;
         s.last_seen_ns = now;
-        // A packet a leg of this node drops changes nothing: a dropped RST or FIN must not
-        // close (and so remove) a session its endpoints still hold, or the next packet
-        // would be judged afresh, as a connection the other way.
-        if !s.present_legs().any(|(_, l)| l.verdict == verdict::DENY) {
-            advance(s, pkt, is_orig);
-        }
     }
     let (v, rule_id) = (s.legs[leg].verdict, s.legs[leg].rule_id);
+    // The state moves at the last program on this node the packet passes, once every leg
+    // has judged it under the current policy and let it through. A RST or FIN some leg
+    // drops must not close (and so remove) a session its endpoints still hold: the next
+    // packet would be judged afresh, as a connection the other way.
+    let last_program = direction == direction::INGRESS || !other_leg_here;
+    if last_program && v != verdict::DENY {
+        advance(s, pkt, is_orig);
+    }
     count_rule(rule_id, len);
     if v != verdict::ALLOW && s.event_due(leg, now) {
         s.last_event[leg] = event_tick(now);
@@ -210,21 +220,19 @@ pub fn established(
         session_event(kind, key, s, leg, now, stats);
     }
     if s.state == session_state::CLOSED {
-        if !s.legs[leg].has_ended() {
-            s.legs[leg].flags |= leg_flags::ENDED;
-            session_event(event_kind::END, key, s, leg, now, stats);
+        // Every leg's flow ends here, the first leg's too: its program may see no packet
+        // of the connection again.
+        for l in 0..2 {
+            if s.legs[l].is_present() && !s.legs[l].has_ended() {
+                s.legs[l].flags |= leg_flags::ENDED;
+                session_event(event_kind::END, key, s, l, now, stats);
+            }
         }
         // A closed connection leaves the table with its last packet, at the last program
         // on this node that packet passes: its entry is reused while still in cache,
-        // instead of the next connection taking a cold one. Not before every leg's END.
-        let other_leg_here = s.legs[leg ^ 1].is_present();
-        let last_program = direction == direction::INGRESS || !other_leg_here;
+        // instead of the next connection taking a cold one.
         let from_local = direction == direction::EGRESS || other_leg_here;
-        if last_program
-            && v != verdict::DENY
-            && is_last_packet(s, pkt, is_orig, from_local)
-            && s.present_legs().all(|(_, l)| l.has_ended())
-        {
+        if last_program && v != verdict::DENY && is_last_packet(s, pkt, is_orig, from_local) {
             let _ = MSEG_SESSIONS.remove(key);
             stats.sessions_closed += 1;
         }

@@ -116,7 +116,8 @@ fn decide(
         stats.spoofed += 1;
         return Decision::Untracked(verdict::DENY);
     }
-    if parse::is_icmp_error(pkt) && icmp_error_related(ctx, ifindex, pkt) {
+    let is_error = parse::is_icmp_error(pkt);
+    if is_error && icmp_error_related(ctx, ifindex, pkt) {
         stats.icmp_related += 1;
         return Decision::Untracked(verdict::ALLOW);
     }
@@ -145,7 +146,13 @@ fn decide(
             has_ports: proto::has_ports(pkt.protocol),
         },
     };
-    Decision::Judged(judge(ep, &q), ep.identity)
+    let j = judge(ep, &q);
+    if is_error {
+        // Judged like any ICMP, but it opens no session: one would catch later errors
+        // between the same addresses before their relation is checked.
+        return Decision::Untracked(j.verdict);
+    }
+    Decision::Judged(j, ep.identity)
 }
 
 /// The policy question for a session's `leg`: the connection as its originator opened it,
