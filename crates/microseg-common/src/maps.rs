@@ -141,8 +141,6 @@ pub mod session_flags {
     /// The FIN that closed the connection (the second one) came from the replier, so the
     /// originator's next ACK is the connection's last packet.
     pub const CLOSED_BY_REPLY: u8 = 1 << 4;
-    /// Denied by its first packet and allowed by no leg since: it never carried anything.
-    pub const OPENED_DENIED: u8 = 1 << 5;
 }
 
 /// [`SessionLeg::flags`] bits.

@@ -227,56 +227,6 @@ spec:
 }
 
 #[test]
-fn denied_packets_cannot_keep_a_workload_from_calling_out_on_their_ports() {
-    let env = Env::new(
-        &with(
-            r#"apiVersion: microseg.io/v1
-kind: Policy
-metadata: {name: db}
-spec:
-  selector: {matchLabels: {app: db}}
-  ingress: []
-  egress: [{action: allow, ports: [{protocol: UDP, port: 53}, {protocol: TCP, port: 443}]}]
-"#,
-        ),
-        "db",
-    );
-    let resolver = ip("192.0.2.53");
-    let web = ip("192.0.2.10");
-    // Someone sends db what its calls' answers would look like, before db calls: denied.
-    assert!(!into_db(&env, &Frame::udp(resolver, db4(), 53, 40000)));
-    assert!(!into_db(&env, &Frame::tcp(web, db4(), 443, 40001, TCP_SYN)));
-    // Those sessions never carried anything: db's calls on the same ports are its own
-    // connections, judged by its egress, and their answers pass as replies.
-    assert!(from_db(&env, &Frame::udp(db4(), resolver, 40000, 53)));
-    assert!(into_db(&env, &Frame::udp(resolver, db4(), 53, 40000)));
-    assert!(from_db(&env, &Frame::tcp(db4(), web, 40001, 443, TCP_SYN)));
-    assert!(into_db(
-        &env,
-        &Frame::tcp(web, db4(), 443, 40001, TCP_SYN | TCP_ACK)
-    ));
-    // A connection that was allowed and then revoked is not reopened the other way.
-    let mut env = env;
-    let out = Frame::tcp(db4(), web, 40002, 443, TCP_SYN);
-    assert!(from_db(&env, &out));
-    env.reapply(&with(
-        r#"apiVersion: microseg.io/v1
-kind: Policy
-metadata: {name: db}
-spec:
-  selector: {matchLabels: {app: db}}
-  ingress: []
-  egress: []
-"#,
-    ));
-    assert!(!into_db(
-        &env,
-        &Frame::tcp(web, db4(), 443, 40002, TCP_SYN | TCP_ACK)
-    ));
-    assert!(!from_db(&env, &Frame::tcp(db4(), web, 40002, 443, TCP_ACK)));
-}
-
-#[test]
 fn an_unrelated_icmp_error_does_not_hide_the_related_ones_after_it() {
     let env = Env::new(
         &with(

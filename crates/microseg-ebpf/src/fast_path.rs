@@ -13,7 +13,7 @@ use crate::{
     events::emit,
     maps::*,
     parse::{self, Packet, Parsed, FRAG_FIRST, FRAG_LATER},
-    session::{advance, is_last_packet, reverses_a_denial, session_key, starts_over},
+    session::{advance, is_last_packet, session_key, starts_over},
 };
 
 pub const PASS: i32 = TC_ACT_OK as i32;
@@ -76,9 +76,9 @@ pub fn handle(ctx: &TcContext, direction: u8) -> i32 {
     };
     if let Some(s) = found {
         let s = unsafe { &mut *s };
-        let is_orig = is_orig(s, src_is_lo);
         // A SYN on a closed session's ports is a new connection: judged as new.
-        if !starts_over(s, &pkt) && !reverses_a_denial(s, is_orig) {
+        if !starts_over(s, &pkt) {
+            let is_orig = is_orig(s, src_is_lo);
             let leg = leg_of(direction, is_orig);
             let l = &s.legs[leg];
             if l.ifindex == ifindex && l.generation == cfg.generation {

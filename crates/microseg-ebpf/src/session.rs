@@ -62,15 +62,6 @@ pub fn starts_over(s: &Session, pkt: &Packet) -> bool {
         && pkt.tcp_flags & (tf::SYN | tf::ACK) == tf::SYN
 }
 
-/// A packet against the direction of a session denied from its first packet and allowed
-/// by no leg since. That connection never carried anything, so the packet opens its own,
-/// judged in its own direction: otherwise anyone could keep a workload from calling out
-/// by first sending it denied packets from the ports it will call.
-#[inline(always)]
-pub fn reverses_a_denial(s: &Session, is_orig: bool) -> bool {
-    !is_orig && s.flags & sf::OPENED_DENIED != 0
-}
-
 /// Advances the state with one packet.
 #[inline(always)]
 pub fn advance(s: &mut Session, pkt: &Packet, is_orig: bool) {

@@ -263,9 +263,6 @@ fn insert_session(
     s.bytes = [seen.len, 0];
     s.state = initial_state(pkt);
     s.flags = if seen.src_is_lo { sf::ORIG_IS_LO } else { 0 };
-    if j.verdict == verdict::DENY {
-        s.flags |= sf::OPENED_DENIED;
-    }
     s.last_event = [event_tick(seen.now); 2];
     s._pad = [0; 2];
     s.legs[leg ^ 1] = SessionLeg::default();
@@ -296,9 +293,6 @@ fn add_leg(
         session_event(event_kind::END, seen.key, s, leg, seen.now, stats);
     }
     s.legs[leg] = new_leg(j, seen.ifindex, policy.generation);
-    if j.verdict != verdict::DENY {
-        s.flags &= !sf::OPENED_DENIED;
-    }
     s.last_event[leg & 1] = event_tick(seen.now);
     emit(stats, |e| {
         e.fill_from_session(event_kind::NEW, seen.key, s, leg, seen.now);
@@ -342,9 +336,6 @@ fn rejudge(
             ..Default::default()
         },
     };
-    if j.verdict != verdict::DENY {
-        s.flags &= !sf::OPENED_DENIED;
-    }
     let l = &mut s.legs[leg];
     l.generation = policy.generation;
     let changed = j.verdict != l.verdict || j.rule_id != l.rule_id;
