@@ -373,3 +373,24 @@ fn a_rst_right_after_a_revocation_does_not_close_the_connection() {
         assert_eq!(node.dp.stats().unwrap().sessions_created, 1);
     });
 }
+
+#[test]
+fn a_packet_in_a_local_workloads_name_that_skipped_its_interface_moves_nothing() {
+    on_two_interfaces(|| {
+        let node = Node::new(DB_ALLOWS_WEB);
+        assert!(node.web_to_db(TCP_SYN));
+        assert!(node.db_to_web(TCP_SYN | TCP_ACK));
+        assert!(node.web_to_db(TCP_ACK));
+        // A RST and a FIN claiming to be web's, from outside the node: they reach db's
+        // interface without passing web's. db's leg lets them in (its kernel checks
+        // sequence numbers), but the session must not close or leave the table.
+        for flags in [TCP_RST, TCP_FIN | TCP_ACK] {
+            let forged = Frame::tcp(web4(), db4(), 40000, 5432, flags);
+            node.run(Hook::ToWorkload, node.db0, &forged);
+            assert_eq!(node.session().state, session_state::ESTABLISHED);
+        }
+        assert_eq!(node.dp.session_count(), 1);
+        assert!(node.db_to_web(TCP_ACK));
+        assert_eq!(node.dp.stats().unwrap().sessions_created, 1);
+    });
+}

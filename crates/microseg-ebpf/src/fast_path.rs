@@ -85,8 +85,18 @@ pub fn handle(ctx: &TcContext, direction: u8) -> i32 {
                 stats.session_hits += 1;
                 // The coarse clock (one tick) is plenty for idle timeouts and costs a seventh.
                 let now = unsafe { bpf_ktime_get_coarse_ns() };
-                let (verdict, rule_id) =
-                    established(stats, &key, s, leg, direction, is_orig, &pkt, now, len);
+                let (verdict, rule_id) = established(
+                    stats,
+                    &key,
+                    s,
+                    leg,
+                    direction,
+                    is_orig,
+                    &pkt,
+                    now,
+                    len,
+                    cfg.generation,
+                );
                 record_first_fragment(ifindex, &pkt, verdict, rule_id, stats);
                 return finish(stats, verdict);
             }
@@ -189,26 +199,43 @@ pub fn established(
     pkt: &Packet,
     now: u64,
     len: u64,
+    generation: u32,
 ) -> (u8, u32) {
     let leg = leg & 1;
     let other_leg_here = s.legs[leg ^ 1].is_present();
-    // Counted once, by the first program on this node the packet passes: the sender's own
-    // interface, unless the sender has no leg here (a remote peer).
+    let (v, rule_id) = (s.legs[leg].verdict, s.legs[leg].rule_id);
+    // Counted and tracked once, by the first program on this node the packet passes: the
+    // sender's own interface, unless the sender has no leg here (a remote peer). Only the
+    // first program knows the packet came through the sender's interface: a packet the
+    // last program sees alone may be forged from outside in a local workload's name.
+    //
+    // A packet a leg drops moves nothing: a dropped RST or FIN must not close (and so
+    // remove) a session its endpoints still hold, or the next packet would be judged
+    // afresh, as a connection the other way. When the other leg has not judged the packet
+    // under the current policy yet, its program moves the state, if it lets it through.
     if direction == direction::EGRESS || !other_leg_here {
         let side = if is_orig { 0 } else { 1 };
         s.packets[side] += 1;
         s.bytes[side] += len;
         s.last_seen_ns = now;
+        let other = &s.legs[leg ^ 1];
+        if v == verdict::DENY {
+            s.flags &= !sf::ADVANCE_PENDING;
+        } else if !other_leg_here
+            || (other.generation == generation && other.verdict != verdict::DENY)
+        {
+            s.flags &= !sf::ADVANCE_PENDING;
+            advance(s, pkt, is_orig);
+        } else {
+            s.flags |= sf::ADVANCE_PENDING;
+        }
+    } else if s.flags & sf::ADVANCE_PENDING != 0 {
+        s.flags &= !sf::ADVANCE_PENDING;
+        if v != verdict::DENY {
+            advance(s, pkt, is_orig);
+        }
     }
-    let (v, rule_id) = (s.legs[leg].verdict, s.legs[leg].rule_id);
-    // The state moves at the last program on this node the packet passes, once every leg
-    // has judged it under the current policy and let it through. A RST or FIN some leg
-    // drops must not close (and so remove) a session its endpoints still hold: the next
-    // packet would be judged afresh, as a connection the other way.
     let last_program = direction == direction::INGRESS || !other_leg_here;
-    if last_program && v != verdict::DENY {
-        advance(s, pkt, is_orig);
-    }
     count_rule(rule_id, len);
     if v != verdict::ALLOW && s.event_due(leg, now) {
         s.last_event[leg] = event_tick(now);

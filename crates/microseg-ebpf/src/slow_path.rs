@@ -50,7 +50,18 @@ pub fn handle(ctx: &TcContext) -> i32 {
             if s.legs[leg].generation != policy.generation {
                 rejudge(policy, stats, &key, s, leg, now);
             }
-            established(stats, &key, s, leg, direction, is_orig, &pkt, now, len)
+            established(
+                stats,
+                &key,
+                s,
+                leg,
+                direction,
+                is_orig,
+                &pkt,
+                now,
+                len,
+                policy.generation,
+            )
         }
         // No session, or none of its legs is on this interface yet: policy decides.
         existing => match decide(
@@ -146,13 +157,7 @@ fn decide(
             has_ports: proto::has_ports(pkt.protocol),
         },
     };
-    let j = judge(ep, &q);
-    if is_error {
-        // Judged like any ICMP, but it opens no session: one would catch later errors
-        // between the same addresses before their relation is checked.
-        return Decision::Untracked(j.verdict);
-    }
-    Decision::Judged(j, ep.identity)
+    Decision::Judged(judge(ep, &q), ep.identity)
 }
 
 /// The policy question for a session's `leg`: the connection as its originator opened it,
@@ -214,7 +219,9 @@ fn open_session(
     j: &Judgement,
     local_identity: u32,
 ) -> (u8, u32) {
-    if cfg.flags & config_flags::NO_SESSION_INSERT == 0 {
+    // An ICMP error about no connection is judged and reported like any ICMP, but opens no
+    // session: one would catch the router's later errors before their relation is checked.
+    if cfg.flags & config_flags::NO_SESSION_INSERT == 0 && !parse::is_icmp_error(pkt) {
         insert_session(policy, stats, seen, pkt, j);
     }
     count_rule(j.rule_id, seen.len);
@@ -308,6 +315,7 @@ fn add_leg(
         pkt,
         seen.now,
         seen.len,
+        policy.generation,
     )
 }
 
