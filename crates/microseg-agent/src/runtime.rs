@@ -89,9 +89,15 @@ pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
             .map_err(|e| runtime(format!("{}: {e}", parent.display())))?;
     }
     let _ = std::fs::remove_file(&opts.socket);
-    let listener = UnixListener::bind(&opts.socket)
+    // Created owner-only: a chmod after bind would leave a moment in which anyone could
+    // connect. The umask is the process's, so it is put back at once.
+    // SAFETY: umask cannot fail; only this startup code creates files now.
+    let umask = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(&opts.socket);
+    unsafe { libc::umask(umask) };
+    let listener = bound.map_err(|e| runtime(format!("{}: {e}", opts.socket.display())))?;
+    std::fs::set_permissions(&opts.socket, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| runtime(format!("{}: {e}", opts.socket.display())))?;
-    let _ = std::fs::set_permissions(&opts.socket, std::fs::Permissions::from_mode(0o600));
     log::info!(
         "serving stats, flows and sessions on {}",
         opts.socket.display()

@@ -18,7 +18,7 @@ pub use rest::OPENAPI;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,6 +121,9 @@ pub fn load_token(opts: &Options) -> Result<String, ControllerError> {
         .truncate(true)
         .mode(0o600)
         .open(&path)
+        .map_err(rt)?;
+    // `mode` applies only to a file it creates: an existing empty one keeps its own.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(rt)?;
     writeln!(f, "{token}").map_err(rt)?;
     log::info!("created the API token: {}", path.display());

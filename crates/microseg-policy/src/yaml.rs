@@ -90,12 +90,44 @@ pub(crate) fn load_documents(
                 continue;
             }
         }
+        if let Some((line, col)) = too_deeply_nested(&chunk) {
+            let msg = format!(
+                "nested deeper than {MAX_NESTING_COLUMNS} columns of indentation and \"- \" \
+                 markers: not a policy file"
+            );
+            diags.push(Diagnostic::new(file, line + line_off, col, msg));
+            continue;
+        }
         match parse_chunk(&chunk) {
             Ok(node) => docs.push(Document { node, line_off }),
             Err((line, col, msg)) => diags.push(Diagnostic::new(file, line + line_off, col, msg)),
         }
     }
     (docs, fast_used)
+}
+
+/// Each block nesting level takes at least one column (indentation) or two (a compact
+/// "- "), so this bounds the depth the loader and [`Node::from`] recurse to, far above
+/// what any policy needs. Without it, "- - - ... x" overflows the stack and aborts the
+/// process (a controller serving `POST /v1/apply`) instead of returning an error. Flow
+/// brackets are capped by the YAML parser itself.
+const MAX_NESTING_COLUMNS: usize = 512;
+
+/// The first line and column (1-based) where block nesting starts past
+/// [`MAX_NESTING_COLUMNS`]; block scalars' text lines count too, which no policy minds.
+fn too_deeply_nested(chunk: &str) -> Option<(usize, usize)> {
+    for (i, line) in chunk.lines().enumerate() {
+        let bytes = line.as_bytes();
+        let mut col = bytes.iter().take_while(|&&b| b == b' ').count();
+        while col + 1 < bytes.len() && matches!(bytes[col], b'-' | b'?') && bytes[col + 1] == b' ' {
+            col += 2;
+            col += bytes[col..].iter().take_while(|&&b| b == b' ').count();
+        }
+        if col > MAX_NESTING_COLUMNS {
+            return Some((i + 1, col + 1));
+        }
+    }
+    None
 }
 
 fn parse_chunk(chunk: &str) -> Result<Node, (usize, usize, String)> {

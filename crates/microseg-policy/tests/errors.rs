@@ -258,3 +258,24 @@ fn yaml_syntax_errors_have_positions() {
     let (_, diags) = parse_str("f.yaml", "a: 1\na: 2\n");
     assert_eq!(diags[0].to_string(), "f.yaml:2:1: duplicate key \"a\"");
 }
+
+#[test]
+fn nesting_deep_enough_to_overflow_the_stack_is_an_error_not_a_crash() {
+    // 200,000 levels of "- ": recursing into them would abort the whole process.
+    let deep = format!("{}x\n", "- ".repeat(200_000));
+    let errs = errors(&deep);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("1:400001: nested deeper than 512 columns"),
+        "{}",
+        errs[0]
+    );
+    // The same by indentation, one column per line, in the second document.
+    let mut stairs = String::from("---\n");
+    for depth in 0..600 {
+        stairs.push_str(&format!("{}k{depth}:\n", " ".repeat(depth)));
+    }
+    let errs = errors(&format!("{HEAD}  ingress: []\n{stairs}"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].starts_with("521:514: nested"), "{}", errs[0]);
+}

@@ -133,9 +133,29 @@ fn token(c: &ClientArgs) -> Result<Option<String>, Fail> {
             return Ok(Some(t.trim().to_string()));
         }
     }
+    // The local controller's own token goes only to a controller on this machine: sent to
+    // any --server, it would hand that server the keys of this one.
+    if !is_loopback_url(&c.server) {
+        return Ok(None);
+    }
     Ok(std::fs::read_to_string(LOCAL_TOKEN)
         .ok()
         .map(|t| t.trim().to_string()))
+}
+
+/// Whether `url`'s host is this machine: `localhost` or a loopback address.
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host_port.split(':').next().unwrap_or(""),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn client(c: &ClientArgs) -> Result<Client, Fail> {
@@ -735,6 +755,27 @@ pub fn remote_flows(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_local_token_goes_only_to_a_local_controller() {
+        for local in [
+            "http://127.0.0.1:7070",
+            "https://localhost:7070/",
+            "http://[::1]:7070",
+            "127.0.0.2:7070",
+        ] {
+            assert!(is_loopback_url(local), "{local}");
+        }
+        for remote in [
+            "http://10.0.0.1:7070",
+            "https://ctl.example:7070",
+            "http://localhost.evil.example:7070",
+            "http://127.0.0.1@evil.example:7070",
+            "http://[2001:db8::1]:7070",
+        ] {
+            assert!(!is_loopback_url(remote), "{remote}");
+        }
+    }
 
     #[test]
     fn yaml_output_reads_back_as_the_same_resource() {
