@@ -141,9 +141,6 @@ pub mod session_flags {
     /// The FIN that closed the connection (the second one) came from the replier, so the
     /// originator's next ACK is the connection's last packet.
     pub const CLOSED_BY_REPLY: u8 = 1 << 4;
-    /// The first program let the last packet through, but the other leg had not judged it
-    /// under the current policy yet: that leg's program moves the state, if it passes it.
-    pub const ADVANCE_PENDING: u8 = 1 << 6;
 }
 
 /// [`SessionLeg::flags`] bits.

@@ -80,23 +80,17 @@ pub fn handle(ctx: &TcContext, direction: u8) -> i32 {
         if !starts_over(s, &pkt) {
             let is_orig = is_orig(s, src_is_lo);
             let leg = leg_of(direction, is_orig);
-            let l = &s.legs[leg];
-            if l.ifindex == ifindex && l.generation == cfg.generation {
+            let (l, other) = (&s.legs[leg], &s.legs[leg ^ 1]);
+            // Both legs current: the first program moves the state on the other's verdict.
+            if l.ifindex == ifindex
+                && l.generation == cfg.generation
+                && (!other.is_present() || other.generation == cfg.generation)
+            {
                 stats.session_hits += 1;
                 // The coarse clock (one tick) is plenty for idle timeouts and costs a seventh.
                 let now = unsafe { bpf_ktime_get_coarse_ns() };
-                let (verdict, rule_id) = established(
-                    stats,
-                    &key,
-                    s,
-                    leg,
-                    direction,
-                    is_orig,
-                    &pkt,
-                    now,
-                    len,
-                    cfg.generation,
-                );
+                let (verdict, rule_id) =
+                    established(stats, &key, s, leg, direction, is_orig, &pkt, now, len);
                 record_first_fragment(ifindex, &pkt, verdict, rule_id, stats);
                 return finish(stats, verdict);
             }
@@ -199,39 +193,24 @@ pub fn established(
     pkt: &Packet,
     now: u64,
     len: u64,
-    generation: u32,
 ) -> (u8, u32) {
     let leg = leg & 1;
     let other_leg_here = s.legs[leg ^ 1].is_present();
     let (v, rule_id) = (s.legs[leg].verdict, s.legs[leg].rule_id);
     // Counted and tracked once, by the first program on this node the packet passes: the
-    // sender's own interface, unless the sender has no leg here (a remote peer). Only the
-    // first program knows the packet came through the sender's interface: a packet the
-    // last program sees alone may be forged from outside in a local workload's name.
-    //
-    // A packet a leg drops moves nothing: a dropped RST or FIN must not close (and so
-    // remove) a session its endpoints still hold, or the next packet would be judged
-    // afresh, as a connection the other way. When the other leg has not judged the packet
-    // under the current policy yet, its program moves the state, if it lets it through.
+    // sender's own interface, unless the sender has no leg here (a remote peer). Only that
+    // program knows the packet came through the sender's interface: one the last program
+    // sees alone may be forged from outside in a local workload's name.
     if direction == direction::EGRESS || !other_leg_here {
         let side = if is_orig { 0 } else { 1 };
         s.packets[side] += 1;
         s.bytes[side] += len;
         s.last_seen_ns = now;
-        let other = &s.legs[leg ^ 1];
-        if v == verdict::DENY {
-            s.flags &= !sf::ADVANCE_PENDING;
-        } else if !other_leg_here
-            || (other.generation == generation && other.verdict != verdict::DENY)
-        {
-            s.flags &= !sf::ADVANCE_PENDING;
-            advance(s, pkt, is_orig);
-        } else {
-            s.flags |= sf::ADVANCE_PENDING;
-        }
-    } else if s.flags & sf::ADVANCE_PENDING != 0 {
-        s.flags &= !sf::ADVANCE_PENDING;
-        if v != verdict::DENY {
+        // Both legs are current here (the fast path takes no packet with a stale one; the
+        // slow path judges it again first). A packet either drops moves nothing: a dropped
+        // RST or FIN must not close (and so remove) a session its endpoints still hold, or
+        // the next packet would be judged afresh, as a connection the other way.
+        if v != verdict::DENY && (!other_leg_here || s.legs[leg ^ 1].verdict != verdict::DENY) {
             advance(s, pkt, is_orig);
         }
     }

@@ -35,33 +35,39 @@ pub fn handle(ctx: &TcContext) -> i32 {
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let (key, src_is_lo) = session_key(&pkt);
 
-    let existing = if h.has_session {
+    let mut existing = if h.has_session {
         MSEG_SESSIONS.get_ptr_mut(&key).map(|s| unsafe { &mut *s })
     } else {
         None
     };
     let leg_here = |s: &Session| leg_of(direction, is_orig(s, src_is_lo));
+    // Every leg judged under an older policy is judged again first (not one another
+    // interface is about to take over): the first program moves the session's state on
+    // both legs' current verdicts. One leg per run: a second copy of the policy lookups
+    // would not fit on the stack, so the program runs again for the other.
+    if let Some(s) = existing.as_mut() {
+        let here = leg_here(s);
+        let stale = |leg: usize| {
+            let l = &s.legs[leg];
+            let taken_over = leg == here && l.ifindex != ifindex;
+            l.is_present() && !taken_over && l.generation != policy.generation
+        };
+        let (first, second) = (stale(0), stale(1));
+        if first || second {
+            rejudge(policy, stats, &key, s, if first { 0 } else { 1 }, now);
+            if first && second {
+                // SAFETY: the program array holds this program; the handoff slot is intact.
+                let _ = unsafe { MSEG_JUMP.tail_call(ctx, SLOW_PATH) };
+            }
+        }
+    }
     let (verdict, rule_id) = match existing {
         // This interface's leg, judged under an older policy.
         Some(s) if s.legs[leg_here(s)].ifindex == ifindex => {
             stats.session_hits += 1;
             let is_orig = is_orig(s, src_is_lo);
             let leg = leg_of(direction, is_orig);
-            if s.legs[leg].generation != policy.generation {
-                rejudge(policy, stats, &key, s, leg, now);
-            }
-            established(
-                stats,
-                &key,
-                s,
-                leg,
-                direction,
-                is_orig,
-                &pkt,
-                now,
-                len,
-                policy.generation,
-            )
+            established(stats, &key, s, leg, direction, is_orig, &pkt, now, len)
         }
         // No session, or none of its legs is on this interface yet: policy decides.
         existing => match decide(
@@ -157,7 +163,14 @@ fn decide(
             has_ports: proto::has_ports(pkt.protocol),
         },
     };
-    Decision::Judged(judge(ep, &q), ep.identity)
+    let j = judge(ep, &q);
+    if is_error {
+        // Judged like any ICMP, but it opens no session (one would decide the router's
+        // later errors before their relation is checked) and sends no event (with no
+        // session to rate-limit them, a flood of errors would flood the ring).
+        return Decision::Untracked(j.verdict);
+    }
+    Decision::Judged(j, ep.identity)
 }
 
 /// The policy question for a session's `leg`: the connection as its originator opened it,
@@ -219,9 +232,7 @@ fn open_session(
     j: &Judgement,
     local_identity: u32,
 ) -> (u8, u32) {
-    // An ICMP error about no connection is judged and reported like any ICMP, but opens no
-    // session: one would catch the router's later errors before their relation is checked.
-    if cfg.flags & config_flags::NO_SESSION_INSERT == 0 && !parse::is_icmp_error(pkt) {
+    if cfg.flags & config_flags::NO_SESSION_INSERT == 0 {
         insert_session(policy, stats, seen, pkt, j);
     }
     count_rule(j.rule_id, seen.len);
@@ -315,7 +326,6 @@ fn add_leg(
         pkt,
         seen.now,
         seen.len,
-        policy.generation,
     )
 }
 
