@@ -58,11 +58,13 @@ pub fn handle(ctx: &TcContext) -> i32 {
             if first && second {
                 // SAFETY: the program array holds this program; the handoff slot is intact.
                 let _ = unsafe { MSEG_JUMP.tail_call(ctx, SLOW_PATH) };
+                // Only reached when the tail call failed: fail closed, never on a stale leg.
+                return finish(stats, verdict::DENY);
             }
         }
     }
     let (verdict, rule_id) = match existing {
-        // This interface's leg, judged under an older policy.
+        // This interface's leg, present: the session had a stale leg, now judged again.
         Some(s) if s.legs[leg_here(s)].ifindex == ifindex => {
             stats.session_hits += 1;
             let is_orig = is_orig(s, src_is_lo);
