@@ -58,8 +58,9 @@ pub fn handle(ctx: &TcContext) -> i32 {
             if first && second {
                 // SAFETY: the program array holds this program; the handoff slot is intact.
                 let _ = unsafe { MSEG_JUMP.tail_call(ctx, SLOW_PATH) };
-                // Only reached when the tail call failed: fail closed, never on a stale leg.
-                return finish(stats, verdict::DENY);
+                // Only reached when the tail call failed: the leg left stale denies until it
+                // is judged again (its generation still says so), never the old verdict.
+                s.legs[1].verdict = verdict::DENY;
             }
         }
     }
