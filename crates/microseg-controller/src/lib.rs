@@ -32,6 +32,8 @@ pub struct Options {
     /// None: SQLite at `<state_dir>/controller.db`; `sqlite:PATH`; `postgres://...`.
     pub db: Option<String>,
     pub token_file: Option<PathBuf>,
+    /// The agents' token: it opens the gRPC agent link only, never the REST API.
+    pub agent_token_file: Option<PathBuf>,
     pub state_dir: PathBuf,
     /// Recent flows kept for `GET /v1/flows`.
     pub flow_buffer: usize,
@@ -49,6 +51,7 @@ impl Options {
             listen: "127.0.0.1:7070".into(),
             db: None,
             token_file: None,
+            agent_token_file: None,
             state_dir: state_dir.into(),
             flow_buffer: 10_000,
             tls_cert: None,
@@ -84,6 +87,9 @@ pub enum ControllerError {
 
 /// The token file created under the state dir when no `--token-file` is given.
 pub const TOKEN_FILE: &str = "controller.token";
+/// The agents' token file created under the state dir when no `--agent-token-file` is
+/// given: it opens the agent link (gRPC) only, so a node cannot change policy.
+pub const AGENT_TOKEN_FILE: &str = "agent.token";
 
 fn random_token() -> std::io::Result<String> {
     let mut b = [0u8; 32];
@@ -94,7 +100,19 @@ fn random_token() -> std::io::Result<String> {
 /// The token from `--token-file`, or the one under the state dir (created on first run,
 /// mode 0600).
 pub fn load_token(opts: &Options) -> Result<String, ControllerError> {
-    if let Some(p) = &opts.token_file {
+    load_token_file(opts.token_file.as_deref(), &opts.state_dir.join(TOKEN_FILE))
+}
+
+/// The agents' token from `--agent-token-file`, or the one under the state dir.
+pub fn load_agent_token(opts: &Options) -> Result<String, ControllerError> {
+    load_token_file(
+        opts.agent_token_file.as_deref(),
+        &opts.state_dir.join(AGENT_TOKEN_FILE),
+    )
+}
+
+fn load_token_file(given: Option<&Path>, default: &Path) -> Result<String, ControllerError> {
+    if let Some(p) = given {
         let t = std::fs::read_to_string(p)
             .map_err(|e| ControllerError::BadInput(format!("--token-file {}: {e}", p.display())))?;
         let t = t.trim().to_string();
@@ -106,10 +124,10 @@ pub fn load_token(opts: &Options) -> Result<String, ControllerError> {
         }
         return Ok(t);
     }
-    let path = opts.state_dir.join(TOKEN_FILE);
+    let path = default.to_path_buf();
     if let Ok(t) = std::fs::read_to_string(&path) {
         if !t.trim().is_empty() {
-            log::info!("API token: {}", path.display());
+            log::info!("token: {}", path.display());
             return Ok(t.trim().to_string());
         }
     }
@@ -126,7 +144,7 @@ pub fn load_token(opts: &Options) -> Result<String, ControllerError> {
     f.set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(rt)?;
     writeln!(f, "{token}").map_err(rt)?;
-    log::info!("created the API token: {}", path.display());
+    log::info!("created the token: {}", path.display());
     Ok(token)
 }
 
@@ -161,6 +179,7 @@ pub async fn open_store(opts: &Options) -> Result<Arc<dyn Store>, ControllerErro
 pub struct Running {
     pub addr: SocketAddr,
     pub token: String,
+    pub agent_token: String,
     /// Serving over TLS (`https://`).
     pub tls: bool,
     stop: watch::Sender<bool>,
@@ -185,6 +204,12 @@ pub async fn start(opts: &Options) -> Result<Running, ControllerError> {
     let tls = opts.tls_config()?;
     ensure_dir(&opts.state_dir)?;
     let token = load_token(opts)?;
+    let agent_token = load_agent_token(opts)?;
+    if agent_token == token {
+        return Err(ControllerError::BadInput(
+            "the agent token must differ from the controller token".into(),
+        ));
+    }
     let store = open_store(opts).await?;
     let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await
@@ -200,7 +225,7 @@ pub async fn start(opts: &Options) -> Result<Running, ControllerError> {
     let (stop, stop_rx) = watch::channel(false);
     store.clone().watch_changes(rev.clone(), stop_rx.clone());
     let core = Arc::new(Core::new(store, rev, opts.flow_buffer, stop_rx.clone()));
-    let app = rest::app(core, token.clone());
+    let app = rest::app(core, token.clone(), agent_token.clone());
     let mut stopped = stop_rx.clone();
     let stopping = async move {
         let _ = stopped.wait_for(|s| *s).await;
@@ -233,6 +258,7 @@ pub async fn start(opts: &Options) -> Result<Running, ControllerError> {
     Ok(Running {
         addr,
         token,
+        agent_token,
         tls: tls.is_some(),
         stop,
         task,

@@ -198,18 +198,32 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 #[derive(Clone)]
 struct Front {
     token: Arc<String>,
+    /// Opens the agent link (gRPC) only: a node holding it cannot change policy.
+    agent_token: Arc<String>,
     grpc: Router,
 }
 
 async fn front(State(f): State<Front>, req: Request, next: Next) -> Response {
     let grpc = is_grpc(req.headers());
-    let authorized = req
+    let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| same(t.trim().as_bytes(), f.token.as_bytes()));
-    if !authorized {
+        .map(|t| t.trim().as_bytes());
+    let admin = bearer.is_some_and(|t| same(t, f.token.as_bytes()));
+    let agent = bearer.is_some_and(|t| same(t, f.agent_token.as_bytes()));
+    if agent && !grpc {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({
+                "error": "the agent token opens the agent link only; the REST API takes the controller token",
+                "details": []
+            })),
+        )
+            .into_response();
+    }
+    if !admin && !agent {
         if grpc {
             return tonic::Status::unauthenticated("missing or wrong bearer token")
                 .into_http::<axum::body::Body>();
@@ -233,7 +247,7 @@ async fn front(State(f): State<Front>, req: Request, next: Next) -> Response {
 }
 
 /// REST and gRPC on one router, behind the token check.
-pub fn app(core: Arc<Core>, token: String) -> Router {
+pub fn app(core: Arc<Core>, token: String, agent_token: String) -> Router {
     let grpc =
         tonic::service::Routes::new(microseg_proto::v1::agent_link_server::AgentLinkServer::new(
             crate::grpc::Link::new(core.clone()),
@@ -241,6 +255,7 @@ pub fn app(core: Arc<Core>, token: String) -> Router {
         .into_axum_router();
     let f = Front {
         token: Arc::new(token),
+        agent_token: Arc::new(agent_token),
         grpc,
     };
     api_router(core).layer(middleware::from_fn_with_state(f, front))

@@ -246,3 +246,22 @@ fn openapi_document_is_served_and_lists_every_endpoint() {
     assert_eq!(unknown.status, 404);
     assert!(unknown.body.get("error").is_some_and(Value::is_string));
 }
+
+#[test]
+fn the_agent_token_opens_no_rest_endpoint() {
+    let state = TempDir::new("agent-token");
+    let ctl = Ctl::start(&state.0, None);
+    let path = state.0.join(microseg_controller::AGENT_TOKEN_FILE);
+    let agent_token = std::fs::read_to_string(&path).unwrap().trim().to_string();
+    assert_ne!(agent_token, ctl.token());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    // A node holds the agent token: it may not read or change policy over REST.
+    let agent = microseg_controller::client::Client::new(&ctl.url(), Some(agent_token)).unwrap();
+    let r = call(&agent, "POST", "/v1/apply", &policy("p1", 5432));
+    assert_eq!(r.status, 403, "{:?}", r.body);
+    assert!(r.error_text().contains("agent token"), "{}", r.error_text());
+    assert_eq!(get(&agent, "/v1/policies").status, 403);
+    assert_eq!(get(&ctl.client(), "/v1/policies").status, 200);
+}

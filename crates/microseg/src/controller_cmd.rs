@@ -19,6 +19,10 @@ pub struct ControllerArgs {
     /// the state dir, mode 0600).
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
+    /// The bearer token of agents: it opens the agent link (gRPC) only, not the REST
+    /// API (default: one created under the state dir as agent.token, mode 0600).
+    #[arg(long, value_name = "PATH")]
+    agent_token_file: Option<PathBuf>,
     #[arg(long, default_value = "/var/lib/microseg", value_name = "DIR")]
     state_dir: PathBuf,
     /// How many recent flows uploaded by agents to keep.
@@ -41,6 +45,7 @@ pub fn run(a: ControllerArgs) -> ExitCode {
     opts.listen = a.listen;
     opts.db = a.db;
     opts.token_file = a.token_file;
+    opts.agent_token_file = a.agent_token_file;
     opts.flow_buffer = a.flow_buffer;
     opts.tls_cert = a.tls_cert;
     opts.tls_key = a.tls_key;
