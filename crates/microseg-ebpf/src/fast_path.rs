@@ -226,8 +226,8 @@ pub fn established(
         session_event(kind, key, s, leg, now, stats);
     }
     if s.state == session_state::CLOSED {
-        // Every leg's flow ends here, the first leg's too: its program may see no packet
-        // of the connection again.
+        // Every present leg's flow ends in the first program that sees the connection
+        // closed: a leg's own program may see no packet of it again.
         for l in 0..2 {
             if s.legs[l].is_present() && !s.legs[l].has_ended() {
                 s.legs[l].flags |= leg_flags::ENDED;
