@@ -1,6 +1,5 @@
 //! The agent's main loop: load, enforce, watch, serve; leave enforcement in place on exit.
 
-use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 
 use microseg_common::config_flags;
@@ -89,15 +88,13 @@ pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
             .map_err(|e| runtime(format!("{}: {e}", parent.display())))?;
     }
     let _ = std::fs::remove_file(&opts.socket);
-    // Created owner-only: a chmod after bind would leave a moment in which anyone could
-    // connect. The umask is the process's, so it is put back at once.
+    // Created owner-only (0600): a chmod after bind would leave a moment in which anyone
+    // could connect. The umask is the process's, so it is put back at once.
     // SAFETY: umask cannot fail; only this startup code creates files now.
     let umask = unsafe { libc::umask(0o177) };
     let bound = UnixListener::bind(&opts.socket);
     unsafe { libc::umask(umask) };
     let listener = bound.map_err(|e| runtime(format!("{}: {e}", opts.socket.display())))?;
-    std::fs::set_permissions(&opts.socket, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| runtime(format!("{}: {e}", opts.socket.display())))?;
     log::info!(
         "serving stats, flows and sessions on {}",
         opts.socket.display()

@@ -100,32 +100,42 @@ fn random_token() -> std::io::Result<String> {
 /// The token from `--token-file`, or the one under the state dir (created on first run,
 /// mode 0600).
 pub fn load_token(opts: &Options) -> Result<String, ControllerError> {
-    load_token_file(opts.token_file.as_deref(), &opts.state_dir.join(TOKEN_FILE))
+    load_token_file(
+        "--token-file",
+        opts.token_file.as_deref(),
+        &opts.state_dir.join(TOKEN_FILE),
+    )
 }
 
 /// The agents' token from `--agent-token-file`, or the one under the state dir.
 pub fn load_agent_token(opts: &Options) -> Result<String, ControllerError> {
     load_token_file(
+        "--agent-token-file",
         opts.agent_token_file.as_deref(),
         &opts.state_dir.join(AGENT_TOKEN_FILE),
     )
 }
 
-fn load_token_file(given: Option<&Path>, default: &Path) -> Result<String, ControllerError> {
+/// The token in `given` (named by `flag` in errors), else in `path`, created there (mode
+/// 0600) when missing or empty.
+fn load_token_file(
+    flag: &str,
+    given: Option<&Path>,
+    path: &Path,
+) -> Result<String, ControllerError> {
     if let Some(p) = given {
         let t = std::fs::read_to_string(p)
-            .map_err(|e| ControllerError::BadInput(format!("--token-file {}: {e}", p.display())))?;
+            .map_err(|e| ControllerError::BadInput(format!("{flag} {}: {e}", p.display())))?;
         let t = t.trim().to_string();
         if t.is_empty() || t.contains(char::is_whitespace) {
             return Err(ControllerError::BadInput(format!(
-                "--token-file {}: the token must be one non-empty word",
+                "{flag} {}: the token must be one non-empty word",
                 p.display()
             )));
         }
         return Ok(t);
     }
-    let path = default.to_path_buf();
-    if let Ok(t) = std::fs::read_to_string(&path) {
+    if let Ok(t) = std::fs::read_to_string(path) {
         if !t.trim().is_empty() {
             log::info!("token: {}", path.display());
             return Ok(t.trim().to_string());
@@ -138,7 +148,7 @@ fn load_token_file(given: Option<&Path>, default: &Path) -> Result<String, Contr
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&path)
+        .open(path)
         .map_err(rt)?;
     // `mode` applies only to a file it creates: an existing empty one keeps its own.
     f.set_permissions(std::fs::Permissions::from_mode(0o600))

@@ -346,11 +346,7 @@ fn two_controllers_on_one_postgres_see_each_others_changes() {
 fn agents_link_with_the_agent_token() {
     let state = TempDir::new("grpc-agent-token");
     let ctl = Ctl::start(&state.0, None);
-    let agent_token = std::fs::read_to_string(state.0.join(microseg_controller::AGENT_TOKEN_FILE))
-        .unwrap()
-        .trim()
-        .to_string();
-    let url = ctl.url();
+    let (url, agent_token) = (ctl.url(), ctl.agent_token());
     ctl.rt.block_on(async {
         let mut a = link(&url, Some(agent_token)).await;
         let mut s = a

@@ -252,7 +252,8 @@ fn the_agent_token_opens_no_rest_endpoint() {
     let state = TempDir::new("agent-token");
     let ctl = Ctl::start(&state.0, None);
     let path = state.0.join(microseg_controller::AGENT_TOKEN_FILE);
-    let agent_token = std::fs::read_to_string(&path).unwrap().trim().to_string();
+    let agent_token = ctl.agent_token();
+    assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), agent_token);
     assert_ne!(agent_token, ctl.token());
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());

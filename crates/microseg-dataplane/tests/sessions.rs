@@ -124,9 +124,9 @@ spec:
     );
 }
 
-#[test]
-fn icmp_errors_about_an_allowed_session_pass() {
-    let env = Env::new(
+/// db may call out on TCP 443 and UDP 53 and accepts nothing.
+fn db_calling_out() -> Env {
+    Env::new(
         &with(
             r#"apiVersion: microseg.io/v1
 kind: Policy
@@ -138,7 +138,12 @@ spec:
 "#,
         ),
         "db",
-    );
+    )
+}
+
+#[test]
+fn icmp_errors_about_an_allowed_session_pass() {
+    let env = db_calling_out();
     let router4 = ip("10.1.0.1");
     let router6 = ip("fd00::1");
     let out4 = Frame::tcp(db4(), ip("192.0.2.10"), 40000, 443, TCP_SYN);
@@ -185,19 +190,7 @@ spec:
 
 #[test]
 fn an_icmp_error_passes_only_back_to_the_sender_of_what_it_quotes() {
-    let env = Env::new(
-        &with(
-            r#"apiVersion: microseg.io/v1
-kind: Policy
-metadata: {name: db}
-spec:
-  selector: {matchLabels: {app: db}}
-  ingress: []
-  egress: [{action: allow, ports: [{protocol: UDP, port: 53}]}]
-"#,
-        ),
-        "db",
-    );
+    let env = db_calling_out();
     let resolver = ip("192.0.2.53");
     assert!(from_db(&env, &Frame::udp(db4(), resolver, 40000, 53)));
     // What db received on that connection, as an error db sends would quote it.
@@ -228,19 +221,7 @@ spec:
 
 #[test]
 fn an_unrelated_icmp_error_does_not_hide_the_related_ones_after_it() {
-    let env = Env::new(
-        &with(
-            r#"apiVersion: microseg.io/v1
-kind: Policy
-metadata: {name: db}
-spec:
-  selector: {matchLabels: {app: db}}
-  ingress: []
-  egress: [{action: allow, ports: [{protocol: TCP, port: 443}]}]
-"#,
-        ),
-        "db",
-    );
+    let env = db_calling_out();
     for (router, peer) in [
         (ip("10.1.0.1"), ip("192.0.2.10")),
         (ip("fd00::1"), ip("2001:db8::10")),

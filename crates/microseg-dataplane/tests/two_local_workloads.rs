@@ -95,6 +95,13 @@ impl Node {
         self.run(Hook::FromWorkload, self.web0, &f) && self.run(Hook::ToWorkload, self.db0, &f)
     }
 
+    /// web connects to db: SYN, SYN-ACK, ACK, each delivered.
+    fn handshake(&self) {
+        assert!(self.web_to_db(TCP_SYN), "SYN");
+        assert!(self.db_to_web(TCP_SYN | TCP_ACK), "SYN-ACK");
+        assert!(self.web_to_db(TCP_ACK), "ACK");
+    }
+
     /// db → web, the reply direction.
     fn db_to_web(&self, flags: u8) -> bool {
         let f = Frame::tcp(db4(), web4(), 5432, 40000, flags);
@@ -164,9 +171,7 @@ fn a_connection_between_two_local_workloads_is_one_session_with_a_leg_on_each_in
             node.rule_id("web-egress", Direction::Egress),
             node.rule_id("db-ingress", Direction::Ingress),
         );
-        assert!(node.web_to_db(TCP_SYN));
-        assert!(node.db_to_web(TCP_SYN | TCP_ACK));
-        assert!(node.web_to_db(TCP_ACK));
+        node.handshake();
 
         let stats = node.dp.stats().unwrap();
         assert_eq!(
@@ -337,9 +342,7 @@ fn a_leg_opened_by_a_reply_is_allowed_by_its_ingress_policy_not_denied_by_its_eg
 fn a_packet_a_leg_drops_does_not_close_the_connection() {
     on_two_interfaces(|| {
         let mut node = Node::new(DB_ALLOWS_WEB);
-        assert!(node.web_to_db(TCP_SYN));
-        assert!(node.db_to_web(TCP_SYN | TCP_ACK));
-        assert!(node.web_to_db(TCP_ACK));
+        node.handshake();
         // Revoked: db's next packet is judged again and dropped.
         node.apply(DB_DENIES_ALL);
         assert!(!node.db_to_web(TCP_ACK));
@@ -360,9 +363,7 @@ fn a_packet_a_leg_drops_does_not_close_the_connection() {
 fn a_rst_right_after_a_revocation_does_not_close_the_connection() {
     on_two_interfaces(|| {
         let mut node = Node::new(DB_ALLOWS_WEB);
-        assert!(node.web_to_db(TCP_SYN));
-        assert!(node.db_to_web(TCP_SYN | TCP_ACK));
-        assert!(node.web_to_db(TCP_ACK));
+        node.handshake();
         // Both legs still carry the old policy's verdict when web's RST arrives: web's leg
         // is judged again and passes it, db's is judged again and drops it.
         node.apply(DB_DENIES_ALL);
@@ -378,9 +379,7 @@ fn a_rst_right_after_a_revocation_does_not_close_the_connection() {
 fn a_packet_in_a_local_workloads_name_that_skipped_its_interface_moves_nothing() {
     on_two_interfaces(|| {
         let node = Node::new(DB_ALLOWS_WEB);
-        assert!(node.web_to_db(TCP_SYN));
-        assert!(node.db_to_web(TCP_SYN | TCP_ACK));
-        assert!(node.web_to_db(TCP_ACK));
+        node.handshake();
         // A RST and a FIN claiming to be web's, from outside the node: they reach db's
         // interface without passing web's. db's leg lets them in (its kernel checks
         // sequence numbers), but the session must not close or leave the table.

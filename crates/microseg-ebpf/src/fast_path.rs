@@ -214,7 +214,6 @@ pub fn established(
             advance(s, pkt, is_orig);
         }
     }
-    let last_program = direction == direction::INGRESS || !other_leg_here;
     count_rule(rule_id, len);
     if v != verdict::ALLOW && s.event_due(leg, now) {
         s.last_event[leg] = event_tick(now);
@@ -237,6 +236,7 @@ pub fn established(
         // A closed connection leaves the table with its last packet, at the last program
         // on this node that packet passes: its entry is reused while still in cache,
         // instead of the next connection taking a cold one.
+        let last_program = direction == direction::INGRESS || !other_leg_here;
         let from_local = direction == direction::EGRESS || other_leg_here;
         if last_program && v != verdict::DENY && is_last_packet(s, pkt, is_orig, from_local) {
             let _ = MSEG_SESSIONS.remove(key);

@@ -206,6 +206,10 @@ impl Ctl {
         self.running.as_ref().unwrap().token.clone()
     }
 
+    pub fn agent_token(&self) -> String {
+        self.running.as_ref().unwrap().agent_token.clone()
+    }
+
     pub fn client(&self) -> Client {
         Client::new(&self.url(), Some(self.token())).unwrap()
     }

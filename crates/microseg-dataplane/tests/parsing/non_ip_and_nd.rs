@@ -26,20 +26,22 @@ fn arp_neighbour_discovery_and_other_non_ip_frames_pass_counted() {
     );
 }
 
-#[test]
-fn neighbour_discovery_passes_where_policy_denies_icmpv6() {
-    let yaml = r#"
+/// db, on lo, isolated both ways.
+const LOCKED_DOWN_DB: &str = r#"
 apiVersion: microseg.io/v1
 kind: Workload
 metadata: {name: db, labels: {app: db}}
-spec: {interface: lo, ips: ["fd00::3"]}
+spec: {interface: lo, ips: ["fd00::3", "10.0.0.3"]}
 ---
 apiVersion: microseg.io/v1
 kind: Policy
 metadata: {name: lockdown}
 spec: {selector: {}, ingress: [], egress: []}
 "#;
-    let env = Env::new(yaml, "db");
+
+#[test]
+fn neighbour_discovery_passes_where_policy_denies_icmpv6() {
+    let env = Env::new(LOCKED_DOWN_DB, "db");
     for t in 133u8..=137 {
         let nd = Frame::neighbour_discovery(ip("fe80::1"), ip("fd00::3"), t);
         assert!(passes(&env, Hook::ToWorkload, &nd.bytes()), "ND type {t}");
@@ -54,18 +56,7 @@ spec: {selector: {}, ingress: [], egress: []}
 
 #[test]
 fn only_real_neighbour_discovery_is_exempt_from_policy() {
-    let yaml = r#"
-apiVersion: microseg.io/v1
-kind: Workload
-metadata: {name: db, labels: {app: db}}
-spec: {interface: lo, ips: ["fd00::3", "10.0.0.3"]}
----
-apiVersion: microseg.io/v1
-kind: Policy
-metadata: {name: lockdown}
-spec: {selector: {}, ingress: [], egress: []}
-"#;
-    let env = Env::new(yaml, "db");
+    let env = Env::new(LOCKED_DOWN_DB, "db");
     for t in 133u8..=137 {
         // Receivers discard ND that crossed a router (RFC 4861): policy judges it.
         let routed = Frame::neighbour_discovery(ip("fd00::2"), ip("fd00::3"), t).with_hop_limit(64);
