@@ -245,6 +245,41 @@ fn an_unrelated_icmp_error_does_not_hide_the_related_ones_after_it() {
 }
 
 #[test]
+fn an_icmp_error_needs_its_connection_judged_under_the_current_policy() {
+    let mut env = db_calling_out();
+    let (router, peer) = (ip("10.1.0.1"), ip("192.0.2.10"));
+    let out = Frame::tcp(db4(), peer, 40000, 443, TCP_SYN);
+    assert!(from_db(&env, &out));
+    let error = Frame::icmp_unreachable(router, db4(), &out);
+    assert!(into_db(&env, &error));
+    let egress = |ports: &str| {
+        with(&format!(
+            r#"apiVersion: microseg.io/v1
+kind: Policy
+metadata: {{name: db}}
+spec:
+  selector: {{matchLabels: {{app: db}}}}
+  ingress: []
+  egress: [{{action: allow, ports: [{ports}]}}]
+"#
+        ))
+    };
+    // Revoked: the connection's leg still holds its old allow until its next packet, and
+    // errors about it no longer pass on that.
+    env.reapply(&egress("{protocol: UDP, port: 53}"));
+    assert!(!into_db(&env, &error), "error about a revoked connection");
+    // Still allowed by a changed policy: errors are judged by policy (ingress denies)
+    // until a packet of the connection judges it again, and then pass with it.
+    env.reapply(&egress(
+        "{protocol: TCP, port: 443}, {protocol: TCP, port: 8443}",
+    ));
+    assert!(!into_db(&env, &error));
+    assert!(from_db(&env, &Frame::tcp(db4(), peer, 40000, 443, TCP_ACK)));
+    assert!(into_db(&env, &error), "judged again, allowed");
+    assert_eq!(env.dp.stats().unwrap().icmp_related, 2);
+}
+
+#[test]
 fn tcp_sessions_walk_the_state_machine_and_report_their_end() {
     let mut env = Env::new(&with(DB_ALLOWS_WEB), "db");
     let state = |env: &Env, sport| {

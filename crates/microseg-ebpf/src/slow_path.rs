@@ -137,7 +137,7 @@ fn decide(
         return Decision::Untracked(verdict::DENY);
     }
     let is_error = parse::is_icmp_error(pkt);
-    if is_error && icmp_error_related(ctx, ifindex, pkt) {
+    if is_error && icmp_error_related(ctx, ifindex, policy.generation, pkt) {
         stats.icmp_related += 1;
         return Decision::Untracked(verdict::ALLOW);
     }
@@ -394,9 +394,11 @@ fn spoofed(slot: u32, ifindex: u32, ep: &EndpointInfo, pkt: &Packet) -> bool {
     unsafe { MSEG_ENDPOINT_ADDRS.get(&key) }.is_none()
 }
 
-/// An ICMP error about a session this interface did not deny passes with it.
+/// An ICMP error about a session this interface allowed under the current policy passes
+/// with it. A leg the policy changed under is not trusted until a packet of its own
+/// connection judges it again: a revoked peer must not keep talking in errors.
 #[inline(always)]
-fn icmp_error_related(ctx: &TcContext, ifindex: u32, pkt: &Packet) -> bool {
+fn icmp_error_related(ctx: &TcContext, ifindex: u32, generation: u32, pkt: &Packet) -> bool {
     let mut inner = Packet::default();
     if !parse::parse_icmp_inner(ctx, pkt, &mut inner) {
         return false;
@@ -409,7 +411,9 @@ fn icmp_error_related(ctx: &TcContext, ifindex: u32, pkt: &Packet) -> bool {
     let (key, _) = session_key(&inner);
     match unsafe { MSEG_SESSIONS.get(&key) } {
         Some(s) => {
-            let allowed_on = |l: &SessionLeg| l.ifindex == ifindex && l.verdict != verdict::DENY;
+            let allowed_on = |l: &SessionLeg| {
+                l.ifindex == ifindex && l.generation == generation && l.verdict != verdict::DENY
+            };
             allowed_on(&s.legs[0]) || allowed_on(&s.legs[1])
         }
         None => false,
