@@ -3,6 +3,7 @@
 
 use crate::core::{for_node, now, Core};
 use crate::error::Error;
+use crate::rest::Bearer;
 use crate::store::Row;
 use microseg_policy::check_name;
 use microseg_proto::v1::agent_link_server::AgentLink;
@@ -39,16 +40,36 @@ fn status(e: Error) -> Status {
     }
 }
 
-/// Under mutual TLS, a node may only speak for itself: its certificate must name it.
-fn certified<T>(req: &Request<T>, node: &str) -> Result<(), Status> {
-    let cert = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<crate::tls::ClientCertificate>>();
-    match cert {
-        Some(c) if !c.0.allows_node(node) => Err(Status::permission_denied(format!(
-            "the client certificate is not issued to node \"{node}\" (it needs a DNS subject alternative name \"{node}\")"
-        ))),
-        _ => Ok(()),
+/// Who is calling: a node may only speak for itself, as its client certificate (under
+/// mutual TLS) and its node token (when it has one) name it.
+struct Caller {
+    cert: Option<crate::tls::ClientCertificate>,
+    bearer: Option<Bearer>,
+}
+
+impl Caller {
+    fn of<T>(req: &Request<T>) -> Caller {
+        let x = req.extensions();
+        Caller {
+            cert: x
+                .get::<axum::extract::ConnectInfo<crate::tls::ClientCertificate>>()
+                .map(|c| c.0.clone()),
+            bearer: x.get::<Bearer>().cloned(),
+        }
+    }
+
+    fn may_speak_for(&self, node: &str) -> Result<(), Status> {
+        if self.cert.as_ref().is_some_and(|c| !c.allows_node(node)) {
+            return Err(Status::permission_denied(format!(
+                "the client certificate is not issued to node \"{node}\" (it needs a DNS subject alternative name \"{node}\")"
+            )));
+        }
+        match &self.bearer {
+            Some(Bearer::Node(n)) if n != node => Err(Status::permission_denied(format!(
+                "this token is node \"{n}\"'s, not node \"{node}\"'s (microseg node-token {node})"
+            ))),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -182,9 +203,16 @@ impl AgentLink for Link {
     type SyncStream = StateStream;
 
     async fn sync(&self, req: Request<SyncRequest>) -> Result<Response<Self::SyncStream>, Status> {
-        certified(&req, &req.get_ref().node)?;
+        let caller = Caller::of(&req);
+        caller.may_speak_for(&req.get_ref().node)?;
         let r = req.into_inner();
         node_name(&r.node)?;
+        if caller.bearer == Some(Bearer::Agent) {
+            log::warn!(
+                "node {0} uses the shared agent token, which can speak for any node; give it its own: microseg node-token {0}",
+                r.node
+            );
+        }
         self.core
             .store
             .touch_node(&r.node, now())
@@ -201,7 +229,7 @@ impl AgentLink for Link {
     }
 
     async fn ack(&self, req: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
-        certified(&req, &req.get_ref().node)?;
+        Caller::of(&req).may_speak_for(&req.get_ref().node)?;
         let r = req.into_inner();
         node_name(&r.node)?;
         if !r.error.is_empty() {
@@ -224,7 +252,7 @@ impl AgentLink for Link {
         &self,
         req: Request<WorkloadReport>,
     ) -> Result<Response<ReportResponse>, Status> {
-        certified(&req, &req.get_ref().node)?;
+        Caller::of(&req).may_speak_for(&req.get_ref().node)?;
         let r = req.into_inner();
         node_name(&r.node)?;
         self.core
@@ -243,19 +271,11 @@ impl AgentLink for Link {
         &self,
         req: Request<Streaming<FlowBatch>>,
     ) -> Result<Response<UploadResponse>, Status> {
-        let cert = req
-            .extensions()
-            .get::<axum::extract::ConnectInfo<crate::tls::ClientCertificate>>()
-            .map(|c| c.0.clone());
+        let caller = Caller::of(&req);
         let mut s = req.into_inner();
         let mut accepted = 0;
         while let Some(batch) = s.message().await? {
-            if cert.as_ref().is_some_and(|c| !c.allows_node(&batch.node)) {
-                return Err(Status::permission_denied(format!(
-                    "the client certificate is not issued to node \"{}\"",
-                    batch.node
-                )));
-            }
+            caller.may_speak_for(&batch.node)?;
             accepted += self.core.add_flows(&batch.node, &batch.flows_json);
         }
         Ok(Response::new(UploadResponse { accepted }))

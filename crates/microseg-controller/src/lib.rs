@@ -7,6 +7,7 @@ pub mod client;
 mod core;
 mod error;
 mod grpc;
+pub mod node_token;
 pub mod resources;
 mod rest;
 pub mod store;
@@ -114,6 +115,21 @@ pub fn load_agent_token(opts: &Options) -> Result<String, ControllerError> {
         opts.agent_token_file.as_deref(),
         &opts.state_dir.join(AGENT_TOKEN_FILE),
     )
+}
+
+/// The agents' token as the controller has it, never created here (`microseg node-token`).
+pub fn existing_agent_token(opts: &Options) -> Result<String, ControllerError> {
+    if opts.agent_token_file.is_none() {
+        let path = opts.state_dir.join(AGENT_TOKEN_FILE);
+        let t = std::fs::read_to_string(&path).unwrap_or_default();
+        if t.trim().is_empty() {
+            return Err(ControllerError::BadInput(format!(
+                "{}: no agent token (the controller writes it at its first start; or give --agent-token-file)",
+                path.display()
+            )));
+        }
+    }
+    load_agent_token(opts)
 }
 
 /// The token in `given` (named by `flag` in errors), else in `path`, created there (mode

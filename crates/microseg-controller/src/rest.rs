@@ -195,6 +195,15 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The token a gRPC call came with: a node token speaks for its node only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Bearer {
+    Controller,
+    /// The shared agent token: any node.
+    Agent,
+    Node(String),
+}
+
 #[derive(Clone)]
 struct Front {
     token: Arc<String>,
@@ -203,7 +212,7 @@ struct Front {
     grpc: Router,
 }
 
-async fn front(State(f): State<Front>, req: Request, next: Next) -> Response {
+async fn front(State(f): State<Front>, mut req: Request, next: Next) -> Response {
     let grpc = is_grpc(req.headers());
     let bearer = req
         .headers()
@@ -212,12 +221,16 @@ async fn front(State(f): State<Front>, req: Request, next: Next) -> Response {
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| t.trim().as_bytes());
     let admin = bearer.is_some_and(|t| same(t, f.token.as_bytes()));
-    let agent = bearer.is_some_and(|t| same(t, f.agent_token.as_bytes()));
+    let node = match bearer.and_then(|t| std::str::from_utf8(t).ok()) {
+        Some(t) if !admin => crate::node_token::token_node(&f.agent_token, t).map(str::to_string),
+        _ => None,
+    };
+    let agent = node.is_some() || bearer.is_some_and(|t| same(t, f.agent_token.as_bytes()));
     if agent && !grpc {
         return (
             StatusCode::FORBIDDEN,
             Json(json!({
-                "error": "the agent token opens the agent link only; the REST API takes the controller token",
+                "error": "the agent token and node tokens open the agent link only; the REST API takes the controller token",
                 "details": []
             })),
         )
@@ -238,6 +251,12 @@ async fn front(State(f): State<Front>, req: Request, next: Next) -> Response {
         return r;
     }
     if grpc {
+        let bearer = match node {
+            Some(n) => Bearer::Node(n),
+            None if admin => Bearer::Controller,
+            None => Bearer::Agent,
+        };
+        req.extensions_mut().insert(bearer);
         return match f.grpc.oneshot(req).await {
             Ok(r) => r,
             Err(e) => match e {},

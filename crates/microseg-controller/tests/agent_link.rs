@@ -360,3 +360,76 @@ fn agents_link_with_the_agent_token() {
         next(&mut s).await;
     });
 }
+
+#[test]
+fn a_node_token_speaks_for_its_node_only() {
+    let state = TempDir::new("grpc-node-token");
+    let ctl = Ctl::start(&state.0, None);
+    let url = ctl.url();
+    let token = microseg_controller::node_token::node_token(&ctl.agent_token(), "node-a");
+    // A node token opens no REST endpoint either.
+    let rest = microseg_controller::client::Client::new(&url, Some(token.clone())).unwrap();
+    let r = get(&rest, "/v1/policies");
+    assert_eq!(r.status, 403, "{:?}", r.body);
+    assert!(r.error_text().contains("node token"), "{}", r.error_text());
+    ctl.rt.block_on(async {
+        let mut a = link(&url, Some(token.clone())).await;
+        let sync = |node: &str| SyncRequest {
+            node: node.into(),
+            revision: 0,
+        };
+        let mut s = a
+            .sync(sync("node-a"))
+            .await
+            .expect("its own node")
+            .into_inner();
+        next(&mut s).await;
+
+        // Every call in another node's name is refused, naming the token's node.
+        let e = a.sync(sync("node-b")).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied);
+        assert!(e.message().contains("\"node-a\""), "{}", e.message());
+        let e = a
+            .ack(AckRequest {
+                node: "node-b".into(),
+                revision: 0,
+                error: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied);
+        let e = a
+            .report_workloads(WorkloadReport {
+                node: "node-b".into(),
+                workloads: vec![discovered("db", "veth-db", "10.0.0.2", "node-b")],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied);
+        let batch = |node: &str| FlowBatch {
+            node: node.into(),
+            flows_json: vec![r#"{"workload":"web","verdict":"allow"}"#.into()],
+        };
+        let r = a
+            .upload_flows(tokio_stream::iter(vec![batch("node-a")]))
+            .await;
+        assert_eq!(r.unwrap().into_inner().accepted, 1);
+        let e = a
+            .upload_flows(tokio_stream::iter(vec![batch("node-b")]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied);
+
+        // Another node's name before this MAC, or a MAC under another key: no token at all.
+        let mac = token.rsplit_once('.').unwrap().1;
+        for forged in [
+            format!("node-b.{mac}"),
+            microseg_controller::node_token::node_token("not-the-agent-token", "node-b"),
+        ] {
+            let mut f = link(&url, Some(forged)).await;
+            let e = f.sync(sync("node-b")).await.unwrap_err();
+            assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+        }
+    });
+    assert!(get(&ctl.client(), "/v1/workloads/db").status == 404);
+}

@@ -40,6 +40,51 @@ pub struct ControllerArgs {
     tls_client_ca: Option<PathBuf>,
 }
 
+#[derive(Args)]
+pub struct NodeTokenArgs {
+    /// The node, as its agent's --node names it.
+    node: String,
+    /// The controller's agent token (default: agent.token under the state dir).
+    #[arg(long, value_name = "PATH")]
+    agent_token_file: Option<PathBuf>,
+    #[arg(long, default_value = "/var/lib/microseg", value_name = "DIR")]
+    state_dir: PathBuf,
+}
+
+/// `microseg node-token NODE`: derived from the agent token, so nothing is stored, and a
+/// new agent token revokes them all.
+pub fn node_token(a: NodeTokenArgs) -> ExitCode {
+    if let Some(e) = microseg_policy::check_name(&a.node) {
+        eprintln!("error: node {:?}: {e}", a.node);
+        return ExitCode::from(2);
+    }
+    let mut opts = Options::new(a.state_dir);
+    opts.agent_token_file = a.agent_token_file;
+    match microseg_controller::existing_agent_token(&opts) {
+        Ok(t) => {
+            println!(
+                "{}",
+                microseg_controller::node_token::node_token(&t, &a.node)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => exit_for(e),
+    }
+}
+
+fn exit_for(e: ControllerError) -> ExitCode {
+    match e {
+        ControllerError::BadInput(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        ControllerError::Runtime(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 pub fn run(a: ControllerArgs) -> ExitCode {
     let mut opts = Options::new(a.state_dir);
     opts.listen = a.listen;
@@ -56,13 +101,6 @@ pub fn run(a: ControllerArgs) -> ExitCode {
     };
     match rt.block_on(microseg_controller::run(opts)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(ControllerError::BadInput(e)) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
-        Err(ControllerError::Runtime(e)) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
+        Err(e) => exit_for(e),
     }
 }

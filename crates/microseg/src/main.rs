@@ -50,6 +50,9 @@ enum Command {
     },
     /// Nodes, the revision each enforces, and its lag.
     Status(client_cmd::ClientArgs),
+    /// Print a node's own agent token (run where the controller's agent token is): with
+    /// it, an agent speaks on the agent link for that node only.
+    NodeToken(controller_cmd::NodeTokenArgs),
 }
 
 #[derive(Args)]
@@ -111,6 +114,7 @@ fn main() -> ExitCode {
         Command::Controller(c) => controller_cmd::run(c),
         Command::Workload { command } => client_cmd::workload(command),
         Command::Status(c) => client_cmd::status(&c),
+        Command::NodeToken(a) => controller_cmd::node_token(a),
     }
 }
 

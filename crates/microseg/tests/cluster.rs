@@ -293,6 +293,19 @@ impl Cluster {
             .unwrap();
         let bpffs = format!("/sys/fs/bpf/{}-{node}", self.prefix);
         let socket = self.dir.join(format!("agent-{node}.sock"));
+        // Each node its own token: it speaks on the agent link for that node only.
+        let token = self.dir.join(format!("token-{node}"));
+        let out = Command::new(BIN)
+            .args(["node-token", node, "--state-dir"])
+            .arg(self.dir.join("ctl-state"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(&token, &out.stdout).unwrap();
         let child = self
             .in_ns(
                 node,
@@ -308,7 +321,7 @@ impl Cluster {
                 ],
             )
             .arg("--token-file")
-            .arg(self.dir.join("token"))
+            .arg(&token)
             .arg("--labels-file")
             .arg(&labels)
             .arg("--socket")

@@ -377,6 +377,30 @@ fn tokens_exit_codes_and_the_progress_bar() {
     assert_eq!(json(&out)["items"].as_array().unwrap().len(), 0);
     assert_eq!(with_env(token.trim(), &["policy", "apply", "-f", &f]).0, 0);
 
+    // A node's own agent token, derived from the controller's agent token.
+    let node_token = |args: &[&str]| {
+        run(Command::new(BIN)
+            .arg("node-token")
+            .args(args)
+            .output()
+            .unwrap())
+    };
+    let state = c.dir.join("state");
+    let (code, out, err) = node_token(&["node-a", "--state-dir", state.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let agent_token = std::fs::read_to_string(state.join("agent.token")).unwrap();
+    assert_eq!(
+        microseg_controller::node_token::token_node(agent_token.trim(), out.trim()),
+        Some("node-a")
+    );
+    let (code, _, err) = node_token(&["Not A Name", "--state-dir", state.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    let empty = c.dir.join("no-state");
+    let (code, _, err) = node_token(&["node-a", "--state-dir", empty.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no agent token"), "{err}");
+    assert!(!empty.exists(), "nothing created");
+
     // Nobody listening: exit 1. A bad --server or -o: exit 2.
     let closed = format!("http://127.0.0.1:{}", free_port());
     let (code, _, err) = run(Command::new(BIN)
