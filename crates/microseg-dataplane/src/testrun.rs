@@ -45,9 +45,11 @@ impl RunResult {
     }
 }
 
-/// `struct __sk_buff` is 192 bytes; userspace may set `ifindex` (offset 40) and a few others.
+/// `struct __sk_buff` is 192 bytes; userspace may set `ifindex` (offset 40), `gso_size`
+/// (offset 176) and a few others.
 const SKB_CTX_LEN: usize = 192;
 const SKB_IFINDEX_OFFSET: usize = 40;
+const SKB_GSO_SIZE_OFFSET: usize = 176;
 
 impl Dataplane {
     /// Runs `frame` (an Ethernet frame) through one program `repeat` times, as if it crossed
@@ -59,9 +61,29 @@ impl Dataplane {
         ifindex: u32,
         repeat: u32,
     ) -> Result<RunResult> {
+        self.run_with_ctx(hook, frame, skb_ctx(ifindex, 0), repeat)
+    }
+
+    /// Runs `frame` once as a GSO packet: one the stack will cut into `gso_size`-byte
+    /// segments (as a BIG TCP packet is).
+    pub fn test_run_gso(
+        &self,
+        hook: Hook,
+        frame: &[u8],
+        ifindex: u32,
+        gso_size: u32,
+    ) -> Result<RunResult> {
+        self.run_with_ctx(hook, frame, skb_ctx(ifindex, gso_size), 1)
+    }
+
+    fn run_with_ctx(
+        &self,
+        hook: Hook,
+        frame: &[u8],
+        ctx: [u8; SKB_CTX_LEN],
+        repeat: u32,
+    ) -> Result<RunResult> {
         let prog = self.classifier(hook.program())?;
-        let mut ctx = [0u8; SKB_CTX_LEN];
-        ctx[SKB_IFINDEX_OFFSET..SKB_IFINDEX_OFFSET + 4].copy_from_slice(&ifindex.to_ne_bytes());
         let mut out = vec![0u8; frame.len() + 256];
         let opts = TestRunOptions {
             data_in: Some(frame),
@@ -78,4 +100,11 @@ impl Dataplane {
             per_run: r.duration,
         })
     }
+}
+
+fn skb_ctx(ifindex: u32, gso_size: u32) -> [u8; SKB_CTX_LEN] {
+    let mut ctx = [0u8; SKB_CTX_LEN];
+    ctx[SKB_IFINDEX_OFFSET..SKB_IFINDEX_OFFSET + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx[SKB_GSO_SIZE_OFFSET..SKB_GSO_SIZE_OFFSET + 4].copy_from_slice(&gso_size.to_ne_bytes());
+    ctx
 }

@@ -83,6 +83,12 @@ pub fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
     }
 }
 
+/// Non-zero for a GSO packet: one the stack will cut into segments of this size.
+#[inline(always)]
+fn gso_size(ctx: &TcContext) -> u32 {
+    unsafe { (*ctx.skb.skb).gso_size }
+}
+
 #[inline(always)]
 fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
@@ -122,7 +128,12 @@ fn parse_ipv4(ctx: &TcContext, pkt: &mut Packet, l3: usize) -> Parsed {
     };
     let b0 = h[0].to_ne_bytes();
     let ihl = (b0[0] & 0x0f) as usize * 4;
-    let total_len = be16([b0[2], b0[3]]) as usize;
+    let mut total_len = be16([b0[2], b0[3]]) as usize;
+    // IPv4 BIG TCP: a TCP segment of a GSO packet over 64 KiB carries a total length of 0,
+    // and the stack takes the frame's end for the packet's (`iph_totlen`).
+    if total_len == 0 && h[2].to_ne_bytes()[1] == proto::TCP && gso_size(ctx) != 0 {
+        total_len = ctx.len() as usize - l3;
+    }
     if b0[0] >> 4 != 4 || ihl < 20 || total_len < ihl || l3 + total_len > ctx.len() as usize {
         return Parsed::Malformed;
     }

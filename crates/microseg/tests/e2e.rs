@@ -296,6 +296,24 @@ fn a_workload_interface_made_again_is_enforced_again() {
 }
 
 #[test]
+fn ipv4_big_tcp_packets_of_an_allowed_connection_pass() {
+    // BIG TCP (Linux 6.3+): the client's stack sends GSO packets over 64 KiB, whose IPv4
+    // total length is 0. They must be judged like any other, not dropped as malformed.
+    let t = start("bigtcp", WEB_ONLY_FROM_CLIENT);
+    t.big_tcp("client", 196_608);
+    let web = t.w("web");
+    assert!(
+        t.tcp_bulk_ok("client", addr(&web.v4, 8080), 8 << 20),
+        "8 MiB echoed over IPv4 with BIG TCP"
+    );
+    assert!(
+        !t.tcp_ok("client", addr(&web.v4, 9090)),
+        "and the policy still holds"
+    );
+    assert_eq!(t.stats()["parse_errors"], 0);
+}
+
+#[test]
 fn the_classic_tc_path_for_older_kernels_enforces_and_cleans_up_too() {
     let mut t = Topology::new("netlink", &["client", "web", "other"]);
     t.write_policy("workloads.yaml", &t.workloads_yaml());

@@ -256,6 +256,34 @@ impl Topology {
         tcp_ok_from(&self.w(from).ns, to)
     }
 
+    /// Sends `bytes` from workload `from` to the TCP echo server at `to` and reads them all
+    /// back; false on any error or a 10 s stall.
+    pub fn tcp_bulk_ok(&self, from: &str, to: SocketAddr, bytes: usize) -> bool {
+        in_netns(&self.w(from).ns.clone(), move || {
+            let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_secs(2)) else {
+                return false;
+            };
+            s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+            s.set_write_timeout(Some(Duration::from_secs(10))).ok();
+            let mut w = s.try_clone().expect("clone");
+            let writer = std::thread::spawn(move || w.write_all(&vec![0x5a; bytes]).is_ok());
+            let (mut got, mut buf) = (0, vec![0u8; 65536]);
+            while got < bytes {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n,
+                }
+            }
+            writer.join().unwrap_or(false) && got == bytes
+        })
+    }
+
+    /// Lets workload `w`'s stack build IPv4 GSO packets of up to `size` bytes (BIG TCP):
+    /// over 64 KiB they carry an IPv4 total length of 0.
+    pub fn big_tcp(&self, w: &str, size: u32) {
+        set_gso_max_sizes(&self.w(w).ns, "eth0", size);
+    }
+
     pub fn udp_ok(&self, from: &str, to: SocketAddr) -> bool {
         in_netns(&self.w(from).ns.clone(), move || {
             let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
@@ -296,6 +324,51 @@ impl Topology {
 }
 
 /// A veth pair from the node's bridge into workload namespace `ns`, addressed and up.
+/// Sets `IFLA_GSO_MAX_SIZE` and `IFLA_GSO_IPV4_MAX_SIZE` of `dev` in namespace `ns` over
+/// rtnetlink: Debian 12's `ip` predates the IPv4 one.
+fn set_gso_max_sizes(ns: &str, dev: &str, size: u32) {
+    const IFLA_GSO_MAX_SIZE: u16 = 41;
+    const IFLA_GSO_IPV4_MAX_SIZE: u16 = 63;
+    let dev = std::ffi::CString::new(dev).unwrap();
+    let err = in_netns(ns, move || {
+        // SAFETY: plain socket calls on buffers that outlive them.
+        unsafe {
+            let ifindex = libc::if_nametoindex(dev.as_ptr());
+            assert_ne!(ifindex, 0, "no such interface");
+            let attrs = [(IFLA_GSO_MAX_SIZE, size), (IFLA_GSO_IPV4_MAX_SIZE, size)];
+            let mut msg = Vec::new();
+            // nlmsghdr: length, type, flags, sequence, port.
+            msg.extend((32 + 8 * attrs.len() as u32).to_ne_bytes());
+            msg.extend(libc::RTM_NEWLINK.to_ne_bytes());
+            msg.extend(((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
+            msg.extend([1u32, 0].iter().flat_map(|v| v.to_ne_bytes()));
+            // ifinfomsg: family, padding, type, index, flags, change.
+            msg.extend([0u8; 4]);
+            msg.extend((ifindex as i32).to_ne_bytes());
+            msg.extend([0u8; 8]);
+            for (kind, value) in attrs {
+                msg.extend(8u16.to_ne_bytes());
+                msg.extend(kind.to_ne_bytes());
+                msg.extend(value.to_ne_bytes());
+            }
+            let fd = libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            );
+            assert!(fd >= 0, "netlink socket");
+            let sent = libc::send(fd, msg.as_ptr().cast(), msg.len(), 0);
+            let mut ack = [0u8; 1024];
+            let got = libc::recv(fd, ack.as_mut_ptr().cast(), ack.len(), 0);
+            libc::close(fd);
+            assert!(sent == msg.len() as isize && got >= 20, "netlink exchange");
+            // The acknowledgement: nlmsghdr, then the error code (0 for success).
+            i32::from_ne_bytes(ack[16..20].try_into().unwrap())
+        }
+    });
+    assert_eq!(err, 0, "{}", std::io::Error::from_raw_os_error(-err));
+}
+
 fn link_workload(node: &str, ns: &str, host_end: &str, v4: &str, v6: &str) {
     sh(&[
         "ip", "-n", node, "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns",
