@@ -296,15 +296,21 @@ fn a_workload_interface_made_again_is_enforced_again() {
 }
 
 #[test]
-fn ipv4_big_tcp_packets_of_an_allowed_connection_pass() {
-    // BIG TCP (Linux 6.3+): the client's stack sends GSO packets over 64 KiB, whose IPv4
-    // total length is 0. They must be judged like any other, not dropped as malformed.
+fn big_tcp_packets_of_an_allowed_connection_pass() {
+    // BIG TCP (Linux 5.19+ for IPv6, 6.3+ for IPv4): the client's stack sends GSO packets
+    // over 64 KiB, whose IP length is 0. They must be judged like any other, not dropped as
+    // malformed.
     let t = start("bigtcp", WEB_ONLY_FROM_CLIENT);
     t.big_tcp("client", 196_608);
     let web = t.w("web");
     assert!(
         t.tcp_bulk_ok("client", addr(&web.v4, 8080), 8 << 20),
         "8 MiB echoed over IPv4 with BIG TCP"
+    );
+    // IPv6 BIG TCP packets carry a payload length of 0 instead.
+    assert!(
+        t.tcp_bulk_ok("client", addr(&web.v6, 8080), 8 << 20),
+        "and over IPv6"
     );
     assert!(
         !t.tcp_ok("client", addr(&web.v4, 9090)),
