@@ -10,7 +10,7 @@ use microseg_policy::{
 };
 use microseg_proto::v1::DiscoveredWorkload;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -56,6 +56,12 @@ pub struct Applied {
 
 /// Largest flow a node may upload, in bytes of JSON: a flow holds about 400.
 pub const MAX_FLOW_BYTES: usize = 4096;
+
+/// Most workloads one node may report (a Kubernetes node runs at most a few hundred pods).
+pub const MAX_REPORTED_WORKLOADS: usize = 10_000;
+
+/// Most addresses one reported workload may have.
+pub const MAX_WORKLOAD_ADDRESSES: usize = 64;
 
 /// Recent flows uploaded by agents, oldest first, bounded.
 pub struct Flows {
@@ -477,6 +483,13 @@ impl Core {
         if let Some(e) = check_name(node) {
             return Err(Error::bad(format!("node: {e}")));
         }
+        // The report is processed under the store's lock: its size is bounded.
+        if report.len() > MAX_REPORTED_WORKLOADS {
+            return Err(Error::bad(format!(
+                "node {node}: {} workloads reported, at most {MAX_REPORTED_WORKLOADS} per node",
+                report.len()
+            )));
+        }
         let mut ok = Vec::new();
         for w in report {
             let mut errs: Vec<String> = Vec::new();
@@ -484,10 +497,17 @@ impl Core {
             if !w.interface.is_empty() {
                 errs.extend(check_interface(&w.interface));
             }
+            if w.ips.len() > MAX_WORKLOAD_ADDRESSES {
+                errs.push(format!(
+                    "{} addresses, at most {MAX_WORKLOAD_ADDRESSES}",
+                    w.ips.len()
+                ));
+            }
             let mut ips = Vec::new();
-            for ip in &w.ips {
+            let mut seen = HashSet::new();
+            for ip in w.ips.iter().take(MAX_WORKLOAD_ADDRESSES + 1) {
                 match ip.parse::<std::net::IpAddr>() {
-                    Ok(a) if !ips.contains(&a.to_string()) => ips.push(a.to_string()),
+                    Ok(a) if seen.insert(a) => ips.push(a.to_string()),
                     Ok(_) => {}
                     Err(_) => errs.push(format!("invalid address {ip:?}")),
                 }
@@ -514,13 +534,19 @@ impl Core {
                     .iter()
                     .filter(|r| r.kind == WORKLOAD && r.node == node)
                     .collect();
-                let reported_name = |r: &Row| -> String {
-                    r.reported
-                        .as_deref()
-                        .and_then(|x| serde_json::from_str::<Reported>(x).ok())
-                        .map(|x| x.name)
-                        .unwrap_or_else(|| r.name.clone())
-                };
+                // By the name the node reported (a stored name may carry `.<node>`).
+                let mine_by_reported: HashMap<String, &Row> = mine
+                    .iter()
+                    .map(|r| {
+                        let reported = r
+                            .reported
+                            .as_deref()
+                            .and_then(|x| serde_json::from_str::<Reported>(x).ok())
+                            .map(|x| x.name)
+                            .unwrap_or_else(|| r.name.clone());
+                        (reported, *r)
+                    })
+                    .collect();
                 // Addresses of every other workload: a report must not make the set
                 // invalid for the agents (an address belongs to one workload).
                 let mut used: BTreeMap<String, String> = BTreeMap::new();
@@ -531,7 +557,7 @@ impl Core {
                     }
                 }
                 let mut writes = Vec::new();
-                let mut kept: Vec<String> = Vec::new();
+                let mut kept: HashSet<String> = HashSet::new();
                 for (w, ips) in &ok {
                     if let Some((ip, other)) = ips.iter().find_map(|ip| used.get_key_value(ip)) {
                         log::warn!(
@@ -540,12 +566,12 @@ impl Core {
                         );
                         continue;
                     }
-                    let existing = mine.iter().find(|r| reported_name(r) == w.name);
+                    let existing = mine_by_reported.get(&w.name).copied();
                     let name = match existing {
                         Some(r) => r.name.clone(),
                         None => {
                             let taken = |n: &str| {
-                                snap.get(WORKLOAD, n).is_some() || kept.iter().any(|k| k == n)
+                                snap.get(WORKLOAD, n).is_some() || kept.contains(n)
                             };
                             if !taken(&w.name) {
                                 w.name.clone()
@@ -586,7 +612,7 @@ impl Core {
                             reported: Some(reported),
                         });
                     }
-                    kept.push(name);
+                    kept.insert(name);
                 }
                 for r in &mine {
                     if !kept.contains(&r.name) {

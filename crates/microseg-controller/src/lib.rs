@@ -13,7 +13,9 @@ mod rest;
 pub mod store;
 pub mod tls;
 
-pub use crate::core::{parse_duration, rfc3339, Core};
+pub use crate::core::{
+    parse_duration, rfc3339, Core, MAX_REPORTED_WORKLOADS, MAX_WORKLOAD_ADDRESSES,
+};
 pub use error::Error;
 pub use rest::OPENAPI;
 

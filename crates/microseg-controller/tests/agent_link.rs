@@ -433,3 +433,40 @@ fn a_node_token_speaks_for_its_node_only() {
     });
     assert!(get(&ctl.client(), "/v1/workloads/db").status == 404);
 }
+
+#[test]
+fn a_workload_report_is_bounded() {
+    let state = TempDir::new("grpc-report-bounds");
+    let ctl = Ctl::start(&state.0, None);
+    let (url, token) = (ctl.url(), ctl.token());
+    ctl.rt.block_on(async {
+        let mut a = link(&url, Some(token)).await;
+        let many = (0..=microseg_controller::MAX_REPORTED_WORKLOADS)
+            .map(|i| discovered(&format!("w{i}"), "", "10.9.0.1", "node-a"))
+            .collect();
+        let e = a
+            .report_workloads(WorkloadReport {
+                node: "node-a".into(),
+                workloads: many,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("at most 10000"), "{}", e.message());
+
+        // A workload with too many addresses is skipped; the rest of the report stands.
+        let mut wide = discovered("wide", "veth-wide", "10.9.0.2", "node-a");
+        wide.ips = (0..=microseg_controller::MAX_WORKLOAD_ADDRESSES)
+            .map(|i| format!("10.9.1.{i}"))
+            .collect();
+        a.report_workloads(WorkloadReport {
+            node: "node-a".into(),
+            workloads: vec![wide, discovered("web", "veth-web", "10.9.0.3", "node-a")],
+        })
+        .await
+        .unwrap();
+    });
+    let c = ctl.client();
+    assert_eq!(get(&c, "/v1/workloads/wide").status, 404);
+    assert_eq!(get(&c, "/v1/workloads/web").status, 200);
+}
