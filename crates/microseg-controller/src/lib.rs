@@ -46,6 +46,9 @@ pub struct Options {
     pub tls_key: Option<PathBuf>,
     /// Mutual TLS: clients must present a certificate issued by one of these CAs (PEM).
     pub tls_client_ca: Option<PathBuf>,
+    /// PostgreSQL over TLS (required): the CAs (PEM) that issued the server's certificate.
+    /// Without it, a URL with `sslmode=require` uses the system's CA bundle.
+    pub db_ca: Option<PathBuf>,
 }
 
 impl Options {
@@ -60,6 +63,7 @@ impl Options {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            db_ca: None,
         }
     }
 
@@ -176,14 +180,37 @@ fn load_token_file(
     Ok(token)
 }
 
+/// TLS for PostgreSQL, when `--db-ca` is given or the URL asks for `sslmode=require`.
+fn postgres_tls(
+    url: &str,
+    opts: &Options,
+) -> Result<Option<Arc<rustls::ClientConfig>>, ControllerError> {
+    let required = url
+        .parse::<tokio_postgres::Config>()
+        .is_ok_and(|c| matches!(c.get_ssl_mode(), tokio_postgres::config::SslMode::Require));
+    if opts.db_ca.is_none() && !required {
+        return Ok(None);
+    }
+    let cfg = tls::client_config(opts.db_ca.as_deref(), None)
+        .map_err(|e| ControllerError::BadInput(format!("--db-ca: {e}")))?;
+    let mut cfg = (*cfg).clone();
+    cfg.alpn_protocols = vec![b"postgresql".to_vec()];
+    Ok(Some(Arc::new(cfg)))
+}
+
 pub async fn open_store(opts: &Options) -> Result<Arc<dyn Store>, ControllerError> {
     let db = opts.db.clone().unwrap_or_default();
     if db.starts_with("postgres://") || db.starts_with("postgresql://") {
-        let pg = store::postgres::Postgres::open(&db)
+        let pg = store::postgres::Postgres::open(&db, postgres_tls(&db, opts)?)
             .await
             .map_err(|e| ControllerError::Runtime(format!("PostgreSQL: {e}")))?;
         log::info!("storage: PostgreSQL");
         return Ok(Arc::new(pg));
+    }
+    if opts.db_ca.is_some() {
+        return Err(ControllerError::BadInput(
+            "--db-ca is for a PostgreSQL --db (postgres://...)".into(),
+        ));
     }
     let path = if db.is_empty() {
         opts.state_dir.join("controller.db")

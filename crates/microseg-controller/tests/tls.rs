@@ -269,3 +269,37 @@ fn tls_flags_are_checked_before_anything_starts() {
     }
     assert!(!state.exists(), "nothing was created");
 }
+
+#[test]
+fn postgresql_is_reached_over_tls_verified_by_the_db_ca() {
+    let dir = TempDir::new("pg-tls");
+    let pki = Pki::write(&dir.0.join("pki"), &["127.0.0.1"]);
+    let pg = Pg::start_tls(&pki.server_cert, &pki.server_key);
+    let url = pg.database("tlsdb");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let open = |ca: Option<&Path>, url: &str| {
+        let mut opts = Options::new(dir.0.join("state"));
+        opts.db = Some(url.to_string());
+        opts.db_ca = ca.map(Path::to_path_buf);
+        rt.block_on(microseg_controller::open_store(&opts))
+            .map(|_| ())
+    };
+    // The server takes no plain connection; a server certificate of another CA is refused.
+    let plain = open(None, &url).unwrap_err().to_string();
+    assert!(plain.contains("PostgreSQL"), "{plain}");
+    let other = open(Some(&pki.other_ca), &url).unwrap_err().to_string();
+    assert!(other.contains("certificate"), "{other}");
+    // sslmode=require alone checks against the system's CAs, which did not issue it.
+    assert!(open(None, &format!("{url}?sslmode=require")).is_err());
+
+    // With the right CA the controller runs on it.
+    let mut opts = Options::new(dir.0.join("ctl"));
+    opts.listen = "127.0.0.1:0".into();
+    opts.db = Some(url);
+    opts.db_ca = Some(pki.ca.clone());
+    let ctl = Ctl::start_with(opts);
+    let c = ctl.client();
+    let r = call(&c, "POST", "/v1/apply", &policy("over-tls", 5432));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(get(&c, "/v1/policies/over-tls").status, 200);
+}

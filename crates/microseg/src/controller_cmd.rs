@@ -25,6 +25,11 @@ pub struct ControllerArgs {
     agent_token_file: Option<PathBuf>,
     #[arg(long, default_value = "/var/lib/microseg", value_name = "DIR")]
     state_dir: PathBuf,
+    /// PostgreSQL over TLS, required: the CA certificates (PEM) that issued the database
+    /// server's certificate (its name is checked against the URL's host). A URL with
+    /// sslmode=require alone uses the system's CA bundle.
+    #[arg(long, value_name = "PATH")]
+    db_ca: Option<PathBuf>,
     /// How many recent flows uploaded by agents to keep.
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     flow_buffer: usize,
@@ -89,6 +94,7 @@ pub fn run(a: ControllerArgs) -> ExitCode {
     let mut opts = Options::new(a.state_dir);
     opts.listen = a.listen;
     opts.db = a.db;
+    opts.db_ca = a.db_ca;
     opts.token_file = a.token_file;
     opts.agent_token_file = a.agent_token_file;
     opts.flow_buffer = a.flow_buffer;

@@ -6,6 +6,7 @@
 //! resource changed. Each resource row carries the revision that last changed it, and
 //! deletions leave a tombstone, so "changes since revision N" is one query.
 
+mod pg_tls;
 pub mod postgres;
 pub mod sqlite;
 

@@ -6,15 +6,20 @@
 
 use super::{parse_overlay, BoxFut, NodeRow, Row, Snapshot, Store, TxFn, Write, SCHEMA};
 use crate::error::Error;
+use rustls::ClientConfig;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{watch, Mutex, MutexGuard};
-use tokio_postgres::{AsyncMessage, Client, IsolationLevel, NoTls};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::{AsyncMessage, Client, Connection, IsolationLevel, NoTls};
 
 pub const CHANNEL: &str = "microseg_changes";
 
 pub struct Postgres {
     url: String,
+    /// Set: every connection is TLS, the server verified by this configuration.
+    tls: Option<Arc<ClientConfig>>,
     client: Mutex<Option<Client>>,
 }
 
@@ -32,19 +37,53 @@ fn row(r: &tokio_postgres::Row) -> Row {
     }
 }
 
-async fn connect(url: &str) -> Result<Client, Error> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            log::warn!("PostgreSQL connection lost: {e}");
-        }
-    });
+/// Connects (over TLS when `tls` is set, which then is required) and drives the
+/// connection in a task of its own, handing `on_message` what the server sends unasked.
+async fn connect(
+    url: &str,
+    tls: &Option<Arc<ClientConfig>>,
+    on_message: impl FnMut(AsyncMessage) + Send + 'static,
+) -> Result<Client, Error> {
+    let Some(tls) = tls else {
+        let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+        drive(conn, on_message);
+        return Ok(client);
+    };
+    let mut config: tokio_postgres::Config = url.parse()?;
+    config.ssl_mode(SslMode::Require);
+    let (client, conn) = config
+        .connect(super::pg_tls::RustlsConnect(tls.clone()))
+        .await?;
+    drive(conn, on_message);
     Ok(client)
 }
 
+/// Runs the connection until its client is dropped or it fails.
+fn drive<S, T>(
+    mut conn: Connection<S, T>,
+    mut on_message: impl FnMut(AsyncMessage) + Send + 'static,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                Some(Ok(m)) => on_message(m),
+                Some(Err(e)) => {
+                    log::warn!("PostgreSQL connection lost: {e}");
+                    return;
+                }
+                None => return,
+            }
+        }
+    });
+}
+
 impl Postgres {
-    pub async fn open(url: &str) -> Result<Postgres, Error> {
-        let client = connect(url).await?;
+    /// `tls`: connect over TLS only, verifying the server with it.
+    pub async fn open(url: &str, tls: Option<Arc<ClientConfig>>) -> Result<Postgres, Error> {
+        let client = connect(url, &tls, |_| {}).await?;
         // Two controllers starting at once must not race on CREATE TABLE.
         client
             .batch_execute(&format!(
@@ -53,6 +92,7 @@ impl Postgres {
             .await?;
         Ok(Postgres {
             url: url.to_string(),
+            tls,
             client: Mutex::new(Some(client)),
         })
     }
@@ -61,7 +101,7 @@ impl Postgres {
     async fn client(&self) -> Result<MutexGuard<'_, Option<Client>>, Error> {
         let mut g = self.client.lock().await;
         if g.as_ref().is_none_or(Client::is_closed) {
-            *g = Some(connect(&self.url).await?);
+            *g = Some(connect(&self.url, &self.tls, |_| {}).await?);
         }
         Ok(g)
     }
@@ -308,44 +348,35 @@ impl Store for Postgres {
     ) {
         tokio::spawn(async move {
             loop {
-                match tokio_postgres::connect(&self.url, NoTls).await {
-                    Ok((client, mut conn)) => {
-                        let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel();
-                        let drive = tokio::spawn(async move {
-                            while let Some(Ok(m)) =
-                                std::future::poll_fn(|cx| conn.poll_message(cx)).await
-                            {
-                                if let AsyncMessage::Notification(n) = m {
-                                    let _ = ntx.send(n.payload().parse::<u64>().ok());
-                                }
-                            }
-                        });
-                        match client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
-                            Ok(()) => {
-                                let mut tick = tokio::time::interval(Duration::from_secs(2));
-                                loop {
-                                    tokio::select! {
-                                        n = nrx.recv() => match n {
-                                            Some(Some(rev)) => super::publish(&tx, rev),
-                                            Some(None) => {}
-                                            None => break,
-                                        },
-                                        _ = tick.tick() => {
-                                            if let Ok(rev) = self.revision().await {
-                                                super::publish(&tx, rev);
-                                            }
-                                        }
-                                        _ = stop.changed() => {
-                                            drive.abort();
-                                            return;
+                let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel();
+                let notified = move |m| {
+                    if let AsyncMessage::Notification(n) = m {
+                        let _ = ntx.send(n.payload().parse::<u64>().ok());
+                    }
+                };
+                match connect(&self.url, &self.tls, notified).await {
+                    // The connection closes when `client` is dropped, ending its task.
+                    Ok(client) => match client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+                        Ok(()) => {
+                            let mut tick = tokio::time::interval(Duration::from_secs(2));
+                            loop {
+                                tokio::select! {
+                                    n = nrx.recv() => match n {
+                                        Some(Some(rev)) => super::publish(&tx, rev),
+                                        Some(None) => {}
+                                        None => break,
+                                    },
+                                    _ = tick.tick() => {
+                                        if let Ok(rev) = self.revision().await {
+                                            super::publish(&tx, rev);
                                         }
                                     }
+                                    _ = stop.changed() => return,
                                 }
                             }
-                            Err(e) => log::warn!("LISTEN {CHANNEL}: {e}"),
                         }
-                        drive.abort();
-                    }
+                        Err(e) => log::warn!("LISTEN {CHANNEL}: {e}"),
+                    },
                     Err(e) => log::warn!("PostgreSQL listener: {e}"),
                 }
                 tokio::select! {

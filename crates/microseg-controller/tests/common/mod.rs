@@ -81,6 +81,15 @@ fn as_postgres(args: &[&str]) -> std::process::Output {
 
 impl Pg {
     pub fn start() -> Pg {
+        Pg::start_with(None)
+    }
+
+    /// A server that takes TCP connections over TLS only, with `cert` and `key` (PEM).
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Pg {
+        Pg::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(&std::path::Path, &std::path::Path)>) -> Pg {
         let bin = pg_bin();
         let dir = TempDir::new_in(std::path::Path::new("/tmp"), "pg");
         let st = Command::new("chown")
@@ -107,11 +116,33 @@ impl Pg {
             "UTF8",
             "--no-sync",
         ]);
-        let opts = format!(
+        let mut opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off",
             pg.port,
             pg.dir.0.display()
         );
+        if let Some((cert, key)) = tls {
+            // The key must belong to the server's user and be private to it.
+            for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+                let to = data.join(name);
+                std::fs::copy(from, &to).unwrap();
+                let st = Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(&to)
+                    .status()
+                    .unwrap();
+                assert!(st.success());
+                std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                    .unwrap();
+            }
+            // TCP over TLS only: a plain connection finds no pg_hba.conf entry.
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .unwrap();
+            opts.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
+        }
         as_postgres(&[
             pg.bin.join("pg_ctl").to_str().unwrap(),
             "-D",
