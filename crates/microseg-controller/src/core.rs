@@ -535,17 +535,22 @@ impl Core {
                     .filter(|r| r.kind == WORKLOAD && r.node == node)
                     .collect();
                 // By the name the node reported (a stored name may carry `.<node>`).
-                let mine_by_reported: HashMap<String, &Row> = mine
+                // The first row wins, should two carry one reported name.
+                let mut mine_by_reported: HashMap<String, &Row> = HashMap::new();
+                for r in &mine {
+                    let reported = r
+                        .reported
+                        .as_deref()
+                        .and_then(|x| serde_json::from_str::<Reported>(x).ok())
+                        .map(|x| x.name)
+                        .unwrap_or_else(|| r.name.clone());
+                    mine_by_reported.entry(reported).or_insert(r);
+                }
+                let workload_names: HashSet<&str> = snap
+                    .rows
                     .iter()
-                    .map(|r| {
-                        let reported = r
-                            .reported
-                            .as_deref()
-                            .and_then(|x| serde_json::from_str::<Reported>(x).ok())
-                            .map(|x| x.name)
-                            .unwrap_or_else(|| r.name.clone());
-                        (reported, *r)
-                    })
+                    .filter(|r| r.kind == WORKLOAD)
+                    .map(|r| r.name.as_str())
                     .collect();
                 // Addresses of every other workload: a report must not make the set
                 // invalid for the agents (an address belongs to one workload).
@@ -571,7 +576,7 @@ impl Core {
                         Some(r) => r.name.clone(),
                         None => {
                             let taken = |n: &str| {
-                                snap.get(WORKLOAD, n).is_some() || kept.contains(n)
+                                workload_names.contains(n) || kept.contains(n)
                             };
                             if !taken(&w.name) {
                                 w.name.clone()

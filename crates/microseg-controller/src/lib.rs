@@ -127,7 +127,16 @@ pub fn load_agent_token(opts: &Options) -> Result<String, ControllerError> {
 pub fn existing_agent_token(opts: &Options) -> Result<String, ControllerError> {
     if opts.agent_token_file.is_none() {
         let path = opts.state_dir.join(AGENT_TOKEN_FILE);
-        let t = std::fs::read_to_string(&path).unwrap_or_default();
+        let t = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => {
+                return Err(ControllerError::BadInput(format!(
+                    "{}: {e}",
+                    path.display()
+                )));
+            }
+        };
         if t.trim().is_empty() {
             return Err(ControllerError::BadInput(format!(
                 "{}: no agent token (the controller writes it at its first start; or give --agent-token-file)",
@@ -190,6 +199,11 @@ fn postgres_tls(
         .is_ok_and(|c| matches!(c.get_ssl_mode(), tokio_postgres::config::SslMode::Require));
     if opts.db_ca.is_none() && !required {
         return Ok(None);
+    }
+    if opts.db_ca.is_none() && tls::system_ca_file().is_none() {
+        return Err(ControllerError::BadInput(
+            "sslmode=require: no CA bundle found on this system; give the database server's CA with --db-ca".into(),
+        ));
     }
     let cfg = tls::client_config(opts.db_ca.as_deref(), None)
         .map_err(|e| ControllerError::BadInput(format!("--db-ca: {e}")))?;

@@ -1,7 +1,7 @@
 //! PostgreSQL over TLS with the controller's own TLS stack (rustls, ring): the server's
 //! certificate is verified against the given CAs and its name against the URL's host.
 
-use rustls::pki_types::{InvalidDnsNameError, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use std::future::Future;
 use std::io;
@@ -24,12 +24,19 @@ pub struct Connect {
 impl MakeTlsConnect<Socket> for RustlsConnect {
     type Stream = Stream;
     type TlsConnect = Connect;
-    type Error = InvalidDnsNameError;
+    type Error = io::Error;
 
-    fn make_tls_connect(&mut self, host: &str) -> Result<Connect, InvalidDnsNameError> {
+    fn make_tls_connect(&mut self, host: &str) -> Result<Connect, io::Error> {
+        // A Unix socket reaches the connector with no host name to check.
+        let server = ServerName::try_from(host.to_string()).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("TLS needs a TCP host name or address in the URL, not {host:?}"),
+            )
+        })?;
         Ok(Connect {
             config: self.0.clone(),
-            server: ServerName::try_from(host.to_string())?,
+            server,
         })
     }
 }
