@@ -125,26 +125,27 @@ pub fn load_agent_token(opts: &Options) -> Result<String, ControllerError> {
 
 /// The agents' token as the controller has it, never created here (`microseg node-token`).
 pub fn existing_agent_token(opts: &Options) -> Result<String, ControllerError> {
-    if opts.agent_token_file.is_none() {
-        let path = opts.state_dir.join(AGENT_TOKEN_FILE);
-        let t = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => {
-                return Err(ControllerError::BadInput(format!(
-                    "{}: {e}",
-                    path.display()
-                )));
-            }
-        };
-        if t.trim().is_empty() {
+    if opts.agent_token_file.is_some() {
+        return load_agent_token(opts);
+    }
+    let path = opts.state_dir.join(AGENT_TOKEN_FILE);
+    let t = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
             return Err(ControllerError::BadInput(format!(
-                "{}: no agent token (the controller writes it at its first start; or give --agent-token-file)",
+                "{}: {e}",
                 path.display()
             )));
         }
+    };
+    if t.trim().is_empty() {
+        return Err(ControllerError::BadInput(format!(
+            "{}: no agent token (the controller writes it at its first start; or give --agent-token-file)",
+            path.display()
+        )));
     }
-    load_agent_token(opts)
+    Ok(t.trim().to_string())
 }
 
 /// The token in `given` (named by `flag` in errors), else in `path`, created there (mode

@@ -221,11 +221,14 @@ async fn front(State(f): State<Front>, mut req: Request, next: Next) -> Response
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| t.trim().as_bytes());
     let admin = bearer.is_some_and(|t| same(t, f.token.as_bytes()));
+    let shared_agent = bearer.is_some_and(|t| same(t, f.agent_token.as_bytes()));
     let node = match bearer.and_then(|t| std::str::from_utf8(t).ok()) {
-        Some(t) if !admin => crate::node_token::token_node(&f.agent_token, t).map(str::to_string),
+        Some(t) if !admin && !shared_agent => {
+            crate::node_token::token_node(&f.agent_token, t).map(str::to_string)
+        }
         _ => None,
     };
-    let agent = node.is_some() || bearer.is_some_and(|t| same(t, f.agent_token.as_bytes()));
+    let agent = shared_agent || node.is_some();
     if agent && !grpc {
         return (
             StatusCode::FORBIDDEN,

@@ -34,6 +34,14 @@ async fn link(url: &str, token: Option<String>) -> Link {
     AgentLinkClient::with_interceptor(ch, f)
 }
 
+/// A node's first sync: it enforces no revision yet.
+fn first_sync(node: &str) -> SyncRequest {
+    SyncRequest {
+        node: node.into(),
+        revision: 0,
+    }
+}
+
 async fn next(s: &mut Streaming<DesiredState>) -> DesiredState {
     tokio::time::timeout(Duration::from_secs(5), s.message())
         .await
@@ -84,13 +92,7 @@ fn sync_streams_full_state_then_deltas_and_acks_show_in_nodes() {
     ctl.rt.block_on(async {
         // Without the token: UNAUTHENTICATED, and the node is not registered.
         let mut anon = link(&url, None).await;
-        let e = anon
-            .sync(SyncRequest {
-                node: "node-a".into(),
-                revision: 0,
-            })
-            .await
-            .unwrap_err();
+        let e = anon.sync(first_sync("node-a")).await.unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated);
         let e = anon
             .ack(AckRequest {
@@ -103,14 +105,7 @@ fn sync_streams_full_state_then_deltas_and_acks_show_in_nodes() {
         assert_eq!(e.code(), Code::Unauthenticated);
 
         let mut a = link(&url, Some(token.clone())).await;
-        let mut sa = a
-            .sync(SyncRequest {
-                node: "node-a".into(),
-                revision: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let mut sa = a.sync(first_sync("node-a")).await.unwrap().into_inner();
         let full = next(&mut sa).await;
         assert!(full.full);
         assert_eq!(full.revision, 1);
@@ -170,14 +165,7 @@ fn sync_streams_full_state_then_deltas_and_acks_show_in_nodes() {
         assert_eq!(web["metadata"]["labels"]["node"], "node-a");
 
         let mut b = link(&url, Some(token.clone())).await;
-        let mut sb = b
-            .sync(SyncRequest {
-                node: "node-b".into(),
-                revision: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let mut sb = b.sync(first_sync("node-b")).await.unwrap().into_inner();
         let full_b = next(&mut sb).await;
         let web_peer = doc(&full_b, "Workload", "web").expect("web for node-b");
         assert!(web_peer["spec"].get("interface").is_none(), "{web_peer}");
@@ -309,14 +297,7 @@ fn two_controllers_on_one_postgres_see_each_others_changes() {
     let (burl, btoken) = (b.url(), b.token());
     b.rt.block_on(async {
         let mut l = link(&burl, Some(btoken)).await;
-        let mut s = l
-            .sync(SyncRequest {
-                node: "node-b".into(),
-                revision: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let mut s = l.sync(first_sync("node-b")).await.unwrap().into_inner();
         let full = next(&mut s).await;
         assert_eq!((full.revision, full.upserts.len()), (0, 0));
         // A change through controller A reaches an agent of controller B (NOTIFY).
@@ -350,10 +331,7 @@ fn agents_link_with_the_agent_token() {
     ctl.rt.block_on(async {
         let mut a = link(&url, Some(agent_token)).await;
         let mut s = a
-            .sync(SyncRequest {
-                node: "node-a".into(),
-                revision: 0,
-            })
+            .sync(first_sync("node-a"))
             .await
             .expect("the agent token opens the agent link")
             .into_inner();
@@ -374,19 +352,15 @@ fn a_node_token_speaks_for_its_node_only() {
     assert!(r.error_text().contains("node token"), "{}", r.error_text());
     ctl.rt.block_on(async {
         let mut a = link(&url, Some(token.clone())).await;
-        let sync = |node: &str| SyncRequest {
-            node: node.into(),
-            revision: 0,
-        };
         let mut s = a
-            .sync(sync("node-a"))
+            .sync(first_sync("node-a"))
             .await
             .expect("its own node")
             .into_inner();
         next(&mut s).await;
 
         // Every call in another node's name is refused, naming the token's node.
-        let e = a.sync(sync("node-b")).await.unwrap_err();
+        let e = a.sync(first_sync("node-b")).await.unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied);
         assert!(e.message().contains("\"node-a\""), "{}", e.message());
         let e = a
@@ -427,11 +401,11 @@ fn a_node_token_speaks_for_its_node_only() {
             microseg_controller::node_token::node_token("not-the-agent-token", "node-b"),
         ] {
             let mut f = link(&url, Some(forged)).await;
-            let e = f.sync(sync("node-b")).await.unwrap_err();
+            let e = f.sync(first_sync("node-b")).await.unwrap_err();
             assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
         }
     });
-    assert!(get(&ctl.client(), "/v1/workloads/db").status == 404);
+    assert_eq!(get(&ctl.client(), "/v1/workloads/db").status, 404);
 }
 
 #[test]

@@ -20,19 +20,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{addr, eventually, tcp_echo_in, tcp_ok_from, Server, BIN};
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::{addr, eventually, sh, tcp_echo_in, tcp_ok_from, Server, BIN};
 
 struct Cluster {
     prefix: String,
@@ -295,16 +283,14 @@ impl Cluster {
         let socket = self.dir.join(format!("agent-{node}.sock"));
         // Each node its own token: it speaks on the agent link for that node only.
         let token = self.dir.join(format!("token-{node}"));
-        let out = Command::new(BIN)
-            .args(["node-token", node, "--state-dir"])
-            .arg(self.dir.join("ctl-state"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let state = self.dir.join("ctl-state");
+        let out = sh(&[
+            BIN,
+            "node-token",
+            node,
+            "--state-dir",
+            state.to_str().unwrap(),
+        ]);
         std::fs::write(&token, &out.stdout).unwrap();
         let child = self
             .in_ns(

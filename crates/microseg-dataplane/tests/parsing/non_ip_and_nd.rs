@@ -69,19 +69,10 @@ fn only_real_neighbour_discovery_is_exempt_from_policy() {
             &Frame::neighbour_discovery(ip("fd00::3"), ip("2001:db8::9"), t).with_hop_limit(254)
         ));
         // Protocol 58 in IPv4 is no ICMPv6 at all: no exemption either way.
-        let v4 = Frame::new(
-            ip("10.0.0.2"),
-            ip("10.0.0.3"),
-            58,
-            vec![t, 0, 0, 0, 0, 0, 0, 0],
-        );
+        let v4_58 = |src, dst| Frame::new(ip(src), ip(dst), 58, vec![t, 0, 0, 0, 0, 0, 0, 0]);
+        let v4 = v4_58("10.0.0.2", "10.0.0.3");
         assert!(!ingress(&env, &v4), "IPv4 protocol 58 type {t} passed in");
-        let out = Frame::new(
-            ip("10.0.0.3"),
-            ip("192.0.2.7"),
-            58,
-            vec![t, 0, 0, 0, 0, 0, 0, 0],
-        );
+        let out = v4_58("10.0.0.3", "192.0.2.7");
         assert!(!from_db(&env, &out), "IPv4 protocol 58 type {t} passed out");
     }
     let s = stats(&env);

@@ -19,7 +19,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_microseg");
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-fn sh(args: &[&str]) -> Output {
+/// Runs a command, which must succeed.
+pub fn sh(args: &[&str]) -> Output {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()
