@@ -4,3 +4,14 @@
 pub mod v1 {
     tonic::include_proto!("microseg.v1");
 }
+
+/// The largest gRPC message either end of the agent link accepts. Aligned with the
+/// controller's request body limit, so that any resource the controller stores fits in
+/// one message.
+pub const MAX_MESSAGE_BYTES: usize = 80 << 20;
+
+/// The largest single resource (its JSON form) the controller accepts at apply time.
+pub const MAX_RESOURCE_BYTES: usize = 64 << 20;
+
+/// A desired state larger than this is sent in several messages (`DesiredState.more`).
+pub const STATE_CHUNK_BYTES: usize = 1 << 20;
