@@ -5,6 +5,8 @@ pub mod v1 {
     tonic::include_proto!("microseg.v1");
 }
 
+pub mod parts;
+
 /// The largest gRPC message either end of the agent link accepts. Aligned with the
 /// controller's request body limit, so that any resource the controller stores fits in
 /// one message.
