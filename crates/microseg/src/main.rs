@@ -2,7 +2,7 @@
 //!
 //! Exit status: 0 success, 1 runtime failure, 2 bad input (usage or invalid resources).
 
-mod client_cmd;
+mod client;
 mod controller_cmd;
 mod logger;
 mod policy_cmd;
@@ -46,10 +46,10 @@ enum Command {
     /// Workloads known to the controller and their labels.
     Workload {
         #[command(subcommand)]
-        command: client_cmd::WorkloadCommand,
+        command: client::WorkloadCommand,
     },
     /// Nodes, the revision each enforces, and its lag.
-    Status(client_cmd::ClientArgs),
+    Status(client::ClientArgs),
     /// Print a node's own agent token (run where the controller's agent token is): with
     /// it, an agent speaks on the agent link for that node only.
     NodeToken(controller_cmd::NodeTokenArgs),
@@ -112,8 +112,8 @@ fn main() -> ExitCode {
         Command::Flows(f) => views::flows(&f),
         Command::Sessions(v) => views::sessions(&v),
         Command::Controller(c) => controller_cmd::run(c),
-        Command::Workload { command } => client_cmd::workload(command),
-        Command::Status(c) => client_cmd::status(&c),
+        Command::Workload { command } => client::workload(command),
+        Command::Status(c) => client::status(&c),
         Command::NodeToken(a) => controller_cmd::node_token(a),
     }
 }

@@ -27,24 +27,24 @@ pub enum PolicyCommand {
         #[arg(short = 'f', long = "file", required = true, num_args = 1.., value_name = "FILE")]
         files: Vec<PathBuf>,
         #[command(flatten)]
-        client: crate::client_cmd::ClientArgs,
+        client: crate::client::ClientArgs,
     },
     /// Policies stored on the controller.
     List {
         #[command(flatten)]
-        client: crate::client_cmd::ClientArgs,
+        client: crate::client::ClientArgs,
     },
     /// One policy from the controller (-o yaml gives a document `apply` takes back).
     Get {
         name: String,
         #[command(flatten)]
-        client: crate::client_cmd::ClientArgs,
+        client: crate::client::ClientArgs,
     },
     /// Delete a policy on the controller.
     Delete {
         name: String,
         #[command(flatten)]
-        client: crate::client_cmd::ClientArgs,
+        client: crate::client::ClientArgs,
     },
 }
 
@@ -52,10 +52,10 @@ pub fn run(cmd: PolicyCommand) -> ExitCode {
     match cmd {
         PolicyCommand::Check { files } => check(&files),
         PolicyCommand::Import { from, files } => import(&from, &files),
-        PolicyCommand::Apply { files, client } => crate::client_cmd::apply(&files, &client),
-        PolicyCommand::List { client } => crate::client_cmd::policy_list(&client),
-        PolicyCommand::Get { name, client } => crate::client_cmd::policy_get(&name, &client),
-        PolicyCommand::Delete { name, client } => crate::client_cmd::policy_delete(&name, &client),
+        PolicyCommand::Apply { files, client } => crate::client::apply(&files, &client),
+        PolicyCommand::List { client } => crate::client::policy_list(&client),
+        PolicyCommand::Get { name, client } => crate::client::policy_get(&name, &client),
+        PolicyCommand::Delete { name, client } => crate::client::policy_delete(&name, &client),
     }
 }
 

@@ -47,7 +47,7 @@ pub struct FlowArgs {
     token_file: Option<PathBuf>,
     /// Certificates for an https:// --server.
     #[command(flatten)]
-    tls: crate::client_cmd::TlsArgs,
+    tls: crate::client::TlsArgs,
 }
 
 /// "90s", "5m", "1h30m", "2d" → seconds.
@@ -193,7 +193,7 @@ pub fn flows(f: &FlowArgs) -> ExitCode {
             eprintln!("error: --follow works with the local agent only, not with --server");
             return ExitCode::from(2);
         }
-        return crate::client_cmd::remote_flows(
+        return crate::client::remote_flows(
             server,
             f.token_file.as_deref(),
             f.tls.clone(),
