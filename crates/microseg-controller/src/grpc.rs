@@ -1,16 +1,18 @@
-//! The AgentLink gRPC service: desired state down (full, then deltas), acks, discovered
-//! workloads and flows up.
+//! The AgentLink gRPC service: desired state down (full, then deltas, each in parts of at
+//! most [`STATE_CHUNK_BYTES`] when larger), acks, discovered workloads and flows up.
 
 use crate::core::{for_node, now, Core};
 use crate::error::Error;
 use crate::rest::Bearer;
 use crate::store::Row;
 use microseg_policy::check_name;
-use microseg_proto::v1::agent_link_server::AgentLink;
+use microseg_proto::parts::split;
+use microseg_proto::v1::agent_link_server::{AgentLink, AgentLinkServer};
 use microseg_proto::v1::{
     AckRequest, AckResponse, DesiredState, FlowBatch, ReportResponse, Resource, ResourceRef,
     SyncRequest, UploadResponse, WorkloadReport,
 };
+use microseg_proto::{MAX_MESSAGE_BYTES, STATE_CHUNK_BYTES};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +31,24 @@ impl Link {
     }
 }
 
+/// The gRPC service, taking and sending messages up to [`MAX_MESSAGE_BYTES`] (tonic's
+/// default of 4 MiB would refuse a large workload report or flow batch).
+pub fn server(core: Arc<Core>) -> AgentLinkServer<Link> {
+    AgentLinkServer::new(Link::new(core))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// Sends one revision, in parts when it is large; false when the agent is gone.
+async fn send_state(tx: &mpsc::Sender<Result<DesiredState, Status>>, state: DesiredState) -> bool {
+    for part in split(state, STATE_CHUNK_BYTES) {
+        if tx.send(Ok(part)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 fn status(e: Error) -> Status {
     match e {
         Error::BadInput { message, details } => {
@@ -37,6 +57,7 @@ fn status(e: Error) -> Status {
         Error::NotFound(m) => Status::not_found(m),
         Error::Conflict(m) => Status::failed_precondition(m),
         Error::Store(m) => Status::unavailable(format!("storage: {m}")),
+        Error::Http { message, .. } => Status::invalid_argument(message),
     }
 }
 
@@ -134,12 +155,14 @@ async fn stream_state(
         full: true,
         upserts: rows.iter().map(|r| upsert(r, &node)).collect(),
         deletes: Vec::new(),
+        more: false,
     };
+    drop(rows);
     log::info!(
         "node {node}: sending the full state at revision {rev} ({} resources)",
         full.upserts.len()
     );
-    if tx.send(Ok(full)).await.is_err() {
+    if !send_state(&tx, full).await {
         return;
     }
     let mut last = rev;
@@ -183,13 +206,14 @@ async fn stream_state(
                     name: r.name.clone(),
                 })
                 .collect(),
+            more: false,
         };
         log::debug!(
             "node {node}: delta to revision {max} ({} upserts, {} deletes)",
             delta.upserts.len(),
             delta.deletes.len()
         );
-        if tx.send(Ok(delta)).await.is_err() {
+        if !send_state(&tx, delta).await {
             return;
         }
         last = max;

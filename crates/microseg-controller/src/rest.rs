@@ -270,11 +270,7 @@ async fn front(State(f): State<Front>, mut req: Request, next: Next) -> Response
 
 /// REST and gRPC on one router, behind the token check.
 pub fn app(core: Arc<Core>, token: String, agent_token: String) -> Router {
-    let grpc =
-        tonic::service::Routes::new(microseg_proto::v1::agent_link_server::AgentLinkServer::new(
-            crate::grpc::Link::new(core.clone()),
-        ))
-        .into_axum_router();
+    let grpc = tonic::service::Routes::new(crate::grpc::server(core.clone())).into_axum_router();
     let f = Front {
         token: Arc::new(token),
         agent_token: Arc::new(agent_token),
