@@ -444,3 +444,127 @@ fn a_workload_report_is_bounded() {
     assert_eq!(get(&c, "/v1/workloads/wide").status, 404);
     assert_eq!(get(&c, "/v1/workloads/web").status, 200);
 }
+
+/// A policy of `rules` ingress rules, one port each: about 100 bytes of JSON per rule.
+fn wide_policy(name: &str, rules: usize) -> String {
+    let mut y = format!(
+        "apiVersion: microseg.io/v1\nkind: Policy\nmetadata: {{name: {name}}}\nspec:\n  selector: {{matchLabels: {{app: db}}}}\n  ingress:\n"
+    );
+    for i in 0..rules {
+        y.push_str(&format!(
+            "    - action: allow\n      from: [{{selector: {{matchLabels: {{app: web}}}}}}]\n      ports: [{{protocol: TCP, port: {}}}]\n",
+            1 + i % 65_000
+        ));
+    }
+    y
+}
+
+/// Reads the parts of one revision, checking how they are cut, until the last one.
+async fn parts_of_one_revision(s: &mut Streaming<DesiredState>) -> Vec<DesiredState> {
+    use microseg_proto::prost::Message;
+    use microseg_proto::STATE_CHUNK_BYTES;
+    let mut parts = vec![next(s).await];
+    while parts.last().unwrap().more {
+        parts.push(next(s).await);
+    }
+    let revision = parts[0].revision;
+    for (i, p) in parts.iter().enumerate() {
+        assert_eq!(p.revision, revision, "part {i}");
+        assert_eq!(p.full, i == 0 && parts[0].full, "only a first part is full");
+        let alone = p.upserts.len() + p.deletes.len() == 1;
+        assert!(
+            alone || p.encoded_len() <= STATE_CHUNK_BYTES,
+            "part {i}: {} bytes in {} resources",
+            p.encoded_len(),
+            p.upserts.len()
+        );
+    }
+    parts
+}
+
+/// The resources of `parts` by name, each of which must come once, with their documents.
+fn joined(parts: &[DesiredState]) -> std::collections::BTreeMap<String, Value> {
+    let mut out = std::collections::BTreeMap::new();
+    for r in parts.iter().flat_map(|p| &p.upserts) {
+        let doc: Value = serde_json::from_str(&r.json).unwrap();
+        assert!(
+            out.insert(r.name.clone(), doc).is_none(),
+            "{} twice",
+            r.name
+        );
+    }
+    out
+}
+
+/// A state several MiB large reaches a client with tonic's default 4 MiB limit, in parts
+/// of at most 1 MiB (a larger resource alone), which join to exactly the stored resources;
+/// a large delta comes in parts too.
+#[test]
+fn a_large_state_arrives_in_parts_that_join_to_exactly_its_resources() {
+    let state = TempDir::new("grpc-parts");
+    let ctl = Ctl::start(&state.0, None);
+    let c = ctl.client();
+    let mut yaml: Vec<String> = (0..60)
+        .map(|i| wide_policy(&format!("wide-{i}"), 800))
+        .collect();
+    yaml.push(wide_policy("huge", 12_000));
+    let r = call(&c, "POST", "/v1/apply", &yaml.join("---\n"));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let first = revision(&c);
+    let stored = |name: &str| get(&c, &format!("/v1/policies/{name}")).body;
+    let (url, token) = (ctl.url(), ctl.token());
+    let (full, delta) = ctl.rt.block_on(async {
+        let mut a = link(&url, Some(token)).await;
+        let mut s = a.sync(first_sync("node-a")).await.unwrap().into_inner();
+        let full = parts_of_one_revision(&mut s).await;
+        let more: Vec<String> = (60..90)
+            .map(|i| wide_policy(&format!("wide-{i}"), 800))
+            .collect();
+        let c2 = c.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            call(&c2, "POST", "/v1/apply", &more.join("---\n"))
+        })
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let delta = parts_of_one_revision(&mut s).await;
+        (full, delta)
+    });
+
+    let size: usize = full
+        .iter()
+        .map(|p| microseg_proto::prost::Message::encoded_len(p))
+        .sum();
+    assert!(size > 6 << 20, "the state is {size} bytes");
+    assert!(full.len() >= 6 && full[0].full, "{} parts", full.len());
+    assert_eq!(full[0].revision, first);
+    let huge = full
+        .iter()
+        .find(|p| p.upserts.iter().any(|r| r.name == "huge"))
+        .unwrap();
+    assert_eq!(
+        huge.upserts.len(),
+        1,
+        "a resource larger than a part goes alone"
+    );
+    let got = joined(&full);
+    let mut names: Vec<String> = (0..60).map(|i| format!("wide-{i}")).collect();
+    names.push("huge".into());
+    names.sort();
+    assert_eq!(got.keys().cloned().collect::<Vec<_>>(), names);
+    for name in ["wide-0", "wide-59", "huge"] {
+        assert_eq!(got[name]["spec"], stored(name)["spec"], "{name}");
+    }
+    assert_eq!(
+        got["huge"]["spec"]["ingress"].as_array().unwrap().len(),
+        12_000
+    );
+
+    assert!(delta.len() >= 3 && !delta[0].full, "{} parts", delta.len());
+    assert!(delta[0].revision > first);
+    let got = joined(&delta);
+    let mut names: Vec<String> = (60..90).map(|i| format!("wide-{i}")).collect();
+    names.sort();
+    assert_eq!(got.keys().cloned().collect::<Vec<_>>(), names);
+    assert_eq!(got["wide-89"]["spec"], stored("wide-89")["spec"]);
+}

@@ -7,6 +7,9 @@ pub mod v1 {
 
 pub mod parts;
 
+/// For sizing messages as they are encoded (`prost::Message::encoded_len`).
+pub use prost;
+
 /// The largest gRPC message either end of the agent link accepts. Aligned with the
 /// controller's request body limit, so that any resource the controller stores fits in
 /// one message.
