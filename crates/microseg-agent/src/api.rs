@@ -1,5 +1,6 @@
 //! The agent's local API: one JSON request per connection on a Unix socket, answered with
 //! JSON lines (one object per line), then the connection closes (`follow` keeps streaming).
+//! A request line longer than [`MAX_REQUEST_BYTES`] is refused unread.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -11,7 +12,7 @@ use microseg_common::tables::words_addr;
 use microseg_dataplane::sessions::{monotonic_ns, state_name};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::flows::{protocol_json, verdict_name, FlowFilter};
@@ -32,6 +33,10 @@ pub enum Request {
     Status,
 }
 
+/// The longest request line taken, newline included. The largest real request (`flows`
+/// with a filter naming a workload) is well under 1 KiB.
+pub const MAX_REQUEST_BYTES: usize = 64 << 10;
+
 pub async fn serve(listener: UnixListener, state: Arc<Mutex<State>>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -48,12 +53,23 @@ pub async fn serve(listener: UnixListener, state: Arc<Mutex<State>>) {
 
 async fn handle(stream: UnixStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    AsyncBufReader::new(read).read_line(&mut line).await?;
-    let req: Request = match serde_json::from_str(&line) {
+    // Read no further than the bound: what lies beyond it is never buffered.
+    let mut line = Vec::new();
+    AsyncBufReader::new(read.take(MAX_REQUEST_BYTES as u64 + 1))
+        .read_until(b'\n', &mut line)
+        .await?;
+    let parsed = if line.len() > MAX_REQUEST_BYTES {
+        Err(format!(
+            "the request is longer than {MAX_REQUEST_BYTES} bytes"
+        ))
+    } else {
+        serde_json::from_slice::<Request>(&line).map_err(|e| e.to_string())
+    };
+    let req = match parsed {
         Ok(r) => r,
         Err(e) => {
             let msg = json!({ "error": format!("bad request: {e}") });
+            // Dropping both halves then closes the connection, unread input and all.
             return write.write_all(format!("{msg}\n").as_bytes()).await;
         }
     };

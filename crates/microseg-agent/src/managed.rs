@@ -1,9 +1,12 @@
 //! Managed mode: the agent's link to the controller.
 //!
-//! It reports the workloads it discovers, receives the desired state (full, then deltas),
-//! enforces each revision through the same compile-and-apply path as files, acknowledges
-//! it, and uploads flows in batches. When the link breaks it reconnects with backoff and
-//! resyncs; enforcement of the last state never stops meanwhile.
+//! It reports the workloads it discovers, receives the desired state (full, then deltas;
+//! a large revision in several parts, joined before anything of it is enforced), enforces
+//! each revision through the same compile-and-apply path as files, acknowledges it, and
+//! uploads flows in batches. When the link breaks it reconnects with backoff and resyncs;
+//! enforcement of the last state never stops meanwhile. A stream that fails for a reason
+//! the agent can name (a message it cannot decode, parts out of order) is acknowledged
+//! with that error, so that the controller shows it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,10 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use microseg_policy::{parse_str, Resource, ResourceSet};
+use microseg_proto::parts::Joiner;
 use microseg_proto::v1::{
     agent_link_client::AgentLinkClient, AckRequest, DesiredState, DiscoveredWorkload, FlowBatch,
     SyncRequest, WorkloadReport,
 };
+use microseg_proto::MAX_MESSAGE_BYTES;
 use tokio::sync::broadcast::error::TryRecvError;
 use tonic::codegen::tokio_stream;
 use tonic::metadata::MetadataValue;
@@ -186,7 +191,9 @@ async fn connect(link: &ControllerLink) -> Result<Client, String> {
     let value = format!("Bearer {}", link.token)
         .parse()
         .map_err(|_| "the token is not valid in a header".to_string())?;
-    Ok(AgentLinkClient::with_interceptor(channel, Bearer(value)))
+    Ok(AgentLinkClient::with_interceptor(channel, Bearer(value))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 fn report(node: &str, found: &[Discovered]) -> WorkloadReport {
@@ -250,11 +257,29 @@ async fn session(
         .flows
         .subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut parts = Joiner::default();
     loop {
         tokio::select! {
             msg = stream.message() => {
-                let Some(d) = msg.map_err(|e| format!("stream: {}", e.message()))? else {
-                    return Ok(());
+                let part = match msg {
+                    Ok(Some(part)) => part,
+                    Ok(None) => return Ok(()),
+                    Err(e) => {
+                        let error = format!("receiving the desired state: {}", e.message());
+                        if nameable(&e) {
+                            ack_failure(&mut client, &opts.node, parts.incomplete(), &error).await;
+                        }
+                        return Err(error);
+                    }
+                };
+                let revision = part.revision;
+                let d = match parts.push(part) {
+                    Ok(Some(d)) => d,
+                    Ok(None) => continue,
+                    Err(error) => {
+                        ack_failure(&mut client, &opts.node, Some(revision), &error).await;
+                        return Err(error);
+                    }
                 };
                 desired.update(d);
                 let error = enforce_desired(desired, opts, state);
@@ -281,6 +306,51 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+/// Where a managed agent notes the controller revision it enforces, for the next agent's
+/// start-up log: the pinned maps hold the policy, not which revision it came from.
+pub(crate) fn revision_file(opts: &AgentOptions) -> PathBuf {
+    opts.state_dir.join("controller-revision")
+}
+
+fn note_revision(opts: &AgentOptions, revision: u64) {
+    let path = revision_file(opts);
+    let written = std::fs::create_dir_all(&opts.state_dir)
+        .and_then(|()| std::fs::write(&path, format!("{revision}\n")));
+    if let Err(e) = written {
+        log::debug!("{}: {e}", path.display());
+    }
+}
+
+/// The revision a previous agent noted, if any.
+pub(crate) fn noted_revision(opts: &AgentOptions) -> Option<u64> {
+    let text = std::fs::read_to_string(revision_file(opts)).ok()?;
+    text.trim().parse().ok()
+}
+
+/// Whether a stream error is about what arrived (too large, undecodable) rather than the
+/// connection, so that the controller is worth telling.
+fn nameable(e: &tonic::Status) -> bool {
+    matches!(
+        e.code(),
+        tonic::Code::OutOfRange | tonic::Code::Internal | tonic::Code::DataLoss
+    )
+}
+
+/// Tells the controller why the stream is dropped (best effort: the connection may be what
+/// failed). `revision` is the one that failed, or 0 when it is not known.
+async fn ack_failure(client: &mut Client, node: &str, revision: Option<u64>, error: &str) {
+    let ack = AckRequest {
+        node: node.to_string(),
+        revision: revision.unwrap_or(0),
+        error: error.to_string(),
+    };
+    match tokio::time::timeout(Duration::from_secs(5), client.ack(ack)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => log::debug!("acknowledging the failure: {}", e.message()),
+        Err(_) => log::debug!("acknowledging the failure: no answer within 5 s"),
     }
 }
 
@@ -318,6 +388,7 @@ fn enforce_desired(desired: &Desired, opts: &AgentOptions, state: &Arc<Mutex<Sta
                 desired.revision
             );
             st.controller_revision = desired.revision;
+            note_revision(opts, desired.revision);
             String::new()
         }
         Err(e) => {

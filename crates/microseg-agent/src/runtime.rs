@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use microseg_common::config_flags;
+use microseg_common::{config_flags, names};
 use microseg_dataplane::{
     sessions::{idle, Timeouts},
     Dataplane, LoadOptions,
@@ -46,6 +46,7 @@ pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
         Source::Controller(_) => None,
     };
     ensure_bpffs(&opts.bpffs).map_err(runtime)?;
+    let pinned_before = opts.maps_dir().join(names::CONFIG).exists();
     let mut dp = Dataplane::load(&LoadOptions {
         pin_dir: Some(opts.maps_dir()),
         sessions: opts.session_capacity,
@@ -60,6 +61,9 @@ pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
     .map_err(runtime)?;
     let events = dp.take_events();
     let sessions = dp.session_reader().map_err(runtime)?;
+    if pinned_before {
+        log_adoption(&dp, sessions.sessions().len(), &opts, &source);
+    }
     let state = Arc::new(Mutex::new(State {
         dp,
         sessions,
@@ -178,6 +182,30 @@ pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
         opts.bpffs.display()
     );
     Ok(())
+}
+
+/// Says what a previous agent left in the pins: its policy (the controller revision a
+/// managed agent noted, else the data plane's generation) and the sessions kept.
+fn log_adoption(dp: &Dataplane, sessions: usize, opts: &AgentOptions, source: &Source) {
+    let generation = match dp.config() {
+        Ok(c) => c.generation,
+        Err(e) => return log::warn!("reading the adopted configuration: {e}"),
+    };
+    if generation == 0 && sessions == 0 {
+        return; // pinned, but nothing was ever applied or judged
+    }
+    let noted = match source {
+        Source::Controller(_) => crate::managed::noted_revision(opts),
+        Source::Files => None,
+    };
+    match noted {
+        Some(rev) => log::info!(
+            "adopted revision {rev} from a previous agent (data plane generation {generation}), {sessions} sessions kept"
+        ),
+        None => log::info!(
+            "adopted policy generation {generation} from a previous agent, {sessions} sessions kept"
+        ),
+    }
 }
 
 /// The reload poll when inotify and link notifications both work.
@@ -375,5 +403,6 @@ pub fn cleanup(opts: &AgentOptions) -> Result<(), String> {
             .map_err(|e| format!("{}: {e}", opts.bpffs.display()))?;
     }
     let _ = std::fs::remove_file(&opts.socket);
+    let _ = std::fs::remove_file(crate::managed::revision_file(opts));
     Ok(())
 }
