@@ -33,7 +33,12 @@ pub fn handle(ctx: &TcContext, direction: u8) -> i32 {
     stats.bytes += len;
 
     let mut pkt = Packet::default();
-    match parse::parse(ctx, &mut pkt) {
+    let parsed = parse::parse(ctx, &mut pkt);
+    // Every tagged frame counts, whatever comes of it.
+    if pkt.vlan {
+        stats.vlan += 1;
+    }
+    match parsed {
         Parsed::Ip => {}
         Parsed::Malformed => {
             stats.parse_errors += 1;
@@ -55,9 +60,6 @@ pub fn handle(ctx: &TcContext, direction: u8) -> i32 {
             }
             return PASS;
         }
-    }
-    if pkt.vlan {
-        stats.vlan += 1;
     }
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     if pkt.fragment == FRAG_LATER {

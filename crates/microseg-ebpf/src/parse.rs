@@ -1,5 +1,6 @@
-//! Packet parsing: Ethernet with one 802.1Q tag, IPv4 with options, IPv6 with its
-//! extension-header chain, then TCP, UDP, SCTP, ICMP and ICMPv6.
+//! Packet parsing: Ethernet with one 802.1Q or 802.1ad tag (in the frame or in the skb),
+//! IPv4 with options, IPv6 with its extension-header chain, then TCP, UDP, SCTP, ICMP and
+//! ICMPv6.
 //!
 //! Anything that cannot be parsed is `Malformed`: the caller drops and counts it, so no
 //! packet escapes a verdict by being odd.
@@ -101,15 +102,21 @@ pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
     };
     let mut ethertype = u16::from_be(eth[6]);
     let mut l3 = 14usize;
-    if ethertype == 0x8100 || ethertype == 0x88a8 {
+    // A tag the kernel took out of the frame into the skb (VLAN acceleration: veth and
+    // most NICs do it) is a tag all the same.
+    pkt.vlan = unsafe { (*ctx.skb.skb).vlan_present } != 0;
+    if is_vlan_tag(ethertype) {
+        // A second tag would hide the real protocol from one-tag parsing: refuse it.
+        if pkt.vlan {
+            return Parsed::Malformed;
+        }
+        pkt.vlan = true;
         let Some(tag) = read::<[u16; 2]>(ctx, 14) else {
             return Parsed::Malformed;
         };
         ethertype = u16::from_be(tag[1]);
         l3 = 18;
-        pkt.vlan = true;
-        // A second tag would hide the real protocol from one-tag parsing: refuse it.
-        if ethertype == 0x8100 || ethertype == 0x88a8 {
+        if is_vlan_tag(ethertype) {
             return Parsed::Malformed;
         }
     }
@@ -119,6 +126,12 @@ pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
         0x0806 => Parsed::Arp,
         _ => Parsed::NonIp,
     }
+}
+
+/// 802.1Q or 802.1ad: the only tags the stack looks through.
+#[inline(always)]
+fn is_vlan_tag(ethertype: u16) -> bool {
+    ethertype == 0x8100 || ethertype == 0x88a8
 }
 
 #[inline(always)]
