@@ -34,10 +34,9 @@ pub fn handle(ctx: &TcContext, direction: u8) -> i32 {
 
     let mut pkt = Packet::default();
     let parsed = parse::parse(ctx, &mut pkt);
-    // Every tagged frame counts, whatever comes of it.
-    if pkt.vlan {
-        stats.vlan += 1;
-    }
+    // Every tagged frame counts, whatever comes of it. Without a branch: one here lets the
+    // compiler duplicate the paths after it for each value (+40% instructions).
+    stats.vlan += pkt.vlan as u64;
     match parsed {
         Parsed::Ip => {}
         Parsed::Malformed => {
