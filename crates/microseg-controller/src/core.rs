@@ -1,16 +1,14 @@
-//! What the controller does, independent of how it is asked: apply, delete and label
-//! resources, take the workloads agents report, and keep the recent flows.
+//! What the controller does, independent of how it is asked: label resources, take the
+//! workloads agents report, and keep the recent flows (apply and delete: `apply.rs`).
 
 use crate::error::Error;
+pub use crate::flows::{parse_duration, FlowQuery, Flows};
 use crate::resources::{self, WORKLOAD};
 use crate::store::{publish, Row, Snapshot, Store, Write};
-use microseg_policy::{
-    check_interface, check_label_key, check_label_value, check_name, parse_str, validate_set,
-    Resource, ResourceSet,
-};
+use microseg_policy::{check_interface, check_label_key, check_label_value, check_name};
 use microseg_proto::v1::DiscoveredWorkload;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -45,15 +43,6 @@ pub fn rfc3339(unix: f64) -> String {
     )
 }
 
-/// One resource of an apply and what happened to it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Applied {
-    pub kind: String,
-    pub name: String,
-    /// created, configured or unchanged.
-    pub action: &'static str,
-}
-
 /// Largest flow a node may upload, in bytes of JSON: a flow holds about 400.
 pub const MAX_FLOW_BYTES: usize = 4096;
 
@@ -62,98 +51,6 @@ pub const MAX_REPORTED_WORKLOADS: usize = 10_000;
 
 /// Most addresses one reported workload may have.
 pub const MAX_WORKLOAD_ADDRESSES: usize = 64;
-
-/// Recent flows uploaded by agents, oldest first, bounded.
-pub struct Flows {
-    buf: VecDeque<(f64, Value)>,
-    cap: usize,
-}
-
-/// Which flows `GET /v1/flows` returns.
-#[derive(Debug, Default, Clone, serde::Deserialize)]
-pub struct FlowQuery {
-    pub verdict: Option<String>,
-    pub workload: Option<String>,
-    pub node: Option<String>,
-    /// Received within this many seconds (or a duration like 30s, 5m, 2h).
-    pub since: Option<String>,
-    /// At most this many, the newest.
-    pub limit: Option<usize>,
-}
-
-/// "90", "90s", "5m", "1h30m", "2d" → seconds.
-pub fn parse_duration(s: &str) -> Option<f64> {
-    if let Ok(n) = s.parse::<f64>() {
-        return Some(n);
-    }
-    let (mut total, mut num) = (0.0, String::new());
-    for c in s.chars() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let n: f64 = num.parse().ok()?;
-        total += n * match c {
-            's' => 1.0,
-            'm' => 60.0,
-            'h' => 3600.0,
-            'd' => 86400.0,
-            _ => return None,
-        };
-        num.clear();
-    }
-    num.is_empty().then_some(total)
-}
-
-impl Flows {
-    pub fn new(cap: usize) -> Flows {
-        Flows {
-            buf: VecDeque::new(),
-            cap: cap.max(1),
-        }
-    }
-
-    pub fn push(&mut self, at: f64, v: Value) {
-        if self.buf.len() == self.cap {
-            self.buf.pop_front();
-        }
-        self.buf.push_back((at, v));
-    }
-
-    pub fn query(&self, q: &FlowQuery) -> Result<Vec<Value>, Error> {
-        let since = match &q.since {
-            Some(s) => Some(
-                parse_duration(s)
-                    .ok_or_else(|| Error::bad(format!("invalid duration {s:?} for since")))?,
-            ),
-            None => None,
-        };
-        let cutoff = since.map(|s| now() - s);
-        let field = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
-        let mut out: Vec<Value> = self
-            .buf
-            .iter()
-            .filter(|(at, v)| {
-                cutoff.is_none_or(|c| *at >= c)
-                    && q.verdict.as_ref().is_none_or(|want| {
-                        field(v, "verdict").is_some_and(|x| x.eq_ignore_ascii_case(want))
-                    })
-                    && q.workload
-                        .as_ref()
-                        .is_none_or(|w| field(v, "workload").as_ref() == Some(w))
-                    && q.node
-                        .as_ref()
-                        .is_none_or(|n| field(v, "node").as_ref() == Some(n))
-            })
-            .map(|(_, v)| v.clone())
-            .collect();
-        if let Some(l) = q.limit {
-            let skip = out.len().saturating_sub(l);
-            out.drain(..skip);
-        }
-        Ok(out)
-    }
-}
 
 pub struct Core {
     pub store: Arc<dyn Store>,
@@ -219,27 +116,6 @@ fn effective_labels(
     l
 }
 
-/// The stored resources as one set for the validator; discovered workloads lose their
-/// interface (interface names repeat across nodes).
-fn stored_set(snap: &Snapshot, skip: &dyn Fn(&Row) -> bool) -> ResourceSet {
-    let mut set = ResourceSet::default();
-    for r in snap.rows.iter().filter(|r| !skip(r)) {
-        let (res, _) = parse_str(&format!("stored {}/{}", r.kind, r.name), &r.json);
-        for x in res {
-            match x {
-                Resource::Workload(mut w) => {
-                    if !r.node.is_empty() {
-                        w.interface = None;
-                    }
-                    set.workloads.push(w)
-                }
-                Resource::Policy(p) => set.policies.push(p),
-            }
-        }
-    }
-    set
-}
-
 impl Core {
     pub fn new(
         store: Arc<dyn Store>,
@@ -256,153 +132,9 @@ impl Core {
         }
     }
 
-    fn published(&self, rev: u64) -> u64 {
+    pub(crate) fn published(&self, rev: u64) -> u64 {
         publish(&self.rev, rev);
         rev
-    }
-
-    /// Creates or replaces the resources in `text` (YAML or JSON: one resource, a list or
-    /// a `kind: List`). `only`: the kind the endpoint takes; `expect_name`: the name in the
-    /// URL of a PUT. Nothing is stored unless everything is valid.
-    pub async fn apply(
-        &self,
-        file: &str,
-        text: &str,
-        only: Option<&str>,
-        expect_name: Option<&str>,
-    ) -> Result<(u64, Vec<Applied>), Error> {
-        let (parsed, diags) = parse_str(file, text);
-        if !diags.is_empty() {
-            return Err(Error::invalid(
-                diags.iter().map(ToString::to_string).collect(),
-            ));
-        }
-        if parsed.is_empty() {
-            return Err(Error::bad("no resources in the request body"));
-        }
-        let mut problems = Vec::new();
-        for r in &parsed {
-            let origin = match r {
-                Resource::Workload(w) => &w.origin,
-                Resource::Policy(p) => &p.origin,
-            };
-            if let Some(k) = only {
-                if resources::kind(r) != k {
-                    problems.push(format!(
-                        "{origin}: this endpoint takes {k} resources, found a {}",
-                        resources::kind(r)
-                    ));
-                }
-            }
-            if let Some(n) = expect_name {
-                if resources::name(r) != n {
-                    problems.push(format!(
-                        "{origin}: metadata.name \"{}\" does not match \"{n}\" in the URL",
-                        resources::name(r)
-                    ));
-                }
-            }
-        }
-        if expect_name.is_some() && parsed.len() > 1 {
-            problems.push(format!("{file}: PUT takes one resource"));
-        }
-        let mut new_set = ResourceSet::default();
-        for r in &parsed {
-            match r {
-                Resource::Workload(w) => new_set.workloads.push(w.clone()),
-                Resource::Policy(p) => new_set.policies.push(p.clone()),
-            }
-        }
-        // What the agents would refuse to compile (a capacity limit), refused here first.
-        problems.extend(
-            microseg_policy::compile::check(&new_set)
-                .iter()
-                .map(ToString::to_string),
-        );
-        if !problems.is_empty() {
-            return Err(Error::invalid(problems));
-        }
-        let docs: Vec<(String, String, String)> = parsed
-            .iter()
-            .map(|r| {
-                (
-                    resources::kind(r).to_string(),
-                    resources::name(r).to_string(),
-                    resources::to_json(r).to_string(),
-                )
-            })
-            .collect();
-        let mut applied = Vec::new();
-        let out = &mut applied;
-        let rev = self
-            .store
-            .transact(Box::new(move |snap: &Snapshot| {
-                for (k, n, _) in &docs {
-                    if let Some(r) = snap.get(k, n).filter(|r| !r.node.is_empty()) {
-                        return Err(Error::Conflict(format!(
-                            "workload \"{n}\" was discovered on node \"{}\"; choose another name",
-                            r.node
-                        )));
-                    }
-                }
-                let replaced = |r: &Row| docs.iter().any(|(k, n, _)| *k == r.kind && *n == r.name);
-                let mut set = stored_set(snap, &replaced);
-                set.workloads.extend(new_set.workloads.iter().cloned());
-                set.policies.extend(new_set.policies.iter().cloned());
-                let diags: Vec<String> = validate_set(&set)
-                    .into_iter()
-                    .filter(|d| d.file == file)
-                    .map(|d| d.to_string())
-                    .collect();
-                if !diags.is_empty() {
-                    return Err(Error::invalid(diags));
-                }
-                let mut writes = Vec::new();
-                for (kind, name, json) in docs {
-                    let action = match snap.get(&kind, &name) {
-                        Some(r) if r.json == json => "unchanged",
-                        Some(_) => "configured",
-                        None => "created",
-                    };
-                    out.push(Applied {
-                        kind: kind.clone(),
-                        name: name.clone(),
-                        action,
-                    });
-                    if action != "unchanged" {
-                        writes.push(Write::Put {
-                            kind,
-                            name,
-                            json,
-                            node: String::new(),
-                            reported: None,
-                        });
-                    }
-                }
-                Ok(writes)
-            }))
-            .await?;
-        Ok((self.published(rev), applied))
-    }
-
-    pub async fn delete(&self, kind: &str, name: &str) -> Result<u64, Error> {
-        let rev = self
-            .store
-            .transact(Box::new(move |snap: &Snapshot| {
-                match snap.get(kind, name) {
-                    None => Err(Error::NotFound(format!("{kind} \"{name}\" not found"))),
-                    Some(r) if !r.node.is_empty() => Err(Error::Conflict(format!(
-                        "workload \"{name}\" is reported by the agent on node \"{}\"; it goes away with its namespace",
-                        r.node
-                    ))),
-                    Some(_) => Ok(vec![Write::Delete {
-                        kind: kind.to_string(),
-                        name: name.to_string(),
-                    }]),
-                }
-            }))
-            .await?;
-        Ok(self.published(rev))
     }
 
     /// Merges labels into a workload: `Some(v)` sets, `None` removes. On a discovered
@@ -737,28 +469,5 @@ mod tests {
             [("a".into(), Some("9".into())), ("b".into(), None)].into();
         let l = effective_labels(&rep, Some(&ov));
         assert_eq!(l, [("a".to_string(), "9".to_string())].into());
-    }
-
-    #[test]
-    fn flow_buffer_is_bounded_and_filters() {
-        let mut f = Flows::new(2);
-        for (i, v) in ["allow", "deny", "deny"].iter().enumerate() {
-            f.push(now(), json!({"verdict": v, "workload": format!("w{i}")}));
-        }
-        let all = f.query(&FlowQuery::default()).unwrap();
-        assert_eq!(all.len(), 2);
-        let q = FlowQuery {
-            workload: Some("w2".into()),
-            verdict: Some("DENY".into()),
-            since: Some("1m".into()),
-            ..Default::default()
-        };
-        assert_eq!(f.query(&q).unwrap().len(), 1);
-        assert!(f
-            .query(&FlowQuery {
-                since: Some("x".into()),
-                ..Default::default()
-            })
-            .is_err());
     }
 }

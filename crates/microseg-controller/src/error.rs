@@ -16,6 +16,14 @@ pub enum Error {
     /// The database failed: 500.
     #[error("storage: {0}")]
     Store(String),
+    /// Any other status: 405, 413 and 415 for a request's form, 500 when processing
+    /// it failed.
+    #[error("{message}")]
+    Http {
+        status: u16,
+        message: String,
+        details: Vec<String>,
+    },
 }
 
 impl Error {
@@ -32,7 +40,19 @@ impl Error {
             details,
         }
     }
+
+    pub fn http(status: u16, message: impl Into<String>) -> Error {
+        Error::Http {
+            status,
+            message: message.into(),
+            details: Vec::new(),
+        }
+    }
 }
+
+/// Names and file names come from requests and land in answers, logs and terminals:
+/// their control characters (and those that reorder text) are written escaped.
+pub use microseg_policy::escape_control as printable;
 
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Error {

@@ -3,13 +3,16 @@
 //! token; resources stored in SQLite (default) or
 //! PostgreSQL (shared by several controllers), versioned by one global revision.
 
+mod apply;
 pub mod client;
 mod core;
 mod error;
+mod flows;
 mod grpc;
 pub mod node_token;
 pub mod resources;
 mod rest;
+mod rest_input;
 pub mod store;
 pub mod tls;
 

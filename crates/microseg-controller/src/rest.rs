@@ -1,10 +1,12 @@
 //! The REST API (JSON) and the front door shared with gRPC: bearer-token check, then
 //! `application/grpc` requests go to the AgentLink service and the rest to the API.
 
+use crate::apply::{Applied, Outcome, ResourceRef, Scope, SourceFile};
 use crate::core::{Core, FlowQuery};
 use crate::error::Error;
 use crate::resources::{POLICY, WORKLOAD};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use crate::rest_input::{body_text, json_body, json_errors, name, params, Name, Params};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -18,45 +20,70 @@ use tower::ServiceExt;
 /// The OpenAPI 3 description of this API, served as is at `/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        let (status, details) = match &self {
-            Error::BadInput { details, .. } => (StatusCode::BAD_REQUEST, details.clone()),
-            Error::NotFound(_) => (StatusCode::NOT_FOUND, Vec::new()),
-            Error::Conflict(_) => (StatusCode::CONFLICT, Vec::new()),
-            Error::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, Vec::new()),
-        };
-        if status.is_server_error() {
-            log::error!("{self}");
-        }
-        (
-            status,
-            Json(json!({"error": self.to_string(), "details": details})),
-        )
-            .into_response()
-    }
-}
-
 type Api = State<Arc<Core>>;
 type Res = Result<Json<Value>, Error>;
 
-#[derive(serde::Deserialize, Default)]
-struct Source {
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ApplyParams {
     /// The name error messages give the request body (FILE in FILE:LINE:COL).
     file: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
 }
 
-fn source(q: &Source) -> String {
-    q.file.clone().unwrap_or_else(|| "request".into())
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct DryRun {
+    #[serde(default)]
+    dry_run: bool,
 }
 
-async fn apply_any(State(c): Api, Query(q): Query<Source>, body: String) -> Res {
-    apply(&c, &source(&q), &body, None, None).await
+fn applied(o: Outcome<Applied>, dry_run: bool) -> Res {
+    Ok(Json(
+        json!({"revision": o.revision, "applied": o.items, "dryRun": dry_run}),
+    ))
 }
 
-async fn apply(c: &Core, file: &str, body: &str, only: Option<&str>, name: Option<&str>) -> Res {
-    let (revision, applied) = c.apply(file, body, only, name).await?;
-    Ok(Json(json!({"revision": revision, "applied": applied})))
+/// One body, one file: `/v1/apply` and the per-kind POST and PUT.
+async fn apply_body(c: &Core, q: Params<ApplyParams>, req: Request, scope: Scope) -> Res {
+    let q = params(q)?;
+    let content = body_text(req).await?;
+    let name = q.file.unwrap_or_else(|| "request".into());
+    let files = vec![SourceFile { name, content }];
+    applied(c.apply(files, scope, q.dry_run).await?, q.dry_run)
+}
+
+async fn apply_any(State(c): Api, q: Params<ApplyParams>, req: Request) -> Res {
+    apply_body(&c, q, req, Scope::default()).await
+}
+
+async fn apply_files(State(c): Api, q: Params<DryRun>, req: Request) -> Res {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Files {
+        files: Vec<SourceFile>,
+    }
+    let q = params(q)?;
+    let f: Files = json_body(req, r#"{"files": [{"name": FILE, "content": TEXT}, ...]}"#).await?;
+    applied(
+        c.apply(f.files, Scope::default(), q.dry_run).await?,
+        q.dry_run,
+    )
+}
+
+async fn delete_many(State(c): Api, q: Params<DryRun>, req: Request) -> Res {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Refs {
+        resources: Vec<ResourceRef>,
+    }
+    let q = params(q)?;
+    let r: Refs = json_body(req, r#"{"resources": [{"kind": KIND, "name": NAME}, ...]}"#).await?;
+    let o = c.delete(r.resources, q.dry_run).await?;
+    Ok(Json(
+        json!({"revision": o.revision, "deleted": o.items, "dryRun": q.dry_run}),
+    ))
 }
 
 async fn list(c: &Core, kind: &str) -> Res {
@@ -64,65 +91,66 @@ async fn list(c: &Core, kind: &str) -> Res {
     Ok(Json(json!({"revision": revision, "items": items})))
 }
 
-async fn delete(c: &Core, kind: &str, name: &str) -> Res {
-    let revision = c.delete(kind, name).await?;
-    Ok(Json(
-        json!({"revision": revision, "deleted": {"kind": kind, "name": name}}),
-    ))
+fn scope(kind: &'static str, name: Option<String>) -> Scope {
+    Scope {
+        kind: Some(kind),
+        name,
+    }
+}
+
+async fn delete(c: &Core, kind: &str, n: Name, q: Params<DryRun>) -> Res {
+    let (name, q) = (name(n)?, params(q)?);
+    let refs = vec![ResourceRef {
+        kind: kind.to_string(),
+        name: name.clone(),
+    }];
+    let o = c.delete(refs, q.dry_run).await?;
+    Ok(Json(json!({
+        "revision": o.revision,
+        "deleted": {"kind": kind, "name": name},
+        "dryRun": q.dry_run,
+    })))
 }
 
 async fn list_policies(State(c): Api) -> Res {
     list(&c, POLICY).await
 }
-async fn apply_policies(State(c): Api, Query(q): Query<Source>, body: String) -> Res {
-    apply(&c, &source(&q), &body, Some(POLICY), None).await
+async fn apply_policies(State(c): Api, q: Params<ApplyParams>, req: Request) -> Res {
+    apply_body(&c, q, req, scope(POLICY, None)).await
 }
-async fn get_policy(State(c): Api, Path(name): Path<String>) -> Res {
-    Ok(Json(c.get(POLICY, &name).await?))
+async fn get_policy(State(c): Api, n: Name) -> Res {
+    Ok(Json(c.get(POLICY, &name(n)?).await?))
 }
-async fn put_policy(
-    State(c): Api,
-    Path(name): Path<String>,
-    Query(q): Query<Source>,
-    body: String,
-) -> Res {
-    apply(&c, &source(&q), &body, Some(POLICY), Some(&name)).await
+async fn put_policy(State(c): Api, n: Name, q: Params<ApplyParams>, req: Request) -> Res {
+    apply_body(&c, q, req, scope(POLICY, Some(name(n)?))).await
 }
-async fn delete_policy(State(c): Api, Path(name): Path<String>) -> Res {
-    delete(&c, POLICY, &name).await
+async fn delete_policy(State(c): Api, n: Name, q: Params<DryRun>) -> Res {
+    delete(&c, POLICY, n, q).await
 }
 
 async fn list_workloads(State(c): Api) -> Res {
     list(&c, WORKLOAD).await
 }
-async fn apply_workloads(State(c): Api, Query(q): Query<Source>, body: String) -> Res {
-    apply(&c, &source(&q), &body, Some(WORKLOAD), None).await
+async fn apply_workloads(State(c): Api, q: Params<ApplyParams>, req: Request) -> Res {
+    apply_body(&c, q, req, scope(WORKLOAD, None)).await
 }
-async fn get_workload(State(c): Api, Path(name): Path<String>) -> Res {
-    Ok(Json(c.get(WORKLOAD, &name).await?))
+async fn get_workload(State(c): Api, n: Name) -> Res {
+    Ok(Json(c.get(WORKLOAD, &name(n)?).await?))
 }
-async fn put_workload(
-    State(c): Api,
-    Path(name): Path<String>,
-    Query(q): Query<Source>,
-    body: String,
-) -> Res {
-    apply(&c, &source(&q), &body, Some(WORKLOAD), Some(&name)).await
+async fn put_workload(State(c): Api, n: Name, q: Params<ApplyParams>, req: Request) -> Res {
+    apply_body(&c, q, req, scope(WORKLOAD, Some(name(n)?))).await
 }
-async fn delete_workload(State(c): Api, Path(name): Path<String>) -> Res {
-    delete(&c, WORKLOAD, &name).await
+async fn delete_workload(State(c): Api, n: Name, q: Params<DryRun>) -> Res {
+    delete(&c, WORKLOAD, n, q).await
 }
 
-async fn label_workload(State(c): Api, Path(name): Path<String>, body: String) -> Res {
+async fn label_workload(State(c): Api, n: Name, req: Request) -> Res {
     #[derive(serde::Deserialize)]
     struct Labels {
         labels: BTreeMap<String, Option<String>>,
     }
-    let l: Labels = serde_json::from_str(&body).map_err(|e| {
-        Error::bad(format!(
-            "body must be {{\"labels\": {{KEY: VALUE or null}}}}: {e}"
-        ))
-    })?;
+    let name = name(n)?;
+    let l: Labels = json_body(req, r#"{"labels": {KEY: VALUE or null}}"#).await?;
     let (revision, labels) = c.label(&name, l.labels).await?;
     Ok(Json(
         json!({"revision": revision, "name": name, "labels": labels}),
@@ -134,7 +162,8 @@ async fn nodes(State(c): Api) -> Res {
     Ok(Json(json!({"revision": revision, "items": items})))
 }
 
-async fn flows(State(c): Api, Query(q): Query<FlowQuery>) -> Res {
+async fn flows(State(c): Api, q: Params<FlowQuery>) -> Res {
+    let q = params(q)?;
     let items = c
         .flows
         .lock()
@@ -165,6 +194,8 @@ async fn not_found(req: Request) -> Error {
 pub fn api_router(core: Arc<Core>) -> Router {
     Router::new()
         .route("/v1/apply", post(apply_any))
+        .route("/v1/apply/files", post(apply_files))
+        .route("/v1/delete", post(delete_many))
         .route("/v1/policies", get(list_policies).post(apply_policies))
         .route(
             "/v1/policies/{name}",
@@ -180,7 +211,8 @@ pub fn api_router(core: Arc<Core>) -> Router {
         .route("/v1/flows", get(flows))
         .route("/v1/openapi.json", get(openapi))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(64 << 20))
+        .layer(middleware::from_fn(json_errors))
+        .layer(DefaultBodyLimit::max(crate::rest_input::MAX_BODY_BYTES))
         .with_state(core)
 }
 
@@ -188,6 +220,18 @@ fn is_grpc(h: &HeaderMap) -> bool {
     h.get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// The token of `Authorization: Bearer TOKEN`; the scheme's case does not matter
+/// (RFC 7235), so `bearer` is as good.
+fn bearer_token(h: &HeaderMap) -> Option<&str> {
+    let (scheme, token) = h
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .trim_start()
+        .split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Equal in time for equal lengths.
@@ -214,12 +258,7 @@ struct Front {
 
 async fn front(State(f): State<Front>, mut req: Request, next: Next) -> Response {
     let grpc = is_grpc(req.headers());
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().as_bytes());
+    let bearer = bearer_token(req.headers()).map(str::as_bytes);
     let admin = bearer.is_some_and(|t| same(t, f.token.as_bytes()));
     let shared_agent = bearer.is_some_and(|t| same(t, f.agent_token.as_bytes()));
     let node = match bearer.and_then(|t| std::str::from_utf8(t).ok()) {

@@ -212,8 +212,14 @@ impl Ctl {
 
     /// With options of the caller's (e.g. TLS).
     pub fn start_with(opts: Options) -> Ctl {
+        Ctl::start_on_workers(opts, 2)
+    }
+
+    /// On a runtime of `workers` async worker threads (one: a request that held its
+    /// worker would hold up every other).
+    pub fn start_on_workers(opts: Options, workers: usize) -> Ctl {
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(workers)
             .enable_all()
             .build()
             .unwrap();
@@ -272,6 +278,88 @@ impl Drop for Ctl {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// An answer read off the wire: status, head (lower-case names) and body.
+pub struct RawReply {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl RawReply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{} {:?}: not JSON: {e}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// Writes `request` (a whole HTTP/1.1 request: head, then body) to the controller as is
+/// and reads the answer, framed by its Content-Length.
+pub fn raw(ctl: &Ctl, request: &[u8]) -> RawReply {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(ctl.running.as_ref().unwrap().addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(request).unwrap();
+    read_reply(&mut s)
+}
+
+pub fn read_reply(s: &mut impl std::io::Read) -> RawReply {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = s.read(&mut chunk).expect("read the answer");
+        assert!(
+            n > 0,
+            "the answer ended in its head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or_else(|| panic!("no content-length: {head}"));
+    let mut body = buf[end + 4..].to_vec();
+    while body.len() < length {
+        let n = s.read(&mut chunk).expect("read the body");
+        assert!(n > 0, "the body ended early");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    RawReply { status, head, body }
+}
+
+/// A request with the controller token, `content_type` (None: no Content-Type) and body.
+pub fn request(
+    ctl: &Ctl,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n",
+        ctl.token(),
+        body.len()
+    );
+    if let Some(t) = content_type {
+        head.push_str(&format!("Content-Type: {t}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut r = head.into_bytes();
+    r.extend_from_slice(body);
+    r
 }
 
 pub fn call(c: &Client, method: &str, path: &str, body: &str) -> Reply {
