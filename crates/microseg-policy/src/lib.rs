@@ -6,6 +6,7 @@ mod diagnostics;
 mod emit;
 mod evaluate;
 mod fast_yaml;
+mod json;
 mod k8s;
 mod model;
 mod parse;

@@ -120,6 +120,17 @@ pub struct Workload {
 pub const DEFAULT_PRIORITY: u32 = 1000;
 pub const MAX_PRIORITY: u32 = 1_000_000_000;
 
+// Size bounds of label maps and selectors. Real resources carry a few dozen labels and
+// selectors a handful of terms; the bounds are far above that, yet keep one file from
+// making every selector match and identity (which walk a workload's labels) arbitrarily
+// slow. `values` is larger: an `In` list of namespaces or tenants can be long.
+/// Labels of one resource (`metadata.labels`), and pairs of one `matchLabels`.
+pub const MAX_LABELS: usize = 256;
+/// Entries of one `matchExpressions` list.
+pub const MAX_MATCH_EXPRESSIONS: usize = 256;
+/// Values of one `matchExpressions` entry.
+pub const MAX_VALUES: usize = 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Policy {
     pub name: String,

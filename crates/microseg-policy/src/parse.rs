@@ -1,7 +1,7 @@
 //! Reading Workload and Policy resources from YAML/JSON text and files.
 
 use crate::diagnostics::Diagnostic;
-use crate::model::{Mode, Policy, ResourceSet, Workload};
+use crate::model::{Mode, Policy, ResourceSet, Workload, MAX_LABELS};
 use crate::tree::{Mapping, Node};
 use crate::validate::{
     check_interface, check_label_key, check_label_value, check_name, validate_set,
@@ -47,7 +47,7 @@ impl FromIterator<Resource> for ResourceSet {
 pub fn parse_str(file: &str, text: &str) -> (Vec<Resource>, Vec<Diagnostic>) {
     // Fast path for JSON; anything it finds wrong is reported by the YAML path, which
     // knows every position.
-    if let Some(node) = crate::yaml::json_document(text) {
+    if let Some(node) = crate::json::document(text) {
         let mut ctx = Ctx::new(file);
         let items = top_level_items(&mut ctx, &node);
         let out: Vec<Resource> = items
@@ -206,6 +206,11 @@ pub(crate) fn parse_labels(ctx: &mut Ctx, node: &Node, what: &str) -> BTreeMap<S
     let Some(map) = ctx.map(node, what) else {
         return out;
     };
+    if let Some(past) = map.keys().nth(MAX_LABELS) {
+        let msg = crate::yaml::too_many(what, map.len(), MAX_LABELS);
+        ctx.err(past.span(), msg);
+        return out;
+    }
     for (k, v) in entries(map) {
         if let Some(e) = check_label_key(k.as_str()) {
             ctx.err(k.span(), e);
@@ -266,6 +271,8 @@ fn parse_workload_spec(ctx: &mut Ctx, spec: &Node, w: &mut Workload) {
         }
     }
     if let Some(n) = spec.get_node("ips") {
+        // A set, not a scan of the list so far: that is quadratic in a long list.
+        let mut seen = std::collections::HashSet::new();
         for ip in ctx.seq(n, "ips").unwrap_or_default() {
             let Some(s) = ctx.str(ip, "an entry of ips") else {
                 continue;
@@ -275,10 +282,13 @@ fn parse_workload_spec(ctx: &mut Ctx, spec: &Node, w: &mut Workload) {
                     ip.span(),
                     format!("address {a} is IPv4-mapped; write the IPv4 address instead"),
                 ),
-                Ok(a) if w.ips.contains(&a) => {
+                Ok(a) if seen.contains(&a) => {
                     ctx.err(ip.span(), format!("duplicate address {a} in ips"))
                 }
-                Ok(a) => w.ips.push(a),
+                Ok(a) => {
+                    seen.insert(a);
+                    w.ips.push(a)
+                }
                 Err(_) => ctx.err(
                     ip.span(),
                     format!("invalid IP address \"{s}\": must be an IPv4 or IPv6 address"),

@@ -77,7 +77,11 @@ pub(crate) fn parse_selector(ctx: &mut Ctx, node: &Node, what: &str) -> LabelSel
         sel.match_labels = parse_labels(ctx, l, "matchLabels");
     }
     if let Some(e) = map.get_node("matchExpressions") {
-        for item in ctx.seq(e, "matchExpressions").unwrap_or_default() {
+        let items = ctx.seq(e, "matchExpressions").unwrap_or_default();
+        if !ctx.within(items, MAX_MATCH_EXPRESSIONS, "matchExpressions") {
+            return sel;
+        }
+        for item in items {
             if let Some(r) = parse_requirement(ctx, item) {
                 sel.match_expressions.push(r);
             }
@@ -117,7 +121,11 @@ fn parse_requirement(ctx: &mut Ctx, node: &Node) -> Option<Requirement> {
     let mut values = Vec::new();
     let values_node = map.get_node("values");
     if let Some(vn) = values_node {
-        for v in ctx.seq(vn, "values").unwrap_or_default() {
+        let items = ctx.seq(vn, "values").unwrap_or_default();
+        if !ctx.within(items, MAX_VALUES, "values") {
+            return None;
+        }
+        for v in items {
             let s = if is_null(v) {
                 Some("")
             } else {

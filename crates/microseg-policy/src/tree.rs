@@ -121,15 +121,6 @@ impl Mapping {
         &self.span
     }
 
-    /// Adds an entry; false (and nothing added) when the key is already there.
-    pub fn insert(&mut self, key: Scalar, value: Node) -> bool {
-        if self.get_node(key.as_str()).is_some() {
-            return false;
-        }
-        self.entries.push((key, value));
-        true
-    }
-
     pub fn get_node(&self, key: &str) -> Option<&Node> {
         self.entries
             .iter()
@@ -151,12 +142,70 @@ impl Mapping {
         }
     }
 
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     pub fn keys(&self) -> impl Iterator<Item = &Scalar> {
         self.entries.iter().map(|(k, _)| k)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&Scalar, &Node)> {
         self.entries.iter().map(|(k, v)| (k, v))
+    }
+}
+
+/// Whether no key of `entries` repeats. A resource's mappings are small and compared
+/// pairwise; a large one (a label map can be any size) goes through a hash set, so the
+/// check stays linear in the mapping's size.
+pub(crate) fn keys_distinct(entries: &[(Scalar, Node)]) -> bool {
+    const PAIRWISE_UP_TO: usize = 8;
+    if entries.len() <= PAIRWISE_UP_TO {
+        return entries.iter().enumerate().all(|(i, (k, _))| {
+            entries[..i]
+                .iter()
+                .all(|(p, _)| Key(p.as_str()) != Key(k.as_str()))
+        });
+    }
+    let mut seen: rustc_hash::FxHashSet<Key> =
+        rustc_hash::FxHashSet::with_capacity_and_hasher(entries.len(), Default::default());
+    entries.iter().all(|(k, _)| seen.insert(Key(k.as_str())))
+}
+
+/// A mapping key as the duplicate check sees it; tests count what the check does with it.
+#[derive(Eq)]
+struct Key<'a>(&'a str);
+
+impl PartialEq for Key<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        #[cfg(test)]
+        key_work::add();
+        self.0 == other.0
+    }
+}
+
+impl std::hash::Hash for Key<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        #[cfg(test)]
+        key_work::add();
+        self.0.hash(state)
+    }
+}
+
+/// Key comparisons and hashes done by this thread's duplicate checks.
+#[cfg(test)]
+pub(crate) mod key_work {
+    use std::cell::Cell;
+
+    thread_local!(static DONE: Cell<u64> = const { Cell::new(0) });
+
+    pub fn add() {
+        DONE.with(|d| d.set(d.get() + 1));
+    }
+
+    /// The count so far, and a fresh start.
+    pub fn take() -> u64 {
+        DONE.with(|d| d.replace(0))
     }
 }
 

@@ -309,6 +309,17 @@ impl<'f> Ctx<'f> {
         None
     }
 
+    /// False, with an error at the first entry past `max`, when `items` has more.
+    pub fn within(&mut self, items: &[Node], max: usize, what: &str) -> bool {
+        match items.get(max) {
+            Some(past) => {
+                self.err(start(past), too_many(what, items.len(), max));
+                false
+            }
+            None => true,
+        }
+    }
+
     /// Reports keys not in `allowed`, at the key's position.
     pub fn check_fields(&mut self, map: &Mapping, what: &str, allowed: &[&str]) {
         for key in map.keys() {
@@ -335,42 +346,11 @@ impl<'f> Ctx<'f> {
     }
 }
 
+pub(crate) fn too_many(what: &str, n: usize, max: usize) -> String {
+    format!("{what} has {n} entries; at most {max} are allowed")
+}
+
 /// Key/value pairs of a mapping with the key nodes (for positions).
 pub(crate) fn entries(map: &Mapping) -> impl Iterator<Item = (&Scalar, &Node)> {
     map.iter()
-}
-
-/// A JSON text as the same node tree the YAML loader builds, without positions. JSON
-/// parses an order of magnitude faster than YAML; callers use this only for text that
-/// turns out valid and fall back to the YAML path (with positions) for diagnostics.
-pub(crate) fn json_document(text: &str) -> Option<Node> {
-    let trimmed = text.trim_start_matches('\u{feff}').trim_start();
-    if !trimmed.starts_with('{') && !trimmed.starts_with('[') {
-        return None;
-    }
-    let value: serde_json::Value = serde_json::from_str(trimmed).ok()?;
-    Some(json_node(value))
-}
-
-fn json_node(v: serde_json::Value) -> Node {
-    use crate::tree::Sequence;
-    let span = Span::blank();
-    // JSON strings are quoted scalars: never read as numbers, booleans or null.
-    let scalar = |s: String, plain: bool| Node::Scalar(Scalar::new(span, s, plain));
-    match v {
-        serde_json::Value::Null => scalar("null".into(), true),
-        serde_json::Value::Bool(b) => scalar(b.to_string(), true),
-        serde_json::Value::Number(n) => scalar(n.to_string(), true),
-        serde_json::Value::String(s) => scalar(s, false),
-        serde_json::Value::Array(a) => {
-            Node::Sequence(Sequence::new(span, a.into_iter().map(json_node).collect()))
-        }
-        serde_json::Value::Object(o) => {
-            let mut map = Mapping::new_empty(span);
-            for (k, v) in o {
-                map.insert(Scalar::new(span, k, false), json_node(v));
-            }
-            Node::Mapping(map)
-        }
-    }
 }
