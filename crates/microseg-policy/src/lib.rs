@@ -16,7 +16,7 @@ mod tree;
 mod validate;
 mod yaml;
 
-pub use diagnostics::Diagnostic;
+pub use diagnostics::{escape_control, Diagnostic};
 pub use emit::policies_to_yaml;
 pub use evaluate::{
     action_rank, evaluate, peer_matches, port_match_matches, rule_matches, Decision, Packet,

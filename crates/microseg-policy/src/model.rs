@@ -103,7 +103,8 @@ pub struct Origin {
 
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.file, self.line, self.col)
+        let file = crate::escape_control(&self.file);
+        write!(f, "{file}:{}:{}", self.line, self.col)
     }
 }
 
@@ -297,9 +298,10 @@ impl FromStr for IpNet {
             Some((a, l)) => (a, Some(l)),
             None => (s, None),
         };
-        let addr: IpAddr = a
-            .parse()
-            .map_err(|_| format!("\"{a}\" is not an IPv4 or IPv6 address"))?;
+        let addr: IpAddr = a.parse().map_err(|_| {
+            let a = crate::escape_control(a);
+            format!("\"{a}\" is not an IPv4 or IPv6 address")
+        })?;
         let (max, fam) = if addr.is_ipv4() {
             (32u8, "IPv4")
         } else {

@@ -81,7 +81,11 @@ pub struct Problem {
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "workload \"{}\": {}", self.workload, self.message)
+        let (workload, message) = (
+            crate::escape_control(&self.workload),
+            crate::escape_control(&self.message),
+        );
+        write!(f, "workload \"{workload}\": {message}")
     }
 }
 
