@@ -187,7 +187,7 @@ fn evaluate_mode(
     })
 }
 
-/// The verdict for `packet` seen in `direction` of `workload` (CONTRACT §1).
+/// The verdict for `packet` seen in `direction` of `workload` (docs/POLICY.md, "How a verdict is reached").
 pub fn evaluate(
     set: &ResourceSet,
     workload: &Workload,

@@ -1,4 +1,4 @@
-//! Kubernetes NetworkPolicy import (CONTRACT §4).
+//! Kubernetes NetworkPolicy import.
 
 use crate::diagnostics::Diagnostic;
 use crate::model::*;
@@ -20,8 +20,9 @@ pub fn import_k8s(file: &str, text: &str) -> (Vec<Policy>, Vec<Diagnostic>) {
     let mut out = Vec::new();
     for doc in &docs {
         ctx.line_off = doc.line_off;
-        for item in top_level_items(&mut ctx, &doc.node) {
-            if let Some(p) = import_object(&mut ctx, item) {
+        let (items, implied) = objects(&mut ctx, &doc.node);
+        for item in items {
+            if let Some(p) = import_object(&mut ctx, item, implied) {
                 out.push(p);
             }
         }
@@ -31,22 +32,67 @@ pub fn import_k8s(file: &str, text: &str) -> (Vec<Policy>, Vec<Diagnostic>) {
     (out, diags)
 }
 
-fn import_object(ctx: &mut Ctx, node: &Node) -> Option<Policy> {
+/// The list kinds kubectl and the API server write, and the kind of their items.
+const TYPED_LISTS: &[(&str, &str)] = &[
+    ("NetworkPolicyList", "NetworkPolicy"),
+    ("NamespaceList", "Namespace"),
+];
+
+/// What the items of a typed list are when they do not say: the API server leaves
+/// `kind` and `apiVersion` out of a list's items.
+#[derive(Clone, Copy)]
+struct Implied<'n> {
+    kind: &'static str,
+    api: Option<&'n str>,
+}
+
+/// The objects of a document: one, a sequence, a `kind: List`, or a typed list.
+fn objects<'n>(ctx: &mut Ctx, node: &'n Node) -> (Vec<&'n Node>, Option<Implied<'n>>) {
+    let Node::Mapping(m) = node else {
+        return (top_level_items(ctx, node), None);
+    };
+    let kind = m.get_scalar("kind").map(|k| k.as_str());
+    let Some(&(_, item_kind)) = TYPED_LISTS.iter().find(|(list, _)| Some(*list) == kind) else {
+        return (top_level_items(ctx, node), None);
+    };
+    let items = match m.get_node("items") {
+        Some(items) => ctx
+            .seq(items, "items")
+            .map(|s| s.iter().collect())
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let implied = Implied {
+        kind: item_kind,
+        api: m.get_scalar("apiVersion").map(|s| s.as_str()),
+    };
+    (items, Some(implied))
+}
+
+fn import_object(ctx: &mut Ctx, node: &Node, implied: Option<Implied>) -> Option<Policy> {
     let map = ctx.map(node, "an object")?;
-    let kind_node = ctx.required(map, "kind", "object")?;
-    let kind = ctx.str(kind_node, "kind")?;
-    let api = map.get_scalar("apiVersion").map(|s| s.as_str());
-    match kind {
-        "Namespace" => return None,
-        "NetworkPolicy" => {}
+    let kind = match implied {
+        Some(i) if map.get_node("kind").is_none() => i.kind,
         _ => {
-            ctx.err(
-                kind_node.span(),
-                format!("unsupported kind \"{kind}\"; allowed: NetworkPolicy, Namespace"),
-            );
-            return None;
+            let kind_node = ctx.required(map, "kind", "object")?;
+            let kind = ctx.str(kind_node, "kind")?;
+            if kind != "Namespace" && kind != "NetworkPolicy" {
+                ctx.err(
+                    kind_node.span(),
+                    format!("unsupported kind \"{kind}\"; allowed: NetworkPolicy, Namespace"),
+                );
+                return None;
+            }
+            kind
         }
+    };
+    if kind == "Namespace" {
+        return None;
     }
+    let api = match map.get_scalar("apiVersion") {
+        Some(s) => Some(s.as_str()),
+        None => implied.and_then(|i| i.api),
+    };
     if api != Some("networking.k8s.io/v1") {
         let at = map.get_node("apiVersion").map_or(map.span(), |n| n.span());
         ctx.err(at, "NetworkPolicy apiVersion must be networking.k8s.io/v1");

@@ -1,4 +1,4 @@
-//! The reference evaluator implements CONTRACT §1 "Verdict semantics".
+//! The reference evaluator implements the verdict rules of docs/POLICY.md.
 
 use microseg_policy::*;
 use std::net::IpAddr;

@@ -1,4 +1,4 @@
-//! Kubernetes NetworkPolicy import follows CONTRACT §4.
+//! Kubernetes NetworkPolicy import, as docs/POLICY.md describes it.
 
 use microseg_policy::*;
 use std::collections::BTreeMap;
@@ -248,4 +248,39 @@ fn unsupported_objects_are_reported() {
         d[0].to_string(),
         "np.yaml:2:7: unsupported kind \"Deployment\"; allowed: NetworkPolicy, Namespace"
     );
+}
+
+#[test]
+fn typed_lists_are_read_like_list() {
+    // As `kubectl get networkpolicies,namespaces -o yaml` may write them.
+    let kubectl = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicyList\nmetadata: {resourceVersion: \"1\"}\nitems:\n  - apiVersion: networking.k8s.io/v1\n    kind: NetworkPolicy\n    metadata: {name: a, namespace: shop}\n    spec: {podSelector: {}}\n  - apiVersion: networking.k8s.io/v1\n    kind: NetworkPolicy\n    metadata: {name: b, namespace: shop}\n    spec: {podSelector: {}}\n---\napiVersion: v1\nkind: NamespaceList\nitems:\n  - {apiVersion: v1, kind: Namespace, metadata: {name: shop}}\n";
+    let names: Vec<String> = import_ok(kubectl).into_iter().map(|p| p.name).collect();
+    assert_eq!(names, ["shop.a", "shop.b"]);
+    // As the API server writes them: the items leave out kind and apiVersion.
+    let api = "{\"apiVersion\": \"networking.k8s.io/v1\", \"kind\": \"NetworkPolicyList\", \"items\": [{\"metadata\": {\"name\": \"c\"}, \"spec\": {\"podSelector\": {}, \"policyTypes\": [\"Egress\"]}}]}";
+    let p = import_ok(api);
+    assert_eq!((p[0].name.as_str(), &p[0].ingress), ("default.c", &None));
+    let ns = "{\"apiVersion\": \"v1\", \"kind\": \"NamespaceList\", \"items\": [{\"metadata\": {\"name\": \"shop\"}}]}";
+    assert!(import_ok(ns).is_empty());
+    // An item still says what it is when it says it.
+    let (p, d) = import_k8s(
+        "np.yaml",
+        "kind: NetworkPolicyList\napiVersion: networking.k8s.io/v1\nitems:\n  - {kind: Pod, metadata: {name: x}}\n",
+    );
+    assert!(p.is_empty());
+    assert_eq!(
+        d[0].to_string(),
+        "np.yaml:4:12: unsupported kind \"Pod\"; allowed: NetworkPolicy, Namespace"
+    );
+}
+
+#[test]
+fn an_empty_egress_list_without_policy_types_leaves_egress_open() {
+    // Kubernetes defaults policyTypes to Egress only when there are egress rules.
+    let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: e, namespace: n}\nspec:\n  podSelector: {}\n  egress: []\n";
+    let p = &import_ok(text)[0];
+    assert_eq!((&p.ingress, &p.egress), (&Some(vec![]), &None));
+    let yaml = policies_to_yaml(std::slice::from_ref(p));
+    assert!(yaml.contains("ingress: []"), "{yaml}");
+    assert!(!yaml.contains("egress"), "{yaml}");
 }

@@ -1,4 +1,4 @@
-//! Parsing the CONTRACT's example resources and the accepted input shapes.
+//! Parsing the documented example resources and the accepted input shapes.
 
 use microseg_policy::*;
 use std::collections::BTreeMap;
