@@ -92,3 +92,56 @@ fn egress_from_a_foreign_source_address_is_dropped() {
     assert_eq!(s.spoofed, 3);
     assert_eq!(s.denied(), 3);
 }
+
+const V6_ONLY: &str = r#"
+apiVersion: microseg.io/v1
+kind: Workload
+metadata: {name: v6only}
+spec: {interface: lo, ips: ["fd08::1"]}
+"#;
+
+#[test]
+fn an_ipv6_only_workload_sends_ipv4_only_from_the_unspecified_address() {
+    let env = Env::new(V6_ONLY, "v6only");
+    let send = |f: Frame| {
+        env.dp
+            .test_run(Hook::FromWorkload, &f.bytes(), common::LO, 1)
+            .unwrap()
+            .passed()
+    };
+    assert!(
+        send(Frame::tcp(ip("fd08::1"), ip("fd08::9"), 1000, 80, TCP_SYN)),
+        "its own address"
+    );
+    assert!(
+        !send(Frame::tcp(
+            ip("2001:db8::1"),
+            ip("fd08::9"),
+            1000,
+            80,
+            TCP_SYN
+        )),
+        "an IPv6 address nobody has"
+    );
+    assert!(
+        !send(Frame::udp(ip("10.8.0.1"), ip("10.8.0.9"), 1000, 53)),
+        "any routable IPv4"
+    );
+    assert!(
+        !send(Frame::udp(ip("169.254.0.5"), ip("169.254.0.9"), 1000, 53)),
+        "IPv4 link-local is not exempt"
+    );
+    assert!(
+        send(Frame::udp(ip("0.0.0.0"), ip("255.255.255.255"), 68, 67)),
+        "DHCP's unspecified source"
+    );
+    assert!(
+        send(Frame::udp(ip("::"), ip("ff02::1"), 1000, 1000)),
+        "the unspecified IPv6 source"
+    );
+    assert!(
+        send(Frame::udp(ip("fe80::1"), ip("ff02::1"), 546, 547)),
+        "IPv6 link-local"
+    );
+    assert_eq!(env.dp.stats().unwrap().spoofed, 3);
+}
