@@ -79,9 +79,9 @@ async fn compute<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> R
     tokio::task::spawn_blocking(f).await.map_err(join_error)
 }
 
-/// Runs a store call off the async workers: SQLite's calls block, and a transaction may
-/// validate under its lock.
-async fn off_workers<T: Send + 'static>(
+/// Runs a store call off the async workers: SQLite's calls block, a transaction may
+/// validate under its lock, and a listing decorates every document.
+pub(crate) async fn off_workers<T: Send + 'static>(
     f: impl FnOnce(&tokio::runtime::Handle) -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
     let handle = tokio::runtime::Handle::current();

@@ -1,7 +1,7 @@
 //! The REST API (JSON) and the front door shared with gRPC: bearer-token check, then
 //! `application/grpc` requests go to the AgentLink service and the rest to the API.
 
-use crate::apply::{Applied, Outcome, ResourceRef, Scope, SourceFile};
+use crate::apply::{off_workers, Applied, Outcome, ResourceRef, Scope, SourceFile};
 use crate::core::{Core, FlowQuery};
 use crate::error::Error;
 use crate::resources::{POLICY, WORKLOAD};
@@ -86,9 +86,19 @@ async fn delete_many(State(c): Api, q: Params<DryRun>, req: Request) -> Res {
     ))
 }
 
-async fn list(c: &Core, kind: &str) -> Res {
-    let (revision, items) = c.list(kind).await?;
-    Ok(Json(json!({"revision": revision, "items": items})))
+/// Every document of a kind, decorated and serialized off the async workers: there may be
+/// tens of thousands.
+async fn list(c: Arc<Core>, kind: &'static str) -> Result<Response, Error> {
+    off_workers(move |rt| {
+        let (revision, items) = rt.block_on(c.list(kind))?;
+        Ok(Json(json!({"revision": revision, "items": items})).into_response())
+    })
+    .await
+}
+
+async fn get_one(c: Arc<Core>, kind: &'static str, n: Name) -> Res {
+    let name = name(n)?;
+    off_workers(move |rt| rt.block_on(c.get(kind, &name)).map(Json)).await
 }
 
 fn scope(kind: &'static str, name: Option<String>) -> Scope {
@@ -112,14 +122,14 @@ async fn delete(c: &Core, kind: &str, n: Name, q: Params<DryRun>) -> Res {
     })))
 }
 
-async fn list_policies(State(c): Api) -> Res {
-    list(&c, POLICY).await
+async fn list_policies(State(c): Api) -> Result<Response, Error> {
+    list(c, POLICY).await
 }
 async fn apply_policies(State(c): Api, q: Params<ApplyParams>, req: Request) -> Res {
     apply_body(&c, q, req, scope(POLICY, None)).await
 }
 async fn get_policy(State(c): Api, n: Name) -> Res {
-    Ok(Json(c.get(POLICY, &name(n)?).await?))
+    get_one(c, POLICY, n).await
 }
 async fn put_policy(State(c): Api, n: Name, q: Params<ApplyParams>, req: Request) -> Res {
     apply_body(&c, q, req, scope(POLICY, Some(name(n)?))).await
@@ -128,14 +138,14 @@ async fn delete_policy(State(c): Api, n: Name, q: Params<DryRun>) -> Res {
     delete(&c, POLICY, n, q).await
 }
 
-async fn list_workloads(State(c): Api) -> Res {
-    list(&c, WORKLOAD).await
+async fn list_workloads(State(c): Api) -> Result<Response, Error> {
+    list(c, WORKLOAD).await
 }
 async fn apply_workloads(State(c): Api, q: Params<ApplyParams>, req: Request) -> Res {
     apply_body(&c, q, req, scope(WORKLOAD, None)).await
 }
 async fn get_workload(State(c): Api, n: Name) -> Res {
-    Ok(Json(c.get(WORKLOAD, &name(n)?).await?))
+    get_one(c, WORKLOAD, n).await
 }
 async fn put_workload(State(c): Api, n: Name, q: Params<ApplyParams>, req: Request) -> Res {
     apply_body(&c, q, req, scope(WORKLOAD, Some(name(n)?))).await
