@@ -2,6 +2,7 @@
 //! `https://` over rustls with an optional client certificate), used by the `microseg`
 //! client commands and the tests. One connection per request.
 
+use microseg_policy::escape_control;
 use rustls::pki_types::ServerName;
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -33,6 +34,8 @@ struct Tls {
 
 #[derive(Debug, Clone)]
 pub struct Client {
+    /// As given: errors name it.
+    url: String,
     /// host:port
     authority: String,
     /// Set for `https://`.
@@ -55,11 +58,12 @@ impl Reply {
         (200..300).contains(&self.status)
     }
 
-    /// The server's error message and details, one per line.
+    /// The server's error message and details, one per line, their control characters
+    /// escaped (a line of the answer cannot pass for several, or drive a terminal).
     pub fn error_text(&self) -> String {
         let mut s = match self.body.get("error").and_then(Value::as_str) {
-            Some(e) => e.to_string(),
-            None => format!("HTTP {}: {}", self.status, self.body),
+            Some(e) => escape_control(e).into_owned(),
+            None => escape_control(&format!("HTTP {}: {}", self.status, self.body)).into_owned(),
         };
         for d in self
             .body
@@ -69,7 +73,7 @@ impl Reply {
             .flatten()
         {
             s.push('\n');
-            s.push_str(d.as_str().unwrap_or_default());
+            s.push_str(&escape_control(d.as_str().unwrap_or_default()));
         }
         s
     }
@@ -143,6 +147,7 @@ impl Client {
             None
         };
         Ok(Client {
+            url: url.to_string(),
             authority,
             tls,
             prefix: prefix.to_string(),
@@ -151,12 +156,30 @@ impl Client {
         })
     }
 
+    /// The server's URL as given.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     pub fn get(&self, path: &str) -> std::io::Result<Reply> {
         self.call("GET", path, None)
     }
 
-    /// One request; `body` is (content type, bytes).
+    /// One request; `body` is (content type, bytes). An error names the server's URL:
+    /// "cannot reach the controller at URL: <cause>".
     pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &[u8])>,
+    ) -> std::io::Result<Reply> {
+        self.try_call(method, path, body).map_err(|e| {
+            let msg = format!("cannot reach the controller at {}: {e}", self.url);
+            std::io::Error::new(e.kind(), msg)
+        })
+    }
+
+    fn try_call(
         &self,
         method: &str,
         path: &str,

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::Args;
 use microseg_controller::{ControllerError, Options};
 
+use crate::client::output::esc;
+
 #[derive(Args)]
 pub struct ControllerArgs {
     /// Address for REST and gRPC.
@@ -23,6 +25,7 @@ pub struct ControllerArgs {
     /// API (default: one created under the state dir as agent.token, mode 0600).
     #[arg(long, value_name = "PATH")]
     agent_token_file: Option<PathBuf>,
+    /// Where the tokens and the SQLite database are kept.
     #[arg(long, default_value = "/var/lib/microseg", value_name = "DIR")]
     state_dir: PathBuf,
     /// PostgreSQL over TLS, required: the CA certificates (PEM) that issued the database
@@ -52,6 +55,7 @@ pub struct NodeTokenArgs {
     /// The controller's agent token (default: agent.token under the state dir).
     #[arg(long, value_name = "PATH")]
     agent_token_file: Option<PathBuf>,
+    /// The controller's state dir, where its agent.token is.
     #[arg(long, default_value = "/var/lib/microseg", value_name = "DIR")]
     state_dir: PathBuf,
 }
@@ -60,14 +64,14 @@ pub struct NodeTokenArgs {
 /// new agent token revokes them all.
 pub fn node_token(a: NodeTokenArgs) -> ExitCode {
     if let Some(e) = microseg_policy::check_name(&a.node) {
-        eprintln!("error: node {:?}: {e}", a.node);
+        eprintln!("error: node {:?}: {}", a.node, esc(&e));
         return ExitCode::from(2);
     }
     let mut opts = Options::new(a.state_dir);
     opts.agent_token_file = a.agent_token_file;
     match microseg_controller::existing_agent_token(&opts) {
         Ok(t) => {
-            println!(
+            outln!(
                 "{}",
                 microseg_controller::node_token::node_token(&t, &a.node)
             );
@@ -80,11 +84,11 @@ pub fn node_token(a: NodeTokenArgs) -> ExitCode {
 fn exit_for(e: ControllerError) -> ExitCode {
     match e {
         ControllerError::BadInput(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", esc(&e.to_string()));
             ExitCode::from(2)
         }
         ControllerError::Runtime(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", esc(&e.to_string()));
             ExitCode::from(1)
         }
     }

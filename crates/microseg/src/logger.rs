@@ -1,4 +1,7 @@
 //! Logs to stderr; `MICROSEG_LOG=debug|info|warn|error` sets the level (default info).
+//! Each record is one line with its control characters escaped: a name or file name that
+//! holds a newline or a terminal escape can neither forge a log line nor repaint a
+//! terminal.
 
 struct Stderr;
 
@@ -8,7 +11,8 @@ impl log::Log for Stderr {
     }
     fn log(&self, r: &log::Record) {
         if self.enabled(r.metadata()) {
-            eprintln!("{:5} {}", r.level(), r.args());
+            let text = r.args().to_string();
+            eprintln!("{:5} {}", r.level(), crate::client::output::esc(&text));
         }
     }
     fn flush(&self) {}

@@ -2,21 +2,41 @@
 //!
 //! Exit status: 0 success, 1 runtime failure, 2 bad input (usage or invalid resources).
 
+/// `println!` to stdout, except that a reader that went away (`microseg flows | head -1`)
+/// ends the command quietly instead of with a panic.
+macro_rules! outln {
+    () => {
+        $crate::client::output::write_out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::client::output::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` to stdout, as `outln!`.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::client::output::write_out(format_args!($($arg)*))
+    };
+}
+
 mod client;
 mod controller_cmd;
 mod logger;
 mod policy_cmd;
+mod sources;
 mod views;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 // Loading a large policy allocates and frees millions of small nodes; mimalloc does that
 // in about a third less time than the system allocator (see docs/PERFORMANCE.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use client::output::esc;
 use microseg_agent::{AgentError, AgentOptions};
 
 #[derive(Parser)]
@@ -49,10 +69,21 @@ enum Command {
         command: client::WorkloadCommand,
     },
     /// Nodes, the revision each enforces, and its lag.
-    Status(client::ClientArgs),
+    Status {
+        #[command(flatten)]
+        report: client::ReportArgs,
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
     /// Print a node's own agent token (run where the controller's agent token is): with
     /// it, an agent speaks on the agent link for that node only.
     NodeToken(controller_cmd::NodeTokenArgs),
+    /// Print a shell completion script: `source <(microseg completion bash)`.
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Args)]
@@ -82,10 +113,14 @@ struct AgentArgs {
     /// Labels for discovered workloads: a JSON object {"<netns>": {"key": "value"}}.
     #[arg(long, value_name = "PATH")]
     labels_file: Option<PathBuf>,
+    /// Where maps and links are pinned (on a BPF filesystem): enforcement outlives the
+    /// agent, and a new agent adopts it.
     #[arg(long, default_value = "/sys/fs/bpf/microseg", value_name = "DIR")]
     bpffs: PathBuf,
+    /// Where the agent keeps its state across restarts.
     #[arg(long, default_value = "/var/lib/microseg", value_name = "DIR")]
     state_dir: PathBuf,
+    /// The local API's Unix socket (for `microseg stats`, `flows`, `sessions`).
     #[arg(long, default_value = "/run/microseg/agent.sock", value_name = "PATH")]
     socket: PathBuf,
     /// Drop non-IP frames other than ARP (they pass, counted, by default).
@@ -113,8 +148,17 @@ fn main() -> ExitCode {
         Command::Sessions(v) => views::sessions(&v),
         Command::Controller(c) => controller_cmd::run(c),
         Command::Workload { command } => client::workload(command),
-        Command::Status(c) => client::status(&c),
+        Command::Status { report, client: c } => client::status(&c, report.output),
         Command::NodeToken(a) => controller_cmd::node_token(a),
+        Command::Completion { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "microseg",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
     }
 }
 
@@ -162,7 +206,7 @@ fn agent(a: AgentArgs) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", esc(&e.to_string()));
                 ExitCode::from(1)
             }
         };
@@ -182,7 +226,8 @@ fn agent(a: AgentArgs) -> ExitCode {
                 Some(p) => match std::fs::read_to_string(p) {
                     Ok(t) => t.trim().to_string(),
                     Err(e) => {
-                        eprintln!("error: --token-file {}: {e}", p.display());
+                        let msg = format!("error: --token-file {}: {e}", p.display());
+                        eprintln!("{}", esc(&msg));
                         return ExitCode::from(2);
                     }
                 },
@@ -197,7 +242,7 @@ fn agent(a: AgentArgs) -> ExitCode {
             let tls_ca = match controller_tls(url, [&a.tls_ca, &a.tls_cert, &a.tls_key]) {
                 Ok(ca) => ca,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    eprintln!("error: {}", esc(&e));
                     return ExitCode::from(2);
                 }
             };
@@ -219,12 +264,12 @@ fn agent(a: AgentArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(AgentError::BadInput(errors)) => {
             for e in errors {
-                eprintln!("{e}");
+                eprintln!("{}", esc(&e.to_string()));
             }
             ExitCode::from(2)
         }
         Err(AgentError::Runtime(e)) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", esc(&e.to_string()));
             ExitCode::from(1)
         }
     }
@@ -240,4 +285,32 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
             eprintln!("error: {e}");
             ExitCode::from(1)
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every flag and argument of every command says what it is in `--help`.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" && arg.get_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {}: no about", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "microseg", &mut missing);
+        assert!(missing.is_empty(), "without help: {missing:#?}");
+    }
 }

@@ -1,16 +1,22 @@
-//! `microseg policy check` and `microseg policy import`.
+//! `microseg policy`: `check` and `import` here, on files; the rest against the
+//! controller (crate::client).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
 use microseg_policy::compile::compile_everywhere;
-use microseg_policy::{import_k8s, load_paths, policies_to_yaml};
+use microseg_policy::{import_k8s, policies_to_yaml};
+
+use crate::client::output::esc;
+use crate::client::{ClientArgs, ReportArgs, ShowArgs};
 
 #[derive(Subcommand)]
 pub enum PolicyCommand {
     /// Validate files; every error as FILE:LINE:COL: message; exit 2 on any.
     Check {
+        /// A file or directory of Workloads and Policies (repeatable; - reads standard
+        /// input).
         #[arg(short = 'f', long = "file", required = true, num_args = 1.., value_name = "FILE")]
         files: Vec<PathBuf>,
     },
@@ -19,48 +25,119 @@ pub enum PolicyCommand {
         /// Source format: k8s.
         #[arg(long = "from", value_name = "FORMAT")]
         from: String,
+        /// A file of NetworkPolicies (repeatable; - reads standard input).
         #[arg(short = 'f', long = "file", required = true, num_args = 1.., value_name = "FILE")]
         files: Vec<PathBuf>,
     },
-    /// Create or replace Policies (and Workloads) on the controller from files or dirs.
+    /// Create or replace Policies (and Workloads) on the controller from files or dirs:
+    /// all of them in one revision, or none.
     Apply {
+        /// A file or directory of Workloads and Policies (repeatable; - reads standard
+        /// input).
+        #[arg(short = 'f', long = "file", required = true, num_args = 1.., value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Show what would change; store nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        report: ReportArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show what `apply` would change: each stored resource's YAML against the file's, as
+    /// a unified diff; exit 0 when equal, 1 when different, 2 on an error.
+    Diff {
+        /// A file or directory of Workloads and Policies (repeatable; - reads standard
+        /// input).
         #[arg(short = 'f', long = "file", required = true, num_args = 1.., value_name = "FILE")]
         files: Vec<PathBuf>,
         #[command(flatten)]
-        client: crate::client::ClientArgs,
+        client: ClientArgs,
     },
     /// Policies stored on the controller.
     List {
+        /// Only the policies that select a stored workload whose labels match:
+        /// key=value, key!=value, key, !key, comma-separated (all must hold).
+        #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
+        selector: Option<String>,
         #[command(flatten)]
-        client: crate::client::ClientArgs,
+        show: ShowArgs,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// One policy from the controller (-o yaml gives a document `apply` takes back).
     Get {
+        /// The policy's name.
         name: String,
         #[command(flatten)]
-        client: crate::client::ClientArgs,
+        show: ShowArgs,
+        #[command(flatten)]
+        client: ClientArgs,
     },
-    /// Delete a policy on the controller.
+    /// Delete policies on the controller: all that are named, or none.
+    #[command(group = clap::ArgGroup::new("what").required(true).multiple(true))]
     Delete {
-        name: String,
+        /// Policies to delete.
+        #[arg(value_name = "NAME", group = "what")]
+        names: Vec<String>,
+        /// Also delete every Policy and Workload these files or directories name, as
+        /// `apply -f` applies them (- reads standard input).
+        #[arg(short = 'f', long = "file", num_args = 1.., value_name = "FILE", group = "what")]
+        files: Vec<PathBuf>,
+        /// Show what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
-        client: crate::client::ClientArgs,
+        report: ReportArgs,
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
 pub fn run(cmd: PolicyCommand) -> ExitCode {
+    use crate::client;
     match cmd {
         PolicyCommand::Check { files } => check(&files),
         PolicyCommand::Import { from, files } => import(&from, &files),
-        PolicyCommand::Apply { files, client } => crate::client::apply(&files, &client),
-        PolicyCommand::List { client } => crate::client::policy_list(&client),
-        PolicyCommand::Get { name, client } => crate::client::policy_get(&name, &client),
-        PolicyCommand::Delete { name, client } => crate::client::policy_delete(&name, &client),
+        PolicyCommand::Apply {
+            files,
+            dry_run,
+            report,
+            client: c,
+        } => client::apply(&files, dry_run, &c, report.output),
+        PolicyCommand::Diff { files, client: c } => client::diff(&files, &c),
+        PolicyCommand::List {
+            selector,
+            show,
+            client: c,
+        } => client::policy_list(selector.as_deref(), &c, show.output),
+        PolicyCommand::Get {
+            name,
+            show,
+            client: c,
+        } => client::policy_get(&name, &c, show.output),
+        PolicyCommand::Delete {
+            names,
+            files,
+            dry_run,
+            report,
+            client: c,
+        } => client::policy_delete(&names, &files, dry_run, &c, report.output),
     }
 }
 
+/// Every diagnostic on stderr, escaped, then the count: exit 2.
+fn report_diagnostics(diags: &[microseg_policy::Diagnostic]) -> ExitCode {
+    for d in diags {
+        eprintln!("{}", esc(&d.to_string()));
+    }
+    eprintln!("{} error(s)", diags.len());
+    ExitCode::from(2)
+}
+
 fn check(files: &[PathBuf]) -> ExitCode {
-    let loaded = load_paths(files).and_then(|set| {
+    let loaded = crate::sources::load(files).and_then(|res| {
+        let set = crate::sources::set(res);
         let (compiled, problems) = compile_everywhere(&set);
         if problems.is_empty() {
             Ok((set, compiled))
@@ -70,23 +147,17 @@ fn check(files: &[PathBuf]) -> ExitCode {
     });
     let (set, compiled) = match loaded {
         Ok(x) => x,
-        Err(diags) => {
-            for d in &diags {
-                eprintln!("{d}");
-            }
-            eprintln!("{} error(s)", diags.len());
-            return ExitCode::from(2);
-        }
+        Err(diags) => return report_diagnostics(&diags),
     };
     // What the policy costs, compiled as if every workload with an interface were local.
     let s = compiled.tables.sizes();
-    println!(
+    outln!(
         "ok: {} workload(s), {} policies, {} rule(s)",
         set.workloads.len(),
         set.policies.len(),
         compiled.rules.len()
     );
-    println!(
+    outln!(
         "compiled for {} workload(s) with an interface: {} policy entries, {} port-range tables, {} source-port tables, {} identities over {} prefixes, {} profile(s)",
         compiled.endpoints.len(),
         s.policy,
@@ -101,29 +172,27 @@ fn check(files: &[PathBuf]) -> ExitCode {
 
 fn import(from: &str, files: &[PathBuf]) -> ExitCode {
     if !from.eq_ignore_ascii_case("k8s") && !from.eq_ignore_ascii_case("kubernetes") {
-        eprintln!("error: --from {from}: the only supported source is k8s");
+        eprintln!(
+            "error: --from {}: the only supported source is k8s",
+            esc(from)
+        );
         return ExitCode::from(2);
     }
+    let sources = match crate::sources::read(files) {
+        Ok(s) => s,
+        Err(diags) => return report_diagnostics(&diags),
+    };
     let mut policies = Vec::new();
     let mut problems = 0;
-    for f in files {
-        let name = f.display().to_string();
-        let text = match std::fs::read_to_string(f) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("{name}: {e}");
-                problems += 1;
-                continue;
-            }
-        };
-        let (ps, diags) = import_k8s(&name, &text);
+    for s in &sources {
+        let (ps, diags) = import_k8s(&s.name, &s.text);
         for d in &diags {
-            eprintln!("{d}");
+            eprintln!("{}", esc(&d.to_string()));
         }
         problems += diags.len();
         policies.extend(ps);
     }
-    print!("{}", policies_to_yaml(&policies));
+    out!("{}", policies_to_yaml(&policies));
     if problems > 0 {
         ExitCode::from(2)
     } else {

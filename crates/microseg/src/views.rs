@@ -8,16 +8,14 @@ use microseg_agent::api::{request, Request};
 use microseg_agent::flows::FlowFilter;
 use serde_json::Value;
 
+use crate::client::output::{esc, Report};
+
 #[derive(Args)]
 pub struct ViewArgs {
-    /// Output format: table (default) or json.
-    #[arg(
-        short = 'o',
-        long = "output",
-        default_value = "table",
-        value_name = "FORMAT"
-    )]
-    output: String,
+    /// Output format: a table, or the agent's JSON lines.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Report::Table, value_name = "FORMAT")]
+    output: Report,
+    /// The local agent's API socket (the agent's --socket).
     #[arg(long, default_value = "/run/microseg/agent.sock", value_name = "PATH")]
     socket: PathBuf,
 }
@@ -29,6 +27,9 @@ pub struct FlowArgs {
     /// Keep printing new flows as they happen.
     #[arg(long)]
     follow: bool,
+    /// Only the most recent N flows.
+    #[arg(long, value_name = "N", conflicts_with = "follow")]
+    limit: Option<usize>,
     /// Only flows with this verdict (allow, deny, log, audit).
     #[arg(long)]
     verdict: Option<String>,
@@ -75,47 +76,38 @@ fn parse_duration(s: &str) -> Result<f64, String> {
     Ok(total)
 }
 
-fn json_output(v: &ViewArgs) -> Result<bool, ExitCode> {
-    match v.output.as_str() {
-        "json" => Ok(true),
-        "table" | "wide" => Ok(false),
-        o => {
-            eprintln!("error: -o {o}: use table or json");
-            Err(ExitCode::from(2))
-        }
-    }
-}
-
 fn finish(r: Result<(), String>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", esc(&e));
             ExitCode::from(1)
         }
     }
 }
 
 pub fn stats(v: &ViewArgs) -> ExitCode {
-    let json = match json_output(v) {
-        Ok(j) => j,
-        Err(c) => return c,
-    };
+    let json = v.output == Report::Json;
     finish(request(&v.socket, &Request::Stats, |obj| {
         if json {
-            println!("{obj}");
+            outln!("{obj}");
         } else if let Value::Object(m) = obj {
             for (k, val) in m.iter().filter(|(k, _)| *k != "rules") {
-                println!("{k:<20} {val}");
+                outln!("{:<20} {}", esc(k), esc(&val.to_string()));
             }
             if let Some(Value::Array(rules)) = m.get("rules") {
-                println!();
-                println!(
+                outln!();
+                outln!(
                     "{:<32} {:<8} {:>4} {:<6} {:>10} {:>12}",
-                    "POLICY", "DIR", "RULE", "ACTION", "PACKETS", "BYTES"
+                    "POLICY",
+                    "DIR",
+                    "RULE",
+                    "ACTION",
+                    "PACKETS",
+                    "BYTES"
                 );
                 for r in rules {
-                    println!(
+                    outln!(
                         "{:<32} {:<8} {:>4} {:<6} {:>10} {:>12}",
                         s(r, "policy"),
                         s(r, "direction"),
@@ -131,104 +123,168 @@ pub fn stats(v: &ViewArgs) -> ExitCode {
     }))
 }
 
+/// A field as a table cell, escaped.
 fn s(v: &Value, k: &str) -> String {
-    match v.get(k) {
+    let cell = match v.get(k) {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Null) | None => "-".into(),
         Some(other) => other.to_string(),
+    };
+    esc(&cell).into_owned()
+}
+
+/// An address and port as a table shows them: `[fd10::20]:80` for IPv6.
+fn endpoint(ip: &str, port: &str) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
     }
 }
 
 /// "src:port -> dst:port" of a flow or session object.
 fn flow_text(r: &Value) -> String {
-    let (sp, dp) = (s(r, "src_port"), s(r, "dst_port"));
-    format!("{}:{sp} -> {}:{dp}", s(r, "src_ip"), s(r, "dst_ip"))
+    let src = endpoint(&s(r, "src_ip"), &s(r, "src_port"));
+    format!("{src} -> {}", endpoint(&s(r, "dst_ip"), &s(r, "dst_port")))
+}
+
+/// Prints a table's header before its first row, or at the end of an empty table, so
+/// that a command that fails prints no header.
+struct Table {
+    header: String,
+    shown: bool,
+}
+
+impl Table {
+    fn new(header: String) -> Table {
+        Table {
+            header,
+            shown: false,
+        }
+    }
+
+    fn row(&mut self, line: &str) {
+        self.head();
+        outln!("{line}");
+    }
+
+    fn head(&mut self) {
+        if !self.shown {
+            self.shown = true;
+            outln!("{}", self.header);
+        }
+    }
+}
+
+fn flow_line(r: &Value) -> String {
+    let mut policy = s(r, "policy");
+    if let Some(rule) = r.get("rule").and_then(Value::as_u64) {
+        policy = format!("{policy}[{rule}]");
+    }
+    if r.get("audit_verdict").and_then(Value::as_str).is_some() {
+        policy = format!(
+            "{policy} (audit: {} {})",
+            s(r, "audit_verdict"),
+            s(r, "audit_policy")
+        );
+    }
+    format!(
+        "{:<24} {:<12} {:<7} {:<6} {:<44} {:<7} {:<6} {policy}",
+        s(r, "time"),
+        s(r, "workload"),
+        s(r, "direction"),
+        s(r, "event"),
+        flow_text(r),
+        s(r, "protocol"),
+        s(r, "verdict"),
+    )
 }
 
 pub fn flows(f: &FlowArgs) -> ExitCode {
-    let json = match json_output(&f.view) {
-        Ok(j) => j,
-        Err(c) => return c,
-    };
-    let req = Request::Flows {
-        follow: f.follow,
-        filter: FlowFilter {
-            verdict: f.verdict.clone(),
-            workload: f.workload.clone(),
-            since_s: f.since,
-        },
-    };
-    if !json {
-        println!(
-            "{:<24} {:<12} {:<7} {:<6} {:<44} {:<7} {:<6} POLICY",
-            "TIME", "WORKLOAD", "DIR", "EVENT", "FLOW", "PROTO", "VERDICT"
-        );
-    }
-    let print = |r: Value| {
+    let json = f.view.output == Report::Json;
+    let mut table = Table::new(format!(
+        "{:<24} {:<12} {:<7} {:<6} {:<44} {:<7} {:<6} POLICY",
+        "TIME", "WORKLOAD", "DIR", "EVENT", "FLOW", "PROTO", "VERDICT"
+    ));
+    let mut print = |r: &Value| {
         if json {
-            println!("{r}");
+            outln!("{r}");
         } else {
-            let flow = flow_text(&r);
-            let mut policy = s(&r, "policy");
-            if let Some(rule) = r.get("rule").and_then(Value::as_u64) {
-                policy = format!("{policy}[{rule}]");
-            }
-            if let Some(av) = r.get("audit_verdict").and_then(Value::as_str) {
-                policy = format!("{policy} (audit: {av} {})", s(&r, "audit_policy"));
-            }
-            println!(
-                "{:<24} {:<12} {:<7} {:<6} {:<44} {:<7} {:<6} {policy}",
-                s(&r, "time"),
-                s(&r, "workload"),
-                s(&r, "direction"),
-                s(&r, "event"),
-                flow,
-                s(&r, "protocol"),
-                s(&r, "verdict"),
-            );
+            table.row(&flow_line(r));
         }
     };
-    if let Some(server) = &f.server {
-        if f.follow {
+    let records = match &f.server {
+        Some(_) if f.follow => {
             eprintln!("error: --follow works with the local agent only, not with --server");
             return ExitCode::from(2);
         }
-        return crate::client::remote_flows(
-            server,
-            f.token_file.as_deref(),
-            f.tls.clone(),
-            f.verdict.as_deref(),
-            f.workload.as_deref(),
-            f.since,
-            print,
-        );
+        Some(server) => crate::client::remote_flows(crate::client::RemoteFlows {
+            server: server.clone(),
+            token_file: f.token_file.clone(),
+            tls: f.tls.clone(),
+            verdict: f.verdict.clone(),
+            workload: f.workload.clone(),
+            since_s: f.since,
+            limit: f.limit,
+        }),
+        None => {
+            let req = Request::Flows {
+                follow: f.follow,
+                filter: FlowFilter {
+                    verdict: f.verdict.clone(),
+                    workload: f.workload.clone(),
+                    since_s: f.since,
+                },
+            };
+            // Without --limit (and so with --follow), each flow is printed as it comes.
+            let mut recent = std::collections::VecDeque::new();
+            let r = request(&f.view.socket, &req, |r| {
+                match f.limit {
+                    Some(n) => {
+                        recent.push_back(r);
+                        if recent.len() > n {
+                            recent.pop_front();
+                        }
+                    }
+                    None => print(&r),
+                }
+                true
+            });
+            r.map(|()| recent.into())
+                .map_err(|e| (format!("error: {}", esc(&e)), 1))
+        }
+    };
+    match records {
+        Ok(records) => {
+            for r in &records {
+                print(r);
+            }
+            if !json {
+                table.head();
+            }
+            ExitCode::SUCCESS
+        }
+        Err((msg, code)) => {
+            eprintln!("{msg}");
+            ExitCode::from(code)
+        }
     }
-    finish(request(&f.view.socket, &req, |r| {
-        print(r);
-        true
-    }))
 }
 
 pub fn sessions(v: &ViewArgs) -> ExitCode {
-    let json = match json_output(v) {
-        Ok(j) => j,
-        Err(c) => return c,
-    };
-    if !json {
-        println!(
-            "{:<12} {:<44} {:<6} {:<12} {:<7} {:<20} {:>8} {:>10} {:>6}",
-            "WORKLOAD", "FLOW", "PROTO", "STATE", "VERDICT", "POLICY", "PACKETS", "BYTES", "AGE"
-        );
-    }
-    finish(request(&v.socket, &Request::Sessions, |r| {
+    let json = v.output == Report::Json;
+    let mut table = Table::new(format!(
+        "{:<12} {:<44} {:<6} {:<12} {:<7} {:<20} {:>8} {:>10} {:>6}",
+        "WORKLOAD", "FLOW", "PROTO", "STATE", "VERDICT", "POLICY", "PACKETS", "BYTES", "AGE"
+    ));
+    let r = request(&v.socket, &Request::Sessions, |r| {
         if json {
-            println!("{r}");
+            outln!("{r}");
         } else {
-            let flow = flow_text(&r);
-            println!(
+            table.row(&format!(
                 "{:<12} {:<44} {:<6} {:<12} {:<7} {:<20} {:>8} {:>10} {:>5}s",
                 s(&r, "workload"),
-                flow,
+                flow_text(&r),
                 s(&r, "protocol"),
                 s(&r, "state"),
                 s(&r, "verdict"),
@@ -236,15 +292,34 @@ pub fn sessions(v: &ViewArgs) -> ExitCode {
                 s(&r, "packets"),
                 s(&r, "bytes"),
                 s(&r, "age_s"),
-            );
+            ));
         }
         true
-    }))
+    });
+    if r.is_ok() && !json {
+        table.head();
+    }
+    finish(r)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{flow_line, flow_text, parse_duration};
+
+    #[test]
+    fn flow_lines_bracket_ipv6_and_escape_what_the_agent_sent() {
+        let v6 = serde_json::json!({"src_ip": "fd19::10", "src_port": 46542, "dst_ip": "fd19::20", "dst_port": 80});
+        assert_eq!(flow_text(&v6), "[fd19::10]:46542 -> [fd19::20]:80");
+        let v4 = serde_json::json!({"src_ip": "10.0.0.1", "src_port": 1, "dst_ip": "10.0.0.2", "dst_port": 2});
+        assert_eq!(flow_text(&v4), "10.0.0.1:1 -> 10.0.0.2:2");
+        let evil = serde_json::json!({"workload": "w\x1b[2J", "policy": "p\nFAKE LINE", "verdict": "deny"});
+        let line = flow_line(&evil);
+        assert!(!line.contains('\x1b') && !line.contains('\n'), "{line:?}");
+        assert!(
+            line.contains("w\\x1b[2J") && line.contains("p\\nFAKE LINE"),
+            "{line}"
+        );
+    }
 
     #[test]
     fn durations_parse_with_units() {

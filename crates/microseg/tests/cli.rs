@@ -93,3 +93,156 @@ fn usage_errors_exit_2_and_a_missing_agent_exits_1() {
     assert_eq!(code, 1);
     assert!(err.contains("cannot reach the agent"), "{err}");
 }
+
+/// Runs `microseg ARGS` with `input` on its standard input.
+fn run_with_stdin(args: &[&str], input: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const BAD_CIDR: &str = "apiVersion: microseg.io/v1\nkind: Policy\nmetadata: {name: bad}\nspec:\n  selector: {}\n  ingress:\n    - action: allow\n      from: [{cidr: 10.0.0.0/33}]\n";
+
+#[test]
+fn check_and_import_read_standard_input_as_dash() {
+    let demo = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/demo/policies.yaml"
+    );
+    let text = std::fs::read_to_string(demo).unwrap();
+    let (code, out, err) = run_with_stdin(&["policy", "check", "-f", "-"], &text);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("ok: "), "{out}");
+    let (code, _, err) = run_with_stdin(&["policy", "check", "-f", "-"], BAD_CIDR);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("<stdin>:8:") && err.contains("10.0.0.0/33"),
+        "{err}"
+    );
+    let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: api, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: api}}\n  ingress:\n    - ports: [{protocol: TCP, port: 8080}]\n";
+    let (code, out, err) = run_with_stdin(&["policy", "import", "--from", "k8s", "-f", "-"], np);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("shop.api") && out.contains("8080"), "{out}");
+}
+
+#[test]
+fn control_characters_in_names_and_file_names_are_escaped() {
+    // A name with a colour escape and a newline, in a file whose name holds another.
+    let f = temp(
+        "evil\x1b[2J.yaml",
+        "apiVersion: microseg.io/v1\nkind: Policy\nmetadata: {name: \"a\\e[31mred\\nb\"}\nspec: {selector: {}}\n",
+    );
+    let (code, _, err) = run(&["policy", "check", "-f", &f]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        !err.contains('\x1b'),
+        "a raw escape reached stderr: {err:?}"
+    );
+    assert!(err.contains("evil\\x1b[2J.yaml:3:"), "{err}");
+    assert!(err.contains("a\\x1b[31mred\\nb"), "{err}");
+    assert_eq!(
+        err.lines().count(),
+        2,
+        "one line per error and the count: {err}"
+    );
+    // An unreadable file names itself, escaped.
+    let (code, _, err) = run(&["policy", "check", "-f", "/nonexistent/x\x1b[31m.yaml"]);
+    assert_eq!(code, 2);
+    assert!(
+        !err.contains('\x1b') && err.contains("x\\x1b[31m.yaml"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_closed_pipe_ends_the_command_quietly() {
+    use std::io::{BufRead, BufReader};
+    // More YAML than a pipe holds, so the writer meets the closed end.
+    let mut np = String::new();
+    for i in 0..400 {
+        np.push_str(&format!("---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: api{i}, namespace: shop}}\nspec:\n  podSelector: {{matchLabels: {{app: api}}}}\n  ingress:\n    - from: [{{podSelector: {{matchLabels: {{app: web}}}}}}]\n      ports: [{{protocol: TCP, port: 8080}}, {{protocol: UDP, port: 53}}]\n"));
+    }
+    let f = temp("many-np.yaml", &np);
+    let mut child = Command::new(BIN)
+        .args(["policy", "import", "--from", "k8s", "-f", &f])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader is dropped here, as `head -1` exits.
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(first.starts_with("apiVersion"), "{first}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.is_empty(), "{err}");
+}
+
+#[test]
+fn no_table_header_before_a_missing_agent_and_the_error_names_the_socket() {
+    for cmd in ["flows", "sessions"] {
+        let (code, out, err) = run(&[cmd, "--socket", "/nonexistent/agent.sock"]);
+        assert_eq!(code, 1, "{err}");
+        assert!(out.is_empty(), "{cmd}: {out}");
+        assert!(
+            err.contains("cannot reach the agent at /nonexistent/agent.sock"),
+            "{err}"
+        );
+    }
+    // --limit keeps the most recent flows; with --follow there is no end to count from.
+    assert_eq!(run(&["flows", "--limit", "3", "--follow"]).0, 2);
+}
+
+#[test]
+fn output_formats_a_command_cannot_print_are_refused() {
+    for args in [
+        &["policy", "delete", "x", "-o", "yaml"][..],
+        &["policy", "apply", "-f", "x.yaml", "-o", "wide"],
+        &["status", "-o", "yaml"],
+        &["stats", "-o", "wide"],
+    ] {
+        let (code, _, err) = run(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("invalid value"), "{args:?}: {err}");
+    }
+    // delete needs names or -f.
+    assert_eq!(run(&["policy", "delete"]).0, 2);
+}
+
+#[test]
+fn shell_completion_scripts() {
+    for (shell, marker) in [
+        ("bash", "_microseg()"),
+        ("zsh", "#compdef microseg"),
+        ("fish", "complete -c microseg"),
+    ] {
+        let (code, out, err) = run(&["completion", shell]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains(marker), "{shell}: {out}");
+        assert!(
+            out.contains("workload") && out.contains("dry-run"),
+            "{shell}"
+        );
+    }
+    assert_eq!(run(&["completion", "tcsh"]).0, 2);
+}

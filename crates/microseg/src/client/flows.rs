@@ -1,50 +1,52 @@
 //! `microseg flows --server`: the flows the controller collected.
 
-use std::path::Path;
-use std::process::ExitCode;
+use std::path::PathBuf;
 
 use microseg_controller::client::encode;
 use serde_json::Value;
 
-use super::{call, client, finish, ClientArgs, TlsArgs};
+use super::{call, client, ClientArgs, Fail, TlsArgs};
 
-/// Recent flows the controller collected from its agents (`microseg flows --server`),
-/// filtered like the agent's; calls `each` for every record, oldest first.
-pub fn remote_flows(
-    server: &str,
-    token_file: Option<&Path>,
-    tls: TlsArgs,
-    verdict: Option<&str>,
-    workload: Option<&str>,
-    since_s: Option<f64>,
-    mut each: impl FnMut(Value),
-) -> ExitCode {
+/// What `flows --server` asks the controller for.
+pub struct RemoteFlows {
+    pub server: String,
+    pub token_file: Option<PathBuf>,
+    pub tls: TlsArgs,
+    pub verdict: Option<String>,
+    pub workload: Option<String>,
+    pub since_s: Option<f64>,
+    /// The most recent this many.
+    pub limit: Option<usize>,
+}
+
+/// Recent flows the controller collected from its agents, filtered like the agent's,
+/// oldest first; or the message (escaped) and the exit status.
+pub fn remote_flows(q: RemoteFlows) -> Result<Vec<Value>, (String, u8)> {
     let c = ClientArgs {
-        server: server.to_string(),
-        token_file: token_file.map(Path::to_path_buf),
-        tls,
-        output: "json".into(),
+        server: q.server,
+        token_file: q.token_file,
+        tls: q.tls,
     };
-    finish((|| {
-        let mut q = Vec::new();
-        if let Some(v) = verdict {
-            q.push(format!("verdict={}", encode(v)));
-        }
-        if let Some(w) = workload {
-            q.push(format!("workload={}", encode(w)));
-        }
-        if let Some(s) = since_s {
-            q.push(format!("since={s}"));
-        }
-        let path = if q.is_empty() {
-            "/v1/flows".to_string()
-        } else {
-            format!("/v1/flows?{}", q.join("&"))
-        };
-        let body = call(&client(&c)?, "GET", &path, None)?;
-        for f in body["items"].as_array().cloned().unwrap_or_default() {
-            each(f);
-        }
-        Ok(())
-    })())
+    let mut params = Vec::new();
+    if let Some(v) = &q.verdict {
+        params.push(format!("verdict={}", encode(v)));
+    }
+    if let Some(w) = &q.workload {
+        params.push(format!("workload={}", encode(w)));
+    }
+    if let Some(s) = q.since_s {
+        params.push(format!("since={s}"));
+    }
+    if let Some(l) = q.limit {
+        params.push(format!("limit={l}"));
+    }
+    let path = if params.is_empty() {
+        "/v1/flows".to_string()
+    } else {
+        format!("/v1/flows?{}", params.join("&"))
+    };
+    let body = client(&c)
+        .and_then(|cl| call(&cl, "GET", &path, None))
+        .map_err(|Fail(msg, code)| (msg, code))?;
+    Ok(body["items"].as_array().cloned().unwrap_or_default())
 }

@@ -1,17 +1,21 @@
-//! Client commands against the controller's REST API: `policy apply/list/get/delete`,
+//! Client commands against the controller's REST API: `policy apply/diff/list/get/delete`,
 //! `workload list/get/label/delete`, `status`, and the flows the controller collected.
-//! This module holds what they share: the flags, the token, and the HTTP call.
+//! This module holds what they share: the flags, the token, the HTTP call, and how lists
+//! of resources are shown.
 //!
 //! Exit status: 0 success, 1 runtime failure (connection, server error), 2 bad input
 //! (usage, invalid resources, any 4xx answer).
 
+mod diff;
 mod flows;
-mod output;
+pub(crate) mod output;
 mod policy;
+mod selector;
 mod status;
 mod workload;
 
-pub use flows::remote_flows;
+pub use diff::diff;
+pub use flows::{remote_flows, RemoteFlows};
 pub use policy::{apply, policy_delete, policy_get, policy_list};
 pub use status::status;
 pub use workload::{workload, WorkloadCommand};
@@ -21,9 +25,9 @@ use std::process::ExitCode;
 
 use clap::Args;
 use microseg_controller::client::{Client, Reply, TlsFiles};
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use output::{print, table, text};
+use output::{esc, print, table, text, Output, Report};
 
 /// Where the controller is and how to talk to it.
 #[derive(Args, Clone)]
@@ -37,14 +41,22 @@ pub struct ClientArgs {
     pub token_file: Option<PathBuf>,
     #[command(flatten)]
     pub tls: TlsArgs,
-    /// Output format: table (default), json or yaml.
-    #[arg(
-        short = 'o',
-        long = "output",
-        default_value = "table",
-        value_name = "FORMAT"
-    )]
-    pub output: String,
+}
+
+/// `-o` of the commands that show resources.
+#[derive(Args, Clone, Copy)]
+pub struct ShowArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table, value_name = "FORMAT")]
+    pub output: Output,
+}
+
+/// `-o` of the commands that change something or show a state.
+#[derive(Args, Clone, Copy)]
+pub struct ReportArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Report::Table, value_name = "FORMAT")]
+    pub output: Report,
 }
 
 /// Certificates for an https:// controller.
@@ -72,7 +84,7 @@ impl TlsArgs {
     }
 }
 
-/// A failure: the message and the exit status.
+/// A failure: the message (already escaped) and the exit status.
 struct Fail(String, u8);
 
 type Out = Result<(), Fail>;
@@ -87,20 +99,14 @@ fn finish(r: Out) -> ExitCode {
     }
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Format {
-    Table,
-    Json,
-    Yaml,
-}
-
-fn format(c: &ClientArgs) -> Result<Format, Fail> {
-    match c.output.as_str() {
-        "table" | "wide" => Ok(Format::Table),
-        "json" => Ok(Format::Json),
-        "yaml" => Ok(Format::Yaml),
-        o => Err(Fail(format!("error: -o {o}: use table, json or yaml"), 2)),
-    }
+/// Diagnostics, one per line, and a closing count: exit 2.
+fn diagnostics(diags: &[microseg_policy::Diagnostic], closing: &str) -> Fail {
+    let mut msg: Vec<String> = diags
+        .iter()
+        .map(|d| esc(&d.to_string()).into_owned())
+        .collect();
+    msg.push(format!("{} error(s){closing}", diags.len()));
+    Fail(msg.join("\n"), 2)
 }
 
 const LOCAL_TOKEN: &str = "/var/lib/microseg/controller.token";
@@ -109,7 +115,10 @@ fn token(c: &ClientArgs) -> Result<Option<String>, Fail> {
     if let Some(p) = &c.token_file {
         return std::fs::read_to_string(p)
             .map(|t| Some(t.trim().to_string()))
-            .map_err(|e| Fail(format!("error: --token-file {}: {e}", p.display()), 2));
+            .map_err(|e| {
+                let msg = format!("error: --token-file {}: {e}", p.display());
+                Fail(esc(&msg).into_owned(), 2)
+            });
     }
     if let Ok(t) = std::env::var("MICROSEG_TOKEN") {
         if !t.trim().is_empty() {
@@ -143,14 +152,30 @@ fn is_loopback_url(url: &str) -> bool {
 
 fn client(c: &ClientArgs) -> Result<Client, Fail> {
     Client::with_tls(&c.server, token(c)?, c.tls.files())
-        .map_err(|e| Fail(format!("error: {e}"), 2))
+        .map_err(|e| Fail(format!("error: {}", esc(&e)), 2))
 }
 
 /// One request; a non-2xx answer becomes a failure (4xx: exit 2, otherwise 1).
 fn call(cl: &Client, method: &str, path: &str, body: Option<(&str, &[u8])>) -> Result<Value, Fail> {
-    let r: Reply = cl
-        .call(method, path, body)
-        .map_err(|e| Fail(format!("error: cannot reach the controller: {e}"), 1))?;
+    answer(send(cl, method, path, body)?)
+}
+
+fn send(cl: &Client, method: &str, path: &str, body: Option<(&str, &[u8])>) -> Result<Reply, Fail> {
+    // The client's error names the controller's URL and the cause.
+    cl.call(method, path, body)
+        .map_err(|e| Fail(format!("error: {}", esc(&e.to_string())), 1))
+}
+
+/// A stored resource, or None when the controller has none of that name.
+fn get_if_stored(cl: &Client, path: &str) -> Result<Option<Value>, Fail> {
+    let r = send(cl, "GET", path, None)?;
+    if r.status == 404 {
+        return Ok(None);
+    }
+    answer(r).map(Some)
+}
+
+fn answer(r: Reply) -> Result<Value, Fail> {
     if r.ok() {
         return Ok(r.body);
     }
@@ -169,62 +194,107 @@ fn call(cl: &Client, method: &str, path: &str, body: Option<(&str, &[u8])>) -> R
     ))
 }
 
-fn list(
-    c: &ClientArgs,
-    path: &str,
-    header: &[&str],
-    rows: fn(&[Value]) -> Vec<Vec<String>>,
-) -> Out {
-    let f = format(c)?;
-    let body = call(&client(c)?, "GET", path, None)?;
-    let items = body["items"].as_array().cloned().unwrap_or_default();
-    match f {
-        Format::Table => table(header, &rows(&items)),
-        Format::Json => print(&body, f),
+/// A JSON request body.
+fn post_json(cl: &Client, path: &str, body: &Value) -> Result<Value, Fail> {
+    let bytes = body.to_string();
+    call(
+        cl,
+        "POST",
+        path,
+        Some(("application/json", bytes.as_bytes())),
+    )
+}
+
+/// `path`, with `?dryRun=true` for a dry run.
+fn dry_run_path(path: &str, dry_run: bool) -> String {
+    if dry_run {
+        format!("{path}?dryRun=true")
+    } else {
+        path.to_string()
+    }
+}
+
+/// A table's header and rows for some documents: plain, or wide (more columns).
+type Rows = fn(&[Value], bool) -> (&'static [&'static str], Vec<Vec<String>>);
+
+/// A list answer (`{"revision", "items"}`) whose items were chosen by the caller.
+fn show_list(body: &Value, items: Vec<Value>, out: Output, rows: Rows) {
+    match out {
+        Output::Table | Output::Wide => {
+            let (header, r) = rows(&items, out == Output::Wide);
+            table(header, &r);
+        }
+        Output::Json => print(
+            &json!({"revision": body["revision"], "items": items}),
+            false,
+        ),
         // Several documents that `policy apply -f` takes back.
-        Format::Yaml => {
+        Output::Yaml => {
             for (i, it) in items.iter().enumerate() {
                 if i > 0 {
-                    println!("---");
+                    outln!("---");
                 }
-                print(it, f);
+                print(it, true);
             }
         }
     }
-    Ok(())
 }
 
-fn get_one(
-    c: &ClientArgs,
-    path: &str,
-    header: &[&str],
-    rows: fn(&[Value]) -> Vec<Vec<String>>,
-) -> Out {
-    let f = format(c)?;
+fn get_one(c: &ClientArgs, path: &str, out: Output, rows: Rows) -> Out {
     let body = call(&client(c)?, "GET", path, None)?;
-    match f {
-        Format::Table => table(header, &rows(std::slice::from_ref(&body))),
-        _ => print(&body, f),
+    match out {
+        Output::Table | Output::Wide => {
+            let (header, r) = rows(std::slice::from_ref(&body), out == Output::Wide);
+            table(header, &r);
+        }
+        Output::Json => print(&body, false),
+        Output::Yaml => print(&body, true),
     }
     Ok(())
 }
 
-fn delete(c: &ClientArgs, kind: &str, path: &str, name: &str) -> Out {
-    let f = format(c)?;
-    let body = call(&client(c)?, "DELETE", path, None)?;
-    match f {
-        Format::Table => println!(
-            "{kind}/{name} deleted (revision {})",
-            text(&body["revision"])
-        ),
-        _ => print(&body, f),
+/// Deletes every `(kind, name)` in one request: all of them, or none when one is missing.
+fn delete_all(c: &ClientArgs, refs: &[(String, String)], dry_run: bool, out: Report) -> Out {
+    if refs.is_empty() {
+        return Err(Fail("error: the files name nothing to delete".into(), 2));
+    }
+    for (_, name) in refs {
+        check_name(name)?;
+    }
+    let resources: Vec<Value> = refs
+        .iter()
+        .map(|(kind, name)| json!({"kind": kind, "name": name}))
+        .collect();
+    let path = dry_run_path("/v1/delete", dry_run);
+    let body = post_json(&client(c)?, &path, &json!({ "resources": resources }))?;
+    if out == Report::Json {
+        print(&body, false);
+        return Ok(());
+    }
+    let done = if dry_run {
+        "(dry run)".to_string()
+    } else {
+        format!("(revision {})", text(&body["revision"]))
+    };
+    for d in body["deleted"].as_array().into_iter().flatten() {
+        outln!("{} deleted {done}", resource_ref(d));
     }
     Ok(())
+}
+
+/// `policy/NAME` of a `{"kind", "name"}` object, escaped.
+fn resource_ref(v: &Value) -> String {
+    let r = format!(
+        "{}/{}",
+        text(&v["kind"]).to_ascii_lowercase(),
+        text(&v["name"])
+    );
+    esc(&r).into_owned()
 }
 
 fn check_name(name: &str) -> Out {
     match microseg_policy::check_name(name) {
-        Some(e) => Err(Fail(format!("error: {e}"), 2)),
+        Some(e) => Err(Fail(format!("error: {}", esc(&e)), 2)),
         None => Ok(()),
     }
 }

@@ -1,15 +1,16 @@
 //! `policy apply`, `list`, `get` and `delete` against the controller.
 
-use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use microseg_controller::client::encode;
-use serde_json::Value;
+use microseg_controller::resources;
+use microseg_policy::{Resource, API_VERSION};
+use serde_json::{json, Value};
 
-use super::output::{print, selector, text};
+use super::output::{esc, print, rules_summary, selector, text, Output, Report};
 use super::{
-    call, check_name, client, delete, finish, format, get_one, list, ClientArgs, Fail, Format,
+    call, check_name, client, delete_all, diagnostics, dry_run_path, finish, get_one, post_json,
+    resource_ref, selector as label_selector, show_list, ClientArgs, Fail,
 };
 
 fn revision_of(item: &Value) -> String {
@@ -23,11 +24,18 @@ fn rules(v: &Value) -> String {
     }
 }
 
-fn policy_rows(items: &[Value]) -> Vec<Vec<String>> {
-    items
+const HEADER: &[&str] = &[
+    "NAME", "PRIORITY", "MODE", "SELECTOR", "INGRESS", "EGRESS", "REVISION",
+];
+const WIDE_HEADER: &[&str] = &[
+    "NAME", "PRIORITY", "MODE", "SELECTOR", "INGRESS", "EGRESS", "REVISION", "RULES",
+];
+
+fn policy_rows(items: &[Value], wide: bool) -> (&'static [&'static str], Vec<Vec<String>>) {
+    let rows = items
         .iter()
         .map(|p| {
-            vec![
+            let mut row = vec![
                 text(&p["metadata"]["name"]),
                 text(&p["spec"]["priority"]),
                 text(&p["spec"]["mode"]),
@@ -35,145 +43,134 @@ fn policy_rows(items: &[Value]) -> Vec<Vec<String>> {
                 rules(&p["spec"]["ingress"]),
                 rules(&p["spec"]["egress"]),
                 revision_of(p),
-            ]
+            ];
+            if wide {
+                row.push(rules_summary(&p["spec"]));
+            }
+            row
         })
-        .collect()
+        .collect();
+    (if wide { WIDE_HEADER } else { HEADER }, rows)
 }
 
-const POLICY_HEADER: &[&str] = &[
-    "NAME", "PRIORITY", "MODE", "SELECTOR", "INGRESS", "EGRESS", "REVISION",
-];
-/// A progress bar on stderr, drawn only on a terminal (or with MICROSEG_PROGRESS=1).
-struct Progress {
-    total: usize,
-    done: usize,
-    on: bool,
-}
-
-impl Progress {
-    fn new(total: usize) -> Progress {
-        let forced = std::env::var("MICROSEG_PROGRESS").is_ok_and(|v| v == "1");
-        Progress {
-            total,
-            done: 0,
-            on: total >= 20 && (forced || std::io::stderr().is_terminal()),
-        }
-    }
-
-    fn add(&mut self, n: usize) {
-        self.done += n;
-        if !self.on {
-            return;
-        }
-        let width = 30;
-        let filled = width * self.done / self.total.max(1);
-        eprint!(
-            "\r[{}{}] {}/{} resources",
-            "#".repeat(filled),
-            ".".repeat(width - filled),
-            self.done,
-            self.total
-        );
-        let _ = std::io::stderr().flush();
-    }
-
-    fn end(&self) {
-        if self.on {
-            eprintln!();
-        }
-    }
-}
-
-pub fn apply(files: &[PathBuf], c: &ClientArgs) -> ExitCode {
+/// `policy apply -f`: every file checked here first, then all of them in one request,
+/// which the controller applies as one transaction (one revision) or not at all.
+pub fn apply(files: &[PathBuf], dry_run: bool, c: &ClientArgs, out: Report) -> ExitCode {
     finish((|| {
-        let f = format(c)?;
-        let cl = client(c)?;
-        let (paths, unreadable) = microseg_policy::policy_files(files);
-        if !unreadable.is_empty() {
-            let msg: Vec<String> = unreadable.iter().map(ToString::to_string).collect();
-            return Err(Fail(msg.join("\n"), 2));
+        let sources =
+            crate::sources::read(files).map_err(|d| diagnostics(&d, "; nothing applied"))?;
+        crate::sources::resources(&sources).map_err(|d| diagnostics(&d, "; nothing applied"))?;
+        let files: Vec<Value> = sources
+            .iter()
+            .map(|s| json!({"name": s.name, "content": s.text}))
+            .collect();
+        let path = dry_run_path("/v1/apply/files", dry_run);
+        let body = post_json(&client(c)?, &path, &json!({ "files": files }))?;
+        if out == Report::Json {
+            print(&body, false);
+            return Ok(());
         }
-        // Everything is checked before anything is sent: an error in one file applies none.
-        if let Err(diags) = microseg_policy::load_paths(&paths) {
-            let mut msg: Vec<String> = diags.iter().map(ToString::to_string).collect();
-            msg.push(format!("{} error(s); nothing applied", diags.len()));
-            return Err(Fail(msg.join("\n"), 2));
+        let suffix = if dry_run { " (dry run)" } else { "" };
+        for a in body["applied"].as_array().into_iter().flatten() {
+            outln!("{} {}{suffix}", resource_ref(a), esc(&text(&a["action"])));
         }
-        let mut texts = Vec::new();
-        let mut total = 0;
-        for p in &paths {
-            let t =
-                std::fs::read_to_string(p).map_err(|e| Fail(format!("{}: {e}", p.display()), 2))?;
-            let (res, _) = microseg_policy::parse_str(&p.display().to_string(), &t);
-            total += res.len();
-            texts.push((p, t, res.len()));
-        }
-        let mut progress = Progress::new(total);
-        let mut results = Vec::new();
-        let mut revision = Value::Null;
-        for (p, t, n) in texts {
-            if n == 0 {
-                continue;
-            }
-            let path = format!("/v1/apply?file={}", encode(&p.display().to_string()));
-            let r = call(&cl, "POST", &path, Some(("application/yaml", t.as_bytes())));
-            let body = match r {
-                Ok(b) => b,
-                Err(e) => {
-                    progress.end();
-                    for a in &results {
-                        print_applied(a);
-                    }
-                    return Err(e);
-                }
-            };
-            revision = body["revision"].clone();
-            results.extend(body["applied"].as_array().cloned().unwrap_or_default());
-            progress.add(n);
-        }
-        progress.end();
-        match f {
-            Format::Table => {
-                for a in &results {
-                    print_applied(a);
-                }
-                println!("revision {}", text(&revision));
-            }
-            _ => print(
-                &serde_json::json!({"revision": revision, "applied": results}),
-                f,
-            ),
+        if !dry_run {
+            outln!("revision {}", text(&body["revision"]));
         }
         Ok(())
     })())
 }
 
-fn print_applied(a: &Value) {
-    println!(
-        "{}/{} {}",
-        text(&a["kind"]).to_ascii_lowercase(),
-        text(&a["name"]),
-        text(&a["action"])
-    );
+/// `policy list [-l SELECTOR]`: with a selector, the policies that select at least one
+/// stored workload the selector matches (Policies carry no labels of their own).
+pub fn policy_list(labels: Option<&str>, c: &ClientArgs, out: Output) -> ExitCode {
+    finish((|| {
+        let wanted = labels
+            .map(label_selector::parse)
+            .transpose()
+            .map_err(|e| Fail(format!("error: {}", esc(&e)), 2))?;
+        let cl = client(c)?;
+        let body = call(&cl, "GET", "/v1/policies", None)?;
+        let mut items = body["items"].as_array().cloned().unwrap_or_default();
+        if let Some(wanted) = wanted {
+            let workloads = call(&cl, "GET", "/v1/workloads", None)?;
+            let chosen: Vec<_> = workloads["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(label_selector::labels_of)
+                .filter(|l| wanted.matches(l))
+                .collect();
+            items.retain(|p| {
+                let Some(sel) = policy_selector(p) else {
+                    return false;
+                };
+                chosen.iter().any(|l| sel.matches(l))
+            });
+        }
+        show_list(&body, items, out, policy_rows);
+        Ok(())
+    })())
 }
 
-pub fn policy_list(c: &ClientArgs) -> ExitCode {
-    finish(list(c, "/v1/policies", POLICY_HEADER, policy_rows))
+/// A stored Policy's selector, read by the policy parser.
+fn policy_selector(doc: &Value) -> Option<microseg_policy::LabelSelector> {
+    let spec = json!({
+        "apiVersion": API_VERSION,
+        "kind": resources::POLICY,
+        "metadata": {"name": doc["metadata"]["name"]},
+        "spec": doc["spec"],
+    });
+    let (res, _) = microseg_policy::parse_str("stored", &spec.to_string());
+    match res.into_iter().next() {
+        Some(Resource::Policy(p)) => Some(p.selector.clone()),
+        _ => None,
+    }
 }
 
-pub fn policy_get(name: &str, c: &ClientArgs) -> ExitCode {
-    finish(check_name(name).and_then(|_| {
-        get_one(
-            c,
-            &format!("/v1/policies/{name}"),
-            POLICY_HEADER,
-            policy_rows,
-        )
-    }))
-}
-
-pub fn policy_delete(name: &str, c: &ClientArgs) -> ExitCode {
+pub fn policy_get(name: &str, c: &ClientArgs, out: Output) -> ExitCode {
     finish(
-        check_name(name).and_then(|_| delete(c, "policy", &format!("/v1/policies/{name}"), name)),
+        check_name(name)
+            .and_then(|_| get_one(c, &format!("/v1/policies/{name}"), out, policy_rows)),
     )
+}
+
+/// `policy delete NAME...` or `-f FILE...` (every resource the files name, as `policy
+/// apply -f` applies them all), in one request.
+pub fn policy_delete(
+    names: &[String],
+    files: &[PathBuf],
+    dry_run: bool,
+    c: &ClientArgs,
+    out: Report,
+) -> ExitCode {
+    finish((|| {
+        let mut refs: Vec<(String, String)> = names
+            .iter()
+            .map(|n| (resources::POLICY.to_string(), n.clone()))
+            .collect();
+        refs.extend(named_in(files, None)?);
+        delete_all(c, &refs, dry_run, out)
+    })())
+}
+
+/// The `(kind, name)` of every resource the files name (of `kind` only, if given).
+pub(super) fn named_in(
+    files: &[PathBuf],
+    kind: Option<&str>,
+) -> Result<Vec<(String, String)>, Fail> {
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    let res = crate::sources::load(files).map_err(|d| diagnostics(&d, "; nothing deleted"))?;
+    Ok(res
+        .iter()
+        .filter(|r| kind.is_none_or(|k| k == resources::kind(r)))
+        .map(|r| {
+            (
+                resources::kind(r).to_string(),
+                resources::name(r).to_string(),
+            )
+        })
+        .collect())
 }

@@ -2,21 +2,20 @@
 
 use std::process::ExitCode;
 
-use super::output::{print, table, text};
-use super::{call, client, finish, format, ClientArgs, Format};
+use super::output::{esc, print, table, text, Report};
+use super::{call, client, finish, ClientArgs};
 
-pub fn status(c: &ClientArgs) -> ExitCode {
+pub fn status(c: &ClientArgs, out: Report) -> ExitCode {
     finish((|| {
-        let f = format(c)?;
         let body = call(&client(c)?, "GET", "/v1/nodes", None)?;
-        if f != Format::Table {
-            print(&body, f);
+        if out == Report::Json {
+            print(&body, false);
             return Ok(());
         }
         let items = body["items"].as_array().cloned().unwrap_or_default();
-        println!(
+        outln!(
             "controller {}: revision {}, {} node(s)",
-            c.server,
+            esc(&c.server),
             text(&body["revision"]),
             items.len()
         );

@@ -1,49 +1,87 @@
 //! `workload list`, `get`, `label` and `delete` against the controller.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
+use microseg_controller::resources::WORKLOAD;
 use serde_json::Value;
 
-use super::output::{labels, print, text};
+use super::output::{esc, labels, print, text, Report};
+use super::policy::named_in;
 use super::{
-    call, check_name, client, delete, finish, format, get_one, list, ClientArgs, Fail, Format,
+    call, check_name, client, delete_all, finish, get_one, selector, show_list, ClientArgs, Fail,
+    Out, ReportArgs, ShowArgs,
 };
 
 #[derive(Subcommand)]
 pub enum WorkloadCommand {
     /// Workloads known to the controller (applied and discovered) with their labels.
     List {
+        /// Only workloads whose labels match: key=value, key!=value, key, !key,
+        /// comma-separated (all must hold).
+        #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
+        selector: Option<String>,
+        #[command(flatten)]
+        show: ShowArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// One workload.
     Get {
+        /// The workload's name.
         name: String,
+        #[command(flatten)]
+        show: ShowArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Set labels: KEY=VALUE sets (KEY= sets the empty value), KEY- removes. On a
     /// discovered workload these labels win over the agent's and persist.
     Label {
+        /// The workload's name.
         name: String,
+        /// The changes: KEY=VALUE sets, KEY- removes.
         #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
         labels: Vec<String>,
         #[command(flatten)]
+        report: ReportArgs,
+        #[command(flatten)]
         client: ClientArgs,
     },
-    /// Delete a workload created through the API.
+    /// Delete workloads created through the API: all that are named, or none.
+    #[command(group = clap::ArgGroup::new("what").required(true).multiple(true))]
     Delete {
-        name: String,
+        /// Workloads to delete.
+        #[arg(value_name = "NAME", group = "what")]
+        names: Vec<String>,
+        /// Also delete the Workloads these files or directories name (- reads standard
+        /// input).
+        #[arg(short = 'f', long = "file", num_args = 1.., value_name = "FILE", group = "what")]
+        files: Vec<PathBuf>,
+        /// Show what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        report: ReportArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
 }
 
-const WORKLOAD_HEADER: &[&str] = &["NAME", "NODE", "INTERFACE", "IPS", "MODE", "LABELS"];
+const HEADER: &[&str] = &["NAME", "NODE", "IPS", "MODE", "LABELS"];
+const WIDE_HEADER: &[&str] = &[
+    "NAME",
+    "NODE",
+    "INTERFACE",
+    "IPS",
+    "MODE",
+    "LABELS",
+    "REVISION",
+];
 
-fn workload_rows(items: &[Value]) -> Vec<Vec<String>> {
-    items
+fn workload_rows(items: &[Value], wide: bool) -> (&'static [&'static str], Vec<Vec<String>>) {
+    let rows = items
         .iter()
         .map(|w| {
             let ips: Vec<String> = w["spec"]["ips"]
@@ -52,20 +90,26 @@ fn workload_rows(items: &[Value]) -> Vec<Vec<String>> {
                 .flatten()
                 .map(text)
                 .collect();
-            vec![
+            let ips = if ips.is_empty() {
+                "-".into()
+            } else {
+                ips.join(",")
+            };
+            let (name, node) = (
                 text(&w["metadata"]["name"]),
                 text(&w["metadata"]["annotations"]["microseg.io/node"]),
-                text(&w["spec"]["interface"]),
-                if ips.is_empty() {
-                    "-".into()
-                } else {
-                    ips.join(",")
-                },
-                text(&w["spec"]["mode"]),
-                labels(&w["metadata"]["labels"]),
-            ]
+            );
+            let (mode, labels) = (text(&w["spec"]["mode"]), labels(&w["metadata"]["labels"]));
+            if wide {
+                let interface = text(&w["spec"]["interface"]);
+                let revision = text(&w["metadata"]["annotations"]["microseg.io/revision"]);
+                vec![name, node, interface, ips, mode, labels, revision]
+            } else {
+                vec![name, node, ips, mode, labels]
+            }
         })
-        .collect()
+        .collect();
+    (if wide { WIDE_HEADER } else { HEADER }, rows)
 }
 
 /// KEY=VALUE sets, KEY- removes.
@@ -86,51 +130,81 @@ fn label_changes(args: &[String]) -> Result<serde_json::Map<String, Value>, Fail
     Ok(m)
 }
 
+fn list(selector_text: Option<&str>, c: &ClientArgs, show: ShowArgs) -> Out {
+    let wanted = selector_text
+        .map(selector::parse)
+        .transpose()
+        .map_err(|e| Fail(format!("error: {}", esc(&e)), 2))?;
+    let body = call(&client(c)?, "GET", "/v1/workloads", None)?;
+    let mut items = body["items"].as_array().cloned().unwrap_or_default();
+    if let Some(wanted) = wanted {
+        items.retain(|w| wanted.matches(&selector::labels_of(w)));
+    }
+    show_list(&body, items, show.output, workload_rows);
+    Ok(())
+}
+
+fn label(name: &str, labels: &[String], c: &ClientArgs, out: Report) -> Out {
+    check_name(name)?;
+    let changes = label_changes(labels)?;
+    let body = serde_json::json!({ "labels": changes }).to_string();
+    let r = call(
+        &client(c)?,
+        "PUT",
+        &format!("/v1/workloads/{name}/labels"),
+        Some(("application/json", body.as_bytes())),
+    )?;
+    match out {
+        Report::Table => outln!(
+            "workload/{name} labeled (revision {}): {}",
+            text(&r["revision"]),
+            esc(&labels_text(&r["labels"]))
+        ),
+        Report::Json => print(&r, false),
+    }
+    Ok(())
+}
+
+fn labels_text(v: &Value) -> String {
+    labels(v)
+}
+
 pub fn workload(cmd: WorkloadCommand) -> ExitCode {
     finish(match cmd {
-        WorkloadCommand::List { client } => {
-            list(&client, "/v1/workloads", WORKLOAD_HEADER, workload_rows)
-        }
-        WorkloadCommand::Get { name, client } => check_name(&name).and_then(|_| {
+        WorkloadCommand::List {
+            selector,
+            show,
+            client,
+        } => list(selector.as_deref(), &client, show),
+        WorkloadCommand::Get { name, show, client } => check_name(&name).and_then(|_| {
             get_one(
                 &client,
                 &format!("/v1/workloads/{name}"),
-                WORKLOAD_HEADER,
+                show.output,
                 workload_rows,
             )
         }),
-        WorkloadCommand::Delete { name, client } => check_name(&name)
-            .and_then(|_| delete(&client, "workload", &format!("/v1/workloads/{name}"), &name)),
+        WorkloadCommand::Delete {
+            names,
+            files,
+            dry_run,
+            report,
+            client,
+        } => (|| {
+            let mut refs: Vec<(String, String)> = names
+                .iter()
+                .map(|n| (WORKLOAD.to_string(), n.clone()))
+                .collect();
+            refs.extend(named_in(&files, Some(WORKLOAD))?);
+            delete_all(&client, &refs, dry_run, report.output)
+        })(),
         WorkloadCommand::Label {
             name,
             labels,
-            client: c,
-        } => (|| {
-            check_name(&name)?;
-            let f = format(&c)?;
-            let changes = label_changes(&labels)?;
-            let body = serde_json::json!({ "labels": changes }).to_string();
-            let r = call(
-                &client(&c)?,
-                "PUT",
-                &format!("/v1/workloads/{name}/labels"),
-                Some(("application/json", body.as_bytes())),
-            )?;
-            match f {
-                Format::Table => println!(
-                    "workload/{name} labeled (revision {}): {}",
-                    text(&r["revision"]),
-                    labels_fmt(&r["labels"])
-                ),
-                _ => print(&r, f),
-            }
-            Ok(())
-        })(),
+            report,
+            client,
+        } => label(&name, &labels, &client, report.output),
     })
-}
-
-fn labels_fmt(v: &Value) -> String {
-    labels(v)
 }
 
 #[cfg(test)]
