@@ -247,6 +247,25 @@ fn openapi_document_is_served_and_lists_every_endpoint() {
         "no undocumented extras: {:?}",
         paths.keys().collect::<Vec<_>>()
     );
+    // Every body can be refused for its size and type; every change can be a dry run.
+    for (p, item) in paths {
+        for (m, op) in item.as_object().unwrap() {
+            if op.get("requestBody").is_some() {
+                for status in ["400", "401", "413", "415"] {
+                    assert!(
+                        op["responses"].get(status).is_some(),
+                        "{m} {p}: {status} documented"
+                    );
+                }
+                let dry_run = op["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|x| x["$ref"] == "#/components/parameters/DryRun");
+                assert!(dry_run || p.ends_with("/labels"), "{m} {p}: dryRun");
+            }
+        }
+    }
     assert_eq!(get(&ctl.anonymous(), "/v1/openapi.json").status, 401);
     let unknown = get(&ctl.client(), "/v1/nothing");
     assert_eq!(unknown.status, 404);
