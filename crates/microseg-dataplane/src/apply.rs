@@ -112,7 +112,7 @@ impl Dataplane {
         cfg.generation = cfg.generation.wrapping_add(1);
         self.config
             .set(0, cfg, 0)
-            .map_err(Error::map(names::CONFIG))?;
+            .map_err(Error::map_write(names::CONFIG))?;
         report.generation = cfg.generation;
         Ok(report)
     }
@@ -197,7 +197,7 @@ impl Dataplane {
                     Some(v) => policy.insert(key, v, 0),
                     None => removed(policy.remove(&key)),
                 }
-                .map_err(Error::map(names::POLICY))?;
+                .map_err(Error::map_write(names::POLICY))?;
                 r.count(v.is_some());
             }
             for (k, v) in w_ranges {
@@ -206,7 +206,7 @@ impl Dataplane {
                     Some(v) => port_ranges.insert(key, v, 0),
                     None => removed(port_ranges.remove(&key)),
                 }
-                .map_err(Error::map(names::PORT_RANGES))?;
+                .map_err(Error::map_write(names::PORT_RANGES))?;
                 r.count(v.is_some());
             }
             for (k, v) in w_sports {
@@ -215,7 +215,7 @@ impl Dataplane {
                     Some(v) => source_ports.insert(key, v, 0),
                     None => removed(source_ports.remove(&key)),
                 }
-                .map_err(Error::map(names::SOURCE_PORT_RULES))?;
+                .map_err(Error::map_write(names::SOURCE_PORT_RULES))?;
                 r.count(v.is_some());
             }
             Ok(r)
@@ -239,7 +239,7 @@ impl Dataplane {
                     true => endpoint_addrs.insert(key, 1, 0),
                     false => removed(endpoint_addrs.remove(&key)),
                 }
-                .map_err(Error::map(names::ENDPOINT_ADDRS))?;
+                .map_err(Error::map_write(names::ENDPOINT_ADDRS))?;
                 r.count(add);
             }
             Ok(r)
@@ -262,7 +262,7 @@ impl Dataplane {
                 Some(info) => endpoints.insert(key, info, 0),
                 None => removed(endpoints.remove(&key)),
             }
-            .map_err(Error::map(names::ENDPOINTS))?;
+            .map_err(Error::map_write(names::ENDPOINTS))?;
             report.count(info.is_some());
         }
         Ok(report)
@@ -315,10 +315,10 @@ fn insert_identity(
         let key = IpKey { slot, addr: p.addr };
         hosts
             .insert(key, v, 0)
-            .map_err(Error::map(names::HOST_IDENTITIES))
+            .map_err(Error::map_write(names::HOST_IDENTITIES))
     } else {
         trie.insert(&lpm_key(slot, p), v, 0)
-            .map_err(Error::map(names::IDENTITIES))
+            .map_err(Error::map_write(names::IDENTITIES))
     }
 }
 
@@ -330,9 +330,9 @@ fn remove_identity(
 ) -> Result<()> {
     if p.len == 128 {
         let key = IpKey { slot, addr: p.addr };
-        removed(hosts.remove(&key)).map_err(Error::map(names::HOST_IDENTITIES))
+        removed(hosts.remove(&key)).map_err(Error::map_write(names::HOST_IDENTITIES))
     } else {
-        removed(trie.remove(&lpm_key(slot, p))).map_err(Error::map(names::IDENTITIES))
+        removed(trie.remove(&lpm_key(slot, p))).map_err(Error::map_write(names::IDENTITIES))
     }
 }
 

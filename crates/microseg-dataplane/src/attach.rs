@@ -55,10 +55,16 @@ fn link_pin(link_dir: &Path, interface: &str, side: &str) -> PathBuf {
     link_dir.join(escape(interface)).join(side)
 }
 
-fn iface_err(interface: &str, what: impl std::fmt::Display) -> Error {
-    Error::Interface {
-        interface: interface.to_string(),
-        message: what.to_string(),
+/// An attach failure on `interface` at `step`, with aya's error as its cause.
+fn attach_err<E: std::error::Error + Send + Sync + 'static>(
+    interface: &str,
+    step: impl Into<String>,
+) -> impl FnOnce(E) -> Error {
+    let (interface, step) = (interface.to_string(), step.into());
+    move |source| Error::Attach {
+        interface,
+        step,
+        source: Box::new(source),
     }
 }
 
@@ -67,7 +73,9 @@ impl Dataplane {
     /// Does nothing when this process already attached to the same interface (same name
     /// and ifindex), so reconciling often costs nothing.
     pub fn attach(&mut self, interface: &str, link_dir: &Path) -> Result<()> {
-        let index = ifindex(interface).ok_or_else(|| iface_err(interface, "no such interface"))?;
+        let index = ifindex(interface).ok_or_else(|| Error::InterfaceMissing {
+            interface: interface.to_string(),
+        })?;
         if self.attached.get(interface) == Some(&index) {
             return Ok(());
         }
@@ -88,20 +96,24 @@ impl Dataplane {
                         attach_type,
                         TcAttachOptions::Netlink(Default::default()),
                     )
-                    .map_err(|e| iface_err(interface, e))?;
+                    .map_err(attach_err(interface, format!("a clsact {side} filter")))?;
                 // Dropping the link would detach it; the filter is meant to outlive us.
-                std::mem::forget(prog.take_link(id).map_err(|e| iface_err(interface, e))?);
+                let link = prog
+                    .take_link(id)
+                    .map_err(attach_err(interface, format!("the {side} filter's link")))?;
+                std::mem::forget(link);
                 continue;
             }
             // In `dir`, created above.
             let pin = link_pin(link_dir, interface, side);
             let id = match PinnedLink::from_pin(&pin) {
                 Ok(old) => {
-                    let link: SchedClassifierLink = FdLink::from(old).try_into().map_err(|e| {
-                        iface_err(interface, format!("pinned link {}: {e}", pin.display()))
-                    })?;
+                    let adopting = format!("the pinned link {}", pin.display());
+                    let link: SchedClassifierLink = FdLink::from(old)
+                        .try_into()
+                        .map_err(attach_err(interface, adopting.clone()))?;
                     prog.attach_to_link(link)
-                        .map_err(|e| iface_err(interface, e))?
+                        .map_err(attach_err(interface, adopting))?
                 }
                 Err(_) => prog
                     .attach_with_options(
@@ -109,13 +121,19 @@ impl Dataplane {
                         attach_type,
                         TcAttachOptions::TcxOrder(LinkOrder::default()),
                     )
-                    .map_err(|e| iface_err(interface, e))?,
+                    .map_err(attach_err(interface, format!("a TCX {side} link")))?,
             };
-            let link = prog.take_link(id).map_err(|e| iface_err(interface, e))?;
-            let fd: FdLink = link.try_into().map_err(|e| iface_err(interface, e))?;
+            let link = prog
+                .take_link(id)
+                .map_err(attach_err(interface, format!("the {side} link")))?;
+            let fd: FdLink = link
+                .try_into()
+                .map_err(attach_err(interface, format!("the {side} link")))?;
             let _ = std::fs::remove_file(&pin);
-            fd.pin(&pin)
-                .map_err(|e| iface_err(interface, format!("pinning {}: {e:?}", pin.display())))?;
+            fd.pin(&pin).map_err(attach_err(
+                interface,
+                format!("pinning the link at {}", pin.display()),
+            ))?;
         }
         self.attached.insert(interface.to_string(), index);
         Ok(())

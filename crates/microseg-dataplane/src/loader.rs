@@ -104,8 +104,8 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<T> {
-    let map = ebpf.take_map(name).ok_or(Error::MissingMap(name))?;
-    T::try_from(map).map_err(Error::map(name))
+    let map = ebpf.take_map(name).ok_or(Error::MapMissing { name })?;
+    T::try_from(map).map_err(Error::map_open(name))
 }
 
 impl Dataplane {
@@ -135,21 +135,15 @@ impl Dataplane {
             PROG_PASS,
             PROG_SLOW_PATH,
         ] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(Error::TestRun(format!("program {name} missing")))?
-                .try_into()
-                .map_err(Error::program(prog_name(name)))?;
-            prog.load().map_err(Error::program(prog_name(name)))?;
+            classifier_mut(&mut ebpf, name)?
+                .load()
+                .map_err(Error::program(name))?;
         }
         let mut jump: ProgramArray<MapData> = take(&mut ebpf, names::JUMP)?;
-        let slow: &SchedClassifier = ebpf
-            .program(PROG_SLOW_PATH)
-            .ok_or(Error::TestRun(format!("program {PROG_SLOW_PATH} missing")))?
-            .try_into()
+        let fd = classifier(&ebpf, PROG_SLOW_PATH)?
+            .fd()
             .map_err(Error::program(PROG_SLOW_PATH))?;
-        let fd = slow.fd().map_err(Error::program(PROG_SLOW_PATH))?;
-        jump.set(0, fd, 0).map_err(Error::map(names::JUMP))?;
+        jump.set(0, fd, 0).map_err(Error::map_write(names::JUMP))?;
         Ok(Dataplane {
             jump,
             config: take(&mut ebpf, names::CONFIG)?,
@@ -178,23 +172,17 @@ impl Dataplane {
     }
 
     pub(crate) fn classifier(&self, name: &'static str) -> Result<&SchedClassifier> {
-        self.ebpf
-            .program(name)
-            .ok_or(Error::TestRun(format!("program {name} missing")))?
-            .try_into()
-            .map_err(Error::program(prog_name(name)))
+        classifier(&self.ebpf, name)
     }
 
     pub(crate) fn classifier_mut(&mut self, name: &'static str) -> Result<&mut SchedClassifier> {
-        self.ebpf
-            .program_mut(name)
-            .ok_or(Error::TestRun(format!("program {name} missing")))?
-            .try_into()
-            .map_err(Error::program(prog_name(name)))
+        classifier_mut(&mut self.ebpf, name)
     }
 
     pub fn config(&self) -> Result<Config> {
-        self.config.get(&0, 0).map_err(Error::map(names::CONFIG))
+        self.config
+            .get(&0, 0)
+            .map_err(Error::map_read(names::CONFIG))
     }
 
     /// Sets [`config_flags`] bits (global options); the slot and generation are kept.
@@ -203,12 +191,15 @@ impl Dataplane {
         cfg.flags = flags;
         self.config
             .set(0, cfg, 0)
-            .map_err(Error::map(names::CONFIG))
+            .map_err(Error::map_write(names::CONFIG))
     }
 
     /// The counters, summed over CPUs.
     pub fn stats(&self) -> Result<Stats> {
-        let per_cpu = self.stats.get(&0, 0).map_err(Error::map(names::STATS))?;
+        let per_cpu = self
+            .stats
+            .get(&0, 0)
+            .map_err(Error::map_read(names::STATS))?;
         let mut total = Stats::default();
         for s in per_cpu.iter() {
             total.add(s);
@@ -221,7 +212,7 @@ impl Dataplane {
         let per_cpu = self
             .rule_counters
             .get(&rule_id, 0)
-            .map_err(Error::map(names::RULE_COUNTERS))?;
+            .map_err(Error::map_read(names::RULE_COUNTERS))?;
         Ok(per_cpu
             .iter()
             .fold(RuleCounter::default(), |a, c| RuleCounter {
@@ -239,7 +230,7 @@ impl Dataplane {
                 .map_err(|e| Error::io("per-cpu values")(e))?;
             self.rule_counters
                 .set(id, zeros, 0)
-                .map_err(Error::map(names::RULE_COUNTERS))?;
+                .map_err(Error::map_write(names::RULE_COUNTERS))?;
         }
         Ok(())
     }
@@ -255,13 +246,18 @@ impl Dataplane {
     }
 }
 
-fn prog_name(name: &str) -> &'static str {
-    match name {
-        PROG_FROM_WORKLOAD => PROG_FROM_WORKLOAD,
-        PROG_TO_WORKLOAD => PROG_TO_WORKLOAD,
-        PROG_SLOW_PATH => PROG_SLOW_PATH,
-        _ => PROG_PASS,
-    }
+fn classifier<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a SchedClassifier> {
+    ebpf.program(name)
+        .ok_or(Error::ProgramMissing { name })?
+        .try_into()
+        .map_err(Error::program(name))
+}
+
+fn classifier_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .ok_or(Error::ProgramMissing { name })?
+        .try_into()
+        .map_err(Error::program(name))
 }
 
 /// Every map the agent pins.

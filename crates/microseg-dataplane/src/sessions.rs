@@ -74,9 +74,9 @@ pub fn state_name(state: u8) -> &'static str {
 
 type SessionMap = HashMap<MapData, SessionKey, Session>;
 
-/// A failed system call on the session table.
-fn syscall_error(call: &'static str, io_error: std::io::Error) -> Error {
-    Error::map(names::SESSIONS)(aya::sys::SyscallError { call, io_error }.into())
+/// A failed system call on the session table, as aya would report it.
+fn syscall_error(call: &'static str, io_error: std::io::Error) -> aya::maps::MapError {
+    aya::sys::SyscallError { call, io_error }.into()
 }
 
 /// Every session: read in batches, or one key at a time where the kernel has no batch reads.
@@ -125,11 +125,11 @@ impl Dataplane {
         let fd = self
             .sessions_fd()
             .try_clone_to_owned()
-            .map_err(|e| syscall_error("dup", e))?;
+            .map_err(|e| Error::map_open(names::SESSIONS)(syscall_error("dup", e)))?;
         let map = MapData::from_fd(fd)
             .and_then(Map::from_map_data)
             .and_then(SessionMap::try_from)
-            .map_err(Error::map(names::SESSIONS))?;
+            .map_err(Error::map_open(names::SESSIONS))?;
         Ok(SessionReader(Arc::new(map)))
     }
 
@@ -168,12 +168,15 @@ impl Dataplane {
                     match self.sessions.remove(k) {
                         Ok(()) => removed += 1,
                         Err(aya::maps::MapError::KeyNotFound) => {}
-                        Err(e) => return Err(Error::map(names::SESSIONS)(e)),
+                        Err(e) => return Err(Error::map_write(names::SESSIONS)(e)),
                     }
                 }
                 Ok(removed)
             }
-            Err(e) => Err(syscall_error("bpf_map_delete_batch", e)),
+            Err(e) => Err(Error::map_write(names::SESSIONS)(syscall_error(
+                "bpf_map_delete_batch",
+                e,
+            ))),
         }
     }
 

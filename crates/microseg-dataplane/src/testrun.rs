@@ -92,9 +92,10 @@ impl Dataplane {
             repeat: repeat.max(1),
             ..Default::default()
         };
-        let r = prog
-            .test_run(opts)
-            .map_err(|e| Error::TestRun(format!("{}: {e}", hook.program())))?;
+        let r = prog.test_run(opts).map_err(|source| Error::TestRun {
+            program: hook.program(),
+            source,
+        })?;
         Ok(RunResult {
             action: r.return_value,
             per_run: r.duration,
