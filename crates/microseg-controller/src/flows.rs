@@ -2,7 +2,7 @@
 
 use crate::core::now;
 use crate::error::Error;
-use microseg_policy::parse_protocol;
+use microseg_policy::{check_name, parse_protocol};
 use serde_json::Value;
 use std::collections::VecDeque;
 
@@ -86,6 +86,12 @@ impl FlowQuery {
             l.parse::<usize>()
                 .map_err(|_| Error::bad(format!("invalid limit {l:?}: a whole number, 0 or more")))
         });
+        // Names that no workload or node can have would match nothing: a typo, said so.
+        for (param, value) in [("workload", &self.workload), ("node", &self.node)] {
+            if let Some(e) = value.as_deref().and_then(check_name) {
+                return Err(Error::bad(format!("invalid {param}: {e}")));
+            }
+        }
         Ok(Filter {
             verdict: verdict.transpose()?,
             direction: direction.transpose()?,
@@ -219,6 +225,8 @@ mod tests {
             ("since", "inf", "30s"),
             ("limit", "-1", "0 or more"),
             ("limit", "ten", "0 or more"),
+            ("workload", "Web 1", "lowercase letters"),
+            ("node", "", "lowercase letters"),
         ] {
             let e = f.query(&q(&[(param, value)])).unwrap_err().to_string();
             assert!(
