@@ -364,3 +364,63 @@ fn the_classic_tc_path_for_older_kernels_enforces_and_cleans_up_too() {
     }
     assert!(t.tcp_ok("other", web));
 }
+
+/// The flow table: IPv6 endpoints in brackets, `--limit`, and `flows --follow | head -1`
+/// ending quietly at the next flow once its reader has gone.
+#[test]
+fn the_flow_table_brackets_ipv6_keeps_a_limit_and_ends_quietly_when_its_reader_goes() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let t = start("flowviews", WEB_ONLY_FROM_CLIENT);
+    let web = t.w("web");
+    assert!(t.tcp_ok("client", addr(&web.v6, 8080)));
+    assert!(t.tcp_ok("client", addr(&web.v4, 8080)));
+    let v6_flow = format!(" -> [{}]:8080 ", web.v6);
+    let mut table = String::new();
+    t.eventually(Duration::from_secs(5), || {
+        table = String::from_utf8_lossy(&t.cli(&["flows"]).stdout).into_owned();
+        table.contains(&v6_flow)
+    });
+    assert!(table.starts_with("TIME"), "{table}");
+    assert!(
+        table.contains(&format!(" -> [{}]:8080 ", web.v6)),
+        "{table}"
+    );
+    assert!(table.contains(&format!(" -> {}:8080 ", web.v4)), "{table}");
+
+    assert!(t.flows().len() > 2);
+    let out = t.cli(&["flows", "--limit", "1"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    let out = t.cli(&["flows", "-o", "json", "--limit", "2"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+
+    let mut follow = Command::new(common::BIN)
+        .args(["flows", "--follow", "--socket"])
+        .arg(&t.socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut header = String::new();
+    BufReader::new(follow.stdout.take().unwrap())
+        .read_line(&mut header)
+        .unwrap();
+    assert!(header.starts_with("TIME"), "{header}");
+    // The reader is gone; the next flows meet a closed pipe.
+    let mut status = None;
+    for _ in 0..50 {
+        t.tcp_ok("client", addr(&web.v4, 8080));
+        status = follow.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if status.is_none() {
+        let _ = follow.kill();
+    }
+    let out = follow.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{err}");
+    assert!(err.is_empty(), "{err}");
+}
