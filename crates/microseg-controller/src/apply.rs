@@ -70,8 +70,10 @@ fn join_error(e: tokio::task::JoinError) -> Error {
     }
 }
 
-/// Runs CPU-bound work of a request (parsing, validation) off the async workers.
-async fn compute<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
+/// Runs CPU-bound work of a request (decoding, parsing, validation) off the async workers.
+pub(crate) async fn compute<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Error> {
     let _permit = cpu_permits()
         .acquire()
         .await

@@ -2,6 +2,7 @@
 //! encoding) and query strings are checked here, and every error leaves as the JSON
 //! shape `{"error": ..., "details": [...]}`, its text with control characters escaped.
 
+use crate::apply::compute;
 use crate::error::{printable, Error};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -112,18 +113,25 @@ pub async fn body_text(req: Request) -> Result<String, Error> {
             Error::http(e.status().as_u16(), e.body_text())
         }
     })?;
-    String::from_utf8(bytes.into()).map_err(|e| {
-        Error::bad(format!(
-            "the request body is not UTF-8 (an invalid byte at offset {})",
-            e.utf8_error().valid_up_to()
-        ))
-    })
+    compute(move || String::from_utf8(bytes.into()))
+        .await?
+        .map_err(|e| {
+            Error::bad(format!(
+                "the request body is not UTF-8 (an invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ))
+        })
 }
 
 /// A JSON body of the shape `shape` describes.
-pub async fn json_body<T: DeserializeOwned>(req: Request, shape: &str) -> Result<T, Error> {
+pub async fn json_body<T>(req: Request, shape: &str) -> Result<T, Error>
+where
+    T: DeserializeOwned + Send + 'static,
+{
     let text = body_text(req).await?;
-    serde_json::from_str(&text).map_err(|e| Error::bad(format!("the body must be {shape}: {e}")))
+    compute(move || serde_json::from_str(&text))
+        .await?
+        .map_err(|e| Error::bad(format!("the body must be {shape}: {e}")))
 }
 
 pub type Params<T> = Result<Query<T>, QueryRejection>;
