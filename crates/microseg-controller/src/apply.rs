@@ -54,8 +54,8 @@ pub struct Outcome<T> {
     pub items: Vec<T>,
 }
 
-/// Parsing and validation at once: more would only queue for the same cores, each
-/// holding its request's parsed resources.
+/// How many requests parse and validate at once, one per core: more would only queue
+/// for the same cores, each holding its request's parsed resources.
 fn cpu_permits() -> &'static Semaphore {
     static PERMITS: OnceLock<Semaphore> = OnceLock::new();
     PERMITS
