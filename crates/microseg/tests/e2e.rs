@@ -250,6 +250,15 @@ fn enforcement_outlives_the_agent_and_a_new_agent_adopts_it_without_dropping_ses
 
     // A new agent adopts the pins; the session table is kept.
     t.start_agent();
+    let log = t.agent_log();
+    let kept = log
+        .split_once("adopted policy generation ")
+        .and_then(|(_, l)| l.split_once(" sessions kept"))
+        .and_then(|(l, _)| l.rsplit(' ').next()?.parse::<u64>().ok());
+    assert!(
+        kept >= Some(1),
+        "the adoption and its sessions logged: {log}"
+    );
     let sessions = String::from_utf8_lossy(&t.cli(&["sessions", "-o", "json"]).stdout).into_owned();
     assert!(
         sessions.contains("\"dst_port\":8080"),
