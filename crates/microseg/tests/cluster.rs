@@ -586,3 +586,101 @@ fn agents_link_to_the_controller_over_mutual_tls() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// 100 policies of 1,000 rules each (about 11 MB of YAML, more than tonic's default
+/// 4 MiB message). Only `big-0` selects a workload: db, reachable from cache on ports
+/// 20000-20999.
+fn hundred_thousand_rules() -> String {
+    let mut y = String::with_capacity(12 << 20);
+    for p in 0..100 {
+        let (selected, peer) = match p {
+            0 => ("db".to_string(), "cache"),
+            _ => (format!("nothing-{p}"), "web"),
+        };
+        y.push_str(&format!(
+            "apiVersion: microseg.io/v1\nkind: Policy\nmetadata: {{name: big-{p}}}\nspec:\n  selector: {{matchLabels: {{app: {selected}}}}}\n  ingress:\n"
+        ));
+        for port in 20_000..21_000 {
+            y.push_str(&format!(
+                "    - action: allow\n      from: [{{selector: {{matchLabels: {{app: {peer}}}}}}}]\n      ports: [{{protocol: TCP, port: {port}}}]\n"
+            ));
+        }
+        y.push_str("---\n");
+    }
+    y
+}
+
+/// One request to an agent's local API; its first answer line.
+fn local_api(socket: &std::path::Path, request: &str) -> serde_json::Value {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(format!("{request}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_default()
+}
+
+#[test]
+fn a_policy_set_of_100000_rules_reaches_the_agents_and_is_enforced() {
+    let mut c = Cluster::new("bigstate");
+    c.start_controller();
+    c.start_agent("nodea");
+    c.start_agent("nodeb");
+    c.servers.push(tcp_echo_in(c.name("db"), 20_500));
+    assert!(
+        eventually(Duration::from_secs(20), || c.in_sync()),
+        "nodes in sync: {}\n{}",
+        c.status(),
+        c.logs()
+    );
+    assert!(
+        c.tcp_ok("web", "10.78.0.21", 20_500),
+        "open before any policy"
+    );
+
+    c.apply(&hundred_thousand_rules());
+    let revision = c.status()["revision"].as_u64().expect("a revision");
+    assert!(
+        eventually(Duration::from_secs(300), || c.in_sync()),
+        "both nodes acknowledge revision {revision}: {}\n{}",
+        c.status(),
+        c.logs()
+    );
+    for n in c.status()["items"].as_array().unwrap() {
+        assert_eq!(n["revision"].as_u64(), Some(revision), "{n}");
+    }
+    let node_b = local_api(&c.dir.join("agent-nodeb.sock"), r#"{"cmd":"status"}"#);
+    assert_eq!(
+        node_b["controller_revision"].as_u64(),
+        Some(revision),
+        "{node_b}"
+    );
+    assert!(
+        node_b["rules"].as_u64() >= Some(100_000),
+        "{}",
+        node_b["rules"]
+    );
+    // A rule from the middle of big-0 decides: cache in, web (named by no rule) out.
+    assert!(
+        c.tcp_ok("cache", "10.78.0.21", 20_500),
+        "cache allowed by big-0\n{}",
+        c.logs()
+    );
+    assert!(!c.tcp_ok("web", "10.78.0.21", 20_500), "web denied");
+
+    // A restarted agent says which revision it adopted.
+    c.kill_agent("nodeb");
+    c.start_agent("nodeb");
+    let adopted = format!("adopted revision {revision} from a previous agent");
+    assert!(
+        eventually(Duration::from_secs(20), || c.logs().contains(&adopted)),
+        "{adopted:?} logged\n{}",
+        c.logs()
+    );
+    assert!(
+        eventually(Duration::from_secs(300), || c.in_sync()),
+        "node b resyncs: {}",
+        c.status()
+    );
+}
