@@ -20,6 +20,8 @@ mod policy;
 #[cfg(target_arch = "bpf")]
 mod session;
 #[cfg(target_arch = "bpf")]
+mod shared;
+#[cfg(target_arch = "bpf")]
 mod slow_path;
 
 #[cfg(target_arch = "bpf")]

@@ -6,13 +6,13 @@ use microseg_common::{session_flags as sf, *};
 
 use crate::{
     events::emit,
-    fast_path::{
-        count_rule, established, finish, is_orig, record_first_fragment, session_event, DROP,
-    },
     maps::*,
     parse::{self, Packet},
     policy::{identity_of, judge, Judgement, Query},
     session::{initial_state, session_key},
+    shared::{
+        count_rule, established, finish, is_orig, record_first_fragment, session_event, DROP,
+    },
 };
 
 #[inline(always)]
@@ -73,34 +73,56 @@ pub fn handle(ctx: &TcContext) -> i32 {
             established(stats, &key, s, leg, direction, is_orig, &pkt, now, len)
         }
         // No session, or none of its legs is on this interface yet: policy decides.
-        existing => match decide(
-            ctx, policy, stats, ifindex, &pkt, direction, &key, src_is_lo, &existing,
-        ) {
-            Decision::Untracked(v) => (v, RULE_NONE),
-            Decision::Judged(j, local_identity) => {
-                let seen = Seen {
-                    key: &key,
-                    src_is_lo,
-                    ifindex,
-                    direction,
-                    now,
-                    len,
-                };
-                match existing {
-                    Some(s) => {
-                        stats.session_hits += 1;
-                        add_leg(policy, stats, s, &seen, &pkt, &j, local_identity)
-                    }
-                    None => {
-                        stats.session_misses += 1;
-                        open_session(cfg, policy, stats, &seen, &pkt, &j, local_identity)
-                    }
-                }
-            }
-        },
+        existing => judge_by_policy(
+            ctx, cfg, policy, stats, &pkt, &key, src_is_lo, ifindex, direction, now, len, existing,
+        ),
     };
     record_first_fragment(ifindex, &pkt, verdict, rule_id, stats);
     finish(stats, verdict)
+}
+
+/// A packet no current leg on this interface judged: policy decides, and its judgement
+/// opens the session, or adds this interface's leg to it.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn judge_by_policy(
+    ctx: &TcContext,
+    cfg: &Config,
+    policy: PolicyVersion,
+    stats: &mut Stats,
+    pkt: &Packet,
+    key: &SessionKey,
+    src_is_lo: bool,
+    ifindex: u32,
+    direction: u8,
+    now: u64,
+    len: u64,
+    existing: Option<&mut Session>,
+) -> (u8, u32) {
+    let (j, local_identity) = match decide(
+        ctx, policy, stats, ifindex, pkt, direction, key, src_is_lo, &existing,
+    ) {
+        Decision::Untracked(v) => return (v, RULE_NONE),
+        Decision::Judged(j, local_identity) => (j, local_identity),
+    };
+    let seen = Seen {
+        key,
+        src_is_lo,
+        ifindex,
+        direction,
+        now,
+        len,
+    };
+    match existing {
+        Some(s) => {
+            stats.session_hits += 1;
+            add_leg(policy, stats, s, &seen, pkt, &j, local_identity)
+        }
+        None => {
+            stats.session_misses += 1;
+            open_session(cfg, policy, stats, &seen, pkt, &j, local_identity)
+        }
+    }
 }
 
 /// What policy makes of a packet no current leg judged.
