@@ -533,7 +533,7 @@ fn a_large_state_arrives_in_parts_that_join_to_exactly_its_resources() {
 
     let size: usize = full
         .iter()
-        .map(|p| microseg_proto::prost::Message::encoded_len(p))
+        .map(microseg_proto::prost::Message::encoded_len)
         .sum();
     assert!(size > 6 << 20, "the state is {size} bytes");
     assert!(full.len() >= 6 && full[0].full, "{} parts", full.len());
