@@ -246,3 +246,19 @@ fn shell_completion_scripts() {
     }
     assert_eq!(run(&["completion", "tcsh"]).0, 2);
 }
+
+#[test]
+fn an_apply_of_nothing_is_refused_before_anything_is_sent() {
+    let dir = std::env::temp_dir().join(format!("mseg-cli-{}-empty", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (code, _, err) = run(&[
+        "policy",
+        "apply",
+        "-f",
+        dir.to_str().unwrap(),
+        "--server",
+        "http://127.0.0.1:1",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("nothing applied"), "{err}");
+}

@@ -59,6 +59,10 @@ pub fn apply(files: &[PathBuf], dry_run: bool, c: &ClientArgs, out: Report) -> E
     finish((|| {
         let sources =
             crate::sources::read(files).map_err(|d| diagnostics(&d, "; nothing applied"))?;
+        if sources.is_empty() {
+            let msg = "error: no *.yaml, *.yml or *.json file in what -f names; nothing applied";
+            return Err(Fail(msg.into(), 2));
+        }
         crate::sources::resources(&sources).map_err(|d| diagnostics(&d, "; nothing applied"))?;
         let files: Vec<Value> = sources
             .iter()
