@@ -87,7 +87,7 @@ try "client ping db            (default deny)" ping1 client 10.210.0.30
 sleep 0.3
 
 echo "== microseg flows (IPv6 multicast listener reports left out)"
-"$BIN" flows --socket "$SOCK" | grep -v ' -> ff02::'
+"$BIN" flows --socket "$SOCK" | grep -v ' -> \[ff02::'
 echo "== microseg flows --verdict deny -o json (the first three)"
 "$BIN" flows --socket "$SOCK" --verdict deny -o json | grep -v '"dst_ip":"ff02::' | head -3
 echo "== microseg sessions (TCP)"
