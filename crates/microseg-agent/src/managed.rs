@@ -242,6 +242,7 @@ async fn session(
         .sync(SyncRequest {
             node: opts.node.clone(),
             revision: desired.revision,
+            accepts_parts: true,
         })
         .await
         .map_err(|e| format!("sync: {}", e.message()))?

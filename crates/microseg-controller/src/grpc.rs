@@ -39,9 +39,14 @@ pub fn server(core: Arc<Core>) -> AgentLinkServer<Link> {
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
-/// Sends one revision, in parts when it is large; false when the agent is gone.
-async fn send_state(tx: &mpsc::Sender<Result<DesiredState, Status>>, state: DesiredState) -> bool {
-    for part in split(state, STATE_CHUNK_BYTES) {
+/// Sends one revision, in parts when it is large and the agent joins parts (`chunk`);
+/// false when the agent is gone.
+async fn send_state(
+    tx: &mpsc::Sender<Result<DesiredState, Status>>,
+    state: DesiredState,
+    chunk: usize,
+) -> bool {
+    for part in split(state, chunk) {
         if tx.send(Ok(part)).await.is_err() {
             return false;
         }
@@ -131,8 +136,14 @@ impl Drop for Connected {
 async fn stream_state(
     core: Arc<Core>,
     node: String,
+    accepts_parts: bool,
     tx: mpsc::Sender<Result<DesiredState, Status>>,
 ) {
+    let chunk = if accepts_parts {
+        STATE_CHUNK_BYTES
+    } else {
+        usize::MAX
+    };
     if let Ok(mut s) = core.streams.lock() {
         *s.entry(node.clone()).or_default() += 1;
     }
@@ -162,7 +173,7 @@ async fn stream_state(
         "node {node}: sending the full state at revision {rev} ({} resources)",
         full.upserts.len()
     );
-    if !send_state(&tx, full).await {
+    if !send_state(&tx, full, chunk).await {
         return;
     }
     let mut last = rev;
@@ -213,7 +224,7 @@ async fn stream_state(
             delta.upserts.len(),
             delta.deletes.len()
         );
-        if !send_state(&tx, delta).await {
+        if !send_state(&tx, delta, chunk).await {
             return;
         }
         last = max;
@@ -248,7 +259,7 @@ impl AgentLink for Link {
             r.revision
         );
         let (tx, rx) = mpsc::channel(8);
-        tokio::spawn(stream_state(self.core.clone(), r.node, tx));
+        tokio::spawn(stream_state(self.core.clone(), r.node, r.accepts_parts, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

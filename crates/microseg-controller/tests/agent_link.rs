@@ -39,6 +39,7 @@ fn first_sync(node: &str) -> SyncRequest {
     SyncRequest {
         node: node.into(),
         revision: 0,
+        accepts_parts: true,
     }
 }
 
@@ -567,4 +568,32 @@ fn a_large_state_arrives_in_parts_that_join_to_exactly_its_resources() {
     names.sort();
     assert_eq!(got.keys().cloned().collect::<Vec<_>>(), names);
     assert_eq!(got["wide-89"]["spec"], stored("wide-89")["spec"]);
+}
+
+#[test]
+fn an_agent_that_does_not_join_parts_gets_each_revision_whole() {
+    let state = TempDir::new("grpc-whole");
+    let ctl = Ctl::start(&state.0, None);
+    let c = ctl.client();
+    let yaml: Vec<String> = (0..20)
+        .map(|i| wide_policy(&format!("wide-{i}"), 800))
+        .collect();
+    let r = call(&c, "POST", "/v1/apply", &yaml.join("---\n"));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let (url, token) = (ctl.url(), ctl.token());
+    let first = ctl.rt.block_on(async {
+        let mut a = link(&url, Some(token))
+            .await
+            .max_decoding_message_size(microseg_proto::MAX_MESSAGE_BYTES);
+        let old_agent = SyncRequest {
+            accepts_parts: false,
+            ..first_sync("node-a")
+        };
+        let mut s = a.sync(old_agent).await.unwrap().into_inner();
+        next(&mut s).await
+    });
+    let size = microseg_proto::prost::Message::encoded_len(&first);
+    assert!(size > microseg_proto::STATE_CHUNK_BYTES, "{size} bytes");
+    assert!(first.full && !first.more);
+    assert_eq!(first.upserts.len(), 20);
 }

@@ -170,6 +170,7 @@ fn agent_link_over_mutual_tls() {
             .sync(SyncRequest {
                 node: "node-a".into(),
                 revision: 0,
+                accepts_parts: true,
             })
             .await
             .expect("sync over mutual TLS")
@@ -195,6 +196,7 @@ fn agent_link_over_mutual_tls() {
             .sync(SyncRequest {
                 node: "node-b".into(),
                 revision: 0,
+                accepts_parts: true,
             })
             .await
             .expect_err("node-a's certificate acting as node-b");
@@ -227,6 +229,7 @@ fn agent_link_over_mutual_tls() {
                 .sync(SyncRequest {
                     node: "node-x".into(),
                     revision: 0,
+                    accepts_parts: true,
                 })
                 .await
                 .is_err_and(|e| e.code() != tonic::Code::Unauthenticated),
