@@ -40,6 +40,8 @@ pub struct FlowEvent {
     pub protocol: u8,
     pub _pad: [u8; 7],
 }
+/// 92 bytes of fields, padded to 96 by the 8-byte alignment.
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 96);
 
 impl crate::SessionKey {
     /// The originator's side of a session: (source, source port, destination, destination

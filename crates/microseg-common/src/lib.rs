@@ -2,7 +2,8 @@
 //!
 //! Every struct here is `#[repr(C)]` with explicit padding: the kernel and userspace read
 //! the same bytes, and the hash maps hash every byte of a key, so no byte may be left
-//! uninitialised.
+//! uninitialised. Each map type's size is asserted next to it at compile time: a change
+//! there changes the maps' layout, which the maps an older build pinned no longer match.
 #![cfg_attr(not(feature = "std"), no_std)]
 
 pub mod event;
@@ -51,21 +52,34 @@ pub mod proto {
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    unsafe impl aya::Pod for SessionKey {}
-    unsafe impl aya::Pod for Session {}
-    unsafe impl aya::Pod for PolicyKey {}
-    unsafe impl aya::Pod for PolicyEntry {}
-    unsafe impl aya::Pod for PortRangeTable {}
-    unsafe impl aya::Pod for SourcePortTable {}
-    unsafe impl aya::Pod for IpKey {}
-    unsafe impl aya::Pod for IdentityEntry {}
-    unsafe impl aya::Pod for EndpointKey {}
-    unsafe impl aya::Pod for EndpointInfo {}
-    unsafe impl aya::Pod for EndpointAddrKey {}
-    unsafe impl aya::Pod for FragmentKey {}
-    unsafe impl aya::Pod for FragmentEntry {}
-    unsafe impl aya::Pod for Config {}
-    unsafe impl aya::Pod for Stats {}
-    unsafe impl aya::Pod for RuleCounter {}
-    unsafe impl aya::Pod for FlowEvent {}
+
+    macro_rules! pod {
+        ($($t:ty),* $(,)?) => {
+            $(
+                // SAFETY: `#[repr(C)]` and `Copy`, made of integers and arrays of them only:
+                // every bit pattern is a valid value, laid out as the kernel lays it out.
+                unsafe impl aya::Pod for $t {}
+            )*
+        };
+    }
+
+    pod!(
+        SessionKey,
+        Session,
+        PolicyKey,
+        PolicyEntry,
+        PortRangeTable,
+        SourcePortTable,
+        IpKey,
+        IdentityEntry,
+        EndpointKey,
+        EndpointInfo,
+        EndpointAddrKey,
+        FragmentKey,
+        FragmentEntry,
+        Config,
+        Stats,
+        RuleCounter,
+        FlowEvent,
+    );
 }

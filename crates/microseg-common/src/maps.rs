@@ -71,6 +71,7 @@ pub struct Config {
     pub flags: u32,
     pub _pad: u32,
 }
+const _: () = assert!(core::mem::size_of::<Config>() == 16);
 
 /// The policy a judgement is made under: the slot read and the generation it is stamped
 /// with, which must belong together.
@@ -121,6 +122,7 @@ pub struct SessionKey {
     pub protocol: u8,
     pub _pad: [u8; 3],
 }
+const _: () = assert!(core::mem::size_of::<SessionKey>() == 40);
 
 /// TCP and pseudo states of a session.
 pub mod session_state {
@@ -172,6 +174,7 @@ pub struct Session {
     /// `[direction::INGRESS]` the replier's (its ingress). Absent legs have ifindex 0.
     pub legs: [SessionLeg; 2],
 }
+const _: () = assert!(core::mem::size_of::<Session>() == 104);
 
 /// One local interface's judgement of a session.
 #[repr(C)]
@@ -190,6 +193,7 @@ pub struct SessionLeg {
     pub flags: u8,
     pub _pad: u8,
 }
+const _: () = assert!(core::mem::size_of::<SessionLeg>() == 24);
 
 /// [`Session::last_event`] counts ticks of 2^26 ns (67 ms). Sixteen bits of them wrap
 /// after 73 minutes: only a leg silent for a multiple of that can notice, by its next event
@@ -260,6 +264,7 @@ pub struct PolicyKey {
     /// [`policy_key`] bits: slot, tier, direction and kind.
     pub flags: u8,
 }
+const _: () = assert!(core::mem::size_of::<PolicyKey>() == 12);
 
 pub mod policy_kind {
     pub const PORT: u8 = 0;
@@ -314,6 +319,7 @@ pub struct PolicyEntry {
     pub rank: u32,
     pub rule_id: u32,
 }
+const _: () = assert!(core::mem::size_of::<PolicyEntry>() == 8);
 
 impl PolicyEntry {
     /// Lower rank wins; on equal rank, the lower rule id (as userspace resolves ties).
@@ -333,6 +339,7 @@ pub struct PortRangeEntry {
     pub rank: u32,
     pub rule_id: u32,
 }
+const _: () = assert!(core::mem::size_of::<PortRangeEntry>() == 12);
 
 /// `MSEG_PORT_RANGES` value: sorted, disjoint port intervals too wide to spell as single
 /// ports, each with its winner (less specific rules already folded in).
@@ -342,6 +349,7 @@ pub struct PortRangeTable {
     pub count: u32,
     pub ranges: [PortRangeEntry; MAX_PORT_RANGES],
 }
+const _: () = assert!(core::mem::size_of::<PortRangeTable>() == 196);
 
 /// One rule with `sourcePorts`, spelt out for one peer: it matches when the protocol
 /// (0: any protocol with ports), destination port and source port all fall in.
@@ -358,6 +366,7 @@ pub struct SourcePortEntry {
     pub rank: u32,
     pub rule_id: u32,
 }
+const _: () = assert!(core::mem::size_of::<SourcePortEntry>() == 20);
 
 /// `MSEG_SPORT_RULES` value, keyed like a policy entry with kind PORT, port 0 and
 /// protocol 0: the few rules that also match on the source port, which cannot be folded
@@ -370,6 +379,7 @@ pub struct SourcePortTable {
     pub count: u32,
     pub entries: [SourcePortEntry; MAX_SOURCE_PORT_RULES],
 }
+const _: () = assert!(core::mem::size_of::<SourcePortTable>() == 324);
 
 /// Data of the `MSEG_IDENTITIES` LPM key: slot, then the IPv4-mapped or IPv6 address.
 /// The prefix length counts the 32 slot bits too.
@@ -380,6 +390,7 @@ pub struct IpKey {
     /// Network byte order, as the packet carries it.
     pub addr: [u32; 4],
 }
+const _: () = assert!(core::mem::size_of::<IpKey>() == 20);
 
 /// `MSEG_IDENTITIES` value.
 #[repr(C)]
@@ -388,6 +399,7 @@ pub struct IdentityEntry {
     pub identity: u32,
     pub _pad: u32,
 }
+const _: () = assert!(core::mem::size_of::<IdentityEntry>() == 8);
 
 /// `MSEG_ENDPOINTS` key: an enforced interface in one slot.
 #[repr(C)]
@@ -396,6 +408,7 @@ pub struct EndpointKey {
     pub slot: u32,
     pub ifindex: u32,
 }
+const _: () = assert!(core::mem::size_of::<EndpointKey>() == 8);
 
 /// Per (tier, direction) facts about an endpoint's policy, in [`EndpointInfo::dir_flags`].
 pub mod dir_flags {
@@ -435,6 +448,7 @@ pub struct EndpointInfo {
     /// Indexed by `tier * 2 + direction`.
     pub dir_flags: [u8; 4],
 }
+const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 16);
 
 /// `MSEG_ENDPOINT_ADDRS` key: an address the workload behind `ifindex` may send from.
 #[repr(C)]
@@ -444,6 +458,7 @@ pub struct EndpointAddrKey {
     pub ifindex: u32,
     pub addr: [u32; 4],
 }
+const _: () = assert!(core::mem::size_of::<EndpointAddrKey>() == 24);
 
 /// `MSEG_FRAGMENTS` key (LRU hash): identifies the fragments of one IP datagram.
 #[repr(C)]
@@ -456,6 +471,7 @@ pub struct FragmentKey {
     pub protocol: u8,
     pub _pad: [u8; 3],
 }
+const _: () = assert!(core::mem::size_of::<FragmentKey>() == 44);
 
 /// `MSEG_FRAGMENTS` value: the first fragment's verdict, followed by the later ones.
 #[repr(C)]
@@ -465,6 +481,7 @@ pub struct FragmentEntry {
     pub _pad: [u8; 3],
     pub rule_id: u32,
 }
+const _: () = assert!(core::mem::size_of::<FragmentEntry>() == 8);
 
 /// `MSEG_RULE_COUNTERS[rule_id]` (per-CPU array).
 #[repr(C)]
@@ -473,6 +490,7 @@ pub struct RuleCounter {
     pub packets: u64,
     pub bytes: u64,
 }
+const _: () = assert!(core::mem::size_of::<RuleCounter>() == 16);
 
 #[cfg(test)]
 mod tests {

@@ -31,6 +31,7 @@ pub struct Stats {
     pub icmp_related: u64,
     pub vlan: u64,
 }
+const _: () = assert!(core::mem::size_of::<Stats>() == 208);
 
 impl Stats {
     /// Field-wise sum, for adding up the per-CPU copies.

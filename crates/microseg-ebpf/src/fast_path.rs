@@ -20,6 +20,8 @@ pub fn handle(ctx: &TcContext, direction: u8) -> i32 {
     let Some(stats) = MSEG_STATS.get_ptr_mut(0) else {
         return DROP;
     };
+    // SAFETY: this CPU's copy of the counters, valid until the program returns; no other
+    // program runs on this CPU meanwhile, so nothing else writes it.
     let stats = unsafe { &mut *stats };
     let len = ctx.len() as u64;
     stats.packets += 1;
@@ -53,6 +55,7 @@ pub fn handle(ctx: &TcContext, direction: u8) -> i32 {
             return PASS;
         }
     }
+    // SAFETY: the context's skb is the kernel's, valid for the whole run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     if pkt.fragment == FRAG_LATER {
         let verdict = later_fragment(ifindex, &pkt, stats);
@@ -69,6 +72,9 @@ pub fn handle(ctx: &TcContext, direction: u8) -> i32 {
         MSEG_SESSIONS.get_ptr_mut(&key)
     };
     if let Some(s) = found {
+        // SAFETY: a map value stays valid until the program returns. Another CPU may
+        // update the same session meanwhile; that races counters and state only, as any
+        // per-connection table shared by CPUs does.
         let s = unsafe { &mut *s };
         // A SYN on a closed session's ports is a new connection: judged as new.
         if !starts_over(s, &pkt) {
@@ -82,6 +88,7 @@ pub fn handle(ctx: &TcContext, direction: u8) -> i32 {
             {
                 stats.session_hits += 1;
                 // The coarse clock (one tick) is plenty for idle timeouts and costs a seventh.
+                // SAFETY: a helper without arguments or preconditions.
                 let now = unsafe { bpf_ktime_get_coarse_ns() };
                 let (verdict, rule_id) =
                     established(stats, &key, s, leg, direction, is_orig, &pkt, now, len);
@@ -96,6 +103,8 @@ pub fn handle(ctx: &TcContext, direction: u8) -> i32 {
     let Some(handoff) = MSEG_HANDOFF.get_ptr_mut(0) else {
         return finish(stats, verdict::DENY);
     };
+    // SAFETY: the handoff slot is this CPU's, valid for the run, and read by the slow path
+    // on this CPU right after; a tail call does not return, and nothing here needs a drop.
     unsafe {
         (*handoff).pkt = pkt;
         (*handoff).len = len;
@@ -112,6 +121,8 @@ pub fn handle(ctx: &TcContext, direction: u8) -> i32 {
 #[inline(always)]
 fn later_fragment(ifindex: u32, pkt: &Packet, stats: &mut Stats) -> u8 {
     stats.fragments += 1;
+    // SAFETY: the verdict is copied out at once. An LRU element another CPU evicts and
+    // reuses meanwhile could yield another datagram's verdict, never an out-of-bounds read.
     match unsafe { MSEG_FRAGMENTS.get(&fragment_key(ifindex, pkt)) } {
         Some(e) => e.verdict,
         None => {

@@ -98,5 +98,8 @@ pub struct Handoff {
     pub new_session: Session,
 }
 
+/// The handoff map's value size, which a pinned map of an older build must match.
+const _: () = assert!(core::mem::size_of::<Handoff>() == 176);
+
 #[map]
 pub static MSEG_HANDOFF: PerCpuArray<Handoff> = PerCpuArray::with_max_entries(1, 0);

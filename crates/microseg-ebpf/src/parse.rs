@@ -79,6 +79,8 @@ fn direct<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
 #[inline(always)]
 pub fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
     match direct::<T>(ctx, off) {
+        // SAFETY: `direct` checked that the whole `T` lies within the packet's linear data;
+        // BPF loads need no alignment (see above).
         Some(p) => Some(unsafe { p.read() }),
         None => ctx.load::<T>(off).ok(),
     }
@@ -87,6 +89,7 @@ pub fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
 /// Non-zero for a GSO packet: one the stack will cut into segments of this size.
 #[inline(always)]
 fn gso_size(ctx: &TcContext) -> u32 {
+    // SAFETY: the context's skb is the kernel's, valid for the whole run.
     unsafe { (*ctx.skb.skb).gso_size }
 }
 
@@ -104,6 +107,7 @@ pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
     let mut l3 = 14usize;
     // A tag the kernel took out of the frame into the skb (VLAN acceleration: veth and
     // most NICs do it) is a tag all the same.
+    // SAFETY: the context's skb is the kernel's, valid for the whole run.
     pkt.vlan = unsafe { (*ctx.skb.skb).vlan_present } != 0;
     if is_vlan_tag(ethertype) {
         // A second tag would hide the real protocol from one-tag parsing: refuse it.

@@ -24,6 +24,8 @@ pub struct Judgement {
 #[inline(always)]
 pub fn identity_of(slot: u32, addr: &[u32; 4]) -> u32 {
     let host = IpKey { slot, addr: *addr };
+    // SAFETY: a map without preallocation frees a removed element only after every
+    // program that could see it has returned, so the reference stays valid.
     if let Some(e) = unsafe { MSEG_HOST_IDENTITIES.get(&host) } {
         return e.identity;
     }
@@ -114,6 +116,8 @@ fn lookup_class(profile: u32, q: &Query, tier: u8, flags: u8, peer: u32) -> Opti
         protocol: q.protocol,
         flags: policy_key::flags(q.slot as u8, tier, q.direction, policy_kind::PORT),
     };
+    // SAFETY: maps without preallocation free a removed element only after every program
+    // that could see it has returned, so references stay valid (here and below).
     if q.has_ports {
         if let Some(e) = unsafe { MSEG_POLICY.get(&key) } {
             return Some(*e);
@@ -121,6 +125,7 @@ fn lookup_class(profile: u32, q: &Query, tier: u8, flags: u8, peer: u32) -> Opti
         if flags & dir_flags::HAS_RANGES != 0 {
             key.port = 0;
             key.flags = policy_key::flags(q.slot as u8, tier, q.direction, policy_kind::RANGES);
+            // SAFETY: as above.
             if let Some(table) = unsafe { MSEG_PORT_RANGES.get(&key) } {
                 if let Some(e) = scan_ranges(table, q.dport) {
                     return Some(e);
@@ -130,11 +135,13 @@ fn lookup_class(profile: u32, q: &Query, tier: u8, flags: u8, peer: u32) -> Opti
     }
     key.port = 0;
     key.flags = policy_key::flags(q.slot as u8, tier, q.direction, policy_kind::ANY_PORT);
+    // SAFETY: as above.
     if let Some(e) = unsafe { MSEG_POLICY.get(&key) } {
         return Some(*e);
     }
     key.protocol = 0;
     key.flags = policy_key::flags(q.slot as u8, tier, q.direction, policy_kind::ANY_PROTOCOL);
+    // SAFETY: as above.
     unsafe { MSEG_POLICY.get(&key) }.copied()
 }
 
@@ -169,6 +176,8 @@ fn lookup_source_ports(profile: u32, q: &Query, tier: u8, peer: u32) -> Option<P
         protocol: 0,
         flags: policy_key::flags(q.slot as u8, tier, q.direction, policy_kind::PORT),
     };
+    // SAFETY: a map without preallocation frees a removed element only after every
+    // program that could see it has returned, so the reference stays valid.
     let table = unsafe { MSEG_SPORT_RULES.get(&key) }?;
     for i in 0..MAX_SOURCE_PORT_RULES {
         if i as u32 >= table.count {

@@ -153,6 +153,7 @@ pub fn count_rule(rule_id: u32, len: u64) {
         return;
     }
     if let Some(c) = MSEG_RULE_COUNTERS.get_ptr_mut(rule_id) {
+        // SAFETY: this CPU's copy of the rule's counters, valid until the program returns.
         let c = unsafe { &mut *c };
         c.packets += 1;
         c.bytes += len;

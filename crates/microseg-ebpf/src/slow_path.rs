@@ -23,6 +23,8 @@ pub fn handle(ctx: &TcContext) -> i32 {
     let Some(stats) = MSEG_STATS.get_ptr_mut(0) else {
         return DROP;
     };
+    // SAFETY: this CPU's copy of the counters, valid until the program returns; no other
+    // program runs on this CPU meanwhile, so nothing else writes it.
     let stats = unsafe { &mut *stats };
     let Some(h) = MSEG_HANDOFF.get(0) else {
         return finish(stats, verdict::DENY);
@@ -32,10 +34,13 @@ pub fn handle(ctx: &TcContext) -> i32 {
     // Read once, together: a policy flip between two reads would stamp a judgement of the
     // old slot with the new generation, and it would never be judged again.
     let policy = cfg.policy_version();
+    // SAFETY: a helper without arguments or preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let (key, src_is_lo) = session_key(&pkt);
 
     let mut existing = if h.has_session {
+        // SAFETY: a map value stays valid until the program returns; another CPU updating
+        // the same session races counters and state only.
         MSEG_SESSIONS.get_ptr_mut(&key).map(|s| unsafe { &mut *s })
     } else {
         None
@@ -149,6 +154,8 @@ fn decide(
 ) -> Decision {
     let slot = policy.slot;
     let ep_key = EndpointKey { slot, ifindex };
+    // SAFETY: a map without preallocation frees a removed element only after every
+    // program that could see it has returned, so the reference stays valid.
     let Some(ep) = (unsafe { MSEG_ENDPOINTS.get(&ep_key) }) else {
         // An interface with no endpoint in this slot has no policy: open.
         return Decision::Untracked(verdict::ALLOW);
@@ -297,6 +304,8 @@ fn insert_session(
     let Some(h) = MSEG_HANDOFF.get_ptr_mut(0) else {
         return;
     };
+    // SAFETY: the handoff slot is this CPU's, valid for the run, and no other program
+    // runs on this CPU meanwhile.
     let s = unsafe { &mut (*h).new_session };
     // The first packet seen is the originator's: its leg judges this direction.
     let leg = leg_of(seen.direction, true);
@@ -371,6 +380,8 @@ fn rejudge(
         slot: policy.slot,
         ifindex: s.legs[leg].ifindex,
     };
+    // SAFETY: a map without preallocation frees a removed element only after every
+    // program that could see it has returned, so the reference stays valid.
     let j = match unsafe { MSEG_ENDPOINTS.get(&ep_key) } {
         Some(ep) => judge(ep, &leg_query(policy.slot, key, s, leg)),
         None => Judgement {
@@ -413,6 +424,7 @@ fn spoofed(slot: u32, ifindex: u32, ep: &EndpointInfo, pkt: &Packet) -> bool {
         ifindex,
         addr: pkt.src,
     };
+    // SAFETY: only the entry's presence is used, not its value.
     unsafe { MSEG_ENDPOINT_ADDRS.get(&key) }.is_none()
 }
 
@@ -431,6 +443,8 @@ fn icmp_error_related(ctx: &TcContext, ifindex: u32, generation: u32, pkt: &Pack
         return false;
     }
     let (key, _) = session_key(&inner);
+    // SAFETY: the fields are read at once. An LRU element another CPU evicts and reuses
+    // meanwhile could yield another session's leg, never an out-of-bounds read.
     match unsafe { MSEG_SESSIONS.get(&key) } {
         Some(s) => {
             let allowed_on = |l: &SessionLeg| {
