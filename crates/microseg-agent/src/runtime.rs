@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use microseg_common::{config_flags, names};
 use microseg_dataplane::{
-    sessions::{idle, Timeouts},
+    sessions::{idle, monotonic_ns, Timeouts},
     Dataplane, LoadOptions,
 };
 use microseg_policy::compile::Compiler;
@@ -315,7 +315,7 @@ async fn read_events(mut rb: aya::maps::RingBuf<aya::maps::MapData>, state: Arc<
 /// Removes idle sessions, reporting each as an ended flow.
 fn expire(state: &Arc<Mutex<State>>) {
     // Read unlocked; the lock only for the removal and the report.
-    let expired = idle(read_sessions(state), &Timeouts::default());
+    let expired = idle(read_sessions(state), &Timeouts::default(), monotonic_ns());
     if expired.is_empty() {
         return;
     }

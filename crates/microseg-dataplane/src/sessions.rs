@@ -89,16 +89,17 @@ fn read_one_by_one(map: &SessionMap) -> Vec<(SessionKey, Session)> {
     map.iter().filter_map(|r| r.ok()).collect()
 }
 
-/// Sessions whose idle time exceeds their timeout.
+/// Sessions whose idle time at `now_ns` exceeds their timeout. `now_ns` is on the clock of
+/// [`monotonic_ns`], which the kernel stamps sessions with.
 pub fn idle(
     sessions: Vec<(SessionKey, Session)>,
     timeouts: &Timeouts,
+    now_ns: u64,
 ) -> Vec<(SessionKey, Session)> {
-    let now = monotonic_ns();
     sessions
         .into_iter()
         .filter(|(k, s)| {
-            now.saturating_sub(s.last_seen_ns) > timeouts.for_session(k, s).as_nanos() as u64
+            now_ns.saturating_sub(s.last_seen_ns) > timeouts.for_session(k, s).as_nanos() as u64
         })
         .collect()
 }
@@ -148,9 +149,14 @@ impl Dataplane {
         self.sessions().len()
     }
 
-    /// Removes sessions idle for longer than their timeout; returns them as they were.
-    pub fn expire_sessions(&mut self, timeouts: &Timeouts) -> Result<Vec<(SessionKey, Session)>> {
-        let expired = idle(self.sessions(), timeouts);
+    /// Removes sessions idle at `now_ns` (see [`idle`]) for longer than their timeout;
+    /// returns them as they were.
+    pub fn expire_sessions(
+        &mut self,
+        timeouts: &Timeouts,
+        now_ns: u64,
+    ) -> Result<Vec<(SessionKey, Session)>> {
+        let expired = idle(self.sessions(), timeouts, now_ns);
         let keys: Vec<SessionKey> = expired.iter().map(|(k, _)| *k).collect();
         self.remove_sessions(&keys)?;
         Ok(expired)
