@@ -50,7 +50,8 @@ struct Cli {
 enum Command {
     /// Run the node agent: enforce Workloads and Policies read from files.
     Agent(AgentArgs),
-    /// Validate and convert policy files.
+    /// Policies: check and convert files; apply, diff, list, get and delete them on the
+    /// controller.
     Policy {
         #[command(subcommand)]
         command: policy_cmd::PolicyCommand,

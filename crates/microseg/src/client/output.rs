@@ -23,7 +23,7 @@ pub enum Output {
 /// `-o` of the commands that report a change or a state.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Report {
-    /// Lines of text.
+    /// Text: a table, or a line per change.
     Table,
     Json,
 }
