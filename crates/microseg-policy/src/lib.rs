@@ -24,5 +24,7 @@ pub use evaluate::{
 };
 pub use k8s::import_k8s;
 pub use model::*;
-pub use parse::{load_paths, parse_str, policy_files, Loader, Resource, API_VERSION};
+pub use parse::{
+    load_paths, parse_str, parse_str_with, policy_files, Loader, Resource, API_VERSION,
+};
 pub use validate::{check_interface, check_label_key, check_label_value, check_name, validate_set};

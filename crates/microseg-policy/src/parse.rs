@@ -45,6 +45,17 @@ impl FromIterator<Resource> for ResourceSet {
 /// Parses every document of one file. Only resources without errors are returned;
 /// all errors are collected, in file order.
 pub fn parse_str(file: &str, text: &str) -> (Vec<Resource>, Vec<Diagnostic>) {
+    parse_str_with(file, text, true)
+}
+
+/// [`parse_str`], with (`quick_reader`) or without the quick YAML reader: for the
+/// reader benchmark (`examples/parse_bench.rs`) only.
+#[doc(hidden)]
+pub fn parse_str_with(
+    file: &str,
+    text: &str,
+    quick_reader: bool,
+) -> (Vec<Resource>, Vec<Diagnostic>) {
     // Fast path for JSON; anything it finds wrong is reported by the YAML path, which
     // knows every position.
     if let Some(node) = crate::json::document(text) {
@@ -60,7 +71,7 @@ pub fn parse_str(file: &str, text: &str) -> (Vec<Resource>, Vec<Diagnostic>) {
     }
     // The quick YAML reader first; errors are reported from the full loader's tree,
     // whose positions are exact everywhere.
-    match parse_yaml(file, text, true) {
+    match parse_yaml(file, text, quick_reader) {
         (_, diags, true) if !diags.is_empty() => {
             let (out, diags, _) = parse_yaml(file, text, false);
             (out, diags)
