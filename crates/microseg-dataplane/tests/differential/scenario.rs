@@ -282,3 +282,15 @@ pub fn scenario() -> impl Strategy<Value = Scenario> {
             packets,
         })
 }
+
+/// A scenario, then another set of policies for the same workloads: the policy change.
+#[derive(Clone, Debug)]
+pub struct PolicyChange {
+    pub before: Scenario,
+    pub after: Vec<PolicySpec>,
+}
+
+pub fn policy_change() -> impl Strategy<Value = PolicyChange> {
+    (scenario(), prop::collection::vec(policy(), 1..=6))
+        .prop_map(|(before, after)| PolicyChange { before, after })
+}
