@@ -77,7 +77,7 @@ pub(crate) async fn compute<T: Send + 'static>(
     let _permit = cpu_permits()
         .acquire()
         .await
-        .map_err(|_| Error::Store("shutting down".into()))?;
+        .map_err(|_| Error::http(503, "the controller is shutting down"))?;
     tokio::task::spawn_blocking(f).await.map_err(join_error)
 }
 

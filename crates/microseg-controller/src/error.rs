@@ -1,7 +1,9 @@
 //! Errors of the API, mapped to HTTP statuses and gRPC codes.
 
+use crate::store::StoreError;
+
 /// What went wrong with a request.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Invalid input: 400 with every message (`FILE:LINE:COL: message` where positioned).
     #[error("{message}")]
@@ -15,7 +17,7 @@ pub enum Error {
     Conflict(String),
     /// The database failed: 500.
     #[error("storage: {0}")]
-    Store(String),
+    Store(#[from] StoreError),
     /// Any other status: 405, 413 and 415 for a request's form, 500 when processing
     /// it failed.
     #[error("{message}")]
@@ -56,30 +58,18 @@ pub use microseg_policy::escape_control as printable;
 
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Error {
-        Error::Store(e.to_string())
+        Error::Store(e.into())
     }
 }
 
 impl From<tokio_postgres::Error> for Error {
     fn from(e: tokio_postgres::Error) -> Error {
-        Error::Store(match e.as_db_error() {
-            Some(db) => format!("{}: {}", db.code().code(), db.message()),
-            // With its causes: "error performing TLS handshake" alone does not say why.
-            None => {
-                let mut text = e.to_string();
-                let mut cause = std::error::Error::source(&e);
-                while let Some(c) = cause {
-                    text = format!("{text}: {c}");
-                    cause = c.source();
-                }
-                text
-            }
-        })
+        Error::Store(e.into())
     }
 }
 
 impl From<serde_json::Error> for Error {
     fn from(e: serde_json::Error) -> Error {
-        Error::Store(format!("stored JSON: {e}"))
+        Error::Store(e.into())
     }
 }

@@ -61,7 +61,7 @@ fn status(e: Error) -> Status {
         }
         Error::NotFound(m) => Status::not_found(m),
         Error::Conflict(m) => Status::failed_precondition(m),
-        Error::Store(m) => Status::unavailable(format!("storage: {m}")),
+        e @ Error::Store(_) => Status::unavailable(e.to_string()),
         Error::Http { message, .. } => Status::invalid_argument(message),
     }
 }

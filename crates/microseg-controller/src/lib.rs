@@ -5,6 +5,7 @@
 
 mod apply;
 pub mod client;
+mod controller_error;
 mod core;
 mod error;
 mod flows;
@@ -19,6 +20,7 @@ pub mod tls;
 pub use crate::core::{
     parse_duration, rfc3339, Core, MAX_REPORTED_WORKLOADS, MAX_WORKLOAD_ADDRESSES,
 };
+pub use controller_error::{ControllerError, InputError, RuntimeError};
 pub use error::Error;
 pub use rest::OPENAPI;
 
@@ -76,23 +78,10 @@ impl Options {
             (None, None, None) => Ok(None),
             (Some(cert), Some(key), ca) => tls::server_config(cert, key, ca.as_deref())
                 .map(Some)
-                .map_err(|e| ControllerError::BadInput(format!("TLS: {e}"))),
-            _ => Err(ControllerError::BadInput(
-                "TLS needs both --tls-cert and --tls-key (and --tls-client-ca only with them)"
-                    .into(),
-            )),
+                .map_err(|e| InputError::Tls(e).into()),
+            _ => Err(InputError::TlsFlagsIncomplete.into()),
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ControllerError {
-    /// A flag or file is wrong (exit 2).
-    #[error("{0}")]
-    BadInput(String),
-    /// Anything else (exit 1).
-    #[error("{0}")]
-    Runtime(String),
 }
 
 /// The token file created under the state dir when no `--token-file` is given.
@@ -135,18 +124,10 @@ pub fn existing_agent_token(opts: &Options) -> Result<String, ControllerError> {
     let t = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => {
-            return Err(ControllerError::BadInput(format!(
-                "{}: {e}",
-                path.display()
-            )));
-        }
+        Err(source) => return Err(InputError::AgentTokenUnreadable { path, source }.into()),
     };
     if t.trim().is_empty() {
-        return Err(ControllerError::BadInput(format!(
-            "{}: no agent token (the controller writes it at its first start; or give --agent-token-file)",
-            path.display()
-        )));
+        return Err(InputError::NoAgentToken { path }.into());
     }
     Ok(t.trim().to_string())
 }
@@ -154,19 +135,23 @@ pub fn existing_agent_token(opts: &Options) -> Result<String, ControllerError> {
 /// The token in `given` (named by `flag` in errors), else in `path`, created there (mode
 /// 0600) when missing or empty.
 fn load_token_file(
-    flag: &str,
+    flag: &'static str,
     given: Option<&Path>,
     path: &Path,
 ) -> Result<String, ControllerError> {
     if let Some(p) = given {
-        let t = std::fs::read_to_string(p)
-            .map_err(|e| ControllerError::BadInput(format!("{flag} {}: {e}", p.display())))?;
+        let t = std::fs::read_to_string(p).map_err(|source| InputError::TokenUnreadable {
+            flag,
+            path: p.into(),
+            source,
+        })?;
         let t = t.trim().to_string();
         if t.is_empty() || t.contains(char::is_whitespace) {
-            return Err(ControllerError::BadInput(format!(
-                "{flag} {}: the token must be one non-empty word",
-                p.display()
-            )));
+            return Err(InputError::TokenNotOneWord {
+                flag,
+                path: p.into(),
+            }
+            .into());
         }
         return Ok(t);
     }
@@ -176,7 +161,10 @@ fn load_token_file(
             return Ok(t.trim().to_string());
         }
     }
-    let rt = |e: std::io::Error| ControllerError::Runtime(format!("{}: {e}", path.display()));
+    let rt = |source| RuntimeError::TokenCreate {
+        path: path.into(),
+        source,
+    };
     let token = random_token().map_err(rt)?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -205,12 +193,9 @@ fn postgres_tls(
         return Ok(None);
     }
     if opts.db_ca.is_none() && tls::system_ca_file().is_none() {
-        return Err(ControllerError::BadInput(
-            "sslmode=require: no CA bundle found on this system; give the database server's CA with --db-ca".into(),
-        ));
+        return Err(InputError::NoSystemCa.into());
     }
-    let cfg = tls::client_config(opts.db_ca.as_deref(), None)
-        .map_err(|e| ControllerError::BadInput(format!("--db-ca: {e}")))?;
+    let cfg = tls::client_config(opts.db_ca.as_deref(), None).map_err(InputError::DbCa)?;
     let mut cfg = (*cfg).clone();
     cfg.alpn_protocols = vec![b"postgresql".to_vec()];
     Ok(Some(Arc::new(cfg)))
@@ -221,14 +206,12 @@ pub async fn open_store(opts: &Options) -> Result<Arc<dyn Store>, ControllerErro
     if db.starts_with("postgres://") || db.starts_with("postgresql://") {
         let pg = store::postgres::Postgres::open(&db, postgres_tls(&db, opts)?)
             .await
-            .map_err(|e| ControllerError::Runtime(format!("PostgreSQL: {e}")))?;
+            .map_err(RuntimeError::Store)?;
         log::info!("storage: PostgreSQL");
         return Ok(Arc::new(pg));
     }
     if opts.db_ca.is_some() {
-        return Err(ControllerError::BadInput(
-            "--db-ca is for a PostgreSQL --db (postgres://...)".into(),
-        ));
+        return Err(InputError::DbCaWithoutPostgres.into());
     }
     let path = if db.is_empty() {
         opts.state_dir.join("controller.db")
@@ -238,12 +221,12 @@ pub async fn open_store(opts: &Options) -> Result<Arc<dyn Store>, ControllerErro
     {
         PathBuf::from(p)
     } else {
-        return Err(ControllerError::BadInput(format!(
-            "--db {db}: use postgres://USER@HOST:PORT/DB or sqlite:PATH"
-        )));
+        return Err(InputError::DbUrl { db }.into());
     };
-    let s = store::sqlite::Sqlite::open(&path)
-        .map_err(|e| ControllerError::Runtime(format!("SQLite {}: {e}", path.display())))?;
+    let s = store::sqlite::Sqlite::open(&path).map_err(|source| RuntimeError::Sqlite {
+        path: path.clone(),
+        source,
+    })?;
     log::info!("storage: SQLite {}", path.display());
     Ok(Arc::new(s))
 }
@@ -268,8 +251,13 @@ impl Running {
 }
 
 fn ensure_dir(p: &Path) -> Result<(), ControllerError> {
-    std::fs::create_dir_all(p)
-        .map_err(|e| ControllerError::Runtime(format!("state dir {}: {e}", p.display())))
+    std::fs::create_dir_all(p).map_err(|source| {
+        RuntimeError::StateDir {
+            path: p.into(),
+            source,
+        }
+        .into()
+    })
 }
 
 /// Opens the store, binds `opts.listen` and serves until [`Running::stop`].
@@ -279,21 +267,20 @@ pub async fn start(opts: &Options) -> Result<Running, ControllerError> {
     let token = load_token(opts)?;
     let agent_token = load_agent_token(opts)?;
     if agent_token == token {
-        return Err(ControllerError::BadInput(
-            "the agent token must differ from the controller token".into(),
-        ));
+        return Err(InputError::SameTokens.into());
     }
     let store = open_store(opts).await?;
     let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await
-        .map_err(|e| ControllerError::Runtime(format!("listen on {}: {e}", opts.listen)))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| ControllerError::Runtime(e.to_string()))?;
-    let rev0 = store
-        .revision()
-        .await
-        .map_err(|e| ControllerError::Runtime(e.to_string()))?;
+        .map_err(|source| RuntimeError::Listen {
+            addr: opts.listen.clone(),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| RuntimeError::Io {
+        what: "the listening socket's address",
+        source,
+    })?;
+    let rev0 = store.revision().await.map_err(RuntimeError::Storage)?;
     let rev = Arc::new(watch::channel(rev0).0);
     let (stop, stop_rx) = watch::channel(false);
     store.clone().watch_changes(rev.clone(), stop_rx.clone());
@@ -316,8 +303,11 @@ pub async fn start(opts: &Options) -> Result<Running, ControllerError> {
             }
         }),
         Some(cfg) => {
-            let listener = tls::TlsListener::new(listener, cfg)
-                .map_err(|e| ControllerError::Runtime(e.to_string()))?;
+            let listener =
+                tls::TlsListener::new(listener, cfg).map_err(|source| RuntimeError::Io {
+                    what: "the TLS listener",
+                    source,
+                })?;
             let app = app.into_make_service_with_connect_info::<tls::ClientCertificate>();
             tokio::spawn(async move {
                 let serve = axum::serve(listener, app).with_graceful_shutdown(stopping);
@@ -342,7 +332,10 @@ pub async fn start(opts: &Options) -> Result<Running, ControllerError> {
 pub async fn run(opts: Options) -> Result<(), ControllerError> {
     let running = start(&opts).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| ControllerError::Runtime(e.to_string()))?;
+        .map_err(|source| RuntimeError::Io {
+            what: "the SIGTERM handler",
+            source,
+        })?;
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}

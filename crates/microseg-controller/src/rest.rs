@@ -177,7 +177,12 @@ async fn flows(State(c): Api, q: Params<FlowQuery>) -> Res {
     let items = c
         .flows
         .lock()
-        .map_err(|_| Error::Store("flow buffer poisoned".into()))?
+        .map_err(|_| {
+            Error::http(
+                500,
+                "the flow buffer's lock is poisoned by an earlier failure; restart the controller",
+            )
+        })?
         .query(&q)?;
     Ok(Json(json!({"items": items})))
 }

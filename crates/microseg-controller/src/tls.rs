@@ -7,7 +7,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -31,38 +31,97 @@ pub fn system_ca_file() -> Option<&'static Path> {
     SYSTEM_CA_FILES.iter().map(Path::new).find(|p| p.is_file())
 }
 
+/// Why a TLS configuration could not be made; each names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Pem {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{}: no PEM certificate in it", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("{}: no usable PEM private key: {source}", path.display())]
+    NoKey {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{}: none of its {skipped} certificate(s) is a usable CA", path.display())]
+    NoUsableCa { path: PathBuf, skipped: usize },
+    #[error("{}: {source}", path.display())]
+    ClientCa {
+        path: PathBuf,
+        source: rustls::server::VerifierBuilderError,
+    },
+    /// The certificate and key do not make an identity (they do not match, say).
+    #[error("{} and {}: {source}", cert.display(), key.display())]
+    Identity {
+        cert: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("no CA bundle found on this system: give the controller's CA with --tls-ca")]
+    NoSystemCa,
+    #[error("{0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// For callers that still report errors as text.
+impl From<TlsError> for String {
+    fn from(e: TlsError) -> String {
+        e.to_string()
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.into(),
+        source,
+    })
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Every certificate in a PEM file (at least one).
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|source| TlsError::Pem {
+            path: path.into(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(format!("{}: no PEM certificate in it", path.display()));
+        return Err(TlsError::NoCertificate { path: path.into() });
     }
     Ok(certs)
 }
 
 /// The private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    PrivateKeyDer::from_pem_slice(&pem)
-        .map_err(|e| format!("{}: no usable PEM private key: {e}", path.display()))
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|source| TlsError::NoKey {
+        path: path.into(),
+        source,
+    })
 }
 
-fn roots(path: &Path) -> Result<RootCertStore, String> {
+fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
     // A system bundle may hold a certificate webpki cannot use; it is skipped.
     let (added, skipped) = store.add_parsable_certificates(load_certs(path)?);
     if added == 0 {
-        return Err(format!(
-            "{}: none of its {skipped} certificate(s) is a usable CA",
-            path.display()
-        ));
+        return Err(TlsError::NoUsableCa {
+            path: path.into(),
+            skipped,
+        });
     }
     Ok(store)
 }
@@ -73,23 +132,25 @@ pub fn server_config(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
-) -> Result<Arc<ServerConfig>, String> {
-    let builder = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let builder =
+        ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let builder = match client_ca {
         Some(ca) => {
             let verifier =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
                     .build()
-                    .map_err(|e| format!("{}: {e}", ca.display()))?;
+                    .map_err(|source| TlsError::ClientCa {
+                        path: ca.into(),
+                        source,
+                    })?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
     };
     let mut cfg = builder
         .with_single_cert(load_certs(cert)?, load_key(key)?)
-        .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?;
+        .map_err(|source| identity_error(cert, key, source))?;
     // gRPC needs HTTP/2; the REST clients may speak HTTP/1.1.
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
@@ -100,24 +161,30 @@ pub fn server_config(
 pub fn client_config(
     ca: Option<&Path>,
     identity: Option<(&Path, &Path)>,
-) -> Result<Arc<ClientConfig>, String> {
+) -> Result<Arc<ClientConfig>, TlsError> {
     let ca = match ca {
         Some(p) => p,
-        None => system_ca_file()
-            .ok_or("no CA bundle found on this system: give the controller's CA with --tls-ca")?,
+        None => system_ca_file().ok_or(TlsError::NoSystemCa)?,
     };
     let builder = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_root_certificates(roots(ca)?);
     let mut cfg = match identity {
         Some((cert, key)) => builder
             .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
-            .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?,
+            .map_err(|source| identity_error(cert, key, source))?,
         None => builder.with_no_client_auth(),
     };
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+fn identity_error(cert: &Path, key: &Path, source: rustls::Error) -> TlsError {
+    TlsError::Identity {
+        cert: cert.into(),
+        key: key.into(),
+        source,
+    }
 }
 
 /// A listener for `axum::serve` that hands out TLS connections. TCP accepts and

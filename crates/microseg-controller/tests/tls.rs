@@ -265,7 +265,10 @@ fn tls_flags_are_checked_before_anything_starts() {
         (key_as_cert, "no PEM certificate"),
     ] {
         match rt.block_on(microseg_controller::start(&opts)) {
-            Err(ControllerError::BadInput(e)) => assert!(e.contains(want), "{e}"),
+            Err(ControllerError::BadInput(e)) => {
+                let e = e.to_string();
+                assert!(e.contains(want), "{e}")
+            }
             Err(e) => panic!("{e}"),
             Ok(_) => panic!("started with {opts:?}"),
         }

@@ -6,11 +6,13 @@
 //! resource changed. Each resource row carries the revision that last changed it, and
 //! deletions leave a tombstone, so "changes since revision N" is one query.
 
+mod error;
 mod pg_tls;
 pub mod postgres;
 pub mod sqlite;
 
 use crate::error::Error;
+pub use error::StoreError;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;

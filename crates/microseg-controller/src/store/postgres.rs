@@ -4,7 +4,9 @@
 //! it polls the revision every 2 s as well, in case a notification is lost with a
 //! dropped connection).
 
-use super::{parse_overlay, BoxFut, NodeRow, Row, Snapshot, Store, TxFn, Write, SCHEMA};
+use super::{
+    parse_overlay, BoxFut, NodeRow, Row, Snapshot, Store, StoreError, TxFn, Write, SCHEMA,
+};
 use crate::error::Error;
 use rustls::ClientConfig;
 use std::sync::Arc;
@@ -43,7 +45,7 @@ async fn connect(
     url: &str,
     tls: &Option<Arc<ClientConfig>>,
     on_message: impl FnMut(AsyncMessage) + Send + 'static,
-) -> Result<Client, Error> {
+) -> Result<Client, StoreError> {
     let Some(tls) = tls else {
         let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
         drive(conn, on_message);
@@ -82,7 +84,7 @@ fn drive<S, T>(
 
 impl Postgres {
     /// `tls`: connect over TLS only, verifying the server with it.
-    pub async fn open(url: &str, tls: Option<Arc<ClientConfig>>) -> Result<Postgres, Error> {
+    pub async fn open(url: &str, tls: Option<Arc<ClientConfig>>) -> Result<Postgres, StoreError> {
         let client = connect(url, &tls, |_| {}).await?;
         // Two controllers starting at once must not race on CREATE TABLE.
         client

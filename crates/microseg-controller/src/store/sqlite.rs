@@ -2,7 +2,9 @@
 //! database lock with `BEGIN IMMEDIATE`, so even two controllers on one file stay
 //! consistent (each sees the other's changes by polling the revision).
 
-use super::{parse_overlay, BoxFut, NodeRow, Row, Snapshot, Store, TxFn, Write, SCHEMA};
+use super::{
+    parse_overlay, BoxFut, NodeRow, Row, Snapshot, Store, StoreError, TxFn, Write, SCHEMA,
+};
 use crate::error::Error;
 use rusqlite::{params, Connection, TransactionBehavior};
 use std::path::Path;
@@ -42,7 +44,7 @@ fn revision(conn: &Connection) -> Result<u64, Error> {
 }
 
 impl Sqlite {
-    pub fn open(path: &Path) -> Result<Sqlite, Error> {
+    pub fn open(path: &Path) -> Result<Sqlite, StoreError> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -54,10 +56,7 @@ impl Sqlite {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, Error>) -> Result<T, Error> {
-        let mut c = self
-            .conn
-            .lock()
-            .map_err(|_| Error::Store("database lock poisoned".into()))?;
+        let mut c = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
         f(&mut c)
     }
 }
