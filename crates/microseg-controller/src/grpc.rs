@@ -1,9 +1,9 @@
 //! The AgentLink gRPC service: desired state down (full, then deltas, each in parts of at
 //! most [`STATE_CHUNK_BYTES`] when larger), acks, discovered workloads and flows up.
 
+use crate::auth::Bearer;
 use crate::core::{for_node, now, Core};
 use crate::error::Error;
-use crate::rest::Bearer;
 use crate::store::Row;
 use microseg_policy::check_name;
 use microseg_proto::parts::split;

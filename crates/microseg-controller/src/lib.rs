@@ -4,6 +4,7 @@
 //! PostgreSQL (shared by several controllers), versioned by one global revision.
 
 mod apply;
+mod auth;
 pub mod client;
 mod controller_error;
 mod core;
@@ -285,7 +286,7 @@ pub async fn start(opts: &Options) -> Result<Running, ControllerError> {
     let (stop, stop_rx) = watch::channel(false);
     store.clone().watch_changes(rev.clone(), stop_rx.clone());
     let core = Arc::new(Core::new(store, rev, opts.flow_buffer, stop_rx.clone()));
-    let app = rest::app(core, token.clone(), agent_token.clone());
+    let app = auth::app(core, token.clone(), agent_token.clone());
     let mut stopped = stop_rx.clone();
     let stopping = async move {
         let _ = stopped.wait_for(|s| *s).await;

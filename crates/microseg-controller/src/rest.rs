@@ -1,5 +1,5 @@
-//! The REST API (JSON) and the front door shared with gRPC: bearer-token check, then
-//! `application/grpc` requests go to the AgentLink service and the rest to the API.
+//! The REST API (JSON): its routes and handlers (the token check in front of them and of
+//! gRPC: `auth.rs`).
 
 use crate::apply::{off_workers, Applied, Outcome, ResourceRef, Scope, SourceFile};
 use crate::core::{Core, FlowQuery};
@@ -7,15 +7,14 @@ use crate::error::Error;
 use crate::resources::{POLICY, WORKLOAD};
 use crate::rest_input::{body_text, json_body, json_errors, name, params, Name, Params};
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
+use axum::http::{header, HeaderValue};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tower::ServiceExt;
 
 /// The OpenAPI 3 description of this API, served as is at `/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
@@ -229,106 +228,4 @@ pub fn api_router(core: Arc<Core>) -> Router {
         .layer(middleware::from_fn(json_errors))
         .layer(DefaultBodyLimit::max(crate::rest_input::MAX_BODY_BYTES))
         .with_state(core)
-}
-
-fn is_grpc(h: &HeaderMap) -> bool {
-    h.get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"))
-}
-
-/// The token of `Authorization: Bearer TOKEN`; the scheme's case does not matter
-/// (RFC 7235), so `bearer` is as good.
-fn bearer_token(h: &HeaderMap) -> Option<&str> {
-    let (scheme, token) = h
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .trim_start()
-        .split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-/// Equal in time for equal lengths.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The token a gRPC call came with: a node token speaks for its node only.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Bearer {
-    Controller,
-    /// The shared agent token: any node.
-    Agent,
-    Node(String),
-}
-
-#[derive(Clone)]
-struct Front {
-    token: Arc<String>,
-    /// Opens the agent link (gRPC) only: a node holding it cannot change policy.
-    agent_token: Arc<String>,
-    grpc: Router,
-}
-
-async fn front(State(f): State<Front>, mut req: Request, next: Next) -> Response {
-    let grpc = is_grpc(req.headers());
-    let bearer = bearer_token(req.headers()).map(str::as_bytes);
-    let admin = bearer.is_some_and(|t| same(t, f.token.as_bytes()));
-    let shared_agent = bearer.is_some_and(|t| same(t, f.agent_token.as_bytes()));
-    let node = match bearer.and_then(|t| std::str::from_utf8(t).ok()) {
-        Some(t) if !admin && !shared_agent => {
-            crate::node_token::token_node(&f.agent_token, t).map(str::to_string)
-        }
-        _ => None,
-    };
-    let agent = shared_agent || node.is_some();
-    if agent && !grpc {
-        return (
-            StatusCode::FORBIDDEN,
-            Json(json!({
-                "error": "the agent token and node tokens open the agent link only; the REST API takes the controller token",
-                "details": []
-            })),
-        )
-            .into_response();
-    }
-    if !admin && !agent {
-        if grpc {
-            return tonic::Status::unauthenticated("missing or wrong bearer token")
-                .into_http::<axum::body::Body>();
-        }
-        let mut r = (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({"error": "missing or wrong bearer token", "details": []})),
-        )
-            .into_response();
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return r;
-    }
-    if grpc {
-        let bearer = match node {
-            Some(n) => Bearer::Node(n),
-            None if admin => Bearer::Controller,
-            None => Bearer::Agent,
-        };
-        req.extensions_mut().insert(bearer);
-        return match f.grpc.oneshot(req).await {
-            Ok(r) => r,
-            Err(e) => match e {},
-        };
-    }
-    next.run(req).await
-}
-
-/// REST and gRPC on one router, behind the token check.
-pub fn app(core: Arc<Core>, token: String, agent_token: String) -> Router {
-    let grpc = tonic::service::Routes::new(crate::grpc::server(core.clone())).into_axum_router();
-    let f = Front {
-        token: Arc::new(token),
-        agent_token: Arc::new(agent_token),
-        grpc,
-    };
-    api_router(core).layer(middleware::from_fn_with_state(f, front))
 }
