@@ -1,5 +1,5 @@
 //! Numbers that stay the same from one compile to the next: rule ids (per policy and
-//! index) and profile ids (per set of selecting policies).
+//! index), policy tags and profile ids (per set of selecting policies).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use microseg_common::RULE_FIRST;
 
+use super::diff::{Base, PoliciesByName};
 use super::{Compiler, ProfileKey, RuleInfo, DIRECTIONS};
 use crate::model::{Direction, Mode, Policy, ResourceSet};
 
@@ -35,6 +36,29 @@ impl RuleIds {
 }
 
 impl Compiler {
+    /// The numbering phase: rule ids for the policies that changed (all of them when
+    /// starting over), and a tag for each policy new to the compiler. Returns the rule ids
+    /// handed out in this compile that were free before.
+    pub(super) fn number(
+        &mut self,
+        set: &ResourceSet,
+        base: &Base,
+        now: &PoliciesByName,
+    ) -> Vec<u32> {
+        let fresh = if base.incremental {
+            self.renumber_rules(&base.changed, &base.policies, now)
+        } else {
+            self.number_rules(set)
+        };
+        for name in now.keys() {
+            if !self.policy_tags.contains_key(*name) {
+                self.next_tag += 1;
+                self.policy_tags.insert(name.to_string(), self.next_tag);
+            }
+        }
+        fresh
+    }
+
     /// Profile ids for this compile's keys. A key seen before keeps its id. A new key whose
     /// workloads are exactly those of a profile whose key went away takes over that id:
     /// adding or removing a policy that selects the same workloads then rewrites only the
@@ -131,11 +155,11 @@ impl Compiler {
     }
 
     /// Rule ids after `changed` policies changed; returns the ids new to use.
-    pub(super) fn renumber_rules(
+    fn renumber_rules(
         &mut self,
         changed: &FxHashSet<String>,
         old: &FxHashMap<String, Arc<Policy>>,
-        now: &FxHashMap<&str, &Arc<Policy>>,
+        now: &PoliciesByName,
     ) -> Vec<u32> {
         let mut names: Vec<&String> = changed.iter().collect();
         names.sort();
@@ -156,7 +180,7 @@ impl Compiler {
 
     /// Rule ids for every rule of every policy, from scratch (ids of rules that exist
     /// stay); returns the ids new to use.
-    pub(super) fn number_rules(&mut self, set: &ResourceSet) -> Vec<u32> {
+    fn number_rules(&mut self, set: &ResourceSet) -> Vec<u32> {
         let live: FxHashSet<&str> = set.policies.iter().map(|p| p.name.as_str()).collect();
         let gone: Vec<String> = self
             .rule_ids
