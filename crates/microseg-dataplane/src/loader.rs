@@ -21,7 +21,8 @@ pub(crate) const PROG_TO_WORKLOAD: &str = "microseg_to_workload";
 pub(crate) const PROG_PASS: &str = "microseg_pass";
 pub(crate) const PROG_SLOW_PATH: &str = "microseg_slow_path";
 
-/// Capacities and where to pin. `Default` gives the contract's defaults, unpinned.
+/// Capacities and where to pin. `Default` gives the defaults of
+/// [`microseg_common::capacity`], unpinned.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     /// Pin every map here (and adopt maps already pinned there). None: private maps.

@@ -1,7 +1,7 @@
-//! CONTRACT §1 through the kernel: which verdict a packet gets and which rule its event
-//! names. The lowest priority number wins, then deny over log over allow; default deny needs
-//! a selecting policy with the section; audit workloads and audit policies report what they
-//! would do and drop nothing; log passes, counted.
+//! How a verdict is reached (docs/POLICY.md), through the kernel: which verdict a packet
+//! gets and which rule its event names. The lowest priority number wins, then deny over
+//! log over allow; default deny needs a selecting policy with the section; audit workloads
+//! and audit policies report what they would do and drop nothing; log passes, counted.
 
 mod common;
 

@@ -1,6 +1,7 @@
-//! CONTRACT §1 through the kernel: what a rule matches and what it counts. Selector peers,
-//! CIDR peers with excepts, zero prefixes of one family only, port ranges, egress rules on
-//! the hook out of the workload, and per-rule packet and byte counters.
+//! How a verdict is reached (docs/POLICY.md), through the kernel: what a rule matches and
+//! what it counts. Selector peers, CIDR peers with excepts, zero prefixes of one family
+//! only, port ranges, egress rules on the hook out of the workload, and per-rule packet and
+//! byte counters.
 
 mod common;
 

@@ -1,7 +1,8 @@
-//! CONTRACT §1 through the kernel: sessions. A policy change re-judges the flows it
-//! concerns (and an unchanged policy keeps its generation); replies and ICMP errors pass
-//! with their session; TCP and UDP sessions walk their states and report their end; a SYN on
-//! a closed session is judged again; deny events of a session are rate limited.
+//! How a verdict is reached (docs/POLICY.md, "Connections are stateful"), through the
+//! kernel: sessions. A policy change re-judges the flows it concerns (and an unchanged
+//! policy keeps its generation); replies and ICMP errors pass with their session; TCP and
+//! UDP sessions walk their states and report their end; a SYN on a closed session is judged
+//! again; deny events of a session are rate limited.
 
 mod common;
 
