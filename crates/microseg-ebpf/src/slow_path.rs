@@ -110,6 +110,8 @@ fn judge_by_policy(
         Decision::Untracked(v) => return (v, RULE_NONE),
         Decision::Judged(j, local_identity) => (j, local_identity),
     };
+    // Built only now: alive across `decide`'s lookups, it takes the program past the
+    // 512-byte stack.
     let seen = Seen {
         key,
         src_is_lo,
