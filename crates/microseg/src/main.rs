@@ -152,12 +152,10 @@ fn main() -> ExitCode {
         Command::Status { report, client: c } => client::status(&c, report.output),
         Command::NodeToken(a) => controller_cmd::node_token(a),
         Command::Completion { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "microseg",
-                &mut std::io::stdout(),
-            );
+            // Written whole through the writer that ends quietly on a closed pipe.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "microseg", &mut script);
+            out!("{}", String::from_utf8_lossy(&script));
             ExitCode::SUCCESS
         }
     }
