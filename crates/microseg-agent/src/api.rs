@@ -5,10 +5,9 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
-use microseg_common::direction;
 use microseg_common::tables::words_addr;
+use microseg_common::{direction, Session, SessionKey};
 use microseg_dataplane::sessions::{monotonic_ns, state_name};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -16,7 +15,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as Async
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::flows::{protocol_json, verdict_name, FlowFilter};
-use crate::reconcile::{read_sessions, State};
+use crate::handle::{blocking, DataPlaneHandle, StatsReading};
+use crate::owner::View;
 use crate::stats::stats_json;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -37,7 +37,7 @@ pub enum Request {
 /// with a filter naming a workload) is well under 1 KiB.
 pub const MAX_REQUEST_BYTES: usize = 64 << 10;
 
-pub async fn serve(listener: UnixListener, state: Arc<Mutex<State>>) {
+pub async fn serve(listener: UnixListener, state: DataPlaneHandle) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -51,7 +51,7 @@ pub async fn serve(listener: UnixListener, state: Arc<Mutex<State>>) {
     }
 }
 
-async fn handle(stream: UnixStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
+async fn handle(stream: UnixStream, state: DataPlaneHandle) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     // Read no further than the bound: what lies beyond it is never buffered.
     let mut line = Vec::new();
@@ -73,12 +73,17 @@ async fn handle(stream: UnixStream, state: Arc<Mutex<State>>) -> std::io::Result
             return write.write_all(format!("{msg}\n").as_bytes()).await;
         }
     };
-    let (lines, follow) = answer(&req, &state);
-    let mut out = String::new();
-    for l in lines {
-        out.push_str(&l.to_string());
-        out.push('\n');
-    }
+    let (lines, follow) = answer(&req, &state).await;
+    // A million sessions make a few hundred MB of JSON: written off the async workers.
+    let out = blocking(move || {
+        let mut out = String::new();
+        for l in lines {
+            out.push_str(&l.to_string());
+            out.push('\n');
+        }
+        out
+    })
+    .await;
     write.write_all(out.as_bytes()).await?;
     if let Some((mut feed, filter)) = follow {
         loop {
@@ -103,88 +108,98 @@ type Follow = Option<(
     FlowFilter,
 )>;
 
-fn answer(req: &Request, state: &Arc<Mutex<State>>) -> (Vec<Value>, Follow) {
-    // The session table is read before taking the lock (see `read_sessions`).
-    let sessions = match req {
-        Request::Stats | Request::Sessions => read_sessions(state),
-        _ => Vec::new(),
-    };
-    let st = state.lock().unwrap_or_else(|p| p.into_inner());
+/// The answer's lines. Nothing here waits for a compile: see [`DataPlaneHandle`].
+async fn answer(req: &Request, state: &DataPlaneHandle) -> (Vec<Value>, Follow) {
     match req {
-        Request::Stats => {
-            let v = match st.dp.stats() {
-                Ok(s) => {
-                    // Counted as `sessions` lists them: one per judging interface.
-                    let legs = sessions.iter().map(|(_, s)| s.present_legs().count()).sum();
-                    let mut v = stats_json(&s, legs);
-                    v["rules"] = rule_hits(&st);
-                    v
-                }
-                Err(e) => json!({ "error": e.to_string() }),
-            };
-            (vec![v], None)
-        }
-        Request::Status => {
-            let v = json!({
-                "revision": st.revision,
-                "controller_revision": st.controller_revision,
-                "workloads": st.endpoints.values().collect::<Vec<_>>(),
-                "rules": st.compiler.rules().len(),
-                "errors": st.last_errors,
-            });
-            (vec![v], None)
-        }
+        Request::Stats => (vec![stats(state).await], None),
+        Request::Status => (vec![status(state)], None),
         Request::Flows { follow, filter } => {
-            let lines = st
-                .flows
-                .recent()
+            let (kept, feed) = {
+                let log = state.flows();
+                let feed = follow.then(|| (log.subscribe(), filter.clone()));
+                (log.copy(), feed)
+            };
+            let (flows, node) = kept;
+            let lines = flows
+                .iter()
+                .map(|f| f.record(&node))
                 .filter(|r| filter.matches(r))
                 .filter_map(|r| serde_json::to_value(&r).ok())
                 .collect();
-            let feed = follow.then(|| (st.flows.subscribe(), filter.clone()));
             (lines, feed)
         }
-        Request::Sessions => {
-            let now = monotonic_ns();
-            // One line per judging interface: a connection between two local workloads
-            // shows on both, as each one's policy decided it.
-            let st = &*st;
-            let lines = sessions
-                .iter()
-                .flat_map(|(k, s)| {
-                    s.present_legs().map(move |(direction, l)| {
-                        let (src, sport, dst, dport) = k.orig_tuple(s);
-                        json!({
-                            "src_ip": words_addr(src).to_string(),
-                            "dst_ip": words_addr(dst).to_string(),
-                            "src_port": sport,
-                            "dst_port": dport,
-                            "protocol": protocol_json(k.protocol),
-                            "state": state_name(s.state),
-                            "verdict": verdict_name(l.verdict).unwrap_or("allow"),
-                            "policy": microseg_policy::compile::rule_policy_name(st.compiler.rules(), l.rule_id),
-                            "packets": s.packets[0] + s.packets[1],
-                            "bytes": s.bytes[0] + s.bytes[1],
-                            "age_s": now.saturating_sub(s.created_ns) / 1_000_000_000,
-                            "workload": st.endpoints.get(&l.ifindex),
-                            "direction": if direction == direction::EGRESS { "egress" } else { "ingress" },
-                        })
-                    })
-                })
-                .collect();
-            (lines, None)
-        }
+        Request::Sessions => (sessions(state).await, None),
     }
 }
 
-/// Packets and bytes each rule decided, summed over CPUs.
-fn rule_hits(st: &State) -> Value {
-    let rules: Vec<Value> = st
-        .compiler
-        .rules()
+/// The kernel's counters, session legs and rule hits, with the revision the rules are of.
+async fn stats(state: &DataPlaneHandle) -> Value {
+    match state.stats().await {
+        Ok(reading) => {
+            let mut v = stats_json(&reading.stats, reading.session_legs);
+            v["rules"] = rule_hits(&reading);
+            v["revision"] = reading.view.revision.into();
+            v
+        }
+        Err(e) => json!({ "error": e.to_string() }),
+    }
+}
+
+fn status(state: &DataPlaneHandle) -> Value {
+    let view = state.view();
+    json!({
+        "revision": view.revision,
+        "controller_revision": view.controller_revision,
+        "workloads": view.endpoints.values().collect::<Vec<_>>(),
+        "rules": view.rules.len(),
+        "errors": view.errors,
+        "updating": state.updating(),
+    })
+}
+
+/// One line per judging interface: a connection between two local workloads shows on
+/// both, as each one's policy decided it.
+async fn sessions(state: &DataPlaneHandle) -> Vec<Value> {
+    let sessions = state.sessions().await;
+    let view = state.view();
+    blocking(move || session_lines(&sessions, &view)).await
+}
+
+fn session_lines(sessions: &[(SessionKey, Session)], view: &View) -> Vec<Value> {
+    let now = monotonic_ns();
+    sessions
         .iter()
-        .filter_map(|(id, r)| {
-            let c = st.dp.rule_counter(*id).ok()?;
+        .flat_map(|(k, s)| {
+            s.present_legs().map(move |(direction, l)| {
+                let (src, sport, dst, dport) = k.orig_tuple(s);
+                json!({
+                    "src_ip": words_addr(src).to_string(),
+                    "dst_ip": words_addr(dst).to_string(),
+                    "src_port": sport,
+                    "dst_port": dport,
+                    "protocol": protocol_json(k.protocol),
+                    "state": state_name(s.state),
+                    "verdict": verdict_name(l.verdict).unwrap_or("allow"),
+                    "policy": microseg_policy::compile::rule_policy_name(&view.rules, l.rule_id),
+                    "packets": s.packets[0] + s.packets[1],
+                    "bytes": s.bytes[0] + s.bytes[1],
+                    "age_s": now.saturating_sub(s.created_ns) / 1_000_000_000,
+                    "workload": view.endpoints.get(&l.ifindex),
+                    "direction": if direction == direction::EGRESS { "egress" } else { "ingress" },
+                })
+            })
+        })
+        .collect()
+}
+
+/// Packets and bytes each rule decided, summed over CPUs.
+fn rule_hits(reading: &StatsReading) -> Value {
+    let rules = &reading.view.rules;
+    let hits: Vec<Value> = reading
+        .rule_hits
+        .iter()
+        .filter_map(|(id, c)| {
+            let r = rules.get(id)?;
             Some(json!({
                 "policy": r.policy,
                 "direction": r.direction.to_string(),
@@ -196,7 +211,7 @@ fn rule_hits(st: &State) -> Value {
             }))
         })
         .collect();
-    Value::Array(rules)
+    Value::Array(hits)
 }
 
 /// Sends one request to the agent at `socket` and calls `each` for every line of the

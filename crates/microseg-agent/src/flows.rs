@@ -237,6 +237,12 @@ impl FlowLog {
         self.recent.iter().map(|f| f.record(&self.node))
     }
 
+    /// A copy of the kept flows, oldest first, and the node they are reported by: to be
+    /// formatted without holding up whoever pushes new ones.
+    pub fn copy(&self) -> (Vec<Flow>, String) {
+        (self.recent.iter().cloned().collect(), self.node.clone())
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<FlowRecord> {
         self.feed.subscribe()
     }

@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use microseg_policy::{parse_str, Resource, ResourceSet};
@@ -27,8 +26,10 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::discovery::{discover, read_labels, Discovered};
+use crate::error::EnforceError;
 use crate::flows::FlowRecord;
-use crate::reconcile::{enforce, State};
+use crate::handle::DataPlaneHandle;
+use crate::reconcile::Enforced;
 use crate::AgentOptions;
 
 /// Where the controller is and how to prove who we are.
@@ -43,6 +44,63 @@ pub struct ControllerLink {
     /// are read at every (re)connect, so renewed certificates take effect then.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+}
+
+/// Why a connected stretch with the controller ended (the agent reconnects).
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("{url}: {source}: give --controller as http(s)://HOST:PORT")]
+    BadUrl {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("{path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS for {url}: {source}")]
+    Tls {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// tonic's transport error says little by itself: the message carries its sources.
+    #[error("connecting to {url}: {}", chain(.source))]
+    Connect {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("the token is not valid in a header: use the one `microseg node-token` printed")]
+    BadToken,
+    /// A call the controller refused or that broke off, with what it was.
+    #[error("{call}: {}", .status.message())]
+    Call {
+        call: &'static str,
+        #[source]
+        status: tonic::Status,
+    },
+    /// The desired state arrived in parts that do not join.
+    #[error("{0}")]
+    Parts(String),
+}
+
+fn call(name: &'static str) -> impl FnOnce(tonic::Status) -> LinkError {
+    move |status| LinkError::Call { call: name, status }
+}
+
+/// An error and its sources, each after a colon.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    msg
 }
 
 type Client = AgentLinkClient<InterceptedService<Channel, Bearer>>;
@@ -132,7 +190,7 @@ impl Received {
 }
 
 /// Runs the link until the process stops.
-pub async fn run(link: ControllerLink, opts: AgentOptions, state: Arc<Mutex<State>>) {
+pub async fn run(link: ControllerLink, opts: AgentOptions, state: DataPlaneHandle) {
     let mut desired = Desired::default();
     let mut backoff = Duration::from_millis(250);
     loop {
@@ -152,11 +210,17 @@ pub async fn run(link: ControllerLink, opts: AgentOptions, state: Arc<Mutex<Stat
     }
 }
 
-async fn connect(link: &ControllerLink) -> Result<Client, String> {
+async fn connect(link: &ControllerLink) -> Result<Client, LinkError> {
+    let url = || link.url.clone();
     let mut endpoint = tonic::transport::Endpoint::from_shared(link.url.clone())
-        .map_err(|e| format!("{}: {e}", link.url))?;
+        .map_err(|source| LinkError::BadUrl { url: url(), source })?;
     if link.url.starts_with("https://") {
-        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|source| LinkError::ReadFile {
+                path: p.clone(),
+                source,
+            })
+        };
         let mut tls = tonic::transport::ClientTlsConfig::new();
         if let Some(ca) = &link.tls_ca {
             tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
@@ -169,7 +233,7 @@ async fn connect(link: &ControllerLink) -> Result<Client, String> {
         }
         endpoint = endpoint
             .tls_config(tls)
-            .map_err(|e| format!("TLS for {}: {e}", link.url))?;
+            .map_err(|source| LinkError::Tls { url: url(), source })?;
     }
     let channel = endpoint
         .connect_timeout(Duration::from_secs(3))
@@ -178,19 +242,10 @@ async fn connect(link: &ControllerLink) -> Result<Client, String> {
         .keep_alive_timeout(Duration::from_secs(5))
         .connect()
         .await
-        .map_err(|e| {
-            // tonic's transport error says little by itself; its sources say why.
-            let mut msg = format!("connecting to {}: {e}", link.url);
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            msg
-        })?;
+        .map_err(|source| LinkError::Connect { url: url(), source })?;
     let value = format!("Bearer {}", link.token)
         .parse()
-        .map_err(|_| "the token is not valid in a header".to_string())?;
+        .map_err(|_| LinkError::BadToken)?;
     Ok(AgentLinkClient::with_interceptor(channel, Bearer(value))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
@@ -229,15 +284,15 @@ fn discover_now(link: &ControllerLink, node: &str) -> Vec<Discovered> {
 async fn session(
     link: &ControllerLink,
     opts: &AgentOptions,
-    state: &Arc<Mutex<State>>,
+    state: &DataPlaneHandle,
     desired: &mut Desired,
-) -> Result<(), String> {
+) -> Result<(), LinkError> {
     let mut client = connect(link).await?;
     let mut found = discover_now(link, &opts.node);
     client
         .report_workloads(report(&opts.node, &found))
         .await
-        .map_err(|e| format!("reporting workloads: {}", e.message()))?;
+        .map_err(call("reporting workloads"))?;
     let mut stream = client
         .sync(SyncRequest {
             node: opts.node.clone(),
@@ -245,18 +300,14 @@ async fn session(
             accepts_parts: true,
         })
         .await
-        .map_err(|e| format!("sync: {}", e.message()))?
+        .map_err(call("sync"))?
         .into_inner();
     log::info!(
         "connected to the controller at {} as node {}",
         link.url,
         opts.node
     );
-    let mut flows = state
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .flows
-        .subscribe();
+    let mut flows = state.flows().subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut parts = Joiner::default();
     loop {
@@ -265,10 +316,12 @@ async fn session(
                 let part = match msg {
                     Ok(Some(part)) => part,
                     Ok(None) => return Ok(()),
-                    Err(e) => {
-                        let error = format!("receiving the desired state: {}", e.message());
-                        if nameable(&e) {
-                            ack_failure(&mut client, &opts.node, parts.incomplete(), &error).await;
+                    Err(status) => {
+                        let tell = nameable(&status);
+                        let error = call("receiving the desired state")(status);
+                        if tell {
+                            let text = error.to_string();
+                            ack_failure(&mut client, &opts.node, parts.incomplete(), &text).await;
                         }
                         return Err(error);
                     }
@@ -279,13 +332,15 @@ async fn session(
                     Ok(None) => continue,
                     Err(error) => {
                         ack_failure(&mut client, &opts.node, Some(revision), &error).await;
-                        return Err(error);
+                        return Err(LinkError::Parts(error));
                     }
                 };
                 desired.update(d);
-                let error = enforce_desired(desired, opts, state);
+                let outcome = enforce_desired(desired, opts, state).await;
+                // The protocol's empty error means enforced.
+                let error = outcome.err().map(|e| e.to_string()).unwrap_or_default();
                 let ack = AckRequest { node: opts.node.clone(), revision: desired.revision, error };
-                client.ack(ack).await.map_err(|e| format!("ack: {}", e.message()))?;
+                client.ack(ack).await.map_err(call("ack"))?;
             }
             _ = tick.tick() => {
                 let now = discover_now(link, &opts.node);
@@ -294,7 +349,7 @@ async fn session(
                     client
                         .report_workloads(report(&opts.node, &found))
                         .await
-                        .map_err(|e| format!("reporting workloads: {}", e.message()))?;
+                        .map_err(call("reporting workloads"))?;
                 }
                 let batch = drain(&mut flows);
                 if !batch.is_empty() {
@@ -303,7 +358,7 @@ async fn session(
                     client
                         .upload_flows(tokio_stream::iter(vec![msg]))
                         .await
-                        .map_err(|e| format!("uploading flows: {}", e.message()))?;
+                        .map_err(call("uploading flows"))?;
                 }
             }
         }
@@ -368,33 +423,44 @@ fn drain(rx: &mut tokio::sync::broadcast::Receiver<FlowRecord>) -> Vec<FlowRecor
     }
 }
 
-/// Enforces the desired state; the error to acknowledge with, empty when enforced.
-fn enforce_desired(desired: &Desired, opts: &AgentOptions, state: &Arc<Mutex<State>>) -> String {
-    let set = match desired.resource_set() {
-        Ok(set) => set,
-        Err(errors) => {
-            log::error!(
-                "revision {} not enforced: {}",
-                desired.revision,
-                errors.join("; ")
-            );
-            return errors.join("; ");
+/// Why a revision from the controller is not (wholly) enforced: what it acknowledges.
+#[derive(Debug, thiserror::Error)]
+pub enum NotEnforced {
+    /// Resources that do not parse: nothing of the revision was applied.
+    #[error("{}", .0.join("; "))]
+    Unparsed(Vec<String>),
+    /// Nothing of the revision was applied.
+    #[error(transparent)]
+    Refused(#[from] EnforceError),
+    /// The tables are in force, but some interfaces lack the classifiers.
+    #[error("{0}")]
+    Incomplete(Box<Enforced>),
+}
+
+/// Enforces the desired state.
+async fn enforce_desired(
+    desired: &Desired,
+    opts: &AgentOptions,
+    state: &DataPlaneHandle,
+) -> Result<Enforced, NotEnforced> {
+    let revision = desired.revision;
+    let set = desired.resource_set().map_err(|errors| {
+        log::error!("revision {revision} not enforced: {}", errors.join("; "));
+        NotEnforced::Unparsed(errors)
+    })?;
+    match state.enforce(set, Some(revision)).await {
+        Ok(enforced) if enforced.is_complete() => {
+            log::info!("controller revision {revision}: enforcing {enforced}");
+            note_revision(opts, revision);
+            Ok(enforced)
         }
-    };
-    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-    match enforce(&mut st, set, opts) {
-        Ok(summary) => {
-            log::info!(
-                "controller revision {}: enforcing {summary}",
-                desired.revision
-            );
-            st.controller_revision = desired.revision;
-            note_revision(opts, desired.revision);
-            String::new()
+        Ok(incomplete) => {
+            log::error!("controller revision {revision}: {incomplete}");
+            Err(NotEnforced::Incomplete(Box::new(incomplete)))
         }
         Err(e) => {
-            log::error!("controller revision {}: {e}", desired.revision);
-            e
+            log::error!("controller revision {revision}: {e}");
+            Err(e.into())
         }
     }
 }

@@ -267,7 +267,7 @@ fn agent(a: AgentArgs) -> ExitCode {
             }
             ExitCode::from(2)
         }
-        Err(AgentError::Runtime(e)) => {
+        Err(e) => {
             eprintln!("error: {}", esc(&e.to_string()));
             ExitCode::from(1)
         }

@@ -1,0 +1,146 @@
+//! The one owner of the data plane's writable state: a thread of its own that takes
+//! commands in order (enforce a policy, remove sessions, catch the standby slot up) and
+//! publishes what readers need after each ([`View`]). A compile runs here, so it never
+//! holds up the async runtime; readers never wait for it: they read the last view and
+//! the kernel's counters through handles of their own ([`crate::handle`]).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use microseg_dataplane::common::SessionKey;
+use microseg_policy::compile::RuleInfo;
+use microseg_policy::ResourceSet;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::EnforceError;
+use crate::reconcile::{Enforced, Enforcer};
+
+/// What the readers see of the agent's state, as of the last change. Replaced whole, so a
+/// reader holds one consistent copy for as long as it needs.
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    /// The revision in force: raised on every successful apply.
+    pub revision: u64,
+    /// Managed mode: the controller revision enforced.
+    pub controller_revision: u64,
+    /// ifindex → workload name (shared by the flows that name it).
+    pub endpoints: BTreeMap<u32, Arc<str>>,
+    /// Rule id → rule, for the revision in force.
+    pub rules: Arc<BTreeMap<u32, RuleInfo>>,
+    /// The last reload's errors, while the previous policy stays in force.
+    pub errors: Vec<String>,
+}
+
+/// Which policy to enforce.
+#[derive(Debug)]
+pub enum Policy {
+    /// A new set of resources.
+    New(ResourceSet),
+    /// The last one applied again, for interfaces that came or went; nothing when none was.
+    Last,
+}
+
+/// One request to enforce a policy.
+#[derive(Debug)]
+pub struct EnforceRequest {
+    pub policy: Policy,
+    /// Files mode: why the files could not be read (shown by `status`); cleared by a
+    /// request without.
+    pub load_errors: Vec<String>,
+    /// Managed mode: the controller revision this policy is, noted when it is applied.
+    pub controller_revision: Option<u64>,
+}
+
+/// `None` when `Policy::Last` found nothing applied yet.
+pub type EnforceResult = Result<Option<Enforced>, EnforceError>;
+
+pub(crate) enum Command {
+    Enforce {
+        request: EnforceRequest,
+        reply: oneshot::Sender<EnforceResult>,
+    },
+    RemoveSessions {
+        keys: Vec<SessionKey>,
+        reply: oneshot::Sender<microseg_dataplane::Result<usize>>,
+    },
+    CatchUpStandby,
+}
+
+/// Starts the owner thread; it ends when every sender of its commands is gone.
+pub(crate) fn spawn(
+    enforcer: Enforcer,
+    view: watch::Sender<Arc<View>>,
+    pending: Arc<AtomicUsize>,
+) -> std::io::Result<mpsc::UnboundedSender<Command>> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let owner = Owner {
+        enforcer,
+        view,
+        pending,
+    };
+    std::thread::Builder::new()
+        .name("microseg-dataplane".into())
+        .spawn(move || owner.run(rx))?;
+    Ok(tx)
+}
+
+struct Owner {
+    enforcer: Enforcer,
+    view: watch::Sender<Arc<View>>,
+    /// Enforce requests sent and not answered yet (`status` shows them as `updating`).
+    pending: Arc<AtomicUsize>,
+}
+
+impl Owner {
+    fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        while let Some(command) = commands.blocking_recv() {
+            match command {
+                Command::Enforce { request, reply } => {
+                    let result = self.enforce(request);
+                    self.pending.fetch_sub(1, Ordering::SeqCst);
+                    let _ = reply.send(result);
+                }
+                Command::RemoveSessions { keys, reply } => {
+                    let _ = reply.send(self.enforcer.dp.remove_sessions(&keys));
+                }
+                Command::CatchUpStandby => self.catch_up_standby(),
+            }
+        }
+    }
+
+    /// Enforces the request's policy and publishes the view it leads to.
+    fn enforce(&mut self, request: EnforceRequest) -> EnforceResult {
+        let set = match request.policy {
+            Policy::New(set) => Some(set),
+            Policy::Last => self.enforcer.resources().cloned(),
+        };
+        let result = set.map(|set| self.enforcer.enforce(set)).transpose();
+        let mut view = View::clone(&self.view.borrow());
+        view.errors = request.load_errors;
+        if let Ok(Some(enforced)) = &result {
+            view.revision = enforced.summary.revision;
+            view.endpoints = enforced.endpoints.clone();
+            view.rules = enforced.rules.clone();
+            // Acknowledged only when complete: attaching is part of enforcing.
+            if let (Some(rev), true) = (request.controller_revision, enforced.is_complete()) {
+                view.controller_revision = rev;
+            }
+        }
+        self.view.send_replace(Arc::new(view));
+        result
+    }
+
+    /// After an update the standby slot lacks that update's changes (all of the state,
+    /// after the first one): written now, while nothing waits, the next change writes only
+    /// what it changes.
+    fn catch_up_standby(&mut self) {
+        let dp = &mut self.enforcer.dp;
+        if dp.standby_behind() {
+            match dp.catch_up_standby() {
+                Ok(n) => log::debug!("standby slot caught up ({n} keys)"),
+                Err(e) => log::warn!("bringing the standby slot up to date: {e}"),
+            }
+        }
+    }
+}
