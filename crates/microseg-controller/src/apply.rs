@@ -215,25 +215,23 @@ fn by_key(rows: &[Row]) -> HashMap<(&str, &str), &Row> {
         .collect()
 }
 
-/// The stored resources as one set for the validator; discovered workloads lose their
-/// interface (interface names repeat across nodes).
-fn stored_set<'r>(rows: impl Iterator<Item = &'r Row>) -> ResourceSet {
+/// The stored resources as one set for the validator (parsed when read, not here);
+/// discovered workloads lose their interface (interface names repeat across nodes).
+fn stored_set<'r>(rows: impl Iterator<Item = &'r Row>) -> Result<ResourceSet, Error> {
     let mut set = ResourceSet::default();
     for r in rows {
-        let (res, _) = parse_str(&format!("stored {}/{}", r.kind, r.name), &r.json);
-        for x in res {
-            match x {
-                Resource::Workload(mut w) => {
-                    if !r.node.is_empty() {
-                        w.interface = None;
-                    }
-                    set.workloads.push(w)
+        match r.resource()? {
+            Resource::Workload(w) => {
+                let mut w = w.clone();
+                if !r.node.is_empty() {
+                    w.interface = None;
                 }
-                Resource::Policy(p) => set.policies.push(p),
+                set.workloads.push(w)
             }
+            Resource::Policy(p) => set.policies.push(p.clone()),
         }
     }
-    set
+    Ok(set)
 }
 
 /// Checks the request against the stored `rows` and says what each resource would become.
@@ -254,7 +252,7 @@ fn check(p: &Prepared, rows: &[Row]) -> Result<Vec<Applied>, Error> {
     let mut set = stored_set(
         rows.iter()
             .filter(|r| !replaced.contains(&(r.kind.as_str(), r.name.as_str()))),
-    );
+    )?;
     set.workloads.extend(p.new_set.workloads.iter().cloned());
     set.policies.extend(p.new_set.policies.iter().cloned());
     let diags: Vec<String> = validate_set(&set)

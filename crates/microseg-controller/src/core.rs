@@ -4,11 +4,14 @@
 use crate::error::Error;
 pub use crate::flows::{parse_duration, FlowQuery, Flows};
 use crate::resources::{self, WORKLOAD};
-use crate::store::{publish, Row, Snapshot, Store, Write};
-use microseg_policy::{check_interface, check_label_key, check_label_value, check_name};
+use crate::store::{publish, Reported, Row, Snapshot, Store, Write};
+use microseg_policy::{
+    check_interface, check_label_key, check_label_value, check_name, Mode, Workload,
+};
 use microseg_proto::v1::DiscoveredWorkload;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -67,8 +70,8 @@ const REVISION_ANNOTATION: &str = "microseg.io/revision";
 
 /// A stored row as the API shows it: the document plus annotations for the revision
 /// that last changed it and, for a discovered workload, its node.
-pub fn decorate(r: &Row) -> Value {
-    let mut doc: Value = serde_json::from_str(&r.json).unwrap_or(Value::Null);
+pub fn decorate(r: &Row) -> Result<Value, Error> {
+    let mut doc = resources::to_json(r.resource()?);
     if let Some(meta) = doc.get_mut("metadata").and_then(Value::as_object_mut) {
         let mut ann = serde_json::Map::new();
         ann.insert(REVISION_ANNOTATION.into(), json!(r.revision.to_string()));
@@ -77,29 +80,18 @@ pub fn decorate(r: &Row) -> Value {
         }
         meta.insert("annotations".into(), Value::Object(ann));
     }
-    doc
+    Ok(doc)
 }
 
 /// The document as node `node` receives it: the workloads discovered on other nodes lose
 /// their interface (it names a link on that other node), so they are peers only.
-pub fn for_node(r: &Row, node: &str) -> String {
+pub fn for_node(r: &Row, node: &str) -> Result<String, Error> {
     if r.node.is_empty() || r.node == node {
-        return r.json.clone();
+        return Ok(r.json.clone());
     }
-    let mut doc: Value = match serde_json::from_str(&r.json) {
-        Ok(d) => d,
-        Err(_) => return r.json.clone(),
-    };
-    if let Some(spec) = doc.get_mut("spec").and_then(Value::as_object_mut) {
-        spec.remove("interface");
-    }
-    doc.to_string()
-}
-
-#[derive(serde::Serialize, serde::Deserialize, Default)]
-struct Reported {
-    name: String,
-    labels: BTreeMap<String, String>,
+    let mut w = r.workload()?.clone();
+    w.interface = None;
+    Ok(resources::workload_json(&w).to_string())
 }
 
 fn effective_labels(
@@ -165,10 +157,10 @@ impl Core {
                 let row = snap
                     .get(WORKLOAD, name)
                     .ok_or_else(|| Error::NotFound(format!("Workload \"{name}\" not found")))?;
-                let mut doc: Value = serde_json::from_str(&row.json)?;
+                let mut workload = row.workload()?.clone();
                 let mut writes = Vec::new();
                 let labels = if row.node.is_empty() {
-                    let mut l = resources::labels_of(&doc);
+                    let mut l = workload.labels.clone();
                     for (k, v) in &changes {
                         match v {
                             Some(v) => l.insert(k.clone(), v.clone()),
@@ -179,11 +171,7 @@ impl Core {
                 } else {
                     let mut overlay = snap.overlays.get(name).cloned().unwrap_or_default();
                     overlay.extend(changes.clone());
-                    let reported: Reported = row
-                        .reported
-                        .as_deref()
-                        .and_then(|r| serde_json::from_str(r).ok())
-                        .unwrap_or_default();
+                    let reported = row.reported.clone().unwrap_or_default();
                     let l = effective_labels(&reported.labels, Some(&overlay));
                     writes.push(Write::Overlay {
                         name: name.to_string(),
@@ -191,8 +179,8 @@ impl Core {
                     });
                     l
                 };
-                doc["metadata"]["labels"] = json!(labels);
-                let json = doc.to_string();
+                workload.labels = labels.clone();
+                let json = resources::workload_json(&workload).to_string();
                 if json != row.json {
                     writes.push(Write::Put {
                         kind: WORKLOAD.into(),
@@ -239,7 +227,7 @@ impl Core {
             let mut seen = HashSet::new();
             for ip in w.ips.iter().take(MAX_WORKLOAD_ADDRESSES + 1) {
                 match ip.parse::<std::net::IpAddr>() {
-                    Ok(a) if seen.insert(a) => ips.push(a.to_string()),
+                    Ok(a) if seen.insert(a) => ips.push(a),
                     Ok(_) => {}
                     Err(_) => errs.push(format!("invalid address {ip:?}")),
                 }
@@ -272,10 +260,8 @@ impl Core {
                 for r in &mine {
                     let reported = r
                         .reported
-                        .as_deref()
-                        .and_then(|x| serde_json::from_str::<Reported>(x).ok())
-                        .map(|x| x.name)
-                        .unwrap_or_else(|| r.name.clone());
+                        .as_ref()
+                        .map_or_else(|| r.name.clone(), |x| x.name.clone());
                     mine_by_reported.entry(reported).or_insert(r);
                 }
                 let workload_names: HashSet<&str> = snap
@@ -286,11 +272,10 @@ impl Core {
                     .collect();
                 // Addresses of every other workload: a report must not make the set
                 // invalid for the agents (an address belongs to one workload).
-                let mut used: BTreeMap<String, String> = BTreeMap::new();
+                let mut used: HashMap<IpAddr, &str> = HashMap::new();
                 for r in snap.rows.iter().filter(|r| r.kind == WORKLOAD && r.node != node) {
-                    let doc: Value = serde_json::from_str(&r.json)?;
-                    for ip in doc["spec"]["ips"].as_array().into_iter().flatten() {
-                        used.insert(ip.as_str().unwrap_or_default().to_string(), r.name.clone());
+                    for ip in &r.workload()?.ips {
+                        used.insert(*ip, &r.name);
                     }
                 }
                 let mut writes = Vec::new();
@@ -331,14 +316,21 @@ impl Core {
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect();
                     let eff = effective_labels(&labels, snap.overlays.get(&name));
-                    let iface = (!w.interface.is_empty()).then_some(w.interface.as_str());
-                    let json = resources::workload_doc(&name, &eff, iface, ips).to_string();
-                    let reported = serde_json::to_string(&Reported {
+                    let workload = Workload {
+                        name: name.clone(),
+                        labels: eff,
+                        interface: (!w.interface.is_empty()).then(|| w.interface.clone()),
+                        ips: ips.clone(),
+                        mode: Mode::Enforce,
+                        origin: Default::default(),
+                    };
+                    let json = resources::workload_json(&workload).to_string();
+                    let reported = Reported {
                         name: w.name.clone(),
                         labels,
-                    })?;
+                    };
                     let same = existing.is_some_and(|r| {
-                        r.json == json && r.reported.as_deref() == Some(reported.as_str())
+                        r.json == json && r.reported.as_ref() == Some(&reported)
                     });
                     if !same {
                         writes.push(Write::Put {
@@ -368,7 +360,7 @@ impl Core {
     pub async fn list(&self, kind: &str) -> Result<(u64, Vec<Value>), Error> {
         let rev = self.store.revision().await?;
         let rows = self.store.list(Some(kind)).await?;
-        Ok((rev, rows.iter().map(decorate).collect()))
+        Ok((rev, rows.iter().map(decorate).collect::<Result<_, _>>()?))
     }
 
     pub async fn get(&self, kind: &str, name: &str) -> Result<Value, Error> {
@@ -376,7 +368,7 @@ impl Core {
         rows.iter()
             .find(|r| r.name == name)
             .map(decorate)
-            .ok_or_else(|| Error::NotFound(format!("{kind} \"{name}\" not found")))
+            .ok_or_else(|| Error::NotFound(format!("{kind} \"{name}\" not found")))?
     }
 
     pub async fn nodes(&self) -> Result<(u64, Vec<Value>), Error> {

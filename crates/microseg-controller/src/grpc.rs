@@ -106,12 +106,16 @@ fn node_name(n: &str) -> Result<(), Status> {
     }
 }
 
-fn upsert(r: &Row, node: &str) -> Resource {
-    Resource {
-        kind: r.kind.clone(),
-        name: r.name.clone(),
-        json: for_node(r, node),
-    }
+/// The rows as the agent on `node` receives them.
+fn as_sent<'r>(rows: impl Iterator<Item = &'r Row>, node: &str) -> Result<Vec<Resource>, Error> {
+    rows.map(|r| {
+        Ok(Resource {
+            kind: r.kind.clone(),
+            name: r.name.clone(),
+            json: for_node(r, node)?,
+        })
+    })
+    .collect()
 }
 
 /// Counts the node's open streams while it lives.
@@ -154,7 +158,12 @@ async fn stream_state(
     // Subscribe before reading, so no change between the read and the wait is missed.
     let mut rev_rx = core.rev.subscribe();
     let mut shutdown = core.shutdown.clone();
-    let (rev, rows) = match core.store.full().await {
+    let full = core
+        .store
+        .full()
+        .await
+        .and_then(|(rev, rows)| Ok((rev, as_sent(rows.iter(), &node)?)));
+    let (rev, upserts) = match full {
         Ok(x) => x,
         Err(e) => {
             let _ = tx.send(Err(status(e))).await;
@@ -164,11 +173,10 @@ async fn stream_state(
     let full = DesiredState {
         revision: rev,
         full: true,
-        upserts: rows.iter().map(|r| upsert(r, &node)).collect(),
+        upserts,
         deletes: Vec::new(),
         more: false,
     };
-    drop(rows);
     log::info!(
         "node {node}: sending the full state at revision {rev} ({} resources)",
         full.upserts.len()
@@ -191,8 +199,12 @@ async fn stream_state(
         if *rev_rx.borrow_and_update() <= last {
             continue;
         }
-        let rows = match core.store.since(last).await {
-            Ok(r) => r,
+        let changed = core.store.since(last).await.and_then(|rows| {
+            let upserts = as_sent(rows.iter().filter(|r| !r.deleted), &node)?;
+            Ok((rows, upserts))
+        });
+        let (rows, upserts) = match changed {
+            Ok(x) => x,
             Err(e) => {
                 let _ = tx.send(Err(status(e))).await;
                 return;
@@ -204,11 +216,7 @@ async fn stream_state(
         let delta = DesiredState {
             revision: max,
             full: false,
-            upserts: rows
-                .iter()
-                .filter(|r| !r.deleted)
-                .map(|r| upsert(r, &node))
-                .collect(),
+            upserts,
             deletes: rows
                 .iter()
                 .filter(|r| r.deleted)

@@ -5,7 +5,6 @@ use microseg_policy::{
     protocol_name, LabelSelector, Peer, Policy, PortRange, Resource, Rule, Workload, API_VERSION,
 };
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
 
 pub const POLICY: &str = "Policy";
 pub const WORKLOAD: &str = "Workload";
@@ -43,27 +42,6 @@ pub fn workload_json(w: &Workload) -> Value {
         "apiVersion": API_VERSION,
         "kind": WORKLOAD,
         "metadata": {"name": w.name, "labels": w.labels},
-        "spec": spec,
-    })
-}
-
-/// A Workload document built from its parts (discovered workloads).
-pub fn workload_doc(
-    name: &str,
-    labels: &BTreeMap<String, String>,
-    interface: Option<&str>,
-    ips: &[String],
-) -> Value {
-    let mut spec = Map::new();
-    if let Some(i) = interface {
-        spec.insert("interface".into(), json!(i));
-    }
-    spec.insert("ips".into(), json!(ips));
-    spec.insert("mode".into(), json!("enforce"));
-    json!({
-        "apiVersion": API_VERSION,
-        "kind": WORKLOAD,
-        "metadata": {"name": name, "labels": labels},
         "spec": spec,
     })
 }
@@ -171,18 +149,6 @@ pub fn policy_json(p: &Policy) -> Value {
         "metadata": {"name": p.name},
         "spec": spec,
     })
-}
-
-/// The labels of a stored Workload document.
-pub fn labels_of(doc: &Value) -> BTreeMap<String, String> {
-    doc.pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

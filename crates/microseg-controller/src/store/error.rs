@@ -10,6 +10,14 @@ pub enum StoreError {
     /// A label overlay could not be written as JSON.
     #[error("writing JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// A label overlay that does not read back (the database was edited by hand).
+    #[error("the stored label overlay of workload \"{name}\" does not read back: {source}; remove it from the label_overlays table")]
+    BadOverlay {
+        name: String,
+        source: serde_json::Error,
+    },
+    #[error("{0}")]
+    BadRow(#[from] super::BadRow),
     /// A thread panicked while it held the SQLite connection.
     #[error(
         "the database connection's lock is poisoned by an earlier failure; restart the controller"

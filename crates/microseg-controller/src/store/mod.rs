@@ -7,12 +7,15 @@
 //! deletions leave a tombstone, so "changes since revision N" is one query.
 
 mod error;
+mod parsed;
 mod pg_tls;
 pub mod postgres;
 pub mod sqlite;
 
 use crate::error::Error;
 pub use error::StoreError;
+use microseg_policy::{Resource, Workload};
+pub use parsed::BadRow;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -24,19 +27,61 @@ pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 
 /// The closure of a transaction: reads the snapshot, returns the writes or refuses.
 pub type TxFn<'a> = Box<dyn FnOnce(&Snapshot) -> Result<Vec<Write>, Error> + Send + 'a>;
 
-/// One resource row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One resource row, its document parsed when it was read.
+#[derive(Debug, Clone)]
 pub struct Row {
     pub kind: String,
     pub name: String,
-    /// The resource document (JSON text).
+    /// The resource document (canonical JSON text, as the agents receive it).
     pub json: String,
     /// "" for resources created through the API; the node for discovered workloads.
     pub node: String,
-    /// Discovered workloads: `{"name": reported name, "labels": reported labels}`.
-    pub reported: Option<String>,
+    /// Discovered workloads: the name and labels the agent reported.
+    pub reported: Option<Reported>,
     pub revision: u64,
     pub deleted: bool,
+    /// The document parsed (None for a deleted row), or why it does not read back.
+    pub resource: Option<Result<Arc<Resource>, BadRow>>,
+}
+
+impl Row {
+    /// The parsed document; an error naming the row when it does not read back.
+    pub fn resource(&self) -> Result<&Resource, Error> {
+        match &self.resource {
+            Some(Ok(r)) => Ok(r),
+            Some(Err(bad)) => Err(StoreError::BadRow(bad.clone()).into()),
+            None => Err(StoreError::BadRow(BadRow {
+                kind: self.kind.clone(),
+                name: self.name.clone(),
+                revision: self.revision,
+                problem: "it is deleted".into(),
+            })
+            .into()),
+        }
+    }
+
+    /// The document of a Workload row.
+    pub fn workload(&self) -> Result<&Workload, Error> {
+        match self.resource()? {
+            Resource::Workload(w) => Ok(w),
+            Resource::Policy(_) => Err(StoreError::BadRow(BadRow {
+                kind: self.kind.clone(),
+                name: self.name.clone(),
+                revision: self.revision,
+                problem: "a Policy where a Workload was expected".into(),
+            })
+            .into()),
+        }
+    }
+}
+
+/// What an agent reported for a discovered workload (stored as
+/// `{"name": ..., "labels": {...}}`): the name it gave and its labels, before the label
+/// changes made through the API.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Reported {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// The live state handed to a transaction.
@@ -62,7 +107,7 @@ pub enum Write {
         name: String,
         json: String,
         node: String,
-        reported: Option<String>,
+        reported: Option<Reported>,
     },
     Delete {
         kind: String,
@@ -122,10 +167,6 @@ pub fn publish(tx: &watch::Sender<u64>, rev: u64) {
             false
         }
     });
-}
-
-pub(crate) fn parse_overlay(text: &str) -> BTreeMap<String, Option<String>> {
-    serde_json::from_str(text).unwrap_or_default()
 }
 
 pub(crate) const SCHEMA: &str = "

@@ -4,9 +4,8 @@
 //! it polls the revision every 2 s as well, in case a notification is lost with a
 //! dropped connection).
 
-use super::{
-    parse_overlay, BoxFut, NodeRow, Row, Snapshot, Store, StoreError, TxFn, Write, SCHEMA,
-};
+use super::parsed::{self, ParsedRows, RawRow};
+use super::{BoxFut, NodeRow, Row, Snapshot, Store, StoreError, TxFn, Write, SCHEMA};
 use crate::error::Error;
 use rustls::ClientConfig;
 use std::sync::Arc;
@@ -23,12 +22,13 @@ pub struct Postgres {
     /// Set: every connection is TLS, the server verified by this configuration.
     tls: Option<Arc<ClientConfig>>,
     client: Mutex<Option<Client>>,
+    parsed: ParsedRows,
 }
 
 const COLS: &str = "kind, name, json, node, reported, revision, deleted";
 
-fn row(r: &tokio_postgres::Row) -> Row {
-    Row {
+fn row(r: &tokio_postgres::Row) -> RawRow {
+    RawRow {
         kind: r.get(0),
         name: r.get(1),
         json: r.get(2),
@@ -96,6 +96,7 @@ impl Postgres {
             url: url.to_string(),
             tls,
             client: Mutex::new(Some(client)),
+            parsed: ParsedRows::default(),
         })
     }
 
@@ -132,7 +133,7 @@ impl Store for Postgres {
                 revision: cur.get::<_, i64>(0) as u64,
                 ..Default::default()
             };
-            snap.rows = tx
+            let raw = tx
                 .query(
                     &format!("SELECT {COLS} FROM resources WHERE NOT deleted ORDER BY kind, name"),
                     &[],
@@ -141,12 +142,14 @@ impl Store for Postgres {
                 .iter()
                 .map(row)
                 .collect();
+            snap.rows = self.parsed.rows(raw, true)?;
             for r in tx
                 .query("SELECT name, labels FROM label_overlays", &[])
                 .await?
             {
-                snap.overlays
-                    .insert(r.get(0), parse_overlay(r.get::<_, &str>(1)));
+                let name: String = r.get(0);
+                let overlay = parsed::overlay(&name, r.get::<_, &str>(1))?;
+                snap.overlays.insert(name, overlay);
             }
             let writes = f(&snap)?;
             let mut rev = snap.revision;
@@ -173,7 +176,14 @@ impl Store for Postgres {
                              ON CONFLICT (kind, name) DO UPDATE SET json = excluded.json,
                                node = excluded.node, reported = excluded.reported,
                                revision = excluded.revision, deleted = FALSE",
-                            &[&kind, &name, &json, &node, &reported, &(rev as i64)],
+                            &[
+                                &kind,
+                                &name,
+                                &json,
+                                &node,
+                                &reported.map(|r| serde_json::to_string(&r)).transpose()?,
+                                &(rev as i64),
+                            ],
                         )
                         .await?;
                     }
@@ -235,7 +245,9 @@ impl Store for Postgres {
                     .await?
                 }
             };
-            Ok(r.iter().map(row).collect())
+            Ok(self
+                .parsed
+                .rows(r.iter().map(row).collect(), kind.is_none())?)
         })
     }
 
@@ -260,7 +272,7 @@ impl Store for Postgres {
                 .map(row)
                 .collect();
             tx.commit().await?;
-            Ok((rev, rows))
+            Ok((rev, self.parsed.rows(rows, true)?))
         })
     }
 
@@ -275,7 +287,7 @@ impl Store for Postgres {
                     &[&(rev as i64)],
                 )
                 .await?;
-            Ok(r.iter().map(row).collect())
+            Ok(self.parsed.rows(r.iter().map(row).collect(), false)?)
         })
     }
 

@@ -2,9 +2,8 @@
 //! database lock with `BEGIN IMMEDIATE`, so even two controllers on one file stay
 //! consistent (each sees the other's changes by polling the revision).
 
-use super::{
-    parse_overlay, BoxFut, NodeRow, Row, Snapshot, Store, StoreError, TxFn, Write, SCHEMA,
-};
+use super::parsed::{self, ParsedRows, RawRow};
+use super::{BoxFut, NodeRow, Row, Snapshot, Store, StoreError, TxFn, Write, SCHEMA};
 use crate::error::Error;
 use rusqlite::{params, Connection, TransactionBehavior};
 use std::path::Path;
@@ -14,12 +13,13 @@ use tokio::sync::watch;
 
 pub struct Sqlite {
     conn: Mutex<Connection>,
+    parsed: ParsedRows,
 }
 
 const COLS: &str = "kind, name, json, node, reported, revision, deleted";
 
-fn row(r: &rusqlite::Row) -> rusqlite::Result<Row> {
-    Ok(Row {
+fn row(r: &rusqlite::Row) -> rusqlite::Result<RawRow> {
+    Ok(RawRow {
         kind: r.get(0)?,
         name: r.get(1)?,
         json: r.get(2)?,
@@ -30,11 +30,13 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<Row> {
     })
 }
 
-fn rows(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Vec<Row>, Error> {
+fn rows(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Vec<RawRow>, Error> {
     let mut st = conn.prepare_cached(sql)?;
     let out = st.query_map(p, row)?.collect::<Result<Vec<_>, _>>()?;
     Ok(out)
 }
+
+const LIVE: &str = "SELECT kind, name, json, node, reported, revision, deleted FROM resources WHERE NOT deleted ORDER BY kind, name";
 
 fn revision(conn: &Connection) -> Result<u64, Error> {
     let v: i64 = conn.query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| {
@@ -52,6 +54,7 @@ impl Sqlite {
         conn.execute_batch(SCHEMA)?;
         Ok(Sqlite {
             conn: Mutex::new(conn),
+            parsed: ParsedRows::default(),
         })
     }
 
@@ -61,15 +64,11 @@ impl Sqlite {
     }
 }
 
-fn transact(conn: &mut Connection, f: TxFn<'_>) -> Result<u64, Error> {
+fn transact(conn: &mut Connection, parsed: &ParsedRows, f: TxFn<'_>) -> Result<u64, Error> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut snap = Snapshot {
         revision: revision(&tx)?,
-        rows: rows(
-            &tx,
-            &format!("SELECT {COLS} FROM resources WHERE NOT deleted ORDER BY kind, name"),
-            [],
-        )?,
+        rows: parsed.rows(rows(&tx, LIVE, [])?, true)?,
         ..Default::default()
     };
     {
@@ -77,7 +76,7 @@ fn transact(conn: &mut Connection, f: TxFn<'_>) -> Result<u64, Error> {
         let it = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
         for x in it {
             let (n, l) = x?;
-            snap.overlays.insert(n, parse_overlay(&l));
+            snap.overlays.insert(n.clone(), parsed::overlay(&n, &l)?);
         }
     }
     let writes = f(&snap)?;
@@ -104,7 +103,14 @@ fn transact(conn: &mut Connection, f: TxFn<'_>) -> Result<u64, Error> {
                      ON CONFLICT (kind, name) DO UPDATE SET json = excluded.json,
                        node = excluded.node, reported = excluded.reported,
                        revision = excluded.revision, deleted = FALSE",
-                    params![kind, name, json, node, reported, rev as i64],
+                    params![
+                        kind,
+                        name,
+                        json,
+                        node,
+                        reported.map(|r| serde_json::to_string(&r)).transpose()?,
+                        rev as i64
+                    ],
                 )?;
             }
             Write::Delete { kind, name } => {
@@ -132,7 +138,7 @@ fn transact(conn: &mut Connection, f: TxFn<'_>) -> Result<u64, Error> {
 
 impl Store for Sqlite {
     fn transact<'a>(&'a self, f: TxFn<'a>) -> BoxFut<'a, u64> {
-        Box::pin(async move { self.with(|c| transact(c, f)) })
+        Box::pin(async move { self.with(|c| transact(c, &self.parsed, f)) })
     }
 
     fn revision(&self) -> BoxFut<'_, u64> {
@@ -142,18 +148,17 @@ impl Store for Sqlite {
     fn list<'a>(&'a self, kind: Option<&'a str>) -> BoxFut<'a, Vec<Row>> {
         Box::pin(async move {
             self.with(|c| match kind {
-                Some(k) => rows(
-                    c,
-                    &format!(
-                        "SELECT {COLS} FROM resources WHERE NOT deleted AND kind = ?1 ORDER BY name"
-                    ),
-                    [k],
-                ),
-                None => rows(
-                    c,
-                    &format!("SELECT {COLS} FROM resources WHERE NOT deleted ORDER BY kind, name"),
-                    [],
-                ),
+                Some(k) => {
+                    let raw = rows(
+                        c,
+                        &format!(
+                            "SELECT {COLS} FROM resources WHERE NOT deleted AND kind = ?1 ORDER BY name"
+                        ),
+                        [k],
+                    )?;
+                    Ok(self.parsed.rows(raw, false)?)
+                }
+                None => Ok(self.parsed.rows(rows(c, LIVE, [])?, true)?),
             })
         })
     }
@@ -163,13 +168,9 @@ impl Store for Sqlite {
             self.with(|c| {
                 let tx = c.transaction()?;
                 let rev = revision(&tx)?;
-                let r = rows(
-                    &tx,
-                    &format!("SELECT {COLS} FROM resources WHERE NOT deleted ORDER BY kind, name"),
-                    [],
-                )?;
+                let r = rows(&tx, LIVE, [])?;
                 tx.commit()?;
-                Ok((rev, r))
+                Ok((rev, self.parsed.rows(r, true)?))
             })
         })
     }
@@ -177,13 +178,14 @@ impl Store for Sqlite {
     fn since(&self, rev: u64) -> BoxFut<'_, Vec<Row>> {
         Box::pin(async move {
             self.with(|c| {
-                rows(
+                let raw = rows(
                     c,
                     &format!(
                         "SELECT {COLS} FROM resources WHERE revision > ?1 ORDER BY revision, kind, name"
                     ),
                     [rev as i64],
-                )
+                )?;
+                Ok(self.parsed.rows(raw, false)?)
             })
         })
     }
