@@ -7,8 +7,9 @@ set -euo pipefail
 log() { echo "setup: $*" >&2; }
 
 # postgresql: the controller tests start their own throw-away server from its binaries.
+# clickhouse-server: likewise for the flow store's tests (microseg-flowstore).
 # gcc: the linker Rust uses, and the C parts of ring and mimalloc.
-packages=(gcc bpftool iproute2 iperf3 socat iputils-ping util-linux protobuf-compiler postgresql)
+packages=(gcc bpftool iproute2 iperf3 socat iputils-ping util-linux protobuf-compiler postgresql clickhouse-server)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

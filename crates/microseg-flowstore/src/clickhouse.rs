@@ -12,6 +12,7 @@ use crate::{BoxFuture, Edge, Error, FlowRecord, FlowStore, Page, Timestamp};
 use serde::{Deserialize, Serialize};
 
 const BACKEND: &str = "clickhouse";
+const CREATE_DATABASE: &str = "creating the database";
 
 pub struct ClickHouseStore {
     /// HOST:PORT of the HTTP interface.
@@ -187,9 +188,14 @@ impl ClickHouseStore {
 
     /// One statement; the answer's body.
     async fn send(&self, what: &'static str, query: &str, body: &[u8]) -> Result<Vec<u8>, Error> {
+        // Until it exists, the database cannot be the session's.
+        let db = if what == CREATE_DATABASE {
+            String::new()
+        } else {
+            format!("database={}&", self.db)
+        };
         let path = format!(
-            "/?database={}&output_format_json_quote_64bit_integers=0&query={}",
-            self.db,
+            "/?{db}output_format_json_quote_64bit_integers=0&query={}",
             http::encode(query)
         );
         let resp = http::post(&self.addr, &path, body).await.map_err(|e| {
