@@ -1,0 +1,214 @@
+//! The workloads an agent reports: checked one by one (an invalid one is skipped with a
+//! warning), then matched against the stored workloads under the store's lock, which
+//! gives each its stored name and replaces what the node reported before.
+
+use super::resources::effective_labels;
+use super::Core;
+use crate::error::Error;
+use crate::resources::{self, WORKLOAD};
+use crate::store::{Reported, Row, Snapshot, Write};
+use microseg_policy::{
+    check_interface, check_label_key, check_label_value, check_name, Mode, Workload,
+};
+use microseg_proto::v1::DiscoveredWorkload;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+
+/// Most workloads one node may report (a Kubernetes node runs at most a few hundred pods).
+pub const MAX_REPORTED_WORKLOADS: usize = 10_000;
+
+/// Most addresses one reported workload may have.
+pub const MAX_WORKLOAD_ADDRESSES: usize = 64;
+
+/// A reported workload that passed the checks, its addresses parsed and without repeats.
+struct Checked {
+    reported: DiscoveredWorkload,
+    ips: Vec<IpAddr>,
+}
+
+/// What is wrong with one reported workload, or its addresses.
+fn check_one(w: &DiscoveredWorkload) -> Result<Vec<IpAddr>, Vec<String>> {
+    let mut errs: Vec<String> = Vec::new();
+    errs.extend(check_name(&w.name));
+    if !w.interface.is_empty() {
+        errs.extend(check_interface(&w.interface));
+    }
+    if w.ips.len() > MAX_WORKLOAD_ADDRESSES {
+        errs.push(format!(
+            "{} addresses, at most {MAX_WORKLOAD_ADDRESSES}",
+            w.ips.len()
+        ));
+    }
+    let mut ips = Vec::new();
+    let mut seen = HashSet::new();
+    for ip in w.ips.iter().take(MAX_WORKLOAD_ADDRESSES + 1) {
+        match ip.parse::<IpAddr>() {
+            Ok(a) if seen.insert(a) => ips.push(a),
+            Ok(_) => {}
+            Err(_) => errs.push(format!("invalid address {ip:?}")),
+        }
+    }
+    for (k, v) in &w.labels {
+        errs.extend(check_label_key(k));
+        errs.extend(check_label_value(v));
+    }
+    if errs.is_empty() {
+        Ok(ips)
+    } else {
+        Err(errs)
+    }
+}
+
+/// The valid workloads of a report; the others are skipped with a warning.
+fn check_all(node: &str, report: Vec<DiscoveredWorkload>) -> Vec<Checked> {
+    let mut ok = Vec::new();
+    for w in report {
+        match check_one(&w) {
+            Ok(ips) => ok.push(Checked { reported: w, ips }),
+            Err(errs) => log::warn!(
+                "node {node}: skipping reported workload {:?}: {}",
+                w.name,
+                errs.join("; ")
+            ),
+        }
+    }
+    ok
+}
+
+/// The stored workloads a report is matched against.
+struct Stored<'s> {
+    node: &'s str,
+    /// This node's workloads.
+    mine: Vec<&'s Row>,
+    /// The same, by the name the node reported (a stored name may carry `.<node>`); the
+    /// first row wins, should two carry one reported name.
+    mine_by_reported: HashMap<&'s str, &'s Row>,
+    /// Every workload's name.
+    names: HashSet<&'s str>,
+    /// The addresses of every other node's workloads: a report must not make the set
+    /// invalid for the agents (an address belongs to one workload).
+    used: HashMap<IpAddr, &'s str>,
+}
+
+impl<'s> Stored<'s> {
+    fn of(snap: &'s Snapshot, node: &'s str) -> Result<Stored<'s>, Error> {
+        let workloads = || snap.rows.iter().filter(|r| r.kind == WORKLOAD);
+        let mine: Vec<&Row> = workloads().filter(|r| r.node == node).collect();
+        let mut mine_by_reported = HashMap::new();
+        for r in &mine {
+            let reported = r.reported.as_ref().map_or(r.name.as_str(), |x| &x.name);
+            mine_by_reported.entry(reported).or_insert(*r);
+        }
+        let mut used = HashMap::new();
+        for r in workloads().filter(|r| r.node != node) {
+            for ip in &r.workload()?.ips {
+                used.insert(*ip, r.name.as_str());
+            }
+        }
+        Ok(Stored {
+            node,
+            mine,
+            mine_by_reported,
+            names: workloads().map(|r| r.name.as_str()).collect(),
+            used,
+        })
+    }
+
+    /// The name a reported workload is stored under: the one it has, else the reported
+    /// name, else `<name>.<node>`; None when all are taken (`kept`: names this report
+    /// already gave).
+    fn stored_name(&self, reported: &str, kept: &HashSet<String>) -> Option<String> {
+        if let Some(r) = self.mine_by_reported.get(reported) {
+            return Some(r.name.clone());
+        }
+        let taken = |n: &str| self.names.contains(n) || kept.contains(n);
+        if !taken(reported) {
+            return Some(reported.to_string());
+        }
+        let alt = format!("{reported}.{}", self.node);
+        (!taken(&alt) && check_name(&alt).is_none()).then_some(alt)
+    }
+
+    /// The write that stores `c` as `name`, unless it is stored so already.
+    fn put(&self, c: &Checked, name: &str, snap: &Snapshot) -> Option<Write> {
+        let labels: BTreeMap<String, String> = c.reported.labels.clone().into_iter().collect();
+        let workload = Workload {
+            name: name.to_string(),
+            labels: effective_labels(&labels, snap.overlays.get(name)),
+            interface: (!c.reported.interface.is_empty()).then(|| c.reported.interface.clone()),
+            ips: c.ips.clone(),
+            mode: Mode::Enforce,
+            origin: Default::default(),
+        };
+        let json = resources::workload_json(&workload).to_string();
+        let reported = Reported {
+            name: c.reported.name.clone(),
+            labels,
+        };
+        let existing = self.mine_by_reported.get(c.reported.name.as_str());
+        if existing.is_some_and(|r| r.json == json && r.reported.as_ref() == Some(&reported)) {
+            return None;
+        }
+        Some(Write::Put {
+            kind: WORKLOAD.into(),
+            name: name.to_string(),
+            json,
+            node: self.node.to_string(),
+            reported: Some(reported),
+        })
+    }
+}
+
+/// The writes that make the node's stored workloads what it reported.
+fn replace(node: &str, report: &[Checked], snap: &Snapshot) -> Result<Vec<Write>, Error> {
+    let stored = Stored::of(snap, node)?;
+    let mut writes = Vec::new();
+    let mut kept: HashSet<String> = HashSet::new();
+    for c in report {
+        let name = &c.reported.name;
+        if let Some((ip, other)) = c.ips.iter().find_map(|ip| stored.used.get_key_value(ip)) {
+            log::warn!(
+                "node {node}: skipping reported workload {name:?}: address {ip} belongs to workload {other:?}"
+            );
+            continue;
+        }
+        let Some(stored_name) = stored.stored_name(name, &kept) else {
+            log::warn!("node {node}: workload name {name:?} is taken; skipped");
+            continue;
+        };
+        writes.extend(stored.put(c, &stored_name, snap));
+        kept.insert(stored_name);
+    }
+    for r in &stored.mine {
+        if !kept.contains(&r.name) {
+            writes.push(Write::Delete {
+                kind: WORKLOAD.into(),
+                name: r.name.clone(),
+            });
+        }
+    }
+    Ok(writes)
+}
+
+impl Core {
+    /// Replaces the workloads discovered on `node` with `report`. Entries that are not
+    /// valid (name, interface, address, label) are skipped with a warning.
+    pub async fn report(&self, node: &str, report: Vec<DiscoveredWorkload>) -> Result<u64, Error> {
+        if let Some(e) = check_name(node) {
+            return Err(Error::bad(format!("node: {e}")));
+        }
+        // The report is processed under the store's lock: its size is bounded.
+        if report.len() > MAX_REPORTED_WORKLOADS {
+            return Err(Error::bad(format!(
+                "node {node}: {} workloads reported, at most {MAX_REPORTED_WORKLOADS} per node",
+                report.len()
+            )));
+        }
+        let report = check_all(node, report);
+        let rev = self
+            .store
+            .transact(Box::new(|snap: &Snapshot| replace(node, &report, snap)))
+            .await?;
+        Ok(self.published(rev))
+    }
+}
