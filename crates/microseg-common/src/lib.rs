@@ -11,6 +11,8 @@ pub mod maps;
 pub mod stats;
 #[cfg(feature = "std")]
 pub mod tables;
+#[cfg(feature = "std")]
+pub mod time;
 
 pub use event::*;
 pub use maps::*;
