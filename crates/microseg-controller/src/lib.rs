@@ -12,6 +12,8 @@ mod error;
 mod flows;
 mod grpc;
 pub mod node_token;
+#[cfg(test)]
+mod openapi_check;
 pub mod resources;
 mod rest;
 mod rest_input;

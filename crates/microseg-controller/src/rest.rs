@@ -7,10 +7,12 @@ use crate::error::Error;
 use crate::resources::{POLICY, WORKLOAD};
 use crate::rest_input::{body_text, json_body, json_errors, name, params, Name, Params};
 use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::handler::Handler;
+use axum::http::Method;
 use axum::http::{header, HeaderValue};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{on, MethodFilter};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -205,25 +207,61 @@ async fn not_found(req: Request) -> Error {
     ))
 }
 
+/// The API's routes, each recorded as it is added, so that the OpenAPI document can be
+/// checked against them (`openapi_check.rs`).
+struct Routes {
+    router: Router<Arc<Core>>,
+    endpoints: Vec<(Method, &'static str)>,
+}
+
+impl Routes {
+    fn at<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Routes
+    where
+        H: Handler<T, Arc<Core>>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone()).expect("a method the router takes");
+        self.router = self.router.route(path, on(filter, handler));
+        self.endpoints.push((method, path));
+        self
+    }
+}
+
+fn routes() -> Routes {
+    use Method as M;
+    let (policy, workload) = ("/v1/policies/{name}", "/v1/workloads/{name}");
+    Routes {
+        router: Router::new(),
+        endpoints: Vec::new(),
+    }
+    .at(M::POST, "/v1/apply", apply_any)
+    .at(M::POST, "/v1/apply/files", apply_files)
+    .at(M::POST, "/v1/delete", delete_many)
+    .at(M::GET, "/v1/policies", list_policies)
+    .at(M::POST, "/v1/policies", apply_policies)
+    .at(M::GET, policy, get_policy)
+    .at(M::PUT, policy, put_policy)
+    .at(M::DELETE, policy, delete_policy)
+    .at(M::GET, "/v1/workloads", list_workloads)
+    .at(M::POST, "/v1/workloads", apply_workloads)
+    .at(M::GET, workload, get_workload)
+    .at(M::PUT, workload, put_workload)
+    .at(M::DELETE, workload, delete_workload)
+    .at(M::PUT, "/v1/workloads/{name}/labels", label_workload)
+    .at(M::GET, "/v1/nodes", nodes)
+    .at(M::GET, "/v1/flows", flows)
+    .at(M::GET, "/v1/openapi.json", openapi)
+}
+
+/// Every method and path the API answers.
+#[cfg(test)]
+pub(crate) fn endpoints() -> Vec<(Method, &'static str)> {
+    routes().endpoints
+}
+
 pub fn api_router(core: Arc<Core>) -> Router {
-    Router::new()
-        .route("/v1/apply", post(apply_any))
-        .route("/v1/apply/files", post(apply_files))
-        .route("/v1/delete", post(delete_many))
-        .route("/v1/policies", get(list_policies).post(apply_policies))
-        .route(
-            "/v1/policies/{name}",
-            get(get_policy).put(put_policy).delete(delete_policy),
-        )
-        .route("/v1/workloads", get(list_workloads).post(apply_workloads))
-        .route(
-            "/v1/workloads/{name}",
-            get(get_workload).put(put_workload).delete(delete_workload),
-        )
-        .route("/v1/workloads/{name}/labels", put(label_workload))
-        .route("/v1/nodes", get(nodes))
-        .route("/v1/flows", get(flows))
-        .route("/v1/openapi.json", get(openapi))
+    routes()
+        .router
         .fallback(not_found)
         .layer(middleware::from_fn(json_errors))
         .layer(DefaultBodyLimit::max(crate::rest_input::MAX_BODY_BYTES))
