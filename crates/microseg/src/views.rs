@@ -51,29 +51,11 @@ pub struct FlowArgs {
     tls: crate::client::TlsArgs,
 }
 
-/// "90s", "5m", "1h30m", "2d" → seconds.
+/// "90s", "5m", "1h30m", "2d" → seconds, read by the one strict duration parser.
 fn parse_duration(s: &str) -> Result<f64, String> {
-    let mut total = 0.0;
-    let mut num = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-        total += n * match c {
-            's' => 1.0,
-            'm' => 60.0,
-            'h' => 3600.0,
-            'd' => 86400.0,
-            _ => return Err(format!("invalid duration {s:?}: units are s, m, h, d")),
-        };
-        num.clear();
-    }
-    if !num.is_empty() {
-        return Err(format!("invalid duration {s:?}: missing unit (s, m, h, d)"));
-    }
-    Ok(total)
+    microseg_common::time::parse_duration(s)
+        .map(|d| d.as_secs_f64())
+        .map_err(|e| e.to_string())
 }
 
 fn finish(r: Result<(), String>) -> ExitCode {

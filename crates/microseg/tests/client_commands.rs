@@ -139,16 +139,21 @@ fn diff_shows_what_an_apply_would_change() {
         "{out}"
     );
     assert!(
-        out.contains("\n-    - port: 5432\n+    - port: 5433\n"),
+        out.contains(
+            "\n-        - {port: 5432, protocol: TCP}\n+        - {port: 5433, protocol: TCP}\n"
+        ),
         "{out}"
     );
-    assert!(out.contains("\n+      tier: data\n"), "{out}");
+    assert!(
+        out.contains("\n-    matchLabels: {app: db}\n+    matchLabels: {app: db, tier: data}\n"),
+        "{out}"
+    );
     assert!(!out.contains("web-ingress"), "only what differs: {out}");
     let fresh = c.file("fresh.yaml", &policy("fresh", 80));
     let (code, out, _) = c.cli(&["policy", "diff", "-f", &fresh]);
     assert_eq!(code, 1);
     assert!(
-        out.contains("\n+  name: fresh\n") && !out.contains("\n-"),
+        out.contains("\n+metadata: {name: fresh}\n") && !out.contains("\n-"),
         "{out}"
     );
     assert_eq!(c.cli(&["policy", "diff", "-f", "/nonexistent.yaml"]).0, 2);

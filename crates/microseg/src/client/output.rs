@@ -58,85 +58,10 @@ pub(super) fn print(v: &Value, yaml: bool) {
     }
 }
 
-// ---- YAML output -------------------------------------------------------------------
-
-fn plain(s: &str) -> bool {
-    let reserved = matches!(
-        s.to_ascii_lowercase().as_str(),
-        "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "~" | "y" | "n"
-    );
-    !s.is_empty()
-        && !reserved
-        && s.parse::<f64>().is_err()
-        && s.bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'/')
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
-}
-
-fn scalar(v: &Value) -> String {
-    match v {
-        Value::String(s) if plain(s) => s.clone(),
-        Value::String(s) => serde_json::to_string(s).unwrap_or_default(),
-        other => other.to_string(),
-    }
-}
-
-fn yaml_into(v: &Value, indent: usize, out: &mut String) {
-    let pad = " ".repeat(indent);
-    match v {
-        Value::Object(m) if !m.is_empty() => {
-            for (i, (k, val)) in m.iter().enumerate() {
-                if i > 0 || !out.ends_with("- ") {
-                    out.push_str(&pad);
-                }
-                out.push_str(&scalar(&Value::String(k.clone())));
-                out.push(':');
-                match val {
-                    Value::Object(x) if !x.is_empty() => {
-                        out.push('\n');
-                        yaml_into(val, indent + 2, out);
-                    }
-                    Value::Array(x) if !x.is_empty() => {
-                        out.push('\n');
-                        yaml_into(val, indent, out);
-                    }
-                    _ => {
-                        out.push(' ');
-                        yaml_into(val, 0, out);
-                    }
-                }
-            }
-        }
-        Value::Array(a) if !a.is_empty() => {
-            for item in a {
-                out.push_str(&pad);
-                out.push_str("- ");
-                match item {
-                    Value::Object(x) if !x.is_empty() => yaml_into(item, indent + 2, out),
-                    Value::Array(x) if !x.is_empty() => {
-                        out.push('\n');
-                        yaml_into(item, indent + 2, out)
-                    }
-                    _ => yaml_into(item, 0, out),
-                }
-            }
-        }
-        Value::Object(_) => out.push_str("{}\n"),
-        Value::Array(_) => out.push_str("[]\n"),
-        _ => {
-            out.push_str(&scalar(v));
-            out.push('\n');
-        }
-    }
-}
-
-/// A JSON value as block YAML (a list of resources as several documents).
+/// A JSON value as block YAML, by the policy library's writer (the one `policy import`
+/// uses), whose output its readers take back as the same value.
 pub(super) fn to_yaml(v: &Value) -> String {
-    let mut out = String::new();
-    yaml_into(v, 0, &mut out);
-    out
+    microseg_policy::value_to_yaml(v)
 }
 
 // ---- tables ------------------------------------------------------------------------
@@ -301,31 +226,5 @@ mod tests {
             t,
             "NAME             N\na\\x1b[31mred\\nb  1\né                2\n"
         );
-    }
-
-    #[test]
-    fn yaml_output_reads_back_as_the_same_resource() {
-        let doc = serde_json::json!({
-            "apiVersion": "microseg.io/v1", "kind": "Policy",
-            "metadata": {"name": "p", "annotations": {"microseg.io/revision": "3"}},
-            "spec": {"selector": {}, "priority": 10, "mode": "enforce",
-                "ingress": [{"action": "allow", "from": [{"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]},
-                    {"selector": {"matchLabels": {"app": "web", "k8s.io/x": ""}}}],
-                    "ports": [{"protocol": "TCP", "port": 80, "endPort": 90}]}],
-                "egress": []}
-        });
-        let y = to_yaml(&doc);
-        let (res, d) = microseg_policy::parse_str("out.yaml", &y);
-        assert!(d.is_empty(), "{y}\n{d:?}");
-        let (res2, _) = microseg_policy::parse_str("in.json", &doc.to_string());
-        let strip = |r: &microseg_policy::Resource| {
-            format!("{r:?}").split("origin").next().map(str::to_string)
-        };
-        assert_eq!(strip(&res[0]), strip(&res2[0]), "{y}");
-        assert!(
-            y.contains("metadata:\n  annotations:\n") && y.contains("\n  name: p\n"),
-            "{y}"
-        );
-        assert!(y.contains("  - action: allow\n"), "{y}");
     }
 }
