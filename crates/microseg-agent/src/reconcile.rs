@@ -262,9 +262,8 @@ impl Enforcer {
             compile_time,
             apply_time,
         };
-        // The tables' shared copy goes before the next compile, which then updates in
-        // place. The rules stay shared with the readers: the next compile that renumbers
-        // copies them.
+        // The compiler's shared copies go before the next compile, which then updates in
+        // place (the owner gives the readers a copy of the rules of their own).
         drop(compiled.tables);
         Enforced {
             summary,

@@ -29,7 +29,8 @@ fn stats_are_answered_while_a_100000_rule_compile_is_under_way() {
     assert!(during.get("error").is_none(), "{during}");
     // Taken with revision 1 in force: answered before the compile's apply.
     assert_eq!(
-        during["revision"], 1,
+        during["revision"],
+        1,
         "stats waited for the compile: {}",
         agent.request(STATUS)
     );

@@ -48,7 +48,16 @@ impl Agent {
             thread: None,
         };
         let peer = format!("{}p", agent.iface);
-        ip(&["link", "add", &agent.iface, "type", "veth", "peer", "name", &peer]);
+        ip(&[
+            "link",
+            "add",
+            &agent.iface,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+        ]);
         ip(&["link", "set", &agent.iface, "up"]);
         agent.write_policy("workloads.yaml", &agent.workloads());
         agent.write_policy("policy.yaml", policy);
