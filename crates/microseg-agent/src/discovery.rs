@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
@@ -25,22 +25,59 @@ pub struct Discovered {
     pub labels: BTreeMap<String, String>,
 }
 
-fn ip_json(args: &[&str]) -> Result<Value, String> {
+/// Why the workloads or their labels could not be found.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("running ip {command}: {source}: discovery needs iproute2's `ip` on the PATH")]
+    Run {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("ip {command}: {stderr}")]
+    Failed { command: String, stderr: String },
+    #[error("ip {command}: {source}: an iproute2 with JSON output (-j) is needed")]
+    Output {
+        command: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{}: {source}", .path.display())]
+    ReadLabels {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}:{}:{}: {source}: the labels file is a JSON object {{\"<netns>\": {{\"key\": \"value\"}}}}", .path.display(), .source.line(), .source.column())]
+    ParseLabels {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+fn ip_json(args: &[&str]) -> Result<Value, DiscoveryError> {
+    let command = || args.join(" ");
     let out = Command::new("ip")
         .args(args)
         .output()
-        .map_err(|e| format!("running ip {}: {e}", args.join(" ")))?;
+        .map_err(|source| DiscoveryError::Run {
+            command: command(),
+            source,
+        })?;
     if !out.status.success() {
-        return Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(DiscoveryError::Failed {
+            command: command(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     if out.stdout.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(Value::Array(Vec::new()));
     }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("ip {}: {e}", args.join(" ")))
+    serde_json::from_slice(&out.stdout).map_err(|source| DiscoveryError::Output {
+        command: command(),
+        source,
+    })
 }
 
 /// Namespace names are free-form; workload names are lowercase letters, digits, '-', '.'.
@@ -65,7 +102,7 @@ pub fn workload_name(netns: &str) -> String {
 pub fn discover(
     node: &str,
     labels: &BTreeMap<String, BTreeMap<String, String>>,
-) -> Result<Vec<Discovered>, String> {
+) -> Result<Vec<Discovered>, DiscoveryError> {
     let mut by_nsid = BTreeMap::new();
     for ns in ip_json(&["-j", "netns", "list"])?
         .as_array()
@@ -136,10 +173,17 @@ pub fn discover(
 }
 
 /// A labels file: a JSON object `{"<netns>": {"key": "value"}}`.
-pub fn read_labels(path: &Path) -> Result<BTreeMap<String, BTreeMap<String, String>>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_str(&text)
-        .map_err(|e| format!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))
+pub fn read_labels(
+    path: &Path,
+) -> Result<BTreeMap<String, BTreeMap<String, String>>, DiscoveryError> {
+    let text = std::fs::read_to_string(path).map_err(|source| DiscoveryError::ReadLabels {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| DiscoveryError::ParseLabels {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]
