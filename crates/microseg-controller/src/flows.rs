@@ -73,15 +73,10 @@ impl FlowQuery {
                 ))
             })
         });
-        let since = self.since.as_deref().map(|s| {
-            parse_duration(s)
-                .filter(|d| d.is_finite() && *d >= 0.0)
-                .ok_or_else(|| {
-                    Error::bad(format!(
-                        "invalid since {s:?}: seconds, or a duration like 30s, 5m, 1h30m, 2d"
-                    ))
-                })
-        });
+        let since = self
+            .since
+            .as_deref()
+            .map(|s| parse_duration(s).map_err(|e| Error::bad(format!("since: {e}"))));
         let limit = self.limit.as_deref().map(|l| {
             l.parse::<usize>()
                 .map_err(|_| Error::bad(format!("invalid limit {l:?}: a whole number, 0 or more")))
@@ -125,28 +120,9 @@ impl Filter<'_> {
     }
 }
 
-/// "90", "90s", "5m", "1h30m", "2d" → seconds.
-pub fn parse_duration(s: &str) -> Option<f64> {
-    if let Ok(n) = s.parse::<f64>() {
-        return Some(n);
-    }
-    let (mut total, mut num) = (0.0, String::new());
-    for c in s.chars() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let n: f64 = num.parse().ok()?;
-        total += n * match c {
-            's' => 1.0,
-            'm' => 60.0,
-            'h' => 3600.0,
-            'd' => 86400.0,
-            _ => return None,
-        };
-        num.clear();
-    }
-    num.is_empty().then_some(total)
+/// A duration as the one strict parser reads it ("90s", "5m", "1h30m", "2d"), in seconds.
+pub fn parse_duration(s: &str) -> Result<f64, microseg_common::time::DurationError> {
+    microseg_common::time::parse_duration(s).map(|d| d.as_secs_f64())
 }
 
 impl Flows {
@@ -220,9 +196,10 @@ mod tests {
             ("direction", "up", "ingress, egress"),
             ("protocol", "tcpp", "ICMPv6"),
             ("protocol", "256", "255"),
-            ("since", "x", "30s"),
-            ("since", "-5", "30s"),
-            ("since", "inf", "30s"),
+            ("since", "x", "1h30m"),
+            ("since", "-5", "1h30m"),
+            ("since", "inf", "1h30m"),
+            ("since", "90", "has no unit"),
             ("limit", "-1", "0 or more"),
             ("limit", "ten", "0 or more"),
             ("workload", "Web 1", "lowercase letters"),
