@@ -29,6 +29,15 @@ impl Agent {
     /// Starts an agent enforcing `policy` (and the workloads "server", on the veth,
     /// and "client"); returns once it answers with revision 1.
     pub fn start(name: &str, policy: &str) -> Agent {
+        Agent::start_with(name, policy, |_| {})
+    }
+
+    /// [`Agent::start`] with options of the test's.
+    pub fn start_with(
+        name: &str,
+        policy: &str,
+        configure: impl FnOnce(&mut AgentOptions),
+    ) -> Agent {
         let tag = format!("{name}{}", std::process::id());
         let iface = format!("ms{tag}");
         assert!(iface.len() < 15, "interface name {iface} too long");
@@ -40,6 +49,7 @@ impl Agent {
         opts.socket = dir.join("agent.sock");
         opts.node = "test-node".into();
         opts.session_capacity = 4096;
+        configure(&mut opts);
         let mut agent = Agent {
             opts,
             iface,
