@@ -39,26 +39,31 @@ pub async fn run(opts: AgentOptions, source: Source) -> Result<(), AgentError> {
     run_until(opts, source, stop).await
 }
 
+/// A [`Source`] once started: the files read, or the controller to link to.
+enum Mode {
+    Files(Reloader),
+    Controller(ControllerLink),
+}
+
 /// Runs the agent until `stop` completes.
 pub async fn run_until(
     opts: AgentOptions,
     source: Source,
     stop: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let files = match source {
-        Source::Files => Some(Reloader::start(&opts).map_err(|diags| {
-            AgentError::BadInput(diags.iter().map(|d| d.to_string()).collect())
-        })?),
-        Source::Controller(_) => None,
-    };
-    let (state, events) = start_dataplane(&opts, &source)?;
-    let reloader = match files {
-        Some((reloader, set)) => {
-            enforce_first(&state, set).await;
-            Some(reloader)
+    let (mode, first) = match source {
+        Source::Files => {
+            let (reloader, set) = Reloader::start(&opts).map_err(|diags| {
+                AgentError::BadInput(diags.iter().map(|d| d.to_string()).collect())
+            })?;
+            (Mode::Files(reloader), Some(set))
         }
-        None => None,
+        Source::Controller(link) => (Mode::Controller(link), None),
     };
+    let (state, events) = start_dataplane(&opts, &mode)?;
+    if let Some(set) = first {
+        enforce_first(&state, set).await;
+    }
     let listener = bind_socket(&opts)?;
     tokio::spawn(crate::api::serve(listener, state.clone()));
     if let Some(rb) = events {
@@ -66,13 +71,12 @@ pub async fn run_until(
     }
     tokio::spawn(background::expire_sessions(opts.gc_interval, state.clone()));
     tokio::spawn(background::catch_up_standby(state.clone()));
-    match (reloader, source) {
-        (Some(reloader), _) => reloader.watch(&opts, state, stop).await,
-        (None, Source::Controller(link)) => {
+    match mode {
+        Mode::Files(reloader) => reloader.watch(&opts, state, stop).await,
+        Mode::Controller(link) => {
             tokio::spawn(crate::managed::run(link, opts.clone(), state));
             stop.await
         }
-        (None, Source::Files) => unreachable!("files mode starts with a reloader"),
     }
     let _ = std::fs::remove_file(&opts.socket);
     log::info!(
@@ -86,7 +90,7 @@ pub async fn run_until(
 /// its owner; the event ring, when there is one, goes to its reader.
 fn start_dataplane(
     opts: &AgentOptions,
-    source: &Source,
+    mode: &Mode,
 ) -> Result<
     (
         DataPlaneHandle,
@@ -108,7 +112,7 @@ fn start_dataplane(
     })?;
     let events = dp.take_events();
     if pinned_before {
-        log_adoption(&dp, opts, source);
+        log_adoption(&dp, opts, mode);
     }
     let standby_behind = Default::default();
     let enforcer = Enforcer::new(dp, opts, std::sync::Arc::clone(&standby_behind));
@@ -149,7 +153,7 @@ fn bind_socket(opts: &AgentOptions) -> Result<UnixListener, AgentError> {
 
 /// Says what a previous agent left in the pins: its policy (the controller revision a
 /// managed agent noted, else the data plane's generation) and the sessions kept.
-fn log_adoption(dp: &Dataplane, opts: &AgentOptions, source: &Source) {
+fn log_adoption(dp: &Dataplane, opts: &AgentOptions, mode: &Mode) {
     let generation = match dp.config() {
         Ok(c) => c.generation,
         Err(e) => return log::warn!("reading the adopted configuration: {e}"),
@@ -158,9 +162,9 @@ fn log_adoption(dp: &Dataplane, opts: &AgentOptions, source: &Source) {
     if generation == 0 && sessions == 0 {
         return; // pinned, but nothing was ever applied or judged
     }
-    let noted = match source {
-        Source::Controller(_) => crate::managed::noted_revision(opts),
-        Source::Files => None,
+    let noted = match mode {
+        Mode::Controller(_) => crate::managed::noted_revision(opts),
+        Mode::Files(_) => None,
     };
     match noted {
         Some(rev) => log::info!(
