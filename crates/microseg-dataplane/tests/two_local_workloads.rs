@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{db4, resources, web4, DB_ALLOWS_WEB, DB_DENIES_ALL};
 use microseg_dataplane::{common::*, packet::*, Dataplane, Hook};
 use microseg_policy::{compile::*, Direction};
+use microseg_testsupport::{ifindex, ip, on_own_netns};
 
 const WORKLOADS: &str = r#"
 apiVersion: microseg.io/v1
@@ -126,38 +125,14 @@ impl Node {
     }
 }
 
-fn ifindex(name: &str) -> u32 {
-    let name = std::ffi::CString::new(name).unwrap();
-    // SAFETY: a valid C string.
-    let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    assert_ne!(i, 0, "no interface {name:?}");
-    i
-}
-
-/// Runs `test` on a thread in a network namespace of its own holding two links, `web0`
-/// and `db0` (BPF_PROG_TEST_RUN needs real interfaces to name; a veth pair is two). The namespace and
-/// its links go away with the thread, whatever the test does.
+/// Runs `test` in a network namespace of its own holding two links, `web0` and `db0`
+/// (BPF_PROG_TEST_RUN needs real interfaces to name; a veth pair is two). The namespace
+/// and its links go away with the test's thread, whatever the test does.
 fn on_two_interfaces(test: impl FnOnce() + Send + 'static) {
-    let outcome = std::thread::spawn(move || {
-        // SAFETY: only this thread changes namespace.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
-        add_veth_pair("web0", "db0");
+    on_own_netns(|| {
+        ip(&["link", "add", "web0", "type", "veth", "peer", "name", "db0"]);
         test();
-    })
-    .join();
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-}
-
-/// In the calling thread's network namespace.
-fn add_veth_pair(name: &str, peer: &str) {
-    let status = Command::new("ip")
-        .args(["link", "add", name, "type", "veth", "peer", "name", peer])
-        .status()
-        .expect("run ip");
-    assert!(status.success(), "ip link add {name}");
+    });
 }
 
 const EGRESS: usize = direction::EGRESS as usize;
@@ -274,7 +249,9 @@ fn a_leg_taken_over_by_a_new_interface_ends_the_old_legs_flow() {
 
         // web's interface is made again, under a new ifindex.
         let old = node.web0;
-        add_veth_pair("web1", "web1p");
+        ip(&[
+            "link", "add", "web1", "type", "veth", "peer", "name", "web1p",
+        ]);
         node.web0 = ifindex("web1");
         node.apply(DB_ALLOWS_WEB);
         assert!(node.web_to_db(TCP_ACK));

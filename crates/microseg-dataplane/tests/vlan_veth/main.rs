@@ -9,18 +9,17 @@
 
 #[path = "../common/mod.rs"]
 mod common;
-mod netns;
 mod tag_pusher;
 
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
 use common::resources;
 use microseg_dataplane::{common::Stats, Dataplane};
 use microseg_policy::compile::{Compiler, LocalEndpoint};
-use netns::{ifindex, ip, on_own_netns, Netns};
+use microseg_testsupport::{ifindex, ip, on_own_netns, PrivateNetns, TempDir};
 use tag_pusher::{push_tags, DOT1AD, DOT1Q};
 
 /// The workload `w` (behind `vh0`) accepts TCP 8080 from anyone, and nothing else.
@@ -42,15 +41,6 @@ const NODE: (&str, &str) = ("10.88.0.1", "02:00:00:00:88:01");
 const WORKLOAD: (&str, &str) = ("10.88.0.2", "02:00:00:00:88:02");
 /// How long a connection attempt may take: a dropped SYN fails it.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// A bpffs directory for this test's link pins, removed however the test ends.
-struct LinkDir(PathBuf);
-
-impl Drop for LinkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Gives the calling thread's `dev` `addr`/24 and a permanent neighbour entry for the
 /// other end, so no ARP crosses the link: what the test sees is its own traffic.
@@ -76,17 +66,15 @@ fn configure(dev: &str, addr: &str, peer: (&str, &str)) {
 struct Veth {
     dp: Dataplane,
     _pushers: [OwnedFd; 2],
-    workload: Netns,
-    _links: LinkDir,
+    workload: PrivateNetns,
+    /// This test's link pins, removed however the test ends.
+    _links: TempDir,
 }
 
 impl Veth {
     fn new(test: &str, tags: &'static [(u16, u16)]) -> Veth {
-        let links = LinkDir(PathBuf::from(format!(
-            "/sys/fs/bpf/mseg-test-{test}-{}",
-            std::process::id()
-        )));
-        let workload = Netns::new();
+        let links = TempDir::new_in(Path::new("/sys/fs/bpf"), &format!("vlan-{test}"));
+        let workload = PrivateNetns::new();
         ip(&[
             "link", "add", "vh0", "address", NODE.1, "type", "veth", "peer", "name", "vw0",
             "address", WORKLOAD.1,
@@ -108,7 +96,6 @@ impl Veth {
             }],
         );
         dp.apply(&compiled.tables).expect("apply");
-        std::fs::create_dir_all(&links.0).expect("bpffs at /sys/fs/bpf");
         dp.attach("vh0", &links.0).expect("attach to vh0");
         Veth {
             dp,
