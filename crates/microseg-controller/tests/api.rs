@@ -209,7 +209,7 @@ fn sqlite_crud_revisions_token_validation_and_restart() {
 
 #[test]
 fn postgres_crud_revisions_token_validation_and_restart() {
-    let pg = Pg::start();
+    let pg = Postgres::start();
     let url = pg.database("crud");
     let state = TempDir::new("pgcrud");
     crud_and_restart(&state.0, Some(&url));
@@ -467,7 +467,7 @@ fn sqlite_multi_file_apply_dry_run_and_bulk_delete_are_transactions() {
 
 #[test]
 fn postgres_multi_file_apply_dry_run_and_bulk_delete_are_transactions() {
-    let pg = Pg::start();
+    let pg = Postgres::start();
     let url = pg.database("tx");
     let state = TempDir::new("pg-tx");
     transactions(&state.0, Some(&url));

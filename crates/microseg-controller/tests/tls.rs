@@ -280,7 +280,7 @@ fn tls_flags_are_checked_before_anything_starts() {
 fn postgresql_is_reached_over_tls_verified_by_the_db_ca() {
     let dir = TempDir::new("pg-tls");
     let pki = Pki::write(&dir.0.join("pki"), &["127.0.0.1"]);
-    let pg = Pg::start_tls(&pki.server_cert, &pki.server_key);
+    let pg = Postgres::start_tls(&pki.server_cert, &pki.server_key);
     let url = pg.database("tlsdb");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let open = |ca: Option<&Path>, url: &str| {

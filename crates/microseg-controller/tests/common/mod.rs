@@ -1,6 +1,5 @@
-//! Test harness: a controller running in this process on a loopback port, a throw-away
-//! PostgreSQL server (initdb'd in a temp dir, started on a free loopback port, stopped
-//! and removed on drop), and the REST client.
+//! Test harness: a controller running in this process on a loopback port and the REST
+//! client; the throw-away PostgreSQL server and temp dirs are microseg-testsupport's.
 #![allow(dead_code)]
 
 pub mod pki;
@@ -8,191 +7,9 @@ pub mod pki;
 use microseg_controller::client::{Client, Reply};
 use microseg_controller::{Options, Running};
 use serde_json::Value;
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// A fresh temp dir, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(what: &str) -> TempDir {
-        TempDir::new_in(&std::env::temp_dir(), what)
-    }
-
-    /// Under `base` (PostgreSQL's dir must be reachable by the postgres user: /tmp).
-    pub fn new_in(base: &std::path::Path, what: &str) -> TempDir {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let p = base.join(format!("msctl-{what}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A PostgreSQL server of its own.
-pub struct Pg {
-    dir: TempDir,
-    bin: PathBuf,
-    pub port: u16,
-}
-
-fn pg_bin() -> PathBuf {
-    let mut v: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("PostgreSQL is installed (scripts/setup.sh installs Debian's postgresql)")
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-        .filter(|p| p.join("initdb").exists())
-        .collect();
-    v.sort();
-    v.pop().expect("an initdb under /usr/lib/postgresql/*/bin")
-}
-
-fn as_postgres(args: &[&str]) -> std::process::Output {
-    let out = Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .args(args)
-        .output()
-        .expect("runuser");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-impl Pg {
-    pub fn start() -> Pg {
-        Pg::start_with(None)
-    }
-
-    /// A server that takes TCP connections over TLS only, with `cert` and `key` (PEM).
-    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Pg {
-        Pg::start_with(Some((cert, key)))
-    }
-
-    fn start_with(tls: Option<(&std::path::Path, &std::path::Path)>) -> Pg {
-        let bin = pg_bin();
-        let dir = TempDir::new_in(std::path::Path::new("/tmp"), "pg");
-        let st = Command::new("chown")
-            .args(["postgres:postgres"])
-            .arg(&dir.0)
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let data = dir.0.join("data");
-        let pg = Pg {
-            port: free_port(),
-            dir,
-            bin,
-        };
-        as_postgres(&[
-            pg.bin.join("initdb").to_str().unwrap(),
-            "-D",
-            data.to_str().unwrap(),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ]);
-        let mut opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off",
-            pg.port,
-            pg.dir.0.display()
-        );
-        if let Some((cert, key)) = tls {
-            // The key must belong to the server's user and be private to it.
-            for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
-                let to = data.join(name);
-                std::fs::copy(from, &to).unwrap();
-                let st = Command::new("chown")
-                    .arg("postgres:postgres")
-                    .arg(&to)
-                    .status()
-                    .unwrap();
-                assert!(st.success());
-                std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-                    .unwrap();
-            }
-            // TCP over TLS only: a plain connection finds no pg_hba.conf entry.
-            std::fs::write(
-                data.join("pg_hba.conf"),
-                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
-            )
-            .unwrap();
-            opts.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
-        }
-        as_postgres(&[
-            pg.bin.join("pg_ctl").to_str().unwrap(),
-            "-D",
-            data.to_str().unwrap(),
-            "-l",
-            pg.dir.0.join("log").to_str().unwrap(),
-            "-w",
-            "-t",
-            "30",
-            "-o",
-            &opts,
-            "start",
-        ]);
-        pg
-    }
-
-    /// Creates a database and returns its URL.
-    pub fn database(&self, name: &str) -> String {
-        let out = Command::new(self.bin.join("createdb"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                name,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
-    }
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(self.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(self.dir.0.join("data"))
-            .args(["-m", "immediate", "-w", "-t", "20", "stop"])
-            .output();
-    }
-}
+pub use microseg_testsupport::{Postgres, TempDir};
 
 /// A controller in this process, on its own runtime.
 pub struct Ctl {
@@ -382,19 +199,6 @@ pub fn names(r: &Reply) -> Vec<String> {
         .iter()
         .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
         .collect()
-}
-
-pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 pub fn policy(name: &str, port: u16) -> String {
