@@ -4,6 +4,8 @@
 //! lock is taken, so a large request holds neither an async worker nor that lock while
 //! it is checked; should the state change meanwhile, the check is redone under the lock.
 
+use crate::api_types::Change;
+pub use crate::api_types::{Applied, ResourceRef};
 use crate::core::Core;
 use crate::error::{printable, Error};
 use crate::resources::{self, POLICY, WORKLOAD};
@@ -13,15 +15,6 @@ use microseg_proto::MAX_RESOURCE_BYTES;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::Semaphore;
-
-/// One resource of an apply and what happened to it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Applied {
-    pub kind: String,
-    pub name: String,
-    /// created, configured or unchanged.
-    pub action: &'static str,
-}
 
 /// One file of an apply: the name its errors give (FILE in FILE:LINE:COL) and its text.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -36,14 +29,6 @@ pub struct SourceFile {
 pub struct Scope {
     pub kind: Option<&'static str>,
     pub name: Option<String>,
-}
-
-/// A resource named in a delete.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ResourceRef {
-    pub kind: String,
-    pub name: String,
 }
 
 /// What a change did, or with a dry run would do: the revision after it (for a dry run,
@@ -269,9 +254,9 @@ fn check(p: &Prepared, rows: &[Row]) -> Result<Vec<Applied>, Error> {
             kind: d.kind.to_string(),
             name: d.name.clone(),
             action: match stored.get(&(d.kind, d.name.as_str())) {
-                Some(r) if r.json == d.json => "unchanged",
-                Some(_) => "configured",
-                None => "created",
+                Some(r) if r.json == d.json => Change::Unchanged,
+                Some(_) => Change::Configured,
+                None => Change::Created,
             },
         })
         .collect())
@@ -281,7 +266,7 @@ fn puts(p: &Prepared, applied: &[Applied]) -> Vec<Write> {
     p.docs
         .iter()
         .zip(applied)
-        .filter(|(_, a)| a.action != "unchanged")
+        .filter(|(_, a)| a.action != Change::Unchanged)
         .map(|(d, _)| Write::Put {
             kind: d.kind.to_string(),
             name: d.name.clone(),
@@ -363,7 +348,10 @@ impl Core {
                 file_list(&names),
                 o.revision,
                 o.items.len(),
-                o.items.iter().filter(|a| a.action != "unchanged").count()
+                o.items
+                    .iter()
+                    .filter(|a| a.action != Change::Unchanged)
+                    .count()
             ),
             Ok(_) => {}
             Err(e) => log::info!(

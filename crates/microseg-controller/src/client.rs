@@ -2,8 +2,12 @@
 //! `https://` over rustls with an optional client certificate), used by the `microseg`
 //! client commands and the tests. One connection per request.
 
+use crate::api_types::ErrorBody;
+use crate::tls::TlsError;
 use microseg_policy::escape_control;
 use rustls::pki_types::ServerName;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -24,6 +28,38 @@ impl TlsFiles<'_> {
     fn any(&self) -> bool {
         self.ca.is_some() || self.cert.is_some() || self.key.is_some()
     }
+}
+
+/// Why a client could not be made or a request not be answered; each names the
+/// `--server` URL or the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("--server {url}: expected http://HOST:PORT or https://HOST:PORT")]
+    Scheme { url: String },
+    #[error("--server {url}: --tls-ca, --tls-cert and --tls-key need an https:// URL")]
+    TlsNeedsHttps { url: String },
+    #[error("--server {url}: missing host")]
+    MissingHost { url: String },
+    #[error("--server {url}: {host:?} is no valid TLS server name")]
+    ServerName { url: String, host: String },
+    #[error("--tls-cert and --tls-key go together")]
+    HalfIdentity,
+    /// The CA, certificate or key files.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The connection failed, or broke before the answer was whole.
+    #[error("cannot reach the controller at {url}: {source}")]
+    Unreachable { url: String, source: std::io::Error },
+    /// The TLS handshake failed for a reason with a likely fix.
+    #[error("cannot reach the controller at {url}: TLS: {source} ({hint})")]
+    Handshake {
+        url: String,
+        source: rustls::Error,
+        hint: &'static str,
+    },
+    /// What came back is not a whole HTTP answer.
+    #[error("cannot reach the controller at {url}: {problem}")]
+    BadAnswer { url: String, problem: &'static str },
 }
 
 #[derive(Debug, Clone)]
@@ -58,22 +94,21 @@ impl Reply {
         (200..300).contains(&self.status)
     }
 
+    /// The body as one of the API's answers (`crate::api_types`).
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        T::deserialize(&self.body)
+    }
+
     /// The server's error message and details, one per line, their control characters
     /// escaped (a line of the answer cannot pass for several, or drive a terminal).
     pub fn error_text(&self) -> String {
-        let mut s = match self.body.get("error").and_then(Value::as_str) {
-            Some(e) => escape_control(e).into_owned(),
-            None => escape_control(&format!("HTTP {}: {}", self.status, self.body)).into_owned(),
+        let Ok(e) = ErrorBody::deserialize(&self.body) else {
+            return escape_control(&format!("HTTP {}: {}", self.status, self.body)).into_owned();
         };
-        for d in self
-            .body
-            .get("details")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        let mut s = escape_control(&e.error).into_owned();
+        for d in &e.details {
             s.push('\n');
-            s.push_str(&escape_control(d.as_str().unwrap_or_default()));
+            s.push_str(&escape_control(d));
         }
         s
     }
@@ -95,33 +130,34 @@ pub fn encode(s: &str) -> String {
 impl Client {
     /// `url`: `http://HOST:PORT[/PREFIX]` (port 80 when omitted), or `https://` trusting
     /// the system's CA bundle.
-    pub fn new(url: &str, token: Option<String>) -> Result<Client, String> {
+    pub fn new(url: &str, token: Option<String>) -> Result<Client, ClientError> {
         Client::with_tls(url, token, TlsFiles::default())
     }
 
     /// `url`: `http://HOST:PORT[/PREFIX]` (port 80 when omitted) or `https://...` (port
     /// 443), with the certificates `tls` names (only for https).
-    pub fn with_tls(url: &str, token: Option<String>, tls: TlsFiles) -> Result<Client, String> {
+    pub fn with_tls(
+        url: &str,
+        token: Option<String>,
+        tls: TlsFiles,
+    ) -> Result<Client, ClientError> {
+        let url_owned = || url.to_string();
         let (rest, https) = if let Some(r) = url.strip_prefix("http://") {
             (r, false)
         } else if let Some(r) = url.strip_prefix("https://") {
             (r, true)
         } else {
-            return Err(format!(
-                "--server {url}: expected http://HOST:PORT or https://HOST:PORT"
-            ));
+            return Err(ClientError::Scheme { url: url_owned() });
         };
         if !https && tls.any() {
-            return Err(format!(
-                "--server {url}: --tls-ca, --tls-cert and --tls-key need an https:// URL"
-            ));
+            return Err(ClientError::TlsNeedsHttps { url: url_owned() });
         }
         let (auth, prefix) = match rest.find('/') {
             Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
             None => (rest, ""),
         };
         if auth.is_empty() {
-            return Err(format!("--server {url}: missing host"));
+            return Err(ClientError::MissingHost { url: url_owned() });
         }
         let has_port = auth.rsplit_once(':').is_some_and(|(h, p)| {
             p.parse::<u16>().is_ok() && (!h.starts_with('[') || h.ends_with(']'))
@@ -134,12 +170,15 @@ impl Client {
         let tls = if https {
             let host = authority.rsplit_once(':').map_or("", |(h, _)| h);
             let host = host.trim_start_matches('[').trim_end_matches(']');
-            let name = ServerName::try_from(host.to_string())
-                .map_err(|_| format!("--server {url}: {host:?} is no valid TLS server name"))?;
+            let name =
+                ServerName::try_from(host.to_string()).map_err(|_| ClientError::ServerName {
+                    url: url_owned(),
+                    host: host.to_string(),
+                })?;
             let identity = match (tls.cert, tls.key) {
                 (Some(c), Some(k)) => Some((c, k)),
                 (None, None) => None,
-                _ => return Err("--tls-cert and --tls-key go together".into()),
+                _ => return Err(ClientError::HalfIdentity),
             };
             let config = crate::tls::client_config(tls.ca, identity)?;
             Some(Tls { config, name })
@@ -161,7 +200,7 @@ impl Client {
         &self.url
     }
 
-    pub fn get(&self, path: &str) -> std::io::Result<Reply> {
+    pub fn get(&self, path: &str) -> Result<Reply, ClientError> {
         self.call("GET", path, None)
     }
 
@@ -172,10 +211,12 @@ impl Client {
         method: &str,
         path: &str,
         body: Option<(&str, &[u8])>,
-    ) -> std::io::Result<Reply> {
-        self.try_call(method, path, body).map_err(|e| {
-            let msg = format!("cannot reach the controller at {}: {e}", self.url);
-            std::io::Error::new(e.kind(), msg)
+    ) -> Result<Reply, ClientError> {
+        let url = self.url.clone();
+        self.try_call(method, path, body).map_err(|e| match e {
+            Failure::Io(source) => ClientError::Unreachable { url, source },
+            Failure::Handshake(source, hint) => ClientError::Handshake { url, source, hint },
+            Failure::BadAnswer(problem) => ClientError::BadAnswer { url, problem },
         })
     }
 
@@ -184,7 +225,7 @@ impl Client {
         method: &str,
         path: &str,
         body: Option<(&str, &[u8])>,
-    ) -> std::io::Result<Reply> {
+    ) -> Result<Reply, Failure> {
         let addr =
             self.authority.to_socket_addrs()?.next().ok_or_else(|| {
                 std::io::Error::other(format!("cannot resolve {}", self.authority))
@@ -209,7 +250,7 @@ impl Client {
         method: &str,
         path: &str,
         body: Option<(&str, &[u8])>,
-    ) -> std::io::Result<Reply> {
+    ) -> Result<Reply, Failure> {
         let mut req = format!(
             "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nConnection: close\r\n",
             self.prefix, self.authority
@@ -235,56 +276,72 @@ impl Client {
             // A TLS peer that closed without close_notify: the reply is judged by its
             // framing (a short body is an error below).
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
-        parse_reply(&raw)
+        parse_reply(&raw).map_err(Failure::BadAnswer)
+    }
+}
+
+/// Why a request failed, before the server's URL is added.
+enum Failure {
+    Io(std::io::Error),
+    Handshake(rustls::Error, &'static str),
+    BadAnswer(&'static str),
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Failure {
+        Failure::Io(e)
     }
 }
 
 /// A TLS failure with a word on the likely fix.
-fn tls_hint(e: std::io::Error) -> std::io::Error {
+fn tls_hint(f: Failure) -> Failure {
     use rustls::{AlertDescription as A, CertificateError as C, Error as E};
-    let hint = match e.get_ref().and_then(|x| x.downcast_ref::<E>()) {
-        Some(E::AlertReceived(A::CertificateRequired | A::HandshakeFailure)) => {
+    let Failure::Io(e) = &f else {
+        return f;
+    };
+    let Some(tls) = e.get_ref().and_then(|x| x.downcast_ref::<E>()) else {
+        return f;
+    };
+    let hint = match tls {
+        E::AlertReceived(A::CertificateRequired | A::HandshakeFailure) => {
             "the controller requires a client certificate: --tls-cert and --tls-key"
         }
-        Some(E::AlertReceived(
+        E::AlertReceived(
             A::UnknownCA | A::BadCertificate | A::UnsupportedCertificate | A::CertificateUnknown,
-        )) => "the controller does not accept this client certificate",
-        Some(E::InvalidCertificate(C::UnknownIssuer)) => {
+        ) => "the controller does not accept this client certificate",
+        E::InvalidCertificate(C::UnknownIssuer) => {
             "the controller's certificate is not issued by a CA in --tls-ca"
         }
-        Some(E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. })) => {
+        E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
             "the controller's certificate does not name the host of --server"
         }
-        _ => return e,
+        _ => return f,
     };
-    std::io::Error::new(e.kind(), format!("TLS: {e} ({hint})"))
+    Failure::Handshake(tls.clone(), hint)
 }
 
-fn bad(msg: &str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, msg.to_string())
-}
-
-fn parse_reply(raw: &[u8]) -> std::io::Result<Reply> {
+/// The status and body of an answer, or what is wrong with it.
+fn parse_reply(raw: &[u8]) -> Result<Reply, &'static str> {
     if !raw.starts_with(b"HTTP/") {
-        return Err(bad(if raw.is_empty() {
+        return Err(if raw.is_empty() {
             "the server closed the connection without an answer (does it serve https://?)"
         } else {
             "the answer is not HTTP (does the server speak https://?)"
-        }));
+        });
     }
     let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("truncated HTTP response"))?;
+        .ok_or("truncated HTTP response")?;
     let head = String::from_utf8_lossy(&raw[..end]);
     let mut lines = head.split("\r\n");
     let status: u16 = lines
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| bad("bad HTTP status line"))?;
+        .ok_or("bad HTTP status line")?;
     let mut chunked = false;
     let mut length = None;
     for l in lines {
@@ -304,16 +361,16 @@ fn parse_reply(raw: &[u8]) -> std::io::Result<Reply> {
             let nl = body
                 .windows(2)
                 .position(|w| w == b"\r\n")
-                .ok_or_else(|| bad("bad chunk"))?;
+                .ok_or("bad chunk")?;
             let size_text = String::from_utf8_lossy(&body[..nl]);
             let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-                .map_err(|_| bad("bad chunk size"))?;
+                .map_err(|_| "bad chunk size")?;
             body = &body[nl + 2..];
             if size == 0 {
                 break;
             }
             if body.len() < size {
-                return Err(bad("truncated chunk"));
+                return Err("truncated chunk");
             }
             decoded.extend_from_slice(&body[..size]);
             body = body.get(size + 2..).unwrap_or_default();
@@ -321,7 +378,7 @@ fn parse_reply(raw: &[u8]) -> std::io::Result<Reply> {
     } else {
         let n = length.unwrap_or(body.len());
         if n > body.len() {
-            return Err(bad("truncated HTTP response body"));
+            return Err("truncated HTTP response body");
         }
         decoded.extend_from_slice(&body[..n]);
     }
@@ -364,8 +421,10 @@ mod tests {
             ..TlsFiles::default()
         };
         let e = Client::with_tls("http://x:1", None, ca).unwrap_err();
-        assert!(e.contains("need an https:// URL"), "{e}");
+        assert!(matches!(e, ClientError::TlsNeedsHttps { .. }), "{e}");
+        assert!(e.to_string().contains("need an https:// URL"), "{e}");
         let e = Client::with_tls("https://x:1", None, ca).unwrap_err();
-        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+        assert!(matches!(e, ClientError::Tls(_)), "{e}");
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
     }
 }

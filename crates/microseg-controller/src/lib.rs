@@ -3,6 +3,7 @@
 //! token; resources stored in SQLite (default) or
 //! PostgreSQL (shared by several controllers), versioned by one global revision.
 
+pub mod api_types;
 mod apply;
 mod auth;
 pub mod client;

@@ -1,6 +1,10 @@
 //! The REST API (JSON): its routes and handlers (the token check in front of them and of
 //! gRPC: `auth.rs`).
 
+use crate::api_types::{
+    ApplyResponse, DeleteOneResponse, DeleteResponse, FlowList, LabelResponse, List, NodeStatus,
+    Stored,
+};
 use crate::apply::{off_workers, Applied, Outcome, ResourceRef, Scope, SourceFile};
 use crate::core::{Core, FlowQuery};
 use crate::error::Error;
@@ -14,7 +18,7 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter};
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use microseg_policy::Resource;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -22,7 +26,7 @@ use std::sync::Arc;
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
 type Api = State<Arc<Core>>;
-type Res = Result<Json<Value>, Error>;
+type Res<T> = Result<Json<T>, Error>;
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -40,14 +44,21 @@ struct DryRun {
     dry_run: bool,
 }
 
-fn applied(o: Outcome<Applied>, dry_run: bool) -> Res {
-    Ok(Json(
-        json!({"revision": o.revision, "applied": o.items, "dryRun": dry_run}),
-    ))
+fn applied(o: Outcome<Applied>, dry_run: bool) -> Res<ApplyResponse> {
+    Ok(Json(ApplyResponse {
+        applied: o.items,
+        dry_run,
+        revision: o.revision,
+    }))
 }
 
 /// One body, one file: `/v1/apply` and the per-kind POST and PUT.
-async fn apply_body(c: &Core, q: Params<ApplyParams>, req: Request, scope: Scope) -> Res {
+async fn apply_body(
+    c: &Core,
+    q: Params<ApplyParams>,
+    req: Request,
+    scope: Scope,
+) -> Res<ApplyResponse> {
     let q = params(q)?;
     let content = body_text(req).await?;
     let name = q.file.unwrap_or_else(|| "request".into());
@@ -55,11 +66,11 @@ async fn apply_body(c: &Core, q: Params<ApplyParams>, req: Request, scope: Scope
     applied(c.apply(files, scope, q.dry_run).await?, q.dry_run)
 }
 
-async fn apply_any(State(c): Api, q: Params<ApplyParams>, req: Request) -> Res {
+async fn apply_any(State(c): Api, q: Params<ApplyParams>, req: Request) -> Res<ApplyResponse> {
     apply_body(&c, q, req, Scope::default()).await
 }
 
-async fn apply_files(State(c): Api, q: Params<DryRun>, req: Request) -> Res {
+async fn apply_files(State(c): Api, q: Params<DryRun>, req: Request) -> Res<ApplyResponse> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Files {
@@ -73,7 +84,7 @@ async fn apply_files(State(c): Api, q: Params<DryRun>, req: Request) -> Res {
     )
 }
 
-async fn delete_many(State(c): Api, q: Params<DryRun>, req: Request) -> Res {
+async fn delete_many(State(c): Api, q: Params<DryRun>, req: Request) -> Res<DeleteResponse> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Refs {
@@ -82,9 +93,11 @@ async fn delete_many(State(c): Api, q: Params<DryRun>, req: Request) -> Res {
     let q = params(q)?;
     let r: Refs = json_body(req, r#"{"resources": [{"kind": KIND, "name": NAME}, ...]}"#).await?;
     let o = c.delete(r.resources, q.dry_run).await?;
-    Ok(Json(
-        json!({"revision": o.revision, "deleted": o.items, "dryRun": q.dry_run}),
-    ))
+    Ok(Json(DeleteResponse {
+        deleted: o.items,
+        dry_run: q.dry_run,
+        revision: o.revision,
+    }))
 }
 
 /// Every document of a kind, decorated and serialized off the async workers: there may be
@@ -92,12 +105,12 @@ async fn delete_many(State(c): Api, q: Params<DryRun>, req: Request) -> Res {
 async fn list(c: Arc<Core>, kind: &'static str) -> Result<Response, Error> {
     off_workers(move |rt| {
         let (revision, items) = rt.block_on(c.list(kind))?;
-        Ok(Json(json!({"revision": revision, "items": items})).into_response())
+        Ok(Json(List { items, revision }).into_response())
     })
     .await
 }
 
-async fn get_one(c: Arc<Core>, kind: &'static str, n: Name) -> Res {
+async fn get_one(c: Arc<Core>, kind: &'static str, n: Name) -> Res<Stored<Resource>> {
     let name = name(n)?;
     off_workers(move |rt| rt.block_on(c.get(kind, &name)).map(Json)).await
 }
@@ -109,53 +122,67 @@ fn scope(kind: &'static str, name: Option<String>) -> Scope {
     }
 }
 
-async fn delete(c: &Core, kind: &str, n: Name, q: Params<DryRun>) -> Res {
+async fn delete(c: &Core, kind: &str, n: Name, q: Params<DryRun>) -> Res<DeleteOneResponse> {
     let (name, q) = (name(n)?, params(q)?);
-    let refs = vec![ResourceRef {
+    let deleted = ResourceRef {
         kind: kind.to_string(),
-        name: name.clone(),
-    }];
-    let o = c.delete(refs, q.dry_run).await?;
-    Ok(Json(json!({
-        "revision": o.revision,
-        "deleted": {"kind": kind, "name": name},
-        "dryRun": q.dry_run,
-    })))
+        name,
+    };
+    let o = c.delete(vec![deleted.clone()], q.dry_run).await?;
+    Ok(Json(DeleteOneResponse {
+        deleted,
+        dry_run: q.dry_run,
+        revision: o.revision,
+    }))
 }
 
 async fn list_policies(State(c): Api) -> Result<Response, Error> {
     list(c, POLICY).await
 }
-async fn apply_policies(State(c): Api, q: Params<ApplyParams>, req: Request) -> Res {
+async fn apply_policies(State(c): Api, q: Params<ApplyParams>, req: Request) -> Res<ApplyResponse> {
     apply_body(&c, q, req, scope(POLICY, None)).await
 }
-async fn get_policy(State(c): Api, n: Name) -> Res {
+async fn get_policy(State(c): Api, n: Name) -> Res<Stored<Resource>> {
     get_one(c, POLICY, n).await
 }
-async fn put_policy(State(c): Api, n: Name, q: Params<ApplyParams>, req: Request) -> Res {
+async fn put_policy(
+    State(c): Api,
+    n: Name,
+    q: Params<ApplyParams>,
+    req: Request,
+) -> Res<ApplyResponse> {
     apply_body(&c, q, req, scope(POLICY, Some(name(n)?))).await
 }
-async fn delete_policy(State(c): Api, n: Name, q: Params<DryRun>) -> Res {
+async fn delete_policy(State(c): Api, n: Name, q: Params<DryRun>) -> Res<DeleteOneResponse> {
     delete(&c, POLICY, n, q).await
 }
 
 async fn list_workloads(State(c): Api) -> Result<Response, Error> {
     list(c, WORKLOAD).await
 }
-async fn apply_workloads(State(c): Api, q: Params<ApplyParams>, req: Request) -> Res {
+async fn apply_workloads(
+    State(c): Api,
+    q: Params<ApplyParams>,
+    req: Request,
+) -> Res<ApplyResponse> {
     apply_body(&c, q, req, scope(WORKLOAD, None)).await
 }
-async fn get_workload(State(c): Api, n: Name) -> Res {
+async fn get_workload(State(c): Api, n: Name) -> Res<Stored<Resource>> {
     get_one(c, WORKLOAD, n).await
 }
-async fn put_workload(State(c): Api, n: Name, q: Params<ApplyParams>, req: Request) -> Res {
+async fn put_workload(
+    State(c): Api,
+    n: Name,
+    q: Params<ApplyParams>,
+    req: Request,
+) -> Res<ApplyResponse> {
     apply_body(&c, q, req, scope(WORKLOAD, Some(name(n)?))).await
 }
-async fn delete_workload(State(c): Api, n: Name, q: Params<DryRun>) -> Res {
+async fn delete_workload(State(c): Api, n: Name, q: Params<DryRun>) -> Res<DeleteOneResponse> {
     delete(&c, WORKLOAD, n, q).await
 }
 
-async fn label_workload(State(c): Api, n: Name, req: Request) -> Res {
+async fn label_workload(State(c): Api, n: Name, req: Request) -> Res<LabelResponse> {
     #[derive(serde::Deserialize)]
     struct Labels {
         labels: BTreeMap<String, Option<String>>,
@@ -163,17 +190,19 @@ async fn label_workload(State(c): Api, n: Name, req: Request) -> Res {
     let name = name(n)?;
     let l: Labels = json_body(req, r#"{"labels": {KEY: VALUE or null}}"#).await?;
     let (revision, labels) = c.label(&name, l.labels).await?;
-    Ok(Json(
-        json!({"revision": revision, "name": name, "labels": labels}),
-    ))
+    Ok(Json(LabelResponse {
+        labels,
+        name,
+        revision,
+    }))
 }
 
-async fn nodes(State(c): Api) -> Res {
+async fn nodes(State(c): Api) -> Res<List<NodeStatus>> {
     let (revision, items) = c.nodes().await?;
-    Ok(Json(json!({"revision": revision, "items": items})))
+    Ok(Json(List { items, revision }))
 }
 
-async fn flows(State(c): Api, q: Params<FlowQuery>) -> Res {
+async fn flows(State(c): Api, q: Params<FlowQuery>) -> Res<FlowList> {
     let q = params(q)?;
     let items = c
         .flows
@@ -185,7 +214,7 @@ async fn flows(State(c): Api, q: Params<FlowQuery>) -> Res {
             )
         })?
         .query(&q)?;
-    Ok(Json(json!({"items": items})))
+    Ok(Json(FlowList { items }))
 }
 
 async fn openapi() -> Response {

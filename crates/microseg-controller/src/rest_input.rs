@@ -2,6 +2,7 @@
 //! encoding) and query strings are checked here, and every error leaves as the JSON
 //! shape `{"error": ..., "details": [...]}`, its text with control characters escaped.
 
+use crate::api_types::ErrorBody;
 use crate::apply::compute;
 use crate::error::{printable, Error};
 use axum::body::{Body, Bytes};
@@ -12,7 +13,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
-use serde_json::json;
 
 /// The largest request body.
 pub const MAX_BODY_BYTES: usize = 64 << 20;
@@ -48,7 +48,10 @@ impl IntoResponse for Error {
         let details: Vec<String> = details.iter().map(|d| printable(d).into_owned()).collect();
         (
             status,
-            Json(json!({"error": printable(&message), "details": details})),
+            Json(ErrorBody {
+                details,
+                error: printable(&message).into_owned(),
+            }),
         )
             .into_response()
     }
@@ -178,7 +181,11 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    let body = json!({"error": printable(&message), "details": []}).to_string();
+    let body = ErrorBody {
+        details: Vec::new(),
+        error: printable(&message).into_owned(),
+    };
+    let body = serde_json::to_string(&body).unwrap_or_default();
     Response::from_parts(parts, Body::from(body))
 }
 

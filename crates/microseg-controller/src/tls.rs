@@ -71,13 +71,6 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-/// For callers that still report errors as text.
-impl From<TlsError> for String {
-    fn from(e: TlsError) -> String {
-        e.to_string()
-    }
-}
-
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
         path: path.into(),

@@ -2,6 +2,7 @@
 //! flows it uploaded.
 
 use super::{now, rfc3339, Core};
+use crate::api_types::NodeStatus;
 use crate::error::Error;
 use serde_json::{json, Value};
 
@@ -9,24 +10,22 @@ use serde_json::{json, Value};
 pub const MAX_FLOW_BYTES: usize = 4096;
 
 impl Core {
-    pub async fn nodes(&self) -> Result<(u64, Vec<Value>), Error> {
+    pub async fn nodes(&self) -> Result<(u64, Vec<NodeStatus>), Error> {
         let rev = self.store.revision().await?;
         let streams = self.streams.lock().map(|s| s.clone()).unwrap_or_default();
         let nodes = self.store.nodes().await?;
         let items = nodes
-            .iter()
-            .map(|n| {
-                json!({
-                    "name": n.name,
-                    "revision": n.revision,
-                    "controllerRevision": rev,
-                    "lag": rev.saturating_sub(n.revision),
-                    "inSync": n.revision >= rev && n.error.is_empty(),
-                    "connected": streams.get(&n.name).copied().unwrap_or(0) > 0,
-                    "lastSeen": rfc3339(n.last_seen),
-                    "lastAck": n.last_ack.map(rfc3339),
-                    "error": (!n.error.is_empty()).then_some(&n.error),
-                })
+            .into_iter()
+            .map(|n| NodeStatus {
+                connected: streams.get(&n.name).copied().unwrap_or(0) > 0,
+                controller_revision: rev,
+                in_sync: n.revision >= rev && n.error.is_empty(),
+                lag: rev.saturating_sub(n.revision),
+                last_ack: n.last_ack.map(rfc3339),
+                last_seen: rfc3339(n.last_seen),
+                revision: n.revision,
+                error: (!n.error.is_empty()).then_some(n.error),
+                name: n.name,
             })
             .collect();
         Ok((rev, items))

@@ -2,29 +2,21 @@
 //! label changes made through the API.
 
 use super::Core;
+use crate::api_types::Stored;
 use crate::error::Error;
 use crate::resources::{self, WORKLOAD};
 use crate::store::{Row, Snapshot, Write};
-use microseg_policy::{check_label_key, check_label_value};
-use serde_json::{json, Value};
+use microseg_policy::{check_label_key, check_label_value, Resource};
 use std::collections::BTreeMap;
 
-const NODE_ANNOTATION: &str = "microseg.io/node";
-const REVISION_ANNOTATION: &str = "microseg.io/revision";
-
-/// A stored row as the API shows it: the document plus annotations for the revision
-/// that last changed it and, for a discovered workload, its node.
-fn decorate(r: &Row) -> Result<Value, Error> {
-    let mut doc = resources::to_json(r.resource()?);
-    if let Some(meta) = doc.get_mut("metadata").and_then(Value::as_object_mut) {
-        let mut ann = serde_json::Map::new();
-        ann.insert(REVISION_ANNOTATION.into(), json!(r.revision.to_string()));
-        if !r.node.is_empty() {
-            ann.insert(NODE_ANNOTATION.into(), json!(r.node));
-        }
-        meta.insert("annotations".into(), Value::Object(ann));
-    }
-    Ok(doc)
+/// A stored row as the API shows it: the resource with the revision that last changed
+/// it and, for a discovered workload, its node.
+fn decorate(r: &Row) -> Result<Stored<Resource>, Error> {
+    Ok(Stored {
+        resource: r.resource()?.clone(),
+        revision: r.revision,
+        node: (!r.node.is_empty()).then(|| r.node.clone()),
+    })
 }
 
 /// The document as node `node` receives it: the workloads discovered on other nodes lose
@@ -123,13 +115,13 @@ impl Core {
         Ok((self.published(rev), result))
     }
 
-    pub async fn list(&self, kind: &str) -> Result<(u64, Vec<Value>), Error> {
+    pub async fn list(&self, kind: &str) -> Result<(u64, Vec<Stored<Resource>>), Error> {
         let rev = self.store.revision().await?;
         let rows = self.store.list(Some(kind)).await?;
         Ok((rev, rows.iter().map(decorate).collect::<Result<_, _>>()?))
     }
 
-    pub async fn get(&self, kind: &str, name: &str) -> Result<Value, Error> {
+    pub async fn get(&self, kind: &str, name: &str) -> Result<Stored<Resource>, Error> {
         let rows = self.store.list(Some(kind)).await?;
         rows.iter()
             .find(|r| r.name == name)

@@ -152,7 +152,7 @@ fn is_loopback_url(url: &str) -> bool {
 
 fn client(c: &ClientArgs) -> Result<Client, Fail> {
     Client::with_tls(&c.server, token(c)?, c.tls.files())
-        .map_err(|e| Fail(format!("error: {}", esc(&e)), 2))
+        .map_err(|e| Fail(format!("error: {}", esc(&e.to_string())), 2))
 }
 
 /// One request; a non-2xx answer becomes a failure (4xx: exit 2, otherwise 1).
