@@ -18,19 +18,22 @@ mod pki;
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{addr, eventually, sh, tcp_echo_in, tcp_ok_from, Server, BIN};
+use common::{
+    addr, eventually, ns_command, sh, tcp_echo_in, tcp_ok_from, unique_name, NetNs, Server, BIN,
+};
 
 struct Cluster {
     prefix: String,
     dir: PathBuf,
-    namespaces: Vec<String>,
     controller: Option<Child>,
     agents: Vec<(String, Option<Child>)>,
     servers: Vec<Server>,
     /// Mutual TLS between the agents (and the CLI) and the controller.
     tls: Option<pki::Pki>,
+    // Dropped after `Drop::drop` stopped the daemons and cleaned up in the nodes.
+    namespaces: Vec<NetNs>,
 }
 
 const CTL_URL: &str = "http://10.79.0.1:7070";
@@ -38,7 +41,7 @@ const CTL_TLS_URL: &str = "https://10.79.0.1:7070";
 
 impl Cluster {
     fn new(test: &str) -> Cluster {
-        let prefix = format!("mscl{}{}", std::process::id(), test.len());
+        let prefix = unique_name("mscl");
         let dir = std::env::temp_dir().join(format!("{prefix}-{test}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -51,53 +54,34 @@ impl Cluster {
             servers: Vec::new(),
             tls: None,
         };
-        let ctl = c.ns("ctl");
-        sh(&["ip", "-n", &ctl, "link", "add", "mgmt", "type", "bridge"]);
-        sh(&[
-            "ip",
-            "-n",
-            &ctl,
-            "addr",
-            "add",
-            "10.79.0.1/24",
-            "dev",
-            "mgmt",
-        ]);
-        sh(&["ip", "-n", &ctl, "link", "set", "dev", "mgmt", "up"]);
+        c.ns("ctl");
+        let ctl = c.netns("ctl");
+        ctl.ip(&["link", "add", "mgmt", "type", "bridge"]);
+        ctl.ip(&["addr", "add", "10.79.0.1/24", "dev", "mgmt"]);
+        ctl.ip(&["link", "set", "dev", "mgmt", "up"]);
         for (i, node) in ["a", "b"].iter().enumerate() {
-            let n = c.ns(&format!("node{node}"));
-            sh(&["ip", "-n", &n, "link", "add", "br0", "type", "bridge"]);
-            sh(&["ip", "-n", &n, "link", "set", "dev", "br0", "up"]);
+            let short = format!("node{node}");
+            c.ns(&short);
+            let (n, ctl) = (c.netns(&short), c.netns("ctl"));
+            n.ip(&["link", "add", "br0", "type", "bridge"]);
+            n.ip(&["link", "set", "dev", "br0", "up"]);
             // The node's management address, towards the controller.
             let port = format!("to-node-{node}");
-            sh(&[
-                "ip", "-n", &n, "link", "add", "mgmt", "type", "veth", "peer", "name", &port,
-                "netns", &ctl,
-            ]);
-            sh(&[
-                "ip", "-n", &ctl, "link", "set", "dev", &port, "master", "mgmt", "up",
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                &n,
+            n.veth_to("mgmt", ctl, &port);
+            ctl.ip(&["link", "set", "dev", &port, "master", "mgmt", "up"]);
+            n.ip(&[
                 "addr",
                 "add",
                 &format!("10.79.0.{}/24", i + 2),
                 "dev",
                 "mgmt",
             ]);
-            sh(&["ip", "-n", &n, "link", "set", "dev", "mgmt", "up"]);
+            n.ip(&["link", "set", "dev", "mgmt", "up"]);
         }
-        let (na, nb) = (c.name("nodea"), c.name("nodeb"));
-        sh(&[
-            "ip", "-n", &na, "link", "add", "trunk", "type", "veth", "peer", "name", "trunk",
-            "netns", &nb,
-        ]);
-        for n in [&na, &nb] {
-            sh(&[
-                "ip", "-n", n, "link", "set", "dev", "trunk", "master", "br0", "up",
-            ]);
+        let (na, nb) = (c.netns("nodea"), c.netns("nodeb"));
+        na.veth_to("trunk", nb, "trunk");
+        for n in [na, nb] {
+            n.ip(&["link", "set", "dev", "trunk", "master", "br0", "up"]);
         }
         c.workload("nodea", "web", "10.78.0.11");
         c.workload("nodeb", "db", "10.78.0.21");
@@ -162,60 +146,32 @@ impl Cluster {
         format!("{}-{short}", self.prefix)
     }
 
-    fn ns(&mut self, short: &str) -> String {
-        let n = self.name(short);
-        self.namespaces.push(n.clone());
-        sh(&["ip", "netns", "add", &n]);
-        sh(&["ip", "-n", &n, "link", "set", "dev", "lo", "up"]);
-        n
+    fn ns(&mut self, short: &str) {
+        let ns = NetNs::named(&self.name(short));
+        self.namespaces.push(ns);
+    }
+
+    fn netns(&self, short: &str) -> &NetNs {
+        let name = self.name(short);
+        self.namespaces
+            .iter()
+            .find(|n| n.name() == name)
+            .expect("namespace")
     }
 
     fn workload(&mut self, node: &str, short: &str, ip: &str) {
-        let (n, w) = (self.name(node), self.ns(short));
-        sh(&[
-            "ip",
-            "-n",
-            &n,
-            "link",
-            "add",
-            &format!("veth-{short}"),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &w,
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &n,
-            "link",
-            "set",
-            "dev",
-            &format!("veth-{short}"),
-            "master",
-            "br0",
-            "up",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &w,
-            "addr",
-            "add",
-            &format!("{ip}/24"),
-            "dev",
-            "eth0",
-        ]);
-        sh(&["ip", "-n", &w, "link", "set", "dev", "eth0", "up"]);
+        self.ns(short);
+        let (n, w) = (self.netns(node), self.netns(short));
+        let host_end = format!("veth-{short}");
+        n.veth_to(&host_end, w, "eth0");
+        n.ip(&["link", "set", "dev", &host_end, "master", "br0", "up"]);
+        w.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        w.ip(&["link", "set", "dev", "eth0", "up"]);
     }
 
     fn in_ns(&self, short: &str, args: &[&str]) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.name(short)))
-            .args(args);
+        let mut c = ns_command(&self.name(short), args[0]);
+        c.args(&args[1..]);
         c
     }
 
@@ -250,13 +206,15 @@ impl Cluster {
             .spawn()
             .unwrap();
         self.controller = Some(child);
-        assert!(
-            eventually(Duration::from_secs(20), || self
-                .cli(&["status"])
-                .status
-                .success()),
-            "controller up"
-        );
+        if let Err(e) = eventually(Duration::from_secs(20), || {
+            let out = self.cli(&["status"]);
+            out.status
+                .success()
+                .then_some(())
+                .ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
+        }) {
+            panic!("controller up: {e}\n{}", self.logs());
+        }
     }
 
     fn stop(child: &mut Option<Child>, signal: i32) {
@@ -349,16 +307,29 @@ impl Cluster {
         serde_json::from_slice(&out.stdout).unwrap_or_default()
     }
 
-    /// Both nodes connected and enforcing the controller's current revision.
-    fn in_sync(&self) -> bool {
+    /// Both nodes connected and enforcing the controller's current revision; else the
+    /// status that says otherwise.
+    fn in_sync(&self) -> Result<(), serde_json::Value> {
         let s = self.status();
         let items = s["items"].as_array().cloned().unwrap_or_default();
-        items.len() == 2
+        let synced = items.len() == 2
             && items.iter().all(|n| {
                 n["lag"] == 0
                     && n["connected"] == true
                     && n["error"].as_str().unwrap_or("").is_empty()
-            })
+            });
+        if synced {
+            Ok(())
+        } else {
+            Err(s)
+        }
+    }
+
+    /// Waits up to `limit` for [`Cluster::in_sync`]; fails the test saying `what`.
+    fn await_sync(&self, limit: Duration, what: &str) {
+        if let Err(e) = eventually(limit, || self.in_sync()) {
+            panic!("{what}: {e}\n{}", self.logs());
+        }
     }
 
     fn apply(&self, yaml: &str) {
@@ -399,9 +370,6 @@ impl Drop for Cluster {
                 .output();
         }
         Cluster::stop(&mut self.controller, libc::SIGKILL);
-        for n in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", n]).output();
-        }
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -427,12 +395,7 @@ fn a_policy_applied_through_the_cli_is_enforced_on_both_nodes_and_survives_resta
     c.start_agent("nodea");
     c.start_agent("nodeb");
     c.servers.push(tcp_echo_in(c.name("db"), 5432));
-    assert!(
-        eventually(Duration::from_secs(20), || c.in_sync()),
-        "nodes in sync: {}\n{}",
-        c.status(),
-        c.logs()
-    );
+    c.await_sync(Duration::from_secs(20), "nodes in sync");
     // Discovered workloads of both nodes, labelled from the labels files.
     let workloads =
         String::from_utf8_lossy(&c.cli(&["workload", "list", "-o", "json"]).stdout).into_owned();
@@ -447,17 +410,26 @@ fn a_policy_applied_through_the_cli_is_enforced_on_both_nodes_and_survives_resta
     );
 
     // web (node a) → db (node b): cut on node b, whose policy names a peer on node b only.
-    let started = Instant::now();
+    let before = c.status()["revision"].as_u64().expect("a revision");
     c.apply(DB_FROM_CACHE_ONLY);
-    assert!(
-        eventually(Duration::from_secs(1), || c.in_sync()),
-        "both nodes enforce the new revision within 1 s: {}",
-        c.status()
+    let revision = c.status()["revision"].as_u64().expect("a revision");
+    assert_eq!(revision, before + 1, "one apply, one revision");
+    c.await_sync(
+        Duration::from_secs(20),
+        "both nodes enforce the new revision",
     );
-    eprintln!(
-        "policy enforced on both nodes {:?} after apply",
-        started.elapsed()
-    );
+    // Each agent itself says it enforces that revision, not only the controller's record.
+    for node in ["nodea", "nodeb"] {
+        let status = local_api(
+            &c.dir.join(format!("agent-{node}.sock")),
+            r#"{"cmd":"status"}"#,
+        );
+        assert_eq!(
+            status["controller_revision"].as_u64(),
+            Some(revision),
+            "{node}: {status}"
+        );
+    }
     assert!(
         !c.tcp_ok("web", "10.78.0.21", 5432),
         "web on node a is denied\n{}",
@@ -472,7 +444,7 @@ fn a_policy_applied_through_the_cli_is_enforced_on_both_nodes_and_survives_resta
     c.apply(&format!(
         "{DB_FROM_CACHE_ONLY}\n---\napiVersion: microseg.io/v1\nkind: Policy\nmetadata: {{name: web-egress}}\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  egress:\n    - action: deny\n      to: [{{selector: {{matchLabels: {{app: db}}}}}}]\n    - action: allow\n"
     ));
-    assert!(eventually(Duration::from_secs(5), || c.in_sync()));
+    c.await_sync(Duration::from_secs(5), "nodes in sync");
     let flows = String::from_utf8_lossy(
         &c.in_ns("nodea", &[BIN, "flows", "-o", "json", "--socket"])
             .arg(c.dir.join("agent-nodea.sock"))
@@ -509,12 +481,7 @@ fn a_policy_applied_through_the_cli_is_enforced_on_both_nodes_and_survives_resta
         list.contains("db-ingress") && list.contains("web-egress"),
         "{list}"
     );
-    assert!(
-        eventually(Duration::from_secs(20), || c.in_sync()),
-        "agents resync: {}\n{}",
-        c.status(),
-        c.logs()
-    );
+    c.await_sync(Duration::from_secs(20), "agents resync");
 
     // Agent killed: enforcement stays; a change made meanwhile arrives when it returns.
     c.kill_agent("nodeb");
@@ -524,18 +491,13 @@ fn a_policy_applied_through_the_cli_is_enforced_on_both_nodes_and_survives_resta
         "node b still enforces its last revision (cache allowed)"
     );
     c.start_agent("nodeb");
-    assert!(
-        eventually(Duration::from_secs(20), || c.in_sync()),
-        "restarted agent resyncs: {}\n{}",
-        c.status(),
-        c.logs()
-    );
+    c.await_sync(Duration::from_secs(20), "restarted agent resyncs");
     assert!(
         !c.tcp_ok("cache", "10.78.0.21", 5432),
         "the new revision is enforced after the resync"
     );
     let _ = c.cli(&["policy", "delete", "web-egress"]);
-    assert!(eventually(Duration::from_secs(5), || c.in_sync()));
+    c.await_sync(Duration::from_secs(5), "nodes in sync");
     assert!(
         c.tcp_ok("web", "10.78.0.21", 5432),
         "web allowed by the new db-ingress"
@@ -551,21 +513,15 @@ fn agents_link_to_the_controller_over_mutual_tls() {
     c.start_agent("nodea");
     c.start_agent("nodeb");
     c.servers.push(tcp_echo_in(c.name("db"), 5432));
-    assert!(
-        eventually(Duration::from_secs(20), || c.in_sync()),
-        "nodes in sync over mutual TLS: {}\n{}",
-        c.status(),
-        c.logs()
-    );
+    c.await_sync(Duration::from_secs(20), "nodes in sync over mutual TLS");
     assert!(
         c.tcp_ok("web", "10.78.0.21", 5432),
         "open before any policy"
     );
     c.apply(DB_FROM_CACHE_ONLY);
-    assert!(
-        eventually(Duration::from_secs(5), || c.in_sync()),
-        "both nodes enforce the new revision: {}",
-        c.status()
+    c.await_sync(
+        Duration::from_secs(5),
+        "both nodes enforce the new revision",
     );
     assert!(
         !c.tcp_ok("web", "10.78.0.21", 5432),
@@ -628,12 +584,7 @@ fn a_policy_set_of_100000_rules_reaches_the_agents_and_is_enforced() {
     c.start_agent("nodea");
     c.start_agent("nodeb");
     c.servers.push(tcp_echo_in(c.name("db"), 20_500));
-    assert!(
-        eventually(Duration::from_secs(20), || c.in_sync()),
-        "nodes in sync: {}\n{}",
-        c.status(),
-        c.logs()
-    );
+    c.await_sync(Duration::from_secs(20), "nodes in sync");
     assert!(
         c.tcp_ok("web", "10.78.0.21", 20_500),
         "open before any policy"
@@ -641,11 +592,9 @@ fn a_policy_set_of_100000_rules_reaches_the_agents_and_is_enforced() {
 
     c.apply(&hundred_thousand_rules());
     let revision = c.status()["revision"].as_u64().expect("a revision");
-    assert!(
-        eventually(Duration::from_secs(300), || c.in_sync()),
-        "both nodes acknowledge revision {revision}: {}\n{}",
-        c.status(),
-        c.logs()
+    c.await_sync(
+        Duration::from_secs(300),
+        &format!("both nodes acknowledge revision {revision}"),
     );
     for n in c.status()["items"].as_array().unwrap() {
         assert_eq!(n["revision"].as_u64(), Some(revision), "{n}");
@@ -673,14 +622,8 @@ fn a_policy_set_of_100000_rules_reaches_the_agents_and_is_enforced() {
     c.kill_agent("nodeb");
     c.start_agent("nodeb");
     let adopted = format!("adopted revision {revision} from a previous agent");
-    assert!(
-        eventually(Duration::from_secs(20), || c.logs().contains(&adopted)),
-        "{adopted:?} logged\n{}",
-        c.logs()
-    );
-    assert!(
-        eventually(Duration::from_secs(300), || c.in_sync()),
-        "node b resyncs: {}",
-        c.status()
-    );
+    if let Err(e) = eventually(Duration::from_secs(20), || c.logs().contains(&adopted)) {
+        panic!("{adopted:?} not logged ({e})\n{}", c.logs());
+    }
+    c.await_sync(Duration::from_secs(300), "node b resyncs");
 }

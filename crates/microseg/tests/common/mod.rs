@@ -7,100 +7,73 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+// Each test binary takes what it needs.
+#[allow(unused_imports)]
+pub use microseg_testsupport::{eventually, in_netns, ns_command, sh, unique_name, NetNs};
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_microseg");
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// Runs a command, which must succeed.
-pub fn sh(args: &[&str]) -> Output {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("run command");
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// Runs `f` on a thread inside network namespace `ns`.
-pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let fd = File::open(&path).expect("open netns");
-        // SAFETY: setns on this thread only; the fd is valid for the call.
-        let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}");
-        f()
-    })
-    .join()
-    .expect("netns thread")
-}
 
 pub struct Workload {
     pub name: String,
     pub ns: String,
     pub v4: String,
     pub v6: String,
+    netns: NetNs,
 }
 
 pub struct Topology {
     pub prefix: String,
     pub node: String,
-    pub workloads: Vec<Workload>,
     pub dir: PathBuf,
     pub bpffs: PathBuf,
     pub socket: PathBuf,
     agent: Option<Child>,
     servers: Vec<Server>,
+    // Dropped after `Drop::drop` stopped the agent and cleaned up in the node.
+    pub workloads: Vec<Workload>,
+    node_ns: NetNs,
 }
 
 impl Topology {
     /// Workloads `names[i]` get 10.77.0.(10+i) and fd77::(10+i), interface `veth-<name>`.
     pub fn new(test: &str, names: &[&str]) -> Topology {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let prefix = format!("mse2e{}{}", std::process::id(), n);
-        let node = format!("{prefix}-node");
+        let prefix = unique_name("mse2e");
         let dir = std::env::temp_dir().join(format!("{prefix}-{test}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("policy")).unwrap();
+        let node_ns = NetNs::named(&format!("{prefix}-node"));
         let mut t = Topology {
             bpffs: PathBuf::from(format!("/sys/fs/bpf/{prefix}")),
             socket: dir.join("agent.sock"),
             prefix: prefix.clone(),
-            node: node.clone(),
+            node: node_ns.name().to_string(),
             workloads: Vec::new(),
+            node_ns,
             dir,
             agent: None,
             servers: Vec::new(),
         };
-        sh(&["ip", "netns", "add", &node]);
-        sh(&["ip", "-n", &node, "link", "set", "lo", "up"]);
-        sh(&["ip", "-n", &node, "link", "add", "br0", "type", "bridge"]);
-        sh(&["ip", "-n", &node, "link", "set", "br0", "up"]);
+        t.node_ns.ip(&["link", "add", "br0", "type", "bridge"]);
+        t.node_ns.ip(&["link", "set", "br0", "up"]);
         for (i, name) in names.iter().enumerate() {
-            let ns = format!("{prefix}-{name}");
-            let host_end = format!("veth-{name}");
-            let (v4, v6) = (format!("10.77.0.{}", 10 + i), format!("fd77::{}", 10 + i));
-            // Registered before creation so a failure half way still cleans up.
-            t.workloads.push(Workload {
+            let netns = NetNs::named(&format!("{prefix}-{name}"));
+            let w = Workload {
                 name: name.to_string(),
-                ns: ns.clone(),
-                v4: v4.clone(),
-                v6: v6.clone(),
-            });
-            sh(&["ip", "netns", "add", &ns]);
-            link_workload(&node, &ns, &host_end, &v4, &v6);
+                ns: netns.name().to_string(),
+                v4: format!("10.77.0.{}", 10 + i),
+                v6: format!("fd77::{}", 10 + i),
+                netns,
+            };
+            // Owned before it is linked, so a failure half way still cleans up.
+            t.workloads.push(w);
+            t.link_workload(name);
         }
         t
     }
@@ -108,10 +81,24 @@ impl Topology {
     /// Deletes workload `name`'s veth pair and makes it again, as a restarted pod gets a
     /// new interface of the same name (and a new ifindex).
     pub fn recreate_interface(&self, name: &str) {
+        self.node_ns.ip(&["link", "del", &format!("veth-{name}")]);
+        self.link_workload(name);
+    }
+
+    /// A veth pair from the node's bridge (`veth-<name>`) into workload `name`'s namespace
+    /// (`eth0`), addressed and up.
+    fn link_workload(&self, name: &str) {
         let w = self.w(name);
         let host_end = format!("veth-{name}");
-        sh(&["ip", "-n", &self.node, "link", "del", &host_end]);
-        link_workload(&self.node, &w.ns, &host_end, &w.v4, &w.v6);
+        self.node_ns.veth_to(&host_end, &w.netns, "eth0");
+        self.node_ns
+            .ip(&["link", "set", &host_end, "master", "br0", "up"]);
+        w.netns
+            .ip(&["addr", "add", &format!("{}/24", w.v4), "dev", "eth0"]);
+        let v6 = format!("{}/64", w.v6);
+        w.netns
+            .ip(&["-6", "addr", "add", &v6, "dev", "eth0", "nodad"]);
+        w.netns.ip(&["link", "set", "eth0", "up"]);
     }
 
     pub fn w(&self, name: &str) -> &Workload {
@@ -144,10 +131,8 @@ impl Topology {
     }
 
     pub fn agent_cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.node))
-            .arg(BIN)
-            .arg("agent");
+        let mut c = self.node_ns.command(BIN);
+        c.arg("agent");
         c.arg("--bpffs")
             .arg(&self.bpffs)
             .arg("--socket")
@@ -176,14 +161,15 @@ impl Topology {
             .spawn()
             .expect("spawn agent");
         self.agent = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if self.cli(&["stats"]).status.success() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        if let Err(e) = eventually(Duration::from_secs(20), || {
+            let out = self.cli(&["stats"]);
+            out.status
+                .success()
+                .then_some(())
+                .ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
+        }) {
+            panic!("agent did not come up: {e}\n{}", self.agent_log());
         }
-        panic!("agent did not come up: {}", self.agent_log());
     }
 
     pub fn agent_log(&self) -> String {
@@ -192,11 +178,12 @@ impl Topology {
 
     /// Waits up to 5 s for the agent to log `needle`; fails the test with the log if not.
     pub fn await_log(&self, needle: &str) {
-        assert!(
-            self.eventually(Duration::from_secs(5), || self.agent_log().contains(needle)),
-            "no {needle:?} in the agent's log: {}",
-            self.agent_log()
-        );
+        if let Err(e) = eventually(Duration::from_secs(5), || self.agent_log().contains(needle)) {
+            panic!(
+                "no {needle:?} in the agent's log ({e}): {}",
+                self.agent_log()
+            );
+        }
     }
 
     /// Stops the agent with `signal` and waits for it.
@@ -301,30 +288,15 @@ impl Topology {
     }
 
     pub fn ping_ok(&self, from: &str, to: &str) -> bool {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.w(from).ns,
-                "ping",
-                "-c",
-                "1",
-                "-W",
-                "1",
-                to,
-            ])
+        self.w(from)
+            .netns
+            .command("ping")
+            .args(["-c", "1", "-W", "1", to])
             .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    }
-
-    /// Polls `cond` for up to `limit`.
-    pub fn eventually(&self, limit: Duration, cond: impl FnMut() -> bool) -> bool {
-        eventually(limit, cond)
+            .is_ok_and(|o| o.status.success())
     }
 }
 
-/// A veth pair from the node's bridge into workload namespace `ns`, addressed and up.
 /// Sets `IFLA_GSO_MAX_SIZE` and `IFLA_GSO_IPV4_MAX_SIZE` of `dev` in namespace `ns` over
 /// rtnetlink: Debian 12's `ip` predates the IPv4 one.
 fn set_gso_max_sizes(ns: &str, dev: &str, size: u32) {
@@ -370,40 +342,6 @@ fn set_gso_max_sizes(ns: &str, dev: &str, size: u32) {
     assert_eq!(err, 0, "{}", std::io::Error::from_raw_os_error(-err));
 }
 
-fn link_workload(node: &str, ns: &str, host_end: &str, v4: &str, v6: &str) {
-    sh(&[
-        "ip", "-n", node, "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns",
-        ns,
-    ]);
-    sh(&[
-        "ip", "-n", node, "link", "set", host_end, "master", "br0", "up",
-    ]);
-    sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-    sh(&[
-        "ip",
-        "-n",
-        ns,
-        "addr",
-        "add",
-        &format!("{v4}/24"),
-        "dev",
-        "eth0",
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        ns,
-        "-6",
-        "addr",
-        "add",
-        &format!("{v6}/64"),
-        "dev",
-        "eth0",
-        "nodad",
-    ]);
-    sh(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
-}
-
 pub fn addr(ip: &str, port: u16) -> SocketAddr {
     if ip.contains(':') {
         format!("[{ip}]:{port}").parse().unwrap()
@@ -421,20 +359,11 @@ impl Drop for Topology {
         }
         let _ = self.agent_cmd(&["--cleanup"]).output();
         let _ = std::fs::remove_dir_all(&self.bpffs);
-        for w in &self.workloads {
-            let _ = Command::new("ip").args(["netns", "del", &w.ns]).output();
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.node])
-            .output();
+        // The namespaces go with the fields.
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
-}
-
-pub fn path_exists(p: &Path) -> bool {
-    p.exists()
 }
 
 /// A server thread in a namespace; stopped and joined on drop.
@@ -524,18 +453,4 @@ pub fn tcp_ok_from(ns: &str, to: SocketAddr) -> bool {
         let mut buf = [0u8; 5];
         s.write_all(b"hello").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"hello"
     })
-}
-
-/// Polls `cond` for up to `limit`.
-pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }

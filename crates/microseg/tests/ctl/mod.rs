@@ -4,7 +4,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+pub use microseg_testsupport::free_port;
+use microseg_testsupport::{eventually, unique_name};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_microseg");
 
@@ -14,14 +17,6 @@ pub struct Controller {
     pub url: String,
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Controller {
     pub fn start(test: &str) -> Controller {
         Controller::start_with(test, |_| Vec::new())
@@ -29,7 +24,7 @@ impl Controller {
 
     /// `extra(dir)`: more controller flags; any `--tls-cert` makes the URL https.
     pub fn start_with(test: &str, extra: impl FnOnce(&Path) -> Vec<String>) -> Controller {
-        let dir = std::env::temp_dir().join(format!("msctl-cli-{}-{test}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("{}-{test}", unique_name("msctl-cli")));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
@@ -58,15 +53,16 @@ impl Controller {
             dir,
             url: format!("{scheme}://127.0.0.1:{port}"),
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if c.token_file().exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            {
-                return c;
+        let up = eventually(Duration::from_secs(20), || {
+            if !c.token_file().exists() {
+                return Err("no token file yet".to_string());
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())
+        });
+        if let Err(e) = up {
+            panic!("controller did not start: {e}\n{}", c.log());
         }
-        panic!("controller did not start: {}", c.log());
+        c
     }
 
     pub fn token_file(&self) -> PathBuf {
