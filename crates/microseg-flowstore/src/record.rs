@@ -43,23 +43,55 @@ impl FlowRecord {
     /// and direction has the same one (FNV-1a over node, workload, direction, 5-tuple and
     /// start), so edges count it once.
     pub fn connection_id(&self) -> i64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut eat = |bytes: &[u8]| {
-            for b in bytes.iter().chain(std::iter::once(&0xff)) {
-                h ^= u64::from(*b);
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
-        };
-        eat(self.node.as_bytes());
-        eat(self.workload.as_bytes());
-        eat(self.direction.as_str().as_bytes());
-        eat(self.src_ip.as_bytes());
-        eat(self.dst_ip.as_bytes());
-        eat(&self.src_port.to_be_bytes());
-        eat(&self.dst_port.to_be_bytes());
-        eat(&[self.protocol.0]);
-        eat(&self.start.0.to_be_bytes());
-        h as i64
+        let mut h = Fnv::new();
+        h.eat(self.node.as_bytes());
+        h.eat(self.workload.as_bytes());
+        h.eat(self.direction.as_str().as_bytes());
+        h.eat(self.src_ip.as_bytes());
+        h.eat(self.dst_ip.as_bytes());
+        h.eat(&self.src_port.to_be_bytes());
+        h.eat(&self.dst_port.to_be_bytes());
+        h.eat(&[self.protocol.0]);
+        h.eat(&self.start.0.to_be_bytes());
+        h.0 as i64
+    }
+
+    /// One number per edge: source and destination (workload name, or address),
+    /// protocol, destination port, verdict and policy.
+    pub fn edge_id(&self) -> i64 {
+        let mut h = Fnv::new();
+        for (workload, ip) in [
+            (&self.src_workload, &self.src_ip),
+            (&self.dst_workload, &self.dst_ip),
+        ] {
+            match workload {
+                Some(w) => h.eat(&[b'w']).eat(w.as_bytes()),
+                None => h.eat(&[b'a']).eat(ip.as_bytes()),
+            };
+        }
+        h.eat(&[self.protocol.0]);
+        h.eat(&self.dst_port.to_be_bytes());
+        h.eat(self.verdict.as_str().as_bytes());
+        h.eat(self.policy.as_deref().unwrap_or("").as_bytes());
+        h.0 as i64
+    }
+}
+
+/// FNV-1a, each field followed by a byte no UTF-8 text holds, so that fields cannot run
+/// into each other.
+pub(crate) struct Fnv(pub u64);
+
+impl Fnv {
+    pub(crate) fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    pub(crate) fn eat(&mut self, bytes: &[u8]) -> &mut Fnv {
+        for b in bytes.iter().chain(std::iter::once(&0xff)) {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+        self
     }
 }
 

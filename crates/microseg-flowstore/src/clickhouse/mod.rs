@@ -3,13 +3,18 @@
 //! partitions; 18.16 has no TTL), absent values as '' or -1 (no Nullable in keys or
 //! aggregates there), labels as JSON text (no Map type).
 
-use crate::edge::{finish, EdgeRow};
+mod edges;
+mod rows;
+
+use crate::edge::Edge;
 use crate::filter::{Cursor, EdgeWindow, FlowFilter};
 use crate::http::{self, HttpError};
 use crate::sql::{clickhouse_string, Dialect, SeqClock, StoredRow, Where, COLUMNS};
 use crate::sqlite::page_after;
-use crate::{BoxFuture, Edge, Error, FlowRecord, FlowStore, Page, Timestamp};
-use serde::{Deserialize, Serialize};
+use crate::{BoxFuture, Error, FlowRecord, FlowStore, Page, Timestamp};
+use edges::{EdgeCache, EDGE_ENDS_TABLE};
+use rows::ChRow;
+use serde::Deserialize;
 
 const BACKEND: &str = "clickhouse";
 const CREATE_DATABASE: &str = "creating the database";
@@ -19,125 +24,7 @@ pub struct ClickHouseStore {
     addr: String,
     db: String,
     seq: SeqClock,
-}
-
-/// A row as JSONEachRow carries it.
-#[derive(Serialize, Deserialize)]
-struct ChRow {
-    #[serde(skip_deserializing)]
-    day: String,
-    seq: i64,
-    time: i64,
-    node: String,
-    workload: String,
-    direction: String,
-    src_ip: String,
-    dst_ip: String,
-    src_port: i64,
-    dst_port: i64,
-    protocol: i64,
-    verdict: String,
-    policy: String,
-    rule: i64,
-    audit_verdict: String,
-    audit_policy: String,
-    packets: i64,
-    bytes: i64,
-    src_workload: String,
-    dst_workload: String,
-    src_labels: String,
-    dst_labels: String,
-    started: i64,
-    ended: i64,
-    conn: i64,
-}
-
-#[derive(Deserialize)]
-struct ChEdge {
-    s: String,
-    sw: u8,
-    sl: String,
-    d: String,
-    dw: u8,
-    dl: String,
-    protocol: i64,
-    dst_port: i64,
-    verdict: String,
-    policy: String,
-    connections: i64,
-    packets: i64,
-    bytes: i64,
-    first_seen: i64,
-    last_seen: i64,
-}
-
-fn text(v: Option<String>) -> String {
-    v.unwrap_or_default()
-}
-
-fn some(v: String) -> Option<String> {
-    (!v.is_empty()).then_some(v)
-}
-
-impl ChRow {
-    fn from_stored(r: StoredRow) -> ChRow {
-        ChRow {
-            day: Timestamp(r.time).date(),
-            seq: r.seq,
-            time: r.time,
-            node: r.node,
-            workload: r.workload,
-            direction: r.direction,
-            src_ip: r.src_ip,
-            dst_ip: r.dst_ip,
-            src_port: r.src_port,
-            dst_port: r.dst_port,
-            protocol: r.protocol,
-            verdict: r.verdict,
-            policy: text(r.policy),
-            rule: r.rule.unwrap_or(-1),
-            audit_verdict: text(r.audit_verdict),
-            audit_policy: text(r.audit_policy),
-            packets: r.packets,
-            bytes: r.bytes,
-            src_workload: text(r.src_workload),
-            dst_workload: text(r.dst_workload),
-            src_labels: r.src_labels,
-            dst_labels: r.dst_labels,
-            started: r.started,
-            ended: r.ended.unwrap_or(-1),
-            conn: r.conn,
-        }
-    }
-
-    fn into_stored(self) -> StoredRow {
-        StoredRow {
-            seq: self.seq,
-            time: self.time,
-            node: self.node,
-            workload: self.workload,
-            direction: self.direction,
-            src_ip: self.src_ip,
-            dst_ip: self.dst_ip,
-            src_port: self.src_port,
-            dst_port: self.dst_port,
-            protocol: self.protocol,
-            verdict: self.verdict,
-            policy: some(self.policy),
-            rule: (self.rule >= 0).then_some(self.rule),
-            audit_verdict: some(self.audit_verdict),
-            audit_policy: some(self.audit_policy),
-            packets: self.packets,
-            bytes: self.bytes,
-            src_workload: some(self.src_workload),
-            dst_workload: some(self.dst_workload),
-            src_labels: self.src_labels,
-            dst_labels: self.dst_labels,
-            started: self.started,
-            ended: (self.ended >= 0).then_some(self.ended),
-            conn: self.conn,
-        }
-    }
+    edges: EdgeCache,
 }
 
 impl ClickHouseStore {
@@ -163,6 +50,7 @@ impl ClickHouseStore {
             addr: addr.to_string(),
             db: db.to_string(),
             seq: SeqClock::new(0),
+            edges: EdgeCache::default(),
         };
         store
             .run(
@@ -177,10 +65,11 @@ impl ClickHouseStore {
                 dst_port Int32, protocol Int32, verdict String, policy String, rule Int64,
                 audit_verdict String, audit_policy String, packets Int64, bytes Int64,
                 src_workload String, dst_workload String, src_labels String,
-                dst_labels String, started Int64, ended Int64, conn Int64
+                dst_labels String, started Int64, ended Int64, conn Int64, edge Int64, leg Int64
             ) ENGINE = MergeTree PARTITION BY day ORDER BY time"
         );
         store.run("creating the table", &table).await?;
+        store.run("creating the table", EDGE_ENDS_TABLE).await?;
         let last = store.head().await?;
         store.seq = SeqClock::new(last);
         Ok(store)
@@ -272,6 +161,19 @@ impl ClickHouseStore {
     }
 }
 
+fn json_lines<T: serde::Serialize>(rows: &[T]) -> Result<Vec<u8>, Error> {
+    let mut body = Vec::with_capacity(rows.len() * 512);
+    for r in rows {
+        serde_json::to_writer(&mut body, r).map_err(|e| Error::Backend {
+            backend: BACKEND,
+            what: "an insert",
+            source: Box::new(e),
+        })?;
+        body.push(b'\n');
+    }
+    Ok(body)
+}
+
 fn records(rows: Vec<StoredRow>) -> Result<Vec<FlowRecord>, Error> {
     rows.into_iter()
         .map(StoredRow::into_record)
@@ -293,18 +195,23 @@ impl FlowStore for ClickHouseStore {
                 return Ok(());
             }
             let first = self.seq.take(batch.len());
-            let mut body = Vec::with_capacity(batch.len() * 512);
-            for (i, r) in batch.iter().enumerate() {
-                let row = ChRow::from_stored(StoredRow::from_record(r, first + i as i64));
-                serde_json::to_writer(&mut body, &row).map_err(|e| Error::Backend {
-                    backend: BACKEND,
-                    what: "an insert",
-                    source: Box::new(e),
-                })?;
-                body.push(b'\n');
+            let rows: Vec<ChRow> = batch
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    ChRow::from_stored(StoredRow::from_record(r, first + i as i64), r.edge_id())
+                })
+                .collect();
+            // The edges' ends first: a flow row is never without them.
+            let ends = self.edges.missing(&rows);
+            if !ends.is_empty() {
+                let q = "INSERT INTO edge_ends FORMAT JSONEachRow";
+                self.send("an insert", q, &json_lines(&ends)?).await?;
             }
-            let query = format!("INSERT INTO flows (day, {COLUMNS}) FORMAT JSONEachRow");
-            self.send("an insert", &query, &body).await.map(|_| ())
+            let q = format!("INSERT INTO flows (day, {COLUMNS}, edge, leg) FORMAT JSONEachRow");
+            self.send("an insert", &q, &json_lines(&rows)?).await?;
+            self.edges.written(&ends, &rows);
+            Ok(())
         })
     }
 
@@ -314,6 +221,25 @@ impl FlowStore for ClickHouseStore {
             let head = self.head().await?;
             let mut w = Where::new(Dialect::ClickHouse);
             Self::clause(filter, &mut w);
+            // The oldest time among the newest `limit` first, over one column: sorting
+            // every matching row with all its columns took seconds on millions.
+            #[derive(Deserialize)]
+            struct Oldest {
+                time: i64,
+            }
+            let oldest: Vec<Oldest> = self
+                .select(
+                    "a query",
+                    &format!(
+                        "SELECT time FROM flows {} ORDER BY time DESC LIMIT {}, 1",
+                        w.clause(),
+                        filter.limit - 1
+                    ),
+                )
+                .await?;
+            if let Some(o) = oldest.first() {
+                w.push(format!("time >= {}", o.time));
+            }
             let q = format!(
                 "SELECT {COLUMNS} FROM flows {} ORDER BY time DESC, seq DESC LIMIT {}",
                 w.clause(),
@@ -350,73 +276,23 @@ impl FlowStore for ClickHouseStore {
     }
 
     fn edges<'a>(&'a self, window: &'a EdgeWindow) -> BoxFuture<'a, Result<Vec<Edge>, Error>> {
-        Box::pin(async move {
-            let until = window.until.unwrap_or(Timestamp(i64::MAX / 2));
-            let mut w = Where::new(Dialect::ClickHouse);
-            w.push(format!(
-                "time >= {} AND time <= {}",
-                window.since.0, until.0
-            ));
-            w.push(format!("day >= toDate('{}')", window.since.date()));
-            if window.until.is_some() {
-                w.push(format!("day <= toDate('{}')", until.date()));
-            }
-            // Per connection leg, then per edge; labels of the latest report.
-            let q = format!(
-                "SELECT s, sw, argMax(sl, l) AS sl, d, dw, argMax(dl, l) AS dl, protocol,
-                        dst_port, verdict, policy, toInt64(count()) AS connections,
-                        sum(p) AS packets, sum(b) AS bytes, min(f) AS first_seen,
-                        max(l) AS last_seen
-                 FROM (SELECT if(src_workload = '', src_ip, src_workload) AS s,
-                              src_workload != '' AS sw,
-                              if(dst_workload = '', dst_ip, dst_workload) AS d,
-                              dst_workload != '' AS dw, protocol, dst_port, verdict, policy,
-                              max(packets) AS p, max(bytes) AS b, min(time) AS f,
-                              max(time) AS l, argMax(src_labels, time) AS sl,
-                              argMax(dst_labels, time) AS dl
-                       FROM flows {}
-                       GROUP BY conn, verdict, policy, s, sw, d, dw, protocol, dst_port)
-                 GROUP BY s, sw, d, dw, protocol, dst_port, verdict, policy",
-                w.clause()
-            );
-            let rows: Vec<ChEdge> = self.select("edges", &q).await?;
-            let rows = rows
-                .into_iter()
-                .map(|e| EdgeRow {
-                    src: e.s,
-                    src_is_workload: e.sw != 0,
-                    src_labels: e.sl,
-                    dst: e.d,
-                    dst_is_workload: e.dw != 0,
-                    dst_labels: e.dl,
-                    protocol: e.protocol,
-                    dst_port: e.dst_port,
-                    verdict: e.verdict,
-                    policy: some(e.policy),
-                    connections: e.connections,
-                    packets: e.packets,
-                    bytes: e.bytes,
-                    first_seen: e.first_seen,
-                    last_seen: e.last_seen,
-                })
-                .collect();
-            finish(rows, BACKEND)
-        })
+        Box::pin(self.edges_in(window))
     }
 
     fn expire(&self, older_than: Timestamp) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
+            let cut = older_than.date();
             #[derive(Deserialize)]
             struct Part {
+                table: String,
                 partition: String,
             }
-            let cut = older_than.date();
             let parts: Vec<Part> = self
                 .select(
                     "listing partitions",
                     &format!(
-                        "SELECT DISTINCT partition FROM system.parts WHERE database = {} \
-                         AND table = 'flows' AND active",
+                        "SELECT DISTINCT table, partition FROM system.parts WHERE database = {} \
+                         AND table IN ('flows', 'edge_ends') AND active",
                         clickhouse_string(&self.db)
                     ),
                 )
@@ -426,12 +302,15 @@ impl FlowStore for ClickHouseStore {
                 let day = p.partition.trim_matches('\'');
                 if day < cut.as_str() {
                     let q = format!(
-                        "ALTER TABLE flows DROP PARTITION {}",
+                        "ALTER TABLE {} DROP PARTITION {}",
+                        p.table,
                         clickhouse_string(day)
                     );
                     self.run("dropping an old day", &q).await?;
                 }
             }
+            // Edges seen again must be written again.
+            self.edges.clear();
             Ok(())
         })
     }

@@ -1,81 +1,43 @@
-//! Throw-away servers for the flow store's tests and benchmark: a PostgreSQL (initdb in a
-//! temp dir, a free loopback port) and a ClickHouse (its own config, data and ports), each
+//! Throw-away servers for the flow store's tests and benchmark: a PostgreSQL
+//! (microseg-testsupport's) and a ClickHouse (its own config, data and ports), each
 //! started once per process and stopped and removed when the process exits, failed tests
 //! included.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// A unique name for this process: `prefix_PID_N`.
-pub fn unique(prefix: &str) -> String {
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    format!("{prefix}_{}_{n}", std::process::id())
-}
-
-/// A fresh dir under /tmp (reachable by the servers' users), removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(what: &str) -> TempDir {
-        let p = Path::new("/tmp").join(unique(&format!("msflow-{what}")));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use microseg_testsupport::{eventually, unique_name, Postgres};
+pub use microseg_testsupport::{free_port, TempDir};
 
 fn wait_for_port(port: u16, what: &str, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let listening = eventually(Duration::from_secs(60), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())
+    });
+    if let Err(e) = listening {
+        let log = std::fs::read_to_string(log).unwrap_or_default();
+        panic!("{what} did not listen on 127.0.0.1:{port}: {e}\n{log}");
     }
-    let log = std::fs::read_to_string(log).unwrap_or_default();
-    panic!("{what} did not listen on 127.0.0.1:{port} within 60 s:\n{log}");
 }
 
 /// Servers this process started, stopped at exit.
 static SERVERS: Mutex<Vec<Server>> = Mutex::new(Vec::new());
 
 enum Server {
-    Postgres { bin: PathBuf, dir: TempDir },
-    ClickHouse { child: Child, dir: TempDir },
+    /// Stopped when dropped.
+    Postgres(Postgres),
+    ClickHouse {
+        child: Child,
+        dir: TempDir,
+    },
 }
 
 impl Server {
     fn stop(self) {
         match self {
-            Server::Postgres { bin, dir } => {
-                let _ = Command::new("runuser")
-                    .args(["-u", "postgres", "--"])
-                    .arg(bin.join("pg_ctl"))
-                    .arg("-D")
-                    .arg(dir.0.join("data"))
-                    .args(["-m", "immediate", "-w", "-t", "20", "stop"])
-                    .output();
-            }
+            Server::Postgres(pg) => drop(pg),
             Server::ClickHouse { mut child, dir } => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -104,85 +66,18 @@ fn keep(server: Server) {
 /// The process's PostgreSQL: host:port.
 pub fn postgres() -> &'static str {
     static PG: OnceLock<String> = OnceLock::new();
-    PG.get_or_init(start_postgres)
-}
-
-fn pg_bin() -> PathBuf {
-    let mut v: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("PostgreSQL is installed (scripts/setup.sh installs Debian's postgresql)")
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-        .filter(|p| p.join("initdb").exists())
-        .collect();
-    v.sort();
-    v.pop().expect("an initdb under /usr/lib/postgresql/*/bin")
-}
-
-fn as_postgres(args: &[&str]) {
-    let out = Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .args(args)
-        .output()
-        .expect("runuser");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn start_postgres() -> String {
-    let bin = pg_bin();
-    let dir = TempDir::new("pg");
-    let st = Command::new("chown")
-        .arg("postgres:postgres")
-        .arg(&dir.0)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let data = dir.0.join("data");
-    let port = free_port();
-    as_postgres(&[
-        bin.join("initdb").to_str().unwrap(),
-        "-D",
-        data.to_str().unwrap(),
-        "-A",
-        "trust",
-        "-U",
-        "postgres",
-        "-E",
-        "UTF8",
-        "--no-sync",
-    ]);
-    let opts = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off",
-        dir.0.display()
-    );
-    let log = dir.0.join("log");
-    let started = Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .arg(bin.join("pg_ctl"))
-        .arg("-D")
-        .arg(&data)
-        .arg("-l")
-        .arg(&log)
-        .args(["-w", "-t", "30", "-o", &opts, "start"])
-        .output()
-        .unwrap();
-    let ok = started.status.success();
-    keep(Server::Postgres { bin, dir });
-    assert!(
-        ok,
-        "pg_ctl start: {}",
-        String::from_utf8_lossy(&started.stderr)
-    );
-    format!("127.0.0.1:{port}")
+    PG.get_or_init(|| {
+        let pg = Postgres::start();
+        let addr = pg.addr();
+        keep(Server::Postgres(pg));
+        addr
+    })
 }
 
 /// A new, empty database on the process's PostgreSQL; its URL.
 pub async fn postgres_url() -> String {
     let addr = postgres();
-    let name = unique("flows");
+    let name = unique_name("flows");
     let admin = format!("postgres://postgres@{addr}/postgres");
     let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
         .await
@@ -220,7 +115,8 @@ pub fn clickhouse() -> &'static str {
 }
 
 fn start_clickhouse() -> String {
-    let dir = TempDir::new("ch");
+    // Under /tmp: reachable by the server whatever TMPDIR says.
+    let dir = TempDir::new_in(Path::new("/tmp"), "ch");
     let (http, tcp) = (free_port(), free_port());
     let d = dir.0.display();
     let config = format!(
@@ -272,5 +168,5 @@ fn start_clickhouse() -> String {
 
 /// A new database name on the process's ClickHouse (the store creates it); its URL.
 pub fn clickhouse_url() -> String {
-    format!("clickhouse://{}/{}", clickhouse(), unique("flows"))
+    format!("clickhouse://{}/{}", clickhouse(), unique_name("flows"))
 }
