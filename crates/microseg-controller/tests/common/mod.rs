@@ -9,6 +9,8 @@ use microseg_controller::{Options, Running};
 use serde_json::Value;
 use std::time::Duration;
 
+// Each test binary takes what it needs.
+#[allow(unused_imports)]
 pub use microseg_testsupport::{Postgres, TempDir};
 
 /// A controller in this process, on its own runtime.
