@@ -161,29 +161,45 @@ fn main() -> ExitCode {
     }
 }
 
+/// Why the agent's TLS flags cannot be used with its --controller.
+#[derive(Debug, thiserror::Error)]
+enum AgentTlsError {
+    #[error("--controller {url}: --tls-ca, --tls-cert and --tls-key need an https:// URL")]
+    NeedsHttps { url: String },
+    #[error("{}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--controller {url}: no system CA bundle found; give --tls-ca PATH")]
+    NoSystemCa { url: String },
+}
+
 /// Checks the agent's TLS flags against the controller URL; the CA file to trust (for
 /// https: --tls-ca, else the system bundle).
-fn controller_tls(url: &str, files: [&Option<PathBuf>; 3]) -> Result<Option<PathBuf>, String> {
+fn controller_tls(
+    url: &str,
+    files: [&Option<PathBuf>; 3],
+) -> Result<Option<PathBuf>, AgentTlsError> {
     let ca = files[0];
     if !url.starts_with("https://") {
         if files.iter().any(|f| f.is_some()) {
-            return Err(format!(
-                "--controller {url}: --tls-ca, --tls-cert and --tls-key need an https:// URL"
-            ));
+            return Err(AgentTlsError::NeedsHttps { url: url.into() });
         }
         return Ok(None);
     }
     // Readable now, so a typo fails at start rather than at every reconnect.
     for p in files.into_iter().flatten() {
-        std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        std::fs::read(p).map_err(|source| AgentTlsError::Unreadable {
+            path: p.clone(),
+            source,
+        })?;
     }
     match ca {
         Some(p) => Ok(Some(p.clone())),
         None => microseg_controller::tls::system_ca_file()
             .map(|p| Some(p.to_path_buf()))
-            .ok_or_else(|| {
-                format!("--controller {url}: no system CA bundle found; give --tls-ca PATH")
-            }),
+            .ok_or_else(|| AgentTlsError::NoSystemCa { url: url.into() }),
     }
 }
 
@@ -241,7 +257,7 @@ fn agent(a: AgentArgs) -> ExitCode {
             let tls_ca = match controller_tls(url, [&a.tls_ca, &a.tls_cert, &a.tls_key]) {
                 Ok(ca) => ca,
                 Err(e) => {
-                    eprintln!("error: {}", esc(&e));
+                    eprintln!("error: {}", esc(&e.to_string()));
                     return ExitCode::from(2);
                 }
             };

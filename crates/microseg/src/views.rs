@@ -1,14 +1,16 @@
 //! `microseg stats`, `flows` and `sessions`: the local agent's views.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
 use microseg_agent::api::{request, Request};
 use microseg_agent::flows::FlowFilter;
+use microseg_common::time::DurationError;
 use serde_json::Value;
 
 use crate::client::output::{esc, Report};
+use crate::client::CommandError;
 
 #[derive(Args)]
 pub struct ViewArgs {
@@ -52,25 +54,61 @@ pub struct FlowArgs {
 }
 
 /// "90s", "5m", "1h30m", "2d" → seconds, read by the one strict duration parser.
-fn parse_duration(s: &str) -> Result<f64, String> {
-    microseg_common::time::parse_duration(s)
-        .map(|d| d.as_secs_f64())
-        .map_err(|e| e.to_string())
+fn parse_duration(s: &str) -> Result<f64, DurationError> {
+    microseg_common::time::parse_duration(s).map(|d| d.as_secs_f64())
 }
 
-fn finish(r: Result<(), String>) -> ExitCode {
+/// Why a view could not be shown.
+#[derive(Debug, thiserror::Error)]
+enum ViewError {
+    /// The local agent could not be asked, or refused: its message says why.
+    #[error("{0}")]
+    Agent(Box<dyn std::error::Error + Send + Sync>),
+    #[error("--follow works with the local agent only, not with --server")]
+    FollowWithServer,
+    #[error(transparent)]
+    Controller(#[from] CommandError),
+}
+
+impl ViewError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            ViewError::Agent(_) => 1,
+            ViewError::FollowWithServer => 2,
+            ViewError::Controller(e) => e.exit_code(),
+        }
+    }
+
+    fn report(&self) -> String {
+        match self {
+            ViewError::Controller(e) => e.report(),
+            other => format!("error: {}", esc(&other.to_string())),
+        }
+    }
+}
+
+/// A request to the local agent, as the views report its failure.
+fn ask_agent(
+    socket: &Path,
+    req: &Request,
+    each: impl FnMut(Value) -> bool,
+) -> Result<(), ViewError> {
+    request(socket, req, each).map_err(|e| ViewError::Agent(e.into()))
+}
+
+fn finish(r: Result<(), ViewError>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", esc(&e));
-            ExitCode::from(1)
+            eprintln!("{}", e.report());
+            ExitCode::from(e.exit_code())
         }
     }
 }
 
 pub fn stats(v: &ViewArgs) -> ExitCode {
     let json = v.output == Report::Json;
-    finish(request(&v.socket, &Request::Stats, |obj| {
+    finish(ask_agent(&v.socket, &Request::Stats, |obj| {
         if json {
             outln!("{obj}");
         } else if let Value::Object(m) = obj {
@@ -195,11 +233,8 @@ pub fn flows(f: &FlowArgs) -> ExitCode {
             table.row(&flow_line(r));
         }
     };
-    let records = match &f.server {
-        Some(_) if f.follow => {
-            eprintln!("error: --follow works with the local agent only, not with --server");
-            return ExitCode::from(2);
-        }
+    let records: Result<Vec<Value>, ViewError> = match &f.server {
+        Some(_) if f.follow => Err(ViewError::FollowWithServer),
         Some(server) => crate::client::remote_flows(crate::client::RemoteFlows {
             server: server.clone(),
             token_file: f.token_file.clone(),
@@ -208,7 +243,8 @@ pub fn flows(f: &FlowArgs) -> ExitCode {
             workload: f.workload.clone(),
             since_s: f.since,
             limit: f.limit,
-        }),
+        })
+        .map_err(ViewError::from),
         None => {
             let req = Request::Flows {
                 follow: f.follow,
@@ -220,7 +256,7 @@ pub fn flows(f: &FlowArgs) -> ExitCode {
             };
             // Without --limit (and so with --follow), each flow is printed as it comes.
             let mut recent = std::collections::VecDeque::new();
-            let r = request(&f.view.socket, &req, |r| {
+            let r = ask_agent(&f.view.socket, &req, |r| {
                 match f.limit {
                     Some(n) => {
                         recent.push_back(r);
@@ -233,24 +269,19 @@ pub fn flows(f: &FlowArgs) -> ExitCode {
                 true
             });
             r.map(|()| recent.into())
-                .map_err(|e| (format!("error: {}", esc(&e)), 1))
         }
     };
-    match records {
-        Ok(records) => {
-            for r in &records {
-                print(r);
-            }
-            if !json {
-                table.head();
-            }
-            ExitCode::SUCCESS
-        }
-        Err((msg, code)) => {
-            eprintln!("{msg}");
-            ExitCode::from(code)
-        }
+    let records = match records {
+        Ok(records) => records,
+        Err(e) => return finish(Err(e)),
+    };
+    for r in &records {
+        print(r);
     }
+    if !json {
+        table.head();
+    }
+    ExitCode::SUCCESS
 }
 
 pub fn sessions(v: &ViewArgs) -> ExitCode {
@@ -259,7 +290,7 @@ pub fn sessions(v: &ViewArgs) -> ExitCode {
         "{:<12} {:<44} {:<6} {:<12} {:<7} {:<20} {:>8} {:>10} {:>6}",
         "WORKLOAD", "FLOW", "PROTO", "STATE", "VERDICT", "POLICY", "PACKETS", "BYTES", "AGE"
     ));
-    let r = request(&v.socket, &Request::Sessions, |r| {
+    let r = ask_agent(&v.socket, &Request::Sessions, |r| {
         if json {
             outln!("{r}");
         } else {

@@ -5,18 +5,19 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use microseg_controller::api_types::{Document, Stored};
 use microseg_controller::resources;
 use microseg_policy::Resource;
 
 use super::output::{esc, to_yaml};
-use super::{client, diagnostics, get_if_stored, ClientArgs, Fail};
+use super::{client, get_if_stored, invalid, ClientArgs, CommandError};
 
 /// Lines of context around each change.
 const CONTEXT: usize = 3;
 
 pub fn diff(files: &[PathBuf], c: &ClientArgs) -> ExitCode {
-    let run = || -> Result<bool, Fail> {
-        let res = crate::sources::load(files).map_err(|d| diagnostics(&d, ""))?;
+    let run = || -> Result<bool, CommandError> {
+        let res = crate::sources::load(files).map_err(invalid(""))?;
         let cl = client(c)?;
         let mut differ = false;
         for r in &res {
@@ -26,13 +27,9 @@ pub fn diff(files: &[PathBuf], c: &ClientArgs) -> ExitCode {
             } else {
                 "workloads"
             };
-            let stored = get_if_stored(&cl, &format!("/v1/{collection}/{name}"))?;
-            let old = stored.map(|mut doc| {
-                if let Some(m) = doc["metadata"].as_object_mut() {
-                    m.remove("annotations");
-                }
-                to_yaml(&doc)
-            });
+            let stored: Option<Stored<Resource>> =
+                get_if_stored(&cl, &format!("/v1/{collection}/{name}"))?;
+            let old = stored.map(|s| to_yaml(&s.resource.to_document()));
             let new = to_yaml(&resources::to_json(r));
             if old.as_deref() == Some(new.as_str()) {
                 continue;
@@ -48,8 +45,8 @@ pub fn diff(files: &[PathBuf], c: &ClientArgs) -> ExitCode {
     match run() {
         Ok(false) => ExitCode::SUCCESS,
         Ok(true) => ExitCode::from(1),
-        Err(Fail(msg, _)) => {
-            eprintln!("{msg}");
+        Err(e) => {
+            eprintln!("{}", e.report());
             ExitCode::from(2)
         }
     }

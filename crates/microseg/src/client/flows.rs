@@ -2,10 +2,11 @@
 
 use std::path::PathBuf;
 
+use microseg_controller::api_types::FlowList;
 use microseg_controller::client::encode;
 use serde_json::Value;
 
-use super::{call, client, ClientArgs, Fail, TlsArgs};
+use super::{call, client, ClientArgs, CommandError, TlsArgs};
 
 /// What `flows --server` asks the controller for.
 pub struct RemoteFlows {
@@ -20,8 +21,8 @@ pub struct RemoteFlows {
 }
 
 /// Recent flows the controller collected from its agents, filtered like the agent's,
-/// oldest first; or the message (escaped) and the exit status.
-pub fn remote_flows(q: RemoteFlows) -> Result<Vec<Value>, (String, u8)> {
+/// oldest first.
+pub fn remote_flows(q: RemoteFlows) -> Result<Vec<Value>, CommandError> {
     let c = ClientArgs {
         server: q.server,
         token_file: q.token_file,
@@ -45,8 +46,6 @@ pub fn remote_flows(q: RemoteFlows) -> Result<Vec<Value>, (String, u8)> {
     } else {
         format!("/v1/flows?{}", params.join("&"))
     };
-    let body = client(&c)
-        .and_then(|cl| call(&cl, "GET", &path, None))
-        .map_err(|Fail(msg, code)| (msg, code))?;
-    Ok(body["items"].as_array().cloned().unwrap_or_default())
+    let flows: FlowList = call(&client(&c)?, "GET", &path, None)?;
+    Ok(flows.items)
 }

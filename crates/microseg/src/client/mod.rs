@@ -7,6 +7,7 @@
 //! (usage, invalid resources, any 4xx answer).
 
 mod diff;
+mod error;
 mod flows;
 pub(crate) mod output;
 mod policy;
@@ -15,6 +16,7 @@ mod status;
 mod workload;
 
 pub use diff::diff;
+pub use error::CommandError;
 pub use flows::{remote_flows, RemoteFlows};
 pub use policy::{apply, policy_delete, policy_get, policy_list};
 pub use status::status;
@@ -24,10 +26,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use microseg_controller::api_types::{DeleteResponse, Document, List, ResourceRef, Stored};
 use microseg_controller::client::{Client, Reply, TlsFiles};
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
-use output::{esc, print, table, text, Output, Report};
+use output::{cell, esc, print, table, Output, Report};
 
 /// Where the controller is and how to talk to it.
 #[derive(Args, Clone)]
@@ -84,40 +88,32 @@ impl TlsArgs {
     }
 }
 
-/// A failure: the message (already escaped) and the exit status.
-struct Fail(String, u8);
-
-type Out = Result<(), Fail>;
+type Out = Result<(), CommandError>;
 
 fn finish(r: Out) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Fail(msg, code)) => {
-            eprintln!("{msg}");
-            ExitCode::from(code)
+        Err(e) => {
+            eprintln!("{}", e.report());
+            ExitCode::from(e.exit_code())
         }
     }
 }
 
-/// Diagnostics, one per line, and a closing count: exit 2.
-fn diagnostics(diags: &[microseg_policy::Diagnostic], closing: &str) -> Fail {
-    let mut msg: Vec<String> = diags
-        .iter()
-        .map(|d| esc(&d.to_string()).into_owned())
-        .collect();
-    msg.push(format!("{} error(s){closing}", diags.len()));
-    Fail(msg.join("\n"), 2)
+/// Invalid resources in the files: exit 2 with every problem.
+fn invalid(closing: &'static str) -> impl Fn(Vec<microseg_policy::Diagnostic>) -> CommandError {
+    move |diags| CommandError::Invalid { diags, closing }
 }
 
 const LOCAL_TOKEN: &str = "/var/lib/microseg/controller.token";
 
-fn token(c: &ClientArgs) -> Result<Option<String>, Fail> {
+fn token(c: &ClientArgs) -> Result<Option<String>, CommandError> {
     if let Some(p) = &c.token_file {
         return std::fs::read_to_string(p)
             .map(|t| Some(t.trim().to_string()))
-            .map_err(|e| {
-                let msg = format!("error: --token-file {}: {e}", p.display());
-                Fail(esc(&msg).into_owned(), 2)
+            .map_err(|source| CommandError::TokenFile {
+                path: p.clone(),
+                source,
             });
     }
     if let Ok(t) = std::env::var("MICROSEG_TOKEN") {
@@ -150,52 +146,55 @@ fn is_loopback_url(url: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn client(c: &ClientArgs) -> Result<Client, Fail> {
-    Client::with_tls(&c.server, token(c)?, c.tls.files())
-        .map_err(|e| Fail(format!("error: {}", esc(&e.to_string())), 2))
+fn client(c: &ClientArgs) -> Result<Client, CommandError> {
+    Ok(Client::with_tls(&c.server, token(c)?, c.tls.files())?)
 }
 
-/// One request; a non-2xx answer becomes a failure (4xx: exit 2, otherwise 1).
-fn call(cl: &Client, method: &str, path: &str, body: Option<(&str, &[u8])>) -> Result<Value, Fail> {
-    answer(send(cl, method, path, body)?)
-}
-
-fn send(cl: &Client, method: &str, path: &str, body: Option<(&str, &[u8])>) -> Result<Reply, Fail> {
-    // The client's error names the controller's URL and the cause.
-    cl.call(method, path, body)
-        .map_err(|e| Fail(format!("error: {}", esc(&e.to_string())), 1))
+/// One request whose answer is read as `T`; a non-2xx answer becomes a failure.
+fn call<T: DeserializeOwned>(
+    cl: &Client,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &[u8])>,
+) -> Result<T, CommandError> {
+    answer(cl, path, cl.call(method, path, body)?)
 }
 
 /// A stored resource, or None when the controller has none of that name.
-fn get_if_stored(cl: &Client, path: &str) -> Result<Option<Value>, Fail> {
-    let r = send(cl, "GET", path, None)?;
+fn get_if_stored<T: DeserializeOwned>(cl: &Client, path: &str) -> Result<Option<T>, CommandError> {
+    let r = cl.call("GET", path, None)?;
     if r.status == 404 {
         return Ok(None);
     }
-    answer(r).map(Some)
+    answer(cl, path, r).map(Some)
 }
 
-fn answer(r: Reply) -> Result<Value, Fail> {
-    if r.ok() {
-        return Ok(r.body);
+fn answer<T: DeserializeOwned>(cl: &Client, path: &str, r: Reply) -> Result<T, CommandError> {
+    if !r.ok() {
+        let mut message = r.error_text();
+        if r.status == 401 {
+            message.push_str(
+                "\n(give the controller's token with --token-file PATH or MICROSEG_TOKEN)",
+            );
+        }
+        return Err(CommandError::Refused {
+            status: r.status,
+            message,
+        });
     }
-    let mut msg = r.error_text();
-    if r.status == 401 {
-        msg.push_str("\n(give the controller's token with --token-file PATH or MICROSEG_TOKEN)");
-    }
-    let code = if (400..500).contains(&r.status) { 2 } else { 1 };
-    Err(Fail(
-        if msg.lines().count() > 1 {
-            msg
-        } else {
-            format!("error: {msg}")
-        },
-        code,
-    ))
+    r.parse().map_err(|source| CommandError::Answer {
+        url: cl.url().to_string(),
+        path: path.to_string(),
+        source,
+    })
 }
 
 /// A JSON request body.
-fn post_json(cl: &Client, path: &str, body: &Value) -> Result<Value, Fail> {
+fn post_json<T: DeserializeOwned>(
+    cl: &Client,
+    path: &str,
+    body: &Value,
+) -> Result<T, CommandError> {
     let bytes = body.to_string();
     call(
         cl,
@@ -214,20 +213,17 @@ fn dry_run_path(path: &str, dry_run: bool) -> String {
     }
 }
 
-/// A table's header and rows for some documents: plain, or wide (more columns).
-type Rows = fn(&[Value], bool) -> (&'static [&'static str], Vec<Vec<String>>);
+/// A table's header and rows for some resources: plain, or wide (more columns).
+type Rows<T> = fn(&[Stored<T>], bool) -> (&'static [&'static str], Vec<Vec<String>>);
 
-/// A list answer (`{"revision", "items"}`) whose items were chosen by the caller.
-fn show_list(body: &Value, items: Vec<Value>, out: Output, rows: Rows) {
+/// Some resources of a list answer at `revision`, chosen by the caller.
+fn show_list<T: Document>(revision: u64, items: Vec<Stored<T>>, out: Output, rows: Rows<T>) {
     match out {
         Output::Table | Output::Wide => {
             let (header, r) = rows(&items, out == Output::Wide);
             table(header, &r);
         }
-        Output::Json => print(
-            &json!({"revision": body["revision"], "items": items}),
-            false,
-        ),
+        Output::Json => print(&List { items, revision }, false),
         // Several documents that `policy apply -f` takes back.
         Output::Yaml => {
             for (i, it) in items.iter().enumerate() {
@@ -240,33 +236,30 @@ fn show_list(body: &Value, items: Vec<Value>, out: Output, rows: Rows) {
     }
 }
 
-fn get_one(c: &ClientArgs, path: &str, out: Output, rows: Rows) -> Out {
-    let body = call(&client(c)?, "GET", path, None)?;
+fn get_one<T: Document>(c: &ClientArgs, path: &str, out: Output, rows: Rows<T>) -> Out {
+    let stored: Stored<T> = call(&client(c)?, "GET", path, None)?;
     match out {
         Output::Table | Output::Wide => {
-            let (header, r) = rows(std::slice::from_ref(&body), out == Output::Wide);
+            let (header, r) = rows(std::slice::from_ref(&stored), out == Output::Wide);
             table(header, &r);
         }
-        Output::Json => print(&body, false),
-        Output::Yaml => print(&body, true),
+        Output::Json => print(&stored, false),
+        Output::Yaml => print(&stored, true),
     }
     Ok(())
 }
 
-/// Deletes every `(kind, name)` in one request: all of them, or none when one is missing.
-fn delete_all(c: &ClientArgs, refs: &[(String, String)], dry_run: bool, out: Report) -> Out {
+/// Deletes every resource of `refs` in one request: all of them, or none when one is
+/// missing.
+fn delete_all(c: &ClientArgs, refs: Vec<ResourceRef>, dry_run: bool, out: Report) -> Out {
     if refs.is_empty() {
-        return Err(Fail("error: the files name nothing to delete".into(), 2));
+        return Err(CommandError::NothingToDelete);
     }
-    for (_, name) in refs {
-        check_name(name)?;
+    for r in &refs {
+        check_name(&r.name)?;
     }
-    let resources: Vec<Value> = refs
-        .iter()
-        .map(|(kind, name)| json!({"kind": kind, "name": name}))
-        .collect();
     let path = dry_run_path("/v1/delete", dry_run);
-    let body = post_json(&client(c)?, &path, &json!({ "resources": resources }))?;
+    let body: DeleteResponse = post_json(&client(c)?, &path, &json!({ "resources": refs }))?;
     if out == Report::Json {
         print(&body, false);
         return Ok(());
@@ -274,27 +267,23 @@ fn delete_all(c: &ClientArgs, refs: &[(String, String)], dry_run: bool, out: Rep
     let done = if dry_run {
         "(dry run)".to_string()
     } else {
-        format!("(revision {})", text(&body["revision"]))
+        format!("(revision {})", body.revision)
     };
-    for d in body["deleted"].as_array().into_iter().flatten() {
-        outln!("{} deleted {done}", resource_ref(d));
+    for d in &body.deleted {
+        outln!("{} deleted {done}", resource_ref(&d.kind, &d.name));
     }
     Ok(())
 }
 
-/// `policy/NAME` of a `{"kind", "name"}` object, escaped.
-fn resource_ref(v: &Value) -> String {
-    let r = format!(
-        "{}/{}",
-        text(&v["kind"]).to_ascii_lowercase(),
-        text(&v["name"])
-    );
+/// `policy/NAME`, escaped.
+fn resource_ref(kind: &str, name: &str) -> String {
+    let r = format!("{}/{}", kind.to_ascii_lowercase(), cell(name));
     esc(&r).into_owned()
 }
 
 fn check_name(name: &str) -> Out {
     match microseg_policy::check_name(name) {
-        Some(e) => Err(Fail(format!("error: {}", esc(&e)), 2)),
+        Some(e) => Err(CommandError::BadName(e)),
         None => Ok(()),
     }
 }

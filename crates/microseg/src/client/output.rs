@@ -4,8 +4,11 @@
 //! otherwise repaint the screen or forge lines.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use clap::ValueEnum;
+use microseg_policy::{protocol_name, LabelSelector, Operator, Peer, Policy, PortMatch};
+use serde::Serialize;
 use serde_json::Value;
 
 /// `-o` of the commands that show resources.
@@ -49,12 +52,14 @@ pub fn write_out(args: std::fmt::Arguments) {
     }
 }
 
-/// JSON, or YAML for `Output::Yaml`.
-pub(super) fn print(v: &Value, yaml: bool) {
+/// An answer as JSON, or as YAML for `Output::Yaml`. Through a JSON value, whose keys are
+/// in order: as the controller's answers have them.
+pub(super) fn print(answer: &impl Serialize, yaml: bool) {
+    let v = serde_json::to_value(answer).unwrap_or_default();
     if yaml {
-        out!("{}", to_yaml(v));
+        out!("{}", to_yaml(&v));
     } else {
-        outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     }
 }
 
@@ -102,45 +107,40 @@ fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-pub(super) fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) if s.is_empty() => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-pub(super) fn labels(v: &Value) -> String {
-    let l: Vec<String> = v
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-        .collect();
-    if l.is_empty() {
+/// A table cell: "-" for an empty text.
+pub(super) fn cell(s: &str) -> String {
+    if s.is_empty() {
         "-".into()
     } else {
-        l.join(",")
+        s.to_string()
     }
 }
 
-pub(super) fn selector(v: &Value) -> String {
-    let mut parts = Vec::new();
-    for (k, val) in v["matchLabels"].as_object().into_iter().flatten() {
-        parts.push(format!("{k}={}", val.as_str().unwrap_or_default()));
+/// `key=value,...`, or "-" for none.
+pub(super) fn labels(l: &BTreeMap<String, String>) -> String {
+    if l.is_empty() {
+        return "-".into();
     }
-    for e in v["matchExpressions"].as_array().into_iter().flatten() {
-        let vals: Vec<String> = e["values"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(text)
-            .collect();
-        parts.push(match e["operator"].as_str().unwrap_or_default() {
-            "Exists" => text(&e["key"]),
-            "DoesNotExist" => format!("!{}", text(&e["key"])),
-            op => format!("{} {op} ({})", text(&e["key"]), vals.join(",")),
+    let pairs: Vec<String> = l.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.join(",")
+}
+
+/// A selector as `-l` takes it (`app=web,!legacy`), `(all)` for the empty one.
+pub(super) fn selector(s: &LabelSelector) -> String {
+    let mut parts: Vec<String> = s
+        .match_labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for e in &s.match_expressions {
+        let key = cell(&e.key);
+        parts.push(match e.operator {
+            Operator::Exists => key,
+            Operator::DoesNotExist => format!("!{key}"),
+            op => {
+                let values: Vec<String> = e.values.iter().map(|v| cell(v)).collect();
+                format!("{key} {op} ({})", values.join(","))
+            }
         });
     }
     if parts.is_empty() {
@@ -150,47 +150,41 @@ pub(super) fn selector(v: &Value) -> String {
     }
 }
 
-/// Every rule of a Policy document in one line: `ingress allow from app=web TCP/80; ...`.
-pub(super) fn rules_summary(spec: &Value) -> String {
+fn peer(p: &Peer) -> String {
+    match p {
+        Peer::Cidr { cidr, except } if except.is_empty() => cidr.to_string(),
+        Peer::Cidr { cidr, except } => {
+            let except: Vec<String> = except.iter().map(ToString::to_string).collect();
+            format!("{cidr} except {}", except.join(","))
+        }
+        Peer::Selector(s) => selector(s),
+    }
+}
+
+fn ports(p: &PortMatch) -> String {
+    let protocol = match protocol_name(p.protocol) {
+        Some(name) => name.to_string(),
+        None => p.protocol.to_string(),
+    };
+    match p.ports {
+        Some(r) if r.end != r.start => format!("{protocol}/{}-{}", r.start, r.end),
+        Some(r) => format!("{protocol}/{}", r.start),
+        None => protocol,
+    }
+}
+
+/// Every rule of a Policy in one line: `ingress allow from app=web TCP/80; ...`.
+pub(super) fn rules_summary(p: &Policy) -> String {
     let mut out = Vec::new();
-    for (section, peers_key) in [("ingress", "from"), ("egress", "to")] {
-        for r in spec[section].as_array().into_iter().flatten() {
-            let peers: Vec<String> = r[peers_key]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|p| match p.get("cidr") {
-                    Some(c) => {
-                        let except: Vec<String> = p["except"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .map(text)
-                            .collect();
-                        if except.is_empty() {
-                            text(c)
-                        } else {
-                            format!("{} except {}", text(c), except.join(","))
-                        }
-                    }
-                    None => selector(&p["selector"]),
-                })
-                .collect();
-            let ports: Vec<String> = r["ports"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|p| match (p.get("port"), p.get("endPort")) {
-                    (Some(a), Some(b)) => {
-                        format!("{}/{}-{}", text(&p["protocol"]), text(a), text(b))
-                    }
-                    (Some(a), None) => format!("{}/{}", text(&p["protocol"]), text(a)),
-                    _ => text(&p["protocol"]),
-                })
-                .collect();
+    for (section, peers_key, rules) in
+        [("ingress", "from", &p.ingress), ("egress", "to", &p.egress)]
+    {
+        for r in rules.iter().flatten() {
+            let peers: Vec<String> = r.peers.iter().map(peer).collect();
+            let ports: Vec<String> = r.ports.iter().map(ports).collect();
             out.push(format!(
                 "{section} {} {peers_key} {} {}",
-                text(&r["action"]),
+                r.action,
                 if peers.is_empty() {
                     "any".into()
                 } else {
@@ -226,5 +220,50 @@ mod tests {
             t,
             "NAME             N\na\\x1b[31mred\\nb  1\né                2\n"
         );
+    }
+
+    /// The selector and rule summary of `policy list -o wide`, from the parsed Policy.
+    #[test]
+    fn a_policy_reads_as_one_line_of_rules() {
+        let text = r#"
+apiVersion: microseg.io/v1
+kind: Policy
+metadata: {name: wide}
+spec:
+  selector: {matchLabels: {app: v6}, matchExpressions: [{key: env, operator: In, values: [a, b]}, {key: x, operator: Exists}, {key: y, operator: DoesNotExist}, {key: z, operator: NotIn, values: [q]}]}
+  ingress:
+    - action: log
+      from: [{cidr: 10.0.0.0/8, except: [10.1.0.0/16, 10.2.0.0/16]}, {selector: {}}, {cidr: "fd00::/8"}]
+      ports: [{protocol: TCP, port: 8000, endPort: 8100}, {protocol: 47}, {protocol: ICMPv6}, {protocol: UDP, port: 53}]
+    - action: deny
+  egress:
+    - action: allow
+      to: [{selector: {matchLabels: {app: peer}}}]
+      ports: [{protocol: SCTP, port: 9}]
+"#;
+        let (parsed, diags) = microseg_policy::parse_str("wide.yaml", text);
+        assert!(diags.is_empty(), "{diags:?}");
+        let Some(microseg_policy::Resource::Policy(p)) = parsed.first() else {
+            panic!("no policy in {parsed:?}");
+        };
+        assert_eq!(
+            selector(&p.selector),
+            "app=v6,env In (a,b),x,!y,z NotIn (q)"
+        );
+        assert_eq!(selector(&LabelSelector::default()), "(all)");
+        assert_eq!(
+            rules_summary(p),
+            "ingress log from 10.0.0.0/8 except 10.1.0.0/16,10.2.0.0/16,(all),fd00::/8 \
+             TCP/8000-8100,47,ICMPv6,UDP/53; ingress deny from any any port; \
+             egress allow to app=peer SCTP/9"
+        );
+        let labels_of = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(labels(&labels_of(&[("a", "1"), ("e", "")])), "a=1,e=");
+        assert_eq!(labels(&BTreeMap::new()), "-");
     }
 }

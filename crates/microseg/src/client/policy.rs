@@ -2,24 +2,22 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use microseg_controller::api_types::{ApplyResponse, List, ResourceRef, Stored};
 use microseg_controller::resources;
-use microseg_policy::{Resource, API_VERSION};
+use microseg_policy::{Policy, Workload};
 use serde_json::{json, Value};
 
-use super::output::{esc, print, rules_summary, selector, text, Output, Report};
+use super::output::{cell, print, rules_summary, selector, Output, Report};
 use super::{
-    call, check_name, client, delete_all, diagnostics, dry_run_path, finish, get_one, post_json,
-    resource_ref, selector as label_selector, show_list, ClientArgs, Fail,
+    call, check_name, client, delete_all, dry_run_path, finish, get_one, invalid, post_json,
+    resource_ref, selector as label_selector, show_list, ClientArgs, CommandError,
 };
 
-fn revision_of(item: &Value) -> String {
-    text(&item["metadata"]["annotations"]["microseg.io/revision"])
-}
-
-fn rules(v: &Value) -> String {
-    match v.as_array() {
-        Some(a) => a.len().to_string(),
+fn rules<T>(section: &Option<Vec<T>>) -> String {
+    match section {
+        Some(rules) => rules.len().to_string(),
         None => "-".into(),
     }
 }
@@ -31,21 +29,25 @@ const WIDE_HEADER: &[&str] = &[
     "NAME", "PRIORITY", "MODE", "SELECTOR", "INGRESS", "EGRESS", "REVISION", "RULES",
 ];
 
-fn policy_rows(items: &[Value], wide: bool) -> (&'static [&'static str], Vec<Vec<String>>) {
+fn policy_rows(
+    items: &[Stored<Arc<Policy>>],
+    wide: bool,
+) -> (&'static [&'static str], Vec<Vec<String>>) {
     let rows = items
         .iter()
-        .map(|p| {
+        .map(|stored| {
+            let p = &stored.resource;
             let mut row = vec![
-                text(&p["metadata"]["name"]),
-                text(&p["spec"]["priority"]),
-                text(&p["spec"]["mode"]),
-                selector(&p["spec"]["selector"]),
-                rules(&p["spec"]["ingress"]),
-                rules(&p["spec"]["egress"]),
-                revision_of(p),
+                cell(&p.name),
+                p.priority.to_string(),
+                p.mode.to_string(),
+                selector(&p.selector),
+                rules(&p.ingress),
+                rules(&p.egress),
+                stored.revision.to_string(),
             ];
             if wide {
-                row.push(rules_summary(&p["spec"]));
+                row.push(rules_summary(p));
             }
             row
         })
@@ -57,29 +59,27 @@ fn policy_rows(items: &[Value], wide: bool) -> (&'static [&'static str], Vec<Vec
 /// which the controller applies as one transaction (one revision) or not at all.
 pub fn apply(files: &[PathBuf], dry_run: bool, c: &ClientArgs, out: Report) -> ExitCode {
     finish((|| {
-        let sources =
-            crate::sources::read(files).map_err(|d| diagnostics(&d, "; nothing applied"))?;
+        let sources = crate::sources::read(files).map_err(invalid("; nothing applied"))?;
         if sources.is_empty() {
-            let msg = "error: no *.yaml, *.yml or *.json file in what -f names; nothing applied";
-            return Err(Fail(msg.into(), 2));
+            return Err(CommandError::NoFiles);
         }
-        crate::sources::resources(&sources).map_err(|d| diagnostics(&d, "; nothing applied"))?;
+        crate::sources::resources(&sources).map_err(invalid("; nothing applied"))?;
         let files: Vec<Value> = sources
             .iter()
             .map(|s| json!({"name": s.name, "content": s.text}))
             .collect();
         let path = dry_run_path("/v1/apply/files", dry_run);
-        let body = post_json(&client(c)?, &path, &json!({ "files": files }))?;
+        let body: ApplyResponse = post_json(&client(c)?, &path, &json!({ "files": files }))?;
         if out == Report::Json {
             print(&body, false);
             return Ok(());
         }
         let suffix = if dry_run { " (dry run)" } else { "" };
-        for a in body["applied"].as_array().into_iter().flatten() {
-            outln!("{} {}{suffix}", resource_ref(a), esc(&text(&a["action"])));
+        for a in &body.applied {
+            outln!("{} {}{suffix}", resource_ref(&a.kind, &a.name), a.action);
         }
         if !dry_run {
-            outln!("revision {}", text(&body["revision"]));
+            outln!("revision {}", body.revision);
         }
         Ok(())
     })())
@@ -89,47 +89,23 @@ pub fn apply(files: &[PathBuf], dry_run: bool, c: &ClientArgs, out: Report) -> E
 /// stored workload the selector matches (Policies carry no labels of their own).
 pub fn policy_list(labels: Option<&str>, c: &ClientArgs, out: Output) -> ExitCode {
     finish((|| {
-        let wanted = labels
-            .map(label_selector::parse)
-            .transpose()
-            .map_err(|e| Fail(format!("error: {}", esc(&e)), 2))?;
+        let wanted = labels.map(label_selector::parse).transpose()?;
         let cl = client(c)?;
-        let body = call(&cl, "GET", "/v1/policies", None)?;
-        let mut items = body["items"].as_array().cloned().unwrap_or_default();
+        let policies: List<Stored<Arc<Policy>>> = call(&cl, "GET", "/v1/policies", None)?;
+        let mut items = policies.items;
         if let Some(wanted) = wanted {
-            let workloads = call(&cl, "GET", "/v1/workloads", None)?;
-            let chosen: Vec<_> = workloads["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(label_selector::labels_of)
+            let workloads: List<Stored<Workload>> = call(&cl, "GET", "/v1/workloads", None)?;
+            let chosen: Vec<_> = workloads
+                .items
+                .iter()
+                .map(|w| &w.resource.labels)
                 .filter(|l| wanted.matches(l))
                 .collect();
-            items.retain(|p| {
-                let Some(sel) = policy_selector(p) else {
-                    return false;
-                };
-                chosen.iter().any(|l| sel.matches(l))
-            });
+            items.retain(|p| chosen.iter().any(|l| p.resource.selector.matches(l)));
         }
-        show_list(&body, items, out, policy_rows);
+        show_list(policies.revision, items, out, policy_rows);
         Ok(())
     })())
-}
-
-/// A stored Policy's selector, read by the policy parser.
-fn policy_selector(doc: &Value) -> Option<microseg_policy::LabelSelector> {
-    let spec = json!({
-        "apiVersion": API_VERSION,
-        "kind": resources::POLICY,
-        "metadata": {"name": doc["metadata"]["name"]},
-        "spec": doc["spec"],
-    });
-    let (res, _) = microseg_policy::parse_str("stored", &spec.to_string());
-    match res.into_iter().next() {
-        Some(Resource::Policy(p)) => Some(p.selector.clone()),
-        _ => None,
-    }
 }
 
 pub fn policy_get(name: &str, c: &ClientArgs, out: Output) -> ExitCode {
@@ -149,32 +125,33 @@ pub fn policy_delete(
     out: Report,
 ) -> ExitCode {
     finish((|| {
-        let mut refs: Vec<(String, String)> = names
+        let mut refs: Vec<ResourceRef> = names
             .iter()
-            .map(|n| (resources::POLICY.to_string(), n.clone()))
+            .map(|n| ResourceRef {
+                kind: resources::POLICY.to_string(),
+                name: n.clone(),
+            })
             .collect();
         refs.extend(named_in(files, None)?);
-        delete_all(c, &refs, dry_run, out)
+        delete_all(c, refs, dry_run, out)
     })())
 }
 
-/// The `(kind, name)` of every resource the files name (of `kind` only, if given).
+/// Every resource the files name (of `kind` only, if given).
 pub(super) fn named_in(
     files: &[PathBuf],
     kind: Option<&str>,
-) -> Result<Vec<(String, String)>, Fail> {
+) -> Result<Vec<ResourceRef>, CommandError> {
     if files.is_empty() {
         return Ok(Vec::new());
     }
-    let res = crate::sources::load(files).map_err(|d| diagnostics(&d, "; nothing deleted"))?;
+    let res = crate::sources::load(files).map_err(invalid("; nothing deleted"))?;
     Ok(res
         .iter()
         .filter(|r| kind.is_none_or(|k| k == resources::kind(r)))
-        .map(|r| {
-            (
-                resources::kind(r).to_string(),
-                resources::name(r).to_string(),
-            )
+        .map(|r| ResourceRef {
+            kind: resources::kind(r).to_string(),
+            name: resources::name(r).to_string(),
         })
         .collect())
 }

@@ -1,13 +1,19 @@
 //! `-l`: a label selector as kubectl takes it, `key=value`, `key==value`, `key!=value`,
 //! `key` and `!key`, comma-separated, all of which must hold.
 
-use std::collections::BTreeMap;
-
 use microseg_policy::{check_label_key, check_label_value, LabelSelector, Operator, Requirement};
-use serde_json::Value;
+
+/// A `-l` the command cannot use: the selector, its term at fault and why.
+#[derive(Debug, thiserror::Error)]
+#[error("-l {text:?}: {term:?}: {why}")]
+pub struct SelectorError {
+    pub text: String,
+    pub term: String,
+    pub why: String,
+}
 
 /// Parses `-l`; the error names the term that is wrong.
-pub fn parse(text: &str) -> Result<LabelSelector, String> {
+pub fn parse(text: &str) -> Result<LabelSelector, SelectorError> {
     let mut sel = LabelSelector::default();
     for term in text.split(',').map(str::trim) {
         let (key, op, value) = if let Some(k) = term.strip_prefix('!') {
@@ -20,7 +26,11 @@ pub fn parse(text: &str) -> Result<LabelSelector, String> {
             (term, Operator::Exists, None)
         };
         let key = key.trim();
-        let bad = |why: String| format!("-l {text:?}: {term:?}: {why}");
+        let bad = |why: String| SelectorError {
+            text: text.to_string(),
+            term: term.to_string(),
+            why,
+        };
         if let Some(e) = check_label_key(key) {
             return Err(bad(e));
         }
@@ -44,19 +54,10 @@ pub fn parse(text: &str) -> Result<LabelSelector, String> {
     Ok(sel)
 }
 
-/// A stored document's `metadata.labels`.
-pub fn labels_of(doc: &Value) -> BTreeMap<String, String> {
-    doc["metadata"]["labels"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

@@ -2,33 +2,35 @@
 
 use std::process::ExitCode;
 
-use super::output::{esc, print, table, text, Report};
+use microseg_controller::api_types::{List, NodeStatus};
+
+use super::output::{cell, esc, print, table, Report};
 use super::{call, client, finish, ClientArgs};
 
 pub fn status(c: &ClientArgs, out: Report) -> ExitCode {
     finish((|| {
-        let body = call(&client(c)?, "GET", "/v1/nodes", None)?;
+        let body: List<NodeStatus> = call(&client(c)?, "GET", "/v1/nodes", None)?;
         if out == Report::Json {
             print(&body, false);
             return Ok(());
         }
-        let items = body["items"].as_array().cloned().unwrap_or_default();
         outln!(
             "controller {}: revision {}, {} node(s)",
             esc(&c.server),
-            text(&body["revision"]),
-            items.len()
+            body.revision,
+            body.items.len()
         );
-        let rows: Vec<Vec<String>> = items
+        let rows: Vec<Vec<String>> = body
+            .items
             .iter()
             .map(|n| {
                 vec![
-                    text(&n["name"]),
-                    text(&n["revision"]),
-                    text(&n["lag"]),
-                    if n["connected"] == true { "yes" } else { "no" }.into(),
-                    text(&n["lastSeen"]),
-                    text(&n["error"]),
+                    cell(&n.name),
+                    n.revision.to_string(),
+                    n.lag.to_string(),
+                    if n.connected { "yes" } else { "no" }.into(),
+                    cell(&n.last_seen),
+                    cell(n.error.as_deref().unwrap_or("")),
                 ]
             })
             .collect();

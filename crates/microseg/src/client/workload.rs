@@ -4,14 +4,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
+use microseg_controller::api_types::{LabelResponse, List, ResourceRef, Stored};
 use microseg_controller::resources::WORKLOAD;
+use microseg_policy::Workload;
 use serde_json::Value;
 
-use super::output::{esc, labels, print, text, Report};
+use super::output::{cell, esc, labels, print, Report};
 use super::policy::named_in;
 use super::{
-    call, check_name, client, delete_all, finish, get_one, selector, show_list, ClientArgs, Fail,
-    Out, ReportArgs, ShowArgs,
+    call, check_name, client, delete_all, finish, get_one, selector, show_list, ClientArgs,
+    CommandError, Out, ReportArgs, ShowArgs,
 };
 
 #[derive(Subcommand)]
@@ -80,29 +82,25 @@ const WIDE_HEADER: &[&str] = &[
     "REVISION",
 ];
 
-fn workload_rows(items: &[Value], wide: bool) -> (&'static [&'static str], Vec<Vec<String>>) {
+fn workload_rows(
+    items: &[Stored<Workload>],
+    wide: bool,
+) -> (&'static [&'static str], Vec<Vec<String>>) {
     let rows = items
         .iter()
-        .map(|w| {
-            let ips: Vec<String> = w["spec"]["ips"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(text)
-                .collect();
+        .map(|stored| {
+            let w = &stored.resource;
+            let ips: Vec<String> = w.ips.iter().map(ToString::to_string).collect();
             let ips = if ips.is_empty() {
                 "-".into()
             } else {
                 ips.join(",")
             };
-            let (name, node) = (
-                text(&w["metadata"]["name"]),
-                text(&w["metadata"]["annotations"]["microseg.io/node"]),
-            );
-            let (mode, labels) = (text(&w["spec"]["mode"]), labels(&w["metadata"]["labels"]));
+            let (name, node) = (cell(&w.name), cell(stored.node.as_deref().unwrap_or("")));
+            let (mode, labels) = (w.mode.to_string(), labels(&w.labels));
             if wide {
-                let interface = text(&w["spec"]["interface"]);
-                let revision = text(&w["metadata"]["annotations"]["microseg.io/revision"]);
+                let interface = cell(w.interface.as_deref().unwrap_or(""));
+                let revision = stored.revision.to_string();
                 vec![name, node, interface, ips, mode, labels, revision]
             } else {
                 vec![name, node, ips, mode, labels]
@@ -113,7 +111,7 @@ fn workload_rows(items: &[Value], wide: bool) -> (&'static [&'static str], Vec<V
 }
 
 /// KEY=VALUE sets, KEY- removes.
-fn label_changes(args: &[String]) -> Result<serde_json::Map<String, Value>, Fail> {
+fn label_changes(args: &[String]) -> Result<serde_json::Map<String, Value>, CommandError> {
     let mut m = serde_json::Map::new();
     for a in args {
         if let Some((k, v)) = a.split_once('=') {
@@ -121,26 +119,20 @@ fn label_changes(args: &[String]) -> Result<serde_json::Map<String, Value>, Fail
         } else if let Some(k) = a.strip_suffix('-') {
             m.insert(k.to_string(), Value::Null);
         } else {
-            return Err(Fail(
-                format!("error: {a:?}: use KEY=VALUE to set a label or KEY- to remove it"),
-                2,
-            ));
+            return Err(CommandError::LabelChange(a.clone()));
         }
     }
     Ok(m)
 }
 
 fn list(selector_text: Option<&str>, c: &ClientArgs, show: ShowArgs) -> Out {
-    let wanted = selector_text
-        .map(selector::parse)
-        .transpose()
-        .map_err(|e| Fail(format!("error: {}", esc(&e)), 2))?;
-    let body = call(&client(c)?, "GET", "/v1/workloads", None)?;
-    let mut items = body["items"].as_array().cloned().unwrap_or_default();
+    let wanted = selector_text.map(selector::parse).transpose()?;
+    let list: List<Stored<Workload>> = call(&client(c)?, "GET", "/v1/workloads", None)?;
+    let mut items = list.items;
     if let Some(wanted) = wanted {
-        items.retain(|w| wanted.matches(&selector::labels_of(w)));
+        items.retain(|w| wanted.matches(&w.resource.labels));
     }
-    show_list(&body, items, show.output, workload_rows);
+    show_list(list.revision, items, show.output, workload_rows);
     Ok(())
 }
 
@@ -148,7 +140,7 @@ fn label(name: &str, labels: &[String], c: &ClientArgs, out: Report) -> Out {
     check_name(name)?;
     let changes = label_changes(labels)?;
     let body = serde_json::json!({ "labels": changes }).to_string();
-    let r = call(
+    let r: LabelResponse = call(
         &client(c)?,
         "PUT",
         &format!("/v1/workloads/{name}/labels"),
@@ -157,16 +149,12 @@ fn label(name: &str, labels: &[String], c: &ClientArgs, out: Report) -> Out {
     match out {
         Report::Table => outln!(
             "workload/{name} labeled (revision {}): {}",
-            text(&r["revision"]),
-            esc(&labels_text(&r["labels"]))
+            r.revision,
+            esc(&super::output::labels(&r.labels))
         ),
         Report::Json => print(&r, false),
     }
     Ok(())
-}
-
-fn labels_text(v: &Value) -> String {
-    labels(v)
 }
 
 pub fn workload(cmd: WorkloadCommand) -> ExitCode {
@@ -191,12 +179,15 @@ pub fn workload(cmd: WorkloadCommand) -> ExitCode {
             report,
             client,
         } => (|| {
-            let mut refs: Vec<(String, String)> = names
+            let mut refs: Vec<ResourceRef> = names
                 .iter()
-                .map(|n| (WORKLOAD.to_string(), n.clone()))
+                .map(|n| ResourceRef {
+                    kind: WORKLOAD.to_string(),
+                    name: n.clone(),
+                })
                 .collect();
             refs.extend(named_in(&files, Some(WORKLOAD))?);
-            delete_all(&client, &refs, dry_run, report.output)
+            delete_all(&client, refs, dry_run, report.output)
         })(),
         WorkloadCommand::Label {
             name,
