@@ -32,3 +32,16 @@ pub fn ip(args: &[&str]) {
     all.extend_from_slice(args);
     sh(&all);
 }
+
+/// A command's output when it succeeded; else its stderr, for a poll to say what it saw.
+pub fn succeeded(out: Output) -> Result<Output, String> {
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        ))
+    }
+}

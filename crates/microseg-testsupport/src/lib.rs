@@ -16,7 +16,7 @@ mod postgres;
 mod private_netns;
 mod temp;
 
-pub use command::{ip, sh, unique_name};
+pub use command::{ip, sh, succeeded, unique_name};
 pub use netns::{in_netns, ns_command, NetNs};
 pub use poll::{eventually, Probe, TimedOut};
 pub use postgres::Postgres;

@@ -21,7 +21,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{
-    addr, eventually, ns_command, sh, tcp_echo_in, tcp_ok_from, unique_name, NetNs, Server, BIN,
+    addr, eventually, ns_command, sh, succeeded, tcp_echo_in, tcp_ok_from, unique_name, NetNs,
+    Server, BIN,
 };
 
 struct Cluster {
@@ -206,13 +207,7 @@ impl Cluster {
             .spawn()
             .unwrap();
         self.controller = Some(child);
-        if let Err(e) = eventually(Duration::from_secs(20), || {
-            let out = self.cli(&["status"]);
-            out.status
-                .success()
-                .then_some(())
-                .ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
-        }) {
+        if let Err(e) = eventually(Duration::from_secs(20), || succeeded(self.cli(&["status"]))) {
             panic!("controller up: {e}\n{}", self.logs());
         }
     }

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 // Each test binary takes what it needs.
 #[allow(unused_imports)]
-pub use microseg_testsupport::{eventually, in_netns, ns_command, sh, unique_name, NetNs};
+pub use microseg_testsupport::{
+    eventually, in_netns, ns_command, sh, succeeded, unique_name, NetNs,
+};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_microseg");
 
@@ -161,13 +163,7 @@ impl Topology {
             .spawn()
             .expect("spawn agent");
         self.agent = Some(child);
-        if let Err(e) = eventually(Duration::from_secs(20), || {
-            let out = self.cli(&["stats"]);
-            out.status
-                .success()
-                .then_some(())
-                .ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
-        }) {
+        if let Err(e) = eventually(Duration::from_secs(20), || succeeded(self.cli(&["stats"]))) {
             panic!("agent did not come up: {e}\n{}", self.agent_log());
         }
     }
