@@ -1,5 +1,6 @@
-//! The REST API's answers as types: the handlers build them and the `microseg` client
-//! commands read them, so the two cannot disagree on a shape.
+//! The REST API's requests and answers as types: the handlers read and build them, and
+//! the `microseg` client commands build and read them, so the two cannot disagree on a
+//! shape.
 //!
 //! The fields of each struct are in alphabetical order of their JSON names: the answers
 //! keep the key order they had when they were built as JSON objects.
@@ -64,6 +65,34 @@ pub struct Applied {
 pub struct ResourceRef {
     pub kind: String,
     pub name: String,
+}
+
+/// One file of an apply: the name its errors give (FILE in FILE:LINE:COL) and its text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceFile {
+    pub content: String,
+    pub name: String,
+}
+
+/// `POST /v1/apply/files`: files applied together, in one revision or not at all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyFilesRequest {
+    pub files: Vec<SourceFile>,
+}
+
+/// `POST /v1/delete`: resources deleted together, all or none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteRequest {
+    pub resources: Vec<ResourceRef>,
+}
+
+/// `PUT /v1/workloads/NAME/labels`: `Some` sets a label, `None` (null) removes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelRequest {
+    pub labels: BTreeMap<String, Option<String>>,
 }
 
 /// The answer to an apply: the revision after it (for a dry run, the current one).

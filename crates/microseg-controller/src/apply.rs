@@ -5,7 +5,7 @@
 //! it is checked; should the state change meanwhile, the check is redone under the lock.
 
 use crate::api_types::Change;
-pub use crate::api_types::{Applied, ResourceRef};
+pub use crate::api_types::{Applied, ResourceRef, SourceFile};
 use crate::core::Core;
 use crate::error::{printable, Error};
 use crate::resources::{self, POLICY, WORKLOAD};
@@ -15,14 +15,6 @@ use microseg_proto::MAX_RESOURCE_BYTES;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::Semaphore;
-
-/// One file of an apply: the name its errors give (FILE in FILE:LINE:COL) and its text.
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceFile {
-    pub name: String,
-    pub content: String,
-}
 
 /// What an endpoint takes: one kind only (`/v1/policies`), one name (a PUT's URL).
 #[derive(Debug, Clone, Default)]

@@ -2,8 +2,8 @@
 //! gRPC: `auth.rs`).
 
 use crate::api_types::{
-    ApplyResponse, DeleteOneResponse, DeleteResponse, FlowList, LabelResponse, List, NodeStatus,
-    Stored,
+    ApplyFilesRequest, ApplyResponse, DeleteOneResponse, DeleteRequest, DeleteResponse, FlowList,
+    LabelRequest, LabelResponse, List, NodeStatus, Stored,
 };
 use crate::apply::{off_workers, Applied, Outcome, ResourceRef, Scope, SourceFile};
 use crate::core::{Core, FlowQuery};
@@ -19,7 +19,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter};
 use axum::{Json, Router};
 use microseg_policy::Resource;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The OpenAPI 3 description of this API, served as is at `/v1/openapi.json`.
@@ -71,13 +70,9 @@ async fn apply_any(State(c): Api, q: Params<ApplyParams>, req: Request) -> Res<A
 }
 
 async fn apply_files(State(c): Api, q: Params<DryRun>, req: Request) -> Res<ApplyResponse> {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Files {
-        files: Vec<SourceFile>,
-    }
     let q = params(q)?;
-    let f: Files = json_body(req, r#"{"files": [{"name": FILE, "content": TEXT}, ...]}"#).await?;
+    let f: ApplyFilesRequest =
+        json_body(req, r#"{"files": [{"name": FILE, "content": TEXT}, ...]}"#).await?;
     applied(
         c.apply(f.files, Scope::default(), q.dry_run).await?,
         q.dry_run,
@@ -85,13 +80,9 @@ async fn apply_files(State(c): Api, q: Params<DryRun>, req: Request) -> Res<Appl
 }
 
 async fn delete_many(State(c): Api, q: Params<DryRun>, req: Request) -> Res<DeleteResponse> {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Refs {
-        resources: Vec<ResourceRef>,
-    }
     let q = params(q)?;
-    let r: Refs = json_body(req, r#"{"resources": [{"kind": KIND, "name": NAME}, ...]}"#).await?;
+    let r: DeleteRequest =
+        json_body(req, r#"{"resources": [{"kind": KIND, "name": NAME}, ...]}"#).await?;
     let o = c.delete(r.resources, q.dry_run).await?;
     Ok(Json(DeleteResponse {
         deleted: o.items,
@@ -183,12 +174,8 @@ async fn delete_workload(State(c): Api, n: Name, q: Params<DryRun>) -> Res<Delet
 }
 
 async fn label_workload(State(c): Api, n: Name, req: Request) -> Res<LabelResponse> {
-    #[derive(serde::Deserialize)]
-    struct Labels {
-        labels: BTreeMap<String, Option<String>>,
-    }
     let name = name(n)?;
-    let l: Labels = json_body(req, r#"{"labels": {KEY: VALUE or null}}"#).await?;
+    let l: LabelRequest = json_body(req, r#"{"labels": {KEY: VALUE or null}}"#).await?;
     let (revision, labels) = c.label(&name, l.labels).await?;
     Ok(Json(LabelResponse {
         labels,

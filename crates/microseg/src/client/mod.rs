@@ -26,10 +26,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use microseg_controller::api_types::{DeleteResponse, Document, List, ResourceRef, Stored};
+use microseg_controller::api_types::{
+    DeleteRequest, DeleteResponse, Document, List, ResourceRef, Stored,
+};
 use microseg_controller::client::{Client, Reply, TlsFiles};
 use serde::de::DeserializeOwned;
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use output::{cell, esc, print, table, Output, Report};
 
@@ -189,19 +191,16 @@ fn answer<T: DeserializeOwned>(cl: &Client, path: &str, r: Reply) -> Result<T, C
     })
 }
 
-/// A JSON request body.
-fn post_json<T: DeserializeOwned>(
+/// A request with a JSON body.
+fn send_json<T: DeserializeOwned>(
     cl: &Client,
+    method: &str,
     path: &str,
-    body: &Value,
+    body: &impl Serialize,
 ) -> Result<T, CommandError> {
-    let bytes = body.to_string();
-    call(
-        cl,
-        "POST",
-        path,
-        Some(("application/json", bytes.as_bytes())),
-    )
+    // These bodies are plain structs and maps: serializing them cannot fail.
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    call(cl, method, path, Some(("application/json", &bytes)))
 }
 
 /// `path`, with `?dryRun=true` for a dry run.
@@ -259,7 +258,12 @@ fn delete_all(c: &ClientArgs, refs: Vec<ResourceRef>, dry_run: bool, out: Report
         check_name(&r.name)?;
     }
     let path = dry_run_path("/v1/delete", dry_run);
-    let body: DeleteResponse = post_json(&client(c)?, &path, &json!({ "resources": refs }))?;
+    let body: DeleteResponse = send_json(
+        &client(c)?,
+        "POST",
+        &path,
+        &DeleteRequest { resources: refs },
+    )?;
     if out == Report::Json {
         print(&body, false);
         return Ok(());

@@ -4,15 +4,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use microseg_controller::api_types::{ApplyResponse, List, ResourceRef, Stored};
+use microseg_controller::api_types::{
+    ApplyFilesRequest, ApplyResponse, List, ResourceRef, SourceFile, Stored,
+};
 use microseg_controller::resources;
 use microseg_policy::{Policy, Workload};
-use serde_json::{json, Value};
 
 use super::output::{cell, print, rules_summary, selector, Output, Report};
 use super::{
-    call, check_name, client, delete_all, dry_run_path, finish, get_one, invalid, post_json,
-    resource_ref, selector as label_selector, show_list, ClientArgs, CommandError,
+    call, check_name, client, delete_all, dry_run_path, finish, get_one, invalid, resource_ref,
+    selector as label_selector, send_json, show_list, ClientArgs, CommandError,
 };
 
 fn rules<T>(section: &Option<Vec<T>>) -> String {
@@ -64,12 +65,16 @@ pub fn apply(files: &[PathBuf], dry_run: bool, c: &ClientArgs, out: Report) -> E
             return Err(CommandError::NoFiles);
         }
         crate::sources::resources(&sources).map_err(invalid("; nothing applied"))?;
-        let files: Vec<Value> = sources
-            .iter()
-            .map(|s| json!({"name": s.name, "content": s.text}))
+        let files: Vec<SourceFile> = sources
+            .into_iter()
+            .map(|s| SourceFile {
+                content: s.text,
+                name: s.name,
+            })
             .collect();
         let path = dry_run_path("/v1/apply/files", dry_run);
-        let body: ApplyResponse = post_json(&client(c)?, &path, &json!({ "files": files }))?;
+        let request = ApplyFilesRequest { files };
+        let body: ApplyResponse = send_json(&client(c)?, "POST", &path, &request)?;
         if out == Report::Json {
             print(&body, false);
             return Ok(());

@@ -1,19 +1,19 @@
 //! `workload list`, `get`, `label` and `delete` against the controller.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use microseg_controller::api_types::{LabelResponse, List, ResourceRef, Stored};
+use microseg_controller::api_types::{LabelRequest, LabelResponse, List, ResourceRef, Stored};
 use microseg_controller::resources::WORKLOAD;
 use microseg_policy::Workload;
-use serde_json::Value;
 
 use super::output::{cell, esc, labels, print, Report};
 use super::policy::named_in;
 use super::{
-    call, check_name, client, delete_all, finish, get_one, selector, show_list, ClientArgs,
-    CommandError, Out, ReportArgs, ShowArgs,
+    call, check_name, client, delete_all, finish, get_one, selector, send_json, show_list,
+    ClientArgs, CommandError, Out, ReportArgs, ShowArgs,
 };
 
 #[derive(Subcommand)]
@@ -111,13 +111,13 @@ fn workload_rows(
 }
 
 /// KEY=VALUE sets, KEY- removes.
-fn label_changes(args: &[String]) -> Result<serde_json::Map<String, Value>, CommandError> {
-    let mut m = serde_json::Map::new();
+fn label_changes(args: &[String]) -> Result<BTreeMap<String, Option<String>>, CommandError> {
+    let mut m = BTreeMap::new();
     for a in args {
         if let Some((k, v)) = a.split_once('=') {
-            m.insert(k.to_string(), Value::String(v.to_string()));
+            m.insert(k.to_string(), Some(v.to_string()));
         } else if let Some(k) = a.strip_suffix('-') {
-            m.insert(k.to_string(), Value::Null);
+            m.insert(k.to_string(), None);
         } else {
             return Err(CommandError::LabelChange(a.clone()));
         }
@@ -138,14 +138,11 @@ fn list(selector_text: Option<&str>, c: &ClientArgs, show: ShowArgs) -> Out {
 
 fn label(name: &str, labels: &[String], c: &ClientArgs, out: Report) -> Out {
     check_name(name)?;
-    let changes = label_changes(labels)?;
-    let body = serde_json::json!({ "labels": changes }).to_string();
-    let r: LabelResponse = call(
-        &client(c)?,
-        "PUT",
-        &format!("/v1/workloads/{name}/labels"),
-        Some(("application/json", body.as_bytes())),
-    )?;
+    let request = LabelRequest {
+        labels: label_changes(labels)?,
+    };
+    let path = format!("/v1/workloads/{name}/labels");
+    let r: LabelResponse = send_json(&client(c)?, "PUT", &path, &request)?;
     match out {
         Report::Table => outln!(
             "workload/{name} labeled (revision {}): {}",
@@ -207,9 +204,10 @@ mod tests {
         let m = label_changes(&["a=1".into(), "b=".into(), "c-".into()])
             .ok()
             .unwrap();
+        let body = serde_json::to_value(LabelRequest { labels: m }).unwrap();
         assert_eq!(
-            Value::Object(m),
-            serde_json::json!({"a": "1", "b": "", "c": null})
+            body,
+            serde_json::json!({"labels": {"a": "1", "b": "", "c": null}})
         );
         assert!(label_changes(&["nope".into()]).is_err());
     }
