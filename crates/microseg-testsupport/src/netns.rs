@@ -68,6 +68,36 @@ impl Drop for NetNs {
     }
 }
 
+/// A veth pair made in the calling thread's namespace; deleted on drop (deleting one
+/// end deletes its peer).
+#[derive(Debug)]
+pub struct Veth {
+    name: String,
+}
+
+impl Veth {
+    pub fn new(name: &str, peer: &str) -> Veth {
+        sh(&[
+            "ip", "link", "add", name, "type", "veth", "peer", "name", peer,
+        ]);
+        Veth {
+            name: name.to_string(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .output();
+    }
+}
+
 /// `program` to be run inside the named namespace `ns` (nsenter execs it, so the child's
 /// pid is the program's).
 pub fn ns_command(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {

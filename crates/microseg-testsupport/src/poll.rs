@@ -66,6 +66,15 @@ impl std::error::Error for TimedOut {}
 /// seen: `eventually(limit, || cond).expect("what should hold")`.
 pub fn eventually<P: Probe>(
     limit: Duration,
+    probe: impl FnMut() -> P,
+) -> Result<P::Value, TimedOut> {
+    eventually_every(INTERVAL, limit, probe)
+}
+
+/// [`eventually`], looking every `interval`: short, to catch a state that does not last.
+pub fn eventually_every<P: Probe>(
+    interval: Duration,
+    limit: Duration,
     mut probe: impl FnMut() -> P,
 ) -> Result<P::Value, TimedOut> {
     let started = Instant::now();
@@ -82,7 +91,7 @@ pub fn eventually<P: Probe>(
                     last_seen,
                 })
             }
-            Err(_) => std::thread::sleep(INTERVAL),
+            Err(_) => std::thread::sleep(interval),
         }
     }
 }

@@ -7,10 +7,10 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use microseg_agent::{AgentError, AgentOptions, Source};
+use microseg_testsupport::{eventually_every, Veth};
 use serde_json::Value;
 
 /// The served workload's interface address, and a client's.
@@ -23,6 +23,8 @@ pub struct Agent {
     dir: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<(), AgentError>>>,
+    // Deleted after `Drop::drop` stopped the agent and cleaned up.
+    _veth: Veth,
 }
 
 impl Agent {
@@ -50,25 +52,16 @@ impl Agent {
         opts.node = "test-node".into();
         opts.session_capacity = 4096;
         configure(&mut opts);
+        let veth = Veth::new(&iface, &format!("{iface}p"));
+        microseg_testsupport::ip(&["link", "set", &iface, "up"]);
         let mut agent = Agent {
             opts,
             iface,
             dir,
             stop: None,
             thread: None,
+            _veth: veth,
         };
-        let peer = format!("{}p", agent.iface);
-        ip(&[
-            "link",
-            "add",
-            &agent.iface,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-        ]);
-        ip(&["link", "set", &agent.iface, "up"]);
         agent.write_policy("workloads.yaml", &agent.workloads());
         agent.write_policy("policy.yaml", policy);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -121,16 +114,13 @@ impl Agent {
             .unwrap_or_else(|| panic!("no answer to {request}"))
     }
 
-    /// Polls until `ready`, for at most 5 minutes (a 100,000-rule compile on a loaded
-    /// machine); panics naming `what` after that.
+    /// Polls every millisecond (a state may not last) until `ready`, for at most 5 minutes
+    /// (a 100,000-rule compile on a loaded machine); panics naming `what` after that.
     pub fn wait_for(&self, what: &str, mut ready: impl FnMut(&Agent) -> bool) {
-        for _ in 0..300_000 {
-            if ready(self) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(1));
+        let limit = Duration::from_secs(300);
+        if let Err(e) = eventually_every(Duration::from_millis(1), limit, || ready(self)) {
+            panic!("waited in vain for {what}: {e}");
         }
-        panic!("waited in vain for {what}");
     }
 }
 
@@ -143,20 +133,8 @@ impl Drop for Agent {
             let _ = thread.join();
         }
         let _ = microseg_agent::cleanup(&self.opts);
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.iface])
-            .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// One policy allowing the client to reach the server on port 80.
