@@ -69,29 +69,7 @@ fn event_name(kind: u8, verdict: u8) -> &'static str {
     }
 }
 
-/// RFC 3339 in UTC with milliseconds, from seconds since the epoch.
-pub fn rfc3339(unix: f64) -> String {
-    let secs = unix.floor() as i64;
-    let millis = ((unix - secs as f64) * 1000.0) as u32;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
+pub use microseg_common::time::rfc3339;
 
 /// The monotonic and wall clocks read once, to date a batch of events.
 #[derive(Clone, Copy)]
@@ -269,17 +247,5 @@ impl FlowFilter {
                     .unwrap_or(Duration::ZERO);
                 r.unix_time >= now.as_secs_f64() - s
             })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_formats_known_instants() {
-        assert_eq!(rfc3339(0.0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(1_795_000_000.5), "2026-11-18T11:06:40.500Z");
-        assert_eq!(rfc3339(951_782_400.0), "2000-02-29T00:00:00.000Z");
     }
 }
