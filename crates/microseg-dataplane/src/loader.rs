@@ -90,10 +90,12 @@ fn replace_incompatible_pins(pin_paths: &[(&'static str, PathBuf)]) -> Result<()
         let pinned_sizes = (pinned.key_size(), pinned.value_size());
         let wanted_sizes = (wanted.key_size(), wanted.value_size());
         if pinned_sizes != wanted_sizes {
-            log::warn!(
-                "{}: pinned by another build with key/value sizes {pinned_sizes:?}, this one \
-                 needs {wanted_sizes:?}: replaced by a new map (its contents are lost)",
-                path.display()
+            tracing::warn!(
+                path = %path.display(),
+                pinned = ?pinned_sizes,
+                wanted = ?wanted_sizes,
+                "map pinned by another build with other key/value sizes: replaced by a new \
+                 map (its contents are lost)"
             );
             std::fs::remove_file(path).map_err(Error::io(path))?;
         }
