@@ -305,15 +305,16 @@ fn deletes(refs: &[ResourceRef], rows: &[Row]) -> Result<Vec<Write>, Error> {
     Ok(writes)
 }
 
+/// The first files of an apply, for its log line: `a.yaml,b.yaml` (`,+N` for the rest).
 fn file_list(names: &[String]) -> String {
     let shown: Vec<String> = names
         .iter()
         .take(5)
-        .map(|n| format!("\"{}\"", printable(n)))
+        .map(|n| printable(n).into_owned())
         .collect();
     match names.len() {
-        n if n > 5 => format!("{} and {} more", shown.join(", "), n - 5),
-        _ => shown.join(", "),
+        n if n > 5 => format!("{},+{}", shown.join(","), n - 5),
+        _ => shown.join(","),
     }
 }
 
@@ -335,21 +336,22 @@ impl Core {
         let names: Vec<String> = files.iter().map(|f| f.name.clone()).collect();
         let result = self.apply_checked(files, scope, dry_run).await;
         match &result {
-            Ok(o) if !dry_run => log::info!(
-                "apply from {}: revision {}, {} resource(s), {} changed",
-                file_list(&names),
-                o.revision,
-                o.items.len(),
-                o.items
+            Ok(o) if !dry_run => tracing::info!(
+                files = %file_list(&names),
+                revision = o.revision,
+                resources = o.items.len(),
+                changed = o
+                    .items
                     .iter()
                     .filter(|a| a.action != Change::Unchanged)
-                    .count()
+                    .count(),
+                "applied"
             ),
             Ok(_) => {}
-            Err(e) => log::info!(
-                "apply from {} refused: {}",
-                file_list(&names),
-                printable(&e.to_string())
+            Err(e) => tracing::info!(
+                files = %file_list(&names),
+                error = %printable(&e.to_string()),
+                "apply refused"
             ),
         }
         result
@@ -437,7 +439,7 @@ impl Core {
             Ok((rev, refs))
         })
         .await?;
-        log::info!("deleted {} resource(s): revision {revision}", refs.len());
+        tracing::info!(resources = refs.len(), revision, "deleted");
         Ok(Outcome {
             revision: self.published(revision),
             items: refs,

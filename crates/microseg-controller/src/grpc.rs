@@ -177,9 +177,11 @@ async fn stream_state(
         deletes: Vec::new(),
         more: false,
     };
-    log::info!(
-        "node {node}: sending the full state at revision {rev} ({} resources)",
-        full.upserts.len()
+    tracing::info!(
+        node,
+        revision = rev,
+        resources = full.upserts.len(),
+        "sending the full state"
     );
     if !send_state(&tx, full, chunk).await {
         return;
@@ -227,10 +229,12 @@ async fn stream_state(
                 .collect(),
             more: false,
         };
-        log::debug!(
-            "node {node}: delta to revision {max} ({} upserts, {} deletes)",
-            delta.upserts.len(),
-            delta.deletes.len()
+        tracing::debug!(
+            node,
+            revision = max,
+            upserts = delta.upserts.len(),
+            deletes = delta.deletes.len(),
+            "sending a delta"
         );
         if !send_state(&tx, delta, chunk).await {
             return;
@@ -251,8 +255,10 @@ impl AgentLink for Link {
         let r = req.into_inner();
         node_name(&r.node)?;
         if caller.bearer == Some(Bearer::Agent) {
-            log::warn!(
-                "node {0} uses the shared agent token, which can speak for any node; give it its own: microseg node-token {0}",
+            tracing::warn!(
+                node = r.node,
+                "the node uses the shared agent token, which can speak for any node; give it \
+                 its own: microseg node-token {}",
                 r.node
             );
         }
@@ -261,10 +267,10 @@ impl AgentLink for Link {
             .touch_node(&r.node, now())
             .await
             .map_err(status)?;
-        log::info!(
-            "node {} connected (it enforces revision {})",
-            r.node,
-            r.revision
+        tracing::info!(
+            node = r.node,
+            revision = r.revision,
+            "node connected (it enforces that revision)"
         );
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(stream_state(self.core.clone(), r.node, r.accepts_parts, tx));
@@ -276,11 +282,11 @@ impl AgentLink for Link {
         let r = req.into_inner();
         node_name(&r.node)?;
         if !r.error.is_empty() {
-            log::warn!(
-                "node {} failed revision {}: {}",
-                r.node,
-                r.revision,
-                r.error
+            tracing::warn!(
+                node = r.node,
+                revision = r.revision,
+                error = r.error,
+                "node failed to enforce a revision"
             );
         }
         self.core

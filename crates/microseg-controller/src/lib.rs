@@ -161,7 +161,7 @@ fn load_token_file(
     }
     if let Ok(t) = std::fs::read_to_string(path) {
         if !t.trim().is_empty() {
-            log::info!("token: {}", path.display());
+            tracing::info!(path = %path.display(), "token read");
             return Ok(t.trim().to_string());
         }
     }
@@ -181,7 +181,7 @@ fn load_token_file(
     f.set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(rt)?;
     writeln!(f, "{token}").map_err(rt)?;
-    log::info!("created the token: {}", path.display());
+    tracing::info!(path = %path.display(), "token created");
     Ok(token)
 }
 
@@ -211,7 +211,7 @@ pub async fn open_store(opts: &Options) -> Result<Arc<dyn Store>, ControllerErro
         let pg = store::postgres::Postgres::open(&db, postgres_tls(&db, opts)?)
             .await
             .map_err(RuntimeError::Store)?;
-        log::info!("storage: PostgreSQL");
+        tracing::info!(storage = "PostgreSQL", "storage opened");
         return Ok(Arc::new(pg));
     }
     if opts.db_ca.is_some() {
@@ -231,7 +231,7 @@ pub async fn open_store(opts: &Options) -> Result<Arc<dyn Store>, ControllerErro
         path: path.clone(),
         source,
     })?;
-    log::info!("storage: SQLite {}", path.display());
+    tracing::info!(storage = "SQLite", path = %path.display(), "storage opened");
     Ok(Arc::new(s))
 }
 
@@ -303,7 +303,7 @@ pub async fn start(opts: &Options) -> Result<Running, ControllerError> {
         None => tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(stopping);
             if let Err(e) = serve.await {
-                log::error!("serving: {e}");
+                tracing::error!(error = %e, "serving failed");
             }
         }),
         Some(cfg) => {
@@ -316,12 +316,17 @@ pub async fn start(opts: &Options) -> Result<Running, ControllerError> {
             tokio::spawn(async move {
                 let serve = axum::serve(listener, app).with_graceful_shutdown(stopping);
                 if let Err(e) = serve.await {
-                    log::error!("serving: {e}");
+                    tracing::error!(error = %e, "serving failed");
                 }
             })
         }
     };
-    log::info!("controller listening on {addr} (REST and gRPC, {mode}, revision {rev0})");
+    tracing::info!(
+        %addr,
+        mode,
+        revision = rev0,
+        "controller listening (REST and gRPC)"
+    );
     Ok(Running {
         addr,
         token,
@@ -344,7 +349,7 @@ pub async fn run(opts: Options) -> Result<(), ControllerError> {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-    log::info!("stopping");
+    tracing::info!("stopping");
     running.stop().await;
     Ok(())
 }

@@ -43,7 +43,7 @@ impl IntoResponse for Error {
         };
         let message = self.to_string();
         if status.is_server_error() {
-            log::error!("{}", printable(&message));
+            tracing::error!(%status, "{}", printable(&message));
         }
         let details: Vec<String> = details.iter().map(|d| printable(d).into_owned()).collect();
         (

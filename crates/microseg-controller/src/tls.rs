@@ -200,7 +200,7 @@ impl TlsListener {
                     r = tcp.accept() => match r {
                         Ok(x) => x,
                         Err(e) => {
-                            log::warn!("accept: {e}");
+                            tracing::warn!(error = %e, "accept failed");
                             tokio::time::sleep(Duration::from_millis(100)).await;
                             continue;
                         }
@@ -213,8 +213,8 @@ impl TlsListener {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
                         }
-                        Ok(Err(e)) => log::info!("TLS handshake with {peer} failed: {e}"),
-                        Err(_) => log::info!("TLS handshake with {peer} timed out"),
+                        Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                     }
                 });
             }

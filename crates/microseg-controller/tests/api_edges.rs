@@ -210,27 +210,29 @@ fn errors_the_framework_answers_are_json_too() {
     assert_eq!(revision(&ctl.client()), 0);
 }
 
-/// Log records, kept for the test that looks for its own in them.
+/// Log lines, kept for the test that looks for its own in them.
 static LOGGED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
+/// Receives each formatted log line whole, newline included.
 struct Keep;
 
-impl log::Log for Keep {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        true
+impl std::io::Write for Keep {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(line);
+        LOGGED.lock().unwrap().push(text.trim_end_matches('\n').to_string());
+        Ok(line.len())
     }
-    fn log(&self, r: &log::Record) {
-        LOGGED.lock().unwrap().push(r.args().to_string());
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
-    fn flush(&self) {}
 }
 
 #[test]
 fn control_characters_from_a_request_come_back_escaped() {
     static LOGGER: Once = Once::new();
     LOGGER.call_once(|| {
-        log::set_logger(&Keep).unwrap();
-        log::set_max_level(log::LevelFilter::Info);
+        let lines = tracing_subscriber::fmt().with_writer(|| Keep).finish();
+        tracing::subscriber::set_global_default(lines).unwrap();
     });
     let (_dir, ctl) = state("escapes");
     let c = ctl.client();

@@ -4,7 +4,7 @@
 
 use super::resources::effective_labels;
 use super::Core;
-use crate::error::Error;
+use crate::error::{printable, Error};
 use crate::resources::{self, WORKLOAD};
 use crate::store::{Reported, Row, Snapshot, Write};
 use microseg_policy::{
@@ -65,10 +65,11 @@ fn check_all(node: &str, report: Vec<DiscoveredWorkload>) -> Vec<Checked> {
     for w in report {
         match check_one(&w) {
             Ok(ips) => ok.push(Checked { reported: w, ips }),
-            Err(errs) => log::warn!(
-                "node {node}: skipping reported workload {:?}: {}",
-                w.name,
-                errs.join("; ")
+            Err(errs) => tracing::warn!(
+                node,
+                workload = %printable(&w.name),
+                error = %printable(&errs.join("; ")),
+                "skipping a reported workload"
             ),
         }
     }
@@ -167,13 +168,21 @@ fn replace(node: &str, report: &[Checked], snap: &Snapshot) -> Result<Vec<Write>
     for c in report {
         let name = &c.reported.name;
         if let Some((ip, other)) = c.ips.iter().find_map(|ip| stored.used.get_key_value(ip)) {
-            log::warn!(
-                "node {node}: skipping reported workload {name:?}: address {ip} belongs to workload {other:?}"
+            tracing::warn!(
+                node,
+                workload = %printable(name),
+                address = %ip,
+                owner = %printable(other),
+                "skipping a reported workload: its address belongs to another workload"
             );
             continue;
         }
         let Some(stored_name) = stored.stored_name(name, &kept) else {
-            log::warn!("node {node}: workload name {name:?} is taken; skipped");
+            tracing::warn!(
+                node,
+                workload = %printable(name),
+                "skipping a reported workload: its name is taken"
+            );
             continue;
         };
         writes.extend(stored.put(c, &stored_name, snap));

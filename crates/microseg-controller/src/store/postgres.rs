@@ -73,7 +73,7 @@ fn drive<S, T>(
             match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
                 Some(Ok(m)) => on_message(m),
                 Some(Err(e)) => {
-                    log::warn!("PostgreSQL connection lost: {e}");
+                    tracing::warn!(error = %e, "PostgreSQL connection lost");
                     return;
                 }
                 None => return,
@@ -389,9 +389,11 @@ impl Store for Postgres {
                                 }
                             }
                         }
-                        Err(e) => log::warn!("LISTEN {CHANNEL}: {e}"),
+                        Err(e) => {
+                            tracing::warn!(channel = CHANNEL, error = %e, "PostgreSQL LISTEN failed")
+                        }
                     },
-                    Err(e) => log::warn!("PostgreSQL listener: {e}"),
+                    Err(e) => tracing::warn!(error = %e, "PostgreSQL listener failed"),
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
