@@ -19,20 +19,21 @@ const GAP: Duration = Duration::from_millis(1);
 /// Idle requests per round.
 const IDLE: usize = 100;
 
-/// Prints the agent's reload lines (how long each compile and apply took).
+/// Prints the agent's reload lines (how long each compile and apply took) and errors; it
+/// receives each log line whole.
 struct ReloadLines;
 
-impl log::Log for ReloadLines {
-    fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= log::Level::Info
-    }
-    fn log(&self, r: &log::Record) {
-        let line = r.args().to_string();
-        if line.starts_with("reloaded") || r.level() == log::Level::Error {
-            println!("  agent: {line}");
+impl std::io::Write for ReloadLines {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(line);
+        if text.contains("reloaded") || text.contains("ERROR") {
+            print!("  agent: {text}");
         }
+        Ok(line.len())
     }
-    fn flush(&self) {}
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn main() {
@@ -47,7 +48,12 @@ fn main() {
             }),
         None => 5,
     };
-    let _ = log::set_logger(&ReloadLines).map(|()| log::set_max_level(log::LevelFilter::Info));
+    let lines = tracing_subscriber::fmt()
+        .without_time()
+        .with_target(false)
+        .with_writer(|| ReloadLines)
+        .finish();
+    let _ = tracing::subscriber::set_global_default(lines);
     let agent = Agent::start("bn", &one_rule());
     let (mut idle, mut during) = (Vec::new(), Vec::new());
     let big = hundred_thousand_rules();

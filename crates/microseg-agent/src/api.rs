@@ -45,7 +45,7 @@ pub async fn serve(listener: UnixListener, state: DataPlaneHandle) {
         let state = state.clone();
         tokio::spawn(async move {
             if let Err(e) = handle(stream, state).await {
-                log::debug!("api connection: {e}");
+                tracing::debug!(error = %e, "api connection failed");
             }
         });
     }
@@ -94,7 +94,7 @@ async fn handle(stream: UnixStream, state: DataPlaneHandle) -> std::io::Result<(
                 }
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    log::warn!("flow follower lagged, {n} flows skipped");
+                    tracing::warn!(flows = n, "flow follower lagged; flows skipped");
                 }
                 Err(_) => break,
             }

@@ -75,7 +75,7 @@ pub async fn expire_idle(state: &DataPlaneHandle, timeouts: &Timeouts, now_ns: u
     match state.remove_sessions(keys).await {
         Some(Ok(_)) => {}
         Some(Err(e)) => {
-            log::warn!("session expiry: {e}");
+            tracing::warn!(error = %e, "session expiry failed");
             return 0;
         }
         None => return 0, // the owner has stopped: the agent is ending

@@ -47,10 +47,12 @@ impl Reloader {
         stop: impl Future<Output = ()>,
     ) {
         let mut files = Watcher::new(&opts.policy_paths)
-            .map_err(|e| log::warn!("no inotify ({e}); changes are seen at the next poll"))
+            .map_err(
+                |e| tracing::warn!(error = %e, "no inotify; changes are seen at the next poll"),
+            )
             .ok();
         let mut links = LinkWatcher::new()
-            .map_err(|e| log::warn!("no link notifications ({e}); interfaces are polled"))
+            .map_err(|e| tracing::warn!(error = %e, "no link notifications; interfaces are polled"))
             .ok();
         // With both watchers the poll is only a safety net: a wake-up every 100 ms, each
         // listing the interfaces, cost one TCP stream several percent on a 2-CPU VM.
@@ -95,34 +97,35 @@ impl Reloader {
         let started = Instant::now();
         let loaded = self.load().await;
         let load_time = started.elapsed();
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        // Milliseconds to a tenth, as the summary gives its own.
+        let ms = |d: Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
         match loaded {
             Ok(set) => match state.enforce(set, None).await {
-                Ok(enforced) if enforced.is_complete() => log::info!(
-                    "reloaded: enforcing {enforced}; files read in {:.1} ms, {:.1} ms in all",
-                    ms(load_time),
-                    ms(started.elapsed())
+                Ok(enforced) if enforced.is_complete() => tracing::info!(
+                    read_ms = ms(load_time),
+                    total_ms = ms(started.elapsed()),
+                    "reloaded: enforcing {enforced}"
                 ),
-                Ok(incomplete) => log::error!("reload: {incomplete}"),
-                Err(e) => log::error!("reload: {e}"),
+                Ok(incomplete) => tracing::error!("reload: {incomplete}"),
+                Err(e) => tracing::error!("reload: {e}"),
             },
             Err(diags) => {
                 for d in &diags {
-                    log::error!("{d}");
+                    tracing::error!("{d}");
                 }
-                log::error!(
-                    "policy not reloaded ({} error(s)); revision {} stays in force",
-                    diags.len(),
-                    state.view().revision
+                tracing::error!(
+                    errors = diags.len(),
+                    revision = state.view().revision,
+                    "policy not reloaded; the revision in force stays"
                 );
                 // Interfaces may still have come or gone: re-enforce the last good policy.
                 let errors = diags.iter().map(|d| d.to_string()).collect();
                 match state.enforce_last(errors).await {
                     Ok(Some(incomplete)) if !incomplete.is_complete() => {
-                        log::error!("{incomplete}")
+                        tracing::error!("{incomplete}")
                     }
                     Ok(_) => {}
-                    Err(e) => log::error!("{e}"),
+                    Err(e) => tracing::error!("{e}"),
                 }
             }
         }

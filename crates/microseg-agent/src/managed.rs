@@ -195,10 +195,12 @@ pub async fn run(link: ControllerLink, opts: AgentOptions, state: DataPlaneHandl
     let mut backoff = Duration::from_millis(250);
     loop {
         match session(&link, &opts, &state, &mut desired).await {
-            Ok(()) => log::warn!("controller closed the stream; resyncing"),
-            Err(e) => log::warn!(
-                "controller link: {e}; retrying in {backoff:?} (enforcing revision {})",
-                desired.revision
+            Ok(()) => tracing::warn!("controller closed the stream; resyncing"),
+            Err(e) => tracing::warn!(
+                error = %e,
+                retry_in = ?backoff,
+                revision = desired.revision,
+                "controller link failed; the revision in force stays"
             ),
         }
         tokio::time::sleep(backoff).await;
@@ -269,13 +271,13 @@ fn report(node: &str, found: &[Discovered]) -> WorkloadReport {
 fn discover_now(link: &ControllerLink, node: &str) -> Vec<Discovered> {
     let labels = match &link.labels_file {
         Some(p) => read_labels(p).unwrap_or_else(|e| {
-            log::error!("labels file: {e}");
+            tracing::error!(path = %p.display(), error = %e, "labels file unreadable");
             BTreeMap::new()
         }),
         None => BTreeMap::new(),
     };
     discover(node, &labels).unwrap_or_else(|e| {
-        log::error!("workload discovery: {e}");
+        tracing::error!(error = %e, "workload discovery failed");
         Vec::new()
     })
 }
@@ -302,10 +304,10 @@ async fn session(
         .await
         .map_err(call("sync"))?
         .into_inner();
-    log::info!(
-        "connected to the controller at {} as node {}",
-        link.url,
-        opts.node
+    tracing::info!(
+        url = link.url,
+        node = opts.node,
+        "connected to the controller"
     );
     let mut flows = state.flows().subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -376,7 +378,7 @@ fn note_revision(opts: &AgentOptions, revision: u64) {
     let written = std::fs::create_dir_all(&opts.state_dir)
         .and_then(|()| std::fs::write(&path, format!("{revision}\n")));
     if let Err(e) = written {
-        log::debug!("{}: {e}", path.display());
+        tracing::debug!(path = %path.display(), error = %e, "revision not noted");
     }
 }
 
@@ -405,8 +407,8 @@ async fn ack_failure(client: &mut Client, node: &str, revision: Option<u64>, err
     };
     match tokio::time::timeout(Duration::from_secs(5), client.ack(ack)).await {
         Ok(Ok(_)) => {}
-        Ok(Err(e)) => log::debug!("acknowledging the failure: {}", e.message()),
-        Err(_) => log::debug!("acknowledging the failure: no answer within 5 s"),
+        Ok(Err(e)) => tracing::debug!(error = e.message(), "acknowledging the failure failed"),
+        Err(_) => tracing::debug!("acknowledging the failure: no answer within 5 s"),
     }
 }
 
@@ -416,7 +418,7 @@ fn drain(rx: &mut tokio::sync::broadcast::Receiver<FlowRecord>) -> Vec<FlowRecor
         match rx.try_recv() {
             Ok(r) => out.push(r),
             Err(TryRecvError::Lagged(n)) => {
-                log::warn!("{n} flows not uploaded (the agent fell behind)")
+                tracing::warn!(flows = n, "flows not uploaded (the agent fell behind)")
             }
             Err(_) => return out,
         }
@@ -445,21 +447,21 @@ async fn enforce_desired(
 ) -> Result<Enforced, NotEnforced> {
     let revision = desired.revision;
     let set = desired.resource_set().map_err(|errors| {
-        log::error!("revision {revision} not enforced: {}", errors.join("; "));
+        tracing::error!(revision, error = errors.join("; "), "revision not enforced");
         NotEnforced::Unparsed(errors)
     })?;
     match state.enforce(set, Some(revision)).await {
         Ok(enforced) if enforced.is_complete() => {
-            log::info!("controller revision {revision}: enforcing {enforced}");
+            tracing::info!(revision, "enforcing {enforced}");
             note_revision(opts, revision);
             Ok(enforced)
         }
         Ok(incomplete) => {
-            log::error!("controller revision {revision}: {incomplete}");
+            tracing::error!(revision, "{incomplete}");
             Err(NotEnforced::Incomplete(Box::new(incomplete)))
         }
         Err(e) => {
-            log::error!("controller revision {revision}: {e}");
+            tracing::error!(revision, "{e}");
             Err(e.into())
         }
     }

@@ -155,8 +155,8 @@ impl Owner {
         let dp = &mut self.enforcer.dp;
         if dp.standby_behind() {
             match dp.catch_up_standby() {
-                Ok(n) => log::debug!("standby slot caught up ({n} keys)"),
-                Err(e) => log::warn!("bringing the standby slot up to date: {e}"),
+                Ok(keys) => tracing::debug!(keys, "standby slot caught up"),
+                Err(e) => tracing::warn!(error = %e, "bringing the standby slot up to date failed"),
             }
         }
     }

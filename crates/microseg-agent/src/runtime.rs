@@ -79,9 +79,9 @@ pub async fn run_until(
         }
     }
     let _ = std::fs::remove_file(&opts.socket);
-    log::info!(
-        "stopping; enforcement stays in place (pinned under {})",
-        opts.bpffs.display()
+    tracing::info!(
+        path = %opts.bpffs.display(),
+        "stopping; enforcement stays in place (pinned)"
     );
     Ok(())
 }
@@ -124,9 +124,9 @@ fn start_dataplane(
 /// The policy of the files at start-up.
 async fn enforce_first(state: &DataPlaneHandle, set: ResourceSet) {
     match state.enforce(set, None).await {
-        Ok(enforced) if enforced.is_complete() => log::info!("enforcing {enforced}"),
-        Ok(incomplete) => log::error!("{incomplete}"),
-        Err(e) => log::error!("{e}"),
+        Ok(enforced) if enforced.is_complete() => tracing::info!("enforcing {enforced}"),
+        Ok(incomplete) => tracing::error!("{incomplete}"),
+        Err(e) => tracing::error!("{e}"),
     }
 }
 
@@ -144,9 +144,9 @@ fn bind_socket(opts: &AgentOptions) -> Result<UnixListener, AgentError> {
     // SAFETY: as above.
     unsafe { libc::umask(umask) };
     let listener = bound.map_err(AgentError::io(&opts.socket))?;
-    log::info!(
-        "serving stats, flows and sessions on {}",
-        opts.socket.display()
+    tracing::info!(
+        path = %opts.socket.display(),
+        "serving stats, flows and sessions"
     );
     Ok(listener)
 }
@@ -156,7 +156,7 @@ fn bind_socket(opts: &AgentOptions) -> Result<UnixListener, AgentError> {
 fn log_adoption(dp: &Dataplane, opts: &AgentOptions, mode: &Mode) {
     let generation = match dp.config() {
         Ok(c) => c.generation,
-        Err(e) => return log::warn!("reading the adopted configuration: {e}"),
+        Err(e) => return tracing::warn!(error = %e, "reading the adopted configuration failed"),
     };
     let sessions = dp.session_count();
     if generation == 0 && sessions == 0 {
@@ -167,11 +167,16 @@ fn log_adoption(dp: &Dataplane, opts: &AgentOptions, mode: &Mode) {
         Mode::Files(_) => None,
     };
     match noted {
-        Some(rev) => log::info!(
-            "adopted revision {rev} from a previous agent (data plane generation {generation}), {sessions} sessions kept"
+        Some(revision) => tracing::info!(
+            revision,
+            generation,
+            sessions,
+            "adopted a previous agent's policy and sessions"
         ),
-        None => log::info!(
-            "adopted policy generation {generation} from a previous agent, {sessions} sessions kept"
+        None => tracing::info!(
+            generation,
+            sessions,
+            "adopted a previous agent's policy and sessions"
         ),
     }
 }
@@ -211,11 +216,11 @@ fn ensure_bpffs(dir: &std::path::Path) -> Result<(), AgentError> {
         let fs = std::ffi::CString::new("bpf").expect("no NUL");
         // SAFETY: valid C strings; a bpffs mount has no data argument.
         if unsafe { libc::mount(fs.as_ptr(), c.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) } == 0 {
-            log::info!("mounted a BPF filesystem on /sys/fs/bpf");
+            tracing::info!(path = "/sys/fs/bpf", "mounted a BPF filesystem");
             if private_mount_namespace() {
                 // `ip netns exec` makes such a namespace: the mount, the pins and the TCX
                 // links on them end with this process, taking enforcement along.
-                log::warn!(
+                tracing::warn!(
                     "/sys/fs/bpf was mounted in what may be a mount namespace of this agent alone (ip netns exec makes one); if so, the pins end with the agent, and enforcement with them: mount bpffs where it outlives the agent, or start it with nsenter --net"
                 );
             }

@@ -616,7 +616,7 @@ fn a_policy_set_of_100000_rules_reaches_the_agents_and_is_enforced() {
     // A restarted agent says which revision it adopted.
     c.kill_agent("nodeb");
     c.start_agent("nodeb");
-    let adopted = format!("adopted revision {revision} from a previous agent");
+    let adopted = format!("adopted a previous agent's policy and sessions revision={revision} ");
     if let Err(e) = eventually(Duration::from_secs(20), || c.logs().contains(&adopted)) {
         panic!("{adopted:?} not logged ({e})\n{}", c.logs());
     }
