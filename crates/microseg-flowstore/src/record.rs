@@ -65,8 +65,8 @@ impl FlowRecord {
             (&self.dst_workload, &self.dst_ip),
         ] {
             match workload {
-                Some(w) => h.eat(&[b'w']).eat(w.as_bytes()),
-                None => h.eat(&[b'a']).eat(ip.as_bytes()),
+                Some(w) => h.eat(b"w").eat(w.as_bytes()),
+                None => h.eat(b"a").eat(ip.as_bytes()),
             };
         }
         h.eat(&[self.protocol.0]);
