@@ -215,10 +215,15 @@ pub async fn selectors(place: Place) {
     ];
     batch[1].dst_labels.insert("env".into(), "prod".into());
     batch[2].src_labels.insert("legacy".into(), "".into());
-    // Look-alikes that must not match app=web: another key ending in app, a value
-    // holding a quote and comma, a value that merely starts with web.
+    // Look-alikes that must not match app=web: other keys ending in app (one with a
+    // quote, whose JSON holds "app":"web" after the escape), a value holding a quote and
+    // comma, a value that merely starts with web.
     let mut r = rec(4, 3, "x-1", "db-1");
-    r.src_labels = labels(&[("myapp", "web"), ("note", "a\",\"app\":\"web")]);
+    r.src_labels = labels(&[
+        ("myapp", "web"),
+        ("x\"app", "web"),
+        ("note", "a\",\"app\":\"web"),
+    ]);
     batch.push(r);
     let mut r = rec(5, 4, "y-1", "db-1");
     r.src_labels = labels(&[("app", "webby")]);
@@ -277,7 +282,11 @@ pub async fn edges(place: Place) {
     let mut r = rec(1006, 7, "api-1", "db-1");
     r.src_labels.insert("version".into(), "2".into());
     batch.push(r);
-    batch.push(rec(1007, 1, "api-1", "db-1"));
+    // ...in a later batch than the edge's first report.
+    store
+        .insert(&[rec(1007, 1, "api-1", "db-1")])
+        .await
+        .unwrap();
     store.insert(&batch).await.unwrap();
 
     let window = EdgeWindow {
