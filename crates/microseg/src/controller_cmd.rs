@@ -46,6 +46,8 @@ pub struct ControllerArgs {
     /// one of these CAs (PEM). Needs --tls-cert.
     #[arg(long, value_name = "PATH", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub log: crate::logger::LogArgs,
 }
 
 #[derive(Args)]

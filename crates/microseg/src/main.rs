@@ -136,11 +136,17 @@ struct AgentArgs {
     /// Remove all pinned programs, links and maps, then exit.
     #[arg(long)]
     cleanup: bool,
+    #[command(flatten)]
+    log: logger::LogArgs,
 }
 
 fn main() -> ExitCode {
-    logger::init();
     let cli = Cli::parse();
+    logger::init(match &cli.command {
+        Command::Agent(a) => a.log.format,
+        Command::Controller(c) => c.log.format,
+        _ => logger::LogFormat::Text,
+    });
     match cli.command {
         Command::Agent(a) => agent(a),
         Command::Policy { command } => policy_cmd::run(command),
@@ -217,7 +223,7 @@ fn agent(a: AgentArgs) -> ExitCode {
     if a.cleanup {
         return match microseg_agent::cleanup(&opts) {
             Ok(()) => {
-                log::info!("removed enforcement pinned under {}", opts.bpffs.display());
+                tracing::info!(path = %opts.bpffs.display(), "removed the pinned enforcement");
                 ExitCode::SUCCESS
             }
             Err(e) => {
