@@ -18,9 +18,12 @@ use microseg_policy::escape_control;
 use tracing::field::{Field, Visit};
 use tracing::level_filters::LevelFilter;
 use tracing::{Event, Subscriber};
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -47,11 +50,18 @@ pub fn init(format: LogFormat) {
         Ok("error") => LevelFilter::ERROR,
         _ => LevelFilter::INFO,
     };
-    // Also hands `log` records to tracing, at the same level.
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
+    // At debug, the HTTP/2 and gRPC stacks (h2, hyper, tower, tonic) describe every
+    // frame: they stay at info. Ours and the libraries that log through `log` do not.
+    let targets = Targets::new()
+        .with_default(level.min(LevelFilter::INFO))
+        .with_targets(["microseg", "aya", "rustls", "tokio_postgres"].map(|t| (t, level)));
+    let lines = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .event_format(Lines(format))
+        .event_format(Lines(format));
+    // Also hands `log` records to tracing, up to the most verbose level above.
+    let _ = tracing_subscriber::registry()
+        .with(targets)
+        .with(lines)
         .try_init();
 }
 
