@@ -20,7 +20,7 @@ const WORKLOADS: usize = 200;
 const NODES: usize = 10;
 const APPS: usize = 25;
 const EDGES: usize = 3000;
-const ACTIVE_TIMEOUT_MS: i64 = 30_000;
+const ACTIVE_TIMEOUT_US: i64 = 30_000_000;
 
 struct Args {
     backends: Vec<String>,
@@ -167,7 +167,7 @@ impl Generator {
 
     /// The next connection's reports, at a time that moves evenly through the day.
     fn connection(&mut self) {
-        let day = 86_400_000i64;
+        let day = 86_400_000_000i64;
         let start = self.end.0 - day + (self.made as i64 * day / self.total.max(1) as i64);
         let p = &self.pairs[self.rng.below(self.pairs.len())];
         let src = &self.workloads[p.src];
@@ -201,7 +201,7 @@ impl Generator {
         };
         for i in 0..reports {
             let mut r = base.clone();
-            r.time = Timestamp((start + i as i64 * ACTIVE_TIMEOUT_MS).min(self.end.0));
+            r.time = Timestamp((start + i as i64 * ACTIVE_TIMEOUT_US).min(self.end.0));
             r.packets = 4 + 20 * i as u64;
             r.bytes = 300 + 24_000 * i as u64;
             if i + 1 == reports {

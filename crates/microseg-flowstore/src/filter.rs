@@ -217,7 +217,7 @@ fn instant(field: &str, v: &str, now: Timestamp) -> Result<Timestamp, FilterErro
     }
     Err(FilterError::new(
         field,
-        format!("{v:?}: an RFC 3339 time (2026-12-07T10:00:00Z) or an age (30s, 5m, 24h, 7d)"),
+        format!("{v:?}: an RFC 3339 time (2026-12-07T10:00:00Z) or an age (30s, 5m, 1h30m, 7d)"),
     ))
 }
 
@@ -259,9 +259,9 @@ mod tests {
         let now = Timestamp::parse("2026-12-07T12:00:00Z").unwrap();
         let f = FlowFilter::from_params([("since", "1h"), ("until", "2026-12-07T11:30:00Z")], now)
             .unwrap();
-        assert_eq!(f.since.unwrap().to_string(), "2026-12-07T11:00:00.000Z");
+        assert_eq!(f.since.unwrap().to_string(), "2026-12-07T11:00:00.000000Z");
         assert_eq!(f.limit, DEFAULT_LIMIT);
-        let w = EdgeWindow::from_params([], now).unwrap();
-        assert_eq!(w.since.to_string(), "2026-12-07T11:00:00.000Z");
+        let w = EdgeWindow::from_params([("since", "1h30m")], now).unwrap();
+        assert_eq!(w.since.to_string(), "2026-12-07T10:30:00.000000Z");
     }
 }

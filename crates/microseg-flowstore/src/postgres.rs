@@ -56,15 +56,15 @@ const INSERT: &str = "INSERT INTO flows (seq, time, node, workload, direction, s
 
 // As SQLite's: per connection leg, then per edge; labels of the latest report.
 const EDGES: &str = "
-SELECT s, sw, substr(max(sl), 16), d, dw, substr(max(dl), 16), protocol::bigint,
+SELECT s, sw, substr(max(sl), 21), d, dw, substr(max(dl), 21), protocol::bigint,
        dst_port::bigint, verdict, policy, count(*)::bigint, sum(p)::bigint, sum(b)::bigint,
        min(f), max(l)
 FROM (SELECT coalesce(src_workload, src_ip) AS s, src_workload IS NOT NULL AS sw,
              coalesce(dst_workload, dst_ip) AS d, dst_workload IS NOT NULL AS dw,
              protocol, dst_port, verdict, policy,
              max(packets) AS p, max(bytes) AS b, min(time) AS f, max(time) AS l,
-             max((lpad(time::text, 15, '0') || src_labels) COLLATE \"C\") AS sl,
-             max((lpad(time::text, 15, '0') || dst_labels) COLLATE \"C\") AS dl
+             max((lpad(time::text, 20, '0') || src_labels) COLLATE \"C\") AS sl,
+             max((lpad(time::text, 20, '0') || dst_labels) COLLATE \"C\") AS dl
       FROM flows WHERE time >= $1 AND time <= $2
       GROUP BY conn, verdict, policy, s, sw, d, dw, protocol, dst_port) AS legs
 GROUP BY s, sw, d, dw, protocol, dst_port, verdict, policy";

@@ -224,12 +224,12 @@ mod tests {
 
     #[test]
     fn json_shape() {
-        let text = r#"{"time":"2026-12-07T10:00:00.000Z","node":"n1","workload":"web-1",
+        let text = r#"{"time":"2026-12-07T10:00:00.000000Z","node":"n1","workload":"web-1",
             "direction":"egress","src_ip":"10.0.0.1","dst_ip":"10.0.0.2","src_port":40000,
             "dst_port":5432,"protocol":"TCP","verdict":"allow","policy":"db","rule":0,
             "audit_verdict":null,"audit_policy":null,"packets":3,"bytes":180,
             "src_workload":"web-1","dst_workload":null,"src_labels":{"app":"web"},
-            "dst_labels":{},"start":"2026-12-07T09:59:59.500Z","end":null}"#;
+            "dst_labels":{},"start":"2026-12-07T09:59:59.500000Z","end":null}"#;
         let r: FlowRecord = serde_json::from_str(text).unwrap();
         assert_eq!(r.protocol, Protocol::TCP);
         assert_eq!(r.src_labels["app"], "web");
@@ -242,7 +242,7 @@ mod tests {
         // Re-reports share the connection; another start is another connection.
         other = r.clone();
         other.packets = 10;
-        other.time = Timestamp(other.time.0 + 30_000);
+        other.time = Timestamp(other.time.0 + 30_000_000);
         assert_eq!(other.connection_id(), r.connection_id());
         other.start = Timestamp(other.start.0 + 1);
         assert_ne!(other.connection_id(), r.connection_id());

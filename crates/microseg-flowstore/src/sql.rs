@@ -259,7 +259,7 @@ impl SeqClock {
 
     /// The first of `n` consecutive numbers.
     pub(crate) fn take(&self, n: usize) -> i64 {
-        let now_us = Timestamp::now().0.saturating_mul(1000);
+        let now_us = Timestamp::now().0;
         let mut prev = self.0.load(Ordering::Relaxed);
         loop {
             let first = (prev + 1).max(now_us);

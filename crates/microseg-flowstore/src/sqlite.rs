@@ -45,14 +45,14 @@ CREATE INDEX IF NOT EXISTS flows_policy ON flows (policy, time);
 // Per connection leg first, then per edge; the labels of an end are those of its latest
 // report (the time, zero-padded, sorts the concatenation).
 const EDGES: &str = "
-SELECT s, sw, substr(max(sl), 16), d, dw, substr(max(dl), 16), protocol, dst_port, verdict,
+SELECT s, sw, substr(max(sl), 21), d, dw, substr(max(dl), 21), protocol, dst_port, verdict,
        policy, count(*), sum(p), sum(b), min(f), max(l)
 FROM (SELECT coalesce(src_workload, src_ip) AS s, src_workload IS NOT NULL AS sw,
              coalesce(dst_workload, dst_ip) AS d, dst_workload IS NOT NULL AS dw,
              protocol, dst_port, verdict, policy,
              max(packets) AS p, max(bytes) AS b, min(time) AS f, max(time) AS l,
-             max(printf('%015d', time) || src_labels) AS sl,
-             max(printf('%015d', time) || dst_labels) AS dl
+             max(printf('%020d', time) || src_labels) AS sl,
+             max(printf('%020d', time) || dst_labels) AS dl
       FROM flows WHERE time >= ?1 AND time <= ?2
       GROUP BY conn, verdict, policy, s, sw, d, dw, protocol, dst_port)
 GROUP BY s, sw, d, dw, protocol, dst_port, verdict, policy";

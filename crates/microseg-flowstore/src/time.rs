@@ -1,12 +1,13 @@
-//! Instants as milliseconds since the Unix epoch (UTC), written and read as RFC 3339.
+//! Instants as microseconds since the Unix epoch (UTC), written and read as RFC 3339 with
+//! six decimals, as the agent and the CLI write them.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-const DAY_MS: i64 = 86_400_000;
+const DAY_US: i64 = 86_400_000_000;
 
-/// An instant, milliseconds since 1970-01-01T00:00:00Z.
+/// An instant, microseconds since 1970-01-01T00:00:00Z.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(pub i64);
 
@@ -15,30 +16,30 @@ impl Timestamp {
         let d = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO);
-        Timestamp(d.as_millis() as i64)
+        Timestamp(d.as_micros() as i64)
     }
 
-    pub fn millis(self) -> i64 {
+    pub fn micros(self) -> i64 {
         self.0
     }
 
     /// Midnight (UTC) of this instant's day.
     pub fn day_start(self) -> Timestamp {
-        Timestamp(self.0.div_euclid(DAY_MS) * DAY_MS)
+        Timestamp(self.0.div_euclid(DAY_US) * DAY_US)
     }
 
     /// The UTC date, `YYYY-MM-DD`.
     pub fn date(self) -> String {
-        let (y, m, d) = civil_from_days(self.0.div_euclid(DAY_MS));
+        let (y, m, d) = civil_from_days(self.0.div_euclid(DAY_US));
         format!("{y:04}-{m:02}-{d:02}")
     }
 
     pub fn minus(self, d: Duration) -> Timestamp {
-        Timestamp(self.0.saturating_sub(d.as_millis() as i64))
+        Timestamp(self.0.saturating_sub(d.as_micros() as i64))
     }
 
     pub fn plus(self, d: Duration) -> Timestamp {
-        Timestamp(self.0.saturating_add(d.as_millis() as i64))
+        Timestamp(self.0.saturating_add(d.as_micros() as i64))
     }
 
     /// Parses RFC 3339: `2026-12-07T14:50:21Z`, with an optional fraction and a `Z` or
@@ -67,21 +68,22 @@ impl Timestamp {
             return None;
         }
         let mut i = 19;
-        let mut millis = 0i64;
+        // Digits past the sixth are cut, as the agent cuts its times.
+        let mut micros = 0i64;
         if b.get(i) == Some(&b'.') {
             i += 1;
             let start = i;
             while i < b.len() && b[i].is_ascii_digit() {
-                if i - start < 3 {
-                    millis = millis * 10 + i64::from(b[i] - b'0');
+                if i - start < 6 {
+                    micros = micros * 10 + i64::from(b[i] - b'0');
                 }
                 i += 1;
             }
             if i == start {
                 return None;
             }
-            for _ in (i - start)..3 {
-                millis *= 10;
+            for _ in (i - start)..6 {
+                micros *= 10;
             }
         }
         let offset_min = match &s[i..] {
@@ -96,24 +98,24 @@ impl Timestamp {
         };
         let days = days_from_civil(y, mo, d);
         let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60;
-        Some(Timestamp(secs * 1000 + millis))
+        Some(Timestamp(secs * 1_000_000 + micros))
     }
 }
 
 impl fmt::Display for Timestamp {
-    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, as the agent writes its flows.
+    /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, as the agent writes its flows.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let days = self.0.div_euclid(DAY_MS);
-        let ms = self.0.rem_euclid(DAY_MS);
+        let days = self.0.div_euclid(DAY_US);
+        let us = self.0.rem_euclid(DAY_US);
         let (y, m, d) = civil_from_days(days);
-        let s = ms / 1000;
+        let s = us / 1_000_000;
         write!(
             f,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
             s / 3600,
             s % 3600 / 60,
             s % 60,
-            ms % 1000
+            us % 1_000_000
         )
     }
 }
@@ -132,20 +134,39 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
-/// A duration as `90s`, `5m`, `24h`, `7d` (or milliseconds, `500ms`).
+/// A duration as `90s`, `5m`, `24h`, `7d`, `500ms`, or several from the longest unit
+/// down (`1h30m`); a bare number is none.
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    let ms = match unit {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => DAY_MS as u64,
-        _ => return None,
-    };
-    Some(Duration::from_millis(n.checked_mul(ms)?))
+    const UNITS: [(&str, u64); 5] = [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+        ("ms", 1),
+    ];
+    let mut rest = s;
+    let mut total: u64 = 0;
+    let mut next_unit = 0;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        let after = &rest[digits..];
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(after.len());
+        let unit = &after[..unit_len];
+        let at = UNITS.iter().position(|(u, _)| *u == unit)?;
+        if at < next_unit {
+            return None;
+        }
+        next_unit = at + 1;
+        total = total.checked_add(n.checked_mul(UNITS[at].1)?)?;
+        rest = &after[unit_len..];
+    }
+    (!s.is_empty()).then(|| Duration::from_millis(total))
 }
 
 fn is_leap(y: i64) -> bool {
@@ -190,15 +211,18 @@ mod tests {
 
     #[test]
     fn round_trips_and_offsets() {
-        let t = Timestamp::parse("2026-12-07T14:50:21.123Z").unwrap();
-        assert_eq!(t.to_string(), "2026-12-07T14:50:21.123Z");
+        let t = Timestamp::parse("2026-12-07T14:50:21.123456Z").unwrap();
+        assert_eq!(t.to_string(), "2026-12-07T14:50:21.123456Z");
         assert_eq!(t.date(), "2026-12-07");
         assert_eq!(Timestamp::parse("1970-01-01T00:00:00Z"), Some(Timestamp(0)));
         assert_eq!(
             Timestamp::parse("1970-01-01T00:00:00.5Z"),
-            Some(Timestamp(500))
+            Some(Timestamp(500_000))
         );
-        assert_eq!(Timestamp::parse("2026-12-07T16:50:21.1239+02:00"), Some(t));
+        assert_eq!(
+            Timestamp::parse("2026-12-07T16:50:21.1234569+02:00"),
+            Some(t)
+        );
         assert_eq!(
             Timestamp::parse("2024-02-29T00:00:00Z").unwrap().date(),
             "2024-02-29"
@@ -219,5 +243,9 @@ mod tests {
         assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("5"), None);
         assert_eq!(parse_duration("5w"), None);
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("30m1h"), None);
+        assert_eq!(parse_duration("1s500ms"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration(""), None);
     }
 }

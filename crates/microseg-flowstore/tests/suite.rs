@@ -40,7 +40,7 @@ async fn clickhouse_place() -> Place {
 
 /// A day far enough from the epoch, at 10:00 UTC.
 fn t(minutes: i64) -> Timestamp {
-    Timestamp(Timestamp::parse("2026-12-07T10:00:00Z").unwrap().0 + minutes * 60_000)
+    Timestamp(Timestamp::parse("2026-12-07T10:00:00Z").unwrap().0 + minutes * 60_000_000)
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -136,7 +136,9 @@ fn varied() -> Vec<FlowRecord> {
     v.push(r);
     let mut r = rec(8, 7, "web-1", "db-1");
     r.protocol = Protocol(132);
-    r.end = Some(t(8));
+    // Microseconds survive every back end.
+    r.time = Timestamp(r.time.0 + 654_321);
+    r.end = Some(Timestamp(t(8).0 + 123_457));
     v.push(r);
     v
 }

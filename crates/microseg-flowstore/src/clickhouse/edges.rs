@@ -96,7 +96,7 @@ impl EdgeCache {
         latest
             .into_values()
             .filter(|r| {
-                let day = r.time.div_euclid(86_400_000);
+                let day = r.time.div_euclid(86_400_000_000);
                 cache.get(&r.edge) != Some(&(labels_hash(r), day))
             })
             .map(end_of)
@@ -112,7 +112,7 @@ impl EdgeCache {
         let wanted: HashMap<i64, i64> = ends.iter().map(|e| (e.edge, e.time)).collect();
         for r in rows {
             if wanted.get(&r.edge) == Some(&r.time) {
-                cache.insert(r.edge, (labels_hash(r), r.time.div_euclid(86_400_000)));
+                cache.insert(r.edge, (labels_hash(r), r.time.div_euclid(86_400_000_000)));
             }
         }
     }
