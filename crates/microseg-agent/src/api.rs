@@ -154,6 +154,9 @@ fn status(state: &DataPlaneHandle) -> Value {
         "rules": view.rules.len(),
         "errors": view.errors,
         "updating": state.updating(),
+        "keys_written": view.keys_written,
+        "keys_removed": view.keys_removed,
+        "standby_behind": view.standby_behind,
     })
 }
 

@@ -30,6 +30,11 @@ pub struct View {
     pub rules: Arc<BTreeMap<u32, RuleInfo>>,
     /// The last reload's errors, while the previous policy stays in force.
     pub errors: Vec<String>,
+    /// The policy map keys the last apply wrote and removed: what an update cost.
+    pub keys_written: usize,
+    pub keys_removed: usize,
+    /// The standby slot still lacks the last update's changes (caught up shortly after).
+    pub standby_behind: bool,
 }
 
 /// Which policy to enforce.
@@ -126,12 +131,15 @@ impl Owner {
             view.revision = enforced.summary.revision;
             view.endpoints = enforced.endpoints.clone();
             view.rules = enforced.rules.clone();
+            view.keys_written = enforced.summary.written;
+            view.keys_removed = enforced.summary.removed;
             self.rules_shared = true;
             // Acknowledged only when complete: attaching is part of enforcing.
             if let (Some(rev), true) = (request.controller_revision, enforced.is_complete()) {
                 view.controller_revision = rev;
             }
         }
+        view.standby_behind = self.enforcer.dp.standby_behind();
         self.view.send_replace(Arc::new(view));
         result
     }
@@ -158,6 +166,9 @@ impl Owner {
                 Ok(keys) => tracing::debug!(keys, "standby slot caught up"),
                 Err(e) => tracing::warn!(error = %e, "bringing the standby slot up to date failed"),
             }
+            let behind = dp.standby_behind();
+            self.view
+                .send_modify(|view| Arc::make_mut(view).standby_behind = behind);
         }
     }
 }

@@ -21,8 +21,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{
-    addr, eventually, ns_command, sh, succeeded, tcp_echo_in, tcp_ok_from, unique_name, NetNs,
-    Server, BIN,
+    addr, eventually, local_api, ns_command, sh, succeeded, tcp_echo_in, tcp_ok_from, unique_name,
+    NetNs, Server, BIN,
 };
 
 struct Cluster {
@@ -562,16 +562,6 @@ fn hundred_thousand_rules() -> String {
 }
 
 /// One request to an agent's local API; its first answer line.
-fn local_api(socket: &std::path::Path, request: &str) -> serde_json::Value {
-    use std::io::{BufRead, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(format!("{request}\n").as_bytes()).unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(s).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).unwrap_or_default()
-}
-
 #[test]
 fn a_policy_set_of_100000_rules_reaches_the_agents_and_is_enforced() {
     let mut c = Cluster::new("bigstate");

@@ -176,15 +176,16 @@ fn a_policy_change_is_enforced_on_new_and_existing_connections_and_bad_input_kee
 
 /// Keys the agent wrote for revision `rev`, from its "revision N: ... (K written" line,
 /// once that line is logged.
+/// The keys the apply of local revision `rev` wrote, from the agent's status.
 fn keys_written(t: &Topology, rev: u64) -> u64 {
-    let parse = |log: &str| -> Option<u64> {
-        let line = log
-            .lines()
-            .find(|l| l.contains(&format!("revision {rev}:")))?;
-        let before = &line[..line.find(" written")?];
-        before.rsplit(' ').next()?.parse().ok()
+    let applied = || {
+        let status = t.local_status();
+        (status["revision"].as_u64() == Some(rev) && status["updating"] == false)
+            .then(|| status["keys_written"].as_u64())
+            .flatten()
+            .ok_or(status)
     };
-    eventually(Duration::from_secs(5), || parse(&t.agent_log()))
+    eventually(Duration::from_secs(5), applied)
         .unwrap_or_else(|e| panic!("no revision {rev} ({e}): {}", t.agent_log()))
 }
 
@@ -193,10 +194,17 @@ fn after_an_update_the_standby_slot_catches_up_so_the_next_change_writes_only_it
     let mut t = Topology::new("standby", &["client", "web", "other"]);
     t.write_policy("workloads.yaml", &t.workloads_yaml());
     t.write_policy("policy.yaml", WEB_ONLY_FROM_CLIENT);
-    t.start_agent_with_env(&[("MICROSEG_LOG", "debug")]);
+    t.start_agent();
     let everything = keys_written(&t, 1);
     // The agent catches the standby slot up 200 ms after an apply, without polling.
-    t.await_log("standby slot caught up");
+    let caught_up = || {
+        let status = t.local_status();
+        (status["standby_behind"] == false)
+            .then_some(())
+            .ok_or(status)
+    };
+    eventually(Duration::from_secs(5), caught_up)
+        .unwrap_or_else(|e| panic!("the standby slot stays behind ({e}): {}", t.agent_log()));
     t.write_policy(
         "deny-other.yaml",
         "apiVersion: microseg.io/v1\nkind: Policy\nmetadata: {name: deny-other}\nspec:\n  selector: {matchLabels: {app: web}}\n  priority: 10\n  ingress:\n    - action: deny\n      from: [{selector: {matchLabels: {app: other}}}]\n      ports: [{protocol: TCP, port: 9090}]\n",

@@ -200,6 +200,11 @@ impl Topology {
             .unwrap()
     }
 
+    /// The agent's own status (revision, keys the last apply wrote, the standby slot).
+    pub fn local_status(&self) -> serde_json::Value {
+        local_api(&self.socket, r#"{"cmd":"status"}"#)
+    }
+
     pub fn stats(&self) -> serde_json::Value {
         let out = self.cli(&["stats", "-o", "json"]);
         assert!(
@@ -449,4 +454,16 @@ pub fn tcp_ok_from(ns: &str, to: SocketAddr) -> bool {
         let mut buf = [0u8; 5];
         s.write_all(b"hello").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"hello"
     })
+}
+
+/// One request to an agent's local API and its one-line answer.
+#[allow(dead_code)] // not every test binary asks the socket directly
+pub fn local_api(socket: &std::path::Path, request: &str) -> serde_json::Value {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(format!("{request}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_default()
 }
