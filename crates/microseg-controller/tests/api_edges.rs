@@ -219,7 +219,10 @@ struct Keep;
 impl std::io::Write for Keep {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
         let text = String::from_utf8_lossy(line);
-        LOGGED.lock().unwrap().push(text.trim_end_matches('\n').to_string());
+        LOGGED
+            .lock()
+            .unwrap()
+            .push(text.trim_end_matches('\n').to_string());
         Ok(line.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
