@@ -24,10 +24,15 @@ pub fn rfc3339(unix_seconds: f64) -> String {
     } else {
         (unix_seconds * 1e9).round() as i128
     };
-    let micros = nanos.div_euclid(1000).clamp(
-        FIRST_SECOND as i128 * 1_000_000,
-        (LAST_SECOND as i128 + 1) * 1_000_000 - 1,
-    ) as i64;
+    let micros = nanos
+        .div_euclid(1000)
+        .clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+    rfc3339_micros(micros)
+}
+
+/// `unix_micros` (microseconds since the epoch) in UTC, written as [`rfc3339`] writes.
+pub fn rfc3339_micros(unix_micros: i64) -> String {
+    let micros = unix_micros.clamp(FIRST_SECOND * 1_000_000, (LAST_SECOND + 1) * 1_000_000 - 1);
     let (secs, micro) = (micros.div_euclid(1_000_000), micros.rem_euclid(1_000_000));
     let (days, second_of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_date(days);

@@ -212,7 +212,7 @@ fn instant(field: &str, v: &str, now: Timestamp) -> Result<Timestamp, FilterErro
     if let Some(t) = Timestamp::parse(v) {
         return Ok(t);
     }
-    if let Some(d) = parse_duration(v) {
+    if let Ok(d) = parse_duration(v) {
         return Ok(now.minus(d));
     }
     Err(FilterError::new(

@@ -105,18 +105,7 @@ impl Timestamp {
 impl fmt::Display for Timestamp {
     /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, as the agent writes its flows.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let days = self.0.div_euclid(DAY_US);
-        let us = self.0.rem_euclid(DAY_US);
-        let (y, m, d) = civil_from_days(days);
-        let s = us / 1_000_000;
-        write!(
-            f,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-            s / 3600,
-            s % 3600 / 60,
-            s % 60,
-            us % 1_000_000
-        )
+        f.write_str(&microseg_common::time::rfc3339_micros(self.0))
     }
 }
 
@@ -135,39 +124,8 @@ impl<'de> Deserialize<'de> for Timestamp {
 }
 
 /// A duration as `90s`, `5m`, `24h`, `7d`, `500ms`, or several from the longest unit
-/// down (`1h30m`); a bare number is none.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    const UNITS: [(&str, u64); 5] = [
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1000),
-        ("ms", 1),
-    ];
-    let mut rest = s;
-    let mut total: u64 = 0;
-    let mut next_unit = 0;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
-        if digits == 0 {
-            return None;
-        }
-        let n: u64 = rest[..digits].parse().ok()?;
-        let after = &rest[digits..];
-        let unit_len = after
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(after.len());
-        let unit = &after[..unit_len];
-        let at = UNITS.iter().position(|(u, _)| *u == unit)?;
-        if at < next_unit {
-            return None;
-        }
-        next_unit = at + 1;
-        total = total.checked_add(n.checked_mul(UNITS[at].1)?)?;
-        rest = &after[unit_len..];
-    }
-    (!s.is_empty()).then(|| Duration::from_millis(total))
-}
+/// down (`1h30m`), by the one duration parser the CLI and the controller use.
+pub use microseg_common::time::parse_duration;
 
 fn is_leap(y: i64) -> bool {
     y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)
@@ -235,17 +193,5 @@ mod tests {
         ] {
             assert_eq!(Timestamp::parse(bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(7 * 86_400)));
-        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("5"), None);
-        assert_eq!(parse_duration("5w"), None);
-        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("30m1h"), None);
-        assert_eq!(parse_duration("1s500ms"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration(""), None);
     }
 }
