@@ -1,6 +1,7 @@
 //! Who talked to whom over a window: one edge per source, destination, protocol,
 //! destination port, verdict and policy.
 
+use crate::error::{labels, narrow, RowError};
 use crate::record::{Labels, Protocol, Verdict};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -63,28 +64,36 @@ pub(crate) struct EdgeRow {
 }
 
 impl EdgeRow {
-    pub(crate) fn into_edge(self) -> Result<Edge, String> {
-        let end = |name: String, is_workload: bool, labels: &str| -> Result<Endpoint, String> {
+    pub(crate) fn into_edge(self) -> Result<Edge, RowError> {
+        let end = |name: String, is_workload: bool, field, text| -> Result<Endpoint, RowError> {
             Ok(if is_workload {
                 Endpoint::Workload {
                     workload: name,
-                    labels: serde_json::from_str(labels)
-                        .map_err(|e| format!("labels {labels:?}: {e}"))?,
+                    labels: labels(field, text)?,
                 }
             } else {
                 Endpoint::Address { ip: name }
             })
         };
         Ok(Edge {
-            src: end(self.src, self.src_is_workload, &self.src_labels)?,
-            dst: end(self.dst, self.dst_is_workload, &self.dst_labels)?,
-            protocol: Protocol(
-                u8::try_from(self.protocol).map_err(|_| format!("protocol {}", self.protocol))?,
-            ),
-            dst_port: u16::try_from(self.dst_port)
-                .map_err(|_| format!("dst_port {}", self.dst_port))?,
-            verdict: Verdict::parse(&self.verdict)
-                .ok_or_else(|| format!("verdict {:?}", self.verdict))?,
+            src: end(
+                self.src,
+                self.src_is_workload,
+                "src_labels",
+                self.src_labels,
+            )?,
+            dst: end(
+                self.dst,
+                self.dst_is_workload,
+                "dst_labels",
+                self.dst_labels,
+            )?,
+            protocol: Protocol(narrow("protocol", self.protocol)?),
+            dst_port: narrow("dst_port", self.dst_port)?,
+            verdict: Verdict::parse(&self.verdict).ok_or(RowError::Unknown {
+                field: "verdict",
+                value: self.verdict,
+            })?,
             policy: self.policy.filter(|p| !p.is_empty()),
             connections: self.connections as u64,
             packets: self.packets as u64,
@@ -101,7 +110,7 @@ pub(crate) fn finish(rows: Vec<EdgeRow>, backend: &'static str) -> Result<Vec<Ed
         .into_iter()
         .map(EdgeRow::into_edge)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|what| crate::Error::Corrupt { backend, what })?;
+        .map_err(|source| crate::Error::BadRow { backend, source })?;
     edges.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     Ok(edges)
 }

@@ -28,6 +28,44 @@ pub enum Error {
     /// A stored row that does not read back as a record.
     #[error("{backend} flow store: stored row {what}")]
     Corrupt { backend: &'static str, what: String },
+    /// A stored row with a field that does not read back.
+    #[error("{backend} flow store: stored row {source}")]
+    BadRow {
+        backend: &'static str,
+        #[source]
+        source: RowError,
+    },
+}
+
+/// The field of a stored row that does not read back, and its stored value.
+#[derive(Debug, thiserror::Error)]
+pub enum RowError {
+    #[error("{field} {value} out of range")]
+    OutOfRange { field: &'static str, value: i64 },
+    /// Text that names no direction, verdict and so on.
+    #[error("{field} {value:?}")]
+    Unknown { field: &'static str, value: String },
+    #[error("{field} {text:?}: {source}")]
+    Labels {
+        field: &'static str,
+        text: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// A stored integer as the narrower type its field has.
+pub(crate) fn narrow<T: TryFrom<i64>>(field: &'static str, value: i64) -> Result<T, RowError> {
+    T::try_from(value).map_err(|_| RowError::OutOfRange { field, value })
+}
+
+/// Stored labels (JSON text) as a map.
+pub(crate) fn labels(field: &'static str, text: String) -> Result<crate::Labels, RowError> {
+    serde_json::from_str(&text).map_err(|source| RowError::Labels {
+        field,
+        text,
+        source,
+    })
 }
 
 impl Error {

@@ -232,7 +232,7 @@ fn name(field: &str, v: &str) -> Result<String, FilterError> {
 }
 
 fn selector(field: &str, v: &str) -> Result<Selector, FilterError> {
-    Selector::parse(v).map_err(|m| FilterError::new(field, m))
+    Selector::parse(v).map_err(|e| FilterError::new(field, e.to_string()))
 }
 
 fn port(v: &str) -> Result<u16, FilterError> {

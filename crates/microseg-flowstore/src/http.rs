@@ -46,18 +46,41 @@ async fn exchange(addr: &str, path: &str, body: &[u8]) -> Result<Response, HttpE
     }
     .await
     .map_err(HttpError::Exchange)?;
-    parse(raw).map_err(|m| HttpError::Exchange(io::Error::new(io::ErrorKind::InvalidData, m)))
+    parse(raw).map_err(|e| HttpError::Exchange(io::Error::new(io::ErrorKind::InvalidData, e)))
 }
 
-fn parse(raw: Vec<u8>) -> Result<Response, String> {
-    let end = find(&raw, b"\r\n\r\n").ok_or("no end of headers")?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "headers not UTF-8")?;
+/// What is wrong with an answer that is not HTTP/1.1 as ClickHouse writes it.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BadAnswer {
+    #[error("no end of headers")]
+    NoEndOfHeaders,
+    #[error("headers not UTF-8")]
+    HeadersNotUtf8,
+    #[error("no status line")]
+    NoStatusLine,
+    #[error("body shorter than Content-Length")]
+    BodyShort,
+    #[error("chunk size without end of line")]
+    ChunkSizeUnended,
+    #[error("chunk size not text")]
+    ChunkSizeNotText,
+    #[error("chunk size {0:?}")]
+    ChunkSize(String),
+    #[error("chunk cut short")]
+    ChunkCutShort,
+    #[error("chunk without end of line")]
+    ChunkUnended,
+}
+
+fn parse(raw: Vec<u8>) -> Result<Response, BadAnswer> {
+    let end = find(&raw, b"\r\n\r\n").ok_or(BadAnswer::NoEndOfHeaders)?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|_| BadAnswer::HeadersNotUtf8)?;
     let mut lines = head.split("\r\n");
     let status = lines
         .next()
         .and_then(|l| l.split(' ').nth(1))
         .and_then(|s| s.parse().ok())
-        .ok_or("no status line")?;
+        .ok_or(BadAnswer::NoStatusLine)?;
     let mut chunked = false;
     let mut length = None;
     for l in lines {
@@ -75,29 +98,28 @@ fn parse(raw: Vec<u8>) -> Result<Response, String> {
     let body = if chunked {
         dechunk(rest)?
     } else if let Some(n) = length {
-        rest.get(..n)
-            .ok_or("body shorter than Content-Length")?
-            .to_vec()
+        rest.get(..n).ok_or(BadAnswer::BodyShort)?.to_vec()
     } else {
         rest.to_vec()
     };
     Ok(Response { status, body })
 }
 
-fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
+fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, BadAnswer> {
     let mut out = Vec::with_capacity(rest.len());
     loop {
-        let eol = find(rest, b"\r\n").ok_or("chunk size without end of line")?;
-        let size_text = std::str::from_utf8(&rest[..eol]).map_err(|_| "chunk size not text")?;
+        let eol = find(rest, b"\r\n").ok_or(BadAnswer::ChunkSizeUnended)?;
+        let size_text =
+            std::str::from_utf8(&rest[..eol]).map_err(|_| BadAnswer::ChunkSizeNotText)?;
         let size_text = size_text.split(';').next().unwrap_or("").trim();
         let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| format!("chunk size {size_text:?}"))?;
+            .map_err(|_| BadAnswer::ChunkSize(size_text.to_string()))?;
         rest = &rest[eol + 2..];
         if size == 0 {
             return Ok(out);
         }
-        out.extend_from_slice(rest.get(..size).ok_or("chunk cut short")?);
-        rest = rest.get(size + 2..).ok_or("chunk without end of line")?;
+        out.extend_from_slice(rest.get(..size).ok_or(BadAnswer::ChunkCutShort)?);
+        rest = rest.get(size + 2..).ok_or(BadAnswer::ChunkUnended)?;
     }
 }
 
@@ -130,9 +152,17 @@ mod tests {
         let raw = b"HTTP/1.1 500 Internal\r\nContent-Length: 4\r\n\r\nCode";
         let r = parse(raw.to_vec()).unwrap();
         assert_eq!((r.status, r.body.as_slice()), (500, &b"Code"[..]));
+        let cut = parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab".to_vec());
         assert!(
-            parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab".to_vec())
-                .is_err()
+            matches!(cut, Err(BadAnswer::ChunkCutShort)),
+            "{:?}",
+            cut.err()
+        );
+        let bad_size =
+            parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec());
+        assert_eq!(
+            bad_size.err().map(|e| e.to_string()),
+            Some("chunk size \"zz\"".into())
         );
         assert_eq!(encode("a b&c=d"), "a%20b%26c%3Dd");
     }

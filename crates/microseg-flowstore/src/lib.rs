@@ -16,13 +16,13 @@ mod time;
 
 pub use clickhouse::ClickHouseStore;
 pub use edge::{Edge, Endpoint};
-pub use error::{BoxError, Error};
+pub use error::{BoxError, Error, RowError};
 pub use filter::{
     Cursor, EdgeWindow, FilterError, FlowFilter, DEFAULT_EDGE_WINDOW, DEFAULT_LIMIT, MAX_LIMIT,
 };
 pub use postgres::PostgresStore;
 pub use record::{Direction, FlowRecord, Labels, Protocol, Verdict};
-pub use selector::{Requirement, Selector};
+pub use selector::{Requirement, Selector, SelectorError};
 pub use sqlite::SqliteStore;
 pub use time::{parse_duration, Timestamp};
 

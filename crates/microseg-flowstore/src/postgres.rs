@@ -275,9 +275,9 @@ impl FlowStore for PostgresStore {
                 .into_iter()
                 .map(StoredRow::into_record)
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|what| Error::Corrupt {
+                .map_err(|source| Error::BadRow {
                     backend: BACKEND,
-                    what,
+                    source,
                 })?;
             records.reverse();
             Ok(Page {

@@ -7,6 +7,17 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Selector(pub Vec<Requirement>);
 
+/// Why a selector does not parse: the part at fault, and what is allowed there.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectorError {
+    #[error("{selector:?}: an empty requirement (key=value[,key=value...])")]
+    EmptyRequirement { selector: String },
+    #[error("label key {0:?}: letters, digits, '-', '_', '.' and '/' (key=value[,key=value...])")]
+    BadKey(String),
+    #[error("label value {0:?}: at most 63 letters, digits, '-', '_' and '.'")]
+    BadValue(String),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Requirement {
     Equals(String, String),
@@ -22,13 +33,13 @@ impl Selector {
 
     /// Parses `app=web,env!=dev,tier,!legacy`. Keys are `[prefix/]name` of letters, digits,
     /// `-`, `_`, `.` and `/`; values the same without `/`, possibly empty.
-    pub fn parse(text: &str) -> Result<Selector, String> {
+    pub fn parse(text: &str) -> Result<Selector, SelectorError> {
         let mut reqs = Vec::new();
         for part in text.split(',').map(str::trim) {
             if part.is_empty() {
-                return Err(format!(
-                    "{text:?}: an empty requirement (key=value[,key=value...])"
-                ));
+                return Err(SelectorError::EmptyRequirement {
+                    selector: text.to_string(),
+                });
             }
             let req = if let Some((k, v)) = part.split_once("!=") {
                 Requirement::NotEquals(key(k)?, value(v)?)
@@ -69,7 +80,7 @@ impl Requirement {
     }
 }
 
-fn key(k: &str) -> Result<String, String> {
+fn key(k: &str) -> Result<String, SelectorError> {
     let k = k.trim();
     let ok = !k.is_empty()
         && k.len() <= 316
@@ -78,13 +89,11 @@ fn key(k: &str) -> Result<String, String> {
     if ok {
         Ok(k.to_string())
     } else {
-        Err(format!(
-            "label key {k:?}: letters, digits, '-', '_', '.' and '/' (key=value[,key=value...])"
-        ))
+        Err(SelectorError::BadKey(k.to_string()))
     }
 }
 
-fn value(v: &str) -> Result<String, String> {
+fn value(v: &str) -> Result<String, SelectorError> {
     let v = v.trim();
     let ok = v.len() <= 63
         && v.bytes()
@@ -92,9 +101,7 @@ fn value(v: &str) -> Result<String, String> {
     if ok {
         Ok(v.to_string())
     } else {
-        Err(format!(
-            "label value {v:?}: at most 63 letters, digits, '-', '_' and '.'"
-        ))
+        Err(SelectorError::BadValue(v.to_string()))
     }
 }
 
@@ -142,12 +149,23 @@ mod tests {
 
     #[test]
     fn rejects_what_it_cannot_match_exactly() {
-        for bad in ["", "a=b,", "a\"=b", "a=b\\c", "=b", "a=b c"] {
-            let e = Selector::parse(bad).unwrap_err();
-            assert!(
-                e.contains("key") || e.contains("value") || e.contains("empty"),
-                "{e}"
-            );
+        let key = |k: &str| SelectorError::BadKey(k.into());
+        let value = |v: &str| SelectorError::BadValue(v.into());
+        let empty = |s: &str| SelectorError::EmptyRequirement { selector: s.into() };
+        let cases = [
+            ("", empty("")),
+            ("a=b,", empty("a=b,")),
+            ("a\"=b", key("a\"")),
+            ("a=b\\c", value("b\\c")),
+            ("=b", key("")),
+            ("a=b c", value("b c")),
+        ];
+        for (bad, want) in cases {
+            assert_eq!(Selector::parse(bad), Err(want), "{bad:?}");
         }
+        assert_eq!(
+            Selector::parse("a=b c").unwrap_err().to_string(),
+            "label value \"b c\": at most 63 letters, digits, '-', '_' and '.'"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! What the back ends share: the stored row, the filter as SQL, and the sequence that
 //! orders records for `after`.
 
+use crate::error::{labels, narrow, RowError};
 use crate::filter::FlowFilter;
 use crate::record::{Direction, FlowRecord, Protocol, Verdict};
 use crate::selector::Selector;
@@ -72,38 +73,34 @@ impl StoredRow {
         }
     }
 
-    pub(crate) fn into_record(self) -> Result<FlowRecord, String> {
-        let int = |what: &str, v: i64| format!("{what} {v} out of range");
+    pub(crate) fn into_record(self) -> Result<FlowRecord, RowError> {
         Ok(FlowRecord {
             time: Timestamp(self.time),
             node: self.node,
             workload: self.workload,
-            direction: Direction::parse(&self.direction)
-                .ok_or_else(|| format!("direction {:?}", self.direction))?,
+            direction: Direction::parse(&self.direction).ok_or(RowError::Unknown {
+                field: "direction",
+                value: self.direction,
+            })?,
             src_ip: self.src_ip,
             dst_ip: self.dst_ip,
-            src_port: u16::try_from(self.src_port).map_err(|_| int("src_port", self.src_port))?,
-            dst_port: u16::try_from(self.dst_port).map_err(|_| int("dst_port", self.dst_port))?,
-            protocol: Protocol(
-                u8::try_from(self.protocol).map_err(|_| int("protocol", self.protocol))?,
-            ),
-            verdict: Verdict::parse(&self.verdict)
-                .ok_or_else(|| format!("verdict {:?}", self.verdict))?,
+            src_port: narrow("src_port", self.src_port)?,
+            dst_port: narrow("dst_port", self.dst_port)?,
+            protocol: Protocol(narrow("protocol", self.protocol)?),
+            verdict: Verdict::parse(&self.verdict).ok_or(RowError::Unknown {
+                field: "verdict",
+                value: self.verdict,
+            })?,
             policy: self.policy,
-            rule: match self.rule {
-                Some(n) => Some(u32::try_from(n).map_err(|_| int("rule", n))?),
-                None => None,
-            },
+            rule: self.rule.map(|n| narrow("rule", n)).transpose()?,
             audit_verdict: self.audit_verdict,
             audit_policy: self.audit_policy,
             packets: self.packets as u64,
             bytes: self.bytes as u64,
             src_workload: self.src_workload,
             dst_workload: self.dst_workload,
-            src_labels: serde_json::from_str(&self.src_labels)
-                .map_err(|e| format!("src_labels {:?}: {e}", self.src_labels))?,
-            dst_labels: serde_json::from_str(&self.dst_labels)
-                .map_err(|e| format!("dst_labels {:?}: {e}", self.dst_labels))?,
+            src_labels: labels("src_labels", self.src_labels)?,
+            dst_labels: labels("dst_labels", self.dst_labels)?,
             start: Timestamp(self.started),
             end: self.ended.map(Timestamp),
         })

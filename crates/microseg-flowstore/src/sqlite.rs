@@ -108,9 +108,9 @@ impl SqliteStore {
             let mut out = Vec::new();
             for row in rows {
                 let row = row.map_err(|e| failed("a query", e))?;
-                out.push(row.into_record().map_err(|what| Error::Corrupt {
+                out.push(row.into_record().map_err(|source| Error::BadRow {
                     backend: BACKEND,
-                    what,
+                    source,
                 })?);
             }
             Ok(out)
@@ -316,7 +316,7 @@ pub(crate) fn page_after(
         .into_iter()
         .map(StoredRow::into_record)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|what| Error::Corrupt { backend, what })?;
+        .map_err(|source| Error::BadRow { backend, source })?;
     let next = if full { last } else { last.max(head) };
     Ok(Page {
         records,

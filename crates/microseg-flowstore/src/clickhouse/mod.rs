@@ -178,9 +178,9 @@ fn records(rows: Vec<StoredRow>) -> Result<Vec<FlowRecord>, Error> {
     rows.into_iter()
         .map(StoredRow::into_record)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|what| Error::Corrupt {
+        .map_err(|source| Error::BadRow {
             backend: BACKEND,
-            what,
+            source,
         })
 }
 
