@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream as StdUnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use microseg_common::tables::words_addr;
 use microseg_common::{direction, Session, SessionKey};
@@ -217,33 +217,116 @@ fn rule_hits(reading: &StatsReading) -> Value {
     Value::Array(hits)
 }
 
+/// Why a request to the local agent got no answer, or the agent refused it.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("cannot reach the agent at {}: {source} (is `microseg agent` running?)", .socket.display())]
+    Unreachable {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing the request or reading the answer broke off.
+    #[error("{}: {source}", .socket.display())]
+    Io {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("encoding the request: {0}")]
+    Encode(#[source] serde_json::Error),
+    #[error("bad answer from the agent: {0}")]
+    BadAnswer(#[source] serde_json::Error),
+    /// The agent's own error message.
+    #[error("agent: {0}")]
+    Refused(String),
+}
+
 /// Sends one request to the agent at `socket` and calls `each` for every line of the
 /// answer until it returns false or the agent closes the connection.
 pub fn request(
     socket: &Path,
     req: &Request,
     mut each: impl FnMut(Value) -> bool,
-) -> Result<(), String> {
-    let mut stream = StdUnixStream::connect(socket).map_err(|e| {
-        format!(
-            "cannot reach the agent at {}: {e} (is `microseg agent` running?)",
-            socket.display()
-        )
-    })?;
-    let line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+) -> Result<(), RequestError> {
+    let io = |source| RequestError::Io {
+        socket: socket.to_path_buf(),
+        source,
+    };
+    let mut stream =
+        StdUnixStream::connect(socket).map_err(|source| RequestError::Unreachable {
+            socket: socket.to_path_buf(),
+            source,
+        })?;
+    let line = serde_json::to_string(req).map_err(RequestError::Encode)?;
     stream
         .write_all(format!("{line}\n").as_bytes())
-        .map_err(|e| format!("{}: {e}", socket.display()))?;
+        .map_err(io)?;
     for line in BufReader::new(stream).lines() {
-        let line = line.map_err(|e| format!("{}: {e}", socket.display()))?;
-        let v: Value =
-            serde_json::from_str(&line).map_err(|e| format!("bad answer from the agent: {e}"))?;
+        let v: Value = serde_json::from_str(&line.map_err(io)?).map_err(RequestError::BadAnswer)?;
         if let Some(err) = v.get("error").and_then(|e| e.as_str()) {
-            return Err(format!("agent: {err}"));
+            return Err(RequestError::Refused(err.to_string()));
         }
         if !each(v) {
             break;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use microseg_testsupport::TempDir;
+    use std::os::unix::net::UnixListener as StdUnixListener;
+
+    /// An agent stand-in that reads one request and answers `answer`.
+    fn answering(answer: &'static str) -> (TempDir, PathBuf, std::thread::JoinHandle<()>) {
+        let dir = TempDir::new("api-request");
+        let socket = dir.0.join("agent.sock");
+        let listener = StdUnixListener::bind(&socket).unwrap();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&stream).read_line(&mut line).unwrap();
+            (&stream).write_all(answer.as_bytes()).unwrap();
+        });
+        (dir, socket, server)
+    }
+
+    #[test]
+    fn tells_unreachable_refused_and_garbled_apart() {
+        let dir = TempDir::new("api-request");
+        let missing = dir.0.join("none.sock");
+        let e = request(&missing, &Request::Stats, |_| true).unwrap_err();
+        assert!(matches!(e, RequestError::Unreachable { .. }), "{e:?}");
+        let text = e.to_string();
+        let at = format!("cannot reach the agent at {}: ", missing.display());
+        assert!(text.starts_with(&at), "{text}");
+        assert!(text.ends_with(" (is `microseg agent` running?)"), "{text}");
+
+        let (_dir, socket, server) = answering("{\"error\":\"unknown command\"}\n");
+        let e = request(&socket, &Request::Stats, |_| true).unwrap_err();
+        server.join().unwrap();
+        assert!(
+            matches!(&e, RequestError::Refused(m) if m == "unknown command"),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "agent: unknown command");
+
+        let (_dir, socket, server) = answering("{\"a\":1}\nnot json\n");
+        let mut seen = Vec::new();
+        let e = request(&socket, &Request::Stats, |v| {
+            seen.push(v);
+            true
+        })
+        .unwrap_err();
+        server.join().unwrap();
+        assert_eq!(seen, vec![json!({"a": 1})]);
+        assert!(matches!(e, RequestError::BadAnswer(_)), "{e:?}");
+        assert!(
+            e.to_string().starts_with("bad answer from the agent: "),
+            "{e}"
+        );
+    }
 }

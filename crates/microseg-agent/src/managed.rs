@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use microseg_policy::{parse_str, Resource, ResourceSet};
-use microseg_proto::parts::Joiner;
+use microseg_proto::parts::{Joiner, PartOutOfPlace};
 use microseg_proto::v1::{
     agent_link_client::AgentLinkClient, AckRequest, DesiredState, DiscoveredWorkload, FlowBatch,
     SyncRequest, WorkloadReport,
@@ -84,8 +84,8 @@ pub enum LinkError {
         status: tonic::Status,
     },
     /// The desired state arrived in parts that do not join.
-    #[error("{0}")]
-    Parts(String),
+    #[error(transparent)]
+    Parts(#[from] PartOutOfPlace),
 }
 
 fn call(name: &'static str) -> impl FnOnce(tonic::Status) -> LinkError {
@@ -333,7 +333,7 @@ async fn session(
                     Ok(Some(d)) => d,
                     Ok(None) => continue,
                     Err(error) => {
-                        ack_failure(&mut client, &opts.node, Some(revision), &error).await;
+                        ack_failure(&mut client, &opts.node, Some(revision), &error.to_string()).await;
                         return Err(LinkError::Parts(error));
                     }
                 };

@@ -50,6 +50,18 @@ pub fn split(state: DesiredState, limit: usize) -> Vec<DesiredState> {
     parts
 }
 
+/// A part that cannot continue the revision being collected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "protocol error: a part of revision {revision}{} arrived while revision {incomplete} was incomplete",
+    if *.full { " (full)" } else { "" }
+)]
+pub struct PartOutOfPlace {
+    pub revision: u64,
+    pub full: bool,
+    pub incomplete: u64,
+}
+
 /// Collects the parts of one revision until its last one.
 #[derive(Default)]
 pub struct Joiner {
@@ -60,17 +72,16 @@ impl Joiner {
     /// The whole revision once `part` completes it; None while more parts are due. A part
     /// of another revision, or a `full` one, while a revision is incomplete is a protocol
     /// error: the caller drops the stream and resyncs.
-    pub fn push(&mut self, part: DesiredState) -> Result<Option<DesiredState>, String> {
+    pub fn push(&mut self, part: DesiredState) -> Result<Option<DesiredState>, PartOutOfPlace> {
         let mut whole = match self.pending.take() {
             None => part,
             Some(mut pending) => {
                 if part.revision != pending.revision || part.full {
-                    return Err(format!(
-                        "protocol error: a part of revision {}{} arrived while revision {} was incomplete",
-                        part.revision,
-                        if part.full { " (full)" } else { "" },
-                        pending.revision
-                    ));
+                    return Err(PartOutOfPlace {
+                        revision: part.revision,
+                        full: part.full,
+                        incomplete: pending.revision,
+                    });
                 }
                 pending.upserts.extend(part.upserts);
                 pending.deletes.extend(part.deletes);
@@ -166,12 +177,20 @@ mod tests {
         let mut other = parts[1].clone();
         other.revision = 8;
         let e = j.push(other).unwrap_err();
-        assert!(e.contains("revision 8") && e.contains("revision 7"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "protocol error: a part of revision 8 arrived while revision 7 was incomplete"
+        );
         // A full part cannot continue a revision either.
         let mut j = Joiner::default();
         j.push(parts[0].clone()).unwrap();
         let mut full = parts[1].clone();
         full.full = true;
-        assert!(j.push(full).is_err());
+        let want = PartOutOfPlace {
+            revision: 7,
+            full: true,
+            incomplete: 7,
+        };
+        assert_eq!(j.push(full), Err(want));
     }
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
-use microseg_agent::api::{request, Request};
+use microseg_agent::api::{request, Request, RequestError};
 use microseg_agent::flows::FlowFilter;
 use microseg_common::time::DurationError;
 use serde_json::Value;
@@ -62,8 +62,8 @@ fn parse_duration(s: &str) -> Result<f64, DurationError> {
 #[derive(Debug, thiserror::Error)]
 enum ViewError {
     /// The local agent could not be asked, or refused: its message says why.
-    #[error("{0}")]
-    Agent(Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Agent(RequestError),
     #[error("--follow works with the local agent only, not with --server")]
     FollowWithServer,
     #[error(transparent)]
@@ -93,7 +93,7 @@ fn ask_agent(
     req: &Request,
     each: impl FnMut(Value) -> bool,
 ) -> Result<(), ViewError> {
-    request(socket, req, each).map_err(|e| ViewError::Agent(e.into()))
+    request(socket, req, each).map_err(ViewError::Agent)
 }
 
 fn finish(r: Result<(), ViewError>) -> ExitCode {
