@@ -132,7 +132,7 @@ declare -A RATIOS AGENT_MS
 # place in a rep (after which build, how long after the topology was made) cancels out.
 order() { if [ $(($1 % 2)) = 1 ]; then echo $BINS; else echo $BINS | tr ' ' '\n' | tac; fi; }
 # The agent's time on a CPU so far, all threads, in ns (empty without an agent).
-agent_cpu() { [ -n "${AG:-}" ] && cat /proc/$AG/task/*/schedstat 2>/dev/null | awk '{s += $1} END {print s}'; }
+agent_cpu() { [ -n "${AG:-}" ] && cat /proc/$AG/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'; }
 if [ "$MODE" = cost ] || [ "$MODE" = cost-tcp ]; then
   STATS_WAS=$(sysctl -n kernel.bpf_stats_enabled)
   for i in $(seq $REPS); do
