@@ -52,12 +52,7 @@ fn kernel_verdicts_match_the_reference_evaluator() {
         cases: 0,
         refused: 0,
     });
-    let mut runner = TestRunner::new(Config {
-        cases: CASES * soak,
-        failure_persistence: None,
-        max_shrink_iters: 2000,
-        ..Config::default()
-    });
+    let mut runner = runner(CASES * soak);
     let started = std::time::Instant::now();
     let result = runner.run(&scenario(), |sc| {
         check(&mut checker.borrow_mut(), &sc).map_err(TestCaseError::fail)
@@ -100,12 +95,7 @@ fn kernel_verdicts_with_sessions_match_the_stateful_reference() {
         refused: 0,
         tally: Default::default(),
     });
-    let mut runner = TestRunner::new(Config {
-        cases: STATEFUL_CASES * soak(),
-        failure_persistence: None,
-        max_shrink_iters: 2000,
-        ..Config::default()
-    });
+    let mut runner = runner(STATEFUL_CASES * soak());
     let started = std::time::Instant::now();
     let result = runner.run(&policy_change(), |change| {
         check_stateful(&mut checker.borrow_mut(), &change).map_err(TestCaseError::fail)
@@ -138,4 +128,15 @@ fn kernel_verdicts_with_sessions_match_the_stateful_reference() {
     let s = c.dp.stats().expect("stats");
     assert!(s.session_hits > 0 && s.rejudged > 0, "{s:?}");
     assert_eq!(s.parse_errors, 0);
+}
+
+/// A proptest runner for `cases` cases that keeps no failure file (the seeds are random
+/// per run; a failure prints its case).
+fn runner(cases: u32) -> TestRunner {
+    TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        max_shrink_iters: 2000,
+        ..Config::default()
+    })
 }
