@@ -46,12 +46,6 @@ pub fn value_to_yaml(value: &Value) -> String {
     out
 }
 
-/// Several documents, separated by `---` lines.
-pub fn values_to_yaml(values: &[Value]) -> String {
-    let docs: Vec<String> = values.iter().map(value_to_yaml).collect();
-    docs.join("---\n")
-}
-
 /// Multi-document YAML, one Policy per document.
 pub fn policies_to_yaml(policies: &[Policy]) -> String {
     let mut out = String::new();
@@ -224,23 +218,10 @@ fn is_plain(s: &str) -> bool {
     simple && !special && !numeric_looking
 }
 
-/// Characters a YAML stream may not carry raw (controls, BOM, non-characters) or that
-/// would mislead on a terminal (line separators, bidirectional formatting).
+/// What a terminal must not show raw (as diagnostics escape it), and what a YAML stream
+/// may not carry raw besides: the BOM and the non-characters.
 fn needs_escape(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{061c}'
-                | '\u{200e}'
-                | '\u{200f}'
-                | '\u{2028}'
-                | '\u{2029}'
-                | '\u{202a}'..='\u{202e}'
-                | '\u{2066}'..='\u{2069}'
-                | '\u{feff}'
-                | '\u{fffe}'
-                | '\u{ffff}'
-        )
+    crate::diagnostics::needs_escape(c) || matches!(c, '\u{feff}' | '\u{fffe}' | '\u{ffff}')
 }
 
 fn double_quoted(s: &str, out: &mut String) {

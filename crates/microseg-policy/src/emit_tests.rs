@@ -6,6 +6,12 @@ use crate::tree::Node;
 use proptest::prelude::*;
 use serde_json::json;
 
+/// Several documents, separated by `---` lines.
+fn values_to_yaml(values: &[Value]) -> String {
+    let docs: Vec<String> = values.iter().map(value_to_yaml).collect();
+    docs.join("---\n")
+}
+
 /// A document's tree as a JSON value: quoted scalars are strings; plain ones are null,
 /// booleans and numbers as YAML 1.2's core schema reads them, strings otherwise.
 fn value(node: &Node) -> Value {

@@ -17,7 +17,7 @@ mod validate;
 mod yaml;
 
 pub use diagnostics::{escape_control, Diagnostic};
-pub use emit::{policies_to_yaml, value_to_yaml, values_to_yaml};
+pub use emit::{policies_to_yaml, value_to_yaml};
 pub use evaluate::{
     action_rank, evaluate, peer_matches, port_match_matches, rule_matches, Decision, Packet,
     RuleRef, Verdict, DEFAULT_DENY,

@@ -126,10 +126,10 @@ pub fn run(cmd: PolicyCommand) -> ExitCode {
     }
 }
 
-/// Every diagnostic on stderr, escaped, then the count: exit 2.
+/// Every diagnostic on stderr (a diagnostic escapes itself), then the count: exit 2.
 fn report_diagnostics(diags: &[microseg_policy::Diagnostic]) -> ExitCode {
     for d in diags {
-        eprintln!("{}", esc(&d.to_string()));
+        eprintln!("{d}");
     }
     eprintln!("{} error(s)", diags.len());
     ExitCode::from(2)
@@ -187,7 +187,7 @@ fn import(from: &str, files: &[PathBuf]) -> ExitCode {
     for s in &sources {
         let (ps, diags) = import_k8s(&s.name, &s.text);
         for d in &diags {
-            eprintln!("{}", esc(&d.to_string()));
+            eprintln!("{d}");
         }
         problems += diags.len();
         policies.extend(ps);

@@ -68,10 +68,8 @@ impl CommandError {
     pub fn report(&self) -> String {
         match self {
             CommandError::Invalid { diags, .. } => {
-                let mut lines: Vec<String> = diags
-                    .iter()
-                    .map(|d| esc(&d.to_string()).into_owned())
-                    .collect();
+                // A diagnostic escapes itself.
+                let mut lines: Vec<String> = diags.iter().map(ToString::to_string).collect();
                 lines.push(self.to_string());
                 lines.join("\n")
             }
