@@ -2,15 +2,16 @@
 //! stored resource's YAML against the file's (both canonical, as the controller stores
 //! them). Exit status as `kubectl diff`: 0 no difference, 1 differences, 2 an error.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use microseg_controller::api_types::{Document, Stored};
+use microseg_controller::api_types::{Document, List, Stored};
 use microseg_controller::resources;
 use microseg_policy::Resource;
 
 use super::output::{esc, to_yaml};
-use super::{client, get_if_stored, invalid, ClientArgs, CommandError};
+use super::{call, client, invalid, ClientArgs, CommandError};
 
 /// Lines of context around each change.
 const CONTEXT: usize = 3;
@@ -19,17 +20,26 @@ pub fn diff(files: &[PathBuf], c: &ClientArgs) -> ExitCode {
     let run = || -> Result<bool, CommandError> {
         let res = crate::sources::load(files).map_err(invalid(""))?;
         let cl = client(c)?;
+        // Each stored list read once, not one request per resource in the files.
+        let mut stored = BTreeMap::new();
+        for (kind, collection) in [
+            (resources::POLICY, "/v1/policies"),
+            (resources::WORKLOAD, "/v1/workloads"),
+        ] {
+            if res.iter().any(|r| resources::kind(r) == kind) {
+                let list: List<Stored<Resource>> = call(&cl, "GET", collection, None)?;
+                for s in list.items {
+                    let name = resources::name(&s.resource).to_string();
+                    stored.insert((kind, name), s.resource);
+                }
+            }
+        }
         let mut differ = false;
         for r in &res {
             let (kind, name) = (resources::kind(r), resources::name(r));
-            let collection = if kind == resources::POLICY {
-                "policies"
-            } else {
-                "workloads"
-            };
-            let stored: Option<Stored<Resource>> =
-                get_if_stored(&cl, &format!("/v1/{collection}/{name}"))?;
-            let old = stored.map(|s| to_yaml(&s.resource.to_document()));
+            let old = stored
+                .get(&(kind, name.to_string()))
+                .map(|s| to_yaml(&s.to_document()));
             let new = to_yaml(&resources::to_json(r));
             if old.as_deref() == Some(new.as_str()) {
                 continue;

@@ -162,15 +162,6 @@ fn call<T: DeserializeOwned>(
     answer(cl, path, cl.call(method, path, body)?)
 }
 
-/// A stored resource, or None when the controller has none of that name.
-fn get_if_stored<T: DeserializeOwned>(cl: &Client, path: &str) -> Result<Option<T>, CommandError> {
-    let r = cl.call("GET", path, None)?;
-    if r.status == 404 {
-        return Ok(None);
-    }
-    answer(cl, path, r).map(Some)
-}
-
 fn answer<T: DeserializeOwned>(cl: &Client, path: &str, r: Reply) -> Result<T, CommandError> {
     if !r.ok() {
         let mut message = r.error_text();
