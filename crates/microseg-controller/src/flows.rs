@@ -73,10 +73,11 @@ impl FlowQuery {
                 ))
             })
         });
-        let since = self
-            .since
-            .as_deref()
-            .map(|s| parse_duration(s).map_err(|e| Error::bad(format!("since: {e}"))));
+        let since = self.since.as_deref().map(|s| {
+            microseg_common::time::parse_duration(s)
+                .map(|d| d.as_secs_f64())
+                .map_err(|e| Error::bad(format!("since: {e}")))
+        });
         let limit = self.limit.as_deref().map(|l| {
             l.parse::<usize>()
                 .map_err(|_| Error::bad(format!("invalid limit {l:?}: a whole number, 0 or more")))
@@ -118,11 +119,6 @@ impl Filter<'_> {
             && self.workload.is_none_or(|w| field("workload") == Some(w))
             && self.node.is_none_or(|n| field("node") == Some(n))
     }
-}
-
-/// A duration as the one strict parser reads it ("90s", "5m", "1h30m", "2d"), in seconds.
-pub fn parse_duration(s: &str) -> Result<f64, microseg_common::time::DurationError> {
-    microseg_common::time::parse_duration(s).map(|d| d.as_secs_f64())
 }
 
 impl Flows {

@@ -21,9 +21,8 @@ mod rest_input;
 pub mod store;
 pub mod tls;
 
-pub use crate::core::{
-    parse_duration, rfc3339, Core, MAX_REPORTED_WORKLOADS, MAX_WORKLOAD_ADDRESSES,
-};
+use crate::core::Core;
+pub use crate::core::{MAX_REPORTED_WORKLOADS, MAX_WORKLOAD_ADDRESSES};
 pub use controller_error::{ControllerError, InputError, RuntimeError};
 pub use error::Error;
 pub use rest::OPENAPI;

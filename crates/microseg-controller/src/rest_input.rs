@@ -14,8 +14,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
 
-/// The largest request body.
-pub const MAX_BODY_BYTES: usize = 64 << 20;
+/// The largest request body: the largest resource, so that any body taken fits the agent
+/// link's messages too.
+pub const MAX_BODY_BYTES: usize = microseg_proto::MAX_RESOURCE_BYTES;
 
 /// The media types a body may be sent as (any body may also come without one).
 pub const BODY_TYPES: [&str; 6] = [

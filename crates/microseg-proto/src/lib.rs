@@ -18,5 +18,7 @@ pub const MAX_MESSAGE_BYTES: usize = 80 << 20;
 /// The largest single resource (its JSON form) the controller accepts at apply time.
 pub const MAX_RESOURCE_BYTES: usize = 64 << 20;
 
+const _: () = assert!(MAX_RESOURCE_BYTES < MAX_MESSAGE_BYTES);
+
 /// A desired state larger than this is sent in several messages (`DesiredState.more`).
 pub const STATE_CHUNK_BYTES: usize = 1 << 20;

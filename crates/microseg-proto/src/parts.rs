@@ -12,6 +12,9 @@ const PART_OVERHEAD: usize = 32;
 /// only the first keeps `full`; all but the last have `more` set. A state within the
 /// limit is returned as it is.
 pub fn split(state: DesiredState, limit: usize) -> Vec<DesiredState> {
+    if prost::Message::encoded_len(&state) <= limit {
+        return vec![state];
+    }
     let DesiredState {
         revision,
         full,
@@ -73,7 +76,7 @@ impl Joiner {
     /// of another revision, or a `full` one, while a revision is incomplete is a protocol
     /// error: the caller drops the stream and resyncs.
     pub fn push(&mut self, part: DesiredState) -> Result<Option<DesiredState>, PartOutOfPlace> {
-        let mut whole = match self.pending.take() {
+        let whole = match self.pending.take() {
             None => part,
             Some(mut pending) => {
                 if part.revision != pending.revision || part.full {
@@ -93,7 +96,6 @@ impl Joiner {
             self.pending = Some(whole);
             return Ok(None);
         }
-        whole.more = false;
         Ok(Some(whole))
     }
 

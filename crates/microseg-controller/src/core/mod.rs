@@ -7,7 +7,7 @@ mod nodes;
 mod report;
 mod resources;
 
-pub use crate::flows::{parse_duration, FlowQuery, Flows};
+pub use crate::flows::{FlowQuery, Flows};
 pub use report::{MAX_REPORTED_WORKLOADS, MAX_WORKLOAD_ADDRESSES};
 pub use resources::for_node;
 

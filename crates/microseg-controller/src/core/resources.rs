@@ -78,14 +78,7 @@ impl Core {
                 let mut workload = row.workload()?.clone();
                 let mut writes = Vec::new();
                 let labels = if row.node.is_empty() {
-                    let mut l = workload.labels.clone();
-                    for (k, v) in &changes {
-                        match v {
-                            Some(v) => l.insert(k.clone(), v.clone()),
-                            None => l.remove(k),
-                        };
-                    }
-                    l
+                    effective_labels(&workload.labels, Some(&changes))
                 } else {
                     let mut overlay = snap.overlays.get(name).cloned().unwrap_or_default();
                     overlay.extend(changes.clone());
