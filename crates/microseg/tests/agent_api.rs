@@ -44,9 +44,15 @@ fn a_request_line_past_the_bound_is_refused_unread_and_the_agent_keeps_answering
     let answer: serde_json::Value = serde_json::from_str(&line).expect("one JSON line");
     let error = answer["error"].as_str().unwrap_or_default();
     assert!(error.contains("longer than 65536 bytes"), "{line}");
+    // Closed with our flood unread, the socket reads as reset rather than at its end; a
+    // socket left open would time out instead.
     let mut rest = Vec::new();
-    let _ = reader.read_to_end(&mut rest);
-    assert!(rest.is_empty(), "the connection closes after the error");
+    match reader.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the connection stayed open after the error: {e}"),
+    }
+    assert!(rest.is_empty(), "nothing after the error: {rest:?}");
     let sent = writer.join().unwrap();
     assert!(
         sent < FLOOD,
