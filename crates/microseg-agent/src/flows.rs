@@ -210,11 +210,6 @@ impl FlowLog {
         self.recent.push_back(f);
     }
 
-    /// The kept flows, oldest first, as records.
-    pub fn recent(&self) -> impl Iterator<Item = FlowRecord> + '_ {
-        self.recent.iter().map(|f| f.record(&self.node))
-    }
-
     /// A copy of the kept flows, oldest first, and the node they are reported by: to be
     /// formatted without holding up whoever pushes new ones.
     pub fn copy(&self) -> (Vec<Flow>, String) {

@@ -125,11 +125,6 @@ impl Enforcer {
         }
     }
 
-    /// The revision in force (0 before the first apply).
-    pub fn revision(&self) -> u64 {
-        self.revision
-    }
-
     /// The last policy applied, if any.
     pub fn resources(&self) -> Option<&ResourceSet> {
         self.resources.as_ref()
