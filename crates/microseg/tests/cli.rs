@@ -1,5 +1,6 @@
 //! The command line's contract: exit codes and error formats (no root needed).
 
+use microseg_testsupport::TempDir;
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_microseg");
@@ -13,10 +14,9 @@ fn run(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn temp(name: &str, text: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("mseg-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
+/// `text` written as `name` in `dir` (removed with it when the test ends).
+fn temp(dir: &TempDir, name: &str, text: &str) -> String {
+    let p = dir.0.join(name);
     std::fs::write(&p, text).unwrap();
     p.to_string_lossy().into_owned()
 }
@@ -32,7 +32,9 @@ fn policy_check_accepts_the_demo_and_reports_its_cost() {
 
 #[test]
 fn policy_check_names_file_line_and_column_of_every_error_and_exits_2() {
+    let dir = TempDir::new("cli");
     let f = temp(
+        &dir,
         "bad.yaml",
         "apiVersion: microseg.io/v1\nkind: Policy\nmetadata: {name: bad}\nspec:\n  selector: {}\n  ingress:\n    - action: allow\n      from: [{cidr: 10.0.0.0/33}]\n      ports: [{protocol: TCP, port: 80, endPort: 70}]\n",
     );
@@ -50,10 +52,12 @@ fn policy_check_names_file_line_and_column_of_every_error_and_exits_2() {
 
 #[test]
 fn source_ports_compile_and_more_than_a_peer_can_hold_are_refused() {
+    let dir = TempDir::new("cli");
     let policy = |sports: &str| {
         format!("apiVersion: microseg.io/v1\nkind: Workload\nmetadata: {{name: w}}\nspec: {{interface: w0, ips: [10.0.0.1]}}\n---\napiVersion: microseg.io/v1\nkind: Policy\nmetadata: {{name: sp}}\nspec:\n  selector: {{}}\n  ingress:\n    - action: allow\n      ports: [{{protocol: UDP, port: 53}}]\n      sourcePorts: [{sports}]\n")
     };
     let ok = temp(
+        &dir,
         "sport.yaml",
         &policy("{port: 53}, {port: 1024, endPort: 2048}"),
     );
@@ -61,7 +65,7 @@ fn source_ports_compile_and_more_than_a_peer_can_hold_are_refused() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("ok:"), "{out}");
     let many: Vec<String> = (1..=17).map(|p| format!("{{port: {p}}}")).collect();
-    let too_many = temp("sport-many.yaml", &policy(&many.join(", ")));
+    let too_many = temp(&dir, "sport-many.yaml", &policy(&many.join(", ")));
     let (code, _, err) = run(&["policy", "check", "-f", &too_many]);
     assert_eq!(code, 2);
     assert!(
@@ -72,7 +76,9 @@ fn source_ports_compile_and_more_than_a_peer_can_hold_are_refused() {
 
 #[test]
 fn kubernetes_network_policies_import_and_named_ports_are_reported() {
+    let dir = TempDir::new("cli");
     let f = temp(
+        &dir,
         "np.yaml",
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: api, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: api}}\n  ingress:\n    - from: [{podSelector: {matchLabels: {app: web}}}]\n      ports: [{protocol: TCP, port: 8080}, {protocol: TCP, port: http}]\n",
     );
@@ -80,7 +86,7 @@ fn kubernetes_network_policies_import_and_named_ports_are_reported() {
     assert_eq!(code, 2, "a named port cannot be expressed: {err}");
     assert!(err.contains("http"), "{err}");
     assert!(out.contains("shop.api") && out.contains("8080"), "{out}");
-    let converted = temp("converted.yaml", &out);
+    let converted = temp(&dir, "converted.yaml", &out);
     let (code, _, err) = run(&["policy", "check", "-f", &converted]);
     assert_eq!(code, 0, "the output is valid microseg YAML: {err}");
 }
@@ -144,8 +150,10 @@ fn check_and_import_read_standard_input_as_dash() {
 
 #[test]
 fn control_characters_in_names_and_file_names_are_escaped() {
+    let dir = TempDir::new("cli");
     // A name with a colour escape and a newline, in a file whose name holds another.
     let f = temp(
+        &dir,
         "evil\x1b[2J.yaml",
         "apiVersion: microseg.io/v1\nkind: Policy\nmetadata: {name: \"a\\e[31mred\\nb\"}\nspec: {selector: {}}\n",
     );
@@ -190,11 +198,12 @@ fn into_a_closed_pipe(args: &[&str]) {
 
 #[test]
 fn a_closed_pipe_ends_the_command_quietly() {
+    let dir = TempDir::new("cli");
     let mut np = String::new();
     for i in 0..400 {
         np.push_str(&format!("---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: api{i}, namespace: shop}}\nspec:\n  podSelector: {{matchLabels: {{app: api}}}}\n  ingress:\n    - from: [{{podSelector: {{matchLabels: {{app: web}}}}}}]\n      ports: [{{protocol: TCP, port: 8080}}, {{protocol: UDP, port: 53}}]\n"));
     }
-    let f = temp("many-np.yaml", &np);
+    let f = temp(&dir, "many-np.yaml", &np);
     into_a_closed_pipe(&["policy", "import", "--from", "k8s", "-f", &f]);
     for shell in ["bash", "zsh", "fish"] {
         into_a_closed_pipe(&["completion", shell]);
@@ -252,8 +261,8 @@ fn shell_completion_scripts() {
 
 #[test]
 fn an_apply_of_nothing_is_refused_before_anything_is_sent() {
-    let dir = std::env::temp_dir().join(format!("mseg-cli-{}-empty", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let empty = TempDir::new("cli-empty");
+    let dir = &empty.0;
     let (code, _, err) = run(&[
         "policy",
         "apply",
