@@ -4,12 +4,12 @@
 //! `application/grpc` requests go to the AgentLink service, the rest to the REST API.
 
 use crate::core::Core;
+use crate::error::Error;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
-use serde_json::json;
+use axum::Router;
 use std::sync::Arc;
 use tower::ServiceExt;
 
@@ -74,25 +74,18 @@ fn unauthenticated(grpc: bool) -> Response {
         return tonic::Status::unauthenticated("missing or wrong bearer token")
             .into_http::<axum::body::Body>();
     }
-    let mut r = (
-        StatusCode::UNAUTHORIZED,
-        Json(json!({"error": "missing or wrong bearer token", "details": []})),
-    )
-        .into_response();
+    let mut r = Error::http(401, "missing or wrong bearer token").into_response();
     r.headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     r
 }
 
 fn agent_on_rest() -> Response {
-    (
-        StatusCode::FORBIDDEN,
-        Json(json!({
-            "error": "the agent token and node tokens open the agent link only; the REST API takes the controller token",
-            "details": []
-        })),
+    Error::http(
+        403,
+        "the agent token and node tokens open the agent link only; the REST API takes the controller token",
     )
-        .into_response()
+    .into_response()
 }
 
 async fn front(State(f): State<Front>, mut req: Request, next: Next) -> Response {
