@@ -102,6 +102,10 @@ pub mod config_flags {
     pub const DROP_NON_IP: u32 = 1 << 0;
     /// Benchmark only: never insert sessions, so every packet takes the policy path.
     pub const NO_SESSION_INSERT: u32 = 1 << 1;
+    /// Send a `NEW` event for allowed sessions too. Set by the agent while the session
+    /// table is under pressure (an LRU eviction could drop a session before its first
+    /// report), or always with `--flow-report-start`.
+    pub const REPORT_START: u32 = 1 << 2;
 }
 
 /// `MSEG_SESSIONS` key (LRU hash): one session per connection the node's programs see.
