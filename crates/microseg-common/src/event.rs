@@ -129,7 +129,6 @@ impl FlowEvent {
         self.rule_id = l.rule_id;
         self.audit_rule_id = l.audit_rule_id;
         self.peer_identity = l.peer_identity;
-        self.local_identity = 0;
         self.src_addr = src;
         self.dst_addr = dst;
         self.src_port = sport;
