@@ -12,6 +12,9 @@ pub mod event_kind {
     /// The session ended (TCP FIN from both sides or RST); counters are final. One per
     /// session, with both local legs (see [`super::FlowEvent::other`]).
     pub const END: u8 = 4;
+    /// Never sent by the kernel: the agent's walk of the session table reports a
+    /// connection that lasts (every active timeout), with both local legs like `END`.
+    pub const ACTIVE: u8 = 5;
 }
 
 /// Gap between two deny or log events of one session's leg, in [`crate::event_tick`]s of
