@@ -15,7 +15,7 @@ pub fn emit(stats: &mut Stats, fill: impl FnOnce(&mut FlowEvent)) {
     };
     // SAFETY: the reservation is sized for a FlowEvent and `fill` writes all of it.
     let e = unsafe { &mut *entry.as_mut_ptr() };
-    e._pad = [0; 7];
+    e._pad = [0; 3];
     fill(e);
     // No wake-up: the agent polls the ring. Waking it costs the sending packet an
     // interrupt, which on a busy node is most of a new connection's cost.

@@ -113,14 +113,9 @@ pub fn established(
         session_event(kind, key, s, leg, now, stats);
     }
     if s.state == session_state::CLOSED {
-        // Every present leg's flow ends in the first program that sees the connection
-        // closed: a leg's own program may see no packet of it again.
-        for l in 0..2 {
-            if s.legs[l].is_present() && !s.legs[l].has_ended() {
-                s.legs[l].flags |= leg_flags::ENDED;
-                session_event(event_kind::END, key, s, l, now, stats);
-            }
-        }
+        // The connection ends in the first program that sees it closed: a leg's own
+        // program may see no packet of it again.
+        end_session(key, s, now, stats);
         // A closed connection leaves the table with its last packet, at the last program
         // on this node that packet passes: its entry is reused while still in cache,
         // instead of the next connection taking a cold one.
@@ -132,6 +127,28 @@ pub fn established(
         }
     }
     (v, rule_id)
+}
+
+/// Marks every present leg ended and sends the session's one END event (both legs in it),
+/// unless every present leg's end was already sent. The event is about the egress leg when
+/// there is one: the originator's side.
+#[inline(always)]
+pub fn end_session(key: &SessionKey, s: &mut Session, now: u64, stats: &mut Stats) {
+    let unended = |l: &SessionLeg| l.is_present() && !l.has_ended();
+    if !unended(&s.legs[0]) && !unended(&s.legs[1]) {
+        return;
+    }
+    for l in s.legs.iter_mut() {
+        if l.is_present() {
+            l.flags |= leg_flags::ENDED;
+        }
+    }
+    let about = if s.legs[direction::EGRESS as usize].is_present() {
+        direction::EGRESS
+    } else {
+        direction::INGRESS
+    };
+    session_event(event_kind::END, key, s, about as usize, now, stats);
 }
 
 /// An event about a whole session as `leg` judged it, in its originator's direction.

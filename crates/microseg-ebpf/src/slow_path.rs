@@ -5,13 +5,13 @@ use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use microseg_common::{session_flags as sf, *};
 
 use crate::{
-    events::emit,
     maps::*,
     parse::{self, Packet},
     policy::{identity_of, judge, Judgement, Query},
     session::{initial_state, session_key},
     shared::{
-        count_rule, established, finish, is_orig, record_first_fragment, session_event, DROP,
+        count_rule, end_session, established, finish, is_orig, record_first_fragment,
+        session_event, DROP,
     },
 };
 
@@ -59,7 +59,8 @@ pub fn handle(ctx: &TcContext) -> i32 {
         };
         let (first, second) = (stale(0), stale(1));
         if first || second {
-            rejudge(policy, stats, &key, s, if first { 0 } else { 1 }, now);
+            let leg = if first { 0 } else { 1 };
+            rejudge(cfg.flags, policy, stats, &key, s, leg, now);
             if first && second {
                 // SAFETY: the program array holds this program; the handoff slot is intact.
                 let _ = unsafe { MSEG_JUMP.tail_call(ctx, SLOW_PATH) };
@@ -104,11 +105,11 @@ fn judge_by_policy(
     len: u64,
     existing: Option<&mut Session>,
 ) -> (u8, u32) {
-    let (j, local_identity) = match decide(
+    let j = match decide(
         ctx, policy, stats, ifindex, pkt, direction, key, src_is_lo, &existing,
     ) {
         Decision::Untracked(v) => return (v, RULE_NONE),
-        Decision::Judged(j, local_identity) => (j, local_identity),
+        Decision::Judged(j) => j,
     };
     // Built only now: alive across `decide`'s lookups, it takes the program past the
     // 512-byte stack.
@@ -123,22 +124,22 @@ fn judge_by_policy(
     match existing {
         Some(s) => {
             stats.session_hits += 1;
-            add_leg(policy, stats, s, &seen, pkt, &j, local_identity)
+            add_leg(cfg, policy, stats, s, &seen, pkt, &j)
         }
         None => {
             stats.session_misses += 1;
-            open_session(cfg, policy, stats, &seen, pkt, &j, local_identity)
+            open_session(cfg, policy, stats, &seen, pkt, &j)
         }
     }
 }
 
 /// What policy makes of a packet no current leg judged.
 enum Decision {
-    /// Decided without opening a leg: related ICMP errors, spoofed sources, interfaces
-    /// without a workload.
+    /// Decided without opening a leg (and without an event): related ICMP errors, spoofed
+    /// sources, interfaces without a workload.
     Untracked(u8),
-    /// Judged by the workload's policy; with the workload's identity.
-    Judged(Judgement, u32),
+    /// Judged by the workload's policy.
+    Judged(Judgement),
 }
 
 #[inline(always)]
@@ -204,7 +205,7 @@ fn decide(
         // session to rate-limit them, a flood of errors would flood the ring).
         return Decision::Untracked(j.verdict);
     }
-    Decision::Judged(j, ep.identity)
+    Decision::Judged(j)
 }
 
 /// The policy question for a session's `leg`: the connection as its originator opened it,
@@ -244,6 +245,14 @@ fn new_leg(j: &Judgement, ifindex: u32, generation: u32) -> SessionLeg {
     }
 }
 
+/// Whether a leg judged `verdict` sends its NEW event: every verdict but `allow` is
+/// reported at once; an allowed connection is reported when it ends (and by the agent's
+/// walk of the session table), at its start only under `REPORT_START` (docs/FLOWS.md).
+#[inline(always)]
+fn reports_start(flags: u32, verdict: u8) -> bool {
+    verdict != verdict::ALLOW || flags & config_flags::REPORT_START != 0
+}
+
 /// Where and when a packet that policy judged was seen.
 struct Seen<'a> {
     key: &'a SessionKey,
@@ -256,7 +265,6 @@ struct Seen<'a> {
 
 /// The first packet of a connection, judged: open its session.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn open_session(
     cfg: &Config,
     policy: PolicyVersion,
@@ -264,48 +272,35 @@ fn open_session(
     seen: &Seen,
     pkt: &Packet,
     j: &Judgement,
-    local_identity: u32,
 ) -> (u8, u32) {
-    if cfg.flags & config_flags::NO_SESSION_INSERT == 0 {
-        insert_session(policy, stats, seen, pkt, j);
+    let insert = cfg.flags & config_flags::NO_SESSION_INSERT == 0;
+    let report = reports_start(cfg.flags, j.verdict);
+    if insert || report {
+        if let Some(s) = new_session(policy, seen, pkt, j) {
+            if insert && MSEG_SESSIONS.insert(seen.key, &*s, 0).is_ok() {
+                stats.sessions_created += 1;
+            }
+            // From the session as built, whether or not it was written.
+            if report {
+                let leg = leg_of(seen.direction, true);
+                session_event(event_kind::NEW, seen.key, s, leg, seen.now, stats);
+            }
+        }
     }
     count_rule(j.rule_id, seen.len);
-    // From the packet and the judgement: the session may not have been written.
-    emit(stats, |e| {
-        e.time_ns = seen.now;
-        e.packets = 1;
-        e.bytes = seen.len;
-        e.ifindex = seen.ifindex;
-        e.rule_id = j.rule_id;
-        e.audit_rule_id = j.audit_rule_id;
-        e.peer_identity = j.peer_identity;
-        e.local_identity = local_identity;
-        e.src_addr = pkt.src;
-        e.dst_addr = pkt.dst;
-        e.src_port = pkt.sport;
-        e.dst_port = pkt.dport;
-        e.kind = event_kind::NEW;
-        e.direction = seen.direction;
-        e.verdict = j.verdict;
-        e.audit_verdict = j.audit_verdict;
-        e.protocol = pkt.protocol;
-    });
     (j.verdict, j.rule_id)
 }
 
-/// Writes a new session whose only leg is the one that judged `pkt`.
+/// Builds a new session whose only leg is the one that judged `pkt`, in this CPU's
+/// scratch slot (a session does not fit on the stack).
 #[inline(always)]
-fn insert_session(
+fn new_session(
     policy: PolicyVersion,
-    stats: &mut Stats,
     seen: &Seen,
     pkt: &Packet,
     j: &Judgement,
-) {
-    // Built in the per-CPU scratch slot: a session does not fit on the stack.
-    let Some(h) = MSEG_HANDOFF.get_ptr_mut(0) else {
-        return;
-    };
+) -> Option<&'static mut Session> {
+    let h = MSEG_HANDOFF.get_ptr_mut(0)?;
     // SAFETY: the handoff slot is this CPU's, valid for the run, and no other program
     // runs on this CPU meanwhile.
     let s = unsafe { &mut (*h).new_session };
@@ -321,9 +316,7 @@ fn insert_session(
     s._pad = [0; 2];
     s.legs[leg ^ 1] = SessionLeg::default();
     s.legs[leg] = new_leg(j, seen.ifindex, policy.generation);
-    if MSEG_SESSIONS.insert(seen.key, &*s, 0).is_ok() {
-        stats.sessions_created += 1;
-    }
+    Some(s)
 }
 
 /// A connection's first packet on this interface, judged (its peer is a local workload,
@@ -331,27 +324,27 @@ fn insert_session(
 /// interface's leg, then follow the session.
 #[inline(always)]
 fn add_leg(
+    cfg: &Config,
     policy: PolicyVersion,
     stats: &mut Stats,
     s: &mut Session,
     seen: &Seen,
     pkt: &Packet,
     j: &Judgement,
-    local_identity: u32,
 ) -> (u8, u32) {
     let is_orig = is_orig(s, seen.src_is_lo);
     let leg = leg_of(seen.direction, is_orig);
     // A leg on another interface (its workload's interface made again under a new
-    // ifindex) is taken over: its flow ends here, before the new leg's starts.
+    // ifindex) is taken over: the session as it was ends here (one END with both legs),
+    // before the new leg's flow starts.
     if s.legs[leg].is_present() && !s.legs[leg].has_ended() {
-        session_event(event_kind::END, seen.key, s, leg, seen.now, stats);
+        end_session(seen.key, s, seen.now, stats);
     }
     s.legs[leg] = new_leg(j, seen.ifindex, policy.generation);
     s.last_event[leg & 1] = event_tick(seen.now);
-    emit(stats, |e| {
-        e.fill_from_session(event_kind::NEW, seen.key, s, leg, seen.now);
-        e.local_identity = local_identity;
-    });
+    if reports_start(cfg.flags, j.verdict) {
+        session_event(event_kind::NEW, seen.key, s, leg, seen.now, stats);
+    }
     established(
         stats,
         seen.key,
@@ -369,6 +362,7 @@ fn add_leg(
 /// workload sees it.
 #[inline(always)]
 fn rejudge(
+    flags: u32,
     policy: PolicyVersion,
     stats: &mut Stats,
     key: &SessionKey,
@@ -402,7 +396,9 @@ fn rejudge(
     l.peer_identity = j.peer_identity;
     if changed {
         s.last_event[leg & 1] = event_tick(now);
-        session_event(event_kind::NEW, key, s, leg, now, stats);
+        if reports_start(flags, j.verdict) {
+            session_event(event_kind::NEW, key, s, leg, now, stats);
+        }
     }
 }
 
