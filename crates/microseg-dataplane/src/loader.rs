@@ -197,6 +197,18 @@ impl Dataplane {
             .map_err(Error::map_write(names::CONFIG))
     }
 
+    /// Turns [`config_flags::REPORT_START`] on or off (NEW events for allowed connections
+    /// too, see docs/FLOWS.md), leaving every other flag, the slot and the generation as
+    /// they are. Works on an adopted pinned data plane: the config map is the pinned one.
+    pub fn set_report_start(&mut self, on: bool) -> Result<()> {
+        let flags = self.config()?.flags;
+        self.set_flags(if on {
+            flags | config_flags::REPORT_START
+        } else {
+            flags & !config_flags::REPORT_START
+        })
+    }
+
     /// The counters, summed over CPUs.
     pub fn stats(&self) -> Result<Stats> {
         let per_cpu = self

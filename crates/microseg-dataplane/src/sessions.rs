@@ -6,7 +6,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use aya::maps::{HashMap, IterableMap, Map, MapData};
-use microseg_common::{names, proto, session_state as st, Session, SessionKey};
+use microseg_common::{direction, names, proto, session_state as st, Session, SessionKey};
 
 use crate::{batch, Dataplane, Error, Result};
 
@@ -221,21 +221,24 @@ impl Dataplane {
     }
 }
 
-/// The events the kernel would have sent had it seen the session end, one per leg that
-/// has not sent its own (for sessions that expire idle, which the kernel never sees end).
-pub fn end_events(key: &SessionKey, s: &Session) -> Vec<microseg_common::FlowEvent> {
-    s.present_legs()
-        .filter(|(_, l)| !l.has_ended())
-        .map(|(direction, _)| {
-            let mut e = microseg_common::FlowEvent::default();
-            e.fill_from_session(
-                microseg_common::event_kind::END,
-                key,
-                s,
-                direction as usize,
-                s.last_seen_ns,
-            );
-            e
-        })
-        .collect()
+/// The END event the kernel would have sent had it seen the session end (for sessions that
+/// expire idle, which the kernel never sees end): one per session, about the egress leg
+/// when there is one, with the other leg in `other`, as the kernel sends it. None when the
+/// session has no present leg, or the kernel already sent its end (every present leg ended).
+pub fn end_event(key: &SessionKey, s: &Session) -> Option<microseg_common::FlowEvent> {
+    if s.present_legs().all(|(_, l)| l.has_ended()) {
+        return None;
+    }
+    let direction = [direction::EGRESS, direction::INGRESS]
+        .into_iter()
+        .find(|d| s.legs[*d as usize].is_present())?;
+    let mut e = microseg_common::FlowEvent::default();
+    e.fill_from_session(
+        microseg_common::event_kind::END,
+        key,
+        s,
+        direction as usize,
+        s.last_seen_ns,
+    );
+    Some(e)
 }
