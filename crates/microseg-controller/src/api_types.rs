@@ -26,10 +26,41 @@ pub struct List<T> {
     pub revision: u64,
 }
 
-/// `GET /v1/flows`: the flows the agents uploaded, as they sent them plus their node.
+/// `GET /v1/flows`: stored flow records, oldest first, and the cursor that continues
+/// after them (`after=CURSOR`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FlowList {
-    pub items: Vec<Value>,
+pub struct FlowPage {
+    pub items: Vec<microseg_flowstore::FlowRecord>,
+    pub cursor: String,
+}
+
+/// `GET /v1/flows/edges`: who talked to whom over the window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EdgeList {
+    pub items: Vec<microseg_flowstore::Edge>,
+}
+
+/// `GET /v1/flows/status`: how the flow record is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowStatus {
+    /// Per node, the records its agent dropped (its upload buffer full) since it started.
+    pub agent_dropped: BTreeMap<String, u64>,
+    /// `sqlite`, `postgres` or `clickhouse`.
+    pub backend: String,
+    /// Dropped by the controller: its queue was full.
+    pub dropped: u64,
+    /// The store's last failure (None while it works).
+    pub error: Option<String>,
+    pub ok: bool,
+    /// The most records the queue holds.
+    pub queue_bound: u64,
+    /// Waiting to be stored.
+    pub queued: u64,
+    /// Records uploaded, rejected ones included.
+    pub received: u64,
+    /// Records that were no valid flow (bad verdict, address, ...).
+    pub rejected: u64,
+    pub stored: u64,
 }
 
 /// What an apply did to one resource.

@@ -47,6 +47,10 @@ pub enum InputError {
     DbCaWithoutPostgres,
     #[error("--db {db}: use postgres://USER@HOST:PORT/DB or sqlite:PATH")]
     DbUrl { db: String },
+    #[error("--flow-db: {reason}")]
+    FlowDb { reason: String },
+    #[error("--flow-retention: {reason}")]
+    FlowRetention { reason: String },
 }
 
 /// The machine or the database failed.

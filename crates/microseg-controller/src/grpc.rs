@@ -323,9 +323,12 @@ impl AgentLink for Link {
         let caller = Caller::of(&req);
         let mut s = req.into_inner();
         let mut accepted = 0;
+        // Answered once queued, not stored: the agent sends its next batch after it.
         while let Some(batch) = s.message().await? {
             caller.may_speak_for(&batch.node)?;
-            accepted += self.core.add_flows(&batch.node, &batch.flows_json);
+            node_name(&batch.node)?;
+            let node = batch.node.clone();
+            accepted += self.core.add_flows(&node, batch).await;
         }
         Ok(Response::new(UploadResponse { accepted }))
     }

@@ -10,19 +10,22 @@ pub mod client;
 mod controller_error;
 mod core;
 mod error;
-mod flows;
+mod flow_convert;
+mod flow_ingest;
 mod grpc;
 pub mod node_token;
 #[cfg(test)]
 mod openapi_check;
 pub mod resources;
 mod rest;
+mod rest_flows;
 mod rest_input;
 pub mod store;
 pub mod tls;
 
 use crate::core::Core;
 pub use crate::core::{MAX_REPORTED_WORKLOADS, MAX_WORKLOAD_ADDRESSES};
+use crate::flow_ingest::FlowIngest;
 pub use controller_error::{ControllerError, InputError, RuntimeError};
 pub use error::Error;
 pub use rest::OPENAPI;
@@ -46,8 +49,13 @@ pub struct Options {
     /// The agents' token: it opens the gRPC agent link only, never the REST API.
     pub agent_token_file: Option<PathBuf>,
     pub state_dir: PathBuf,
-    /// Recent flows kept for `GET /v1/flows`.
-    pub flow_buffer: usize,
+    /// The flow record (docs/CONTROLLER.md, "Flows"): None: SQLite at
+    /// `<state_dir>/flows.db`; a SQLite path, `postgres://...` or `clickhouse://HOST:PORT/DB`.
+    pub flow_db: Option<String>,
+    /// How long flow records are kept.
+    pub flow_retention: Duration,
+    /// The most uploaded records waiting to be stored; more are dropped and counted.
+    pub flow_queue: usize,
     /// TLS: the server's certificate chain and private key (PEM). Without them the
     /// controller serves plain HTTP.
     pub tls_cert: Option<PathBuf>,
@@ -67,7 +75,9 @@ impl Options {
             token_file: None,
             agent_token_file: None,
             state_dir: state_dir.into(),
-            flow_buffer: 10_000,
+            flow_db: None,
+            flow_retention: microseg_flowstore::DEFAULT_RETENTION,
+            flow_queue: DEFAULT_FLOW_QUEUE,
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
@@ -86,6 +96,9 @@ impl Options {
         }
     }
 }
+
+/// How many uploaded flow records may wait to be stored.
+pub const DEFAULT_FLOW_QUEUE: usize = 200_000;
 
 /// The token file created under the state dir when no `--token-file` is given.
 pub const TOKEN_FILE: &str = "controller.token";
@@ -234,6 +247,34 @@ pub async fn open_store(opts: &Options) -> Result<Arc<dyn Store>, ControllerErro
     Ok(Arc::new(s))
 }
 
+/// The flow store's URL, checked: a malformed one is refused here, while one that is
+/// unreachable is opened in the background (`flow_ingest.rs`).
+async fn flow_store(opts: &Options) -> Result<(String, Option<FlowStoreBox>), ControllerError> {
+    if opts.flow_retention.is_zero() {
+        return Err(InputError::FlowRetention {
+            reason: "it must be more than 0".into(),
+        }
+        .into());
+    }
+    let url = match &opts.flow_db {
+        Some(u) => u.clone(),
+        None => opts.state_dir.join("flows.db").display().to_string(),
+    };
+    // The URL is checked before any connection is tried, so this answers at once for
+    // a malformed one; anything else is the background opener's to retry.
+    let first = tokio::time::timeout(Duration::from_millis(200), microseg_flowstore::open(&url));
+    match first.await {
+        Ok(Err(e @ microseg_flowstore::Error::BadUrl { .. })) => Err(InputError::FlowDb {
+            reason: flow_ingest::chain(&e),
+        }
+        .into()),
+        Ok(Ok(store)) => Ok((url, Some(store))),
+        _ => Ok((url, None)),
+    }
+}
+
+type FlowStoreBox = Box<dyn microseg_flowstore::FlowStore>;
+
 /// A controller serving in this process.
 pub struct Running {
     pub addr: SocketAddr,
@@ -272,6 +313,7 @@ pub async fn start(opts: &Options) -> Result<Running, ControllerError> {
     if agent_token == token {
         return Err(InputError::SameTokens.into());
     }
+    let (flow_url, flows) = flow_store(opts).await?;
     let store = open_store(opts).await?;
     let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await
@@ -287,7 +329,9 @@ pub async fn start(opts: &Options) -> Result<Running, ControllerError> {
     let rev = Arc::new(watch::channel(rev0).0);
     let (stop, stop_rx) = watch::channel(false);
     store.clone().watch_changes(rev.clone(), stop_rx.clone());
-    let core = Arc::new(Core::new(store, rev, opts.flow_buffer, stop_rx.clone()));
+    let ingest = FlowIngest::new(flow_ingest::backend_of(&flow_url), opts.flow_queue);
+    ingest.spawn(flow_url, flows, opts.flow_retention, stop_rx.clone());
+    let core = Arc::new(Core::new(store, rev, ingest, stop_rx.clone()));
     let app = auth::app(core, token.clone(), agent_token.clone());
     let mut stopped = stop_rx.clone();
     let stopping = async move {

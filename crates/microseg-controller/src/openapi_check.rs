@@ -90,7 +90,7 @@ async fn the_openapi_document_matches_the_router() {
     let app = api_router(Arc::new(Core::new(
         Arc::new(store),
         Arc::new(rev),
-        10,
+        crate::flow_ingest::FlowIngest::new("sqlite", 10),
         shutdown,
     )));
     let mut routed = Operations::new();

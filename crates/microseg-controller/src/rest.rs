@@ -2,13 +2,14 @@
 //! gRPC: `auth.rs`).
 
 use crate::api_types::{
-    ApplyFilesRequest, ApplyResponse, DeleteOneResponse, DeleteRequest, DeleteResponse, FlowList,
-    LabelRequest, LabelResponse, List, NodeStatus, Stored,
+    ApplyFilesRequest, ApplyResponse, DeleteOneResponse, DeleteRequest, DeleteResponse, EdgeList,
+    FlowPage, FlowStatus, LabelRequest, LabelResponse, List, NodeStatus, Stored,
 };
 use crate::apply::{off_workers, Applied, Outcome, ResourceRef, Scope, SourceFile};
-use crate::core::{Core, FlowQuery};
+use crate::core::Core;
 use crate::error::Error;
 use crate::resources::{POLICY, WORKLOAD};
+use crate::rest_flows::{EdgeParams, FlowParams};
 use crate::rest_input::{body_text, json_body, json_errors, name, params, Name, Params};
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::handler::Handler;
@@ -189,19 +190,16 @@ async fn nodes(State(c): Api) -> Res<List<NodeStatus>> {
     Ok(Json(List { items, revision }))
 }
 
-async fn flows(State(c): Api, q: Params<FlowQuery>) -> Res<FlowList> {
-    let q = params(q)?;
-    let items = c
-        .flows
-        .lock()
-        .map_err(|_| {
-            Error::http(
-                500,
-                "the flow buffer's lock is poisoned by an earlier failure; restart the controller",
-            )
-        })?
-        .query(&q)?;
-    Ok(Json(FlowList { items }))
+async fn flows(State(c): Api, q: Params<FlowParams>) -> Res<FlowPage> {
+    crate::rest_flows::flows(&c, params(q)?).await.map(Json)
+}
+
+async fn flow_edges(State(c): Api, q: Params<EdgeParams>) -> Res<EdgeList> {
+    crate::rest_flows::edges(&c, params(q)?).await.map(Json)
+}
+
+async fn flow_status(State(c): Api) -> Json<FlowStatus> {
+    Json(c.flows.status())
 }
 
 async fn openapi() -> Response {
@@ -266,6 +264,8 @@ fn routes() -> Routes {
     .at(M::PUT, "/v1/workloads/{name}/labels", label_workload)
     .at(M::GET, "/v1/nodes", nodes)
     .at(M::GET, "/v1/flows", flows)
+    .at(M::GET, "/v1/flows/edges", flow_edges)
+    .at(M::GET, "/v1/flows/status", flow_status)
     .at(M::GET, "/v1/openapi.json", openapi)
 }
 

@@ -1,16 +1,19 @@
 //! What the controller does, independent of how it is asked: the stored resources as the
 //! API and the agents see them (`resources.rs`; apply and delete: `apply.rs`), the
-//! workloads agents report (`report.rs`), and what is known of the nodes: their sync
-//! state, open streams and recent flows (`nodes.rs`).
+//! workloads agents report (`report.rs`), what is known of the nodes: their sync
+//! state and open streams (`nodes.rs`), and the flows they upload (`flows.rs`).
+
+mod flows;
 
 mod nodes;
 mod report;
 mod resources;
 
-pub use crate::flows::{FlowQuery, Flows};
 pub use report::{MAX_REPORTED_WORKLOADS, MAX_WORKLOAD_ADDRESSES};
 pub use resources::for_node;
 
+use crate::flow_convert::AddrIndex;
+use crate::flow_ingest::FlowIngest;
 use crate::store::{publish, Store};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -30,7 +33,10 @@ pub struct Core {
     pub store: Arc<dyn Store>,
     /// The newest revision known (local writes and, via the store, other controllers').
     pub rev: Arc<watch::Sender<u64>>,
-    pub flows: Mutex<Flows>,
+    /// The flow record's queue, writer and store.
+    pub flows: Arc<FlowIngest>,
+    /// The workloads by address, and the revision it was built at.
+    addrs: tokio::sync::Mutex<(Option<u64>, Arc<AddrIndex>)>,
     /// Nodes with an open Sync stream to this controller, and how many.
     pub streams: Mutex<BTreeMap<String, usize>>,
     pub shutdown: watch::Receiver<bool>,
@@ -40,13 +46,14 @@ impl Core {
     pub fn new(
         store: Arc<dyn Store>,
         rev: Arc<watch::Sender<u64>>,
-        flow_buffer: usize,
+        flows: Arc<FlowIngest>,
         shutdown: watch::Receiver<bool>,
     ) -> Core {
         Core {
             store,
             rev,
-            flows: Mutex::new(Flows::new(flow_buffer)),
+            flows,
+            addrs: tokio::sync::Mutex::new((None, Arc::default())),
             streams: Mutex::new(BTreeMap::new()),
             shutdown,
         }

@@ -184,7 +184,12 @@ mod tests {
     fn core(store: Arc<Sqlite>) -> Core {
         let (rev, _) = watch::channel(0);
         let (_stop, shutdown) = watch::channel(false);
-        Core::new(store, Arc::new(rev), 10, shutdown)
+        Core::new(
+            store,
+            Arc::new(rev),
+            crate::flow_ingest::FlowIngest::new("sqlite", 10),
+            shutdown,
+        )
     }
 
     async fn write(store: &Sqlite, writes: Vec<Write>) {
