@@ -33,9 +33,17 @@ pub struct ControllerArgs {
     /// sslmode=require alone uses the system's CA bundle.
     #[arg(long, value_name = "PATH")]
     db_ca: Option<PathBuf>,
-    /// How many recent flows uploaded by agents to keep.
-    #[arg(long, default_value_t = 10_000, value_name = "N")]
-    flow_buffer: usize,
+    /// The flow record: a SQLite file path, postgres://USER@HOST:PORT/DB or
+    /// clickhouse://HOST:PORT/DB (HTTP port) (default: SQLite at <state-dir>/flows.db).
+    #[arg(long, value_name = "URL")]
+    flow_db: Option<String>,
+    /// How long flow records are kept: 30m, 12h, 7d...
+    #[arg(long, default_value = "7d", value_name = "DURATION")]
+    flow_retention: String,
+    /// How many uploaded flow records may wait to be stored; more are dropped (and
+    /// counted in `microseg status`).
+    #[arg(long, default_value_t = microseg_controller::DEFAULT_FLOW_QUEUE, value_name = "N")]
+    flow_queue: usize,
     /// Serve REST and gRPC over TLS with this certificate chain (PEM), with --tls-key.
     #[arg(long, value_name = "PATH", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -103,7 +111,19 @@ pub fn run(a: ControllerArgs) -> ExitCode {
     opts.db_ca = a.db_ca;
     opts.token_file = a.token_file;
     opts.agent_token_file = a.agent_token_file;
-    opts.flow_buffer = a.flow_buffer;
+    opts.flow_db = a.flow_db;
+    opts.flow_queue = a.flow_queue;
+    opts.flow_retention = match microseg_common::time::parse_duration(&a.flow_retention) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => {
+            eprintln!("error: --flow-retention 0: records must be kept for some time");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("error: --flow-retention: {}", esc(&e.to_string()));
+            return ExitCode::from(2);
+        }
+    };
     opts.tls_cert = a.tls_cert;
     opts.tls_key = a.tls_key;
     opts.tls_client_ca = a.tls_client_ca;
