@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Args;
 use microseg_agent::api::{request, Request, RequestError};
 use microseg_agent::flows::FlowFilter;
-use microseg_common::time::DurationError;
+use microseg_flowstore::{FilterError, FlowRecord, Timestamp};
 use serde_json::Value;
 
 use crate::client::output::{esc, Report};
@@ -29,19 +29,45 @@ pub struct FlowArgs {
     /// Keep printing new flows as they happen.
     #[arg(long)]
     follow: bool,
-    /// Only the most recent N flows.
-    #[arg(long, value_name = "N", conflicts_with = "follow")]
+    /// Only the most recent N flows (with --server: 1 to 100000, default 1000, and with
+    /// --follow how many to show before the new ones).
+    #[arg(long, value_name = "N")]
     limit: Option<usize>,
     /// Only flows with this verdict (allow, deny, log, audit).
     #[arg(long)]
     verdict: Option<String>,
-    /// Only flows of this workload.
+    /// Only flows of this workload (with --server: reported by it or at either end).
     #[arg(long)]
     workload: Option<String>,
-    /// Only flows newer than this (e.g. 30s, 5m, 2h).
-    #[arg(long, value_parser = parse_duration)]
-    since: Option<f64>,
-    /// Fetch the flows the controller collected from its agents instead (e.g.
+    /// Only flows newer than this: an age (30s, 5m, 1h30m, 7d) or an RFC 3339 time.
+    #[arg(long, value_name = "AGE|TIME")]
+    since: Option<String>,
+    /// Only flows older than this: an age or an RFC 3339 time. --server only.
+    #[arg(long, value_name = "AGE|TIME")]
+    until: Option<String>,
+    /// Only flows judged in this direction (ingress, egress). --server only.
+    #[arg(long)]
+    direction: Option<String>,
+    /// Only flows whose source's labels match this selector (app=web,!legacy). --server
+    /// only.
+    #[arg(long, value_name = "SELECTOR")]
+    from: Option<String>,
+    /// Only flows whose destination's labels match this selector. --server only.
+    #[arg(long, value_name = "SELECTOR")]
+    to: Option<String>,
+    /// Only flows to this destination port. --server only.
+    #[arg(long, value_name = "N")]
+    port: Option<String>,
+    /// Only flows of this protocol (TCP, UDP, ICMP, ICMPv6 or 0-255). --server only.
+    #[arg(long)]
+    protocol: Option<String>,
+    /// Only flows decided by this policy. --server only.
+    #[arg(long)]
+    policy: Option<String>,
+    /// Only flows reported by this node. --server only.
+    #[arg(long)]
+    node: Option<String>,
+    /// Query the flow records the controller stores from every node instead (e.g.
     /// http://127.0.0.1:7070).
     #[arg(long, value_name = "URL")]
     server: Option<String>,
@@ -53,9 +79,53 @@ pub struct FlowArgs {
     tls: crate::client::TlsArgs,
 }
 
-/// "90s", "5m", "1h30m", "2d" → seconds, read by the one strict duration parser.
-fn parse_duration(s: &str) -> Result<f64, DurationError> {
-    microseg_common::time::parse_duration(s).map(|d| d.as_secs_f64())
+impl FlowArgs {
+    /// The filters by the names `GET /v1/flows` takes, which are the flags' names.
+    fn server_params(&self) -> Vec<(&'static str, String)> {
+        let limit = self.limit.map(|n| n.to_string());
+        [
+            ("since", &self.since),
+            ("until", &self.until),
+            ("verdict", &self.verdict),
+            ("direction", &self.direction),
+            ("workload", &self.workload),
+            ("from", &self.from),
+            ("to", &self.to),
+            ("port", &self.port),
+            ("protocol", &self.protocol),
+            ("policy", &self.policy),
+            ("node", &self.node),
+            ("limit", &limit),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+        .collect()
+    }
+
+    /// The first filter flag given that only the controller's store can apply.
+    fn server_only_flag(&self) -> Option<&'static str> {
+        [
+            ("--until", &self.until),
+            ("--direction", &self.direction),
+            ("--from", &self.from),
+            ("--to", &self.to),
+            ("--port", &self.port),
+            ("--protocol", &self.protocol),
+            ("--policy", &self.policy),
+            ("--node", &self.node),
+        ]
+        .into_iter()
+        .find_map(|(flag, v)| v.is_some().then_some(flag))
+    }
+}
+
+/// --since for the local agent: seconds before now, from an age or a time, read as the
+/// controller's store reads it.
+fn since_seconds(since: &str) -> Result<f64, FilterError> {
+    let now = Timestamp::now();
+    let f = microseg_flowstore::FlowFilter::from_params([("since", since)], now)?;
+    let at = f.since.unwrap_or(now);
+    Ok(now.micros().saturating_sub(at.micros()) as f64 / 1e6)
 }
 
 /// Why a view could not be shown.
@@ -64,8 +134,15 @@ enum ViewError {
     /// The local agent could not be asked, or refused: its message says why.
     #[error(transparent)]
     Agent(RequestError),
-    #[error("--follow works with the local agent only, not with --server")]
-    FollowWithServer,
+    /// A filter value the store would refuse: the flag, and what it accepts.
+    #[error("--{}: {}", .0.field, .0.message)]
+    Filter(FilterError),
+    #[error("{0} needs --server: the local agent's flows cannot be filtered by it")]
+    NeedsServer(&'static str),
+    #[error(
+        "--limit with --follow needs --server: the local agent's flows have no end to count from"
+    )]
+    LimitWithFollow,
     #[error(transparent)]
     Controller(#[from] CommandError),
 }
@@ -74,7 +151,7 @@ impl ViewError {
     fn exit_code(&self) -> u8 {
         match self {
             ViewError::Agent(_) => 1,
-            ViewError::FollowWithServer => 2,
+            ViewError::Filter(_) | ViewError::NeedsServer(_) | ViewError::LimitWithFollow => 2,
             ViewError::Controller(e) => e.exit_code(),
         }
     }
@@ -221,6 +298,23 @@ fn flow_line(r: &Value) -> String {
 }
 
 pub fn flows(f: &FlowArgs) -> ExitCode {
+    match &f.server {
+        Some(server) => server_flows(f, server),
+        None => local_flows(f),
+    }
+}
+
+fn local_flows(f: &FlowArgs) -> ExitCode {
+    if let Some(flag) = f.server_only_flag() {
+        return finish(Err(ViewError::NeedsServer(flag)));
+    }
+    if f.follow && f.limit.is_some() {
+        return finish(Err(ViewError::LimitWithFollow));
+    }
+    let since_s = match f.since.as_deref().map(since_seconds).transpose() {
+        Ok(s) => s,
+        Err(e) => return finish(Err(ViewError::Filter(e))),
+    };
     let json = f.view.output == Report::Json;
     let mut table = Table::new(format!(
         "{:<24} {:<12} {:<7} {:<6} {:<44} {:<7} {:<6} POLICY",
@@ -233,55 +327,113 @@ pub fn flows(f: &FlowArgs) -> ExitCode {
             table.row(&flow_line(r));
         }
     };
-    let records: Result<Vec<Value>, ViewError> = match &f.server {
-        Some(_) if f.follow => Err(ViewError::FollowWithServer),
-        Some(server) => crate::client::remote_flows(crate::client::RemoteFlows {
-            server: server.clone(),
-            token_file: f.token_file.clone(),
-            tls: f.tls.clone(),
+    let req = Request::Flows {
+        follow: f.follow,
+        filter: FlowFilter {
             verdict: f.verdict.clone(),
             workload: f.workload.clone(),
-            since_s: f.since,
-            limit: f.limit,
-        })
-        .map_err(ViewError::from),
-        None => {
-            let req = Request::Flows {
-                follow: f.follow,
-                filter: FlowFilter {
-                    verdict: f.verdict.clone(),
-                    workload: f.workload.clone(),
-                    since_s: f.since,
-                },
-            };
-            // Without --limit (and so with --follow), each flow is printed as it comes.
-            let mut recent = std::collections::VecDeque::new();
-            let r = ask_agent(&f.view.socket, &req, |r| {
-                match f.limit {
-                    Some(n) => {
-                        recent.push_back(r);
-                        if recent.len() > n {
-                            recent.pop_front();
-                        }
-                    }
-                    None => print(&r),
+            since_s,
+        },
+    };
+    // Without --limit (and so with --follow), each flow is printed as it comes.
+    let mut recent = std::collections::VecDeque::new();
+    let r = ask_agent(&f.view.socket, &req, |r| {
+        match f.limit {
+            Some(n) => {
+                recent.push_back(r);
+                if recent.len() > n {
+                    recent.pop_front();
                 }
-                true
-            });
-            r.map(|()| recent.into())
+            }
+            None => print(&r),
         }
-    };
-    let records = match records {
-        Ok(records) => records,
-        Err(e) => return finish(Err(e)),
-    };
-    for r in &records {
+        true
+    });
+    if let Err(e) = r {
+        return finish(Err(e));
+    }
+    for r in &recent {
         print(r);
     }
     if !json {
         table.head();
     }
     ExitCode::SUCCESS
+}
+
+/// The controller's flow records: the newest matching ones, newest last, then with
+/// --follow those stored after them (docs/FLOWS.md "Queries").
+fn server_flows(f: &FlowArgs, server: &str) -> ExitCode {
+    let params = f.server_params();
+    if let Err(e) = crate::client::check_filters(&params) {
+        return finish(Err(ViewError::Filter(e)));
+    }
+    let q = crate::client::RemoteFlows {
+        client: crate::client::ClientArgs {
+            server: server.to_string(),
+            token_file: f.token_file.clone(),
+            tls: f.tls.clone(),
+        },
+        params,
+    };
+    let json = f.view.output == Report::Json;
+    let mut table = Table::new(record_header());
+    let r = crate::client::remote_flows(&q, f.follow, |r| {
+        if json {
+            outln!("{}", serde_json::to_string(r).unwrap_or_default());
+        } else {
+            table.row(&record_line(r));
+        }
+    });
+    if r.is_ok() && !json {
+        table.head();
+    }
+    finish(r.map_err(ViewError::from))
+}
+
+fn record_header() -> String {
+    format!(
+        "{:<27} {:<12} {:<12} {:<7} {:<44} {:<6} {:<7} {:<20} {:>8} {:>10} END",
+        "TIME",
+        "NODE",
+        "WORKLOAD",
+        "DIR",
+        "SOURCE -> DESTINATION",
+        "PROTO",
+        "VERDICT",
+        "POLICY/RULE",
+        "PACKETS",
+        "BYTES"
+    )
+}
+
+/// One stored record as a table row; every text from the controller escaped.
+fn record_line(r: &FlowRecord) -> String {
+    let text = |s: &str| esc(s).into_owned();
+    let mut policy = r.policy.as_deref().map_or("-".into(), text);
+    if let Some(rule) = r.rule {
+        policy = format!("{policy}[{rule}]");
+    }
+    if let Some(v) = &r.audit_verdict {
+        let p = r.audit_policy.as_deref().map_or("-".into(), text);
+        policy = format!("{policy} (audit: {} {p})", text(v));
+    }
+    let src = endpoint(&text(&r.src_ip), &r.src_port.to_string());
+    let dst = endpoint(&text(&r.dst_ip), &r.dst_port.to_string());
+    let end = r.end.map_or("open".into(), |t| t.to_string());
+    format!(
+        "{:<27} {:<12} {:<12} {:<7} {:<44} {:<6} {:<7} {:<20} {:>8} {:>10} {end}",
+        r.time.to_string(),
+        text(&r.node),
+        text(&r.workload),
+        r.direction.as_str(),
+        format!("{src} -> {dst}"),
+        r.protocol.to_string(),
+        r.verdict.as_str(),
+        policy,
+        r.packets,
+        r.bytes,
+    )
 }
 
 pub fn sessions(v: &ViewArgs) -> ExitCode {
@@ -317,7 +469,7 @@ pub fn sessions(v: &ViewArgs) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::{flow_line, flow_text, parse_duration};
+    use super::{flow_line, flow_text, record_line, since_seconds};
 
     #[test]
     fn flow_lines_bracket_ipv6_and_escape_what_the_agent_sent() {
@@ -336,9 +488,36 @@ mod tests {
 
     #[test]
     fn durations_parse_with_units() {
-        assert_eq!(parse_duration("90s"), Ok(90.0));
-        assert_eq!(parse_duration("1h30m"), Ok(5400.0));
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("5x").is_err());
+        assert_eq!(since_seconds("90s"), Ok(90.0));
+        assert_eq!(since_seconds("1h30m"), Ok(5400.0));
+        let e = since_seconds("10").unwrap_err();
+        assert_eq!(e.field, "since");
+        assert!(since_seconds("5x").is_err());
+        let age = since_seconds("2000-01-01T00:00:00Z").unwrap();
+        assert!(age > 20.0 * 365.0 * 86_400.0, "{age}");
+    }
+
+    #[test]
+    fn record_rows_say_open_bracket_ipv6_and_escape_the_controllers_text() {
+        let text = r#"{"time":"2026-12-07T10:00:00.000000Z","node":"n\u001b[2J1","workload":"web-1",
+            "direction":"egress","src_ip":"fd19::10","dst_ip":"fd19::20","src_port":40000,
+            "dst_port":5432,"protocol":"TCP","verdict":"deny","policy":"db\nFAKE","rule":2,
+            "audit_verdict":null,"audit_policy":null,"packets":3,"bytes":180,
+            "src_workload":"web-1","dst_workload":null,"src_labels":{"app":"web"},
+            "dst_labels":{},"start":"2026-12-07T09:59:59.500000Z","end":null}"#;
+        let mut r: microseg_flowstore::FlowRecord = serde_json::from_str(text).unwrap();
+        let line = record_line(&r);
+        assert!(!line.contains('\x1b') && !line.contains('\n'), "{line:?}");
+        assert!(
+            line.contains("n\\x1b[2J1") && line.contains("db\\nFAKE[2]"),
+            "{line}"
+        );
+        assert!(
+            line.contains("[fd19::10]:40000 -> [fd19::20]:5432"),
+            "{line}"
+        );
+        assert!(line.ends_with(" open"), "{line}");
+        r.end = Some(r.time);
+        assert!(record_line(&r).ends_with(" 2026-12-07T10:00:00.000000Z"));
     }
 }

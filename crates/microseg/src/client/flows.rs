@@ -1,51 +1,157 @@
-//! `microseg flows --server`: the flows the controller collected.
+//! `microseg flows --server`: the flow records the controller stores, queried and followed
+//! with the store's filters (docs/FLOWS.md "Queries").
 
-use std::path::PathBuf;
+use std::time::Duration;
 
-use microseg_controller::api_types::FlowList;
-use microseg_controller::client::encode;
-use serde_json::Value;
+use microseg_controller::api_types::FlowPage;
+use microseg_controller::client::{encode, Client};
+use microseg_flowstore::{FilterError, FlowFilter, FlowRecord, Timestamp, DEFAULT_LIMIT};
 
-use super::{call, client, ClientArgs, CommandError, TlsArgs};
+use super::{call, client, ClientArgs, CommandError};
 
 /// What `flows --server` asks the controller for.
 pub struct RemoteFlows {
-    pub server: String,
-    pub token_file: Option<PathBuf>,
-    pub tls: TlsArgs,
-    pub verdict: Option<String>,
-    pub workload: Option<String>,
-    pub since_s: Option<f64>,
-    /// The most recent this many.
-    pub limit: Option<usize>,
+    pub client: ClientArgs,
+    /// The filters as query parameters, by the names `GET /v1/flows` takes (the flags'
+    /// names too).
+    pub params: Vec<(&'static str, String)>,
 }
 
-/// Recent flows the controller collected from its agents, filtered like the agent's,
-/// oldest first.
-pub fn remote_flows(q: RemoteFlows) -> Result<Vec<Value>, CommandError> {
-    let c = ClientArgs {
-        server: q.server,
-        token_file: q.token_file,
-        tls: q.tls,
-    };
-    let mut params = Vec::new();
-    if let Some(v) = &q.verdict {
-        params.push(format!("verdict={}", encode(v)));
+/// Checks the filters as the controller's store will, so that a bad value fails before
+/// any request: the error names the parameter, which is also the flag.
+pub fn check_filters(params: &[(&'static str, String)]) -> Result<(), FilterError> {
+    let pairs = params.iter().map(|(k, v)| (*k, v.as_str()));
+    FlowFilter::from_params(pairs, Timestamp::now()).map(|_| ())
+}
+
+/// Longest pause between attempts while following a controller that fails.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_secs(1);
+
+/// The query's records, oldest first, each given to `each`; with `follow`, then every
+/// record stored after them that matches, as it comes, until the reader of stdout goes
+/// away. While following, a failure that may pass (unreachable, 5xx) is reported on
+/// stderr and retried; a refusal (4xx) ends the command.
+pub fn remote_flows(
+    q: &RemoteFlows,
+    follow: bool,
+    mut each: impl FnMut(&FlowRecord),
+) -> Result<(), CommandError> {
+    let cl = client(&q.client)?;
+    let page = fetch(&cl, &q.params, None)?;
+    page.items.iter().for_each(&mut each);
+    if !follow {
+        return Ok(());
     }
-    if let Some(w) = &q.workload {
-        params.push(format!("workload={}", encode(w)));
+    // The first query's limit bounds the backlog only; pages after the cursor have the
+    // default size, and a full one is followed at once by the next.
+    let params: Vec<_> = q
+        .params
+        .iter()
+        .filter(|(k, _)| *k != "limit")
+        .cloned()
+        .collect();
+    let mut cursor = page.cursor;
+    let mut backoff = POLL;
+    let mut full = false;
+    loop {
+        if !full && !pause_unless_reader_gone(backoff) {
+            return Ok(());
+        }
+        match fetch(&cl, &params, Some(&cursor)) {
+            Ok(page) => {
+                if backoff != POLL {
+                    eprintln!("following again");
+                    backoff = POLL;
+                }
+                page.items.iter().for_each(&mut each);
+                full = page.items.len() >= DEFAULT_LIMIT;
+                cursor = page.cursor;
+            }
+            Err(e) if e.exit_code() == 2 => return Err(e),
+            Err(e) => {
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                full = false;
+                eprintln!("{} (retrying in {} s)", e.report(), backoff.as_secs());
+            }
+        }
     }
-    if let Some(s) = q.since_s {
-        params.push(format!("since={s}"));
+}
+
+fn fetch(
+    cl: &Client,
+    params: &[(&'static str, String)],
+    after: Option<&str>,
+) -> Result<FlowPage, CommandError> {
+    let mut query: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("{k}={}", encode(v)))
+        .collect();
+    if let Some(c) = after {
+        query.push(format!("after={}", encode(c)));
     }
-    if let Some(l) = q.limit {
-        params.push(format!("limit={l}"));
-    }
-    let path = if params.is_empty() {
+    let path = if query.is_empty() {
         "/v1/flows".to_string()
     } else {
-        format!("/v1/flows?{}", params.join("&"))
+        format!("/v1/flows?{}", query.join("&"))
     };
-    let flows: FlowList = call(&client(&c)?, "GET", &path, None)?;
-    Ok(flows.items)
+    call(cl, "GET", &path, None)
+}
+
+/// Waits `d`; false when stdout's reader has gone meanwhile (a closed pipe), which a
+/// follow that has nothing new to write would otherwise never notice.
+fn pause_unless_reader_gone(d: Duration) -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDOUT_FILENO,
+        // None asked for: poll reports only an error, a hang-up or a bad descriptor.
+        events: 0,
+        revents: 0,
+    };
+    let timeout = d.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd, for the duration of the call.
+    let n = unsafe { libc::poll(&mut fd, 1, timeout) };
+    if n > 0 && fd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+        return false;
+    }
+    if n < 0 {
+        // Interrupted: the pause may be short, which is harmless.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+        pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+    }
+
+    #[test]
+    fn filters_are_checked_by_the_stores_rules() {
+        let ok = params(&[
+            ("since", "1h"),
+            ("until", "2099-01-01T00:00:00Z"),
+            ("verdict", "deny"),
+            ("from", "app=web,!legacy"),
+            ("port", "5432"),
+            ("protocol", "udp"),
+            ("limit", "5"),
+        ]);
+        assert_eq!(check_filters(&ok), Ok(()));
+        let e = check_filters(&params(&[("verdict", "maybe")])).unwrap_err();
+        assert_eq!(e.field, "verdict");
+        assert_eq!(e.message, "\"maybe\": one of allow, deny, log, audit");
+        for (k, v) in [
+            ("since", "yesterday"),
+            ("port", "65536"),
+            ("protocol", "tcpx"),
+            ("to", "a=b c"),
+            ("limit", "0"),
+            ("direction", "sideways"),
+        ] {
+            assert_eq!(check_filters(&params(&[(k, v)])).unwrap_err().field, k);
+        }
+    }
 }
