@@ -6,10 +6,12 @@
 //!   gone with it.
 //! - [`eventually`]: a bounded poll whose error says what was last seen.
 //! - [`free_port`], [`TempDir`], [`Postgres`] (initdb'd in a temp dir, on a free
-//!   loopback port, stopped on drop).
+//!   loopback port, stopped on drop), [`ClickHouse`] (its own config and data in a temp
+//!   dir, killed on drop).
 //!
 //! Most of it needs root (namespaces, links, PostgreSQL run as its own user).
 
+mod clickhouse;
 mod command;
 mod netns;
 mod poll;
@@ -17,6 +19,7 @@ mod postgres;
 mod private_netns;
 mod temp;
 
+pub use clickhouse::ClickHouse;
 pub use command::{ip, sh, succeeded, unique_name};
 pub use netns::{in_netns, ns_command, NetNs, Veth};
 pub use poll::{eventually, eventually_every, Probe, TimedOut};
