@@ -260,9 +260,14 @@ async fn flow_store(opts: &Options) -> Result<(String, Option<FlowStoreBox>), Co
         Some(u) => u.clone(),
         None => opts.state_dir.join("flows.db").display().to_string(),
     };
-    // The URL is checked before any connection is tried, so this answers at once for
-    // a malformed one; anything else is the background opener's to retry.
-    let first = tokio::time::timeout(Duration::from_millis(200), microseg_flowstore::open(&url));
+    // The URL is checked before any connection is tried, so this answers at once for a
+    // malformed one; a server that does not answer soon is the background opener's.
+    // A SQLite file is opened here, so that flows are served from the first request.
+    let wait = match flow_ingest::backend_of(&url) {
+        "sqlite" => Duration::MAX,
+        _ => Duration::from_secs(2),
+    };
+    let first = tokio::time::timeout(wait, microseg_flowstore::open(&url));
     match first.await {
         Ok(Err(e @ microseg_flowstore::Error::BadUrl { .. })) => Err(InputError::FlowDb {
             reason: flow_ingest::chain(&e),

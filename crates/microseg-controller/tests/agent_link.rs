@@ -260,29 +260,36 @@ fn sync_streams_full_state_then_deltas_and_acks_show_in_nodes() {
         assert!(deleted);
         assert_eq!(get(&c, "/v1/workloads/web").status, 404);
 
-        // Flows, batched up a client stream, then filtered.
+        // Flows as older agents upload them (JSON), batched up a client stream.
         let batches = vec![
             FlowBatch {
                 node: "node-a".into(),
                 flows_json: vec![
-                    r#"{"workload":"web","verdict":"allow","dst_port":80}"#.into(),
-                    r#"{"workload":"web","verdict":"deny","dst_port":22}"#.into(),
+                    legacy_flow("web", "allow", 80),
+                    legacy_flow("web", "deny", 22),
                     "not json".into(),
                 ],
+                ..FlowBatch::default()
             },
             FlowBatch {
                 node: "node-b".into(),
-                flows_json: vec![r#"{"workload":"db","verdict":"deny","node":"node-b"}"#.into()],
+                flows_json: vec![legacy_flow("db", "deny", 5432)],
+                ..FlowBatch::default()
             },
         ];
         let r = a.upload_flows(tokio_stream::iter(batches)).await.unwrap();
         assert_eq!(r.into_inner().accepted, 3);
     });
+    let status = stored(&c, 3);
+    assert_eq!(
+        (status["received"].as_u64(), status["rejected"].as_u64()),
+        (Some(4), Some(1))
+    );
     let f = get(&c, "/v1/flows?verdict=deny");
     let items = f.body["items"].as_array().unwrap();
     assert_eq!(items.len(), 2);
     assert_eq!(items[0]["node"], "node-a");
-    let f = get(&c, "/v1/flows?workload=web&since=1m");
+    let f = get(&c, "/v1/flows?workload=web&node=node-a");
     assert_eq!(f.body["items"].as_array().unwrap().len(), 2);
     assert_eq!(get(&c, "/v1/flows?since=bogus").status, 400);
 }
@@ -382,7 +389,8 @@ fn a_node_token_speaks_for_its_node_only() {
         assert_eq!(e.code(), Code::PermissionDenied);
         let batch = |node: &str| FlowBatch {
             node: node.into(),
-            flows_json: vec![r#"{"workload":"web","verdict":"allow"}"#.into()],
+            flows_json: vec![legacy_flow("web", "allow", 80)],
+            ..FlowBatch::default()
         };
         let r = a
             .upload_flows(tokio_stream::iter(vec![batch("node-a")]))

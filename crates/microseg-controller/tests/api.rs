@@ -235,6 +235,8 @@ fn openapi_document_is_served_and_lists_every_endpoint() {
         ("/v1/workloads/{name}/labels", &["put"]),
         ("/v1/nodes", &["get"]),
         ("/v1/flows", &["get"]),
+        ("/v1/flows/edges", &["get"]),
+        ("/v1/flows/status", &["get"]),
         ("/v1/openapi.json", &["get"]),
     ] {
         for m in methods {
@@ -243,7 +245,7 @@ fn openapi_document_is_served_and_lists_every_endpoint() {
     }
     assert_eq!(
         paths.len(),
-        11,
+        13,
         "no undocumented extras: {:?}",
         paths.keys().collect::<Vec<_>>()
     );

@@ -94,11 +94,18 @@ fn every_flow_filter_is_checked() {
             "verdict=bogus",
             &["verdict", "bogus", "allow, deny, log, audit"][..],
         ),
-        ("direction=sideways", &["direction", "ingress, egress"]),
+        ("direction=sideways", &["direction", "ingress or egress"]),
         ("protocol=tcpx", &["protocol", "tcpx"]),
         ("since=soon", &["since", "soon"]),
         ("limit=-1", &["limit", "-1"]),
         ("verdic=deny", &["verdic"]),
+        ("port=http", &["port", "http"]),
+        ("from=app==", &["from"]),
+        (
+            "until=2000-01-01T00:00:00Z&since=1h",
+            &["until", "before since"],
+        ),
+        ("after=-3", &["after", "-3"]),
     ] {
         let r = get(&c, &format!("/v1/flows?{query}"));
         assert_eq!(r.status, 400, "{query}: {:?}", r.body);
@@ -109,9 +116,14 @@ fn every_flow_filter_is_checked() {
     }
     let r = get(
         &c,
-        "/v1/flows?verdict=DENY&direction=ingress&protocol=6&since=5m&limit=10",
+        "/v1/flows?verdict=deny&direction=ingress&protocol=6&since=5m&limit=10",
     );
-    assert_eq!((r.status, &r.body), (200, &json!({"items": []})));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["items"], json!([]));
+    assert!(r.body["cursor"].is_string(), "{:?}", r.body);
+    let r = get(&c, "/v1/flows/edges?since=tomorrow");
+    assert_eq!(r.status, 400);
+    assert!(r.error_text().contains("since"), "{}", r.error_text());
 }
 
 #[test]

@@ -222,3 +222,33 @@ pub fn annotation_revision(v: &Value) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// A flow as agents before the structured `Flow` upload it: the JSON of
+/// `microseg flows -o json`.
+pub fn legacy_flow(workload: &str, verdict: &str, dst_port: u16) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    serde_json::json!({
+        "time": microseg_common::time::rfc3339(now), "node": "any", "workload": workload,
+        "direction": "egress", "src_ip": "10.0.0.1", "dst_ip": "10.0.0.2",
+        "src_port": 40000, "dst_port": dst_port, "protocol": "TCP", "verdict": verdict,
+        "policy": null, "rule": null, "audit_verdict": null, "audit_policy": null,
+        "packets": 1, "bytes": 60, "event": "new"
+    })
+    .to_string()
+}
+
+/// `GET /v1/flows/status` once at least `n` records are stored (10 s at most).
+pub fn stored(c: &Client, n: u64) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..200 {
+        last = get(c, "/v1/flows/status").body;
+        if last["stored"].as_u64() >= Some(n) {
+            return last;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{n} flow records not stored within 10 s: {last}");
+}
