@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use clap::Args;
 use microseg_agent::api::{request, Request, RequestError};
 use microseg_agent::flows::FlowFilter;
-use microseg_flowstore::{FilterError, FlowRecord, Timestamp};
+use microseg_flowstore::{FilterError, Timestamp};
 use serde_json::Value;
 
+use crate::client::endpoint;
 use crate::client::output::{esc, Report};
 use crate::client::CommandError;
 
@@ -230,15 +231,6 @@ fn s(v: &Value, k: &str) -> String {
     esc(&cell).into_owned()
 }
 
-/// An address and port as a table shows them: `[fd10::20]:80` for IPv6.
-fn endpoint(ip: &str, port: &str) -> String {
-    if ip.contains(':') {
-        format!("[{ip}]:{port}")
-    } else {
-        format!("{ip}:{port}")
-    }
-}
-
 /// "src:port -> dst:port" of a flow or session object.
 fn flow_text(r: &Value) -> String {
     let src = endpoint(&s(r, "src_ip"), &s(r, "src_port"));
@@ -377,63 +369,18 @@ fn server_flows(f: &FlowArgs, server: &str) -> ExitCode {
         params,
     };
     let json = f.view.output == Report::Json;
-    let mut table = Table::new(record_header());
+    let mut table = Table::new(crate::client::record_header());
     let r = crate::client::remote_flows(&q, f.follow, |r| {
         if json {
             outln!("{}", serde_json::to_string(r).unwrap_or_default());
         } else {
-            table.row(&record_line(r));
+            table.row(&crate::client::record_line(r));
         }
     });
     if r.is_ok() && !json {
         table.head();
     }
     finish(r.map_err(ViewError::from))
-}
-
-fn record_header() -> String {
-    format!(
-        "{:<27} {:<12} {:<12} {:<7} {:<44} {:<6} {:<7} {:<20} {:>8} {:>10} END",
-        "TIME",
-        "NODE",
-        "WORKLOAD",
-        "DIR",
-        "SOURCE -> DESTINATION",
-        "PROTO",
-        "VERDICT",
-        "POLICY/RULE",
-        "PACKETS",
-        "BYTES"
-    )
-}
-
-/// One stored record as a table row; every text from the controller escaped.
-fn record_line(r: &FlowRecord) -> String {
-    let text = |s: &str| esc(s).into_owned();
-    let mut policy = r.policy.as_deref().map_or("-".into(), text);
-    if let Some(rule) = r.rule {
-        policy = format!("{policy}[{rule}]");
-    }
-    if let Some(v) = &r.audit_verdict {
-        let p = r.audit_policy.as_deref().map_or("-".into(), text);
-        policy = format!("{policy} (audit: {} {p})", text(v));
-    }
-    let src = endpoint(&text(&r.src_ip), &r.src_port.to_string());
-    let dst = endpoint(&text(&r.dst_ip), &r.dst_port.to_string());
-    let end = r.end.map_or("open".into(), |t| t.to_string());
-    format!(
-        "{:<27} {:<12} {:<12} {:<7} {:<44} {:<6} {:<7} {:<20} {:>8} {:>10} {end}",
-        r.time.to_string(),
-        text(&r.node),
-        text(&r.workload),
-        r.direction.as_str(),
-        format!("{src} -> {dst}"),
-        r.protocol.to_string(),
-        r.verdict.as_str(),
-        policy,
-        r.packets,
-        r.bytes,
-    )
 }
 
 pub fn sessions(v: &ViewArgs) -> ExitCode {
@@ -469,7 +416,7 @@ pub fn sessions(v: &ViewArgs) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::{flow_line, flow_text, record_line, since_seconds};
+    use super::{flow_line, flow_text, since_seconds};
 
     #[test]
     fn flow_lines_bracket_ipv6_and_escape_what_the_agent_sent() {
@@ -495,29 +442,5 @@ mod tests {
         assert!(since_seconds("5x").is_err());
         let age = since_seconds("2000-01-01T00:00:00Z").unwrap();
         assert!(age > 20.0 * 365.0 * 86_400.0, "{age}");
-    }
-
-    #[test]
-    fn record_rows_say_open_bracket_ipv6_and_escape_the_controllers_text() {
-        let text = r#"{"time":"2026-12-07T10:00:00.000000Z","node":"n\u001b[2J1","workload":"web-1",
-            "direction":"egress","src_ip":"fd19::10","dst_ip":"fd19::20","src_port":40000,
-            "dst_port":5432,"protocol":"TCP","verdict":"deny","policy":"db\nFAKE","rule":2,
-            "audit_verdict":null,"audit_policy":null,"packets":3,"bytes":180,
-            "src_workload":"web-1","dst_workload":null,"src_labels":{"app":"web"},
-            "dst_labels":{},"start":"2026-12-07T09:59:59.500000Z","end":null}"#;
-        let mut r: microseg_flowstore::FlowRecord = serde_json::from_str(text).unwrap();
-        let line = record_line(&r);
-        assert!(!line.contains('\x1b') && !line.contains('\n'), "{line:?}");
-        assert!(
-            line.contains("n\\x1b[2J1") && line.contains("db\\nFAKE[2]"),
-            "{line}"
-        );
-        assert!(
-            line.contains("[fd19::10]:40000 -> [fd19::20]:5432"),
-            "{line}"
-        );
-        assert!(line.ends_with(" open"), "{line}");
-        r.end = Some(r.time);
-        assert!(record_line(&r).ends_with(" 2026-12-07T10:00:00.000000Z"));
     }
 }

@@ -1,5 +1,5 @@
 //! `microseg flows --server`: the flow records the controller stores, queried and followed
-//! with the store's filters (docs/FLOWS.md "Queries").
+//! with the store's filters (docs/FLOWS.md "Queries"), and their table rows.
 
 use std::time::Duration;
 
@@ -7,6 +7,7 @@ use microseg_controller::api_types::FlowPage;
 use microseg_controller::client::{encode, Client};
 use microseg_flowstore::{FilterError, FlowFilter, FlowRecord, Timestamp, DEFAULT_LIMIT};
 
+use super::output::esc;
 use super::{call, client, ClientArgs, CommandError};
 
 /// What `flows --server` asks the controller for.
@@ -120,6 +121,61 @@ fn pause_unless_reader_gone(d: Duration) -> bool {
     true
 }
 
+/// An address and port as a table shows them: `[fd10::20]:80` for IPv6.
+pub fn endpoint(ip: &str, port: &str) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+/// The header of [`record_line`]'s table.
+pub fn record_header() -> String {
+    format!(
+        "{:<27} {:<12} {:<12} {:<7} {:<44} {:<6} {:<7} {:<20} {:>8} {:>10} END",
+        "TIME",
+        "NODE",
+        "WORKLOAD",
+        "DIR",
+        "SOURCE -> DESTINATION",
+        "PROTO",
+        "VERDICT",
+        "POLICY/RULE",
+        "PACKETS",
+        "BYTES"
+    )
+}
+
+/// One stored record as a table row; every text from the controller escaped.
+pub fn record_line(r: &FlowRecord) -> String {
+    let text = |s: &str| esc(s).into_owned();
+    let mut policy = r.policy.as_deref().map_or("-".into(), text);
+    if let Some(rule) = r.rule {
+        policy = format!("{policy}[{rule}]");
+    }
+    if let Some(v) = &r.audit_verdict {
+        let p = r.audit_policy.as_deref().map_or("-".into(), text);
+        policy = format!("{policy} (audit: {} {p})", text(v));
+    }
+    let src = endpoint(&text(&r.src_ip), &r.src_port.to_string());
+    let dst = endpoint(&text(&r.dst_ip), &r.dst_port.to_string());
+    let end = r.end.map_or("open".into(), |t| t.to_string());
+    format!(
+        "{:<27} {:<12} {:<12} {:<7} {:<44} {:<6} {:<7} {:<20} {:>8} {:>10} {end}",
+        r.time.to_string(),
+        text(&r.node),
+        text(&r.workload),
+        r.direction.as_str(),
+        format!("{src} -> {dst}"),
+        r.protocol.to_string(),
+        r.verdict.as_str(),
+        policy,
+        r.packets,
+        r.bytes,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +209,29 @@ mod tests {
         ] {
             assert_eq!(check_filters(&params(&[(k, v)])).unwrap_err().field, k);
         }
+    }
+
+    #[test]
+    fn record_rows_say_open_bracket_ipv6_and_escape_the_controllers_text() {
+        let text = r#"{"time":"2026-12-07T10:00:00.000000Z","node":"n\u001b[2J1","workload":"web-1",
+            "direction":"egress","src_ip":"fd19::10","dst_ip":"fd19::20","src_port":40000,
+            "dst_port":5432,"protocol":"TCP","verdict":"deny","policy":"db\nFAKE","rule":2,
+            "audit_verdict":null,"audit_policy":null,"packets":3,"bytes":180,
+            "src_workload":"web-1","dst_workload":null,"src_labels":{"app":"web"},
+            "dst_labels":{},"start":"2026-12-07T09:59:59.500000Z","end":null}"#;
+        let mut r: microseg_flowstore::FlowRecord = serde_json::from_str(text).unwrap();
+        let line = record_line(&r);
+        assert!(!line.contains('\x1b') && !line.contains('\n'), "{line:?}");
+        assert!(
+            line.contains("n\\x1b[2J1") && line.contains("db\\nFAKE[2]"),
+            "{line}"
+        );
+        assert!(
+            line.contains("[fd19::10]:40000 -> [fd19::20]:5432"),
+            "{line}"
+        );
+        assert!(line.ends_with(" open"), "{line}");
+        r.end = Some(r.time);
+        assert!(record_line(&r).ends_with(" 2026-12-07T10:00:00.000000Z"));
     }
 }
