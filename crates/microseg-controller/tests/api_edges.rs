@@ -100,7 +100,7 @@ fn every_flow_filter_is_checked() {
         ("limit=-1", &["limit", "-1"]),
         ("verdic=deny", &["verdic"]),
         ("port=http", &["port", "http"]),
-        ("from=app==", &["from"]),
+        ("from=app=we%20b", &["from", "we b"]),
         (
             "until=2000-01-01T00:00:00Z&since=1h",
             &["until", "before since"],
