@@ -58,7 +58,7 @@ enum Command {
     },
     /// Data-plane counters from the local agent.
     Stats(views::ViewArgs),
-    /// Recent flows from the local agent.
+    /// Recent flows from the local agent, or with --server the flow records of every node.
     Flows(views::FlowArgs),
     /// The session table.
     Sessions(views::ViewArgs),
