@@ -20,8 +20,9 @@ fn now_us() -> i64 {
         .as_micros() as i64
 }
 
+/// As the store writes it (exact to the microsecond, unlike a float of seconds).
 fn rfc3339(us: i64) -> String {
-    microseg_common::time::rfc3339(us as f64 / 1e6)
+    microseg_flowstore::Timestamp(us).to_string()
 }
 
 /// Uploads one batch per (node, flows, dropped_total) up one stream with the
@@ -210,7 +211,11 @@ fn uploaded_flows_are_stored_named_filtered_and_kept_across_a_restart() {
     for (query, want) in [
         (format!("?since={mid}"), vec![53, 8080]),
         (format!("?until={mid}"), vec![5432, 5432]),
-        ("?since=45s".into(), vec![5432, 53, 8080]),
+        // An age: 45 s before `base`, however long the test took to get here.
+        (
+            format!("?since={}s", 46 + (now_us() - base) / 1_000_000),
+            vec![5432, 53, 8080],
+        ),
         ("?verdict=deny".into(), vec![53]),
         ("?direction=ingress".into(), vec![5432]),
         ("?workload=db".into(), vec![5432, 5432, 8080]),
