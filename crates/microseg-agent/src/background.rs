@@ -1,11 +1,11 @@
 //! The agent's background work, each a task of its own and a client of the state owner:
-//! reading flow events, expiring idle sessions, catching the standby slot up.
+//! reading flow events, catching the standby slot up (the session table's walk is
+//! [`crate::export`]).
 
 use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
 use microseg_common::FlowEvent;
-use microseg_dataplane::sessions::{end_events, idle, monotonic_ns, Timeouts};
 
 use crate::flows::{Clock, Names};
 use crate::handle::DataPlaneHandle;
@@ -41,8 +41,8 @@ pub async fn read_events(mut rb: RingBuf<MapData>, state: DataPlaneHandle) {
     }
 }
 
-/// Names `events` with the view in force and adds them to the flow log.
-fn keep_flows(state: &DataPlaneHandle, events: impl Iterator<Item = FlowEvent>) {
+/// Names `events` with the view in force and adds their flows to the flow log.
+pub(crate) fn keep_flows(state: &DataPlaneHandle, events: impl Iterator<Item = FlowEvent>) {
     let clock = Clock::now();
     let view = state.view();
     let names = Names {
@@ -51,38 +51,10 @@ fn keep_flows(state: &DataPlaneHandle, events: impl Iterator<Item = FlowEvent>) 
     };
     let mut log = state.flows();
     for e in events {
-        log.push(names.flow(&e, &clock));
-    }
-}
-
-/// Every `interval`, removes the sessions idle by then.
-pub async fn expire_sessions(interval: Duration, state: DataPlaneHandle) {
-    let mut tick = tokio::time::interval(interval);
-    loop {
-        tick.tick().await;
-        expire_idle(&state, &Timeouts::default(), monotonic_ns()).await;
-    }
-}
-
-/// Removes the sessions idle at `now_ns` (on the kernel's monotonic clock) past their
-/// timeout, reporting each as an ended flow.
-pub async fn expire_idle(state: &DataPlaneHandle, timeouts: &Timeouts, now_ns: u64) -> usize {
-    let expired = idle(state.sessions().await, timeouts, now_ns);
-    if expired.is_empty() {
-        return 0;
-    }
-    let keys = expired.iter().map(|(k, _)| *k).collect();
-    match state.remove_sessions(keys).await {
-        Some(Ok(_)) => {}
-        Some(Err(e)) => {
-            tracing::warn!(error = %e, "session expiry failed");
-            return 0;
+        for flow in names.flows(&e, &clock) {
+            log.push(flow);
         }
-        None => return 0, // the owner has stopped: the agent is ending
     }
-    let ended = expired.iter().flat_map(|(k, s)| end_events(k, s));
-    keep_flows(state, ended);
-    expired.len()
 }
 
 /// After an update the standby slot lacks that update's changes: it is caught up once, a

@@ -30,7 +30,8 @@ pub struct FlowRecord {
     pub audit_policy: Option<String>,
     pub packets: u64,
     pub bytes: u64,
-    /// What the record reports: `new` (first packet or re-judged), `deny`, `log`, `end`.
+    /// What the record reports: `new` (first packet or re-judged), `deny`, `log`, `audit`,
+    /// `active` (a lasting connection, reported again), `end`.
     pub event: String,
     /// Seconds since the Unix epoch, for filtering by age.
     #[serde(skip)]
@@ -65,6 +66,7 @@ fn event_name(kind: u8, verdict: u8) -> &'static str {
         event_kind::DENY => "deny",
         event_kind::LOG => "log",
         event_kind::END => "end",
+        event_kind::ACTIVE => "active",
         _ => "unknown",
     }
 }
@@ -109,13 +111,26 @@ impl Names<'_> {
         }
     }
 
-    /// The event with the names it has now. Nothing is formatted here: the agent keeps
-    /// tens of thousands of flows a second, and most are never looked at.
-    pub fn flow(&self, e: &FlowEvent, clock: &Clock) -> Flow {
+    /// The event's flows with the names they have now: one, or for a report of a whole
+    /// connection (`END`, `ACTIVE`) one per local leg. Nothing is formatted here: the agent
+    /// keeps tens of thousands of flows a second, and most are never looked at.
+    pub fn flows(&self, e: &FlowEvent, clock: &Clock) -> impl Iterator<Item = Flow> {
+        let whole = matches!(e.kind, event_kind::END | event_kind::ACTIVE);
+        let other = (whole && e.other.ifindex != 0).then(|| other_leg(e));
+        [
+            Some(self.flow(e, clock)),
+            other.map(|o| self.flow(&o, clock)),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    fn flow(&self, e: &FlowEvent, clock: &Clock) -> Flow {
         let audit = verdict_name(e.audit_verdict).is_some() && e.audit_rule_id != RULE_NONE;
         Flow {
             event: *e,
             unix_time: clock.wall(e.time_ns),
+            start_time: clock.wall(e.start_ns),
             workload: self.endpoints.get(&e.ifindex).cloned(),
             policy: self.policy(e.rule_id),
             rule: self.rules.get(&e.rule_id).map(|r| r.index),
@@ -125,6 +140,30 @@ impl Names<'_> {
                 None
             },
         }
+    }
+}
+
+/// The event as its other leg tells it: that leg's interface, direction and judgement.
+fn other_leg(e: &FlowEvent) -> FlowEvent {
+    let o = e.other;
+    FlowEvent {
+        ifindex: o.ifindex,
+        rule_id: o.rule_id,
+        audit_rule_id: o.audit_rule_id,
+        peer_identity: o.peer_identity,
+        verdict: o.verdict,
+        audit_verdict: o.audit_verdict,
+        direction: e.direction ^ 1,
+        other: microseg_common::EventLeg {
+            ifindex: e.ifindex,
+            rule_id: e.rule_id,
+            audit_rule_id: e.audit_rule_id,
+            peer_identity: e.peer_identity,
+            verdict: e.verdict,
+            audit_verdict: e.audit_verdict,
+            _pad: [0; 2],
+        },
+        ..*e
     }
 }
 
@@ -139,6 +178,8 @@ fn default_deny() -> Arc<str> {
 pub struct Flow {
     event: FlowEvent,
     unix_time: f64,
+    /// When the connection began, seconds since the epoch.
+    start_time: f64,
     workload: Option<Arc<str>>,
     policy: Option<Arc<str>>,
     rule: Option<u32>,
@@ -152,16 +193,8 @@ impl Flow {
         FlowRecord {
             time: rfc3339(self.unix_time),
             node: node.to_string(),
-            workload: match &self.workload {
-                Some(w) => w.to_string(),
-                None => format!("ifindex-{}", e.ifindex),
-            },
-            direction: if e.direction == microseg_common::direction::EGRESS {
-                "egress"
-            } else {
-                "ingress"
-            }
-            .into(),
+            workload: self.workload_name(),
+            direction: direction_name(e.direction).into(),
             src_ip: words_addr(e.src_addr).to_string(),
             dst_ip: words_addr(e.dst_addr).to_string(),
             src_port: e.src_port,
@@ -180,10 +213,101 @@ impl Flow {
     }
 }
 
-/// The most recent flows, bounded, with a feed for followers.
+impl Flow {
+    /// The flow as the agent link carries it to the controller (which adds the names and
+    /// labels of both ends).
+    pub fn to_proto(&self) -> microseg_proto::v1::Flow {
+        let e = &self.event;
+        let micros = |t: f64| (t * 1e6).round() as i64;
+        microseg_proto::v1::Flow {
+            time_us: micros(self.unix_time),
+            start_us: micros(self.start_time.min(self.unix_time)),
+            end_us: (e.kind == event_kind::END).then(|| micros(self.unix_time)),
+            workload: self.workload_name(),
+            direction: direction_name(e.direction).into(),
+            src_ip: words_addr(e.src_addr).to_string(),
+            dst_ip: words_addr(e.dst_addr).to_string(),
+            src_port: e.src_port.into(),
+            dst_port: e.dst_port.into(),
+            protocol: e.protocol.into(),
+            verdict: verdict_name(e.verdict).unwrap_or("allow").into(),
+            policy: self.policy.as_deref().map(str::to_string),
+            rule: self.rule,
+            audit_verdict: verdict_name(e.audit_verdict).map(str::to_string),
+            audit_policy: self.audit_policy.as_deref().map(str::to_string),
+            packets: e.packets,
+            bytes: e.bytes,
+        }
+    }
+
+    fn workload_name(&self) -> String {
+        match &self.workload {
+            Some(w) => w.to_string(),
+            None => format!("ifindex-{}", self.event.ifindex),
+        }
+    }
+}
+
+fn direction_name(d: u8) -> &'static str {
+    if d == microseg_common::direction::EGRESS {
+        "egress"
+    } else {
+        "ingress"
+    }
+}
+
+/// Flows waiting to go to the controller, oldest first. Bounded: while the link is down
+/// or the controller slow, what does not fit is dropped and counted, and the backlog goes
+/// out once the link is back.
+pub struct UploadQueue {
+    waiting: VecDeque<Flow>,
+    capacity: usize,
+    dropped: u64,
+}
+
+impl UploadQueue {
+    pub fn new(capacity: usize) -> UploadQueue {
+        UploadQueue {
+            waiting: VecDeque::new(),
+            capacity: capacity.max(1),
+            dropped: 0,
+        }
+    }
+
+    fn push(&mut self, f: &Flow) {
+        if self.waiting.len() < self.capacity {
+            self.waiting.push_back(f.clone());
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// The oldest `max` waiting, to send; they stay until [`UploadQueue::sent`].
+    pub fn batch(&self, max: usize) -> Vec<microseg_proto::v1::Flow> {
+        self.waiting.iter().take(max).map(Flow::to_proto).collect()
+    }
+
+    /// The oldest `n` reached the controller.
+    pub fn sent(&mut self, n: usize) {
+        self.waiting.drain(..n.min(self.waiting.len()));
+    }
+
+    pub fn backlog(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Dropped since the agent started because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
+/// The most recent flows, bounded, with a feed for followers and, for a managed agent,
+/// the queue of flows to upload.
 pub struct FlowLog {
     recent: VecDeque<Flow>,
     capacity: usize,
+    upload: Option<UploadQueue>,
     /// Reported in every record.
     node: String,
     feed: broadcast::Sender<FlowRecord>,
@@ -194,12 +318,26 @@ impl FlowLog {
         FlowLog {
             recent: VecDeque::with_capacity(capacity.min(65_536)),
             capacity: capacity.max(1),
+            upload: None,
             node: node.to_string(),
             feed: broadcast::channel(4096).0,
         }
     }
 
+    /// From now on every flow is also queued for the controller.
+    pub fn upload_to_controller(&mut self, capacity: usize) {
+        self.upload
+            .get_or_insert_with(|| UploadQueue::new(capacity));
+    }
+
+    pub fn upload(&mut self) -> Option<&mut UploadQueue> {
+        self.upload.as_mut()
+    }
+
     pub fn push(&mut self, f: Flow) {
+        if let Some(q) = &mut self.upload {
+            q.push(&f);
+        }
         if self.recent.len() == self.capacity {
             self.recent.pop_front();
         }

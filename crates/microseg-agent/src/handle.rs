@@ -133,6 +133,18 @@ impl DataPlaneHandle {
         let _ = self.commands.send(Command::CatchUpStandby);
     }
 
+    /// Turns the kernel's start reports of allowed connections on or off, in order with
+    /// the owner's other changes to the configuration.
+    pub fn set_report_start(&self, on: bool) {
+        let _ = self.commands.send(Command::SetReportStart(on));
+    }
+
+    /// The kernel's counters alone (no walk of the session table).
+    pub async fn kernel_stats(&self) -> microseg_dataplane::Result<Stats> {
+        let counters = self.counters.clone();
+        blocking(move || counters.kernel_stats()).await
+    }
+
     /// Told after every apply (the standby slot then lacks its changes).
     pub fn standby_behind(&self) -> &Notify {
         &self.standby_behind
@@ -188,7 +200,7 @@ impl Counters {
         })
     }
 
-    fn read(&self, view: Arc<View>) -> microseg_dataplane::Result<StatsReading> {
+    fn kernel_stats(&self) -> microseg_dataplane::Result<Stats> {
         let per_cpu =
             self.stats
                 .get(&0, 0)
@@ -200,6 +212,11 @@ impl Counters {
         for s in per_cpu.iter() {
             stats.add(s);
         }
+        Ok(stats)
+    }
+
+    fn read(&self, view: Arc<View>) -> microseg_dataplane::Result<StatsReading> {
+        let stats = self.kernel_stats()?;
         let session_legs = self
             .sessions
             .sessions()

@@ -12,6 +12,7 @@ pub mod api;
 mod background;
 pub mod discovery;
 mod error;
+pub mod export;
 mod files;
 pub mod flows;
 mod handle;

@@ -19,7 +19,6 @@ use microseg_proto::v1::{
     SyncRequest, WorkloadReport,
 };
 use microseg_proto::MAX_MESSAGE_BYTES;
-use tokio::sync::broadcast::error::TryRecvError;
 use tonic::codegen::tokio_stream;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -27,7 +26,6 @@ use tonic::transport::Channel;
 
 use crate::discovery::{discover, read_labels, Discovered};
 use crate::error::EnforceError;
-use crate::flows::FlowRecord;
 use crate::handle::DataPlaneHandle;
 use crate::reconcile::Enforced;
 use crate::AgentOptions;
@@ -191,6 +189,7 @@ impl Received {
 
 /// Runs the link until the process stops.
 pub async fn run(link: ControllerLink, opts: AgentOptions, state: DataPlaneHandle) {
+    state.flows().upload_to_controller(opts.flow_upload_buffer);
     let mut desired = Desired::default();
     let mut backoff = Duration::from_millis(250);
     loop {
@@ -309,8 +308,9 @@ async fn session(
         node = opts.node,
         "connected to the controller"
     );
-    let mut flows = state.flows().subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let upload = upload_flows(client.clone(), opts.node.clone(), state.clone());
+    tokio::pin!(upload);
     let mut parts = Joiner::default();
     loop {
         tokio::select! {
@@ -353,16 +353,44 @@ async fn session(
                         .await
                         .map_err(call("reporting workloads"))?;
                 }
-                let batch = drain(&mut flows);
-                if !batch.is_empty() {
-                    let flows_json = batch.iter().filter_map(|r| serde_json::to_string(r).ok()).collect();
-                    let msg = FlowBatch { node: opts.node.clone(), flows_json };
-                    client
-                        .upload_flows(tokio_stream::iter(vec![msg]))
-                        .await
-                        .map_err(call("uploading flows"))?;
-                }
             }
+            error = &mut upload => return Err(error),
+        }
+    }
+}
+
+/// Flows at most this many to a batch: about 1 MB on the wire.
+const UPLOAD_BATCH: usize = 5_000;
+/// How long an upload waits for more flows after a batch that was not full.
+const UPLOAD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Sends the upload queue's flows, a batch at a time, each only after the controller took
+/// the last (back-pressure: a slow controller fills the agent's bounded queue, not its
+/// memory). A flow leaves the queue only once sent, so a broken link loses none of it.
+/// Returns only when an upload fails.
+async fn upload_flows(mut client: Client, node: String, state: DataPlaneHandle) -> LinkError {
+    loop {
+        let (flows, dropped_total) = match state.flows().upload() {
+            Some(q) => (q.batch(UPLOAD_BATCH), q.dropped()),
+            None => (Vec::new(), 0),
+        };
+        let n = flows.len();
+        if n > 0 {
+            let msg = FlowBatch {
+                node: node.clone(),
+                flows_json: Vec::new(),
+                flows,
+                dropped_total,
+            };
+            if let Err(status) = client.upload_flows(tokio_stream::iter([msg])).await {
+                return call("uploading flows")(status);
+            }
+            if let Some(q) = state.flows().upload() {
+                q.sent(n);
+            }
+        }
+        if n < UPLOAD_BATCH {
+            tokio::time::sleep(UPLOAD_INTERVAL).await;
         }
     }
 }
@@ -409,19 +437,6 @@ async fn ack_failure(client: &mut Client, node: &str, revision: Option<u64>, err
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::debug!(error = e.message(), "acknowledging the failure failed"),
         Err(_) => tracing::debug!("acknowledging the failure: no answer within 5 s"),
-    }
-}
-
-fn drain(rx: &mut tokio::sync::broadcast::Receiver<FlowRecord>) -> Vec<FlowRecord> {
-    let mut out = Vec::new();
-    loop {
-        match rx.try_recv() {
-            Ok(r) => out.push(r),
-            Err(TryRecvError::Lagged(n)) => {
-                tracing::warn!(flows = n, "flows not uploaded (the agent fell behind)")
-            }
-            Err(_) => return out,
-        }
     }
 }
 

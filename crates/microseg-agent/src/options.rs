@@ -19,8 +19,15 @@ pub struct AgentOptions {
     pub session_capacity: u32,
     /// How often the files and interfaces are checked for changes.
     pub reload_interval: Duration,
-    /// How often expired sessions are removed.
+    /// How often expired sessions are removed, at most (the flow export may walk the
+    /// table more often).
     pub gc_interval: Duration,
+    /// A lasting connection is reported again at least this often.
+    pub flow_active_timeout: Duration,
+    /// Report every connection at its start too (debugging, at an event per leg).
+    pub flow_report_start: bool,
+    /// Managed mode: flows waiting for the controller, at most (more are dropped, counted).
+    pub flow_upload_buffer: usize,
 }
 
 impl AgentOptions {
@@ -36,7 +43,19 @@ impl AgentOptions {
             session_capacity: microseg_common::capacity::SESSIONS,
             reload_interval: Duration::from_millis(100),
             gc_interval: Duration::from_secs(10),
+            flow_active_timeout: Duration::from_secs(60),
+            flow_report_start: false,
+            flow_upload_buffer: 100_000,
         }
+    }
+
+    pub fn export(&self) -> crate::export::ExportOptions {
+        crate::export::ExportOptions::new(
+            self.flow_active_timeout,
+            self.flow_report_start,
+            self.gc_interval,
+            self.session_capacity,
+        )
     }
 
     pub fn maps_dir(&self) -> PathBuf {

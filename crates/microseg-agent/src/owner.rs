@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use microseg_dataplane::common::SessionKey;
+use microseg_dataplane::common::{config_flags, SessionKey};
 use microseg_policy::compile::RuleInfo;
 use microseg_policy::ResourceSet;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -70,6 +70,8 @@ pub(crate) enum Command {
         reply: oneshot::Sender<microseg_dataplane::Result<usize>>,
     },
     CatchUpStandby,
+    /// Turns the kernel's reports of allowed connections at their start on or off.
+    SetReportStart(bool),
 }
 
 /// Starts the owner thread; it ends when every sender of its commands is gone.
@@ -114,6 +116,7 @@ impl Owner {
                     let _ = reply.send(self.enforcer.dp.remove_sessions(&keys));
                 }
                 Command::CatchUpStandby => self.catch_up_standby(),
+                Command::SetReportStart(on) => self.set_report_start(on),
             }
         }
     }
@@ -154,6 +157,21 @@ impl Owner {
         let mut view = View::clone(&self.view.borrow());
         view.rules = Arc::new(BTreeMap::clone(&view.rules));
         self.view.send_replace(Arc::new(view));
+    }
+
+    fn set_report_start(&mut self, on: bool) {
+        let dp = &mut self.enforcer.dp;
+        let set = dp.config().and_then(|c| {
+            let flags = if on {
+                c.flags | config_flags::REPORT_START
+            } else {
+                c.flags & !config_flags::REPORT_START
+            };
+            dp.set_flags(flags)
+        });
+        if let Err(e) = set {
+            tracing::warn!(error = %e, on, "switching start reports failed");
+        }
     }
 
     /// After an update the standby slot lacks that update's changes (all of the state,

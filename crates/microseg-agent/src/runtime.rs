@@ -69,7 +69,7 @@ pub async fn run_until(
     if let Some(rb) = events {
         tokio::spawn(background::read_events(rb, state.clone()));
     }
-    tokio::spawn(background::expire_sessions(opts.gc_interval, state.clone()));
+    tokio::spawn(crate::export::Exporter::new(opts.export()).run(state.clone()));
     tokio::spawn(background::catch_up_standby(state.clone()));
     match mode {
         Mode::Files(reloader) => reloader.watch(&opts, state, stop).await,

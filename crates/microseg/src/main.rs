@@ -133,6 +133,17 @@ struct AgentArgs {
     /// Session table capacity.
     #[arg(long, default_value_t = 1_048_576, value_name = "N")]
     sessions: u32,
+    /// A connection that lasts is reported again at least this often (e.g. 60s, 5m).
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = positive_duration)]
+    flow_active_timeout: std::time::Duration,
+    /// Also report every connection when it starts (for debugging: one more event per
+    /// connection and workload).
+    #[arg(long)]
+    flow_report_start: bool,
+    /// Managed mode: flows waiting for the controller, at most; more are dropped and
+    /// counted.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    flow_upload_buffer: usize,
     /// Remove all pinned programs, links and maps, then exit.
     #[arg(long)]
     cleanup: bool,
@@ -209,6 +220,15 @@ fn controller_tls(
     }
 }
 
+/// A duration above zero ("1s", "5m"), read by the one strict duration parser.
+fn positive_duration(s: &str) -> Result<std::time::Duration, String> {
+    match microseg_common::time::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be more than 0".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn agent(a: AgentArgs) -> ExitCode {
     let mut opts = AgentOptions::new(a.policy.clone());
     opts.bpffs = a.bpffs;
@@ -217,6 +237,9 @@ fn agent(a: AgentArgs) -> ExitCode {
     opts.drop_non_ip = a.drop_non_ip;
     opts.flow_buffer = a.flow_buffer;
     opts.session_capacity = a.sessions;
+    opts.flow_active_timeout = a.flow_active_timeout;
+    opts.flow_report_start = a.flow_report_start;
+    opts.flow_upload_buffer = a.flow_upload_buffer;
     if let Some(node) = a.node {
         opts.node = node;
     }
