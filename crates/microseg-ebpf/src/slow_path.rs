@@ -60,7 +60,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
         let (first, second) = (stale(0), stale(1));
         if first || second {
             let leg = if first { 0 } else { 1 };
-            rejudge(cfg.flags, policy, stats, &key, s, leg, now);
+            rejudge(cfg, policy, stats, &key, s, leg, now);
             if first && second {
                 // SAFETY: the program array holds this program; the handoff slot is intact.
                 let _ = unsafe { MSEG_JUMP.tail_call(ctx, SLOW_PATH) };
@@ -245,11 +245,22 @@ fn new_leg(j: &Judgement, ifindex: u32, generation: u32) -> SessionLeg {
     }
 }
 
-/// Whether a leg judged `verdict` sends its NEW event: every verdict but `allow` is
-/// reported at once; an allowed connection is reported when it ends (and by the agent's
-/// walk of the session table), at its start only under `REPORT_START` (docs/FLOWS.md).
+/// Whether a session's new or judged-again `leg` sends its NEW event: every verdict but
+/// `allow` is reported at once; an allowed connection is reported when it ends (and by the
+/// agent's walk of the session table), at its start only under `REPORT_START`.
+///
+/// Both read from map memory, afresh: a register the verifier knows more of after this
+/// branch would keep it from merging the two paths after it, and the slow path would
+/// double past the verifier's limit of a million instructions.
 #[inline(always)]
-fn reports_start(flags: u32, verdict: u8) -> bool {
+fn reports_start(cfg: &Config, leg: &SessionLeg) -> bool {
+    // SAFETY: both point into map values, valid for the run.
+    let (flags, verdict) = unsafe {
+        (
+            core::ptr::read_volatile(&cfg.flags),
+            core::ptr::read_volatile(&leg.verdict),
+        )
+    };
     verdict != verdict::ALLOW || flags & config_flags::REPORT_START != 0
 }
 
@@ -274,7 +285,8 @@ fn open_session(
     j: &Judgement,
 ) -> (u8, u32) {
     let insert = cfg.flags & config_flags::NO_SESSION_INSERT == 0;
-    let report = reports_start(cfg.flags, j.verdict);
+    // As `reports_start` decides, from the judgement: nothing but returns follows.
+    let report = j.verdict != verdict::ALLOW || cfg.flags & config_flags::REPORT_START != 0;
     if insert || report {
         if let Some(s) = new_session(policy, seen, pkt, j) {
             if insert && MSEG_SESSIONS.insert(seen.key, &*s, 0).is_ok() {
@@ -342,7 +354,7 @@ fn add_leg(
     }
     s.legs[leg] = new_leg(j, seen.ifindex, policy.generation);
     s.last_event[leg & 1] = event_tick(seen.now);
-    if reports_start(cfg.flags, j.verdict) {
+    if reports_start(cfg, &s.legs[leg]) {
         session_event(event_kind::NEW, seen.key, s, leg, seen.now, stats);
     }
     established(
@@ -362,7 +374,7 @@ fn add_leg(
 /// workload sees it.
 #[inline(always)]
 fn rejudge(
-    flags: u32,
+    cfg: &Config,
     policy: PolicyVersion,
     stats: &mut Stats,
     key: &SessionKey,
@@ -396,7 +408,7 @@ fn rejudge(
     l.peer_identity = j.peer_identity;
     if changed {
         s.last_event[leg & 1] = event_tick(now);
-        if reports_start(flags, j.verdict) {
+        if reports_start(cfg, &s.legs[leg]) {
             session_event(event_kind::NEW, key, s, leg, now, stats);
         }
     }
