@@ -139,6 +139,12 @@ async fn stats(state: &DataPlaneHandle) -> Value {
             let mut v = stats_json(&reading.stats, reading.session_legs);
             v["rules"] = rule_hits(&reading);
             v["revision"] = reading.view.revision.into();
+            // Managed mode: flows waiting for the controller, and those dropped for want
+            // of room while the link was down or slow.
+            if let Some(q) = state.flows().upload() {
+                v["flows_upload_backlog"] = q.backlog().into();
+                v["flows_upload_dropped"] = q.dropped().into();
+            }
             v
         }
         Err(e) => json!({ "error": e.to_string() }),
