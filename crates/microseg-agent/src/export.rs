@@ -13,6 +13,8 @@ use microseg_dataplane::sessions::{end_event, monotonic_ns, Timeouts};
 use crate::background::keep_flows;
 use crate::handle::DataPlaneHandle;
 
+type Sessions = Vec<(SessionKey, Session)>;
+
 /// The exporter's settings.
 #[derive(Clone, Copy, Debug)]
 pub struct ExportOptions {
@@ -148,11 +150,8 @@ impl Exporter {
         removed
     }
 
-    fn split_idle(
-        &self,
-        sessions: Vec<(SessionKey, Session)>,
-        now_ns: u64,
-    ) -> (Vec<(SessionKey, Session)>, Vec<(SessionKey, Session)>) {
+    /// The sessions idle past their timeout, then the others.
+    fn split_idle(&self, sessions: Sessions, now_ns: u64) -> (Sessions, Sessions) {
         sessions.into_iter().partition(|(k, s)| {
             let timeout = self.timeouts.for_session(k, s).as_nanos() as u64;
             now_ns.saturating_sub(s.last_seen_ns) > timeout
