@@ -13,6 +13,7 @@ mod error;
 mod flow_convert;
 mod flow_ingest;
 mod grpc;
+mod metrics;
 pub mod node_token;
 #[cfg(test)]
 mod openapi_check;
@@ -22,6 +23,7 @@ mod rest_flows;
 mod rest_input;
 pub mod store;
 pub mod tls;
+mod ui;
 
 use crate::core::Core;
 pub use crate::core::{MAX_REPORTED_WORKLOADS, MAX_WORKLOAD_ADDRESSES};

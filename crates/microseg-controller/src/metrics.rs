@@ -1,0 +1,1 @@
+//! The controller's Prometheus metrics at `/metrics` (docs/METRICS.md).
