@@ -73,27 +73,32 @@ fn event_name(kind: u8, verdict: u8) -> &'static str {
 
 pub use microseg_common::time::rfc3339;
 
-/// The monotonic and wall clocks read once, to date a batch of events.
+/// Turns the kernel's monotonic timestamps into wall-clock time by one offset between the
+/// two clocks, read once per agent in whole microseconds: every report of a connection then
+/// carries the same `start` (a fresh reading per batch moved it by a microsecond now and
+/// then, and the store tells connections apart by it).
 #[derive(Clone, Copy)]
 pub struct Clock {
-    mono_ns: u64,
-    wall_s: f64,
+    offset_us: i64,
 }
 
 impl Clock {
     pub fn now() -> Clock {
-        Clock {
-            mono_ns: microseg_dataplane::sessions::monotonic_ns(),
-            wall_s: SystemTime::now()
+        static OFFSET_US: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+        let offset_us = *OFFSET_US.get_or_init(|| {
+            let mono_us = (microseg_dataplane::sessions::monotonic_ns() / 1_000) as i64;
+            let wall_us = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or(Duration::ZERO)
-                .as_secs_f64(),
-        }
+                .as_micros() as i64;
+            wall_us - mono_us
+        });
+        Clock { offset_us }
     }
 
-    /// Seconds since the epoch of a kernel monotonic timestamp.
-    pub fn wall(&self, mono_ns: u64) -> f64 {
-        self.wall_s - self.mono_ns.saturating_sub(mono_ns) as f64 / 1e9
+    /// Microseconds since the epoch of a kernel monotonic timestamp.
+    pub fn wall_us(&self, mono_ns: u64) -> i64 {
+        self.offset_us + (mono_ns / 1_000) as i64
     }
 }
 
@@ -129,8 +134,8 @@ impl Names<'_> {
         let audit = verdict_name(e.audit_verdict).is_some() && e.audit_rule_id != RULE_NONE;
         Flow {
             event: *e,
-            unix_time: clock.wall(e.time_ns),
-            start_time: clock.wall(e.start_ns),
+            time_us: clock.wall_us(e.time_ns),
+            start_us: clock.wall_us(e.start_ns),
             workload: self.endpoints.get(&e.ifindex).cloned(),
             policy: self.policy(e.rule_id),
             rule: self.rules.get(&e.rule_id).map(|r| r.index),
@@ -177,9 +182,9 @@ fn default_deny() -> Arc<str> {
 #[derive(Clone, Debug)]
 pub struct Flow {
     event: FlowEvent,
-    unix_time: f64,
-    /// When the connection began, seconds since the epoch.
-    start_time: f64,
+    /// When it was reported, and when the connection began: microseconds since the epoch.
+    time_us: i64,
+    start_us: i64,
     workload: Option<Arc<str>>,
     policy: Option<Arc<str>>,
     rule: Option<u32>,
@@ -191,7 +196,7 @@ impl Flow {
     pub fn record(&self, node: &str) -> FlowRecord {
         let e = &self.event;
         FlowRecord {
-            time: rfc3339(self.unix_time),
+            time: rfc3339(self.unix_time()),
             node: node.to_string(),
             workload: self.workload_name(),
             direction: direction_name(e.direction).into(),
@@ -208,7 +213,7 @@ impl Flow {
             packets: e.packets,
             bytes: e.bytes,
             event: event_name(e.kind, e.verdict).into(),
-            unix_time: self.unix_time,
+            unix_time: self.unix_time(),
         }
     }
 }
@@ -218,11 +223,10 @@ impl Flow {
     /// labels of both ends).
     pub fn to_proto(&self) -> microseg_proto::v1::Flow {
         let e = &self.event;
-        let micros = |t: f64| (t * 1e6).round() as i64;
         microseg_proto::v1::Flow {
-            time_us: micros(self.unix_time),
-            start_us: micros(self.start_time.min(self.unix_time)),
-            end_us: (e.kind == event_kind::END).then(|| micros(self.unix_time)),
+            time_us: self.time_us,
+            start_us: self.start_us.min(self.time_us),
+            end_us: (e.kind == event_kind::END).then_some(self.time_us),
             workload: self.workload_name(),
             direction: direction_name(e.direction).into(),
             src_ip: words_addr(e.src_addr).to_string(),
@@ -238,6 +242,10 @@ impl Flow {
             packets: e.packets,
             bytes: e.bytes,
         }
+    }
+
+    fn unix_time(&self) -> f64 {
+        self.time_us as f64 / 1e6
     }
 
     fn workload_name(&self) -> String {
