@@ -18,7 +18,7 @@
 use microseg_controller::client::Client;
 use microseg_controller::node_token::node_token;
 use microseg_proto::v1::agent_link_client::AgentLinkClient;
-use microseg_proto::v1::{Flow, FlowBatch};
+use microseg_proto::v1::FlowBatch;
 use microseg_testsupport::{free_port, ClickHouse, Postgres, TempDir};
 use serde_json::Value;
 use std::any::Any;
@@ -26,25 +26,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[path = "ingest_load_support/records.rs"]
+mod records;
+use records::{apply_body, node_name, owned, workloads, Gen, Rng, Workload, WORKLOADS};
 use tonic::transport::Channel;
 
 /// As the agent's upload (crates/microseg-agent/src/managed.rs).
 const BATCH: usize = 5_000;
-const WORKLOADS: usize = 300;
-const APPS: [(&str, u32); 12] = [
-    ("web", 443),
-    ("api", 8080),
-    ("db", 5432),
-    ("cache", 6379),
-    ("queue", 5672),
-    ("auth", 8443),
-    ("search", 9200),
-    ("billing", 8081),
-    ("mail", 25),
-    ("metrics", 9090),
-    ("dns", 53),
-    ("files", 2049),
-];
 const POLL: Duration = Duration::from_millis(100);
 
 struct Args {
@@ -148,6 +137,7 @@ fn binary() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
     let bin = target.join("release/microseg");
+    let bin = bin.canonicalize().unwrap_or(bin);
     if !bin.exists() {
         eprintln!(
             "ingest_load: {} is missing: build it first with `cargo build --release -p microseg`",
@@ -301,10 +291,12 @@ fn run(a: &Args, bin: &Path, backend: &str) -> Result<String, String> {
     let wall = start.elapsed();
     let (hwm, rss) = (proc_kib(pid, "VmHWM:"), proc_kib(pid, "VmRSS:"));
     let n = |k: &str| status[k].as_u64().unwrap_or(0);
+    let named = named_share(&client)?;
     Ok(format!(
         "backend={backend} records={} agents={} batch={BATCH} workloads={WORKLOADS} flow_queue={} \
          wall={:.2}s rate={:.0}/s upload={:.2}s peak_rss={:.1}MiB end_rss={:.1}MiB \
-         stored={} accepted={accepted} received={} dropped={} rejected={}",
+         stored={} accepted={accepted} received={} dropped={} rejected={} \
+         both_ends_named={named:.0}% (of the newest 1000)",
         a.records,
         a.agents,
         n("queue_bound"),
@@ -339,6 +331,19 @@ fn ready(url: &str, state: &Path, pid: u32) -> Result<Client, String> {
         std::thread::sleep(POLL);
     }
     Err(format!("the controller did not answer within 30 s: {last}"))
+}
+
+/// The share of stored records whose two ends the controller named from the Workloads
+/// (85% of the generated peers are workloads).
+fn named_share(c: &Client) -> Result<f64, String> {
+    let r = c.get("/v1/flows?limit=1000").map_err(|e| e.to_string())?;
+    let items = r.body["items"].as_array().cloned().unwrap_or_default();
+    let named = items
+        .iter()
+        .filter(|f| f["src_workload"].is_string() && f["dst_workload"].is_string())
+        .filter(|f| f["src_labels"]["app"].is_string() && f["dst_labels"]["env"].is_string())
+        .count();
+    Ok(100.0 * named as f64 / items.len().max(1) as f64)
 }
 
 fn status(c: &Client) -> Result<Value, String> {
@@ -451,139 +456,4 @@ async fn agent(
         left -= n as u64;
     }
     Ok(accepted)
-}
-
-fn node_name(i: usize) -> String {
-    format!("load-node-{i}")
-}
-
-#[derive(Clone)]
-struct Workload {
-    index: usize,
-    name: String,
-    node: String,
-    ip: String,
-    app: &'static str,
-    port: u32,
-    env: &'static str,
-}
-
-/// Spread over the agents' nodes; each app listens on its own port.
-fn workloads(agents: usize) -> Vec<Workload> {
-    (0..WORKLOADS)
-        .map(|i| {
-            let (app, port) = APPS[i % APPS.len()];
-            Workload {
-                index: i,
-                name: format!("{app}-{i}"),
-                node: node_name(i % agents),
-                ip: format!("10.{}.{}.{}", 20 + i / 200, (i % 200) + 1, 10 + i % 7),
-                app,
-                port,
-                env: if i % 5 == 0 { "staging" } else { "prod" },
-            }
-        })
-        .collect()
-}
-
-fn owned(all: &[Workload], node: &str) -> Vec<Workload> {
-    let mine: Vec<Workload> = all.iter().filter(|w| w.node == node).cloned().collect();
-    // More agents than workloads: the extra ones report for any.
-    if mine.is_empty() {
-        all.to_vec()
-    } else {
-        mine
-    }
-}
-
-fn apply_body(ws: &[Workload]) -> String {
-    ws.iter()
-        .map(|w| {
-            format!(
-                "apiVersion: microseg.io/v1\nkind: Workload\nmetadata: {{name: {}, labels: {{app: {}, env: {}}}}}\nspec: {{interface: lw{}, ips: [\"{}\"]}}\n",
-                w.name, w.app, w.env, w.index, w.ip
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("---\n")
-}
-
-/// xorshift64*: the same records on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-struct Gen {
-    rng: Rng,
-    mine: Vec<Workload>,
-    all: Vec<Workload>,
-}
-
-impl Gen {
-    /// One record at a local workload: mostly to and from other workloads, some from
-    /// outside; mostly allowed, some denied, logged or audited.
-    fn flow(&mut self) -> Flow {
-        let r = &mut self.rng;
-        let local = &self.mine[r.below(self.mine.len() as u64) as usize];
-        let (peer_ip, peer_port) = if r.below(100) < 85 {
-            let p = &self.all[r.below(self.all.len() as u64) as usize];
-            (p.ip.clone(), p.port)
-        } else {
-            (format!("198.51.100.{}", 1 + r.below(250)), 443)
-        };
-        let ephemeral = 32768 + r.below(28000) as u32;
-        let egress = r.below(100) < 60;
-        let (direction, src_ip, dst_ip, src_port, dst_port) = if egress {
-            ("egress", local.ip.clone(), peer_ip, ephemeral, peer_port)
-        } else {
-            ("ingress", peer_ip, local.ip.clone(), ephemeral, local.port)
-        };
-        let v = r.below(100);
-        let (verdict, policy, audit) = match v {
-            0..=79 => ("allow", format!("allow-{}", local.app), None),
-            80..=92 => ("deny", "default-deny".to_string(), None),
-            93..=97 => ("log", format!("log-{}", local.app), None),
-            _ => (
-                "audit",
-                format!("allow-{}", local.app),
-                Some("audit-strict"),
-            ),
-        };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_micros() as i64;
-        let started = now - r.below(300_000_000) as i64;
-        let packets = 1 + r.below(2000);
-        Flow {
-            time_us: now,
-            start_us: started,
-            end_us: (r.below(10) < 7).then_some(now),
-            workload: local.name.clone(),
-            direction: direction.into(),
-            src_ip,
-            dst_ip,
-            src_port,
-            dst_port,
-            protocol: if dst_port == 53 { 17 } else { 6 },
-            verdict: verdict.into(),
-            policy: Some(policy),
-            rule: Some(r.below(4) as u32),
-            audit_verdict: audit.map(|_| "deny".to_string()),
-            audit_policy: audit.map(str::to_string),
-            packets,
-            bytes: packets * (60 + r.below(1400)),
-        }
-    }
 }
