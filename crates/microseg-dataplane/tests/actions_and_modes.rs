@@ -11,7 +11,7 @@ use microseg_policy::Direction::Ingress;
 
 #[test]
 fn lowest_priority_number_wins() {
-    let mut env = Env::new(
+    let mut env = Env::reporting(
         &with(
             r#"apiVersion: microseg.io/v1
 kind: Policy
@@ -83,7 +83,7 @@ spec:
 
 #[test]
 fn at_equal_priority_deny_beats_log_beats_allow() {
-    let mut env = Env::new(
+    let mut env = Env::reporting(
         &with(
             r#"apiVersion: microseg.io/v1
 kind: Policy
@@ -140,7 +140,7 @@ spec:
 
 #[test]
 fn default_deny_needs_a_selecting_policy_with_the_section() {
-    let mut env = Env::new(
+    let mut env = Env::reporting(
         &with(
             r#"apiVersion: microseg.io/v1
 kind: Policy
@@ -209,7 +209,7 @@ spec:
     - {action: deny, ports: [{protocol: TCP, port: 22}]}
     - {action: allow, ports: [{protocol: TCP, port: 5432}]}
 "#;
-    let mut env = Env::new(yaml, "db");
+    let mut env = Env::reporting(yaml, "db");
     assert!(
         into_db(&env, &Frame::tcp(web4(), db4(), 40000, 22, TCP_SYN)),
         "audit mode never drops"
@@ -234,7 +234,7 @@ spec:
 
 #[test]
 fn audit_policies_report_their_verdict_and_change_nothing() {
-    let mut env = Env::new(
+    let mut env = Env::reporting(
         &with(
             r#"apiVersion: microseg.io/v1
 kind: Policy

@@ -11,7 +11,7 @@ use microseg_policy::Direction::{Egress, Ingress};
 
 #[test]
 fn cidr_peers_with_except() {
-    let mut env = Env::new(
+    let mut env = Env::reporting(
         &with(
             r#"apiVersion: microseg.io/v1
 kind: Policy
@@ -114,7 +114,7 @@ spec:
 
 #[test]
 fn port_ranges_wide_narrow_and_overlapping() {
-    let mut env = Env::new(
+    let mut env = Env::reporting(
         &with(
             r#"apiVersion: microseg.io/v1
 kind: Policy
@@ -178,7 +178,7 @@ spec:
 
 #[test]
 fn egress_rules_apply_on_the_from_workload_hook() {
-    let mut env = Env::new(
+    let mut env = Env::reporting(
         &with(
             r#"apiVersion: microseg.io/v1
 kind: Policy

@@ -45,7 +45,7 @@ fn revoking_an_allow_cuts_an_established_connection() {
 
 #[test]
 fn granting_an_allow_lets_a_denied_flow_through() {
-    let mut env = Env::new(&with(DB_DENIES_ALL), "db");
+    let mut env = Env::reporting(&with(DB_DENIES_ALL), "db");
     let syn = web_to_db(TCP_SYN);
     assert!(!into_db(&env, &syn));
     assert!(!into_db(&env, &syn), "retransmission of a denied SYN");
@@ -304,11 +304,11 @@ fn tcp_sessions_walk_the_state_machine_and_report_their_end() {
     send(&env, Hook::FromWorkload, s2c(40000, TCP_ACK));
     send(&env, Hook::ToWorkload, c2s(40000, TCP_FIN | TCP_ACK));
     assert_eq!(state(&env, 40000), Some(session_state::CLOSING));
-    assert!(env
-        .dp
-        .drain_events()
-        .iter()
-        .all(|e| e.kind == event_kind::NEW));
+    let ev = env.dp.drain_events();
+    assert!(
+        ev.is_empty(),
+        "an allowed connection is reported at its end: {ev:?}"
+    );
     send(&env, Hook::FromWorkload, s2c(40000, TCP_FIN | TCP_ACK));
     assert_eq!(state(&env, 40000), Some(session_state::CLOSED));
     let ev = env.dp.drain_events();
@@ -317,9 +317,10 @@ fn tcp_sessions_walk_the_state_machine_and_report_their_end() {
     assert_eq!(end.kind, event_kind::END);
     assert_eq!((end.packets, end.bytes), (6, bytes));
     assert_eq!(
-        (end.src_port, end.dst_port, end.direction),
-        (40000, 5432, direction::INGRESS)
+        (end.src_port, end.dst_port, end.direction, end.other.ifindex),
+        (40000, 5432, direction::INGRESS, 0)
     );
+    assert!(end.start_ns <= end.time_ns);
     assert_eq!(tables::words_addr(end.src_addr), web4());
     // A FIN sent again does not close it twice.
     assert!(from_db(&env, &s2c(40000, TCP_FIN | TCP_ACK)));
@@ -419,7 +420,7 @@ fn udp_sessions_are_established_by_a_reply() {
 
 #[test]
 fn a_syn_on_a_closed_session_is_judged_again() {
-    let mut env = Env::new(&with(DB_ALLOWS_WEB), "db");
+    let mut env = Env::reporting(&with(DB_ALLOWS_WEB), "db");
     assert!(into_db(&env, &web_to_db(TCP_SYN)));
     assert!(from_db(&env, &db_to_web(TCP_RST | TCP_ACK)));
     env.dp.drain_events();

@@ -1,7 +1,7 @@
 //! Two workloads of one node talking to each other: their connection is one session with a
 //! leg on each interface. Each leg is judged by its own workload's policy and enforces it
-//! in both directions, each packet is counted once, and each leg reports its own NEW and
-//! END events.
+//! in both directions, each packet is counted once, and the connection ends with one END
+//! event that carries both legs' judgements.
 
 mod common;
 
@@ -164,14 +164,8 @@ fn a_connection_between_two_local_workloads_is_one_session_with_a_leg_on_each_in
         let (out, into) = (s.legs[EGRESS], s.legs[INGRESS]);
         assert_eq!((out.ifindex, out.rule_id), (node.web0, web_rule));
         assert_eq!((into.ifindex, into.rule_id), (node.db0, db_rule));
-        assert_eq!(
-            node.events(event_kind::NEW),
-            [
-                (node.web0, direction::EGRESS, verdict::ALLOW, web_rule),
-                (node.db0, direction::INGRESS, verdict::ALLOW, db_rule),
-            ],
-            "each side reports its own judgement"
-        );
+        let ev = node.dp.drain_events();
+        assert!(ev.is_empty(), "allowed: reported at its end: {ev:?}");
         // Both rules counted every packet they let through.
         for rule in [web_rule, db_rule] {
             assert_eq!(node.dp.rule_counter(rule).unwrap().packets, 3);
@@ -187,14 +181,31 @@ fn a_connection_between_two_local_workloads_is_one_session_with_a_leg_on_each_in
         let stats = node.dp.stats().unwrap();
         assert_eq!((stats.sessions_created, stats.sessions_closed), (1, 1));
         assert_eq!(node.dp.session_count(), 0);
-        let mut ends = node.events(event_kind::END);
-        ends.sort();
-        let mut want = [
-            (node.web0, direction::EGRESS, verdict::ALLOW, web_rule),
-            (node.db0, direction::INGRESS, verdict::ALLOW, db_rule),
-        ];
-        want.sort();
-        assert_eq!(ends, want, "one END per leg");
+        let ev = node.dp.drain_events();
+        assert_eq!(ev.len(), 1, "one END for the connection: {ev:?}");
+        let end = ev[0];
+        assert_eq!(
+            (
+                end.kind,
+                end.ifindex,
+                end.direction,
+                end.verdict,
+                end.rule_id
+            ),
+            (
+                event_kind::END,
+                node.web0,
+                direction::EGRESS,
+                verdict::ALLOW,
+                web_rule
+            ),
+        );
+        assert_eq!(
+            (end.other.ifindex, end.other.verdict, end.other.rule_id),
+            (node.db0, verdict::ALLOW, db_rule),
+            "each side's own judgement"
+        );
+        assert_eq!(end.packets, 5, "up to the FIN that closed it");
     });
 }
 
@@ -202,6 +213,8 @@ fn a_connection_between_two_local_workloads_is_one_session_with_a_leg_on_each_in
 fn each_leg_enforces_its_own_workloads_policy_in_both_directions() {
     on_two_interfaces(|| {
         let mut node = Node::new(DB_DENIES_ALL);
+        // NEW events for allowed legs too: they show which leg was judged again.
+        node.dp.set_report_start(true).unwrap();
         let syn = Frame::tcp(web4(), db4(), 40000, 5432, TCP_SYN);
         assert!(
             node.run(Hook::FromWorkload, node.web0, &syn),
@@ -240,9 +253,11 @@ fn each_leg_enforces_its_own_workloads_policy_in_both_directions() {
 }
 
 #[test]
-fn a_leg_taken_over_by_a_new_interface_ends_the_old_legs_flow() {
+fn a_leg_taken_over_by_a_new_interface_ends_the_sessions_flow_as_it_was() {
     on_two_interfaces(|| {
         let mut node = Node::new(DB_ALLOWS_WEB);
+        // The new leg is allowed: its start is reported only under REPORT_START.
+        node.dp.set_report_start(true).unwrap();
         assert!(node.web_to_db(TCP_SYN));
         assert!(node.db_to_web(TCP_SYN | TCP_ACK));
         node.dp.drain_events();
@@ -256,19 +271,18 @@ fn a_leg_taken_over_by_a_new_interface_ends_the_old_legs_flow() {
         node.apply(DB_ALLOWS_WEB);
         assert!(node.web_to_db(TCP_ACK));
 
-        let events: Vec<_> = node
-            .dp
-            .drain_events()
+        let ev = node.dp.drain_events();
+        let events: Vec<_> = ev
             .iter()
-            .map(|e| (e.kind, e.ifindex, e.direction))
+            .map(|e| (e.kind, e.ifindex, e.direction, e.other.ifindex))
             .collect();
-        assert!(
-            events.contains(&(event_kind::END, old, direction::EGRESS)),
-            "the old leg's flow ends: {events:?}"
-        );
-        assert!(
-            events.contains(&(event_kind::NEW, node.web0, direction::EGRESS)),
-            "the new leg's starts: {events:?}"
+        assert_eq!(
+            events,
+            [
+                (event_kind::END, old, direction::EGRESS, node.db0),
+                (event_kind::NEW, node.web0, direction::EGRESS, node.db0),
+            ],
+            "the session as it was ends (one END, both legs), then the new leg's flow starts"
         );
         assert_eq!(node.session().legs[EGRESS].ifindex, node.web0);
     });

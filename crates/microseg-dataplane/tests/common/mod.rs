@@ -45,6 +45,14 @@ impl Env {
         Env::with_sessions(yaml, local, 4096)
     }
 
+    /// As `new`, with `REPORT_START` set: for tests that read every verdict, allowed ones
+    /// too, from its NEW event.
+    pub fn reporting(yaml: &str, local: &str) -> Env {
+        let mut env = Env::new(yaml, local);
+        env.dp.set_report_start(true).expect("set REPORT_START");
+        env
+    }
+
     /// As `new`, with room for `sessions` sessions.
     pub fn with_sessions(yaml: &str, local: &str, sessions: u32) -> Env {
         let mut dp = load_with_sessions(sessions);
@@ -182,7 +190,8 @@ pub fn from_db(env: &Env, f: &Frame) -> bool {
     passes(env, Hook::FromWorkload, &f.bytes())
 }
 
-/// The single NEW event of the last packet: (verdict, rule id).
+/// The single NEW event of the last packet: (verdict, rule id). An allowed one is sent only
+/// under `REPORT_START` (see [`Env::reporting`]).
 pub fn verdict_of(env: &mut Env) -> (u8, u32) {
     let ev = env.new_events();
     assert_eq!(ev.len(), 1, "{ev:?}");

@@ -41,8 +41,9 @@ fn soak() -> u32 {
 fn kernel_verdicts_match_the_reference_evaluator() {
     let soak = soak();
     let mut dp = load();
-    // Every packet is judged afresh: no session answers for the policy.
-    dp.set_flags(config_flags::NO_SESSION_INSERT)
+    // Every packet is judged afresh: no session answers for the policy. Its NEW event,
+    // allowed ones too, tells the verdict.
+    dp.set_flags(config_flags::NO_SESSION_INSERT | config_flags::REPORT_START)
         .expect("flags");
     let checker = RefCell::new(Checker {
         dp,

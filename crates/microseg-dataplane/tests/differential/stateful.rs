@@ -317,14 +317,15 @@ fn run(
             _ => return Err(report("legs differ", format!("{session:?}"))),
         }
     }
-    // A new leg sends one NEW event; before any policy change nothing else does (after one,
-    // a leg judged again sends one when its verdict or rule changed).
+    // A new leg sends one NEW event unless it allows (an allowed connection is reported
+    // when it ends); before any policy change nothing else does (after one, a leg judged
+    // again sends one when its verdict or rule changed to anything but allow).
     let news = dp
         .drain_events()
         .into_iter()
         .filter(|e| e.kind == event_kind::NEW)
         .count();
-    let expected = usize::from(new_leg);
+    let expected = usize::from(new_leg && want.verdict != Verdict::Allow);
     let ok = if versions.len() == 1 {
         news == expected
     } else {

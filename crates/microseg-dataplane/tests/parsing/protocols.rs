@@ -8,6 +8,8 @@ use crate::helpers::*;
 #[test]
 fn unknown_ip_protocols_are_judged_by_protocol_rules_and_defaults() {
     let mut env = env();
+    // Every verdict, allowed ones too, read from its NEW event.
+    env.dp.set_report_start(true).unwrap();
     let gre = |s, d| Frame::new(s, d, 47, vec![0u8; 24]);
     let nonext = |s, d| Frame::new(s, d, 59, vec![0u8; 24]);
     assert!(
