@@ -292,11 +292,16 @@ fn run(a: &Args, bin: &Path, backend: &str) -> Result<String, String> {
     let (hwm, rss) = (proc_kib(pid, "VmHWM:"), proc_kib(pid, "VmRSS:"));
     let n = |k: &str| status[k].as_u64().unwrap_or(0);
     let named = named_share(&client)?;
+    let overflow = if n("dropped") > 0 {
+        " QUEUE OVERFLOWED: the controller dropped records (raise --flow-queue)"
+    } else {
+        ""
+    };
     Ok(format!(
         "backend={backend} records={} agents={} batch={BATCH} workloads={WORKLOADS} flow_queue={} \
          wall={:.2}s rate={:.0}/s upload={:.2}s peak_rss={:.1}MiB end_rss={:.1}MiB \
          stored={} accepted={accepted} received={} dropped={} rejected={} \
-         both_ends_named={named:.0}% (of the newest 1000)",
+         both_ends_named={named:.0}% (of the newest 1000){overflow}",
         a.records,
         a.agents,
         n("queue_bound"),
