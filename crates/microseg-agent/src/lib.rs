@@ -18,6 +18,7 @@ pub mod flows;
 mod handle;
 pub mod interfaces;
 pub mod managed;
+pub mod metrics;
 mod options;
 mod owner;
 mod reconcile;

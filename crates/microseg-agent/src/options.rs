@@ -28,6 +28,8 @@ pub struct AgentOptions {
     pub flow_report_start: bool,
     /// Managed mode: flows waiting for the controller, at most (more are dropped, counted).
     pub flow_upload_buffer: usize,
+    /// Where Prometheus metrics are served (`--metrics`); None: not served.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl AgentOptions {
@@ -46,6 +48,8 @@ impl AgentOptions {
             flow_active_timeout: Duration::from_secs(60),
             flow_report_start: false,
             flow_upload_buffer: 100_000,
+            // The command line's default is DEFAULT_ADDR; embedded agents opt in.
+            metrics: None,
         }
     }
 

@@ -65,6 +65,9 @@ pub async fn run_until(
         enforce_first(&state, set).await;
     }
     let listener = bind_socket(&opts)?;
+    if let Some(addr) = opts.metrics {
+        crate::metrics::start(addr, state.clone(), opts.maps_dir()).await;
+    }
     tokio::spawn(crate::api::serve(listener, state.clone()));
     if let Some(rb) = events {
         tokio::spawn(background::read_events(rb, state.clone()));

@@ -144,6 +144,9 @@ struct AgentArgs {
     /// counted.
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     flow_upload_buffer: usize,
+    /// Serve Prometheus metrics at http://ADDR/metrics, or `off` (docs/METRICS.md).
+    #[arg(long, default_value = microseg_agent::metrics::DEFAULT_ADDR, value_name = "ADDR|off", value_parser = microseg_agent::metrics::parse_flag)]
+    metrics: microseg_agent::metrics::Listen,
     /// Remove all pinned programs, links and maps, then exit.
     #[arg(long)]
     cleanup: bool,
@@ -240,6 +243,7 @@ fn agent(a: AgentArgs) -> ExitCode {
     opts.flow_active_timeout = a.flow_active_timeout;
     opts.flow_report_start = a.flow_report_start;
     opts.flow_upload_buffer = a.flow_upload_buffer;
+    opts.metrics = a.metrics.0;
     if let Some(node) = a.node {
         opts.node = node;
     }
