@@ -31,6 +31,8 @@ pub(crate) struct Case {
     pub(crate) expect_action: u32,
     /// One ring event per packet: run in batches that fit the ring.
     pub(crate) emits_events: bool,
+    /// Run with `REPORT_START` set: allowed new sessions send their NEW event too.
+    pub(crate) report_start: bool,
     pub(crate) samples: Vec<f64>,
     pub(crate) events_lost: u64,
     /// Counter deltas of the first measurement, to check the path taken.
@@ -52,6 +54,7 @@ pub(crate) fn case(
         frame,
         expect_action,
         emits_events,
+        report_start: false,
         samples: vec![],
         events_lost: 0,
         first_delta: None,
@@ -74,6 +77,8 @@ fn stats_delta(a: &Stats, b: &Stats) -> Stats {
 /// One measurement: `repeat` packets, in batches of at most `batch` when the case emits
 /// events (ring drained before each batch). Returns kernel-measured ns per packet.
 pub(crate) fn measure(dp: &mut Dataplane, case: &mut Case, repeat: u32, batch: u32) -> f64 {
+    dp.set_report_start(case.report_start)
+        .expect("set REPORT_START");
     let before = dp.stats().expect("stats");
     let chunk = if case.emits_events {
         batch.min(repeat)

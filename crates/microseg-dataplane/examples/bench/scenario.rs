@@ -16,7 +16,7 @@ use microseg_policy::{compile::*, *};
 use crate::{
     args::Args,
     components::components,
-    measure::{case, ring_capacity_events, run_rounds, Kind},
+    measure::{case, ring_capacity_events, run_rounds, Case, Kind},
     memory::{print_map_memory, print_programs},
     policy::{deny_one, peer, port, resource_set, tcp, DB_IP, IFINDEX_LO},
     report::{report, ChangeSample, Totals},
@@ -256,14 +256,27 @@ pub(crate) fn scenario(args: &Args, rules: usize, fill: u32, totals: &mut Totals
         ),
     ];
     if rules > 0 {
+        // An allowed connection is reported at its end: its first packet sends no event,
+        // unless the agent set REPORT_START (docs/FLOWS.md).
         cases.push(case(
             "new session, allowed (last rule)".into(),
             Kind::NewAllowed,
             Hook::ToWorkload,
-            new_allowed,
+            new_allowed.clone(),
             0,
-            true,
+            false,
         ));
+        cases.push(Case {
+            report_start: true,
+            ..case(
+                "new session, allowed, REPORT_START".into(),
+                Kind::NewAllowed,
+                Hook::ToWorkload,
+                new_allowed,
+                0,
+                true,
+            )
+        });
         cases.push(case(
             "new session, denied (default deny)".into(),
             Kind::NewDenied,
