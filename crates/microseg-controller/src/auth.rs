@@ -2,6 +2,8 @@
 //! The controller token opens the REST API (and gRPC); the agent token and node tokens
 //! open the agent link (gRPC) only, a node token speaking for its node alone.
 //! `application/grpc` requests go to the AgentLink service, the rest to the REST API.
+//! The web UI's static assets under `/ui/` need no token (they hold no data); the API
+//! calls the UI makes do (docs/UI.md).
 
 use crate::core::Core;
 use crate::error::Error;
@@ -104,7 +106,7 @@ async fn front(State(f): State<Front>, mut req: Request, next: Next) -> Response
     }
 }
 
-/// REST and gRPC on one router, behind the token check.
+/// REST and gRPC on one router, behind the token check; the UI's assets beside it.
 pub fn app(core: Arc<Core>, token: String, agent_token: String) -> Router {
     let grpc = tonic::service::Routes::new(crate::grpc::server(core.clone())).into_axum_router();
     let f = Front {
@@ -112,7 +114,8 @@ pub fn app(core: Arc<Core>, token: String, agent_token: String) -> Router {
         agent_token: Arc::new(agent_token),
         grpc,
     };
-    crate::rest::api_router(core).layer(middleware::from_fn_with_state(f, front))
+    let api = crate::rest::api_router(core).layer(middleware::from_fn_with_state(f, front));
+    crate::ui::router().merge(api)
 }
 
 #[cfg(test)]
