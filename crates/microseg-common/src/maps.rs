@@ -151,7 +151,7 @@ pub mod session_flags {
 
 /// [`SessionLeg::flags`] bits.
 pub mod leg_flags {
-    /// The leg's session-end event was sent.
+    /// The session's END event (one for both legs) was sent while this leg was there.
     pub const ENDED: u8 = 1 << 0;
 }
 
@@ -228,7 +228,7 @@ impl SessionLeg {
         self.ifindex != 0
     }
 
-    /// Whether the leg's session-end event was sent.
+    /// Whether the session's END event was sent while this leg was there.
     #[inline(always)]
     pub fn has_ended(&self) -> bool {
         self.flags & leg_flags::ENDED != 0
