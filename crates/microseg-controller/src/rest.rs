@@ -267,6 +267,7 @@ fn routes() -> Routes {
     .at(M::GET, "/v1/flows/edges", flow_edges)
     .at(M::GET, "/v1/flows/status", flow_status)
     .at(M::GET, "/v1/openapi.json", openapi)
+    .at(M::GET, "/metrics", crate::metrics::metrics)
 }
 
 /// Every method and path the API answers.
