@@ -258,16 +258,18 @@ fn scenario(backend: &str, flow_db: &[&str]) {
         }
     }
 
-    // Restarted on the same state and store: the record is all there, and new uploads
-    // arrive.
+    // Restarted on the same state and store: the record is all there, a connection made
+    // while the controller was away arrives from the agents' backlog, and new uploads too.
     Cluster::stop(&mut c.controller, libc::SIGTERM);
+    let during = connect(&c, "web", DB, 5432, Duration::ZERO).expect("enforcement goes on");
     c.start_controller();
     let kept = of_port(&flows(&c, &["--port", "5432"]), short);
     assert_eq!(kept.len(), 2, "after the restart: {kept:#?}");
     c.await_sync(Duration::from_secs(20), "agents back after the restart");
     let after = connect(&c, "web", DB, 5432, Duration::ZERO).expect("web reaches db");
     eventually(Duration::from_secs(20), || {
-        of_port(&flows(&c, &["--port", "5432"]), after).len() == 2
+        let now = flows(&c, &["--port", "5432"]);
+        of_port(&now, during).len() == 2 && of_port(&now, after).len() == 2
     })
     .unwrap_or_else(|e| panic!("uploads after the restart: {e}\n{}", c.logs()));
 
