@@ -9,6 +9,7 @@
 #               keep enforcing without it
 #   idle        classic tc filters, and the agent moved to SCHED_IDLE once it attached
 #   sessions=N  a session table of N entries (--sessions N)
+#   report-start  every connection reported at its start too (--flow-report-start)
 set -eu
 KIND=$1; INNER=$(realpath "$2"); OUT=$3
 mkdir -p "$OUT"
@@ -19,6 +20,7 @@ case $KIND in
     trap '"'"'kill $pid; wait $pid; exit 0'"'"' TERM
     sleep 1.2; chrt -a -i -p 0 $pid >/dev/null; wait $pid' ;;
   sessions=*) RUN='exec "$INNER" "$@" --sessions '"${KIND#sessions=}" ;;
+  report-start) RUN='exec "$INNER" "$@" --flow-report-start' ;;
   *) echo "unknown KIND $KIND" >&2; exit 2 ;;
 esac
 cat > "$OUT/microseg" <<W
