@@ -24,6 +24,7 @@ use serde_json::Value;
 use std::any::Any;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -97,9 +98,14 @@ fn hold<T: Any + Send>(t: T) {
     HELD.lock().unwrap().push(Box::new(t));
 }
 
+/// Set by the signal thread: the failure that follows is the interruption's.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Keeps the lock while dropping, so that whichever thread comes second (main, or the
+/// signal thread) waits until the servers are stopped and the dirs removed.
 fn release_all() {
-    let held = std::mem::take(&mut *HELD.lock().unwrap_or_else(|e| e.into_inner()));
-    for h in held.into_iter().rev() {
+    let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    while let Some(h) = held.pop() {
         drop(h);
     }
 }
@@ -126,6 +132,7 @@ fn on_signal_clean_up() {
             let mut term = signal(SignalKind::terminate()).unwrap();
             tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
         });
+        INTERRUPTED.store(true, Ordering::SeqCst);
         eprintln!("ingest_load: interrupted, cleaning up");
         release_all();
         std::process::exit(130);
@@ -183,6 +190,12 @@ fn main() {
     for backend in &a.backends {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&a, &bin, backend)));
         release_all();
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            // The signal thread exits once it cleaned up.
+            loop {
+                std::thread::park();
+            }
+        }
         match r {
             Ok(Ok(line)) => println!("{line}"),
             Ok(Err(e)) => {
