@@ -114,7 +114,7 @@ async fn scrape(sources: Arc<Sources>) -> Response {
             view.revision as i64,
         );
         m.gauge(
-            "microseg_controller_revision_enforced",
+            "microseg_policy_controller_revision",
             "Managed mode: the controller revision wholly enforced (0 standalone)",
             view.controller_revision as i64,
         );
