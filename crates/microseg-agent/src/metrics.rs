@@ -264,7 +264,11 @@ impl Sources {
             ) {
                 continue;
             }
-            let n = count_keys(map.fd().as_fd(), info.key_size() as usize);
+            let n = count_keys(
+                map.fd().as_fd(),
+                info.key_size() as usize,
+                info.max_entries(),
+            );
             let labels = vec![("map", label.to_string())];
             if *label == "sessions" {
                 m.gauge(
@@ -326,9 +330,10 @@ impl Sources {
     }
 }
 
-/// Keys in a BPF map, walked with BPF_MAP_GET_NEXT_KEY (bounded by the map's capacity
-/// plus a margin: entries may come and go during the walk).
-fn count_keys(fd: BorrowedFd<'_>, key_size: usize) -> u64 {
+/// Keys in a BPF map, walked with BPF_MAP_GET_NEXT_KEY. A key removed under the walk
+/// makes the kernel start over, so the count is capped at the map's capacity: approximate
+/// under churn, and always bounded in time.
+fn count_keys(fd: BorrowedFd<'_>, key_size: usize, max_entries: u32) -> u64 {
     #[repr(C)]
     struct Attr {
         map_fd: u32,
@@ -342,7 +347,7 @@ fn count_keys(fd: BorrowedFd<'_>, key_size: usize) -> u64 {
     let mut next = vec![0u8; key_size];
     let mut count = 0u64;
     let mut first = true;
-    while count < u64::from(u32::MAX) {
+    while count < u64::from(max_entries) {
         let attr = Attr {
             map_fd: fd.as_raw_fd() as u32,
             _pad: 0,
