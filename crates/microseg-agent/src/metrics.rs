@@ -128,6 +128,21 @@ async fn scrape(sources: Arc<Sources>) -> Response {
             "1 while a policy is being compiled and applied or waits to be",
             updating as i64,
         );
+        m.gauge_f64(
+            "microseg_policy_compile_seconds",
+            "How long the last successful update took to compile",
+            view.compile_time.as_secs_f64(),
+        );
+        m.gauge_f64(
+            "microseg_policy_apply_seconds",
+            "How long the last successful update took to write into the data plane",
+            view.apply_time.as_secs_f64(),
+        );
+        m.counter(
+            "microseg_policy_update_failures",
+            "Updates refused since the agent started; the previous policy stayed in force",
+            view.failed_updates,
+        );
         m.gauge(
             "microseg_policy_rules",
             "Rules of the policy in force",
@@ -391,6 +406,12 @@ impl Metrics {
 
     fn gauge(&mut self, name: &str, help: &str, v: i64) {
         let g = Gauge::<i64>::default();
+        g.set(v);
+        self.0.register(name, help, g);
+    }
+
+    fn gauge_f64(&mut self, name: &str, help: &str, v: f64) {
+        let g = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         g.set(v);
         self.0.register(name, help, g);
     }

@@ -35,6 +35,11 @@ pub struct View {
     pub keys_removed: usize,
     /// The standby slot still lacks the last update's changes (caught up shortly after).
     pub standby_behind: bool,
+    /// How long the last successful update took to compile and to apply.
+    pub compile_time: std::time::Duration,
+    pub apply_time: std::time::Duration,
+    /// Updates refused since the agent started (the previous policy stayed in force).
+    pub failed_updates: u64,
 }
 
 /// Which policy to enforce.
@@ -136,11 +141,16 @@ impl Owner {
             view.rules = enforced.rules.clone();
             view.keys_written = enforced.summary.written;
             view.keys_removed = enforced.summary.removed;
+            view.compile_time = enforced.summary.compile_time;
+            view.apply_time = enforced.summary.apply_time;
             self.rules_shared = true;
             // Acknowledged only when complete: attaching is part of enforcing.
             if let (Some(rev), true) = (request.controller_revision, enforced.is_complete()) {
                 view.controller_revision = rev;
             }
+        }
+        if result.is_err() {
+            view.failed_updates += 1;
         }
         view.standby_behind = self.enforcer.dp.standby_behind();
         self.view.send_replace(Arc::new(view));

@@ -24,6 +24,9 @@ const FAMILIES: &[(&str, &str)] = &[
     ("microseg_policy_rule_packets_total", "counter"),
     ("microseg_map_entries", "gauge"),
     ("microseg_map_capacity", "gauge"),
+    ("microseg_policy_compile_seconds", "gauge"),
+    ("microseg_policy_apply_seconds", "gauge"),
+    ("microseg_policy_update_failures_total", "counter"),
 ];
 
 /// The body of `GET /metrics`, after checking the status and content type.
@@ -113,6 +116,7 @@ fn metrics_are_valid_and_count_denies_and_rule_hits() {
         }
         // Revision 1, or later: the reload loop enforces again when interfaces change.
         assert!(value(&before, "microseg_policy_revision").unwrap() >= 1.0);
+        assert!(value(&before, "microseg_policy_compile_seconds").unwrap() > 0.0);
         assert_eq!(value(&before, "microseg_sessions_max"), Some(4096.0));
         let deny = r#"microseg_verdicts_total{verdict="deny"}"#;
         let policy_drops = r#"microseg_drops_total{reason="policy"}"#;
