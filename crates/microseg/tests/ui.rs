@@ -188,6 +188,37 @@ fn assets_without_the_token_and_the_api_only_with_it() {
     assert!(b.text().contains("Policy recommendations"), "{}", b.text());
     b.open("http://127.0.0.1:7070/ui/#/nodes");
     assert!(b.text().contains("Controller revision 0"), "{}", b.text());
+    map_layout_at_200_workloads(&mut b);
+}
+
+/// The map's layout for 200 workloads and 300 edges: the same whatever the input order,
+/// and no two nodes closer than a row apart (docs/UI.md, "The service map").
+fn map_layout_at_200_workloads(b: &mut Browser) {
+    let r = b.eval(
+        r#"(() => {
+            let seed = 7;
+            const rnd = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
+            const ids = Array.from({length: 200}, (_, i) => 'w' + String(i).padStart(3, '0'));
+            const edges = Array.from({length: 300}, () => ({
+                src: ids[Math.floor(rnd() * 200)], dst: ids[Math.floor(rnd() * 200)]}));
+            const a = MS.mapLayout(ids, edges);
+            const z = MS.mapLayout([...ids].reverse(), [...edges].reverse());
+            const same = ids.every(id => a.get(id).x === z.get(id).x && a.get(id).y === z.get(id).y);
+            const ps = [...a.values()];
+            let min = Infinity;
+            for (let i = 0; i < ps.length; i++)
+                for (let j = i + 1; j < ps.length; j++)
+                    min = Math.min(min, Math.hypot(ps[i].x - ps[j].x, ps[i].y - ps[j].y));
+            return {same, min, n: a.size,
+                    width: Math.max(...ps.map(p => p.x)), height: Math.max(...ps.map(p => p.y))};
+        })()"#,
+    );
+    assert_eq!(r["same"], true, "{r}");
+    assert_eq!(r["n"], 200, "{r}");
+    assert!(r["min"].as_f64().unwrap() >= 40.0, "nodes overlap: {r}");
+    // Tall layers wrap into columns, deep chains into bands: a few screens at most.
+    assert!(r["height"].as_f64().unwrap() <= 2400.0, "{r}");
+    assert!(r["width"].as_f64().unwrap() <= 2300.0, "{r}");
 }
 
 /// Kills the controller this test started, by its id, on drop.
@@ -276,6 +307,12 @@ fn the_map_flows_policies_and_nodes_with_real_agents() {
         Duration::from_secs(10),
     )
     .unwrap();
+    let named = b.eval("[MS.params().get('edge'), MS.params().get('verdict')]");
+    assert_eq!(
+        named,
+        serde_json::json!([deny, "deny"]),
+        "the address names the edge"
+    );
     let decided = b.attrs("#details [data-flow]", "data-policy");
     assert!(
         !decided.is_empty() && decided.iter().all(|p| p == "default-deny"),
@@ -377,7 +414,8 @@ fn the_map_flows_policies_and_nodes_with_real_agents() {
 
     if let Ok(dir) = std::env::var("MICROSEG_UI_SCREENSHOTS") {
         let dir = std::path::PathBuf::from(dir);
-        screenshot(&c, &map_url, &dir.join("ui-map.png"));
+        let selected = format!("{ui}#/map?group=&edge={deny}&verdict=deny&token={TOKEN}");
+        screenshot(&c, &selected, &dir.join("ui-map.png"));
         screenshot(
             &c,
             &format!("{ui}#/flows?since=15m&token={TOKEN}"),

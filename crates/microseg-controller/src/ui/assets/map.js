@@ -9,6 +9,8 @@
   const COL_W = 230;
   const ROW_H = 40;
   const MAX_ROWS = 20; // a layer taller than this wraps into more columns
+  const MAX_COLS = 10; // more columns wrap into a band below
+  const MIN_BAND = 5; // a band holds at least this many
   const R = 9;
   const PAD = 40;
 
@@ -112,27 +114,51 @@
         l.forEach((id, i) => pos.set(id, i));
       }
     }
-    const xy = new Map();
-    let col = 0;
-    let height = 0;
+    // Columns: a layer taller than MAX_ROWS wraps into several. Columns past MAX_COLS
+    // start a band below, so that deep chains stay within a screen's width.
+    const columns = [];
     for (const l of layers) {
       const cols = Math.ceil(l.length / MAX_ROWS);
       const rows = Math.ceil(l.length / cols);
-      height = Math.max(height, rows);
-      l.forEach((id, i) => xy.set(id, { x: (col + Math.floor(i / rows)) * COL_W, y: (i % rows) * ROW_H, rows }));
-      col += cols;
+      for (let c = 0; c < cols; c++) columns.push(l.slice(c * rows, (c + 1) * rows));
     }
-    // Centre each column on the tallest.
-    for (const p of xy.values()) p.y += ((height - p.rows) * ROW_H) / 2;
+    const xy = new Map();
+    let top = 0;
+    const perBand = bandWidth(columns);
+    for (let first = 0; first < columns.length; first += perBand) {
+      const band = columns.slice(first, first + perBand);
+      const height = Math.max(...band.map((c) => c.length));
+      band.forEach((c, ci) => c.forEach((id, i) => xy.set(id, { x: ci * COL_W, y: top + (i + (height - c.length) / 2) * ROW_H })));
+      top += (height + 1) * ROW_H;
+    }
     const lonely = ids.filter((id) => !rank.has(id));
-    const gridCols = Math.max(4, col, Math.ceil(Math.sqrt(lonely.length)));
-    const top = height * ROW_H + (height ? ROW_H : 0);
+    const gridCols = Math.max(4, Math.min(perBand, columns.length), Math.ceil(Math.sqrt(lonely.length)));
     lonely.forEach((id, i) => xy.set(id, { x: (i % gridCols) * COL_W, y: top + Math.floor(i / gridCols) * ROW_H }));
     return xy;
   }
 
+  // How many columns a band holds: all of up to MIN_BAND; else at most MAX_COLS, and of
+  // those the count that brings the map's shape nearest a wide screen's (long chains of
+  // small layers fold up).
+  function bandWidth(columns) {
+    let best = Math.max(1, Math.min(MAX_COLS, columns.length));
+    let score = Infinity;
+    for (let n = best; n >= MIN_BAND; n--) {
+      let h = 0;
+      for (let f = 0; f < columns.length; f += n) h += (Math.max(...columns.slice(f, f + n).map((c) => c.length)) + 1) * ROW_H;
+      const s = Math.abs(Math.log((n * COL_W) / h / 1.8));
+      if (s < score - 1e-9) {
+        score = s;
+        best = n;
+      }
+    }
+    return best;
+  }
+
   // Denied and audit-would-deny edges are never thin: they must stand out.
-  const width = (e) => Math.max(e.verdict === 'deny' || e.verdict === 'audit' ? 3 : 0, Math.min(12, 1.5 + 1.5 * Math.log2(1 + e.connections)));
+  // Widths grow with the logarithm of the connections, up to 7 for the busiest edge shown.
+  const width = (e, most) =>
+    Math.max(e.verdict === 'deny' || e.verdict === 'audit' ? 2.5 : 0, 1 + (6 * Math.log(1 + e.connections)) / Math.log(2 + most));
   const short = (s) => (s.length > 26 ? s.slice(0, 12) + '…' + s.slice(-12) : s);
 
   // A curve from a to b, bent to its left by `bend`: the same pair in both directions,
@@ -140,7 +166,7 @@
   function curve(a, b, bend) {
     if (a === b) {
       const d = `M ${a.x - 6} ${a.y - R} C ${a.x - 30} ${a.y - 40 - bend}, ${a.x + 30} ${a.y - 40 - bend}, ${a.x + 6} ${a.y - R - 2}`;
-      return { d, mid: { x: a.x, y: a.y - R - 30 - bend * 0.75 } };
+      return { d, mid: { x: a.x, y: a.y - R - 30 - bend * 0.75 }, c: { x: a.x, y: a.y - 40 - bend } };
     }
     const dx = b.x - a.x;
     const dy = b.y - a.y;
@@ -155,33 +181,24 @@
     const s = toward(a, c, R + 1);
     const e = toward(b, c, R + 4);
     const mid = { x: 0.25 * s.x + 0.5 * c.x + 0.25 * e.x, y: 0.25 * s.y + 0.5 * c.y + 0.25 * e.y };
-    return { d: `M ${s.x.toFixed(1)} ${s.y.toFixed(1)} Q ${c.x.toFixed(1)} ${c.y.toFixed(1)} ${e.x.toFixed(1)} ${e.y.toFixed(1)}`, mid };
+    return { d: `M ${s.x.toFixed(1)} ${s.y.toFixed(1)} Q ${c.x.toFixed(1)} ${c.y.toFixed(1)} ${e.x.toFixed(1)} ${e.y.toFixed(1)}`, mid, c };
   }
 
   function draw(g, xy, onEdge, onNode) {
-    let maxX = 0;
-    let maxY = 0;
-    for (const p of xy.values()) {
-      maxX = Math.max(maxX, p.x);
-      maxY = Math.max(maxY, p.y);
-    }
-    const W = maxX + 2 * PAD + COL_W * 0.6;
-    const H = maxY + 2 * PAD + 20;
     const svg = MS.svg('svg', {
       id: 'map',
-      viewBox: `${-PAD} ${-PAD} ${W} ${H}`,
-      width: Math.round(W),
-      height: Math.round(H),
       role: 'group',
       'aria-label': `Service map: ${g.nodes.size} nodes, ${g.edges.length} edges`,
     });
     svg.append(
       MS.svg('defs', {},
         VERDICTS.map((v) =>
-          MS.svg('marker', { id: 'arrow-' + v, class: 'arrow verdict-' + v, viewBox: '0 0 10 10', refX: 8, refY: 5, markerWidth: 5, markerHeight: 5, orient: 'auto-start-reverse' },
+          MS.svg('marker', { id: 'arrow-' + v, class: 'arrow verdict-' + v, viewBox: '0 0 10 10', refX: 8, refY: 5, markerWidth: 3.5, markerHeight: 3.5, orient: 'auto-start-reverse' },
             MS.svg('path', { d: 'M 0 0 L 10 5 L 0 10 z' })))),
     );
     const edgeLayer = MS.svg('g', { class: 'edges' });
+    const bounds = [...xy.values()];
+    const most = Math.max(0, ...g.edges.map((e) => e.connections));
     const pairs = new Map();
     const sorted = [...g.edges].sort((a, b) => VERDICTS.indexOf(a.verdict) - VERDICTS.indexOf(b.verdict) || byName(a.src + a.dst, b.src + b.dst));
     for (const e of [...g.edges].sort((a, b) => byName(a.src + '>' + a.dst + VERDICTS.indexOf(a.verdict), b.src + '>' + b.dst + VERDICTS.indexOf(b.verdict)))) {
@@ -190,7 +207,10 @@
       pairs.set(k, e.bendIndex + 1);
     }
     for (const e of sorted) {
-      const { d, mid } = curve(xy.get(e.src), xy.get(e.dst), 14 + 12 * e.bendIndex);
+      const [a, b] = [xy.get(e.src), xy.get(e.dst)];
+      // Longer edges bend more, so that edges along one row or column do not overlap.
+      const { d, mid, c } = curve(a, b, 10 + 0.15 * Math.hypot(b.x - a.x, b.y - a.y) + 12 * e.bendIndex);
+      bounds.push(e.src === e.dst ? c : mid); // a quadratic's apex is its midpoint
       e.mid = mid;
       const label = `${e.src} to ${e.dst}: ${e.verdict}, ${e.connections} connection${e.connections === 1 ? '' : 's'}`;
       const el = MS.svg('g', {
@@ -206,7 +226,7 @@
       },
       MS.svg('title', { text: label }),
       MS.svg('path', { class: 'hit', d }),
-      MS.svg('path', { class: 'line', d, 'stroke-width': width(e).toFixed(1), 'marker-end': `url(#arrow-${e.verdict})` }));
+      MS.svg('path', { class: 'line', d, 'stroke-width': width(e, most).toFixed(1), 'marker-end': `url(#arrow-${e.verdict})` }));
       edgeLayer.append(el);
     }
     const nodeLayer = MS.svg('g', { class: 'nodes' });
@@ -238,6 +258,16 @@
       );
     }
     svg.append(edgeLayer, nodeLayer);
+    // The view holds every node, its label, and every curve's apex.
+    const xs = bounds.map((p) => p.x);
+    const ys = bounds.map((p) => p.y);
+    const x0 = Math.min(0, ...xs) - PAD;
+    const y0 = Math.min(0, ...ys) - PAD;
+    const W = Math.max(0, ...xs) + COL_W * 0.8 + PAD - x0;
+    const H = Math.max(0, ...ys) + PAD - y0;
+    svg.setAttribute('viewBox', `${x0.toFixed(0)} ${y0.toFixed(0)} ${W.toFixed(0)} ${H.toFixed(0)}`);
+    svg.setAttribute('width', W.toFixed(0));
+    svg.setAttribute('height', H.toFixed(0));
     return svg;
   }
 
@@ -258,7 +288,7 @@
   }
 
   // The edge's rows from the API, then its flow records: which policy and rule decided.
-  async function showEdge(panel, e, group, since) {
+  async function showEdge(panel, e, g, group, since) {
     panel.replaceChildren(
       MS.el('h2', { id: 'edge-title' }, `${e.src} → ${e.dst}`),
       MS.el('p', {}, MS.el('span', { class: 'badge verdict-' + e.verdict, 'data-verdict': e.verdict }, e.verdict),
@@ -266,22 +296,26 @@
       table(['protocol/port', 'policy', 'legs', 'first seen', 'last seen'],
         e.rows.map((r) => ({ cells: [`${r.protocol}/${r.dst_port}`, r.policy || '(none: open)', r.connections, MS.fmtTime(r.first_seen), MS.fmtTime(r.last_seen)] }))),
     );
-    const from = nodeQuery(group, e.src);
-    const to = nodeQuery(group, e.dst);
-    const q = { since, verdict: e.verdict, from: from.selector, to: to.selector, limit: 500 };
-    panel.append(MS.el('p', {}, MS.el('a', { href: MS.link('flows', Object.fromEntries(Object.entries({ since, verdict: e.verdict, from: from.selector, to: to.selector }).filter(([, v]) => v))) }, 'Open in the flow table')));
+    const from = nodeQuery(g, group, e.src);
+    const to = nodeQuery(g, group, e.dst);
+    // The server narrows by what it can (labels of a group, a workload at either end);
+    // the records are then matched to the edge's two nodes here.
+    const filters = { since, verdict: e.verdict, from: from.selector, to: to.selector, workload: from.workload || to.workload };
+    const given = Object.fromEntries(Object.entries(filters).filter(([, v]) => v));
+    const q = { ...given, limit: 500 };
+    panel.append(MS.el('p', {}, MS.el('a', { href: MS.link('flows', given) }, 'Open in the flow table')));
     const status = MS.el('p', { class: 'muted' }, 'Loading flows…');
     panel.append(status);
     try {
       const page = await MS.api('flows', q);
-      const mine = page.items.filter((f) => from.match(f.src_workload, f.src_labels, f.src_ip) && to.match(f.dst_workload, f.dst_labels, f.dst_ip));
+      const mine = [...page.items].reverse().filter((f) => from.match(f.src_workload, f.src_labels, f.src_ip) && to.match(f.dst_workload, f.dst_labels, f.dst_ip));
       status.replaceWith(
         MS.el('h3', {}, `Flows (${mine.length}${page.items.length >= 500 ? '+' : ''})`),
-        table(['time', 'judged at', 'source', 'destination', 'proto', 'policy', 'rule'],
+        table(['time', 'policy', 'rule', 'judged at', 'source → destination'],
           mine.slice(0, 100).map((f) => ({
             attrs: { 'data-flow': '', 'data-policy': f.policy || '', 'data-rule': f.rule === null ? '' : f.rule },
-            cells: [MS.fmtTime(f.time), `${f.workload} (${f.direction}, ${f.node})`, MS.endpoint(f.src_workload, f.src_ip, f.src_port),
-              MS.endpoint(f.dst_workload, f.dst_ip, f.dst_port), `${f.protocol}`, f.policy || '(none: open)', ruleText(f)],
+            cells: [MS.fmtTime(f.time).slice(11), f.policy || '(none: open)', ruleText(f), `${f.direction} at ${f.node}`,
+              `${MS.endpoint(f.src_workload, f.src_ip, f.src_port)} → ${MS.endpoint(f.dst_workload, f.dst_ip, f.dst_port)}`],
           }))),
       );
     } catch (err) {
@@ -291,11 +325,13 @@
   const ruleText = (f) => (f.rule === null || f.rule === undefined ? (f.policy ? 'default' : '') : `${f.direction} rule ${f.rule}`);
   MS.ruleText = ruleText;
 
-  // How to ask the API for one node's flows (a label selector for a group) and how to
-  // recognise its end of a record.
-  function nodeQuery(group, id) {
+  // How to ask the API for one node's flows (a label selector for a group, the name of
+  // a workload) and how to recognise its end of a record.
+  function nodeQuery(g, group, id) {
+    const kind = g.nodes.get(id).kind;
     return {
-      selector: id.includes('=') && group && id.startsWith(group + '=') ? id : '',
+      selector: kind === 'group' ? id : '',
+      workload: kind === 'workload' ? id : '',
       match: (workload, labels, ip) => nodeOf(group, workload, labels, ip).id === id,
     };
   }
@@ -338,10 +374,21 @@
         MS.el('div', { class: 'map-scroll' }, draw(g, xy, (e, el) => {
           for (const s of main.querySelectorAll('.edge.selected')) s.classList.remove('selected');
           el.classList.add('selected');
-          showEdge(panel, e, group, since);
+          // The address names the edge, so that a link opens the map with it selected.
+          const q = MS.params();
+          q.set('edge', e.src + '->' + e.dst);
+          q.set('verdict', e.verdict);
+          history.replaceState(null, '', '#/map?' + q);
+          showEdge(panel, e, g, group, since);
         }, (n) => showNode(panel, n, g))),
         panel),
     );
+    const chosen = g.edges.find((e) => e.src + '->' + e.dst === params.get('edge') && e.verdict === (params.get('verdict') || e.verdict));
+    if (chosen) {
+      const el = main.querySelector(`[data-edge="${CSS.escape(params.get('edge'))}"][data-verdict="${chosen.verdict}"]`);
+      el.classList.add('selected');
+      await showEdge(panel, chosen, g, group, since);
+    }
   }
 
   MS.pages.map = { title: 'Service map', render };

@@ -46,7 +46,7 @@
       el('td', {}, String(f.protocol)),
       el('td', {}, el('span', { class: 'badge verdict-' + f.verdict }, f.verdict),
         f.audit_verdict ? el('span', { class: 'muted' }, ` (audit: ${f.audit_verdict} by ${f.audit_policy || 'default'})`) : ''),
-      el('td', {}, f.policy ? el('a', { href: MS.link('policies', { policy: f.policy }) }, f.policy) : '(none: open)'),
+      el('td', {}, f.policy && f.policy !== 'default-deny' ? el('a', { href: MS.link('policies', { policy: f.policy }) }, f.policy) : f.policy || '(none: open)'),
       el('td', {}, MS.ruleText(f)),
       el('td', { class: 'num' }, String(f.packets)),
       el('td', { class: 'num' }, MS.fmtBytes(f.bytes)),
@@ -76,7 +76,8 @@
       return;
     }
     if (!alive()) return;
-    const body = el('tbody', { id: 'flow-rows' }, page.items.map(flowRow));
+    // The API gives the newest records oldest first; the table shows newest first.
+    const body = el('tbody', { id: 'flow-rows' }, [...page.items].reverse().map(flowRow));
     const count = el('p', { id: 'flow-count' });
     const setCount = () => (count.textContent = `${body.rows.length} flow record(s), newest first` + (follow ? ', following' : ''));
     setCount();
