@@ -76,28 +76,63 @@ fn http_get(ns: &str, host: &'static str, path: &str, token: Option<&str>) -> (u
     })
 }
 
+/// A controller alone in a namespace of its own, on its loopback (127.0.0.1:7070), with
+/// the token `right-token`; stopped, and its files removed, on drop.
+struct Solo {
+    child: std::process::Child,
+    // Dropped after the controller is stopped.
+    dir: TempDir,
+    ns: NetNs,
+}
+
+impl Solo {
+    /// `tls`: certificates for 127.0.0.1 and `--tls-cert`/`--tls-key` (no client CA).
+    fn start(tls: bool) -> Solo {
+        let ns = NetNs::new("msui");
+        ns.ip(&["link", "set", "lo", "up"]);
+        let dir = TempDir::new("ui-solo");
+        std::fs::write(dir.join("token"), "right-token\n").unwrap();
+        let mut cmd = ns_command(ns.name(), BIN);
+        cmd.args(["controller", "--listen", "127.0.0.1:7070", "--token-file"])
+            .arg(dir.join("token"))
+            .arg("--state-dir")
+            .arg(dir.join("state"));
+        if tls {
+            let pki = cluster_support::pki::Pki::write(&dir.join("pki"), &["127.0.0.1"]);
+            cmd.arg("--tls-cert")
+                .arg(&pki.server_cert)
+                .arg("--tls-key")
+                .arg(&pki.server_key);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let solo = Solo { child, dir, ns };
+        let name = solo.ns.name().to_string();
+        // Plain HTTP answers; over TLS, the port accepting connections is enough.
+        eventually(Duration::from_secs(20), || {
+            let (status, res) = http_get(&name, "127.0.0.1:7070", "/ui/", None);
+            status == 200 || (tls && status == 0 && !res.contains("refused"))
+        })
+        .expect("controller up");
+        solo
+    }
+}
+
+impl Drop for Solo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn assets_without_the_token_and_the_api_only_with_it() {
-    let ns = NetNs::new("msui");
-    ns.ip(&["link", "set", "lo", "up"]);
-    let dir = TempDir::new("ui-token");
-    std::fs::write(dir.join("token"), "right-token\n").unwrap();
-    let mut ctl = ns_command(ns.name(), BIN)
-        .args(["controller", "--listen", "127.0.0.1:7070", "--token-file"])
-        .arg(dir.join("token"))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _stop = Kill(&mut ctl);
+    let solo = Solo::start(false);
     let host = "127.0.0.1:7070";
-    let name = ns.name().to_string();
-    eventually(Duration::from_secs(20), || {
-        http_get(&name, host, "/ui/", None).0 == 200
-    })
-    .expect("controller up");
+    let name = solo.ns.name().to_string();
 
     // The assets are public; the API is not, also when called from the UI's paths.
     for asset in [
@@ -221,13 +256,31 @@ fn map_layout_at_200_workloads(b: &mut Browser) {
     assert!(r["width"].as_f64().unwrap() <= 2300.0, "{r}");
 }
 
-/// Kills the controller this test started, by its id, on drop.
-struct Kill<'a>(&'a mut std::process::Child);
-impl Drop for Kill<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// Over the controller's TLS the pages work as over plain HTTP: every URL is relative.
+/// (The test CA is not in Chromium's store, hence `--ignore-certificate-errors`.)
+#[test]
+fn the_ui_over_tls() {
+    let solo = Solo::start(true);
+    let mut b = Browser::start_with(solo.ns.name(), &["--ignore-certificate-errors"]);
+    b.open("https://127.0.0.1:7070/ui/#/nodes?token=right-token");
+    assert_eq!(
+        b.eval("document.body.dataset.state"),
+        "ready",
+        "{}",
+        b.text()
+    );
+    assert!(b.text().contains("Controller revision 0"), "{}", b.text());
+    for page in ["map", "flows", "policies"] {
+        b.open(&format!("https://127.0.0.1:7070/ui/#/{page}"));
+        assert_eq!(b.eval("document.body.dataset.state"), "ready");
+        assert_eq!(
+            b.eval("document.querySelector('main .error') === null"),
+            true,
+            "{}",
+            b.text()
+        );
     }
+    assert_eq!(b.eval("location.protocol"), "https:");
 }
 
 #[test]

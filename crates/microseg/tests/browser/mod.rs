@@ -69,12 +69,18 @@ fn pipe() -> (RawFd, RawFd) {
 impl Browser {
     /// Chromium in network namespace `netns`, on a blank page, with a fresh profile.
     pub fn start(netns: &str) -> Browser {
+        Browser::start_with(netns, &[])
+    }
+
+    /// The same with more flags.
+    pub fn start_with(netns: &str, flags: &[&str]) -> Browser {
         let profile = std::env::temp_dir().join(unique_name("microseg-ui-chromium-"));
         std::fs::create_dir_all(&profile).unwrap();
         let (cmd_read, cmd_write) = pipe();
         let (out_read, out_write) = pipe();
         let mut c = ns_command(netns, CHROMIUM);
         c.args(base_args(&profile))
+            .args(flags)
             .arg("--remote-debugging-pipe")
             .arg("about:blank")
             .stdin(Stdio::null())
