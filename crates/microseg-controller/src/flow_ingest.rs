@@ -18,6 +18,11 @@ pub const INSERT_BATCH: usize = 5_000;
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const EXPIRE_EVERY: Duration = Duration::from_secs(3600);
+/// How long an upload waits for room in a full queue while the store works: the agent's
+/// next batch waits for the answer, so this slows agents to what the store takes instead
+/// of dropping (back-pressure). A store that fails gets no wait: its outage fills the queue,
+/// and what is over the bound is dropped and counted at once.
+pub const ROOM_WAIT: Duration = Duration::from_secs(5);
 
 /// The error and its causes, on one line.
 pub fn chain(e: &dyn std::error::Error) -> String {
@@ -55,6 +60,8 @@ pub struct FlowIngest {
     bound: usize,
     queue: Mutex<VecDeque<FlowRecord>>,
     queued: Notify,
+    /// Told when the writer took records out of the queue.
+    freed: Notify,
     store: RwLock<Option<Arc<dyn FlowStore>>>,
     /// The last failure, None while the store works (or before the first attempt).
     error: Mutex<Option<String>>,
@@ -70,6 +77,7 @@ impl FlowIngest {
             bound: bound.max(1),
             queue: Mutex::new(VecDeque::new()),
             queued: Notify::new(),
+            freed: Notify::new(),
             store: RwLock::new(None),
             error: Mutex::new(None),
             counts: Counts::default(),
@@ -90,24 +98,44 @@ impl FlowIngest {
         })
     }
 
-    /// Queues a node's records; those over the bound are dropped and counted. Returns
-    /// how many were queued.
-    pub fn push(&self, records: Vec<FlowRecord>, rejected: u64) -> u64 {
+    /// Queues a node's records, waiting up to [`ROOM_WAIT`] for room while the store
+    /// works; those that still find none are dropped and counted. Returns how many were
+    /// queued.
+    pub async fn push(&self, records: Vec<FlowRecord>, rejected: u64) -> u64 {
         let n = records.len() as u64;
         self.counts.received.fetch_add(n + rejected, Relaxed);
         self.counts.rejected.fetch_add(rejected, Relaxed);
-        let Ok(mut q) = self.queue.lock() else {
-            return 0;
-        };
-        let room = self.bound.saturating_sub(q.len());
-        let dropped = records.len().saturating_sub(room);
-        q.extend(records.into_iter().take(room));
-        drop(q);
-        if dropped > 0 {
-            self.counts.dropped.fetch_add(dropped as u64, Relaxed);
+        let mut rest = records.into_iter().peekable();
+        let deadline = tokio::time::Instant::now() + ROOM_WAIT;
+        loop {
+            // Registered before the queue is looked at, so a drain in between is not missed.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Ok(mut q) = self.queue.lock() {
+                let room = self.bound.saturating_sub(q.len());
+                q.extend(rest.by_ref().take(room));
+            }
+            self.queued.notify_one();
+            if rest.peek().is_none() || self.failing() {
+                break;
+            }
+            tokio::select! {
+                _ = &mut freed => {}
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
         }
-        self.queued.notify_one();
-        n - dropped as u64
+        let dropped = rest.count() as u64;
+        if dropped > 0 {
+            self.counts.dropped.fetch_add(dropped, Relaxed);
+        }
+        n - dropped
+    }
+
+    /// Whether the store is not open or its last operation failed.
+    fn failing(&self) -> bool {
+        let open = self.store.read().is_ok_and(|s| s.is_some());
+        !open || self.error.lock().map_or(true, |e| e.is_some())
     }
 
     pub fn agent_dropped(&self, node: &str, total: u64) {
@@ -239,6 +267,7 @@ impl FlowIngest {
                         let n = batch.len().min(q.len());
                         q.drain(..n);
                     }
+                    self.freed.notify_waiters();
                     self.counts.stored.fetch_add(batch.len() as u64, Relaxed);
                     self.outcome("insert", Ok(()));
                     backoff = FIRST_BACKOFF;

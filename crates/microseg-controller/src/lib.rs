@@ -100,7 +100,7 @@ impl Options {
 }
 
 /// How many uploaded flow records may wait to be stored.
-pub const DEFAULT_FLOW_QUEUE: usize = 200_000;
+pub const DEFAULT_FLOW_QUEUE: usize = 50_000;
 
 /// The token file created under the state dir when no `--token-file` is given.
 pub const TOKEN_FILE: &str = "controller.token";

@@ -393,6 +393,46 @@ fn a_flow_store_that_is_down_does_not_stop_the_controller() {
 }
 
 #[test]
+fn a_full_queue_holds_the_upload_until_the_store_takes_it_instead_of_dropping() {
+    let dir = TempDir::new("flow-backpressure");
+    let mut opts = Options::new(&dir.0);
+    opts.listen = "127.0.0.1:0".into();
+    opts.flow_queue = 50;
+    let ctl = Ctl::start_with(opts);
+    let c = ctl.client();
+    microseg_testsupport::eventually(Duration::from_secs(10), || {
+        get(&c, "/v1/flows/status").body["ok"] == true
+    })
+    .expect("the store open");
+    // 2,000 records in four batches, forty times the queue: each waits for room.
+    let batch = |from: u32| -> Vec<Flow> {
+        (from..from + 500)
+            .map(|i| {
+                flow(
+                    now_us(),
+                    "web",
+                    "egress",
+                    (WEB, 10_000 + i),
+                    (DB, 5432),
+                    6,
+                    "allow",
+                    "p1",
+                )
+            })
+            .collect()
+    };
+    let batches = (0..4).map(|b| ("node-a", batch(b * 500), 0)).collect();
+    assert_eq!(
+        upload(&ctl, batches),
+        2_000,
+        "every record queued in the end"
+    );
+    let s = get(&c, "/v1/flows/status").body;
+    assert_eq!(s["dropped"], 0, "{s}");
+    assert_eq!(items(&c, "?limit=5000").len(), 2_000);
+}
+
+#[test]
 fn a_malformed_flow_store_or_retention_is_refused_at_start() {
     let dir = TempDir::new("flow-bad");
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -45,6 +45,6 @@ impl Core {
             }
         }
         self.flows.agent_dropped(node, batch.dropped_total);
-        self.flows.push(records, rejected)
+        self.flows.push(records, rejected).await
     }
 }
