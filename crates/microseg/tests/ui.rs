@@ -80,8 +80,8 @@ fn http_get(ns: &str, host: &'static str, path: &str, token: Option<&str>) -> (u
 /// the token `right-token`; stopped, and its files removed, on drop.
 struct Solo {
     child: std::process::Child,
-    // Dropped after the controller is stopped.
-    dir: TempDir,
+    // Removed after the controller is stopped.
+    _dir: TempDir,
     ns: NetNs,
 }
 
@@ -109,7 +109,11 @@ impl Solo {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let solo = Solo { child, dir, ns };
+        let solo = Solo {
+            child,
+            _dir: dir,
+            ns,
+        };
         let name = solo.ns.name().to_string();
         // Plain HTTP answers; over TLS, the port accepting connections is enough.
         eventually(Duration::from_secs(20), || {
@@ -401,13 +405,8 @@ fn the_map_flows_policies_and_nodes_with_real_agents() {
         "{denied:?} of {every:?}"
     );
     assert!(denied.iter().all(|v| v == "deny"), "{denied:?}");
-    assert_eq!(
-        b.eval("location.hash")
-            .as_str()
-            .unwrap()
-            .contains("verdict=deny"),
-        true
-    );
+    let hash = b.eval("location.hash");
+    assert!(hash.as_str().unwrap().contains("verdict=deny"), "{hash}");
     b.fill("#filter-verdict", "");
     b.fill("#filter-node", "nodeb");
     b.fill("#filter-port", "5432");
@@ -446,8 +445,8 @@ fn the_map_flows_policies_and_nodes_with_real_agents() {
             "data-workload",
         )
     };
-    assert_eq!(selects(&mut b, "web-egress"), [web.clone()]);
-    assert_eq!(selects(&mut b, "db-ingress"), [db.clone()]);
+    assert_eq!(selects(&mut b, "web-egress"), [web.as_str()]);
+    assert_eq!(selects(&mut b, "db-ingress"), [db.as_str()]);
     let count = b.attrs(
         r#"[data-policy="web-egress"] [data-rule="egress:0"] [data-count]"#,
         "data-count",
