@@ -251,6 +251,7 @@
           role: 'button',
           'aria-label': tip,
           onclick: () => onNode(n),
+          onkeydown: (ev) => (ev.key === 'Enter' || ev.key === ' ') && onNode(n),
         },
         MS.svg('title', { text: tip }),
         MS.svg('circle', { r: n.kind === 'group' ? R + 2 : R }),
