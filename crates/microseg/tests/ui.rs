@@ -203,6 +203,10 @@ fn assets_without_the_token_and_the_api_only_with_it() {
         b.eval("sessionStorage.getItem('microseg.token')"),
         "right-token"
     );
+    // A malformed window: the API's 400, shown.
+    b.open("http://127.0.0.1:7070/ui/#/map?since=soon");
+    let shown = b.eval("document.querySelector('main .error')?.textContent || ''");
+    assert!(shown.as_str().unwrap().starts_with("400: since"), "{shown}");
     b.open("http://127.0.0.1:7070/ui/#/recommendations");
     assert_eq!(b.eval("document.body.dataset.state"), "ready");
     assert!(b.text().contains("microseg recommend"), "{}", b.text());
