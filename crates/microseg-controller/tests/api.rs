@@ -238,6 +238,7 @@ fn openapi_document_is_served_and_lists_every_endpoint() {
         ("/v1/flows/edges", &["get"]),
         ("/v1/flows/status", &["get"]),
         ("/v1/openapi.json", &["get"]),
+        ("/metrics", &["get"]),
     ] {
         for m in methods {
             assert!(paths[p].get(*m).is_some(), "{m} {p} documented");
@@ -245,7 +246,7 @@ fn openapi_document_is_served_and_lists_every_endpoint() {
     }
     assert_eq!(
         paths.len(),
-        13,
+        14,
         "no undocumented extras: {:?}",
         paths.keys().collect::<Vec<_>>()
     );
