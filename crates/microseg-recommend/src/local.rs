@@ -27,11 +27,13 @@ pub struct Leg {
 }
 
 type EdgeKey = (Endpoint, Endpoint, u8, u16, Verdict, Option<String>);
+/// Reporting workload, egress, source, destination, source port, destination port.
+type LegKey = (String, bool, String, String, u16, u16);
 
 #[derive(Default)]
 struct Acc {
     /// Per connection leg (5-tuple, workload, direction): its largest counters.
-    legs: BTreeMap<(String, bool, String, String, u16, u16), (u64, u64)>,
+    legs: BTreeMap<LegKey, (u64, u64)>,
     first: Option<Timestamp>,
     last: Option<Timestamp>,
 }

@@ -30,6 +30,8 @@ enum PeerKey {
 
 /// Per (protocol, port) the evidence; port 0 for protocols without ports.
 type Ports = BTreeMap<(u8, u16), Evidence>;
+/// Addresses by their ports and network: the candidates for one prefix.
+type Networks = BTreeMap<(Vec<(u8, u16)>, IpNet), Vec<(IpAddr, Ports)>>;
 
 #[derive(Default)]
 struct Sides {
@@ -145,7 +147,7 @@ pub(crate) fn build(
 /// groups first, then prefixes in address order.
 fn section(world: &World, peers: BTreeMap<PeerKey, Ports>) -> (Vec<Rule>, Vec<Evidence>) {
     let mut rules: Vec<(PeerKey, u8, Rule, Evidence)> = Vec::new();
-    let mut addresses: BTreeMap<(Vec<(u8, u16)>, IpNet), Vec<(IpAddr, Ports)>> = BTreeMap::new();
+    let mut addresses: Networks = BTreeMap::new();
     for (peer, ports) in peers {
         match peer {
             PeerKey::Group(g) => {
