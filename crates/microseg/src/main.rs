@@ -24,6 +24,7 @@ mod client;
 mod controller_cmd;
 mod logger;
 mod policy_cmd;
+mod recommend_cmd;
 mod sources;
 mod views;
 
@@ -79,6 +80,8 @@ enum Command {
     /// Print a node's own agent token (run where the controller's agent token is): with
     /// it, an agent speaks on the agent link for that node only.
     NodeToken(controller_cmd::NodeTokenArgs),
+    /// Least-privilege policies from the observed flows of a window, or their preview.
+    Recommend(recommend_cmd::RecommendArgs),
     /// Print a shell completion script: `source <(microseg completion bash)`.
     Completion {
         /// The shell.
@@ -171,6 +174,7 @@ fn main() -> ExitCode {
         Command::Workload { command } => client::workload(command),
         Command::Status { report, client: c } => client::status(&c, report.output),
         Command::NodeToken(a) => controller_cmd::node_token(a),
+        Command::Recommend(r) => recommend_cmd::run(&r),
         Command::Completion { shell } => {
             // Written whole through the writer that ends quietly on a closed pipe.
             let mut script = Vec::new();
