@@ -117,7 +117,7 @@ pub(crate) fn build(
         if !g.complete() {
             let members: Vec<_> = s.members.iter().cloned().collect();
             notes.push(format!(
-                "{} lack a grouping label: their group {name} ({}) selects them by what they have",
+                "workloads without a grouping label ({}): their group {name} ({}) selects them by what they have",
                 members.join(", "),
                 describe(&g, &opts.group_by)
             ));

@@ -175,7 +175,7 @@ spec:
     assert!(
         rec.notes
             .iter()
-            .any(|n| n.contains("batch-1 lack a grouping label")),
+            .any(|n| n.contains("without a grouping label (batch-1)")),
         "{:?}",
         rec.notes
     );
