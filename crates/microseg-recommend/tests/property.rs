@@ -144,8 +144,11 @@ proptest! {
         let rec = match recommend(input, &Options::default()) {
             Ok(r) => r,
             Err(e) => {
-                // Only bad input may refuse: here, a window of denied traffic only.
-                prop_assert!(edges.iter().all(|e| e.verdict == Verdict::Deny), "{e}");
+                // Only bad input may refuse: a window of denied traffic only, or no
+                // workload with the grouping label.
+                let only_denied = edges.iter().all(|e| e.verdict == Verdict::Deny);
+                let no_app = workloads.iter().all(|w| !w.labels.contains_key("app"));
+                prop_assert!(only_denied || no_app, "{e}");
                 return Ok(());
             }
         };
