@@ -318,3 +318,45 @@ fn leg(v: &Value) -> Option<Leg> {
         bytes: n("bytes").unwrap_or(0),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A line as the agent writes it (its own record type, serialized) reads as a leg.
+    #[test]
+    fn agent_flow_lines_read_as_legs() {
+        let record = microseg_agent::flows::FlowRecord {
+            time: "2026-12-07T10:00:00.250000Z".into(),
+            node: "n1".into(),
+            workload: "web-1".into(),
+            direction: "egress".into(),
+            src_ip: "10.0.0.1".into(),
+            dst_ip: "192.0.2.7".into(),
+            src_port: 40000,
+            dst_port: 443,
+            protocol: microseg_agent::flows::protocol_json(6),
+            verdict: "audit".into(),
+            policy: Some("p".into()),
+            rule: Some(0),
+            audit_verdict: None,
+            audit_policy: None,
+            packets: 3,
+            bytes: 300,
+            event: "new".into(),
+            unix_time: 0.0,
+        };
+        let l = leg(&serde_json::to_value(&record).unwrap()).unwrap();
+        assert_eq!(l.time, Timestamp::parse("2026-12-07T10:00:00.25Z").unwrap());
+        assert!(l.egress);
+        assert_eq!(
+            (l.protocol, l.dst_port, l.verdict),
+            (6, 443, Verdict::Audit)
+        );
+        let mut other = serde_json::to_value(&record).unwrap();
+        other["protocol"] = 47.into();
+        assert_eq!(leg(&other).unwrap().protocol, 47);
+        other["verdict"] = "maybe".into();
+        assert!(leg(&other).is_none());
+    }
+}
