@@ -17,6 +17,8 @@ mod metrics;
 pub mod node_token;
 #[cfg(test)]
 mod openapi_check;
+mod promote;
+mod recommendations;
 pub mod resources;
 mod rest;
 mod rest_flows;
@@ -67,6 +69,9 @@ pub struct Options {
     /// PostgreSQL over TLS (required): the CAs (PEM) that issued the server's certificate.
     /// Without it, a URL with `sslmode=require` uses the system's CA bundle.
     pub db_ca: Option<PathBuf>,
+    /// A recommended policy is stable after this long without a new edge
+    /// (docs/RECOMMEND.md "Lifecycle").
+    pub recommend_quiet: Duration,
 }
 
 impl Options {
@@ -84,6 +89,7 @@ impl Options {
             tls_key: None,
             tls_client_ca: None,
             db_ca: None,
+            recommend_quiet: DEFAULT_RECOMMEND_QUIET,
         }
     }
 
@@ -98,6 +104,9 @@ impl Options {
         }
     }
 }
+
+/// `--recommend-quiet`'s default.
+pub const DEFAULT_RECOMMEND_QUIET: Duration = Duration::from_secs(3600);
 
 /// How many uploaded flow records may wait to be stored.
 pub const DEFAULT_FLOW_QUEUE: usize = 50_000;
@@ -338,7 +347,9 @@ pub async fn start(opts: &Options) -> Result<Running, ControllerError> {
     store.clone().watch_changes(rev.clone(), stop_rx.clone());
     let ingest = FlowIngest::new(flow_ingest::backend_of(&flow_url), opts.flow_queue);
     ingest.spawn(flow_url, flows, opts.flow_retention, stop_rx.clone());
-    let core = Arc::new(Core::new(store, rev, ingest, stop_rx.clone()));
+    let mut core = Core::new(store, rev, ingest, stop_rx.clone());
+    core.recommend_quiet = opts.recommend_quiet;
+    let core = Arc::new(core);
     let app = auth::app(core, token.clone(), agent_token.clone());
     let mut stopped = stop_rx.clone();
     let stopping = async move {

@@ -8,6 +8,7 @@ use crate::api_types::{
 use crate::apply::{off_workers, Applied, Outcome, ResourceRef, Scope, SourceFile};
 use crate::core::Core;
 use crate::error::Error;
+use crate::recommendations::RecommendParams;
 use crate::resources::{POLICY, WORKLOAD};
 use crate::rest_flows::{EdgeParams, FlowParams};
 use crate::rest_input::{body_text, json_body, json_errors, name, params, Name, Params};
@@ -149,6 +150,20 @@ async fn delete_policy(State(c): Api, n: Name, q: Params<DryRun>) -> Res<DeleteO
     delete(&c, POLICY, n, q).await
 }
 
+async fn promote_policy(State(c): Api, n: Name, q: Params<DryRun>) -> Res<ApplyResponse> {
+    let (name, q) = (name(n)?, params(q)?);
+    applied(c.promote(name, q.dry_run).await?, q.dry_run)
+}
+
+async fn recommendations(
+    State(c): Api,
+    q: Params<RecommendParams>,
+) -> Res<crate::recommendations::Recommendations> {
+    crate::recommendations::recommendations(&c, params(q)?)
+        .await
+        .map(Json)
+}
+
 async fn list_workloads(State(c): Api) -> Result<Response, Error> {
     list(c, WORKLOAD).await
 }
@@ -256,6 +271,8 @@ fn routes() -> Routes {
     .at(M::GET, policy, get_policy)
     .at(M::PUT, policy, put_policy)
     .at(M::DELETE, policy, delete_policy)
+    .at(M::POST, "/v1/policies/{name}/promote", promote_policy)
+    .at(M::GET, "/v1/recommendations", recommendations)
     .at(M::GET, "/v1/workloads", list_workloads)
     .at(M::POST, "/v1/workloads", apply_workloads)
     .at(M::GET, workload, get_workload)

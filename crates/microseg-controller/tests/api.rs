@@ -230,6 +230,8 @@ fn openapi_document_is_served_and_lists_every_endpoint() {
         ("/v1/delete", &["post"]),
         ("/v1/policies", &["get", "post"]),
         ("/v1/policies/{name}", &["get", "put", "delete"]),
+        ("/v1/policies/{name}/promote", &["post"]),
+        ("/v1/recommendations", &["get"]),
         ("/v1/workloads", &["get", "post"]),
         ("/v1/workloads/{name}", &["get", "put", "delete"]),
         ("/v1/workloads/{name}/labels", &["put"]),

@@ -20,7 +20,7 @@ use microseg_policy::{Mode, Policy, Workload};
 
 pub use group::{GroupKey, PER_INSTANCE_LABELS};
 pub use local::{edges_from_legs, Leg};
-pub use output::{documents, to_json_list, to_yaml};
+pub use output::{document, documents, policy_yaml, to_json_list, to_yaml, GROUP_ANNOTATION};
 pub use preview::{preview, PolicyPreview, Preview};
 pub use state::{policy_states, State};
 

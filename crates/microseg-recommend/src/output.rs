@@ -149,14 +149,17 @@ pub fn to_yaml(rec: &Recommendation) -> String {
     let docs: Vec<String> = rec
         .policies
         .iter()
-        .map(|p| {
-            let body = microseg_policy::policies_to_yaml(std::slice::from_ref(&p.policy));
-            let meta = &document(p, &rec.group_by)["metadata"];
-            let meta = microseg_policy::value_to_yaml(&json!({ "metadata": meta }));
-            splice_metadata(&body, &meta)
-        })
+        .map(|p| policy_yaml(p, &rec.group_by))
         .collect();
     docs.join("---\n")
+}
+
+/// One proposed policy's YAML document, as [`to_yaml`] writes it.
+pub fn policy_yaml(p: &Proposed, group_by: &[String]) -> String {
+    let body = microseg_policy::policies_to_yaml(std::slice::from_ref(&p.policy));
+    let meta = &document(p, group_by)["metadata"];
+    let meta = microseg_policy::value_to_yaml(&json!({ "metadata": meta }));
+    splice_metadata(&body, &meta)
 }
 
 /// `body` with its top-level `metadata` entry replaced by `meta`.

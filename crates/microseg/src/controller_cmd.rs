@@ -54,6 +54,10 @@ pub struct ControllerArgs {
     /// one of these CAs (PEM). Needs --tls-cert.
     #[arg(long, value_name = "PATH", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// A recommended policy is stable once no new edge of its group has appeared for
+    /// this long (30s, 10m, 1h; docs/RECOMMEND.md "Lifecycle").
+    #[arg(long, default_value = "1h", value_name = "DURATION")]
+    recommend_quiet: String,
     #[command(flatten)]
     pub log: crate::logger::LogArgs,
 }
@@ -121,6 +125,17 @@ pub fn run(a: ControllerArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: --flow-retention: {}", esc(&e.to_string()));
+            return ExitCode::from(2);
+        }
+    };
+    opts.recommend_quiet = match microseg_common::time::parse_duration(&a.recommend_quiet) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => {
+            eprintln!("error: --recommend-quiet 0: the quiet period must be more than 0");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("error: --recommend-quiet: {}", esc(&e.to_string()));
             return ExitCode::from(2);
         }
     };

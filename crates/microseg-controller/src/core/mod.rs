@@ -40,6 +40,9 @@ pub struct Core {
     /// Nodes with an open Sync stream to this controller, and how many.
     pub streams: Mutex<BTreeMap<String, usize>>,
     pub shutdown: watch::Receiver<bool>,
+    /// How long without a new edge before a recommended policy is stable
+    /// (`--recommend-quiet`, docs/RECOMMEND.md "Lifecycle").
+    pub recommend_quiet: std::time::Duration,
 }
 
 impl Core {
@@ -56,6 +59,7 @@ impl Core {
             addrs: tokio::sync::Mutex::new((None, Arc::default())),
             streams: Mutex::new(BTreeMap::new()),
             shutdown,
+            recommend_quiet: crate::DEFAULT_RECOMMEND_QUIET,
         }
     }
 
