@@ -74,6 +74,19 @@ pub enum PolicyCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Promote an audit policy (a recommendation applied in `mode: audit`) to enforce on
+    /// the controller, as one change; exit 2 when it is unknown or already enforcing.
+    Promote {
+        /// The policy's name.
+        name: String,
+        /// Check that it can be promoted; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        report: ReportArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Delete policies on the controller: all that are named, or none.
     #[command(group = clap::ArgGroup::new("what").required(true).multiple(true))]
     Delete {
@@ -116,6 +129,12 @@ pub fn run(cmd: PolicyCommand) -> ExitCode {
             show,
             client: c,
         } => client::policy_get(&name, &c, show.output),
+        PolicyCommand::Promote {
+            name,
+            dry_run,
+            report,
+            client: c,
+        } => client::policy_promote(&name, dry_run, &c, report.output),
         PolicyCommand::Delete {
             names,
             files,

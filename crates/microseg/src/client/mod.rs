@@ -18,7 +18,7 @@ mod workload;
 pub use diff::diff;
 pub use error::CommandError;
 pub use flows::{check_filters, endpoint, record_header, record_line, remote_flows, RemoteFlows};
-pub use policy::{apply, policy_delete, policy_get, policy_list};
+pub use policy::{apply, policy_delete, policy_get, policy_list, policy_promote};
 pub use status::status;
 pub use workload::{workload, WorkloadCommand};
 

@@ -1,5 +1,7 @@
-//! `policy apply`, `list`, `get` and `delete` against the controller.
+//! `policy apply`, `list`, `get`, `delete` and `promote` against the controller; `list`
+//! and `get` show each recommended policy's lifecycle state (docs/RECOMMEND.md).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,11 +12,12 @@ use microseg_controller::api_types::{
 use microseg_controller::resources;
 use microseg_policy::{Policy, Workload};
 
-use super::output::{cell, print, rules_summary, selector, Output, Report};
+use super::output::{cell, esc, print, rules_summary, selector, table, Output, Report};
 use super::{
-    call, check_name, client, delete_all, dry_run_path, finish, get_one, invalid, resource_ref,
+    call, check_name, client, delete_all, dry_run_path, finish, invalid, resource_ref,
     selector as label_selector, send_json, show_list, ClientArgs, CommandError,
 };
+use microseg_controller::client::Client;
 
 fn rules<T>(section: &Option<Vec<T>>) -> String {
     match section {
@@ -24,15 +27,53 @@ fn rules<T>(section: &Option<Vec<T>>) -> String {
 }
 
 const HEADER: &[&str] = &[
-    "NAME", "PRIORITY", "MODE", "SELECTOR", "INGRESS", "EGRESS", "REVISION",
+    "NAME", "PRIORITY", "MODE", "STATE", "SELECTOR", "INGRESS", "EGRESS", "REVISION",
 ];
 const WIDE_HEADER: &[&str] = &[
-    "NAME", "PRIORITY", "MODE", "SELECTOR", "INGRESS", "EGRESS", "REVISION", "RULES",
+    "NAME", "PRIORITY", "MODE", "STATE", "SELECTOR", "INGRESS", "EGRESS", "REVISION", "RULES",
 ];
 
-fn policy_rows(
+/// Applied policies with this prefix are recommendations (`microseg recommend`).
+const RECOMMENDED_PREFIX: &str = "recommended.";
+
+/// Each recommended policy's state by name: `learning`, `stabilizing`, `stable`.
+type States = BTreeMap<String, String>;
+
+fn state_of(states: &States, name: &str) -> Option<String> {
+    if !name.starts_with(RECOMMENDED_PREFIX) {
+        return None;
+    }
+    // Unknown when the controller could not say (a note on stderr tells why).
+    Some(states.get(name).cloned().unwrap_or_else(|| "?".into()))
+}
+
+/// The states of the applied recommended policies from `GET /v1/recommendations`, only
+/// asked when some of `names` are recommendations; a failure is a note, not an error.
+fn states<'a>(cl: &Client, mut names: impl Iterator<Item = &'a str>) -> States {
+    if !names.any(|n| n.starts_with(RECOMMENDED_PREFIX)) {
+        return States::new();
+    }
+    match call::<serde_json::Value>(cl, "GET", "/v1/recommendations", None) {
+        Ok(v) => v["applied"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| Some((a["name"].as_str()?.into(), a["state"].as_str()?.into())))
+            .collect(),
+        Err(e) => {
+            eprintln!(
+                "note: the states of recommended policies are unknown: {}",
+                esc(&e.to_string())
+            );
+            States::new()
+        }
+    }
+}
+
+fn policy_table(
     items: &[Stored<Arc<Policy>>],
     wide: bool,
+    states: &States,
 ) -> (&'static [&'static str], Vec<Vec<String>>) {
     let rows = items
         .iter()
@@ -42,6 +83,7 @@ fn policy_rows(
                 cell(&p.name),
                 p.priority.to_string(),
                 p.mode.to_string(),
+                state_of(states, &p.name).unwrap_or_else(|| "-".into()),
                 selector(&p.selector),
                 rules(&p.ingress),
                 rules(&p.egress),
@@ -54,6 +96,33 @@ fn policy_rows(
         })
         .collect();
     (if wide { WIDE_HEADER } else { HEADER }, rows)
+}
+
+fn policy_rows(
+    items: &[Stored<Arc<Policy>>],
+    wide: bool,
+) -> (&'static [&'static str], Vec<Vec<String>>) {
+    policy_table(items, wide, &States::new())
+}
+
+/// Policies as `out` asks, with their states: a column of the table, `state` in JSON
+/// (null for a policy that is no recommendation); YAML stays what `apply -f` takes.
+fn show_policies(revision: u64, items: Vec<Stored<Arc<Policy>>>, out: Output, states: &States) {
+    match out {
+        Output::Table | Output::Wide => {
+            let (header, rows) = policy_table(&items, out == Output::Wide, states);
+            table(header, &rows);
+        }
+        Output::Json => {
+            let mut v = serde_json::to_value(List { items, revision }).unwrap_or_default();
+            for it in v["items"].as_array_mut().into_iter().flatten() {
+                let name = it["metadata"]["name"].as_str().unwrap_or_default();
+                it["state"] = state_of(states, name).into();
+            }
+            print(&v, false);
+        }
+        Output::Yaml => show_list(revision, items, out, policy_rows),
+    }
 }
 
 /// `policy apply -f`: every file checked here first, then all of them in one request,
@@ -108,16 +177,55 @@ pub fn policy_list(labels: Option<&str>, c: &ClientArgs, out: Output) -> ExitCod
                 .collect();
             items.retain(|p| chosen.iter().any(|l| p.resource.selector.matches(l)));
         }
-        show_list(policies.revision, items, out, policy_rows);
+        let states = states(&cl, items.iter().map(|p| p.resource.name.as_str()));
+        show_policies(policies.revision, items, out, &states);
         Ok(())
     })())
 }
 
 pub fn policy_get(name: &str, c: &ClientArgs, out: Output) -> ExitCode {
-    finish(
-        check_name(name)
-            .and_then(|_| get_one(c, &format!("/v1/policies/{name}"), out, policy_rows)),
-    )
+    finish((|| {
+        check_name(name)?;
+        let cl = client(c)?;
+        let stored: Stored<Arc<Policy>> = call(&cl, "GET", &format!("/v1/policies/{name}"), None)?;
+        match out {
+            // One document, as before: `apply -f` takes it back.
+            Output::Yaml => print(&stored, true),
+            Output::Json => print(&stored, false),
+            Output::Table | Output::Wide => {
+                let states = states(&cl, std::iter::once(name));
+                show_policies(stored.revision, vec![stored], out, &states);
+            }
+        }
+        Ok(())
+    })())
+}
+
+/// `policy promote NAME`: an audit policy made enforcing on the controller, as one change
+/// (a new revision); exit 2 when it does not exist (404) or is not in audit mode (409).
+pub fn policy_promote(name: &str, dry_run: bool, c: &ClientArgs, out: Report) -> ExitCode {
+    finish((|| {
+        check_name(name)?;
+        let path = dry_run_path(&format!("/v1/policies/{name}/promote"), dry_run);
+        let body: ApplyResponse = call(&client(c)?, "POST", &path, None)?;
+        if out == Report::Json {
+            print(&body, false);
+            return Ok(());
+        }
+        if dry_run {
+            outln!(
+                "{} would be promoted to enforce (dry run)",
+                resource_ref(resources::POLICY, name)
+            );
+        } else {
+            outln!(
+                "{} promoted to enforce",
+                resource_ref(resources::POLICY, name)
+            );
+            outln!("revision {}", body.revision);
+        }
+        Ok(())
+    })())
 }
 
 /// `policy delete NAME...` or `-f FILE...` (every resource the files name, as `policy
