@@ -3,7 +3,8 @@
 //! without a token while `/v1/*` keeps requiring it; and against a controller fed by real
 //! agents in network namespaces, the service map's nodes and verdict-coloured edges, an
 //! edge's flows with their policy and rule, the flow table's filters and live follow, the
-//! policies page and the nodes page. docs/UI.md describes the UI.
+//! policies page and the nodes page; the recommendations page with its Promote button
+//! (`ui_pages/recommend.rs`). docs/UI.md describes the UI.
 //!
 //! `MICROSEG_UI_SCREENSHOTS=DIR` makes the cluster test also write DIR/ui-map.png and
 //! DIR/ui-flows.png with `chromium --screenshot` (scripts/screenshots.sh).
@@ -11,6 +12,8 @@
 mod browser;
 mod cluster_support;
 mod common;
+#[path = "ui_pages/recommend.rs"]
+mod recommend_page;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -144,6 +147,7 @@ fn assets_without_the_token_and_the_api_only_with_it() {
         "/ui/app.js",
         "/ui/map.js",
         "/ui/pages.js",
+        "/ui/recommend.js",
         "/ui/style.css",
     ] {
         let (status, res) = http_get(&name, host, asset, None);

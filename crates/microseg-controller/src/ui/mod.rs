@@ -31,6 +31,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("assets/pages.js"),
     ),
     (
+        "recommend.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/recommend.js"),
+    ),
+    (
         "map.js",
         "text/javascript; charset=utf-8",
         include_str!("assets/map.js"),

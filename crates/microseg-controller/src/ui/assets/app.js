@@ -43,9 +43,10 @@ class ApiError extends Error {
 }
 MS.ApiError = ApiError;
 
-// GET ../v1/PATH?params with the token. A 401 or 403 (a wrong token, or one that opens
-// the agent link only) forgets the token and shows the form again with the reason.
-MS.api = async function (path, params) {
+// GET (or `method`) ../v1/PATH?params with the token. A 401 or 403 (a wrong token, or
+// one that opens the agent link only) forgets the token and shows the form again with
+// the reason.
+MS.api = async function (path, params, method) {
   const token = MS.token();
   if (!token) {
     showLogin('');
@@ -59,6 +60,7 @@ MS.api = async function (path, params) {
   let res;
   try {
     res = await fetch(url, {
+      method: method || 'GET',
       headers: { Authorization: 'Bearer ' + token, Accept: 'application/json' },
       cache: 'no-store',
       credentials: 'omit',

@@ -1,4 +1,4 @@
-// The flow table, policies, nodes and recommendations pages (docs/UI.md).
+// The flow table, policies and nodes pages (docs/UI.md); recommendations: recommend.js.
 'use strict';
 
 (function () {
@@ -232,13 +232,7 @@
     }
   }
 
-  async function recommendations(main) {
-    main.append(el('p', { id: 'recommendations' }, 'Policy recommendations from the observed flows come with ', el('code', {}, 'microseg recommend'),
-      ' (issue 21). Until then, the service map and the flow table show what talks to what.'));
-  }
-
   MS.pages.flows = { title: 'Flows', render: flows };
   MS.pages.policies = { title: 'Policies', render: policies };
   MS.pages.nodes = { title: 'Nodes', render: nodes };
-  MS.pages.recommendations = { title: 'Recommendations', render: recommendations };
 })();
