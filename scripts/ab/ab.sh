@@ -25,7 +25,10 @@
 # (one binary under two names, cps, 16 reps) gave medians 0.873 and 0.817 but paired
 # -0.007 +- 0.033: read the paired line, not the medians.
 #
-# SETTLE (seconds, default 1.5) is waited after an agent starts and after it is removed.
+# SETTLE (seconds, default 1.5) is waited after an agent is ready (its socket bound: the
+# first policy enforced) and after it is removed. Before 2026-12-07 17:45 it was waited from
+# the agent's start, and a load slower than that (the verifier, on a busy machine) ran into
+# the measured run: about 1 s of agent CPU per 1.5 s run in section 8's and 9's first runs.
 # KILL=1 kills each agent once it has attached (with TC_MODE=netlink its filters stay): the
 # programs without the agent. Every loop is bounded; everything is removed on exit.
 set -u
@@ -106,9 +109,13 @@ on() {
     done
     return
   fi
+  rm -f $DIR/sock
   nsenter --net=/run/netns/$P-node env MICROSEG_LOG=warn ${TC_MODE:+MICROSEG_TC_MODE=$TC_MODE} \
     $1 agent --policy $DIR/pol --bpffs /sys/fs/bpf/$P --socket $DIR/sock --state-dir $DIR/state \
     ${SESSIONS:+--sessions $SESSIONS} >/dev/null 2>&1 & AG=$!
+  # The agent binds its socket once the first policy is enforced and attached; loading
+  # (the verifier) can take seconds on a busy machine, and must not overlap the run.
+  for _ in $(seq 300); do [ -S $DIR/sock ] && break; sleep 0.1; done
   sleep ${SETTLE:-1.5}
   [ "${KILL:-}" = 1 ] && { kill -9 $AG; wait $AG 2>/dev/null; AG=; }
 }
