@@ -23,7 +23,6 @@ use crate::client::output::esc;
 use crate::client::TlsArgs;
 
 const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
-const LOCAL_TOKEN: &str = "/var/lib/microseg/controller.token";
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ModeArg {
@@ -186,34 +185,10 @@ fn show_preview(p: &Preview) {
 
 // ---- the controller -------------------------------------------------------------------
 
-/// The token as the other client commands find it (crates/microseg/src/client/mod.rs):
-/// --token-file, MICROSEG_TOKEN, else the local controller's own for a loopback URL only.
+/// The token as the other client commands find it.
 fn token(a: &RecommendArgs, url: &str) -> Result<Option<String>, Failure> {
-    if let Some(p) = &a.token_file {
-        return std::fs::read_to_string(p)
-            .map(|t| Some(t.trim().to_string()))
-            .map_err(|e| Failure::Input(format!("--token-file {}: {e}", p.display())));
-    }
-    if let Ok(t) = std::env::var("MICROSEG_TOKEN") {
-        if !t.trim().is_empty() {
-            return Ok(Some(t.trim().to_string()));
-        }
-    }
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = match host_port.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host_port.split(':').next().unwrap_or(""),
-    };
-    let local = host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    Ok(local
-        .then(|| std::fs::read_to_string(LOCAL_TOKEN).ok())
-        .flatten()
-        .map(|t| t.trim().to_string()))
+    crate::client::token_for(url, a.token_file.as_deref())
+        .map_err(|e| Failure::Input(e.to_string()))
 }
 
 fn get<T: serde::de::DeserializeOwned>(cl: &Client, path: &str) -> Result<T, Failure> {

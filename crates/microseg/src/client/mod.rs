@@ -110,11 +110,20 @@ fn invalid(closing: &'static str) -> impl Fn(Vec<microseg_policy::Diagnostic>) -
 const LOCAL_TOKEN: &str = "/var/lib/microseg/controller.token";
 
 fn token(c: &ClientArgs) -> Result<Option<String>, CommandError> {
-    if let Some(p) = &c.token_file {
+    token_for(&c.server, c.token_file.as_deref())
+}
+
+/// The bearer token for `server`: `token_file`, else MICROSEG_TOKEN, else the local
+/// controller's own for a loopback server only.
+pub(crate) fn token_for(
+    server: &str,
+    token_file: Option<&std::path::Path>,
+) -> Result<Option<String>, CommandError> {
+    if let Some(p) = token_file {
         return std::fs::read_to_string(p)
             .map(|t| Some(t.trim().to_string()))
             .map_err(|source| CommandError::TokenFile {
-                path: p.clone(),
+                path: p.to_path_buf(),
                 source,
             });
     }
@@ -125,7 +134,7 @@ fn token(c: &ClientArgs) -> Result<Option<String>, CommandError> {
     }
     // The local controller's own token goes only to a controller on this machine: sent to
     // any --server, it would hand that server the keys of this one.
-    if !is_loopback_url(&c.server) {
+    if !is_loopback_url(server) {
         return Ok(None);
     }
     Ok(std::fs::read_to_string(LOCAL_TOKEN)
