@@ -248,7 +248,7 @@ fn openapi_document_is_served_and_lists_every_endpoint() {
     }
     assert_eq!(
         paths.len(),
-        14,
+        16,
         "no undocumented extras: {:?}",
         paths.keys().collect::<Vec<_>>()
     );
