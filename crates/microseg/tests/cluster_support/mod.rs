@@ -1,6 +1,7 @@
 //! Two nodes and a controller, each in its own network namespace, for the tests that need
-//! a cluster (cluster.rs, flow_record.rs): agents discover the workloads behind them and
-//! get policy from the controller; docs/CONTROLLER.md describes the link.
+//! a cluster (cluster.rs, flow_record.rs, prometheus.rs, recommend_app.rs, ui.rs): agents
+//! discover the workloads behind them and get policy from the controller;
+//! docs/CONTROLLER.md describes the link.
 //!
 //! ```text
 //!   ctl netns: controller on 10.79.0.1 (bridge mgmt)
@@ -35,6 +36,8 @@ pub struct Cluster {
     /// More flags for the controller and for every agent.
     controller_args: Vec<String>,
     agent_args: Vec<String>,
+    /// Labels of the workloads added with [`Cluster::add_workload`], by short name.
+    extra_labels: Vec<(String, serde_json::Value)>,
     // Dropped after `Drop::drop` stopped the daemons and cleaned up in the nodes.
     namespaces: Vec<NetNs>,
 }
@@ -58,6 +61,7 @@ impl Cluster {
             tls: None,
             controller_args: Vec::new(),
             agent_args: Vec::new(),
+            extra_labels: Vec::new(),
         };
         c.ns("ctl");
         let ctl = c.netns("ctl");
@@ -186,6 +190,32 @@ impl Cluster {
         w.ip(&["link", "set", "dev", "eth0", "up"]);
     }
 
+    /// Another workload: namespace `short` behind `node`'s bridge at `ip` (in
+    /// 10.78.0.0/24), labelled `labels` by the agents' labels file.
+    pub fn add_workload(&mut self, node: &str, short: &str, ip: &str, labels: &[(&str, &str)]) {
+        self.workload(node, short, ip);
+        let labels: serde_json::Map<String, serde_json::Value> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+            .collect();
+        self.extra_labels.push((short.to_string(), labels.into()));
+    }
+
+    /// A host at `ip` on `node`'s bridge that is no workload: its namespace's end of the
+    /// veth is a bridge port (the address sits on that bridge), which discovery leaves
+    /// alone (docs/AGENT.md).
+    pub fn add_host(&mut self, node: &str, short: &str, ip: &str) {
+        self.ns(short);
+        let (n, h) = (self.netns(node), self.netns(short));
+        let host_end = format!("veth-{short}");
+        n.veth_to(&host_end, h, "eth0");
+        n.ip(&["link", "set", "dev", &host_end, "master", "br0", "up"]);
+        h.ip(&["link", "add", "br-host", "type", "bridge"]);
+        h.ip(&["link", "set", "dev", "eth0", "master", "br-host", "up"]);
+        h.ip(&["addr", "add", &format!("{ip}/24"), "dev", "br-host"]);
+        h.ip(&["link", "set", "dev", "br-host", "up"]);
+    }
+
     pub fn in_ns(&self, short: &str, args: &[&str]) -> Command {
         let mut c = ns_command(&self.name(short), args[0]);
         c.args(&args[1..]);
@@ -238,12 +268,14 @@ impl Cluster {
 
     pub fn start_agent(&mut self, node: &str) {
         let labels = self.dir.join(format!("labels-{node}.json"));
-        let (web, db, cache) = (self.name("web"), self.name("db"), self.name("cache"));
-        std::fs::write(
-            &labels,
-            format!(r#"{{"{web}": {{"app": "web"}}, "{db}": {{"app": "db"}}, "{cache}": {{"app": "cache"}}}}"#),
-        )
-        .unwrap();
+        let mut all = serde_json::Map::new();
+        for app in ["web", "db", "cache"] {
+            all.insert(self.name(app), serde_json::json!({ "app": app }));
+        }
+        for (short, l) in &self.extra_labels {
+            all.insert(self.name(short), l.clone());
+        }
+        std::fs::write(&labels, serde_json::Value::from(all).to_string()).unwrap();
         let log = File::options()
             .create(true)
             .append(true)
