@@ -1,0 +1,146 @@
+//! microseg-fleetsim: N simulated agents against a real controller; measures start-up,
+//! one-rule policy changes and a reconnect storm. See docs/FLEETSIM.md.
+
+mod controller;
+mod phases;
+mod report;
+mod sim;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::controller::Controller;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "microseg-fleetsim",
+    about = "Simulated agents against a real controller (docs/FLEETSIM.md)"
+)]
+pub struct Args {
+    /// Simulated nodes, each with its own gRPC link and node token.
+    #[arg(long, default_value_t = 100)]
+    pub nodes: usize,
+    /// Workloads each node reports.
+    #[arg(long, default_value_t = 100)]
+    pub workloads: usize,
+    /// One-rule policy changes applied through the REST API.
+    #[arg(long, default_value_t = 20)]
+    pub changes: usize,
+    /// Flow records per second per node (0: no uploads).
+    #[arg(long, default_value_t = 0)]
+    pub flow_rate: u32,
+    /// Drop and reopen every link at once this many seconds after the start (or once the
+    /// changes are done, if later).
+    #[arg(long)]
+    pub reconnect_storm_at: Option<f64>,
+    /// Start this controller binary (`microseg`) with a fresh state dir.
+    #[arg(long)]
+    pub start_controller: Option<PathBuf>,
+    /// With --start-controller: its --db (default: SQLite in the state dir).
+    #[arg(long)]
+    pub db: Option<String>,
+    /// With --start-controller: keep its state dir (and log) after the run.
+    #[arg(long)]
+    pub keep_state: bool,
+    /// A running controller's address (host:port), with the two token files.
+    #[arg(long, conflicts_with = "start_controller")]
+    pub controller: Option<String>,
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    #[arg(long)]
+    pub agent_token_file: Option<PathBuf>,
+    /// The running controller's pid, for its RSS and CPU.
+    #[arg(long)]
+    pub controller_pid: Option<u32>,
+    /// How long to wait for the fleet to get its first states.
+    #[arg(long, default_value_t = 120.0)]
+    pub startup_timeout: f64,
+    /// How long to wait for every node to ack one change.
+    #[arg(long, default_value_t = 30.0)]
+    pub change_timeout: f64,
+    /// Deadline of each gRPC call of a node (report, sync, ack, upload).
+    #[arg(long, default_value_t = 60.0)]
+    pub call_timeout: f64,
+    /// The whole run's limit: then it reports what it has and stops.
+    #[arg(long, default_value_t = 900.0)]
+    pub timeout: f64,
+    /// Output: text (one line per measurement) or json.
+    #[arg(short = 'o', long, default_value = "text")]
+    pub output: String,
+}
+
+/// Raises the soft open-files limit to the hard one: every node holds a socket.
+fn raise_nofile() -> (u64, u64) {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+        let before = r.rlim_cur;
+        r.rlim_cur = r.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        (before, r.rlim_cur)
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    if args.output != "text" && args.output != "json" {
+        eprintln!("-o: text or json");
+        std::process::exit(2);
+    }
+    let (before, after) = raise_nofile();
+    if before != after {
+        eprintln!("fleetsim: open-files limit raised from {before} to {after}");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = rt.block_on(run(args));
+    rt.shutdown_timeout(Duration::from_secs(2));
+    std::process::exit(code);
+}
+
+async fn run(args: Args) -> i32 {
+    let ctl = match (&args.start_controller, &args.controller) {
+        (Some(bin), _) => Controller::start(bin, args.db.as_deref(), args.keep_state),
+        (None, Some(addr)) => match (&args.token_file, &args.agent_token_file) {
+            (Some(t), Some(a)) => Controller::attach(addr.clone(), t, a, args.controller_pid),
+            _ => Err("--controller needs --token-file and --agent-token-file".into()),
+        },
+        _ => Err("give --start-controller BIN or --controller ADDR".into()),
+    };
+    let ctl = match ctl {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("fleetsim: {e}");
+            return 1;
+        }
+    };
+    if let Some(d) = &ctl.state_dir {
+        eprintln!(
+            "fleetsim: controller pid {:?} at {} (state dir {})",
+            ctl.pid,
+            ctl.addr,
+            d.display()
+        );
+    }
+    let report = Arc::new(std::sync::Mutex::new(report::Report::new(&args)));
+    let limit = Duration::from_secs_f64(args.timeout);
+    let outcome =
+        tokio::time::timeout(limit, phases::run(&args, ctl.clone(), report.clone())).await;
+    let mut r = report.lock().unwrap().clone();
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => r.failure = Some(e),
+        Err(_) => r.failure = Some(format!("run timed out after {limit:?}")),
+    }
+    r.print(&args.output);
+    i32::from(r.failure.is_some())
+}

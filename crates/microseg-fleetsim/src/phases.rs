@@ -1,0 +1,339 @@
+//! The run: start the fleet, let it settle, apply one-rule changes, storm
+//! (docs/FLEETSIM.md says what each figure means).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::controller::{sampler, usage, Controller, Sample};
+use crate::report::{percentile, Change, Changes, Report, Startup, Storm};
+use crate::sim::{self, Fleet, NodeSpec, SimConfig};
+use crate::Args;
+
+/// Waits (polling) until `done` holds or `limit` passes; the instant it held.
+async fn until(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Instant> {
+    let end = Instant::now() + limit;
+    loop {
+        if done() {
+            return Some(Instant::now());
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until every node acked the same revision and nothing moved for 1 s: when that
+/// state began.
+async fn in_sync(fleet: &Fleet, limit: Duration) -> Option<Instant> {
+    let end = Instant::now() + limit;
+    let mut since: Option<(Instant, u64)> = None;
+    loop {
+        let first = fleet.acked[0].load(Ordering::Acquire);
+        let same = first > 0
+            && fleet
+                .acked
+                .iter()
+                .all(|a| a.load(Ordering::Acquire) == first);
+        since = match (same, since) {
+            (true, Some((t, r))) if r == first => Some((t, r)),
+            (true, _) => Some((Instant::now(), first)),
+            (false, _) => None,
+        };
+        if let Some((t, _)) = since {
+            if t.elapsed() >= Duration::from_secs(1) {
+                return Some(t);
+            }
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn errors_since(fleet: &Fleet, t: Instant) -> (usize, Vec<String>) {
+    let mut all: Vec<String> = Vec::new();
+    let mut n = 0;
+    for (i, l) in fleet.logs.iter().enumerate() {
+        for (at, e) in &l.lock().unwrap().errors {
+            if *at >= t {
+                n += 1;
+                if all.len() < 5 {
+                    all.push(format!("n{i}: {e}"));
+                }
+            }
+        }
+    }
+    (n, all)
+}
+
+fn rss(samples: &Mutex<Vec<Sample>>, from: Instant, to: Instant) -> (Option<u64>, Option<f64>) {
+    let s = samples.lock().unwrap();
+    usage(&s, from, to).map_or((None, None), |(r, c)| (Some(r), Some(c)))
+}
+
+pub async fn run(
+    args: &Args,
+    ctl: Arc<Controller>,
+    report: Arc<Mutex<Report>>,
+) -> Result<(), String> {
+    let samples = ctl.pid.map(sampler);
+    let n = args.nodes;
+    let fleet = Arc::new(Fleet::new(n));
+    let (storm_tx, storm_rx) = watch::channel(0u64);
+    let cfg = Arc::new(SimConfig {
+        url: format!("http://{}", ctl.addr),
+        flow_rate: args.flow_rate,
+        call_timeout: Duration::from_secs_f64(args.call_timeout),
+    });
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let name = format!("sim-{i}");
+            let spec = NodeSpec {
+                index: i,
+                token: sim::node_token(&ctl.agent_token, &name),
+                name,
+                workloads: sim::workloads(i, args.workloads),
+            };
+            tokio::spawn(sim::run(cfg.clone(), spec, fleet.clone(), storm_rx.clone()))
+        })
+        .collect();
+    let _abort = AbortAll(tasks);
+    let result = phases(
+        args,
+        &ctl,
+        &fleet,
+        &storm_tx,
+        start,
+        &report,
+        samples.as_ref().map(|s| &*s.0),
+    )
+    .await;
+    let mut r = report.lock().unwrap();
+    r.connects = fleet.connects.load(Ordering::Relaxed);
+    r.flows_sent = fleet.flows_sent.load(Ordering::Relaxed);
+    r.db_bytes = ctl.db_bytes();
+    if let Some((s, task)) = samples {
+        task.abort();
+        r.peak_rss_bytes = s.lock().unwrap().iter().map(|x| x.rss_bytes).max();
+    }
+    result
+}
+
+struct AbortAll(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortAll {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+async fn phases(
+    args: &Args,
+    ctl: &Controller,
+    fleet: &Fleet,
+    storm: &watch::Sender<u64>,
+    start: Instant,
+    report: &Mutex<Report>,
+    samples: Option<&Mutex<Vec<Sample>>>,
+) -> Result<(), String> {
+    let n = args.nodes;
+    let secs = |t: Instant| t.duration_since(start).as_secs_f64();
+    let usage_of = |a: Instant, b: Instant| samples.map_or((None, None), |s| rss(s, a, b));
+    let startup_limit = Duration::from_secs_f64(args.startup_timeout);
+    let full = until(startup_limit, || {
+        fleet.fulls.iter().all(|f| f.load(Ordering::Acquire) > 0)
+    })
+    .await;
+    let synced = match full {
+        Some(_) => in_sync(fleet, startup_limit.saturating_sub(start.elapsed())).await,
+        None => None,
+    };
+    let end = Instant::now();
+    let mut st = Startup {
+        nodes_with_state: fleet
+            .fulls
+            .iter()
+            .filter(|f| f.load(Ordering::Acquire) > 0)
+            .count(),
+        all_full_state_s: full.map(secs),
+        all_in_sync_s: synced.map(secs),
+        revision: fleet
+            .acked
+            .iter()
+            .map(|a| a.load(Ordering::Acquire))
+            .max()
+            .unwrap_or(0),
+        ..Default::default()
+    };
+    let (mut fulls, mut totals, mut revs) = (Vec::new(), Vec::new(), 0usize);
+    for l in &fleet.logs {
+        let l = l.lock().unwrap();
+        if let Some(f) = l.revisions.iter().find(|r| r.full) {
+            fulls.push(f.bytes);
+        }
+        totals.push(l.revisions.iter().map(|r| r.bytes).sum::<u64>());
+        revs += l.revisions.len();
+    }
+    st.full_state_bytes_per_node_mean = fulls.iter().sum::<u64>() / fulls.len().max(1) as u64;
+    st.bytes_per_node_mean = totals.iter().sum::<u64>() / n.max(1) as u64;
+    st.bytes_per_node_max = totals.iter().copied().max().unwrap_or(0);
+    st.revisions_per_node_mean = revs as f64 / n.max(1) as f64;
+    (st.errors, st.first_errors) = errors_since(fleet, start);
+    (st.peak_rss_bytes, st.cpu_s) = usage_of(start, end);
+    let ok = synced.is_some();
+    report.lock().unwrap().startup = Some(st);
+    if !ok {
+        return Err("the fleet did not get in sync within --startup-timeout".into());
+    }
+
+    // Idle: 2 s with nothing to do.
+    let idle_from = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (idle_rss, idle_cpu) = usage_of(idle_from, Instant::now());
+    {
+        let mut r = report.lock().unwrap();
+        r.idle_rss_bytes = idle_rss;
+        r.idle_cpu_percent = idle_cpu.map(|c| 100.0 * c / idle_from.elapsed().as_secs_f64());
+    }
+
+    let changes_from = Instant::now();
+    let mut ch = Changes::default();
+    let mut prev = fleet
+        .acked
+        .iter()
+        .map(|a| a.load(Ordering::Acquire))
+        .max()
+        .unwrap_or(0);
+    for k in 0..args.changes {
+        let body = one_rule_policy(k);
+        let sent = Instant::now();
+        let revision = ctl.apply(&body).await?;
+        let returned = Instant::now();
+        let limit = Duration::from_secs_f64(args.change_timeout);
+        until(limit, || {
+            fleet
+                .acked
+                .iter()
+                .all(|a| a.load(Ordering::Acquire) >= revision)
+        })
+        .await;
+        let mut last: Option<Instant> = None;
+        let mut last_rx: Option<Instant> = None;
+        let (mut acked, mut total, mut per_max) = (0, 0u64, 0u64);
+        for l in &fleet.logs {
+            let l = l.lock().unwrap();
+            if let Some(t) = l
+                .revisions
+                .iter()
+                .filter(|r| r.revision >= revision)
+                .find_map(|r| r.acked)
+            {
+                acked += 1;
+                last = Some(last.map_or(t, |x| x.max(t)));
+            }
+            if let Some(r) = l.revisions.iter().find(|r| r.revision >= revision) {
+                last_rx = Some(last_rx.map_or(r.received, |x| x.max(r.received)));
+            }
+            let b: u64 = l
+                .revisions
+                .iter()
+                .filter(|r| r.revision > prev && r.revision <= revision && !r.full)
+                .map(|r| r.bytes)
+                .sum();
+            total += b;
+            per_max = per_max.max(b);
+        }
+        ch.items.push(Change {
+            revision,
+            apply_ms: (returned - sent).as_secs_f64() * 1e3,
+            last_ack_ms: last
+                .filter(|_| acked == n)
+                .map(|t| t.saturating_duration_since(returned).as_secs_f64() * 1e3),
+            last_receive_ms: last_rx
+                .filter(|_| acked == n)
+                .map(|t| t.saturating_duration_since(returned).as_secs_f64() * 1e3),
+            nodes_acked: acked,
+            bytes_total: total,
+            bytes_per_node_max: per_max,
+        });
+        prev = revision;
+        report.lock().unwrap().changes = Some(ch.clone());
+    }
+    let lasts: Vec<f64> = ch.items.iter().filter_map(|c| c.last_ack_ms).collect();
+    // A change some node never acked counts as infinitely slow in the percentiles.
+    let missing = ch.items.len() - lasts.len();
+    let mut with_missing = lasts.clone();
+    with_missing.extend(std::iter::repeat_n(f64::INFINITY, missing));
+    ch.last_ack_p50_ms = percentile(&with_missing, 0.5).filter(|x| x.is_finite());
+    ch.last_ack_p99_ms = percentile(&with_missing, 0.99).filter(|x| x.is_finite());
+    let applies: Vec<f64> = ch.items.iter().map(|c| c.apply_ms).collect();
+    ch.apply_p50_ms = percentile(&applies, 0.5);
+    let k = ch.items.len().max(1) as u64;
+    ch.bytes_total_mean = ch.items.iter().map(|c| c.bytes_total).sum::<u64>() / k;
+    ch.bytes_per_node_mean = ch.bytes_total_mean / n.max(1) as u64;
+    (ch.peak_rss_bytes, ch.cpu_s) = usage_of(changes_from, Instant::now());
+    report.lock().unwrap().changes = Some(ch);
+
+    if let Some(at) = args.reconnect_storm_at {
+        let wait = Duration::from_secs_f64(at).saturating_sub(start.elapsed());
+        tokio::time::sleep(wait).await;
+        let before: Vec<u64> = fleet
+            .fulls
+            .iter()
+            .map(|f| f.load(Ordering::Acquire))
+            .collect();
+        let t = Instant::now();
+        storm.send_modify(|e| *e += 1);
+        let limit = startup_limit;
+        let resynced = || {
+            fleet
+                .fulls
+                .iter()
+                .zip(&before)
+                .filter(|(f, b)| f.load(Ordering::Acquire) > **b)
+                .count()
+        };
+        let full = until(limit, || resynced() == n).await;
+        let synced = match full {
+            Some(_) => in_sync(fleet, limit.saturating_sub(t.elapsed())).await,
+            None => None,
+        };
+        let mut s = Storm {
+            at_s: secs(t),
+            all_full_state_s: full.map(|x| (x - t).as_secs_f64()),
+            all_in_sync_s: synced.map(|x| x.saturating_duration_since(t).as_secs_f64()),
+            nodes_resynced: resynced(),
+            ..Default::default()
+        };
+        (s.errors, s.first_errors) = errors_since(fleet, t);
+        (s.peak_rss_bytes, s.cpu_s) = usage_of(t, Instant::now());
+        report.lock().unwrap().storm = Some(s);
+    }
+    Ok(())
+}
+
+/// The k-th change: one Policy whose one rule's port moves (docs/FLEETSIM.md).
+fn one_rule_policy(k: usize) -> String {
+    serde_json::json!({
+        "apiVersion": "microseg.io/v1",
+        "kind": "Policy",
+        "metadata": {"name": "fleetsim"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "app0"}},
+            "ingress": [{
+                "action": "allow",
+                "from": [{"selector": {"matchLabels": {"app": "app1"}}}],
+                "ports": [{"protocol": "TCP", "port": 1000 + k}]
+            }]
+        }
+    })
+    .to_string()
+}

@@ -1,0 +1,166 @@
+//! What a run measured, printed one line per measurement or as JSON (docs/FLEETSIM.md).
+
+use serde::Serialize;
+
+use crate::Args;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Startup {
+    pub nodes_with_state: usize,
+    /// From the first connect to the last node's first full state (acked).
+    pub all_full_state_s: Option<f64>,
+    /// Until every node acked the same, last revision (held for 1 s).
+    pub all_in_sync_s: Option<f64>,
+    pub revision: u64,
+    pub full_state_bytes_per_node_mean: u64,
+    pub bytes_per_node_mean: u64,
+    pub bytes_per_node_max: u64,
+    pub revisions_per_node_mean: f64,
+    pub errors: usize,
+    pub first_errors: Vec<String>,
+    pub peak_rss_bytes: Option<u64>,
+    pub cpu_s: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Change {
+    pub revision: u64,
+    pub apply_ms: f64,
+    /// From the apply returning to the last node's ack (None: not all within the timeout).
+    pub last_ack_ms: Option<f64>,
+    /// From the apply returning to the last node's receipt of it (whole, all parts).
+    pub last_receive_ms: Option<f64>,
+    pub nodes_acked: usize,
+    pub bytes_total: u64,
+    pub bytes_per_node_max: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Changes {
+    pub items: Vec<Change>,
+    pub last_ack_p50_ms: Option<f64>,
+    pub last_ack_p99_ms: Option<f64>,
+    pub apply_p50_ms: Option<f64>,
+    pub bytes_total_mean: u64,
+    pub bytes_per_node_mean: u64,
+    pub peak_rss_bytes: Option<u64>,
+    pub cpu_s: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Storm {
+    pub at_s: f64,
+    /// Until every node had a new full state after the drop (acked).
+    pub all_full_state_s: Option<f64>,
+    pub all_in_sync_s: Option<f64>,
+    pub nodes_resynced: usize,
+    pub errors: usize,
+    pub first_errors: Vec<String>,
+    pub peak_rss_bytes: Option<u64>,
+    pub cpu_s: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub nodes: usize,
+    pub workloads: usize,
+    pub db: String,
+    pub flow_rate: u32,
+    pub startup: Option<Startup>,
+    pub idle_rss_bytes: Option<u64>,
+    pub idle_cpu_percent: Option<f64>,
+    pub changes: Option<Changes>,
+    pub storm: Option<Storm>,
+    pub peak_rss_bytes: Option<u64>,
+    pub db_bytes: Option<u64>,
+    pub connects: usize,
+    pub flows_sent: u64,
+    pub failure: Option<String>,
+}
+
+impl Report {
+    pub fn new(a: &Args) -> Report {
+        Report {
+            nodes: a.nodes,
+            workloads: a.workloads,
+            db: a.db.clone().unwrap_or_else(|| "sqlite".into()),
+            flow_rate: a.flow_rate,
+            ..Default::default()
+        }
+    }
+
+    pub fn print(&self, output: &str) {
+        if output == "json" {
+            println!("{}", serde_json::to_string_pretty(self).unwrap_or_default());
+            return;
+        }
+        let p = format!(
+            "nodes={} workloads={} db={} flow_rate={}",
+            self.nodes, self.workloads, self.db, self.flow_rate
+        );
+        let s = |v: Option<f64>| v.map_or("none".into(), |x| format!("{x:.3}s"));
+        let ms = |v: Option<f64>| v.map_or("none".into(), |x| format!("{x:.1}ms"));
+        let mib =
+            |v: Option<u64>| v.map_or("none".into(), |x| format!("{:.1}MiB", x as f64 / 1048576.0));
+        let cpu = |v: Option<f64>| v.map_or("none".into(), |x| format!("{x:.2}s"));
+        if let Some(st) = &self.startup {
+            println!(
+                "{p} startup: nodes_with_state={}/{} all_full_state={} all_in_sync={} revision={} full_state_bytes_per_node={} bytes_per_node_mean={} max={} revisions_per_node={:.1} errors={} rss_peak={} cpu={}",
+                st.nodes_with_state, self.nodes, s(st.all_full_state_s), s(st.all_in_sync_s), st.revision,
+                st.full_state_bytes_per_node_mean, st.bytes_per_node_mean, st.bytes_per_node_max,
+                st.revisions_per_node_mean, st.errors, mib(st.peak_rss_bytes), cpu(st.cpu_s)
+            );
+            for e in &st.first_errors {
+                println!("{p} startup error: {e}");
+            }
+        }
+        if self.idle_rss_bytes.is_some() {
+            println!(
+                "{p} idle: rss={} cpu={}",
+                mib(self.idle_rss_bytes),
+                self.idle_cpu_percent
+                    .map_or("none".into(), |c| format!("{c:.1}%"))
+            );
+        }
+        if let Some(c) = &self.changes {
+            for (k, ch) in c.items.iter().enumerate() {
+                println!(
+                    "{p} change={k} revision={} apply={:.1}ms last_ack={} last_receive={} nodes_acked={}/{} bytes_total={} bytes_per_node_max={}",
+                    ch.revision, ch.apply_ms, ms(ch.last_ack_ms), ms(ch.last_receive_ms), ch.nodes_acked, self.nodes, ch.bytes_total, ch.bytes_per_node_max
+                );
+            }
+            println!(
+                "{p} changes={} last_ack_p50={} p99={} apply_p50={} bytes_total_mean={} bytes_per_node_mean={} rss_peak={} cpu={}",
+                c.items.len(), ms(c.last_ack_p50_ms), ms(c.last_ack_p99_ms), ms(c.apply_p50_ms),
+                c.bytes_total_mean, c.bytes_per_node_mean, mib(c.peak_rss_bytes), cpu(c.cpu_s)
+            );
+        }
+        if let Some(st) = &self.storm {
+            println!(
+                "{p} storm: at={:.1}s all_full_state={} all_in_sync={} nodes_resynced={}/{} errors={} rss_peak={} cpu={}",
+                st.at_s, s(st.all_full_state_s), s(st.all_in_sync_s), st.nodes_resynced, self.nodes,
+                st.errors, mib(st.peak_rss_bytes), cpu(st.cpu_s)
+            );
+            for e in &st.first_errors {
+                println!("{p} storm error: {e}");
+            }
+        }
+        println!(
+            "{p} total: rss_peak={} db_bytes={} connects={} flows_sent={}{}",
+            mib(self.peak_rss_bytes),
+            self.db_bytes.map_or("none".into(), |b| b.to_string()),
+            self.connects,
+            self.flows_sent,
+            self.failure
+                .as_ref()
+                .map_or(String::new(), |f| format!(" failure={f:?}"))
+        );
+    }
+}
+
+pub fn percentile(v: &[f64], q: f64) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((q * v.len() as f64).ceil() as usize).max(1) - 1;
+    v.get(i).copied()
+}
