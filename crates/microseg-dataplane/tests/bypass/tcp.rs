@@ -1,0 +1,130 @@
+//! TCP without a SYN to a denied port, and RST and FIN forged for existing connections.
+//! (The state machine itself, and a dropped RST that closes nothing, are in
+//! tests/sessions.rs and tests/two_local_workloads.rs.)
+//!
+//! Expected (docs/POLICY.md, "Connections are stateful"): a packet with no session is
+//! judged as though it opens a connection in its own direction, whatever its flags, so a
+//! mid-stream packet to a denied port is denied and leaves a denied session behind;
+//! nothing it carries opens the way for a later packet.
+//!
+//! RST and FIN: the data plane does not check sequence numbers today (the receive-window
+//! check is a later task, issue 22). A RST from the peer's side, in or out of the window,
+//! closes the session (state CLOSED, 10 s idle limit) but leaves it in the table with its
+//! verdict; a FIN moves it to CLOSING. Neither changes a verdict: the allowed
+//! connection's packets keep passing, a denied one's keep being dropped, and a SYN on the
+//! closed ports is judged afresh by policy.
+
+use microseg_common::session_state as st;
+use microseg_dataplane::packet::*;
+
+use crate::bypass_helpers::*;
+use crate::common::*;
+
+const PSH: u8 = 0x08;
+const URG: u8 = 0x20;
+
+/// Every flag combination an attacker might open with instead of a plain SYN.
+const OPENERS: [u8; 10] = [
+    0,
+    TCP_ACK,
+    TCP_ACK | PSH,
+    TCP_FIN,
+    TCP_FIN | PSH | URG, // Xmas
+    TCP_RST,
+    TCP_RST | TCP_ACK,
+    TCP_SYN | TCP_ACK,
+    TCP_SYN | TCP_FIN,
+    0xff,
+];
+
+#[test]
+fn tcp_without_a_syn_to_a_denied_port_is_denied_and_opens_nothing() {
+    let env = env();
+    for (src, dst) in [(web4(), db4()), (web6(), db6())] {
+        for (i, flags) in OPENERS.into_iter().enumerate() {
+            let sport = 41000 + i as u16;
+            let f = Frame::tcp(src, dst, sport, DENIED_TCP, flags);
+            assert_eq!(inn(&env, &f), Outcome::Denied, "flags {flags:#04x}");
+            // The connection stays denied: its SYN, and its packets after, too.
+            let syn = Frame::tcp(src, dst, sport, DENIED_TCP, TCP_SYN);
+            assert_eq!(inn(&env, &syn), Outcome::Denied, "SYN after {flags:#04x}");
+            let ack = Frame::tcp(src, dst, sport, DENIED_TCP, TCP_ACK);
+            assert_eq!(inn(&env, &ack), Outcome::Denied, "ACK after {flags:#04x}");
+        }
+        // A packet dressed as db's reply (from web's port 5432 to a port db never opened)
+        // is a connection to that port: denied.
+        let fake_reply = Frame::tcp(src, dst, ALLOWED_TCP, 40000, TCP_SYN | TCP_ACK);
+        assert_eq!(inn(&env, &fake_reply), Outcome::Denied);
+        // From a peer that is not web, even to the allowed port.
+        let stranger = if src.is_ipv4() { ip("10.1.0.50") } else { ip("fd00::50") };
+        let f = Frame::tcp(stranger, dst, 40000, ALLOWED_TCP, TCP_ACK);
+        assert_eq!(inn(&env, &f), Outcome::Denied, "mid-stream from a stranger");
+    }
+    // Mid-stream to the allowed port from web is picked up as established (an agent
+    // restart loses only the table), and its replies pass.
+    assert_eq!(inn(&env, &web_to_db(TCP_ACK)), Outcome::Passed);
+    assert_eq!(out(&env, &db_to_web(TCP_ACK)), Outcome::Passed);
+}
+
+fn state(env: &Env, sport: u16, dport: u16) -> u8 {
+    env.dp
+        .session_for(6, web4(), sport, db4(), dport)
+        .expect("session")
+        .1
+        .state
+}
+
+/// What the data plane does today with a RST or FIN forged in the peer's name: it closes
+/// (or half-closes) the session, whatever the sequence numbers, but the verdict holds.
+#[test]
+fn a_forged_rst_or_fin_closes_the_session_but_changes_no_verdict() {
+    let env = env();
+    for (i, forged) in [TCP_RST, TCP_RST | TCP_ACK, TCP_FIN | TCP_ACK].into_iter().enumerate() {
+        let sport = 42000 + i as u16;
+        let web = |flags| Frame::tcp(web4(), db4(), sport, ALLOWED_TCP, flags);
+        let db = |flags| Frame::tcp(db4(), web4(), ALLOWED_TCP, sport, flags);
+        assert_eq!(inn(&env, &web(TCP_SYN)), Outcome::Passed);
+        assert_eq!(out(&env, &db(TCP_SYN | TCP_ACK)), Outcome::Passed);
+        assert_eq!(inn(&env, &web(TCP_ACK)), Outcome::Passed);
+        assert_eq!(state(&env, sport, ALLOWED_TCP), st::ESTABLISHED);
+        // Forged by a third party with web's address (sequence numbers are not read).
+        assert_eq!(inn(&env, &web(forged)), Outcome::Passed, "forged {forged:#04x}");
+        let want = if forged & TCP_RST != 0 { st::CLOSED } else { st::CLOSING };
+        assert_eq!(state(&env, sport, ALLOWED_TCP), want, "state after {forged:#04x}");
+        // The allowed connection's packets still pass both ways.
+        assert_eq!(out(&env, &db(TCP_ACK)), Outcome::Passed);
+        assert_eq!(inn(&env, &web(TCP_ACK)), Outcome::Passed);
+    }
+}
+
+#[test]
+fn a_forged_rst_or_fin_on_a_denied_connection_lets_nothing_through() {
+    let env = env();
+    for (i, forged) in [TCP_RST, TCP_FIN, TCP_RST | TCP_ACK].into_iter().enumerate() {
+        let sport = 43000 + i as u16;
+        let web = |flags| Frame::tcp(web4(), db4(), sport, DENIED_TCP, flags);
+        assert_eq!(inn(&env, &web(TCP_SYN)), Outcome::Denied);
+        assert_eq!(inn(&env, &web(forged)), Outcome::Denied, "forged {forged:#04x}");
+        // Whatever state that left, the next SYN and the packets after it are denied.
+        assert_eq!(inn(&env, &web(TCP_SYN)), Outcome::Denied, "SYN after {forged:#04x}");
+        assert_eq!(inn(&env, &web(TCP_ACK)), Outcome::Denied);
+        // And db's answer in that connection's name is judged by db's egress policy
+        // (TCP 443 only), not let out as a reply.
+        let answer = Frame::tcp(db4(), web4(), DENIED_TCP, sport, TCP_SYN | TCP_ACK);
+        assert_eq!(out(&env, &answer), Outcome::Denied);
+    }
+}
+
+/// After a forged RST closed an allowed connection, a new SYN on its ports is judged
+/// afresh: still allowed from web, and a policy that now denies it is obeyed.
+#[test]
+fn a_syn_after_a_forged_rst_is_judged_by_the_current_policy() {
+    let mut env = env();
+    assert_eq!(inn(&env, &web_to_db(TCP_SYN)), Outcome::Passed);
+    assert_eq!(inn(&env, &web_to_db(TCP_RST)), Outcome::Passed);
+    assert_eq!(inn(&env, &web_to_db(TCP_SYN)), Outcome::Passed);
+    assert_eq!(inn(&env, &web_to_db(TCP_RST)), Outcome::Passed);
+    env.reapply(&with(DB_DENIES_ALL));
+    assert_eq!(inn(&env, &web_to_db(TCP_SYN)), Outcome::Denied);
+    assert_eq!(inn(&env, &web_to_db(TCP_ACK)), Outcome::Denied);
+}
