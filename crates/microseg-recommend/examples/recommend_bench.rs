@@ -82,7 +82,14 @@ fn workloads() -> Vec<Wl> {
             let node = format!("node-{}", i % NODES);
             let labels = [
                 ("app", app.as_str()),
-                ("env", if (i % APPS) % 3 == 0 { "prod" } else { "dev" }),
+                (
+                    "env",
+                    if (i % APPS).is_multiple_of(3) {
+                        "prod"
+                    } else {
+                        "dev"
+                    },
+                ),
                 ("netns", name.as_str()),
                 ("node", node.as_str()),
                 ("pod-template-hash", &format!("{:x}", i * 7919)),
