@@ -29,19 +29,37 @@ fn a_tiny_first_fragment_without_its_whole_l4_header_is_malformed() {
             let mut f = Frame::tcp(src, dst, 40000, ALLOWED_TCP, TCP_SYN);
             f.l4.truncate(keep);
             let f = f.fragment(0, true, 100 + keep as u32);
-            assert_eq!(inn(&env, &f), Outcome::Malformed, "TCP first fragment of {keep} bytes");
+            assert_eq!(
+                inn(&env, &f),
+                Outcome::Malformed,
+                "TCP first fragment of {keep} bytes"
+            );
         }
         for keep in [0usize, 4, 7] {
             let mut u = Frame::udp(src, dst, 40000, ALLOWED_UDP);
             u.l4.truncate(keep);
-            assert_eq!(inn(&env, &u.fragment(0, true, 200)), Outcome::Malformed, "UDP {keep}");
+            assert_eq!(
+                inn(&env, &u.fragment(0, true, 200)),
+                Outcome::Malformed,
+                "UDP {keep}"
+            );
             let mut i = Frame::echo_request(src, dst, 1);
             i.l4.truncate(keep);
-            assert_eq!(inn(&env, &i.fragment(0, true, 300)), Outcome::Malformed, "ICMP {keep}");
+            assert_eq!(
+                inn(&env, &i.fragment(0, true, 300)),
+                Outcome::Malformed,
+                "ICMP {keep}"
+            );
         }
         // And what follows such a first fragment has nothing to follow.
-        assert_eq!(inn(&env, &later(src, dst, proto::TCP, 2, 108)), Outcome::Orphan);
-        assert_eq!(inn(&env, &later(src, dst, proto::UDP, 1, 200)), Outcome::Orphan);
+        assert_eq!(
+            inn(&env, &later(src, dst, proto::TCP, 2, 108)),
+            Outcome::Orphan
+        );
+        assert_eq!(
+            inn(&env, &later(src, dst, proto::UDP, 1, 200)),
+            Outcome::Orphan
+        );
     }
 }
 
@@ -50,12 +68,30 @@ fn a_tiny_first_fragment_without_its_whole_l4_header_is_malformed() {
 #[test]
 fn an_ipv6_first_fragment_whose_chain_goes_on_in_the_next_fragment_is_malformed() {
     let env = env();
-    for (next, what) in [(proto::TCP, "TCP"), (60, "destination options"), (43, "routing")] {
+    for (next, what) in [
+        (proto::TCP, "TCP"),
+        (60, "destination options"),
+        (43, "routing"),
+    ] {
         let f = v6_frame(web6(), db6(), &[frag(0, true, 400)], next, &[]);
-        assert_eq!(run(&env, Hook::ToWorkload, &f), Outcome::Malformed, "{what}");
+        assert_eq!(
+            run(&env, Hook::ToWorkload, &f),
+            Outcome::Malformed,
+            "{what}"
+        );
     }
-    let f = v6_frame(web6(), db6(), &[ext(0), frag(0, true, 401)], proto::UDP, &[0; 4]);
-    assert_eq!(run(&env, Hook::ToWorkload, &f), Outcome::Malformed, "4 bytes of UDP");
+    let f = v6_frame(
+        web6(),
+        db6(),
+        &[ext(0), frag(0, true, 401)],
+        proto::UDP,
+        &[0; 4],
+    );
+    assert_eq!(
+        run(&env, Hook::ToWorkload, &f),
+        Outcome::Malformed,
+        "4 bytes of UDP"
+    );
     // A protocol without ports needs no header: judged by its number (denied here).
     let f = v6_frame(web6(), db6(), &[frag(0, true, 402)], 47, &[]);
     assert_eq!(run(&env, Hook::ToWorkload, &f), Outcome::Denied);
@@ -69,7 +105,10 @@ fn an_ipv6_first_fragment_whose_chain_goes_on_in_the_next_fragment_is_malformed(
 fn out_of_order_fragments_wait_for_their_first() {
     let env = env();
     for (src, dst) in [(web4(), db4()), (web6(), db6())] {
-        for (dport, verdict) in [(ALLOWED_TCP, Outcome::Passed), (DENIED_TCP, Outcome::Denied)] {
+        for (dport, verdict) in [
+            (ALLOWED_TCP, Outcome::Passed),
+            (DENIED_TCP, Outcome::Denied),
+        ] {
             let id = 500 + dport as u32;
             let (mid, last) = (
                 later(src, dst, proto::TCP, 3, id).fragment(3, true, id),
@@ -98,10 +137,18 @@ fn overlapping_fragments_never_reach_a_denied_port() {
         let ok = Frame::tcp(src, dst, 40000, ALLOWED_TCP, TCP_SYN).fragment(0, true, id);
         assert_eq!(inn(&env, &ok), Outcome::Passed);
         let bad = Frame::tcp(src, dst, 40000, DENIED_TCP, TCP_SYN).fragment(0, true, id);
-        assert_eq!(inn(&env, &bad), Outcome::Denied, "overlapping first fragment");
+        assert_eq!(
+            inn(&env, &bad),
+            Outcome::Denied,
+            "overlapping first fragment"
+        );
         for off in [2u16, 3, 100] {
             let l = later(src, dst, proto::TCP, off, id);
-            assert_eq!(inn(&env, &l), Outcome::Denied, "after the denied overlap, at {off}");
+            assert_eq!(
+                inn(&env, &l),
+                Outcome::Denied,
+                "after the denied overlap, at {off}"
+            );
         }
         // A denied datagram: nothing at any offset passes. (IPv4 TCP at offset 1 is
         // malformed, see tests/parsing/fragments.rs.)
@@ -110,13 +157,27 @@ fn overlapping_fragments_never_reach_a_denied_port() {
         assert_eq!(inn(&env, &bad), Outcome::Denied);
         for off in [1u16, 2, 3, 8191] {
             let l = later(src, dst, proto::UDP, off, id);
-            assert_eq!(inn(&env, &l), Outcome::Denied, "UDP later fragment at {off}");
+            assert_eq!(
+                inn(&env, &l),
+                Outcome::Denied,
+                "UDP later fragment at {off}"
+            );
         }
         // The denied datagram's id under another protocol, or from another source, is
         // another datagram: nothing remembered, dropped.
-        assert_eq!(inn(&env, &later(src, dst, proto::TCP, 2, id)), Outcome::Orphan);
-        let other_src = if src.is_ipv4() { ip("10.1.0.50") } else { ip("fd00::50") };
-        assert_eq!(inn(&env, &later(other_src, dst, proto::UDP, 2, id)), Outcome::Orphan);
+        assert_eq!(
+            inn(&env, &later(src, dst, proto::TCP, 2, id)),
+            Outcome::Orphan
+        );
+        let other_src = if src.is_ipv4() {
+            ip("10.1.0.50")
+        } else {
+            ip("fd00::50")
+        };
+        assert_eq!(
+            inn(&env, &later(other_src, dst, proto::UDP, 2, id)),
+            Outcome::Orphan
+        );
     }
 }
 
@@ -127,7 +188,11 @@ fn a_later_fragment_dressed_as_a_header_is_judged_as_a_fragment() {
     let env = env();
     for (src, dst) in [(web4(), db4()), (web6(), db6())] {
         let forged = Frame::tcp(src, dst, 40000, ALLOWED_TCP, TCP_SYN).fragment(4, false, 700);
-        assert_eq!(inn(&env, &forged), Outcome::Orphan, "with no first fragment");
+        assert_eq!(
+            inn(&env, &forged),
+            Outcome::Orphan,
+            "with no first fragment"
+        );
         let first = Frame::udp(src, dst, 40000, DENIED_UDP).fragment(0, true, 701);
         assert_eq!(inn(&env, &first), Outcome::Denied);
         let mut forged = Frame::udp(src, dst, 40000, ALLOWED_UDP).fragment(4, false, 701);

@@ -19,7 +19,11 @@ use crate::common::*;
 
 /// db's allowed call out to 192.0.2.10:443 (v4) or 2001:db8::10:443 (v6).
 fn call_out(db: std::net::IpAddr) -> Frame {
-    let peer = if db.is_ipv4() { ip("192.0.2.10") } else { ip("2001:db8::10") };
+    let peer = if db.is_ipv4() {
+        ip("192.0.2.10")
+    } else {
+        ip("2001:db8::10")
+    };
     Frame::tcp(db, peer, 40000, 443, TCP_SYN)
 }
 
@@ -80,7 +84,11 @@ fn icmp_that_is_not_an_error_gets_no_pass_from_the_connection_it_names() {
     for db in [db4(), db6()] {
         let conn = call_out(db);
         assert_eq!(out(&env, &conn), Outcome::Passed);
-        let types: &[u8] = if db.is_ipv4() { &[5, 4, 0, 13] } else { &[137, 129, 134] };
+        let types: &[u8] = if db.is_ipv4() {
+            &[5, 4, 0, 13]
+        } else {
+            &[137, 129, 134]
+        };
         for &t in types {
             let mut f = Frame::icmp_unreachable(router(db), db, &conn);
             f.l4[0] = t;
@@ -104,19 +112,30 @@ fn an_error_quoting_another_workloads_connection_is_judged_by_policy() {
             WORKLOADS.replace("interface: lo", "interface: db0")
         );
         let locals = [
-            LocalEndpoint { workload: "web".into(), ifindex: web0 },
-            LocalEndpoint { workload: "db".into(), ifindex: db0 },
+            LocalEndpoint {
+                workload: "web".into(),
+                ifindex: web0,
+            },
+            LocalEndpoint {
+                workload: "db".into(),
+                ifindex: db0,
+            },
         ];
         let mut dp: Dataplane = load();
         let compiled = Compiler::new().compile(&resources(&yaml), &locals);
         dp.apply(&compiled.tables).expect("apply");
         let run = |hook, ifindex, f: &Frame| {
-            dp.test_run(hook, &f.bytes(), ifindex, 1).expect("test run").passed()
+            dp.test_run(hook, &f.bytes(), ifindex, 1)
+                .expect("test run")
+                .passed()
         };
         let conn = Frame::tcp(web4(), ip("192.0.2.10"), 40000, 443, TCP_SYN);
         assert!(run(Hook::FromWorkload, web0, &conn), "web's call out");
         let error = Frame::icmp_unreachable(ip("10.1.0.1"), web4(), &conn);
-        assert!(!run(Hook::ToWorkload, db0, &error), "web's error delivered to db");
+        assert!(
+            !run(Hook::ToWorkload, db0, &error),
+            "web's error delivered to db"
+        );
         // Addressed to db instead, with web's connection quoted in db's name.
         let mut as_db = conn.clone();
         as_db.src = db4();

@@ -36,13 +36,37 @@ fn kinds(chain: &[Ext]) -> Vec<u8> {
 
 /// Runs TCP to the allowed and to the denied port, and UDP likewise, behind `chain`.
 fn assert_judged_on_ports(env: &Env, chain: &[Ext]) {
-    let t = |dport| v6_frame(web6(), db6(), chain, proto::TCP, &tcp_header(40000, dport, 2));
+    let t = |dport| {
+        v6_frame(
+            web6(),
+            db6(),
+            chain,
+            proto::TCP,
+            &tcp_header(40000, dport, 2),
+        )
+    };
     let u = |dport| v6_frame(web6(), db6(), chain, proto::UDP, &udp_header(40001, dport));
     let what = kinds(chain);
-    assert_eq!(run(env, Hook::ToWorkload, &t(ALLOWED_TCP)), Outcome::Passed, "{what:?} TCP");
-    assert_eq!(run(env, Hook::ToWorkload, &t(DENIED_TCP)), Outcome::Denied, "{what:?} TCP");
-    assert_eq!(run(env, Hook::ToWorkload, &u(ALLOWED_UDP)), Outcome::Passed, "{what:?} UDP");
-    assert_eq!(run(env, Hook::ToWorkload, &u(DENIED_UDP)), Outcome::Denied, "{what:?} UDP");
+    assert_eq!(
+        run(env, Hook::ToWorkload, &t(ALLOWED_TCP)),
+        Outcome::Passed,
+        "{what:?} TCP"
+    );
+    assert_eq!(
+        run(env, Hook::ToWorkload, &t(DENIED_TCP)),
+        Outcome::Denied,
+        "{what:?} TCP"
+    );
+    assert_eq!(
+        run(env, Hook::ToWorkload, &u(ALLOWED_UDP)),
+        Outcome::Passed,
+        "{what:?} UDP"
+    );
+    assert_eq!(
+        run(env, Hook::ToWorkload, &u(DENIED_UDP)),
+        Outcome::Denied,
+        "{what:?} UDP"
+    );
 }
 
 #[test]
@@ -81,7 +105,12 @@ fn a_fragment_header_anywhere_in_any_order_is_judged_on_the_upper_layer() {
                 l.push(frag(3, false, id));
                 let next = chain.get(at).map_or(proto::TCP, |e| e.0);
                 let f = v6_frame(web6(), db6(), &l, next, &[0u8; 16]);
-                assert_eq!(run(&env, Hook::ToWorkload, &f), later, "later of {:?}", kinds(&c));
+                assert_eq!(
+                    run(&env, Hook::ToWorkload, &f),
+                    later,
+                    "later of {:?}",
+                    kinds(&c)
+                );
             }
         }
     }
@@ -94,8 +123,18 @@ fn repeated_headers_are_walked_up_to_eight_and_more_are_malformed() {
         let eight = vec![ext(kind); 8];
         assert_judged_on_ports(&env, &eight);
         let nine = vec![ext(kind); 9];
-        let f = v6_frame(web6(), db6(), &nine, proto::TCP, &tcp_header(1, ALLOWED_TCP, 2));
-        assert_eq!(run(&env, Hook::ToWorkload, &f), Outcome::Malformed, "9 x {kind}");
+        let f = v6_frame(
+            web6(),
+            db6(),
+            &nine,
+            proto::TCP,
+            &tcp_header(1, ALLOWED_TCP, 2),
+        );
+        assert_eq!(
+            run(&env, Hook::ToWorkload, &f),
+            Outcome::Malformed,
+            "9 x {kind}"
+        );
     }
     // Two first-fragment headers (nested fragmentation): judged on what is behind both.
     assert_judged_on_ports(&env, &[frag(0, true, 900), frag(0, true, 901)]);
@@ -106,8 +145,19 @@ fn repeated_headers_are_walked_up_to_eight_and_more_are_malformed() {
         vec![frag(5, true, 912), frag(0, true, 913)],
         vec![ext(0), frag(5, false, 914), ext(60)],
     ] {
-        let f = v6_frame(web6(), db6(), &chain, proto::TCP, &tcp_header(1, ALLOWED_TCP, 2));
-        assert_eq!(run(&env, Hook::ToWorkload, &f), Outcome::Orphan, "{:?}", kinds(&chain));
+        let f = v6_frame(
+            web6(),
+            db6(),
+            &chain,
+            proto::TCP,
+            &tcp_header(1, ALLOWED_TCP, 2),
+        );
+        assert_eq!(
+            run(&env, Hook::ToWorkload, &f),
+            Outcome::Orphan,
+            "{:?}",
+            kinds(&chain)
+        );
     }
 }
 
@@ -131,15 +181,33 @@ fn a_header_running_out_of_the_packet_is_malformed() {
     let env = env();
     let mut long = vec![0u8; 8];
     long[1] = 2; // claims 24 bytes, has 8 before the upper layer
-    let f = v6_frame(web6(), db6(), &[(60, long)], proto::TCP, &tcp_header(1, ALLOWED_TCP, 2));
+    let f = v6_frame(
+        web6(),
+        db6(),
+        &[(60, long)],
+        proto::TCP,
+        &tcp_header(1, ALLOWED_TCP, 2),
+    );
     assert_eq!(run(&env, Hook::ToWorkload, &f), Outcome::Malformed);
     // The same chain whole, then declared 8 bytes short, the rest left in the frame as
     // padding: the TCP header ends past the packet.
-    let mut f = v6_frame(web6(), db6(), &[ext(0)], proto::TCP, &tcp_header(1, ALLOWED_TCP, 2));
+    let mut f = v6_frame(
+        web6(),
+        db6(),
+        &[ext(0)],
+        proto::TCP,
+        &tcp_header(1, ALLOWED_TCP, 2),
+    );
     f[18..20].copy_from_slice(&20u16.to_be_bytes());
     assert_eq!(run(&env, Hook::ToWorkload, &f), Outcome::Malformed);
     // An extension header that starts in the padding.
-    let mut f = v6_frame(web6(), db6(), &[ext(0), ext(60)], proto::UDP, &udp_header(1, 53));
+    let mut f = v6_frame(
+        web6(),
+        db6(),
+        &[ext(0), ext(60)],
+        proto::UDP,
+        &udp_header(1, 53),
+    );
     f[18..20].copy_from_slice(&8u16.to_be_bytes());
     assert_eq!(run(&env, Hook::ToWorkload, &f), Outcome::Malformed);
 }
@@ -150,7 +218,17 @@ fn a_header_running_out_of_the_packet_is_malformed() {
 fn headers_not_walked_are_judged_as_protocols() {
     let env = env();
     for p in [50u8, 59, 135] {
-        let f = v6_frame(web6(), db6(), &[ext(0), ext(60)], p, &tcp_header(1, ALLOWED_TCP, 2));
-        assert_eq!(run(&env, Hook::ToWorkload, &f), Outcome::Denied, "next header {p}");
+        let f = v6_frame(
+            web6(),
+            db6(),
+            &[ext(0), ext(60)],
+            p,
+            &tcp_header(1, ALLOWED_TCP, 2),
+        );
+        assert_eq!(
+            run(&env, Hook::ToWorkload, &f),
+            Outcome::Denied,
+            "next header {p}"
+        );
     }
 }

@@ -38,14 +38,26 @@ fn one_tag_of_either_kind_is_judged_by_the_inner_packet_in_both_directions() {
         for (src, dst) in [(web4(), db4()), (web6(), db6())] {
             let ok = Frame::tcp(src, dst, 40000, ALLOWED_TCP, TCP_SYN).bytes();
             let bad = Frame::tcp(src, dst, 40001, DENIED_TCP, TCP_SYN).bytes();
-            assert_eq!(run(&env, Hook::ToWorkload, &push_tag(ok, tpid)), Outcome::Passed);
-            assert_eq!(run(&env, Hook::ToWorkload, &push_tag(bad, tpid)), Outcome::Denied);
+            assert_eq!(
+                run(&env, Hook::ToWorkload, &push_tag(ok, tpid)),
+                Outcome::Passed
+            );
+            assert_eq!(
+                run(&env, Hook::ToWorkload, &push_tag(bad, tpid)),
+                Outcome::Denied
+            );
         }
         // db's egress allows TCP 443 only.
         let out_bad = Frame::tcp(db4(), ip("192.0.2.9"), 1, 80, TCP_SYN).bytes();
-        assert_eq!(run(&env, Hook::FromWorkload, &push_tag(out_bad, tpid)), Outcome::Denied);
+        assert_eq!(
+            run(&env, Hook::FromWorkload, &push_tag(out_bad, tpid)),
+            Outcome::Denied
+        );
         let out_ok = Frame::tcp(db4(), ip("192.0.2.9"), 1, 443, TCP_SYN).bytes();
-        assert_eq!(run(&env, Hook::FromWorkload, &push_tag(out_ok, tpid)), Outcome::Passed);
+        assert_eq!(
+            run(&env, Hook::FromWorkload, &push_tag(out_ok, tpid)),
+            Outcome::Passed
+        );
     }
 }
 
@@ -60,7 +72,11 @@ fn two_or_three_tags_of_any_kind_are_malformed_even_around_an_allowed_packet() {
                 let two = push_tag(push_tag(base.clone(), second), outer);
                 for hook in [Hook::ToWorkload, Hook::FromWorkload] {
                     let got = run(&env, hook, &two);
-                    assert_eq!(got, Outcome::Malformed, "{outer:x} over {second:x}, {hook:?}");
+                    assert_eq!(
+                        got,
+                        Outcome::Malformed,
+                        "{outer:x} over {second:x}, {hook:?}"
+                    );
                 }
                 let three = push_tag(two, DOT1Q);
                 assert_eq!(run(&env, Hook::ToWorkload, &three), Outcome::Malformed);
@@ -84,8 +100,15 @@ fn unknown_ethertypes_pass_as_non_ip_and_are_dropped_under_drop_non_ip() {
             let got = run(&env, hook, &with_ethertype(denied.clone(), t));
             let after = env.dp.stats().unwrap();
             assert_eq!(got, Outcome::Passed, "ethertype {t:#06x}");
-            assert_eq!(after.non_ip, before.non_ip + 1, "{t:#06x} counted as non_ip");
-            assert_eq!(after.session_misses, before.session_misses, "{t:#06x} judged as IP");
+            assert_eq!(
+                after.non_ip,
+                before.non_ip + 1,
+                "{t:#06x} counted as non_ip"
+            );
+            assert_eq!(
+                after.session_misses, before.session_misses,
+                "{t:#06x} judged as IP"
+            );
         }
     }
     env.dp.set_flags(config_flags::DROP_NON_IP).unwrap();
@@ -99,7 +122,10 @@ fn unknown_ethertypes_pass_as_non_ip_and_are_dropped_under_drop_non_ip() {
         }
         // Tagged, the same.
         let tagged = push_tag(with_ethertype(denied.clone(), 0x8847), DOT1Q);
-        assert!(!passes(&env, hook, &tagged), "tagged MPLS under --drop-non-ip");
+        assert!(
+            !passes(&env, hook, &tagged),
+            "tagged MPLS under --drop-non-ip"
+        );
         assert!(passes(&env, hook, &arp()), "ARP is exempt");
     }
 }
@@ -113,6 +139,9 @@ fn an_ethertype_that_disagrees_with_the_ip_version_is_malformed() {
     let v4_as_v6 = with_ethertype(Frame::udp(web4(), db4(), 1, ALLOWED_UDP).bytes(), 0x86dd);
     for f in [v6_as_v4, v4_as_v6] {
         assert_eq!(run(&env, Hook::ToWorkload, &f), Outcome::Malformed);
-        assert_eq!(run(&env, Hook::ToWorkload, &push_tag(f, DOT1Q)), Outcome::Malformed);
+        assert_eq!(
+            run(&env, Hook::ToWorkload, &push_tag(f, DOT1Q)),
+            Outcome::Malformed
+        );
     }
 }

@@ -30,3 +30,4 @@ mod l2;
 mod spoof;
 mod tcp;
 mod truncation;
+mod veth;

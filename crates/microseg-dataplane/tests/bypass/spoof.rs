@@ -43,7 +43,11 @@ fn egress_from_a_foreign_address_is_dropped_in_every_shape() {
             ),
         ];
         for (what, f) in shapes {
-            assert_eq!(run(&env, Hook::FromWorkload, &f), Outcome::Spoofed, "{what} {foreign}");
+            assert_eq!(
+                run(&env, Hook::FromWorkload, &f),
+                Outcome::Spoofed,
+                "{what} {foreign}"
+            );
         }
         // Its later fragment follows the first fragment's deny; under db's own address it
         // is another datagram, with no first to follow.
@@ -53,8 +57,18 @@ fn egress_from_a_foreign_address_is_dropped_in_every_shape() {
         assert_eq!(out(&env, &later_own), Outcome::Orphan);
         if own.is_ipv6() {
             let chain = [ext(0), ext(60), frag(0, false, 1)];
-            let f = v6_frame(foreign, peer, &chain, proto::TCP, &tcp_header(1, 443, TCP_SYN));
-            assert_eq!(run(&env, Hook::FromWorkload, &f), Outcome::Spoofed, "extension headers");
+            let f = v6_frame(
+                foreign,
+                peer,
+                &chain,
+                proto::TCP,
+                &tcp_header(1, 443, TCP_SYN),
+            );
+            assert_eq!(
+                run(&env, Hook::FromWorkload, &f),
+                Outcome::Spoofed,
+                "extension headers"
+            );
         }
     }
 }

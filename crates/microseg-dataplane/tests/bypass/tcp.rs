@@ -56,7 +56,11 @@ fn tcp_without_a_syn_to_a_denied_port_is_denied_and_opens_nothing() {
         let fake_reply = Frame::tcp(src, dst, ALLOWED_TCP, 40000, TCP_SYN | TCP_ACK);
         assert_eq!(inn(&env, &fake_reply), Outcome::Denied);
         // From a peer that is not web, even to the allowed port.
-        let stranger = if src.is_ipv4() { ip("10.1.0.50") } else { ip("fd00::50") };
+        let stranger = if src.is_ipv4() {
+            ip("10.1.0.50")
+        } else {
+            ip("fd00::50")
+        };
         let f = Frame::tcp(stranger, dst, 40000, ALLOWED_TCP, TCP_ACK);
         assert_eq!(inn(&env, &f), Outcome::Denied, "mid-stream from a stranger");
     }
@@ -79,7 +83,10 @@ fn state(env: &Env, sport: u16, dport: u16) -> u8 {
 #[test]
 fn a_forged_rst_or_fin_closes_the_session_but_changes_no_verdict() {
     let env = env();
-    for (i, forged) in [TCP_RST, TCP_RST | TCP_ACK, TCP_FIN | TCP_ACK].into_iter().enumerate() {
+    for (i, forged) in [TCP_RST, TCP_RST | TCP_ACK, TCP_FIN | TCP_ACK]
+        .into_iter()
+        .enumerate()
+    {
         let sport = 42000 + i as u16;
         let web = |flags| Frame::tcp(web4(), db4(), sport, ALLOWED_TCP, flags);
         let db = |flags| Frame::tcp(db4(), web4(), ALLOWED_TCP, sport, flags);
@@ -88,9 +95,21 @@ fn a_forged_rst_or_fin_closes_the_session_but_changes_no_verdict() {
         assert_eq!(inn(&env, &web(TCP_ACK)), Outcome::Passed);
         assert_eq!(state(&env, sport, ALLOWED_TCP), st::ESTABLISHED);
         // Forged by a third party with web's address (sequence numbers are not read).
-        assert_eq!(inn(&env, &web(forged)), Outcome::Passed, "forged {forged:#04x}");
-        let want = if forged & TCP_RST != 0 { st::CLOSED } else { st::CLOSING };
-        assert_eq!(state(&env, sport, ALLOWED_TCP), want, "state after {forged:#04x}");
+        assert_eq!(
+            inn(&env, &web(forged)),
+            Outcome::Passed,
+            "forged {forged:#04x}"
+        );
+        let want = if forged & TCP_RST != 0 {
+            st::CLOSED
+        } else {
+            st::CLOSING
+        };
+        assert_eq!(
+            state(&env, sport, ALLOWED_TCP),
+            want,
+            "state after {forged:#04x}"
+        );
         // The allowed connection's packets still pass both ways.
         assert_eq!(out(&env, &db(TCP_ACK)), Outcome::Passed);
         assert_eq!(inn(&env, &web(TCP_ACK)), Outcome::Passed);
@@ -100,13 +119,24 @@ fn a_forged_rst_or_fin_closes_the_session_but_changes_no_verdict() {
 #[test]
 fn a_forged_rst_or_fin_on_a_denied_connection_lets_nothing_through() {
     let env = env();
-    for (i, forged) in [TCP_RST, TCP_FIN, TCP_RST | TCP_ACK].into_iter().enumerate() {
+    for (i, forged) in [TCP_RST, TCP_FIN, TCP_RST | TCP_ACK]
+        .into_iter()
+        .enumerate()
+    {
         let sport = 43000 + i as u16;
         let web = |flags| Frame::tcp(web4(), db4(), sport, DENIED_TCP, flags);
         assert_eq!(inn(&env, &web(TCP_SYN)), Outcome::Denied);
-        assert_eq!(inn(&env, &web(forged)), Outcome::Denied, "forged {forged:#04x}");
+        assert_eq!(
+            inn(&env, &web(forged)),
+            Outcome::Denied,
+            "forged {forged:#04x}"
+        );
         // Whatever state that left, the next SYN and the packets after it are denied.
-        assert_eq!(inn(&env, &web(TCP_SYN)), Outcome::Denied, "SYN after {forged:#04x}");
+        assert_eq!(
+            inn(&env, &web(TCP_SYN)),
+            Outcome::Denied,
+            "SYN after {forged:#04x}"
+        );
         assert_eq!(inn(&env, &web(TCP_ACK)), Outcome::Denied);
         // And db's answer in that connection's name is judged by db's egress policy
         // (TCP 443 only), not let out as a reply.

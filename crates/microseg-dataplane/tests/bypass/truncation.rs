@@ -71,10 +71,26 @@ fn cases() -> Vec<Case> {
                 ("TCP denied", tcp(DENIED_TCP), Outcome::Denied),
                 ("UDP allowed", udp(ALLOWED_UDP), Outcome::Passed),
                 ("UDP denied", udp(DENIED_UDP), Outcome::Denied),
-                ("ICMP allowed", Frame::echo_request(src, dst, 9), Outcome::Passed),
-                ("ICMP denied", Frame::echo_request(other, dst, 9), Outcome::Denied),
-                ("TCP allowed, options", opts(tcp(ALLOWED_TCP)), Outcome::Passed),
-                ("UDP denied, options", opts(udp(DENIED_UDP)), Outcome::Denied),
+                (
+                    "ICMP allowed",
+                    Frame::echo_request(src, dst, 9),
+                    Outcome::Passed,
+                ),
+                (
+                    "ICMP denied",
+                    Frame::echo_request(other, dst, 9),
+                    Outcome::Denied,
+                ),
+                (
+                    "TCP allowed, options",
+                    opts(tcp(ALLOWED_TCP)),
+                    Outcome::Passed,
+                ),
+                (
+                    "UDP denied, options",
+                    opts(udp(DENIED_UDP)),
+                    Outcome::Denied,
+                ),
             ] {
                 all.push(case(what, tag(f), whole));
             }
@@ -113,7 +129,12 @@ fn every_prefix_with_the_original_lengths_is_malformed() {
                 assert!(ok, "{}: {hook:?}, cut at {len}: {got:?}", c.what);
             }
         }
-        assert_eq!(run(&env, Hook::ToWorkload, &c.frame), c.whole, "{} whole", c.what);
+        assert_eq!(
+            run(&env, Hook::ToWorkload, &c.frame),
+            c.whole,
+            "{} whole",
+            c.what
+        );
     }
 }
 
@@ -131,7 +152,11 @@ fn every_prefix_with_agreeing_lengths_is_malformed_until_its_l4_header_is_whole(
                 Outcome::Malformed
             };
             let ok = got == want || (got == Outcome::Refused && may_be_refused(&c, len));
-            assert!(ok, "{}: cut at {len}: {got:?}, want {want:?}: {f:02x?}", c.what);
+            assert!(
+                ok,
+                "{}: cut at {len}: {got:?}, want {want:?}: {f:02x?}",
+                c.what
+            );
         }
     }
 }
