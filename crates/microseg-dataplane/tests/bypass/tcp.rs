@@ -10,9 +10,12 @@
 //! RST and FIN: the data plane does not check sequence numbers today (the receive-window
 //! check is a later task, issue 22). A RST from the peer's side, in or out of the window,
 //! closes the session (state CLOSED, 10 s idle limit) but leaves it in the table with its
-//! verdict; a FIN moves it to CLOSING. Neither changes a verdict: the allowed
-//! connection's packets keep passing, a denied one's keep being dropped, and a SYN on the
-//! closed ports is judged afresh by policy.
+//! verdict; a FIN moves it to CLOSING. No denied destination is reached through them: a
+//! denied connection's packets keep being dropped, and a SYN on the closed ports is judged
+//! afresh by policy. But the allowed connection can be cut: after a forged RST, db's next
+//! ACK ends the session, and db's packet after that is judged as a connection db opens
+//! (db's egress policy denies it), as `a_forged_rst_out_of_the_window_changes_nothing`
+//! shows (ignored until the receive-window check; docs/SECURITY.md).
 
 use microseg_common::session_state as st;
 use microseg_dataplane::packet::*;
@@ -81,7 +84,7 @@ fn state(env: &Env, sport: u16, dport: u16) -> u8 {
 /// What the data plane does today with a RST or FIN forged in the peer's name: it closes
 /// (or half-closes) the session, whatever the sequence numbers, but the verdict holds.
 #[test]
-fn a_forged_rst_or_fin_closes_the_session_but_changes_no_verdict() {
+fn a_forged_rst_or_fin_closes_the_session_today() {
     let env = env();
     for (i, forged) in [TCP_RST, TCP_RST | TCP_ACK, TCP_FIN | TCP_ACK]
         .into_iter()
@@ -157,4 +160,45 @@ fn a_syn_after_a_forged_rst_is_judged_by_the_current_policy() {
     env.reapply(&with(DB_DENIES_ALL));
     assert_eq!(inn(&env, &web_to_db(TCP_SYN)), Outcome::Denied);
     assert_eq!(inn(&env, &web_to_db(TCP_ACK)), Outcome::Denied);
+}
+
+/// `f` with sequence number `seq` and acknowledgement `ack`.
+fn tcp_seq(f: Frame, seq: u32, ack: u32) -> Frame {
+    let mut f = f;
+    f.l4[4..8].copy_from_slice(&seq.to_be_bytes());
+    f.l4[8..12].copy_from_slice(&ack.to_be_bytes());
+    f
+}
+
+/// What the receive-window check (issue 22) must give: a RST far outside the window,
+/// forged in web's name, changes nothing, and the connection goes on both ways. Today it
+/// closes the session; db's ACK then ends it, and db's next packet is judged as a
+/// connection db opens to web, which db's egress policy denies, and that denied session
+/// then drops web's packets too.
+#[test]
+#[ignore = "fails today: sequence numbers are not checked (issue 22, receive window; docs/SECURITY.md)"]
+fn a_forged_rst_out_of_the_window_changes_nothing() {
+    let env = env();
+    let web = |flags, seq, ack| tcp_seq(web_to_db(flags), seq, ack);
+    let db = |flags, seq, ack| tcp_seq(db_to_web(flags), seq, ack);
+    assert_eq!(inn(&env, &web(TCP_SYN, 1000, 0)), Outcome::Passed);
+    assert_eq!(
+        out(&env, &db(TCP_SYN | TCP_ACK, 5000, 1001)),
+        Outcome::Passed
+    );
+    assert_eq!(inn(&env, &web(TCP_ACK, 1001, 5001)), Outcome::Passed);
+    assert_eq!(inn(&env, &web(TCP_RST, 0x8000_0000, 0)), Outcome::Passed);
+    assert_eq!(
+        state(&env, 40000, ALLOWED_TCP),
+        st::ESTABLISHED,
+        "forged RST"
+    );
+    for i in 0..3 {
+        assert_eq!(
+            out(&env, &db(TCP_ACK, 5001 + i, 1001)),
+            Outcome::Passed,
+            "db {i}"
+        );
+    }
+    assert_eq!(inn(&env, &web(TCP_ACK, 1001, 5004)), Outcome::Passed, "web");
 }
