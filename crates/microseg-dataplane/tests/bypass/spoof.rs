@@ -88,3 +88,19 @@ fn egress_in_a_peers_name_does_not_ride_the_peers_session() {
     assert_eq!(inn(&env, &web_to_db(TCP_ACK)), Outcome::Passed);
     assert_eq!(out(&env, &db_to_web(TCP_ACK)), Outcome::Passed);
 }
+
+/// What holds today: ARP and neighbour discovery always pass (docs/POLICY.md, "Packets
+/// that are not plain TCP/UDP"), before the source check, so a workload can announce
+/// another workload's address to its link. docs/SECURITY.md lists this as not stopped.
+#[test]
+fn neighbour_discovery_and_arp_are_exempt_from_the_source_check_today() {
+    let env = env();
+    let na = Frame::neighbour_discovery(web6(), ip("ff02::1"), 136);
+    assert_eq!(out(&env, &na), Outcome::Passed, "NA from web's address");
+    assert_eq!(
+        run(&env, Hook::FromWorkload, &arp()),
+        Outcome::Passed,
+        "ARP"
+    );
+    assert_eq!(env.dp.stats().unwrap().spoofed, 0);
+}
