@@ -164,7 +164,7 @@ spec:
 /// request with identifier 0, the peer's ICMP of any type, in either role, rides that
 /// session: a redirect, or an echo request of its own with identifier 0, reaches db
 /// although db's ingress allows no ICMP. The kernel's conntrack pairs a reply's type with
-/// its request's and would judge these as new. Fails today: see docs/SECURITY.md.
+/// its request's and would not take these for replies. Fails today: see docs/SECURITY.md.
 #[test]
 #[ignore = "fails today: ICMP of any type rides a non-echo or identifier-0 session (docs/SECURITY.md)"]
 fn a_peers_icmp_of_another_type_does_not_ride_db_s_icmp_session() {
