@@ -210,10 +210,14 @@ pub fn sampler(pid: u32) -> (Arc<Mutex<Vec<Sample>>>, tokio::task::JoinHandle<()
 
 /// Peak RSS and CPU seconds used between `from` and `to`.
 pub fn usage(samples: &[Sample], from: Instant, to: Instant) -> Option<(u64, f64)> {
-    let inside: Vec<&Sample> = samples
+    let mut inside: Vec<&Sample> = samples
         .iter()
         .filter(|s| s.at >= from && s.at <= to)
         .collect();
+    // A stretch shorter than the sampling period: the next sample stands for it.
+    if inside.is_empty() {
+        inside.extend(samples.iter().find(|s| s.at > to));
+    }
     let first = samples
         .iter()
         .rev()

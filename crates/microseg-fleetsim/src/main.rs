@@ -61,8 +61,9 @@ pub struct Args {
     /// How long to wait for every node to ack one change.
     #[arg(long, default_value_t = 30.0)]
     pub change_timeout: f64,
-    /// Deadline of each gRPC call of a node (report, sync, ack, upload).
-    #[arg(long, default_value_t = 60.0)]
+    /// Deadline of each gRPC call of a node (report, sync, ack, upload); 0: none, as the
+    /// agent (the run's --timeout still bounds it).
+    #[arg(long, default_value_t = 0.0)]
     pub call_timeout: f64,
     /// The whole run's limit: then it reports what it has and stops.
     #[arg(long, default_value_t = 900.0)]

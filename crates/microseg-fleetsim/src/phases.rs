@@ -88,7 +88,7 @@ pub async fn run(
     let cfg = Arc::new(SimConfig {
         url: format!("http://{}", ctl.addr),
         flow_rate: args.flow_rate,
-        call_timeout: Duration::from_secs_f64(args.call_timeout),
+        call_timeout: (args.call_timeout > 0.0).then(|| Duration::from_secs_f64(args.call_timeout)),
     });
     let start = Instant::now();
     let tasks: Vec<_> = (0..n)
@@ -279,6 +279,8 @@ async fn phases(
     let k = ch.items.len().max(1) as u64;
     ch.bytes_total_mean = ch.items.iter().map(|c| c.bytes_total).sum::<u64>() / k;
     ch.bytes_per_node_mean = ch.bytes_total_mean / n.max(1) as u64;
+    // Lets the sampler take one more sample after the stretch.
+    tokio::time::sleep(Duration::from_millis(250)).await;
     (ch.peak_rss_bytes, ch.cpu_s) = usage_of(changes_from, Instant::now());
     report.lock().unwrap().changes = Some(ch);
 

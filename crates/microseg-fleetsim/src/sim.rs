@@ -81,37 +81,32 @@ pub struct SimConfig {
     pub url: String,
     /// Flow records per second per node (0: none).
     pub flow_rate: u32,
-    pub call_timeout: Duration,
+    /// None: wait as long as it takes, as `microseg agent` does.
+    pub call_timeout: Option<Duration>,
 }
 
-/// `m` workloads of node `i`, each with labels and one address unique in the fleet.
+/// `m` workloads of node `i`, each with labels and one address unique in the fleet: the
+/// first 250 in 10.0.0.0/8 (`10.<i/256>.<i%256>.<j+1>`), the next in 100.64.0.0/10
+/// (unique for i < 4096 and j < 1024).
 pub fn workloads(i: usize, m: usize) -> Vec<DiscoveredWorkload> {
     (0..m)
-        .map(|j| DiscoveredWorkload {
-            name: format!("w{j}"),
-            interface: format!("veth{j}"),
-            ips: vec![format!(
-                "10.{}.{}.{}",
-                (i >> 8) & 0xff,
-                i & 0xff,
-                // 1..=250 per node; more workloads reuse the range at 172.16/12.
-                j % 250 + 1
-            )]
-            .into_iter()
-            .map(|ip| {
-                if j < 250 {
-                    ip
-                } else {
-                    format!("172.{}.{}.{}", 16 + (j / 250) % 16, i & 0xff, j % 250 + 1)
-                }
-            })
-            .collect(),
-            labels: [
-                ("app".to_string(), format!("app{}", j % 10)),
-                ("tier".to_string(), format!("t{}", j % 3)),
-            ]
-            .into_iter()
-            .collect(),
+        .map(|j| {
+            let ip = if j < 250 {
+                std::net::Ipv4Addr::from(0x0a00_0000 + ((i as u32) << 8) + j as u32 + 1)
+            } else {
+                std::net::Ipv4Addr::from(0x6440_0000 + ((i as u32) << 10) + j as u32)
+            };
+            DiscoveredWorkload {
+                name: format!("w{j}"),
+                interface: format!("veth{j}"),
+                ips: vec![ip.to_string()],
+                labels: [
+                    ("app".to_string(), format!("app{}", j % 10)),
+                    ("tier".to_string(), format!("t{}", j % 3)),
+                ]
+                .into_iter()
+                .collect(),
+            }
         })
         .collect()
 }
@@ -176,10 +171,13 @@ fn status(call: &str) -> impl FnOnce(tonic::Status) -> String + '_ {
 }
 
 async fn timed<T>(
-    limit: Duration,
+    limit: Option<Duration>,
     call: &str,
     f: impl std::future::Future<Output = Result<T, tonic::Status>>,
 ) -> Result<T, String> {
+    let Some(limit) = limit else {
+        return f.await.map_err(status(call));
+    };
     match tokio::time::timeout(limit, f).await {
         Ok(r) => r.map_err(status(call)),
         Err(_) => Err(format!("{call}: no answer within {limit:?}")),
@@ -277,7 +275,7 @@ async fn upload(
     node: String,
     workloads: Vec<DiscoveredWorkload>,
     rate: u32,
-    limit: Duration,
+    limit: Option<Duration>,
     sent: Arc<AtomicU64>,
 ) -> Result<(), String> {
     if workloads.is_empty() {
@@ -337,4 +335,31 @@ pub fn node_token(agent_token: &str, node: &str) -> String {
     let tag = ring::hmac::sign(&key, &msg);
     let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     format!("{node}.{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_tokens_are_the_controllers() {
+        for node in ["sim-0", "sim-999", "n1.example"] {
+            assert_eq!(
+                node_token("secret", node),
+                microseg_controller::node_token::node_token("secret", node)
+            );
+        }
+        assert_ne!(node_token("secret", "a"), node_token("other", "a"));
+    }
+
+    #[test]
+    fn every_workload_address_in_the_fleet_is_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for i in [0, 1, 255, 256, 1999] {
+            for w in workloads(i, 300) {
+                assert_eq!(w.ips.len(), 1);
+                assert!(seen.insert(w.ips[0].clone()), "{} twice", w.ips[0]);
+            }
+        }
+    }
 }
