@@ -257,6 +257,9 @@ async fn phases(
             last_ack_ms: last
                 .filter(|_| acked == n)
                 .map(|t| t.saturating_duration_since(returned).as_secs_f64() * 1e3),
+            last_ack_from_sent_ms: last
+                .filter(|_| acked == n)
+                .map(|t| t.saturating_duration_since(sent).as_secs_f64() * 1e3),
             last_receive_ms: last_rx
                 .filter(|_| acked == n)
                 .map(|t| t.saturating_duration_since(returned).as_secs_f64() * 1e3),
@@ -267,13 +270,19 @@ async fn phases(
         prev = revision;
         report.lock().unwrap().changes = Some(ch.clone());
     }
-    let lasts: Vec<f64> = ch.items.iter().filter_map(|c| c.last_ack_ms).collect();
     // A change some node never acked counts as infinitely slow in the percentiles.
-    let missing = ch.items.len() - lasts.len();
-    let mut with_missing = lasts.clone();
-    with_missing.extend(std::iter::repeat_n(f64::INFINITY, missing));
-    ch.last_ack_p50_ms = percentile(&with_missing, 0.5).filter(|x| x.is_finite());
-    ch.last_ack_p99_ms = percentile(&with_missing, 0.99).filter(|x| x.is_finite());
+    let of = |f: fn(&Change) -> Option<f64>, q: f64| {
+        let v: Vec<f64> = ch
+            .items
+            .iter()
+            .map(|c| f(c).unwrap_or(f64::INFINITY))
+            .collect();
+        percentile(&v, q).filter(|x| x.is_finite())
+    };
+    ch.last_ack_p50_ms = of(|c| c.last_ack_ms, 0.5);
+    ch.last_ack_p99_ms = of(|c| c.last_ack_ms, 0.99);
+    ch.last_ack_from_sent_p50_ms = of(|c| c.last_ack_from_sent_ms, 0.5);
+    ch.last_ack_from_sent_p99_ms = of(|c| c.last_ack_from_sent_ms, 0.99);
     let applies: Vec<f64> = ch.items.iter().map(|c| c.apply_ms).collect();
     ch.apply_p50_ms = percentile(&applies, 0.5);
     let k = ch.items.len().max(1) as u64;

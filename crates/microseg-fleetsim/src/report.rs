@@ -28,6 +28,9 @@ pub struct Change {
     pub apply_ms: f64,
     /// From the apply returning to the last node's ack (None: not all within the timeout).
     pub last_ack_ms: Option<f64>,
+    /// The same from the apply's request being sent (the push may start before the
+    /// answer arrives).
+    pub last_ack_from_sent_ms: Option<f64>,
     /// From the apply returning to the last node's receipt of it (whole, all parts).
     pub last_receive_ms: Option<f64>,
     pub nodes_acked: usize,
@@ -40,6 +43,8 @@ pub struct Changes {
     pub items: Vec<Change>,
     pub last_ack_p50_ms: Option<f64>,
     pub last_ack_p99_ms: Option<f64>,
+    pub last_ack_from_sent_p50_ms: Option<f64>,
+    pub last_ack_from_sent_p99_ms: Option<f64>,
     pub apply_p50_ms: Option<f64>,
     pub bytes_total_mean: u64,
     pub bytes_per_node_mean: u64,
@@ -125,13 +130,14 @@ impl Report {
         if let Some(c) = &self.changes {
             for (k, ch) in c.items.iter().enumerate() {
                 println!(
-                    "{p} change={k} revision={} apply={:.1}ms last_ack={} last_receive={} nodes_acked={}/{} bytes_total={} bytes_per_node_max={}",
-                    ch.revision, ch.apply_ms, ms(ch.last_ack_ms), ms(ch.last_receive_ms), ch.nodes_acked, self.nodes, ch.bytes_total, ch.bytes_per_node_max
+                    "{p} change={k} revision={} apply={:.1}ms last_ack={} last_ack_from_sent={} last_receive={} nodes_acked={}/{} bytes_total={} bytes_per_node_max={}",
+                    ch.revision, ch.apply_ms, ms(ch.last_ack_ms), ms(ch.last_ack_from_sent_ms), ms(ch.last_receive_ms), ch.nodes_acked, self.nodes, ch.bytes_total, ch.bytes_per_node_max
                 );
             }
             println!(
-                "{p} changes={} last_ack_p50={} p99={} apply_p50={} bytes_total_mean={} bytes_per_node_mean={} rss_peak={} cpu={}",
-                c.items.len(), ms(c.last_ack_p50_ms), ms(c.last_ack_p99_ms), ms(c.apply_p50_ms),
+                "{p} changes={} last_ack_p50={} p99={} from_sent_p50={} p99={} apply_p50={} bytes_total_mean={} bytes_per_node_mean={} rss_peak={} cpu={}",
+                c.items.len(), ms(c.last_ack_p50_ms), ms(c.last_ack_p99_ms),
+                ms(c.last_ack_from_sent_p50_ms), ms(c.last_ack_from_sent_p99_ms), ms(c.apply_p50_ms),
                 c.bytes_total_mean, c.bytes_per_node_mean, mib(c.peak_rss_bytes), cpu(c.cpu_s)
             );
         }
