@@ -34,7 +34,8 @@ pub struct Packet {
     pub src: [u32; 4],
     pub dst: [u32; 4],
     /// Host byte order. For ICMP echo the identifier stands in: source port of a request,
-    /// destination port of a reply, so that a reply is the request's reverse.
+    /// destination port of a reply, so that a reply is the request's reverse ([`echo_id`]);
+    /// any other ICMP message has `0x8000 | type` as its source port.
     pub sport: u16,
     pub dport: u16,
     pub protocol: u8,
@@ -308,17 +309,28 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Packet, off: usize, ip_end: usize) -> Par
             pkt.icmp_type = i[0];
             let id = be16([i[4], i[5]]);
             match (pkt.is_v6, i[0]) {
-                (false, 8) | (true, 128) => pkt.sport = id,
-                (false, 0) | (true, 129) => pkt.dport = id,
+                (false, 8) | (true, 128) => pkt.sport = echo_id(id),
+                (false, 0) | (true, 129) => pkt.dport = echo_id(id),
                 // RFC 4861: receivers drop neighbour discovery with any other hop limit, so
                 // only these are exempt from policy; the rest is judged as ICMPv6.
                 (true, 133..=137) if pkt.hop_limit == 255 => return Parsed::NeighborDiscovery,
-                _ => {}
+                // Any other message is keyed by its type as the source port, which no
+                // packet the other way has: judged by policy in each direction, it never
+                // rides a session (with the address pair alone, a peer's ICMP of any type
+                // passed as the reply to ours).
+                (_, t) => pkt.sport = 0x8000 | t as u16,
             }
         }
         _ => {}
     }
     Parsed::Ip
+}
+
+/// An echo identifier as a port: 0 becomes 1, so that a request with identifier 0, (0, 0),
+/// is not its own reverse (a peer's echo request would pass as the reply to ours).
+#[inline(always)]
+pub fn echo_id(id: u16) -> u16 {
+    id.max(1)
 }
 
 /// Whether the packet is ICMP of its own IP version: ICMP in IPv4, ICMPv6 in IPv6.
@@ -389,6 +401,9 @@ fn inner_ports(ctx: &TcContext, inner: &mut Packet, off: usize) -> bool {
         }
         proto::ICMP | proto::ICMPV6 => {
             let id = be16([p[4], p[5]]);
+            // As `parse` keys echo, but for identifier 0 ([`echo_id`]) and for other ICMP
+            // messages: an error quoting those finds no session and is judged by policy.
+            // (The slow path sits at the BPF stack limit: even `echo_id` here exceeds it.)
             match p[0] {
                 8 | 128 => inner.sport = id,
                 0 | 129 => inner.dport = id,

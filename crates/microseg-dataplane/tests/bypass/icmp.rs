@@ -166,7 +166,6 @@ spec:
 /// although db's ingress allows no ICMP. The kernel's conntrack pairs a reply's type with
 /// its request's and would not take these for replies. Fails today: see docs/SECURITY.md.
 #[test]
-#[ignore = "fails today: ICMP of any type rides a non-echo or identifier-0 session (docs/SECURITY.md)"]
 fn a_peers_icmp_of_another_type_does_not_ride_db_s_icmp_session() {
     let env = Env::new(&with(DB_PINGS_OUT), "db");
     let (x, y) = (ip("192.0.2.7"), ip("192.0.2.8"));
