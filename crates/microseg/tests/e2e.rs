@@ -436,3 +436,64 @@ fn the_flow_table_brackets_ipv6_keeps_a_limit_and_ends_quietly_when_its_reader_g
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{err}");
     assert!(err.is_empty(), "{err}");
 }
+
+/// A user without a controller: `microseg recommend --socket` from a standalone agent's own
+/// flows (with its files for labels and addresses), then the recommendation enforced by the
+/// same agent keeps the observed path and denies one never seen.
+#[test]
+fn a_standalone_agent_recommends_from_its_own_flows() {
+    let t = start("recommend", "");
+    let web = t.w("web");
+    // No policy selects anything yet: open. Closed TCP connections are reported at once.
+    for _ in 0..3 {
+        assert!(t.tcp_ok("client", addr(&web.v4, 8080)));
+    }
+    eventually(Duration::from_secs(10), || {
+        t.flows()
+            .iter()
+            .filter(|f| f["dst_port"] == 8080 && f["event"] == "end")
+            .count()
+            >= 2
+    })
+    .expect("the connections' end records");
+    let policy_dir = t.dir.join("policy");
+    let policy_dir = policy_dir.to_str().unwrap();
+    let out = t.cli(&[
+        "recommend",
+        "--since",
+        "5m",
+        "--mode",
+        "enforce",
+        "--policy",
+        policy_dir,
+    ]);
+    let yaml = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{yaml}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "name: recommended.web",
+        "name: recommended.client",
+        "port: 8080",
+    ] {
+        assert!(yaml.contains(expected), "{expected} in:\n{yaml}");
+    }
+    assert!(
+        !yaml.contains("9090"),
+        "an unseen port is never allowed:\n{yaml}"
+    );
+
+    // Enforced by the same agent: the observed path works, an unseen one does not.
+    t.write_policy("policy.yaml", &yaml);
+    eventually(Duration::from_secs(20), || {
+        !t.tcp_ok("client", addr(&web.v4, 9090))
+    })
+    .expect("the recommendation enforced");
+    assert!(t.tcp_ok("client", addr(&web.v4, 8080)), "the observed path");
+    assert!(
+        !t.tcp_ok("other", addr(&web.v4, 8080)),
+        "a peer never seen talking to web"
+    );
+}
