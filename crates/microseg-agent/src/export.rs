@@ -181,11 +181,6 @@ impl Exporter {
         }
         false
     }
-
-    /// Whether start reports are on because of pressure.
-    pub fn under_pressure(&self) -> bool {
-        self.pressure
-    }
 }
 
 /// Whether the session's age crossed a multiple of `period` between `prev` and `now`: a

@@ -36,17 +36,6 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// The back end a URL names, known before the store is open.
-pub fn backend_of(url: &str) -> &'static str {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        "postgres"
-    } else if url.starts_with("clickhouse://") {
-        "clickhouse"
-    } else {
-        "sqlite"
-    }
-}
-
 #[derive(Default)]
 struct Counts {
     received: AtomicU64,

@@ -274,7 +274,7 @@ async fn flow_store(opts: &Options) -> Result<(String, Option<FlowStoreBox>), Co
     // The URL is checked before any connection is tried, so this answers at once for a
     // malformed one; a server that does not answer soon is the background opener's.
     // A SQLite file is opened here, so that flows are served from the first request.
-    let wait = match flow_ingest::backend_of(&url) {
+    let wait = match microseg_flowstore::backend_of(&url) {
         "sqlite" => Duration::MAX,
         _ => Duration::from_secs(2),
     };
@@ -345,7 +345,7 @@ pub async fn start(opts: &Options) -> Result<Running, ControllerError> {
     let rev = Arc::new(watch::channel(rev0).0);
     let (stop, stop_rx) = watch::channel(false);
     store.clone().watch_changes(rev.clone(), stop_rx.clone());
-    let ingest = FlowIngest::new(flow_ingest::backend_of(&flow_url), opts.flow_queue);
+    let ingest = FlowIngest::new(microseg_flowstore::backend_of(&flow_url), opts.flow_queue);
     ingest.spawn(flow_url, flows, opts.flow_retention, stop_rx.clone());
     let mut core = Core::new(store, rev, ingest, stop_rx.clone());
     core.recommend_quiet = opts.recommend_quiet;

@@ -96,7 +96,7 @@ pub async fn run(
             let name = format!("sim-{i}");
             let spec = NodeSpec {
                 index: i,
-                token: sim::node_token(&ctl.agent_token, &name),
+                token: microseg_controller::node_token::node_token(&ctl.agent_token, &name),
                 name,
                 workloads: sim::workloads(i, args.workloads),
             };

@@ -326,31 +326,9 @@ async fn upload(
     }
 }
 
-/// The node token of `node` under `agent_token`: what `microseg node-token` prints (an
-/// HMAC-SHA256 of the name, see docs/CONTROLLER.md), computed here so that the tool does
-/// not build the controller.
-pub fn node_token(agent_token: &str, node: &str) -> String {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, agent_token.as_bytes());
-    let msg = [b"microseg node token v1\0".as_slice(), node.as_bytes()].concat();
-    let tag = ring::hmac::sign(&key, &msg);
-    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("{node}.{hex}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn node_tokens_are_the_controllers() {
-        for node in ["sim-0", "sim-999", "n1.example"] {
-            assert_eq!(
-                node_token("secret", node),
-                microseg_controller::node_token::node_token("secret", node)
-            );
-        }
-        assert_ne!(node_token("secret", "a"), node_token("other", "a"));
-    }
 
     #[test]
     fn every_workload_address_in_the_fleet_is_unique() {

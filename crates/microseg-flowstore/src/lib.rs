@@ -73,22 +73,34 @@ pub trait FlowStore: Send + Sync {
     fn health(&self) -> BoxFuture<'_, Result<(), Error>>;
 }
 
+/// The back end a URL names (as [`FlowStore::backend`] will say), known before the store
+/// is open: `postgres`, `clickhouse` or `sqlite`.
+pub fn backend_of(url: &str) -> &'static str {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        "postgres"
+    } else if url.starts_with("clickhouse://") {
+        "clickhouse"
+    } else {
+        "sqlite"
+    }
+}
+
 /// Opens (and creates if needed) the store a URL names: `postgres://…` (or
 /// `postgresql://…`), `clickhouse://HOST:PORT/DB`, otherwise a SQLite file path
 /// (`sqlite:PATH` also works).
 pub async fn open(url: &str) -> Result<Box<dyn FlowStore>, Error> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Box::new(PostgresStore::open(url).await?))
-    } else if url.starts_with("clickhouse://") {
-        Ok(Box::new(ClickHouseStore::open(url).await?))
-    } else {
-        let path = url.strip_prefix("sqlite:").unwrap_or(url);
-        if path.is_empty() || path.contains("://") {
-            return Err(Error::BadUrl {
-                url: url.to_string(),
-                reason: "a SQLite file path, postgres://… or clickhouse://HOST:PORT/DB".into(),
-            });
+    Ok(match backend_of(url) {
+        "postgres" => Box::new(PostgresStore::open(url).await?),
+        "clickhouse" => Box::new(ClickHouseStore::open(url).await?),
+        _ => {
+            let path = url.strip_prefix("sqlite:").unwrap_or(url);
+            if path.is_empty() || path.contains("://") {
+                return Err(Error::BadUrl {
+                    url: url.to_string(),
+                    reason: "a SQLite file path, postgres://… or clickhouse://HOST:PORT/DB".into(),
+                });
+            }
+            Box::new(SqliteStore::open(path).await?)
         }
-        Ok(Box::new(SqliteStore::open(path).await?))
-    }
+    })
 }
