@@ -255,6 +255,21 @@ impl Dataplane {
         self.events.take()
     }
 
+    /// Instructions the verifier walked for each program (its limit is 1,000,000 a
+    /// program): how close a change brings the programs to being refused.
+    pub fn verified_instructions(&self) -> Result<Vec<(&'static str, u32)>> {
+        [PROG_FROM_WORKLOAD, PROG_TO_WORKLOAD, PROG_SLOW_PATH]
+            .into_iter()
+            .map(|name| {
+                let info = self
+                    .classifier(name)?
+                    .info()
+                    .map_err(Error::program(name))?;
+                Ok((name, info.verified_instruction_count().unwrap_or(0)))
+            })
+            .collect()
+    }
+
     /// Number of entries in the fragment table (for tests and stats).
     pub fn fragment_count(&self) -> usize {
         self.fragments.keys().filter(|k| k.is_ok()).count()
