@@ -28,6 +28,7 @@ pub fn import_k8s(file: &str, text: &str) -> (Vec<Policy>, Vec<Diagnostic>) {
         }
     }
     diags.extend(ctx.diags);
+    crate::yaml::keep_inside(text, &mut diags);
     diags.sort_by_key(|d| (d.line, d.col));
     (out, diags)
 }

@@ -94,6 +94,7 @@ fn parse_yaml(file: &str, text: &str, fast: bool) -> (Vec<Resource>, Vec<Diagnos
         }
     }
     diags.extend(ctx.diags);
+    crate::yaml::keep_inside(text, &mut diags);
     diags.sort_by_key(|d| (d.line, d.col));
     (out, diags, fast_used)
 }

@@ -100,10 +100,36 @@ pub(crate) fn load_documents(
         }
         match parse_chunk(&chunk) {
             Ok(node) => docs.push(Document { node, line_off }),
-            Err((line, col, msg)) => diags.push(Diagnostic::new(file, line + line_off, col, msg)),
+            Err((line, col, msg)) => {
+                let (line, col) = inside_chunk(&chunk, line, col);
+                diags.push(Diagnostic::new(file, line + line_off, col, msg))
+            }
         }
     }
     (docs, fast_used)
+}
+
+/// The loader puts an error at the end of input, and a value left empty there (`kind:`
+/// as the last line), on the line after the last one when the text does not end in a
+/// newline: that line is not in the file, so point just past the last line's end instead.
+fn inside_chunk(chunk: &str, line: usize, col: usize) -> (usize, usize) {
+    let lines = chunk.split('\n').count();
+    if line <= lines {
+        return (line, col);
+    }
+    let last = chunk.rsplit('\n').next().unwrap_or("");
+    (
+        lines,
+        last.strip_suffix('\r').unwrap_or(last).chars().count() + 1,
+    )
+}
+
+/// Every diagnostic of `text` at a position inside it (see [`inside_chunk`]).
+pub(crate) fn keep_inside(text: &str, diags: &mut [Diagnostic]) {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    for d in diags {
+        (d.line, d.col) = inside_chunk(text, d.line, d.col);
+    }
 }
 
 /// Each block nesting level takes at least one column (indentation) or two (a compact
