@@ -15,11 +15,12 @@ pub const FILE: &str = "fuzz.yaml";
 /// random policy says little more and slows every run).
 const MAX_COMPILED_LEN: usize = 16 * 1024;
 
-/// Each line's length in characters, split as editors and the parser count lines.
+/// Each line's length in characters, lines split as YAML does: at "\r\n", "\n" and "\r".
 fn line_widths(text: &str) -> Vec<usize> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    text.split('\n')
-        .map(|l| l.strip_suffix('\r').unwrap_or(l).chars().count())
+    text.replace("\r\n", "\n")
+        .split(['\n', '\r'])
+        .map(|l| l.chars().count())
         .collect()
 }
 

@@ -43,6 +43,7 @@ pub(crate) fn load_documents(
     fast: bool,
 ) -> (Vec<Document>, bool) {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let text = &*lone_cr_as_lf(text);
     // Separator lines: (line index, byte offset of the line, byte offset after it).
     let mut separators = Vec::new();
     let mut offset = 0;
@@ -127,9 +128,31 @@ fn inside_chunk(chunk: &str, line: usize, col: usize) -> (usize, usize) {
 /// Every diagnostic of `text` at a position inside it (see [`inside_chunk`]).
 pub(crate) fn keep_inside(text: &str, diags: &mut [Diagnostic]) {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let text = &*lone_cr_as_lf(text);
     for d in diags {
         (d.line, d.col) = inside_chunk(text, d.line, d.col);
     }
+}
+
+/// YAML breaks lines at a "\r" alone too, and the loader counts lines so: split documents
+/// and count lines the same way, or positions after one point elsewhere. Both are line
+/// breaks to YAML, so the documents read the same.
+fn lone_cr_as_lf(text: &str) -> Cow<'_, str> {
+    let bytes = text.as_bytes();
+    let lone = |i: usize| bytes[i] == b'\r' && bytes.get(i + 1) != Some(&b'\n');
+    if !(0..bytes.len()).any(lone) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(if c == '\r' && chars.peek() != Some(&'\n') {
+            '\n'
+        } else {
+            c
+        });
+    }
+    Cow::Owned(out)
 }
 
 /// Each block nesting level takes at least one column (indentation) or two (a compact

@@ -47,3 +47,40 @@ fn an_empty_value_on_the_last_line_is_reported_on_that_line() {
         assert_inside(text, &parse_str("f.yaml", text).1);
     }
 }
+
+/// YAML breaks lines at a lone "\r" too (YAML 1.2, 5.4), and the loader counts lines so;
+/// the split into documents did not: a "---" after one was no separator, and a position
+/// after one was counted in two ways.
+#[test]
+fn a_lone_carriage_return_breaks_lines_for_the_document_split_too() {
+    let w = |name: &str| {
+        format!(
+            "apiVersion: microseg.io/v1\rkind: Workload\rmetadata: {{name: {name}}}\rspec: {{}}\r"
+        )
+    };
+    let text = format!("{}---\r{}", w("a"), w("b"));
+    let (res, diags) = parse_str("f.yaml", &text);
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(res.len(), 2);
+    // An error in the second document, on its fourth line: line 9 of the file.
+    let text = format!("{}---\r{}", w("a"), w("b").replace("spec: {}", "spec: {x"));
+    let (_, diags) = parse_str("f.yaml", &text);
+    assert!(
+        diags.iter().all(|d| d.line == 9 || d.line == 10),
+        "{diags:?}"
+    );
+    let crash = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\nspec: {iapiVersion: ntefa:er cveth\rdb1, apiVersion: networking\n";
+    let yaml_lines = |t: &str| -> Vec<usize> {
+        t.replace("\r\n", "\n")
+            .split(['\n', '\r'])
+            .map(|l| l.chars().count())
+            .collect()
+    };
+    for d in import_k8s("f.yaml", crash).1 {
+        let w = yaml_lines(crash);
+        assert!(
+            d.line <= w.len() && d.col <= w[d.line - 1] + 1,
+            "{d} outside {w:?}"
+        );
+    }
+}
