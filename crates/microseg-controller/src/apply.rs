@@ -9,10 +9,10 @@ pub use crate::api_types::{Applied, ResourceRef, SourceFile};
 use crate::core::Core;
 use crate::error::{printable, Error};
 use crate::resources::{self, POLICY, WORKLOAD};
-use crate::store::{Row, Snapshot, Store, Write};
+use crate::store::{Row, Rows, Snapshot, Store, Write};
 use microseg_policy::{parse_str, validate_set, Resource, ResourceSet};
 use microseg_proto::MAX_RESOURCE_BYTES;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 use tokio::sync::Semaphore;
 
@@ -186,12 +186,6 @@ fn prepare(files: Vec<SourceFile>, scope: &Scope, max_bytes: usize) -> Result<Pr
     })
 }
 
-fn by_key(rows: &[Row]) -> HashMap<(&str, &str), &Row> {
-    rows.iter()
-        .map(|r| ((r.kind.as_str(), r.name.as_str()), r))
-        .collect()
-}
-
 /// The stored resources as one set for the validator (parsed when read, not here);
 /// discovered workloads lose their interface (interface names repeat across nodes).
 fn stored_set<'r>(rows: impl Iterator<Item = &'r Row>) -> Result<ResourceSet, Error> {
@@ -212,10 +206,9 @@ fn stored_set<'r>(rows: impl Iterator<Item = &'r Row>) -> Result<ResourceSet, Er
 }
 
 /// Checks the request against the stored `rows` and says what each resource would become.
-fn check(p: &Prepared, rows: &[Row]) -> Result<Vec<Applied>, Error> {
-    let stored = by_key(rows);
+fn check(p: &Prepared, rows: &Rows) -> Result<Vec<Applied>, Error> {
     for d in &p.docs {
-        if let Some(r) = stored.get(&(d.kind, d.name.as_str())) {
+        if let Some(r) = rows.get(d.kind, &d.name) {
             if !r.node.is_empty() {
                 return Err(Error::Conflict(format!(
                     "workload \"{}\" was discovered on node \"{}\"; choose another name",
@@ -245,7 +238,7 @@ fn check(p: &Prepared, rows: &[Row]) -> Result<Vec<Applied>, Error> {
         .map(|d| Applied {
             kind: d.kind.to_string(),
             name: d.name.clone(),
-            action: match stored.get(&(d.kind, d.name.as_str())) {
+            action: match rows.get(d.kind, &d.name) {
                 Some(r) if r.json == d.json => Change::Unchanged,
                 Some(_) => Change::Configured,
                 None => Change::Created,
@@ -270,11 +263,10 @@ fn puts(p: &Prepared, applied: &[Applied]) -> Vec<Write> {
 }
 
 /// Checks a delete against the stored `rows`: every resource must exist and be the API's.
-fn deletes(refs: &[ResourceRef], rows: &[Row]) -> Result<Vec<Write>, Error> {
-    let stored = by_key(rows);
+fn deletes(refs: &[ResourceRef], rows: &Rows) -> Result<Vec<Write>, Error> {
     let missing: Vec<String> = refs
         .iter()
-        .filter(|r| !stored.contains_key(&(r.kind.as_str(), r.name.as_str())))
+        .filter(|r| rows.get(&r.kind, &r.name).is_none())
         .map(|r| format!("{} \"{}\"", r.kind, r.name))
         .collect();
     if let Some(first) = missing.first() {
@@ -290,7 +282,9 @@ fn deletes(refs: &[ResourceRef], rows: &[Row]) -> Result<Vec<Write>, Error> {
     }
     let mut writes = Vec::new();
     for r in refs {
-        let row = stored[&(r.kind.as_str(), r.name.as_str())];
+        let Some(row) = rows.get(&r.kind, &r.name) else {
+            continue;
+        };
         if !row.node.is_empty() {
             return Err(Error::Conflict(format!(
                 "workload \"{}\" is reported by the agent on node \"{}\"; it goes away with its namespace",
@@ -318,7 +312,7 @@ fn file_list(names: &[String]) -> String {
     }
 }
 
-async fn snapshot(store: &Arc<dyn Store>) -> Result<(u64, Vec<Row>), Error> {
+async fn snapshot(store: &Arc<dyn Store>) -> Result<(u64, Rows), Error> {
     let store = store.clone();
     off_workers(move |rt| rt.block_on(store.full())).await
 }

@@ -1,21 +1,19 @@
-//! The AgentLink gRPC service: desired state down (full, then deltas, each in parts of at
-//! most [`STATE_CHUNK_BYTES`] when larger), acks, discovered workloads and flows up.
+//! The AgentLink gRPC service: desired state down (`sync_stream.rs`: full, then deltas,
+//! each in parts when large), acks, discovered workloads and flows up.
 
 use crate::auth::Bearer;
-use crate::core::{for_node, now, Core};
+use crate::core::{now, Core};
 use crate::error::Error;
-use crate::store::Row;
+use crate::sync_stream::{stream_state, Start};
 use microseg_policy::check_name;
-use microseg_proto::parts::split;
 use microseg_proto::v1::agent_link_server::{AgentLink, AgentLinkServer};
 use microseg_proto::v1::{
-    AckRequest, AckResponse, DesiredState, FlowBatch, ReportResponse, Resource, ResourceRef,
-    SyncRequest, UploadResponse, WorkloadReport,
+    AckRequest, AckResponse, DesiredState, FlowBatch, ReportResponse, SyncRequest, UploadResponse,
+    WorkloadReport,
 };
-use microseg_proto::{MAX_MESSAGE_BYTES, STATE_CHUNK_BYTES};
+use microseg_proto::MAX_MESSAGE_BYTES;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -37,21 +35,6 @@ pub fn server(core: Arc<Core>) -> AgentLinkServer<Link> {
     AgentLinkServer::new(Link::new(core))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
-}
-
-/// Sends one revision, in parts when it is large and the agent joins parts (`chunk`);
-/// false when the agent is gone.
-async fn send_state(
-    tx: &mpsc::Sender<Result<DesiredState, Status>>,
-    state: DesiredState,
-    chunk: usize,
-) -> bool {
-    for part in split(state, chunk) {
-        if tx.send(Ok(part)).await.is_err() {
-            return false;
-        }
-    }
-    true
 }
 
 fn status(e: Error) -> Status {
@@ -99,147 +82,19 @@ impl Caller {
     }
 }
 
+/// The gRPC metadata that names the controller's store: sent with the first answer of
+/// `Sync`, and by an agent that resyncs with the revision it holds (docs/CONTROLLER.md,
+/// "The agent link").
+pub const STORE_HEADER: &str = microseg_proto::STORE_HEADER;
+
+fn resumes_in(m: &tonic::metadata::MetadataMap) -> Option<u64> {
+    m.get(STORE_HEADER)?.to_str().ok()?.parse().ok()
+}
+
 fn node_name(n: &str) -> Result<(), Status> {
     match check_name(n) {
         Some(e) => Err(Status::invalid_argument(format!("node: {e}"))),
         None => Ok(()),
-    }
-}
-
-/// The rows as the agent on `node` receives them.
-fn as_sent<'r>(rows: impl Iterator<Item = &'r Row>, node: &str) -> Result<Vec<Resource>, Error> {
-    rows.map(|r| {
-        Ok(Resource {
-            kind: r.kind.clone(),
-            name: r.name.clone(),
-            json: for_node(r, node)?,
-        })
-    })
-    .collect()
-}
-
-/// Counts the node's open streams while it lives.
-struct Connected {
-    core: Arc<Core>,
-    node: String,
-}
-
-impl Drop for Connected {
-    fn drop(&mut self) {
-        if let Ok(mut s) = self.core.streams.lock() {
-            if let Some(n) = s.get_mut(&self.node) {
-                *n -= 1;
-                if *n == 0 {
-                    s.remove(&self.node);
-                }
-            }
-        }
-    }
-}
-
-async fn stream_state(
-    core: Arc<Core>,
-    node: String,
-    accepts_parts: bool,
-    tx: mpsc::Sender<Result<DesiredState, Status>>,
-) {
-    let chunk = if accepts_parts {
-        STATE_CHUNK_BYTES
-    } else {
-        usize::MAX
-    };
-    if let Ok(mut s) = core.streams.lock() {
-        *s.entry(node.clone()).or_default() += 1;
-    }
-    let _guard = Connected {
-        core: core.clone(),
-        node: node.clone(),
-    };
-    // Subscribe before reading, so no change between the read and the wait is missed.
-    let mut rev_rx = core.rev.subscribe();
-    let mut shutdown = core.shutdown.clone();
-    let full = core
-        .store
-        .full()
-        .await
-        .and_then(|(rev, rows)| Ok((rev, as_sent(rows.iter(), &node)?)));
-    let (rev, upserts) = match full {
-        Ok(x) => x,
-        Err(e) => {
-            let _ = tx.send(Err(status(e))).await;
-            return;
-        }
-    };
-    let full = DesiredState {
-        revision: rev,
-        full: true,
-        upserts,
-        deletes: Vec::new(),
-        more: false,
-    };
-    tracing::info!(
-        node,
-        revision = rev,
-        resources = full.upserts.len(),
-        "sending the full state"
-    );
-    if !send_state(&tx, full, chunk).await {
-        return;
-    }
-    let mut last = rev;
-    let mut touch = tokio::time::interval(Duration::from_secs(10));
-    loop {
-        tokio::select! {
-            r = rev_rx.changed() => if r.is_err() { return },
-            _ = touch.tick() => {
-                let _ = core.store.touch_node(&node, now()).await;
-                continue;
-            }
-            _ = tx.closed() => return,
-            _ = shutdown.changed() => return,
-        }
-        if *rev_rx.borrow_and_update() <= last {
-            continue;
-        }
-        let changed = core.store.since(last).await.and_then(|rows| {
-            let upserts = as_sent(rows.iter().filter(|r| !r.deleted), &node)?;
-            Ok((rows, upserts))
-        });
-        let (rows, upserts) = match changed {
-            Ok(x) => x,
-            Err(e) => {
-                let _ = tx.send(Err(status(e))).await;
-                return;
-            }
-        };
-        let Some(max) = rows.iter().map(|r| r.revision).max() else {
-            continue;
-        };
-        let delta = DesiredState {
-            revision: max,
-            full: false,
-            upserts,
-            deletes: rows
-                .iter()
-                .filter(|r| r.deleted)
-                .map(|r| ResourceRef {
-                    kind: r.kind.clone(),
-                    name: r.name.clone(),
-                })
-                .collect(),
-            more: false,
-        };
-        tracing::debug!(
-            node,
-            revision = max,
-            upserts = delta.upserts.len(),
-            deletes = delta.deletes.len(),
-            "sending a delta"
-        );
-        if !send_state(&tx, delta, chunk).await {
-            return;
-        }
-        last = max;
     }
 }
 
@@ -252,6 +107,7 @@ impl AgentLink for Link {
     async fn sync(&self, req: Request<SyncRequest>) -> Result<Response<Self::SyncStream>, Status> {
         let caller = Caller::of(&req);
         caller.may_speak_for(&req.get_ref().node)?;
+        let metadata = req.metadata().clone();
         let r = req.into_inner();
         node_name(&r.node)?;
         if caller.bearer == Some(Bearer::Agent) {
@@ -272,9 +128,23 @@ impl AgentLink for Link {
             revision = r.revision,
             "node connected (it enforces that revision)"
         );
-        let (tx, rx) = mpsc::channel(8);
-        tokio::spawn(stream_state(self.core.clone(), r.node, r.accepts_parts, tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let store_id = self.core.store.store_id();
+        // The agent's revision counts in this store: it gets what changed since.
+        let resume_from =
+            (resumes_in(&metadata) == Some(store_id) && r.revision > 0).then_some(r.revision);
+        let (tx, rx) = mpsc::channel(2);
+        let start = Start {
+            node: r.node,
+            accepts_parts: r.accepts_parts,
+            resume_from,
+        };
+        tokio::spawn(stream_state(self.core.clone(), start, tx, status));
+        let mut answer: Response<Self::SyncStream> =
+            Response::new(Box::pin(ReceiverStream::new(rx)));
+        answer
+            .metadata_mut()
+            .insert(STORE_HEADER, store_id.to_string().parse().expect("digits"));
+        Ok(answer)
     }
 
     async fn ack(&self, req: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {

@@ -24,6 +24,7 @@ mod rest;
 mod rest_flows;
 mod rest_input;
 pub mod store;
+mod sync_stream;
 pub mod tls;
 mod ui;
 

@@ -22,3 +22,8 @@ const _: () = assert!(MAX_RESOURCE_BYTES < MAX_MESSAGE_BYTES);
 
 /// A desired state larger than this is sent in several messages (`DesiredState.more`).
 pub const STATE_CHUNK_BYTES: usize = 1 << 20;
+
+/// gRPC metadata of `Sync`: the controller's answer names its store (a number made with
+/// its database); an agent that resyncs sends it back with the revision it holds, and a
+/// controller of that store then sends only what changed since, not the full state.
+pub const STORE_HEADER: &str = "microseg-store";

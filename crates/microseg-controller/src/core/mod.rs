@@ -3,6 +3,7 @@
 //! workloads agents report (`report.rs`), what is known of the nodes: their sync
 //! state and open streams (`nodes.rs`), and the flows they upload (`flows.rs`).
 
+mod batch;
 mod flows;
 
 mod nodes;
@@ -10,7 +11,6 @@ mod report;
 mod resources;
 
 pub use report::{MAX_REPORTED_WORKLOADS, MAX_WORKLOAD_ADDRESSES};
-pub use resources::for_node;
 
 use crate::flow_convert::AddrIndex;
 use crate::flow_ingest::FlowIngest;
@@ -40,6 +40,8 @@ pub struct Core {
     /// Nodes with an open Sync stream to this controller, and how many.
     pub streams: Mutex<BTreeMap<String, usize>>,
     pub shutdown: watch::Receiver<bool>,
+    /// Workload reports waiting for the writer (`batch.rs`).
+    reports: batch::Reports,
     /// How long without a new edge before a recommended policy is stable
     /// (`--recommend-quiet`, docs/RECOMMEND.md "Lifecycle").
     pub recommend_quiet: std::time::Duration,
@@ -59,6 +61,7 @@ impl Core {
             addrs: tokio::sync::Mutex::new((None, Arc::default())),
             streams: Mutex::new(BTreeMap::new()),
             shutdown,
+            reports: batch::Reports::default(),
             recommend_quiet: crate::DEFAULT_RECOMMEND_QUIET,
         }
     }

@@ -21,7 +21,7 @@ pub const MAX_REPORTED_WORKLOADS: usize = 10_000;
 pub const MAX_WORKLOAD_ADDRESSES: usize = 64;
 
 /// A reported workload that passed the checks, its addresses parsed and without repeats.
-struct Checked {
+pub(super) struct Checked {
     reported: DiscoveredWorkload,
     ips: Vec<IpAddr>,
 }
@@ -76,43 +76,42 @@ fn check_all(node: &str, report: Vec<DiscoveredWorkload>) -> Vec<Checked> {
     ok
 }
 
-/// The stored workloads a report is matched against.
+/// The stored workloads a report is matched against, from the indexes of the live state:
+/// a report costs its own size, not the fleet's.
 struct Stored<'s> {
     node: &'s str,
+    snap: &'s Snapshot,
     /// This node's workloads.
     mine: Vec<&'s Row>,
     /// The same, by the name the node reported (a stored name may carry `.<node>`); the
     /// first row wins, should two carry one reported name.
     mine_by_reported: HashMap<&'s str, &'s Row>,
-    /// Every workload's name.
-    names: HashSet<&'s str>,
-    /// The addresses of every other node's workloads: a report must not make the set
-    /// invalid for the agents (an address belongs to one workload).
-    used: HashMap<IpAddr, &'s str>,
 }
 
 impl<'s> Stored<'s> {
-    fn of(snap: &'s Snapshot, node: &'s str) -> Result<Stored<'s>, Error> {
-        let workloads = || snap.rows.iter().filter(|r| r.kind == WORKLOAD);
-        let mine: Vec<&Row> = workloads().filter(|r| r.node == node).collect();
+    fn of(snap: &'s Snapshot, node: &'s str) -> Stored<'s> {
+        let mine: Vec<&Row> = snap.rows.of_node(node).collect();
         let mut mine_by_reported = HashMap::new();
         for r in &mine {
             let reported = r.reported.as_ref().map_or(r.name.as_str(), |x| &x.name);
             mine_by_reported.entry(reported).or_insert(*r);
         }
-        let mut used = HashMap::new();
-        for r in workloads().filter(|r| r.node != node) {
-            for ip in &r.workload()?.ips {
-                used.insert(*ip, r.name.as_str());
-            }
-        }
-        Ok(Stored {
+        Stored {
             node,
+            snap,
             mine,
             mine_by_reported,
-            names: workloads().map(|r| r.name.as_str()).collect(),
-            used,
-        })
+        }
+    }
+
+    /// Another node's (or the API's) workload that has `ip`: a report must not make the
+    /// set invalid for the agents (an address belongs to one workload).
+    fn owner(&self, ip: &IpAddr) -> Option<&'s str> {
+        self.snap
+            .rows
+            .with_address(ip)
+            .find(|r| r.node != self.node)
+            .map(|r| r.name.as_str())
     }
 
     /// The name a reported workload is stored under: the one it has, else the reported
@@ -122,7 +121,7 @@ impl<'s> Stored<'s> {
         if let Some(r) = self.mine_by_reported.get(reported) {
             return Some(r.name.clone());
         }
-        let taken = |n: &str| self.names.contains(n) || kept.contains(n);
+        let taken = |n: &str| self.snap.get(WORKLOAD, n).is_some() || kept.contains(n);
         if !taken(reported) {
             return Some(reported.to_string());
         }
@@ -161,13 +160,21 @@ impl<'s> Stored<'s> {
 }
 
 /// The writes that make the node's stored workloads what it reported.
-fn replace(node: &str, report: &[Checked], snap: &Snapshot) -> Result<Vec<Write>, Error> {
-    let stored = Stored::of(snap, node)?;
+pub(super) fn replace(
+    node: &str,
+    report: &[Checked],
+    snap: &Snapshot,
+) -> Result<Vec<Write>, Error> {
+    let stored = Stored::of(snap, node);
     let mut writes = Vec::new();
     let mut kept: HashSet<String> = HashSet::new();
     for c in report {
         let name = &c.reported.name;
-        if let Some((ip, other)) = c.ips.iter().find_map(|ip| stored.used.get_key_value(ip)) {
+        if let Some((ip, other)) = c
+            .ips
+            .iter()
+            .find_map(|ip| stored.owner(ip).map(|o| (ip, o)))
+        {
             tracing::warn!(
                 node,
                 workload = %printable(name),
@@ -214,10 +221,16 @@ impl Core {
             )));
         }
         let report = check_all(node, report);
-        let rev = self
-            .store
-            .transact(Box::new(|snap: &Snapshot| replace(node, &report, snap)))
-            .await?;
+        let (done, result) = tokio::sync::oneshot::channel();
+        let pending = super::batch::Pending {
+            node: node.to_string(),
+            report,
+            done,
+        };
+        self.reports.send(&self.store, &self.rev, pending);
+        let rev = result
+            .await
+            .map_err(|_| Error::http(503, "the controller is stopping"))??;
         Ok(self.published(rev))
     }
 }

@@ -19,17 +19,6 @@ fn decorate(r: &Row) -> Result<Stored<Resource>, Error> {
     })
 }
 
-/// The document as node `node` receives it: the workloads discovered on other nodes lose
-/// their interface (it names a link on that other node), so they are peers only.
-pub fn for_node(r: &Row, node: &str) -> Result<String, Error> {
-    if r.node.is_empty() || r.node == node {
-        return Ok(r.json.clone());
-    }
-    let mut w = r.workload()?.clone();
-    w.interface = None;
-    Ok(resources::workload_json(&w).to_string())
-}
-
 /// A discovered workload's labels: those its agent reported, changed by the API's
 /// (`Some` sets, `None` removes), which win.
 pub(super) fn effective_labels(

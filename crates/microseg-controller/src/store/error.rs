@@ -18,6 +18,9 @@ pub enum StoreError {
     },
     #[error("{0}")]
     BadRow(#[from] super::BadRow),
+    /// A transaction that carried several requests failed: each of them gets this.
+    #[error("{0}")]
+    Batch(String),
     /// A thread panicked while it held the SQLite connection.
     #[error(
         "the database connection's lock is poisoned by an earlier failure; restart the controller"

@@ -1,21 +1,29 @@
 //! The data layer: one trait, two back ends (SQLite, PostgreSQL).
 //!
-//! Every change goes through [`Store::transact`]: the back end locks out other writers
-//! (also other controllers sharing the database), hands the closure a snapshot of the
-//! live state, writes what it returns and raises the global revision once if any
-//! resource changed. Each resource row carries the revision that last changed it, and
-//! deletions leave a tombstone, so "changes since revision N" is one query.
+//! The live state is kept in memory, parsed and indexed (`live.rs`); the database is the
+//! durable copy, read whole at start and then only for what other controllers changed.
+//! Every change goes through [`Store::transact`] (or [`Store::transact_all`], several
+//! changes in one database transaction and one revision): the back end locks out other
+//! writers (also other controllers sharing the database), catches the memory up with
+//! the database, hands each closure the live state, writes what it returns and raises
+//! the global revision once if any resource changed. Each resource row carries the
+//! revision that last changed it, and deletions leave a tombstone, so "changes since
+//! revision N" is one query (docs/CONTROLLER.md "Sizing").
 
 mod error;
+pub mod live;
 mod parsed;
 mod pg_tls;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 use crate::error::Error;
 pub use error::StoreError;
+pub use live::Live;
 use microseg_policy::{Resource, Workload};
 pub use parsed::BadRow;
+pub use rows::Rows;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -42,9 +50,23 @@ pub struct Row {
     pub deleted: bool,
     /// The document parsed (None for a deleted row), or why it does not read back.
     pub resource: Option<Result<Arc<Resource>, BadRow>>,
+    /// A discovered workload as the other nodes receive it: without its interface.
+    pub peer_json: Option<String>,
 }
 
 impl Row {
+    /// The document as the agent on `node` receives it: a workload discovered on another
+    /// node loses its interface (a link on that other node), so it is a peer only.
+    pub fn json_for(&self, node: &str) -> Result<&str, Error> {
+        if self.node.is_empty() || self.node == node {
+            return Ok(&self.json);
+        }
+        match &self.peer_json {
+            Some(j) => Ok(j),
+            None => self.workload().map(|_| self.json.as_str()),
+        }
+    }
+
     /// The parsed document; an error naming the row when it does not read back.
     pub fn resource(&self) -> Result<&Resource, Error> {
         match &self.resource {
@@ -85,18 +107,18 @@ pub struct Reported {
 }
 
 /// The live state handed to a transaction.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     pub revision: u64,
     /// Live (not deleted) rows.
-    pub rows: Vec<Row>,
+    pub rows: Rows,
     /// Labels set through the API on discovered workloads: name → key → value (None removes).
     pub overlays: BTreeMap<String, BTreeMap<String, Option<String>>>,
 }
 
 impl Snapshot {
     pub fn get(&self, kind: &str, name: &str) -> Option<&Row> {
-        self.rows.iter().find(|r| r.kind == kind && r.name == name)
+        self.rows.get(kind, name)
     }
 }
 
@@ -138,16 +160,49 @@ pub struct NodeRow {
     pub last_seen: f64,
 }
 
+/// What each closure of [`Store::transact_all`] came to: its refusal, or nothing.
+pub type Outcomes = Vec<Result<(), Error>>;
+
 pub trait Store: Send + Sync {
     /// Runs `f` on the live state with writers locked out; writes its result. Returns
     /// the revision after the transaction (unchanged if no resource changed).
-    fn transact<'a>(&'a self, f: TxFn<'a>) -> BoxFut<'a, u64>;
+    fn transact<'a>(&'a self, f: TxFn<'a>) -> BoxFut<'a, u64> {
+        Box::pin(async move {
+            let (rev, mut out) = self.transact_all(vec![f]).await?;
+            out.pop().unwrap_or(Ok(())).map(|()| rev)
+        })
+    }
+    /// Runs each closure in turn, each seeing the writes of those before it, and writes
+    /// what they return in one database transaction and at most one new revision. A
+    /// closure that refuses changes nothing; the others still apply.
+    fn transact_all<'a>(&'a self, fs: Vec<TxFn<'a>>) -> BoxFut<'a, (u64, Outcomes)>;
     fn revision(&self) -> BoxFut<'_, u64>;
+    /// This database's random number, made when it was created: a revision counts in it.
+    fn store_id(&self) -> u64;
+    /// The live state in memory (kept in step with the database by the back end).
+    fn live(&self) -> &Live;
+    /// Reads what other controllers wrote since the memory's revision.
+    fn catch_up(&self) -> BoxFut<'_, ()>;
     /// The live rows of one kind (or all), sorted by kind and name.
-    fn list<'a>(&'a self, kind: Option<&'a str>) -> BoxFut<'a, Vec<Row>>;
+    fn list<'a>(&'a self, kind: Option<&'a str>) -> BoxFut<'a, Vec<Row>> {
+        Box::pin(async move {
+            self.catch_up().await?;
+            let (_, rows) = self.live().snapshot().await?;
+            Ok(rows
+                .iter()
+                .filter(|r| kind.is_none_or(|k| r.kind == k))
+                .cloned()
+                .collect())
+        })
+    }
     /// The whole live state and its revision, read consistently.
-    fn full(&self) -> BoxFut<'_, (u64, Vec<Row>)>;
-    /// Rows (tombstones included) changed after `revision`.
+    fn full(&self) -> BoxFut<'_, (u64, Rows)> {
+        Box::pin(async move {
+            self.catch_up().await?;
+            self.live().snapshot().await
+        })
+    }
+    /// Rows (tombstones included) changed after `revision`, read from the database.
     fn since(&self, revision: u64) -> BoxFut<'_, Vec<Row>>;
     fn touch_node<'a>(&'a self, node: &'a str, now: f64) -> BoxFut<'a, ()>;
     fn ack<'a>(&'a self, node: &'a str, revision: u64, error: &'a str, now: f64) -> BoxFut<'a, ()>;
@@ -167,6 +222,17 @@ pub fn publish(tx: &watch::Sender<u64>, rev: u64) {
             false
         }
     });
+}
+
+/// A new store's number: random, positive.
+pub(crate) fn new_store_id() -> i64 {
+    let mut b = [0u8; 8];
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    ((u64::from_le_bytes(b) ^ t) >> 1).max(1) as i64
 }
 
 pub(crate) const SCHEMA: &str = "

@@ -1,12 +1,11 @@
-//! Stored rows parsed once: each back end reads rows as text and turns them into typed
-//! [`Row`]s here, reusing the resource parsed at an earlier read when the row has not
-//! changed since (same revision), so an apply or a report parses only what changed.
+//! Stored rows turned into typed [`Row`]s: each document parsed once, when it enters
+//! the live state in memory (`live.rs`).
 
 use super::{Reported, Row, StoreError};
 use crate::resources;
 use microseg_policy::{parse_str, Resource};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// A row as the database holds it.
 pub(crate) struct RawRow {
@@ -30,20 +29,6 @@ pub struct BadRow {
 }
 
 type Parsed = Result<Arc<Resource>, BadRow>;
-
-/// A resource parsed at an earlier read, and the revision and text length of its row.
-struct Cached {
-    revision: u64,
-    len: usize,
-    parsed: Parsed,
-}
-
-/// The resources parsed at earlier reads, by kind and name, with the revision and the
-/// length of the text they were parsed from.
-#[derive(Default)]
-pub(crate) struct ParsedRows {
-    cache: Mutex<HashMap<(String, String), Cached>>,
-}
 
 fn bad(raw: &RawRow, problem: impl Into<String>) -> BadRow {
     BadRow {
@@ -83,64 +68,63 @@ fn reported(raw: &RawRow) -> Result<Option<Reported>, BadRow> {
         .map_err(|e| bad(raw, format!("its reported name and labels: {e}")))
 }
 
-impl ParsedRows {
-    /// The typed rows of `raw`. `complete`: `raw` is every live row, so what it lacks is
-    /// forgotten.
-    pub fn rows(&self, raw: Vec<RawRow>, complete: bool) -> Result<Vec<Row>, StoreError> {
-        let mut known: Vec<Option<Parsed>> = {
-            let cache = self.cache.lock().map_err(|_| StoreError::Poisoned)?;
-            raw.iter()
-                .map(|r| match cache.get(&(r.kind.clone(), r.name.clone())) {
-                    Some(c) if c.revision == r.revision && c.len == r.json.len() => {
-                        Some(c.parsed.clone())
-                    }
-                    _ => None,
-                })
-                .collect()
-        };
-        // Parsed without the lock: a large first read holds up no other.
-        for (r, k) in raw.iter().zip(&mut known) {
-            if k.is_none() && !r.deleted {
-                *k = Some(parse(r));
+/// The typed row of `raw`, its document parsed.
+pub(crate) fn typed(raw: RawRow) -> Row {
+    let parsed = (!raw.deleted).then(|| parse(&raw));
+    let (resource, reported) = match (parsed, reported(&raw)) {
+        (Some(p), Ok(rep)) => (Some(p), rep),
+        (_, Err(e)) => (Some(Err(e)), None),
+        (None, Ok(rep)) => (None, rep),
+    };
+    finish(raw, resource, reported)
+}
+
+/// A typed row from its parts (a write), its document parsed.
+pub(crate) fn row_of(
+    kind: String,
+    name: String,
+    json: String,
+    node: String,
+    reported: Option<Reported>,
+    revision: u64,
+    deleted: bool,
+) -> Row {
+    let raw = RawRow {
+        kind,
+        name,
+        json,
+        node,
+        reported: None,
+        revision,
+        deleted,
+    };
+    let resource = (!deleted).then(|| parse(&raw));
+    finish(raw, resource, reported)
+}
+
+fn finish(raw: RawRow, resource: Option<Parsed>, reported: Option<Reported>) -> Row {
+    // Other nodes receive a discovered workload without its interface.
+    let peer_json = match &resource {
+        Some(Ok(r)) if !raw.node.is_empty() => match &**r {
+            Resource::Workload(w) if w.interface.is_some() => {
+                let mut w = w.clone();
+                w.interface = None;
+                Some(resources::workload_json(&w).to_string())
             }
-        }
-        let mut cache = self.cache.lock().map_err(|_| StoreError::Poisoned)?;
-        if complete {
-            cache.clear();
-        }
-        let mut rows = Vec::with_capacity(raw.len());
-        for (r, parsed) in raw.into_iter().zip(known) {
-            let key = (r.kind.clone(), r.name.clone());
-            match &parsed {
-                Some(p) => {
-                    let cached = Cached {
-                        revision: r.revision,
-                        len: r.json.len(),
-                        parsed: p.clone(),
-                    };
-                    cache.insert(key, cached);
-                }
-                None => {
-                    cache.remove(&key);
-                }
-            }
-            let (resource, reported) = match (parsed, reported(&r)) {
-                (Some(p), Ok(rep)) => (Some(p), rep),
-                (_, Err(e)) => (Some(Err(e)), None),
-                (None, Ok(rep)) => (None, rep),
-            };
-            rows.push(Row {
-                reported,
-                resource,
-                kind: r.kind,
-                name: r.name,
-                json: r.json,
-                node: r.node,
-                revision: r.revision,
-                deleted: r.deleted,
-            });
-        }
-        Ok(rows)
+            _ => None,
+        },
+        _ => None,
+    };
+    Row {
+        reported,
+        resource,
+        peer_json,
+        kind: raw.kind,
+        name: raw.name,
+        json: raw.json,
+        node: raw.node,
+        revision: raw.revision,
+        deleted: raw.deleted,
     }
 }
 
@@ -205,7 +189,7 @@ mod tests {
             vec![put("a", &policy("a", 1)), put("b", &policy("b", 1))],
         )
         .await;
-        let parsed = |rows: &[crate::store::Row]| -> Vec<Arc<microseg_policy::Resource>> {
+        let parsed = |rows: &crate::store::Rows| -> Vec<Arc<microseg_policy::Resource>> {
             rows.iter()
                 .map(|r| r.resource.clone().unwrap().unwrap())
                 .collect()

@@ -4,10 +4,12 @@
 //! it polls the revision every 2 s as well, in case a notification is lost with a
 //! dropped connection).
 
-use super::parsed::{self, ParsedRows, RawRow};
-use super::{BoxFut, NodeRow, Row, Snapshot, Store, StoreError, TxFn, Write, SCHEMA};
+use super::live::State;
+use super::parsed::{self, RawRow};
+use super::{BoxFut, Live, NodeRow, Outcomes, Row, Store, StoreError, TxFn, Write, SCHEMA};
 use crate::error::Error;
 use rustls::ClientConfig;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -22,7 +24,8 @@ pub struct Postgres {
     /// Set: every connection is TLS, the server verified by this configuration.
     tls: Option<Arc<ClientConfig>>,
     client: Mutex<Option<Client>>,
-    parsed: ParsedRows,
+    live: Live,
+    store_id: u64,
 }
 
 const COLS: &str = "kind, name, json, node, reported, revision, deleted";
@@ -92,11 +95,22 @@ impl Postgres {
                 "BEGIN; SELECT pg_advisory_xact_lock(7070); {SCHEMA} COMMIT;"
             ))
             .await?;
+        client
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('store_id', $1) ON CONFLICT DO NOTHING",
+                &[&super::new_store_id()],
+            )
+            .await?;
+        let store_id: i64 = client
+            .query_one("SELECT value FROM meta WHERE key = 'store_id'", &[])
+            .await?
+            .get(0);
         Ok(Postgres {
             url: url.to_string(),
             tls,
             client: Mutex::new(Some(client)),
-            parsed: ParsedRows::default(),
+            live: Live::default(),
+            store_id: store_id as u64,
         })
     }
 
@@ -117,9 +131,130 @@ async fn revision(c: &impl tokio_postgres::GenericClient) -> Result<u64, Error> 
     Ok(r.get::<_, i64>(0) as u64)
 }
 
+/// Writes the rows at the next revision (if any resource changes); returns the revision.
+async fn write_all(
+    tx: &tokio_postgres::Transaction<'_>,
+    base: u64,
+    writes: Vec<Write>,
+) -> Result<u64, Error> {
+    let mut rev = base;
+    if writes.iter().any(Write::changes_resources) {
+        rev += 1;
+        tx.execute(
+            "UPDATE meta SET value = $1 WHERE key = 'revision'",
+            &[&(rev as i64)],
+        )
+        .await?;
+    }
+    for w in writes {
+        match w {
+            Write::Put {
+                kind,
+                name,
+                json,
+                node,
+                reported,
+            } => {
+                tx.execute(
+                    "INSERT INTO resources (kind, name, json, node, reported, revision, deleted)
+                     VALUES ($1, $2, $3, $4, $5, $6, FALSE)
+                     ON CONFLICT (kind, name) DO UPDATE SET json = excluded.json,
+                       node = excluded.node, reported = excluded.reported,
+                       revision = excluded.revision, deleted = FALSE",
+                    &[
+                        &kind,
+                        &name,
+                        &json,
+                        &node,
+                        &reported.map(|r| serde_json::to_string(&r)).transpose()?,
+                        &(rev as i64),
+                    ],
+                )
+                .await?;
+            }
+            Write::Delete { kind, name } => {
+                tx.execute(
+                    "UPDATE resources SET deleted = TRUE, revision = $3 WHERE kind = $1 AND name = $2",
+                    &[&kind, &name, &(rev as i64)],
+                )
+                .await?;
+            }
+            Write::Overlay { name, labels } => {
+                if labels.is_empty() {
+                    tx.execute("DELETE FROM label_overlays WHERE name = $1", &[&name])
+                        .await?;
+                } else {
+                    tx.execute(
+                        "INSERT INTO label_overlays (name, labels) VALUES ($1, $2)
+                         ON CONFLICT (name) DO UPDATE SET labels = excluded.labels",
+                        &[&name, &serde_json::to_string(&labels)?],
+                    )
+                    .await?;
+                }
+            }
+        }
+    }
+    if rev != base {
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &rev.to_string()])
+            .await?;
+    }
+    Ok(rev)
+}
+
+async fn overlays(
+    c: &impl tokio_postgres::GenericClient,
+) -> Result<BTreeMap<String, BTreeMap<String, Option<String>>>, Error> {
+    let mut out = BTreeMap::new();
+    for r in c
+        .query("SELECT name, labels FROM label_overlays", &[])
+        .await?
+    {
+        let name: String = r.get(0);
+        let overlay = parsed::overlay(&name, r.get::<_, &str>(1))?;
+        out.insert(name, overlay);
+    }
+    Ok(out)
+}
+
+/// Brings the memory up to the database's revision `db_rev` (read in this transaction).
+async fn sync_state(
+    c: &impl tokio_postgres::GenericClient,
+    st: &mut State,
+    db_rev: u64,
+) -> Result<(), Error> {
+    if st.needs_load() || db_rev < st.snap.revision {
+        let raw = c
+            .query(
+                &format!("SELECT {COLS} FROM resources WHERE NOT deleted ORDER BY kind, name"),
+                &[],
+            )
+            .await?
+            .iter()
+            .map(row)
+            .collect();
+        st.load(db_rev, raw, overlays(c).await?);
+        return Ok(());
+    }
+    if db_rev > st.snap.revision {
+        let raw = c
+            .query(
+                &format!("SELECT {COLS} FROM resources WHERE revision > $1 ORDER BY revision, kind, name"),
+                &[&(st.snap.revision as i64)],
+            )
+            .await?
+            .iter()
+            .map(row)
+            .collect();
+        st.catch_up(db_rev, raw);
+    }
+    st.set_overlays(overlays(c).await?);
+    Ok(())
+}
+
 impl Store for Postgres {
-    fn transact<'a>(&'a self, f: TxFn<'a>) -> BoxFut<'a, u64> {
+    fn transact_all<'a>(&'a self, fs: Vec<TxFn<'a>>) -> BoxFut<'a, (u64, Outcomes)> {
         Box::pin(async move {
+            let mut st = self.live.write().await;
             let mut g = self.client().await?;
             let c = g.as_mut().expect("connected");
             let tx = c.transaction().await?;
@@ -129,130 +264,41 @@ impl Store for Postgres {
                     &[],
                 )
                 .await?;
-            let mut snap = Snapshot {
-                revision: cur.get::<_, i64>(0) as u64,
-                ..Default::default()
+            let base = cur.get::<_, i64>(0) as u64;
+            sync_state(&tx, &mut st, base).await?;
+            let (writes, outcomes) = st.run(fs);
+            let written = match write_all(&tx, base, writes).await {
+                Ok(rev) => tx.commit().await.map(|()| rev).map_err(Error::from),
+                Err(e) => Err(e),
             };
-            let raw = tx
-                .query(
-                    &format!("SELECT {COLS} FROM resources WHERE NOT deleted ORDER BY kind, name"),
-                    &[],
-                )
-                .await?
-                .iter()
-                .map(row)
-                .collect();
-            snap.rows = self.parsed.rows(raw, true)?;
-            for r in tx
-                .query("SELECT name, labels FROM label_overlays", &[])
-                .await?
-            {
-                let name: String = r.get(0);
-                let overlay = parsed::overlay(&name, r.get::<_, &str>(1))?;
-                snap.overlays.insert(name, overlay);
-            }
-            let writes = f(&snap)?;
-            let mut rev = snap.revision;
-            if writes.iter().any(Write::changes_resources) {
-                rev += 1;
-                tx.execute(
-                    "UPDATE meta SET value = $1 WHERE key = 'revision'",
-                    &[&(rev as i64)],
-                )
-                .await?;
-            }
-            for w in writes {
-                match w {
-                    Write::Put {
-                        kind,
-                        name,
-                        json,
-                        node,
-                        reported,
-                    } => {
-                        tx.execute(
-                            "INSERT INTO resources (kind, name, json, node, reported, revision, deleted)
-                             VALUES ($1, $2, $3, $4, $5, $6, FALSE)
-                             ON CONFLICT (kind, name) DO UPDATE SET json = excluded.json,
-                               node = excluded.node, reported = excluded.reported,
-                               revision = excluded.revision, deleted = FALSE",
-                            &[
-                                &kind,
-                                &name,
-                                &json,
-                                &node,
-                                &reported.map(|r| serde_json::to_string(&r)).transpose()?,
-                                &(rev as i64),
-                            ],
-                        )
-                        .await?;
-                    }
-                    Write::Delete { kind, name } => {
-                        tx.execute(
-                            "UPDATE resources SET deleted = TRUE, revision = $3 WHERE kind = $1 AND name = $2",
-                            &[&kind, &name, &(rev as i64)],
-                        )
-                        .await?;
-                    }
-                    Write::Overlay { name, labels } => {
-                        if labels.is_empty() {
-                            tx.execute("DELETE FROM label_overlays WHERE name = $1", &[&name])
-                                .await?;
-                        } else {
-                            tx.execute(
-                                "INSERT INTO label_overlays (name, labels) VALUES ($1, $2)
-                                 ON CONFLICT (name) DO UPDATE SET labels = excluded.labels",
-                                &[&name, &serde_json::to_string(&labels)?],
-                            )
-                            .await?;
-                        }
-                    }
+            match written {
+                Ok(rev) => {
+                    st.commit(rev);
+                    Ok((rev, outcomes))
+                }
+                Err(e) => {
+                    st.abort();
+                    Err(e)
                 }
             }
-            if rev != snap.revision {
-                tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &rev.to_string()])
-                    .await?;
-            }
-            tx.commit().await?;
-            Ok(rev)
         })
     }
 
-    fn revision(&self) -> BoxFut<'_, u64> {
-        Box::pin(async move {
-            let g = self.client().await?;
-            revision(g.as_ref().expect("connected")).await
-        })
+    fn store_id(&self) -> u64 {
+        self.store_id
     }
 
-    fn list<'a>(&'a self, kind: Option<&'a str>) -> BoxFut<'a, Vec<Row>> {
-        Box::pin(async move {
-            let g = self.client().await?;
-            let c = g.as_ref().expect("connected");
-            let r = match kind {
-                Some(k) => {
-                    c.query(
-                        &format!("SELECT {COLS} FROM resources WHERE NOT deleted AND kind = $1 ORDER BY name"),
-                        &[&k],
-                    )
-                    .await?
-                }
-                None => {
-                    c.query(
-                        &format!("SELECT {COLS} FROM resources WHERE NOT deleted ORDER BY kind, name"),
-                        &[],
-                    )
-                    .await?
-                }
-            };
-            Ok(self
-                .parsed
-                .rows(r.iter().map(row).collect(), kind.is_none())?)
-        })
+    fn live(&self) -> &Live {
+        &self.live
     }
 
-    fn full(&self) -> BoxFut<'_, (u64, Vec<Row>)> {
+    fn catch_up(&self) -> BoxFut<'_, ()> {
         Box::pin(async move {
+            let db = self.revision().await?;
+            if db == self.live.revision().await && !self.live.needs_load().await {
+                return Ok(());
+            }
+            let mut st = self.live.write().await;
             let mut g = self.client().await?;
             let c = g.as_mut().expect("connected");
             let tx = c
@@ -261,18 +307,17 @@ impl Store for Postgres {
                 .read_only(true)
                 .start()
                 .await?;
-            let rev = revision(&tx).await?;
-            let rows = tx
-                .query(
-                    &format!("SELECT {COLS} FROM resources WHERE NOT deleted ORDER BY kind, name"),
-                    &[],
-                )
-                .await?
-                .iter()
-                .map(row)
-                .collect();
+            let db = revision(&tx).await?;
+            sync_state(&tx, &mut st, db).await?;
             tx.commit().await?;
-            Ok((rev, self.parsed.rows(rows, true)?))
+            Ok(())
+        })
+    }
+
+    fn revision(&self) -> BoxFut<'_, u64> {
+        Box::pin(async move {
+            let g = self.client().await?;
+            revision(g.as_ref().expect("connected")).await
         })
     }
 
@@ -287,7 +332,7 @@ impl Store for Postgres {
                     &[&(rev as i64)],
                 )
                 .await?;
-            Ok(self.parsed.rows(r.iter().map(row).collect(), false)?)
+            Ok(r.iter().map(|r| parsed::typed(row(r))).collect())
         })
     }
 

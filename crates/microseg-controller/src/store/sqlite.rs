@@ -2,21 +2,22 @@
 //! database lock with `BEGIN IMMEDIATE`, so even two controllers on one file stay
 //! consistent (each sees the other's changes by polling the revision).
 
-use super::parsed::{self, ParsedRows, RawRow};
-use super::{BoxFut, NodeRow, Row, Snapshot, Store, StoreError, TxFn, Write, SCHEMA};
+use super::live::State;
+use super::parsed::{self, RawRow};
+use super::{BoxFut, Live, NodeRow, Outcomes, Row, Store, StoreError, TxFn, Write, SCHEMA};
 use crate::error::Error;
 use rusqlite::{params, Connection, TransactionBehavior};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
 pub struct Sqlite {
-    conn: Mutex<Connection>,
-    parsed: ParsedRows,
+    conn: Arc<Mutex<Connection>>,
+    live: Live,
+    store_id: u64,
 }
-
-const COLS: &str = "kind, name, json, node, reported, revision, deleted";
 
 fn row(r: &rusqlite::Row) -> rusqlite::Result<RawRow> {
     Ok(RawRow {
@@ -52,35 +53,115 @@ impl Sqlite {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('store_id', ?1) ON CONFLICT DO NOTHING",
+            params![super::new_store_id()],
+        )?;
+        let store_id: i64 =
+            conn.query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| {
+                r.get(0)
+            })?;
         Ok(Sqlite {
-            conn: Mutex::new(conn),
-            parsed: ParsedRows::default(),
+            conn: Arc::new(Mutex::new(conn)),
+            live: Live::default(),
+            store_id: store_id as u64,
         })
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, Error>) -> Result<T, Error> {
-        let mut c = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
-        f(&mut c)
+        with(&self.conn, f)
+    }
+
+    /// Runs `f` on the connection on the blocking pool: SQLite's calls block, and the
+    /// connection may be busy with a long transaction.
+    async fn off<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || with(&conn, f))
+            .await
+            .map_err(|e| Error::http(500, format!("the database call failed: {e}")))?
     }
 }
 
-fn transact(conn: &mut Connection, parsed: &ParsedRows, f: TxFn<'_>) -> Result<u64, Error> {
+fn with<T>(
+    conn: &Mutex<Connection>,
+    f: impl FnOnce(&mut Connection) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let mut c = conn.lock().map_err(|_| StoreError::Poisoned)?;
+    f(&mut c)
+}
+
+/// Runs blocking work on an async worker without holding up the others (the worker's
+/// other tasks move to another thread meanwhile).
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+fn overlays(
+    conn: &Connection,
+) -> Result<BTreeMap<String, BTreeMap<String, Option<String>>>, Error> {
+    let mut out = BTreeMap::new();
+    let mut st = conn.prepare_cached("SELECT name, labels FROM label_overlays")?;
+    let it = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    for x in it {
+        let (n, l) = x?;
+        let o = parsed::overlay(&n, &l)?;
+        out.insert(n, o);
+    }
+    Ok(out)
+}
+
+const SINCE: &str = "SELECT kind, name, json, node, reported, revision, deleted FROM resources WHERE revision > ?1 ORDER BY revision, kind, name";
+
+/// Brings the memory up to the database's revision `db_rev` (read in this transaction).
+fn sync_state(conn: &Connection, st: &mut State, db_rev: u64) -> Result<(), Error> {
+    if st.needs_load() || db_rev < st.snap.revision {
+        let raw = rows(conn, LIVE, [])?;
+        st.load(db_rev, raw, overlays(conn)?);
+        return Ok(());
+    }
+    if db_rev > st.snap.revision {
+        let raw = rows(conn, SINCE, [st.snap.revision as i64])?;
+        st.catch_up(db_rev, raw);
+    }
+    st.set_overlays(overlays(conn)?);
+    Ok(())
+}
+
+fn transact(
+    conn: &mut Connection,
+    st: &mut State,
+    fs: Vec<TxFn<'_>>,
+) -> Result<(u64, Outcomes), Error> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut snap = Snapshot {
-        revision: revision(&tx)?,
-        rows: parsed.rows(rows(&tx, LIVE, [])?, true)?,
-        ..Default::default()
-    };
-    {
-        let mut st = tx.prepare_cached("SELECT name, labels FROM label_overlays")?;
-        let it = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-        for x in it {
-            let (n, l) = x?;
-            snap.overlays.insert(n.clone(), parsed::overlay(&n, &l)?);
+    let base = revision(&tx)?;
+    sync_state(&tx, st, base)?;
+    let (writes, outcomes) = st.run(fs);
+    let written = write_all(&tx, base, writes).and_then(|rev| {
+        tx.commit()?;
+        Ok(rev)
+    });
+    match written {
+        Ok(rev) => {
+            st.commit(rev);
+            Ok((rev, outcomes))
+        }
+        Err(e) => {
+            st.abort();
+            Err(e)
         }
     }
-    let writes = f(&snap)?;
-    let mut rev = snap.revision;
+}
+
+/// Writes the rows at the next revision (if any resource changes); returns the revision.
+fn write_all(tx: &Connection, base: u64, writes: Vec<Write>) -> Result<u64, Error> {
+    let mut rev = base;
     if writes.iter().any(Write::changes_resources) {
         rev += 1;
         tx.execute(
@@ -132,67 +213,59 @@ fn transact(conn: &mut Connection, parsed: &ParsedRows, f: TxFn<'_>) -> Result<u
             }
         }
     }
-    tx.commit()?;
     Ok(rev)
 }
 
 impl Store for Sqlite {
-    fn transact<'a>(&'a self, f: TxFn<'a>) -> BoxFut<'a, u64> {
-        Box::pin(async move { self.with(|c| transact(c, &self.parsed, f)) })
-    }
-
-    fn revision(&self) -> BoxFut<'_, u64> {
-        Box::pin(async move { self.with(|c| revision(c)) })
-    }
-
-    fn list<'a>(&'a self, kind: Option<&'a str>) -> BoxFut<'a, Vec<Row>> {
+    fn transact_all<'a>(&'a self, fs: Vec<TxFn<'a>>) -> BoxFut<'a, (u64, Outcomes)> {
         Box::pin(async move {
-            self.with(|c| match kind {
-                Some(k) => {
-                    let raw = rows(
-                        c,
-                        &format!(
-                            "SELECT {COLS} FROM resources WHERE NOT deleted AND kind = ?1 ORDER BY name"
-                        ),
-                        [k],
-                    )?;
-                    Ok(self.parsed.rows(raw, false)?)
-                }
-                None => Ok(self.parsed.rows(rows(c, LIVE, [])?, true)?),
-            })
+            let mut st = self.live.write().await;
+            blocking(|| self.with(|c| transact(c, &mut st, fs)))
         })
     }
 
-    fn full(&self) -> BoxFut<'_, (u64, Vec<Row>)> {
+    fn revision(&self) -> BoxFut<'_, u64> {
+        Box::pin(async move { self.off(|c| revision(c)).await })
+    }
+
+    fn store_id(&self) -> u64 {
+        self.store_id
+    }
+
+    fn live(&self) -> &Live {
+        &self.live
+    }
+
+    fn catch_up(&self) -> BoxFut<'_, ()> {
         Box::pin(async move {
-            self.with(|c| {
-                let tx = c.transaction()?;
-                let rev = revision(&tx)?;
-                let r = rows(&tx, LIVE, [])?;
-                tx.commit()?;
-                Ok((rev, self.parsed.rows(r, true)?))
+            let db = self.revision().await?;
+            if db == self.live.revision().await && !self.live.needs_load().await {
+                return Ok(());
+            }
+            let mut st = self.live.write().await;
+            blocking(|| {
+                self.with(|c| {
+                    let tx = c.transaction()?;
+                    let db = revision(&tx)?;
+                    sync_state(&tx, &mut st, db)?;
+                    tx.commit()?;
+                    Ok(())
+                })
             })
         })
     }
 
     fn since(&self, rev: u64) -> BoxFut<'_, Vec<Row>> {
         Box::pin(async move {
-            self.with(|c| {
-                let raw = rows(
-                    c,
-                    &format!(
-                        "SELECT {COLS} FROM resources WHERE revision > ?1 ORDER BY revision, kind, name"
-                    ),
-                    [rev as i64],
-                )?;
-                Ok(self.parsed.rows(raw, false)?)
-            })
+            let raw = self.off(move |c| rows(c, SINCE, [rev as i64])).await?;
+            Ok(raw.into_iter().map(parsed::typed).collect())
         })
     }
 
     fn touch_node<'a>(&'a self, node: &'a str, now: f64) -> BoxFut<'a, ()> {
+        let node = node.to_string();
         Box::pin(async move {
-            self.with(|c| {
+            self.off(move |c| {
                 c.execute(
                     "INSERT INTO nodes (name, last_seen) VALUES (?1, ?2)
                      ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen",
@@ -200,12 +273,14 @@ impl Store for Sqlite {
                 )?;
                 Ok(())
             })
+            .await
         })
     }
 
     fn ack<'a>(&'a self, node: &'a str, revision: u64, error: &'a str, now: f64) -> BoxFut<'a, ()> {
+        let (node, error) = (node.to_string(), error.to_string());
         Box::pin(async move {
-            self.with(|c| {
+            self.off(move |c| {
                 // A failed revision leaves the enforced one as it was.
                 if error.is_empty() {
                     c.execute(
@@ -225,12 +300,13 @@ impl Store for Sqlite {
                 }
                 Ok(())
             })
+            .await
         })
     }
 
     fn nodes(&self) -> BoxFut<'_, Vec<NodeRow>> {
         Box::pin(async move {
-            self.with(|c| {
+            self.off(|c| {
                 let mut st = c.prepare_cached(
                     "SELECT name, revision, error, last_ack, last_seen FROM nodes ORDER BY name",
                 )?;
@@ -247,6 +323,7 @@ impl Store for Sqlite {
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(out)
             })
+            .await
         })
     }
 

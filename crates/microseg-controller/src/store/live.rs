@@ -1,0 +1,238 @@
+//! The live state in memory: every live row parsed once and indexed, the label overlays,
+//! and a log of the recent revisions' changed rows that the agents' streams share
+//! (docs/CONTROLLER.md "Sizing"). The back ends keep it in step with the database: read
+//! whole at the first use (or after a failed write), then only the rows other
+//! controllers changed, and each transaction's own writes applied as they commit.
+
+use super::parsed::{self, RawRow};
+use super::{Outcomes, Row, Rows, Snapshot, TxFn, Write};
+use crate::error::Error;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use tokio::sync::{RwLock, RwLockWriteGuard};
+
+/// The most changed rows the log keeps: a stream further behind gets a full state.
+const LOG_ROWS: usize = 200_000;
+
+/// The rows one or more revisions changed (tombstones for deletions), in `(from, to]`.
+#[derive(Debug)]
+struct Change {
+    from: u64,
+    to: u64,
+    rows: Arc<Vec<Arc<Row>>>,
+}
+
+/// What a stream at some revision needs to reach the newest.
+pub enum Changes {
+    /// Nothing newer.
+    None,
+    /// The rows changed since, up to revision `to`: each list in order, a later row of a
+    /// kind and name replacing an earlier one.
+    Rows {
+        to: u64,
+        lists: Vec<Arc<Vec<Arc<Row>>>>,
+    },
+    /// Older than the log: only a full state will do.
+    TooOld,
+}
+
+#[derive(Default)]
+pub struct State {
+    pub snap: Snapshot,
+    log: VecDeque<Change>,
+    log_rows: usize,
+    loaded: bool,
+    /// A write failed after the memory took it: read the database whole again.
+    stale: bool,
+    /// The rows this transaction changed so far, by kind and name.
+    pending: BTreeMap<(String, String), Arc<Row>>,
+}
+
+#[derive(Default)]
+pub struct Live {
+    state: RwLock<State>,
+}
+
+impl Live {
+    /// The live rows and their revision (shared: cheap).
+    pub async fn snapshot(&self) -> Result<(u64, Rows), Error> {
+        let st = self.state.read().await;
+        Ok((st.snap.revision, st.snap.rows.clone()))
+    }
+
+    pub async fn revision(&self) -> u64 {
+        self.state.read().await.snap.revision
+    }
+
+    /// Whether the memory must be read again from the database whatever its revision.
+    pub async fn needs_load(&self) -> bool {
+        self.state.read().await.needs_load()
+    }
+
+    /// The changes after revision `last`, from the log.
+    pub async fn changes_since(&self, last: u64) -> Changes {
+        let st = self.state.read().await;
+        if st.needs_load() {
+            return Changes::TooOld;
+        }
+        if last >= st.snap.revision {
+            return Changes::None;
+        }
+        let newer: Vec<&Change> = st.log.iter().filter(|c| c.to > last).collect();
+        match newer.first() {
+            Some(c) if c.from <= last => Changes::Rows {
+                to: st.snap.revision,
+                lists: newer.iter().map(|c| c.rows.clone()).collect(),
+            },
+            _ => Changes::TooOld,
+        }
+    }
+
+    /// The state for a writer (one at a time; readers wait while it writes).
+    pub async fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().await
+    }
+}
+
+/// A typed row from a write at `revision`.
+fn written(w: &Write, revision: u64) -> Option<Row> {
+    match w {
+        Write::Put {
+            kind,
+            name,
+            json,
+            node,
+            reported,
+        } => Some(parsed::row_of(
+            kind.clone(),
+            name.clone(),
+            json.clone(),
+            node.clone(),
+            reported.clone(),
+            revision,
+            false,
+        )),
+        Write::Delete { kind, name } => Some(parsed::row_of(
+            kind.clone(),
+            name.clone(),
+            String::new(),
+            String::new(),
+            None,
+            revision,
+            true,
+        )),
+        Write::Overlay { .. } => None,
+    }
+}
+
+impl State {
+    pub fn needs_load(&self) -> bool {
+        !self.loaded || self.stale
+    }
+
+    /// Replaces everything with the database's live rows.
+    pub(crate) fn load(
+        &mut self,
+        revision: u64,
+        raw: Vec<RawRow>,
+        overlays: BTreeMap<String, BTreeMap<String, Option<String>>>,
+    ) {
+        let rows = Rows::from_rows(raw.into_iter().map(parsed::typed));
+        self.snap = Snapshot {
+            revision,
+            rows,
+            overlays,
+        };
+        self.log.clear();
+        self.log_rows = 0;
+        self.loaded = true;
+        self.stale = false;
+    }
+
+    /// Takes the rows other controllers changed up to `revision` (`raw`: those of the
+    /// database changed after this memory's revision).
+    pub(crate) fn catch_up(&mut self, revision: u64, raw: Vec<RawRow>) {
+        let rows: Vec<Arc<Row>> = raw
+            .into_iter()
+            .map(|r| Arc::new(parsed::typed(r)))
+            .collect();
+        for r in &rows {
+            self.snap.rows.put(r.clone());
+        }
+        let from = self.snap.revision;
+        self.snap.revision = revision;
+        self.record(from, revision, rows);
+    }
+
+    pub(crate) fn set_overlays(
+        &mut self,
+        overlays: BTreeMap<String, BTreeMap<String, Option<String>>>,
+    ) {
+        self.snap.overlays = overlays;
+    }
+
+    fn record(&mut self, from: u64, to: u64, rows: Vec<Arc<Row>>) {
+        self.log_rows += rows.len();
+        self.log.push_back(Change {
+            from,
+            to,
+            rows: Arc::new(rows),
+        });
+        while self.log_rows > LOG_ROWS && self.log.len() > 1 {
+            if let Some(old) = self.log.pop_front() {
+                self.log_rows -= old.rows.len();
+            }
+        }
+    }
+
+    /// Runs the closures in turn on the live state, each seeing the writes of those
+    /// before (taken into memory at once, as of the next revision: [`State::commit`]
+    /// or [`State::abort`] must follow). Returns every write, in order.
+    pub(crate) fn run(&mut self, fs: Vec<TxFn<'_>>) -> (Vec<Write>, Outcomes) {
+        let next = self.snap.revision + 1;
+        let mut all = Vec::new();
+        let mut outcomes = Vec::with_capacity(fs.len());
+        for f in fs {
+            match f(&self.snap) {
+                Ok(writes) => {
+                    for w in &writes {
+                        if let Write::Overlay { name, labels } = w {
+                            if labels.is_empty() {
+                                self.snap.overlays.remove(name);
+                            } else {
+                                self.snap.overlays.insert(name.clone(), labels.clone());
+                            }
+                        }
+                        if let Some(row) = written(w, next) {
+                            let row = Arc::new(row);
+                            self.snap.rows.put(row.clone());
+                            self.pending
+                                .insert((row.kind.clone(), row.name.clone()), row);
+                        }
+                    }
+                    all.extend(writes);
+                    outcomes.push(Ok(()));
+                }
+                Err(e) => outcomes.push(Err(e)),
+            }
+        }
+        (all, outcomes)
+    }
+
+    /// The database committed the writes of [`State::run`] as `revision`.
+    pub(crate) fn commit(&mut self, revision: u64) {
+        let rows: Vec<Arc<Row>> = std::mem::take(&mut self.pending).into_values().collect();
+        if rows.is_empty() {
+            return;
+        }
+        let from = self.snap.revision;
+        self.snap.revision = revision;
+        self.record(from, revision, rows);
+    }
+
+    /// The database refused the writes of [`State::run`]: the memory no longer matches it.
+    pub(crate) fn abort(&mut self) {
+        self.pending.clear();
+        self.stale = true;
+    }
+}
