@@ -9,6 +9,8 @@ use microseg_dataplane::{common::*, packet::*, Dataplane, Hook};
 use microseg_policy::{compile::*, evaluate, Decision, Direction, Packet, ResourceSet, Verdict};
 
 use crate::common::*;
+use crate::frames::mutate;
+use crate::odd::{check_odd, OddTally};
 use crate::scenario::{PacketSpec, Scenario, OTHER_PEERS, PACKET_PORTS};
 use crate::yaml::yaml;
 
@@ -33,6 +35,7 @@ pub struct Checker {
     pub cases: usize,
     /// Cases whose compile was refused (too many sourcePorts rules for one peer).
     pub refused: usize,
+    pub odd: OddTally,
 }
 
 /// Generated resources, parsed and validated.
@@ -397,6 +400,14 @@ pub fn check(checker: &mut Checker, sc: &Scenario) -> Result<(), String> {
         if want.audit_verdict.is_some() {
             checker.seen[6] += 1;
         }
+    }
+    for &(i, seed) in &sc.odd {
+        let base = addresses.probe(&sc.packets[i]);
+        let bytes = mutate(&base.frame.bytes(), seed);
+        let ran = check_odd(dp, &mut checker.odd, &at, base.direction, base.hook, &bytes).map_err(
+            |e| format!("{e}\n  from packet {i}, seed {seed}\n--- resources ---\n{text}"),
+        )?;
+        checker.packets += usize::from(ran);
     }
     Ok(())
 }

@@ -5,17 +5,25 @@
 //! packets, their replies, a policy change, then the packets and replies again, against
 //! the evaluator extended by the stateful rules (`stateful.rs`).
 //!
+//! Each case also sends odd frames, its packets' frames cut, overwritten, tagged, given
+//! options or extension headers, or replaced by random bytes (`frames.rs`): each must get
+//! the verdict docs/POLICY.md gives it (`odd.rs`); with sessions, the malformed ones and
+//! those passed without a verdict go between the packets and must leave sessions alone.
+//!
 //! `MICROSEG_SOAK=N` multiplies the number of cases for a longer run.
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod check;
+mod frames;
+mod odd;
 mod scenario;
 mod stateful;
 mod yaml;
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use check::{check, Checker};
 use common::load;
@@ -28,6 +36,19 @@ use stateful::{check_stateful, StatefulChecker};
 const CASES: u32 = 1000;
 /// Each is four times the packets of a case above, with a session read after each.
 const STATEFUL_CASES: u32 = 500;
+
+/// Packets both tests checked, and how many tests finished: the last prints the total.
+static CHECKED: AtomicUsize = AtomicUsize::new(0);
+static FINISHED: AtomicUsize = AtomicUsize::new(0);
+
+/// Adds one test's packets; the second test to finish prints the run's total (a failing
+/// test stops at its first mismatch, so a total is only printed with none).
+fn add_checked(packets: usize) {
+    let total = CHECKED.fetch_add(packets, Ordering::SeqCst) + packets;
+    if FINISHED.fetch_add(1, Ordering::SeqCst) == 1 {
+        eprintln!("differential: {total} packets checked, 0 mismatches");
+    }
+}
 
 fn soak() -> u32 {
     std::env::var("MICROSEG_SOAK")
@@ -52,6 +73,7 @@ fn kernel_verdicts_match_the_reference_evaluator() {
         compiler: Compiler::new(),
         cases: 0,
         refused: 0,
+        odd: Default::default(),
     });
     let mut runner = runner(CASES * soak);
     let started = std::time::Instant::now();
@@ -67,6 +89,12 @@ fn kernel_verdicts_match_the_reference_evaluator() {
         c.refused,
         c.cases
     );
+    eprintln!(
+        "  of them {} odd frames: malformed/passed without a verdict/later fragments/spoofed/judged: {:?}; {} more the kernel would not run",
+        c.odd.seen.iter().sum::<usize>(),
+        c.odd.seen,
+        c.odd.not_run
+    );
     if let Err(e) = result {
         panic!("{e}");
     }
@@ -77,6 +105,11 @@ fn kernel_verdicts_match_the_reference_evaluator() {
         c.seen
     );
     assert!(
+        c.odd.seen.iter().all(|n| *n > 0),
+        "odd frames' outcomes not reached: {:?}",
+        c.odd.seen
+    );
+    assert!(
         c.refused * 10 < c.cases,
         "most cases compile: {} of {} refused",
         c.refused,
@@ -84,7 +117,8 @@ fn kernel_verdicts_match_the_reference_evaluator() {
     );
     let s = c.dp.stats().expect("stats");
     assert_eq!(s.sessions_created, 0);
-    assert_eq!(s.parse_errors, 0);
+    assert_eq!(s.parse_errors, c.odd.seen[0] as u64);
+    add_checked(c.packets);
 }
 
 #[test]
@@ -95,6 +129,7 @@ fn kernel_verdicts_with_sessions_match_the_stateful_reference() {
         cases: 0,
         refused: 0,
         tally: Default::default(),
+        odd: Default::default(),
     });
     let mut runner = runner(STATEFUL_CASES * soak());
     let started = std::time::Instant::now();
@@ -103,12 +138,13 @@ fn kernel_verdicts_with_sessions_match_the_stateful_reference() {
     });
     let c = checker.borrow();
     eprintln!(
-        "checked {} packets in {:?}; replies passed/dropped, connections cut/let through by a change: {:?}; {} of {} cases refused (sourcePorts table full)",
+        "checked {} packets in {:?}; replies passed/dropped, connections cut/let through by a change: {:?}; {} of {} cases refused (sourcePorts table full); between them {:?} malformed/passed odd frames",
         c.tally.packets,
         started.elapsed(),
         c.tally.seen,
         c.refused,
-        c.cases
+        c.cases,
+        &c.odd.seen[..2]
     );
     if let Err(e) = result {
         panic!("{e}");
@@ -128,7 +164,8 @@ fn kernel_verdicts_with_sessions_match_the_stateful_reference() {
     );
     let s = c.dp.stats().expect("stats");
     assert!(s.session_hits > 0 && s.rejudged > 0, "{s:?}");
-    assert_eq!(s.parse_errors, 0);
+    assert_eq!(s.parse_errors, c.odd.seen[0] as u64);
+    add_checked(c.tally.packets);
 }
 
 /// A proptest runner for `cases` cases that keeps no failure file (the seeds are random

@@ -2,7 +2,9 @@
 
 use proptest::prelude::*;
 
-const PACKETS_PER_CASE: usize = 48;
+const PACKETS_PER_CASE: usize = 64;
+/// Odd frames per case: a packet's frame mutated (`frames::mutate`).
+const ODD_PER_CASE: usize = 64;
 
 pub const LABEL_KEYS: [&str; 3] = ["app", "env", "tier"];
 pub const LABEL_VALUES: [&str; 3] = ["a", "b", "c"];
@@ -159,6 +161,8 @@ pub struct Scenario {
     pub workloads: Vec<WorkloadSpec>,
     pub policies: Vec<PolicySpec>,
     pub packets: Vec<PacketSpec>,
+    /// (index into `packets`, mutation seed): that packet's frame made odd.
+    pub odd: Vec<(usize, u64)>,
 }
 
 fn labels() -> impl Strategy<Value = Vec<(usize, usize)>> {
@@ -274,12 +278,14 @@ pub fn scenario() -> impl Strategy<Value = Scenario> {
         prop::collection::vec(workload(), 3..=8),
         prop::collection::vec(policy(), 1..=6),
         prop::collection::vec(packet(), PACKETS_PER_CASE),
+        prop::collection::vec((0..PACKETS_PER_CASE, any::<u64>()), ODD_PER_CASE),
     )
-        .prop_map(|(ip_offset, workloads, policies, packets)| Scenario {
+        .prop_map(|(ip_offset, workloads, policies, packets, odd)| Scenario {
             ip_offset,
             workloads,
             policies,
             packets,
+            odd,
         })
 }
 

@@ -14,6 +14,8 @@ use microseg_policy::{compile::*, evaluate, Decision, Direction, Packet, Resourc
 
 use crate::check::{compare, local_endpoints, resources, Addresses, Judged, Judging, Probe};
 use crate::common::LO;
+use crate::frames::{mutate, read, Reading};
+use crate::odd::{check_odd, OddTally};
 use crate::scenario::{PolicyChange, Scenario};
 use crate::yaml::yaml;
 
@@ -25,6 +27,9 @@ pub struct StatefulChecker {
     /// Cases whose compile (before or after the change) was refused.
     pub refused: usize,
     pub tally: Tally,
+    /// The odd frames sent between packets: only malformed ones and those passed without a
+    /// verdict, which must leave the sessions as they were.
+    pub odd: OddTally,
 }
 
 #[derive(Default)]
@@ -181,6 +186,7 @@ pub fn check_stateful(c: &mut StatefulChecker, change: &PolicyChange) -> Result<
         cases,
         refused,
         tally,
+        odd,
     } = c;
     *cases += 1;
     let fresh = cases.is_multiple_of(2);
@@ -208,12 +214,28 @@ pub fn check_stateful(c: &mut StatefulChecker, change: &PolicyChange) -> Result<
         versions: vec![before],
         connections: HashMap::new(),
     };
-    for (probe, is_reply) in forward
+    // The case's odd frames that must not reach policy, one after each packet.
+    let inert: Vec<(usize, Vec<u8>)> = change
+        .before
+        .odd
+        .iter()
+        .map(|&(i, seed)| (i, mutate(&forward[i].frame.bytes(), seed)))
+        .filter(|(_, b)| matches!(read(b), Reading::Malformed | Reading::Passes))
+        .collect();
+    for (n, (probe, is_reply)) in forward
         .iter()
         .map(|p| (p, false))
         .chain(replies.iter().map(|p| (p, true)))
+        .enumerate()
     {
         run(dp, tally, &mut reference, probe, is_reply)?;
+        if let Some((i, bytes)) = inert.get(n) {
+            let v = &reference.versions[0];
+            let base = &forward[*i];
+            let ran = check_odd(dp, odd, &v.judging(), base.direction, base.hook, bytes)
+                .map_err(|e| format!("{e}\n--- resources ---\n{}", v.text))?;
+            tally.packets += usize::from(ran);
+        }
     }
     let after = Scenario {
         policies: change.after.clone(),
