@@ -5,7 +5,7 @@ use crate::model::*;
 use crate::parse::top_level_items;
 use crate::parse_policy::{parse_cidr, parse_selector};
 use crate::tree::{Mapping, Node};
-use crate::validate::check_name;
+use crate::validate::{check_label_key, check_label_value, check_name};
 use crate::yaml::{describe, is_null, load_documents, Ctx};
 
 pub const NAMESPACE_LABEL: &str = "k8s.namespace";
@@ -105,7 +105,15 @@ fn import_object(ctx: &mut Ctx, node: &Node, implied: Option<Implied>) -> Option
     let name_node = ctx.required(meta, "name", "metadata")?;
     let name = ctx.str(name_node, "name")?.to_string();
     let ns = match meta.get_node("namespace").filter(|n| !is_null(n)) {
-        Some(n) => ctx.str(n, "namespace")?.to_string(),
+        Some(n) => {
+            let ns = ctx.str(n, "namespace")?.to_string();
+            // It becomes the value of the `k8s.namespace` label.
+            if let Some(e) = check_label_value(&ns) {
+                ctx.err(n.span(), format!("namespace: {e}"));
+                return None;
+            }
+            ns
+        }
         None => "default".to_string(),
     };
     let full = format!("{ns}.{name}");
@@ -257,9 +265,21 @@ impl Conv<'_> {
         let pod = m
             .get_node("podSelector")
             .map(|s| parse_selector(ctx, s, "podSelector"));
-        let nsel = m
-            .get_node("namespaceSelector")
-            .map(|s| parse_selector(ctx, s, "namespaceSelector"));
+        let nsel_node = m.get_node("namespaceSelector");
+        let nsel = nsel_node.map(|s| parse_selector(ctx, s, "namespaceSelector"));
+        // Its keys get a prefix, which must leave them valid label keys.
+        if let (Some(node), Some(n)) = (nsel_node, &nsel) {
+            let keys = n
+                .match_labels
+                .keys()
+                .chain(n.match_expressions.iter().map(|r| &r.key));
+            for k in keys {
+                if let Some(e) = check_label_key(&format!("{NAMESPACE_LABELS_PREFIX}{k}")) {
+                    ctx.err(node.span(), format!("namespaceSelector: {e}"));
+                    return None;
+                }
+            }
+        }
         let mut sel = pod.unwrap_or_default();
         match nsel {
             None => add_namespace(&mut sel, self.ns),

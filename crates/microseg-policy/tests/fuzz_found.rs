@@ -84,3 +84,33 @@ fn a_lone_carriage_return_breaks_lines_for_the_document_split_too() {
         );
     }
 }
+
+/// What the import writes must be a policy microseg reads: a namespace becomes the value
+/// of the `k8s.namespace` label, and namespaceSelector keys get a prefix; either could pass
+/// the import and then fail `microseg policy check`.
+#[test]
+fn the_import_refuses_what_would_make_an_invalid_policy() {
+    let long_ns = "a".repeat(64);
+    let np = format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: db, namespace: {long_ns}}}\nspec: {{podSelector: {{}}}}\n");
+    let (policies, diags) = import_k8s("np.yaml", &np);
+    assert!(policies.is_empty(), "{policies:?}");
+    assert_eq!(diags.len(), 1, "{diags:?}");
+    assert_eq!((diags[0].line, diags[0].col), (3, 33), "{}", diags[0]);
+
+    let long_key = "k".repeat(240);
+    let np = format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: db, namespace: shop}}\nspec:\n  podSelector: {{}}\n  ingress: [{{from: [{{namespaceSelector: {{matchLabels: {{{long_key}: x}}}}}}]}}]\n");
+    let (_, diags) = import_k8s("np.yaml", &np);
+    assert_eq!(diags.len(), 1, "{diags:?}");
+    assert!(
+        diags[0].message.contains("namespaceSelector"),
+        "{}",
+        diags[0]
+    );
+
+    // Within the bounds, what is imported reads back.
+    let np = np.replace(&long_key, "team");
+    let (policies, diags) = import_k8s("np.yaml", &np);
+    assert!(diags.is_empty(), "{diags:?}");
+    let (_, diags) = parse_str("out.yaml", &policies_to_yaml(&policies));
+    assert!(diags.is_empty(), "{diags:?}");
+}
