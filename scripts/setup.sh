@@ -9,8 +9,8 @@ log() { echo "setup: $*" >&2; }
 # postgresql: the controller tests start their own throw-away server from its binaries.
 # clickhouse-server: likewise for the flow store's tests (microseg-flowstore).
 # prometheus (with promtool) and chromium: the metrics and web UI end-to-end tests.
-# gcc: the linker Rust uses, and the C parts of ring and mimalloc.
-packages=(gcc bpftool iproute2 iperf3 socat iputils-ping util-linux protobuf-compiler postgresql clickhouse-server prometheus chromium)
+# gcc: the linker Rust uses, and the C parts of ring and mimalloc; g++: libFuzzer (scripts/fuzz.sh).
+packages=(gcc g++ bpftool iproute2 iperf3 socat iputils-ping util-linux protobuf-compiler postgresql clickhouse-server prometheus chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
