@@ -9,7 +9,7 @@ use microseg_dataplane::{common::*, packet::*, Dataplane, Hook};
 use microseg_policy::{compile::*, evaluate, Decision, Direction, Packet, ResourceSet, Verdict};
 
 use crate::common::*;
-use crate::frames::mutate;
+use crate::frames::{later_of, mutate, read, Reading};
 use crate::odd::{check_odd, OddTally};
 use crate::scenario::{PacketSpec, Scenario, OTHER_PEERS, PACKET_PORTS};
 use crate::yaml::yaml;
@@ -404,10 +404,18 @@ pub fn check(checker: &mut Checker, sc: &Scenario) -> Result<(), String> {
     for &(i, seed) in &sc.odd {
         let base = addresses.probe(&sc.packets[i]);
         let bytes = mutate(&base.frame.bytes(), seed);
-        let ran = check_odd(dp, &mut checker.odd, &at, base.direction, base.hook, &bytes).map_err(
-            |e| format!("{e}\n  from packet {i}, seed {seed}\n--- resources ---\n{text}"),
-        )?;
-        checker.packets += usize::from(ran);
+        // A first fragment is followed by its next fragment, which must get its verdict.
+        let later = match read(&bytes) {
+            Reading::Ip { first: Some(_), .. } => later_of(&bytes),
+            _ => None,
+        };
+        for frame in std::iter::once(&bytes).chain(&later) {
+            let ran = check_odd(dp, &mut checker.odd, &at, base.direction, base.hook, frame)
+                .map_err(|e| {
+                    format!("{e}\n  from packet {i}, seed {seed}\n--- resources ---\n{text}")
+                })?;
+            checker.packets += usize::from(ran);
+        }
     }
     Ok(())
 }

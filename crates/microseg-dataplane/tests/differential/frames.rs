@@ -268,6 +268,35 @@ fn mutate_once(b: &mut Vec<u8>, r: &mut Rng) {
     }
 }
 
+/// The fragment after `b`, a first fragment: the same headers, the fragment offset moved
+/// past the first's (the first fragment header of an IPv6 chain is the one moved).
+pub fn later_of(b: &[u8]) -> Option<Vec<u8>> {
+    let (l3, ethertype) = match be16(b, 12) {
+        0x8100 | 0x88a8 => (18, be16(b, 16)),
+        t => (14, t),
+    };
+    let mut out = b.to_vec();
+    if ethertype == 0x0800 {
+        let bits = be16(b, l3 + 6);
+        put16(&mut out, l3 + 6, (bits & 0xe000) | 185);
+        return Some(out);
+    }
+    let (mut next, mut off) = (b[l3 + 6], l3 + 40);
+    while off + 8 <= b.len() {
+        match next {
+            0 | 43 | 60 => (next, off) = (b[off], off + (b[off + 1] as usize + 1) * 8),
+            51 => (next, off) = (b[off], off + (b[off + 1] as usize + 2) * 4),
+            44 => {
+                let more = be16(b, off + 2) & 1;
+                put16(&mut out, off + 2, (185 << 3) | more);
+                return Some(out);
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
 /// A first or later fragment's datagram: addresses, id and protocol (the interface is `lo`).
 pub type FragmentKey = (IpAddr, IpAddr, u32, u8);
 

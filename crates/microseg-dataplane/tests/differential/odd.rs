@@ -23,6 +23,8 @@ pub struct OddTally {
     pub fragments: HashMap<FragmentKey, bool>,
     /// Frames `BPF_PROG_TEST_RUN` would not run (see [`harness_refuses`]).
     pub not_run: usize,
+    /// Later fragments whose first fragment was judged before.
+    pub followed: usize,
 }
 
 /// Frames the kernel's test run refuses: shorter than Ethernet, or too short for the IP
@@ -99,6 +101,7 @@ pub fn check_odd(
         }
         Reading::Later(key) => {
             tally.seen[2] += 1;
+            tally.followed += usize::from(tally.fragments.contains_key(key));
             (tally.fragments.get(key).copied().unwrap_or(false), None)
         }
         Reading::Ip {
