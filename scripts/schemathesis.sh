@@ -7,7 +7,8 @@
 #
 # URL: the controller's base URL (http://127.0.0.1:PORT); TOKEN: its bearer token.
 # Environment: ST_MAX_EXAMPLES (per operation, default 50), ST_SEED (default 1),
-# ST_REPORT_DIR (where the JUnit report goes; default target/schemathesis-report).
+# ST_REPORTS (report formats, default junit; har lists every request and answer),
+# ST_REPORT_DIR (where they go; default target/schemathesis-report).
 # Exits non-zero when any check fails; its output is schemathesis' report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,5 +43,5 @@ exec "$st" --config-file scripts/schemathesis.toml run "$url/v1/openapi.json" \
     --request-timeout 30 \
     --workers 1 \
     --no-color \
-    --report junit --report-dir "$report_dir" \
+    --report "${ST_REPORTS:-junit}" --report-dir "$report_dir" \
     "$@"

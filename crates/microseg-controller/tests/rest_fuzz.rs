@@ -81,7 +81,11 @@ fn schemathesis(ctl: &Ctl, dir: &Path) -> (bool, String) {
         .arg(script)
         .arg(ctl.url())
         .arg(ctl.token())
-        .env("ST_REPORT_DIR", dir.join("report"))
+        // Reports in the test's dir unless the caller wants them kept elsewhere.
+        .env(
+            "ST_REPORT_DIR",
+            std::env::var_os("ST_REPORT_DIR").unwrap_or_else(|| dir.join("report").into()),
+        )
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)
@@ -146,4 +150,124 @@ fn every_request_from_the_openapi_document_is_answered_as_documented() {
         report.contains(&format!("Tested: {operations}\n")),
         "not all {operations} operations tested"
     );
+}
+
+/// Whether an error answer's message or one of its details says `what`.
+fn says(error: &serde_json::Value, what: &str) -> bool {
+    let details = error["details"].as_array().into_iter().flatten();
+    std::iter::once(&error["error"])
+        .chain(details)
+        .any(|m| m.as_str().is_some_and(|m| m.contains(what)))
+}
+
+/// What openapi.json says of the input the fuzzer generates, held by the server: where
+/// the document takes a number, a boolean or null, the server does, and where it asks for
+/// a non-empty value, an empty one is refused naming the problem.
+#[test]
+fn the_input_the_document_describes_is_what_the_server_takes() {
+    let dir = TempDir::new("rest-fuzz-input");
+    let ctl = Ctl::start(&dir.0, None);
+    let c = ctl.client();
+    let json = |method: &str, path: &str, body: &str| {
+        c.call(method, path, Some(("application/json", body.as_bytes())))
+            .expect("request")
+    };
+    let head = r#""apiVersion": "microseg.io/v1""#;
+    let taken = [
+        // YAML scalars are read as their text: a number or a boolean is a name or a value.
+        format!(
+            r#"{{{head}, "kind": "Workload", "metadata": {{"name": 5, "labels": {{"v": 1.5, "on": true, "x": null}}}}}}"#
+        ),
+        format!(
+            r#"{{{head}, "kind": "Workload", "metadata": {{"name": "w", "labels": null, "annotations": null}}, "spec": null}}"#
+        ),
+        format!(
+            r#"{{{head}, "kind": "Workload", "metadata": {{"name": "v"}}, "spec": {{"interface": null, "ips": null}}}}"#
+        ),
+        format!(
+            r#"{{{head}, "kind": "Policy", "metadata": {{"name": "p"}}, "spec": {{"selector": null, "mode": "AUDIT", "ingress": null}}}}"#
+        ),
+        format!(
+            r#"{{{head}, "kind": "Policy", "metadata": {{"name": "q"}}, "spec": {{"selector": {{"matchLabels": null, "matchExpressions": [{{"key": "k", "operator": "Exists", "values": null}}]}}, "egress": [{{"action": "Deny", "to": null, "ports": [{{}}], "sourcePorts": null}}]}}}}"#
+        ),
+    ];
+    for body in &taken {
+        let r = json("POST", "/v1/apply?dryRun=true", body);
+        assert_eq!(r.status, 200, "{body}: {}", r.body);
+    }
+    let refused = [
+        (
+            format!(
+                r#"{{{head}, "kind": "Policy", "metadata": {{"name": "p"}}, "spec": {{"selector": {{}}, "mode": null}}}}"#
+            ),
+            "mode must be a string",
+        ),
+        (
+            format!(
+                r#"{{{head}, "kind": "Policy", "metadata": {{"name": "p"}}, "spec": {{"selector": {{}}, "priority": null}}}}"#
+            ),
+            "priority must be an integer",
+        ),
+        (
+            format!(
+                r#"{{{head}, "kind": "Policy", "metadata": {{"name": "p"}}, "spec": {{"selector": {{}}, "ingress": [{{"action": "allow", "sourcePorts": [{{}}]}}]}}}}"#
+            ),
+            "missing field \"port\"",
+        ),
+        (
+            format!(
+                r#"{{{head}, "kind": "Policy", "metadata": {{"name": "p"}}, "spec": {{"selector": {{}}, "ingress": [{{"action": "allow", "from": [{{}}]}}]}}}}"#
+            ),
+            "exactly one of",
+        ),
+        (
+            format!(r#"{{{head}, "kind": "Workload", "metadata": {{"name": null}}}}"#),
+            "name must be a string",
+        ),
+    ];
+    for (body, why) in &refused {
+        let r = json("POST", "/v1/apply?dryRun=true", body);
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert!(says(&r.body, why), "{why}: {}", r.body);
+    }
+    // Empty where the document asks for at least one character, item or label.
+    for (method, path, body, why) in [
+        ("POST", "/v1/apply?file=", "{}", "the name is empty"),
+        ("GET", "/v1/flows?since=", "", "since"),
+        ("GET", "/v1/flows/edges?until=", "", "until"),
+        ("GET", "/v1/recommendations?since=", "", "since"),
+        ("POST", "/v1/apply/files", r#"{"files": []}"#, "no files"),
+        (
+            "POST",
+            "/v1/apply/files",
+            r#"{"files": [{"name": "", "content": "x"}]}"#,
+            "the name is empty",
+        ),
+        ("POST", "/v1/delete", r#"{"resources": []}"#, "no resources"),
+        (
+            "PUT",
+            "/v1/workloads/w/labels",
+            r#"{"labels": {}}"#,
+            "no labels",
+        ),
+    ] {
+        let r = json(method, path, body);
+        assert_eq!(r.status, 400, "{method} {path} {body}: {}", r.body);
+        assert!(
+            r.body["error"].is_string() && r.body["details"].is_array(),
+            "{}",
+            r.body
+        );
+        assert!(says(&r.body, why), "{why}: {}", r.body);
+    }
+    // A dry run creates nothing: what a link from it names is not found.
+    let body = format!(
+        r#"{{{head}, "kind": "Policy", "metadata": {{"name": "dry"}}, "spec": {{"selector": {{}}}}}}"#
+    );
+    let r = json("PUT", "/v1/policies/dry?dryRun=true", &body);
+    assert_eq!(
+        (r.status, &r.body["applied"][0]["action"]),
+        (200, &"created".into())
+    );
+    assert_eq!(get(&c, "/v1/policies/dry").status, 404);
 }
