@@ -3,8 +3,9 @@
 //! It reports the workloads it discovers, receives the desired state (full, then deltas;
 //! a large revision in several parts, joined before anything of it is enforced), enforces
 //! each revision through the same compile-and-apply path as files, acknowledges it, and
-//! uploads flows in batches. When the link breaks it reconnects with backoff and resyncs;
-//! enforcement of the last state never stops meanwhile. A stream that fails for a reason
+//! uploads flows in batches. When the link breaks it reconnects with backoff and resyncs
+//! (from the revision it holds, when the controller's store is the one that sent it:
+//! then only what changed since comes); enforcement of the last state never stops meanwhile. A stream that fails for a reason
 //! the agent can name (a message it cannot decode, parts out of order) is acknowledged
 //! with that error, so that the controller shows it.
 
@@ -18,7 +19,7 @@ use microseg_proto::v1::{
     agent_link_client::AgentLinkClient, AckRequest, DesiredState, DiscoveredWorkload, FlowBatch,
     SyncRequest, WorkloadReport,
 };
-use microseg_proto::MAX_MESSAGE_BYTES;
+use microseg_proto::{MAX_MESSAGE_BYTES, STORE_HEADER};
 use tonic::codegen::tokio_stream;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -117,6 +118,9 @@ impl tonic::service::Interceptor for Bearer {
 #[derive(Default)]
 struct Desired {
     revision: u64,
+    /// The controller's store `revision` counts in (from the answer that brought the last
+    /// full state): given back at a resync, it lets the controller send only what changed.
+    store: Option<u64>,
     resources: BTreeMap<(String, String), Received>,
 }
 
@@ -294,15 +298,20 @@ async fn session(
         .report_workloads(report(&opts.node, &found))
         .await
         .map_err(call("reporting workloads"))?;
-    let mut stream = client
-        .sync(SyncRequest {
-            node: opts.node.clone(),
-            revision: desired.revision,
-            accepts_parts: true,
-        })
-        .await
-        .map_err(call("sync"))?
-        .into_inner();
+    let mut request = tonic::Request::new(SyncRequest {
+        node: opts.node.clone(),
+        revision: desired.revision,
+        accepts_parts: true,
+    });
+    if let Some(v) = desired.store.and_then(|id| id.to_string().parse().ok()) {
+        request.metadata_mut().insert(STORE_HEADER, v);
+    }
+    let answer = client.sync(request).await.map_err(call("sync"))?;
+    let store: Option<u64> = answer
+        .metadata()
+        .get(STORE_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let mut stream = answer.into_inner();
     tracing::info!(
         url = link.url,
         node = opts.node,
@@ -337,6 +346,9 @@ async fn session(
                         return Err(LinkError::Parts(error));
                     }
                 };
+                if d.full {
+                    desired.store = store;
+                }
                 desired.update(d);
                 let outcome = enforce_desired(desired, opts, state).await;
                 // The protocol's empty error means enforced.

@@ -22,12 +22,16 @@ type Tx = mpsc::Sender<Result<DesiredState, Status>>;
 /// Room for a part's own fields (revision, full, more) besides its resources.
 const PART_OVERHEAD: usize = 32;
 
-/// How many full states are being sent at once: each holds a part or two in memory, and
-/// a reconnect storm must not hold a part for every node.
-fn full_permits() -> &'static Semaphore {
+/// How many large revisions (full states, and deltas of more than [`LARGE_DELTA_ROWS`])
+/// are being sent at once: each holds a few parts in memory, and a fleet that starts at
+/// once must not hold them for every node. Sending is bound by the CPU anyway.
+fn large_permits() -> &'static Semaphore {
     static PERMITS: OnceLock<Semaphore> = OnceLock::new();
-    PERMITS.get_or_init(|| Semaphore::new(32))
+    PERMITS.get_or_init(|| Semaphore::new(16))
 }
+
+/// A delta of more rows than this waits for a permit as a full state does.
+const LARGE_DELTA_ROWS: usize = 1_000;
 
 /// Builds the parts of one revision as resources are added, sending a part when the next
 /// would overflow it (all parts but the last carry `more`).
@@ -120,7 +124,7 @@ async fn send_full(
     rows: &Rows,
     limit: usize,
 ) -> Result<bool, Error> {
-    let _permit = full_permits().acquire().await;
+    let _permit = large_permits().acquire().await;
     tracing::info!(
         node,
         revision,
@@ -144,6 +148,10 @@ async fn send_delta(
     rows: Vec<&Row>,
     limit: usize,
 ) -> Result<bool, Error> {
+    let _permit = match rows.len() > LARGE_DELTA_ROWS {
+        true => Some(large_permits().acquire().await),
+        false => None,
+    };
     tracing::debug!(node, revision = to, rows = rows.len(), "sending a delta");
     let mut parts = Parts::new(tx, limit, to, false);
     for r in rows.iter().filter(|r| !r.deleted) {

@@ -65,6 +65,10 @@ pub struct Args {
     /// agent (the run's --timeout still bounds it).
     #[arg(long, default_value_t = 0.0)]
     pub call_timeout: f64,
+    /// Resync with a full state every time (as agents before resuming did), not from the
+    /// revision held.
+    #[arg(long)]
+    pub no_resume: bool,
     /// The whole run's limit: then it reports what it has and stops.
     #[arg(long, default_value_t = 900.0)]
     pub timeout: f64,

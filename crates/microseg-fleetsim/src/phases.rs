@@ -89,6 +89,7 @@ pub async fn run(
         url: format!("http://{}", ctl.addr),
         flow_rate: args.flow_rate,
         call_timeout: (args.call_timeout > 0.0).then(|| Duration::from_secs_f64(args.call_timeout)),
+        resume: !args.no_resume,
     });
     let start = Instant::now();
     let tasks: Vec<_> = (0..n)
@@ -322,6 +323,27 @@ async fn phases(
             all_full_state_s: full.map(|x| (x - t).as_secs_f64()),
             all_in_sync_s: synced.map(|x| x.saturating_duration_since(t).as_secs_f64()),
             nodes_resynced: resynced(),
+            full_states: fleet
+                .logs
+                .iter()
+                .filter(|l| {
+                    let l = l.lock().unwrap();
+                    l.revisions.iter().any(|r| r.full && r.received > t)
+                })
+                .count(),
+            bytes_per_node_max: fleet
+                .logs
+                .iter()
+                .map(|l| {
+                    let l = l.lock().unwrap();
+                    l.revisions
+                        .iter()
+                        .filter(|r| r.received > t)
+                        .map(|r| r.bytes)
+                        .sum::<u64>()
+                })
+                .max()
+                .unwrap_or(0),
             ..Default::default()
         };
         (s.errors, s.first_errors) = errors_since(fleet, t);

@@ -55,10 +55,15 @@ pub struct Changes {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Storm {
     pub at_s: f64,
-    /// Until every node had a new full state after the drop (acked).
+    /// Until every node had acked the first revision of its new stream after the drop (a
+    /// full state, or what changed since the revision it held when it resumed).
     pub all_full_state_s: Option<f64>,
     pub all_in_sync_s: Option<f64>,
     pub nodes_resynced: usize,
+    /// Nodes that got a full state after the drop (the others resumed).
+    pub full_states: usize,
+    /// Bytes received after the drop by the node that got most.
+    pub bytes_per_node_max: u64,
     pub errors: usize,
     pub first_errors: Vec<String>,
     pub peak_rss_bytes: Option<u64>,
@@ -143,9 +148,9 @@ impl Report {
         }
         if let Some(st) = &self.storm {
             println!(
-                "{p} storm: at={:.1}s all_full_state={} all_in_sync={} nodes_resynced={}/{} errors={} rss_peak={} cpu={}",
+                "{p} storm: at={:.1}s all_resynced={} all_in_sync={} nodes_resynced={}/{} full_states={} bytes_per_node_max={} errors={} rss_peak={} cpu={}",
                 st.at_s, s(st.all_full_state_s), s(st.all_in_sync_s), st.nodes_resynced, self.nodes,
-                st.errors, mib(st.peak_rss_bytes), cpu(st.cpu_s)
+                st.full_states, st.bytes_per_node_max, st.errors, mib(st.peak_rss_bytes), cpu(st.cpu_s)
             );
             for e in &st.first_errors {
                 println!("{p} storm error: {e}");

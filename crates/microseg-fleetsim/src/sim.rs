@@ -12,7 +12,7 @@ use microseg_proto::v1::{
     agent_link_client::AgentLinkClient, AckRequest, DiscoveredWorkload, Flow, FlowBatch,
     SyncRequest, WorkloadReport,
 };
-use microseg_proto::MAX_MESSAGE_BYTES;
+use microseg_proto::{MAX_MESSAGE_BYTES, STORE_HEADER};
 use tokio::sync::watch;
 use tonic::codegen::tokio_stream;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -43,8 +43,11 @@ pub struct Fleet {
     pub logs: Vec<Mutex<NodeLog>>,
     /// The last revision each node acked (0: none yet).
     pub acked: Vec<AtomicU64>,
-    /// How many full states each node has joined and acked.
+    /// How many streams each node has joined and acked the first revision of (a full
+    /// state, or what changed since the revision it held when it resumed).
     pub fulls: Vec<AtomicU64>,
+    /// The controller's store each node's revision counts in (0: none yet).
+    pub stores: Vec<AtomicU64>,
     pub connects: AtomicUsize,
     pub flows_sent: Arc<AtomicU64>,
 }
@@ -55,6 +58,7 @@ impl Fleet {
             logs: (0..n).map(|_| Mutex::default()).collect(),
             acked: (0..n).map(|_| AtomicU64::new(0)).collect(),
             fulls: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            stores: (0..n).map(|_| AtomicU64::new(0)).collect(),
             connects: AtomicUsize::new(0),
             flows_sent: Arc::default(),
         }
@@ -83,6 +87,8 @@ pub struct SimConfig {
     pub flow_rate: u32,
     /// None: wait as long as it takes, as `microseg agent` does.
     pub call_timeout: Option<Duration>,
+    /// Resync from the revision held (as the agent does); false: always ask for a full state.
+    pub resume: bool,
 }
 
 /// `m` workloads of node `i`, each with labels and one address unique in the fleet: the
@@ -199,14 +205,24 @@ async fn session(
         workloads: spec.workloads.clone(),
     };
     timed(cfg.call_timeout, "report", client.report_workloads(report)).await?;
-    let sync = SyncRequest {
+    let mut sync = tonic::Request::new(SyncRequest {
         node: spec.name.clone(),
         revision: fleet.acked[i].load(Ordering::Relaxed),
         accepts_parts: true,
-    };
-    let mut stream = timed(cfg.call_timeout, "sync", client.sync(sync))
-        .await?
-        .into_inner();
+    });
+    let held = fleet.stores[i].load(Ordering::Relaxed);
+    if cfg.resume && held != 0 {
+        let v = held.to_string().parse().expect("digits");
+        sync.metadata_mut().insert(STORE_HEADER, v);
+    }
+    let answer = timed(cfg.call_timeout, "sync", client.sync(sync)).await?;
+    let store: u64 = answer
+        .metadata()
+        .get(STORE_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    let mut stream = answer.into_inner();
+    let mut first = true;
     let uploads = (cfg.flow_rate > 0).then(|| {
         tokio::spawn(upload(
             client.clone(),
@@ -250,8 +266,12 @@ async fn session(
             got.acked = Some(Instant::now());
             fleet.acked[i].store(got.revision, Ordering::Release);
             if got.full {
+                fleet.stores[i].store(store, Ordering::Release);
+            }
+            if first {
                 fleet.fulls[i].fetch_add(1, Ordering::Release);
             }
+            first = false;
         }
         fleet.logs[i].lock().unwrap().revisions.push(got);
         acked?;
