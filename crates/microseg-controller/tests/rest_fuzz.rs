@@ -7,6 +7,7 @@
 mod common;
 
 use common::*;
+use microseg_controller::client::Client;
 use microseg_proto::v1::agent_link_client::AgentLinkClient;
 use microseg_proto::v1::{Flow, FlowBatch};
 use std::path::Path;
@@ -270,4 +271,39 @@ fn the_input_the_document_describes_is_what_the_server_takes() {
         (200, &"created".into())
     );
     assert_eq!(get(&c, "/v1/policies/dry").status, 404);
+}
+
+/// Every operation of the document answers the agent token 403 with the Error shape, and
+/// documents that 403 (schemathesis sends only the controller token, so it would not
+/// see an undocumented one).
+#[test]
+fn every_operation_documents_the_403_it_answers_the_agent_token() {
+    let dir = TempDir::new("rest-fuzz-403");
+    let ctl = Ctl::start(&dir.0, None);
+    let agent = Client::new(&ctl.url(), Some(ctl.agent_token())).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(microseg_controller::OPENAPI).unwrap();
+    let mut seen = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if method == "parameters" {
+                continue;
+            }
+            let uri = path.replace("{name}", "web");
+            let r = agent
+                .call(
+                    &method.to_uppercase(),
+                    &uri,
+                    Some(("application/json", b"{}")),
+                )
+                .expect("request");
+            assert_eq!(r.status, 403, "{method} {path}: {}", r.body);
+            assert!(says(&r.body, "agent link only"), "{}", r.body);
+            assert!(
+                op["responses"].get("403").is_some(),
+                "{method} {path} does not document its 403"
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen > 20, "{seen} operations");
 }
