@@ -45,6 +45,12 @@ struct DryRun {
     dry_run: bool,
 }
 
+/// The query of an endpoint that takes no parameter: any is refused, naming it
+/// (docs/CONTROLLER.md: an unknown query parameter gets 400 rather than being ignored).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoParams {}
+
 fn applied(o: Outcome<Applied>, dry_run: bool) -> Res<ApplyResponse> {
     Ok(Json(ApplyResponse {
         applied: o.items,
@@ -129,13 +135,15 @@ async fn delete(c: &Core, kind: &str, n: Name, q: Params<DryRun>) -> Res<DeleteO
     }))
 }
 
-async fn list_policies(State(c): Api) -> Result<Response, Error> {
+async fn list_policies(State(c): Api, q: Params<NoParams>) -> Result<Response, Error> {
+    params(q)?;
     list(c, POLICY).await
 }
 async fn apply_policies(State(c): Api, q: Params<ApplyParams>, req: Request) -> Res<ApplyResponse> {
     apply_body(&c, q, req, scope(POLICY, None)).await
 }
-async fn get_policy(State(c): Api, n: Name) -> Res<Stored<Resource>> {
+async fn get_policy(State(c): Api, n: Name, q: Params<NoParams>) -> Res<Stored<Resource>> {
+    params(q)?;
     get_one(c, POLICY, n).await
 }
 async fn put_policy(
@@ -164,7 +172,8 @@ async fn recommendations(
         .map(Json)
 }
 
-async fn list_workloads(State(c): Api) -> Result<Response, Error> {
+async fn list_workloads(State(c): Api, q: Params<NoParams>) -> Result<Response, Error> {
+    params(q)?;
     list(c, WORKLOAD).await
 }
 async fn apply_workloads(
@@ -174,7 +183,8 @@ async fn apply_workloads(
 ) -> Res<ApplyResponse> {
     apply_body(&c, q, req, scope(WORKLOAD, None)).await
 }
-async fn get_workload(State(c): Api, n: Name) -> Res<Stored<Resource>> {
+async fn get_workload(State(c): Api, n: Name, q: Params<NoParams>) -> Res<Stored<Resource>> {
+    params(q)?;
     get_one(c, WORKLOAD, n).await
 }
 async fn put_workload(
@@ -189,8 +199,14 @@ async fn delete_workload(State(c): Api, n: Name, q: Params<DryRun>) -> Res<Delet
     delete(&c, WORKLOAD, n, q).await
 }
 
-async fn label_workload(State(c): Api, n: Name, req: Request) -> Res<LabelResponse> {
+async fn label_workload(
+    State(c): Api,
+    n: Name,
+    q: Params<NoParams>,
+    req: Request,
+) -> Res<LabelResponse> {
     let name = name(n)?;
+    params(q)?;
     let l: LabelRequest = json_body(req, r#"{"labels": {KEY: VALUE or null}}"#).await?;
     let (revision, labels) = c.label(&name, l.labels).await?;
     Ok(Json(LabelResponse {
@@ -200,7 +216,8 @@ async fn label_workload(State(c): Api, n: Name, req: Request) -> Res<LabelRespon
     }))
 }
 
-async fn nodes(State(c): Api) -> Res<List<NodeStatus>> {
+async fn nodes(State(c): Api, q: Params<NoParams>) -> Res<List<NodeStatus>> {
+    params(q)?;
     let (revision, items) = c.nodes().await?;
     Ok(Json(List { items, revision }))
 }
@@ -213,19 +230,26 @@ async fn flow_edges(State(c): Api, q: Params<EdgeParams>) -> Res<EdgeList> {
     crate::rest_flows::edges(&c, params(q)?).await.map(Json)
 }
 
-async fn flow_status(State(c): Api) -> Json<FlowStatus> {
-    Json(c.flows.status())
+async fn flow_status(State(c): Api, q: Params<NoParams>) -> Res<FlowStatus> {
+    params(q)?;
+    Ok(Json(c.flows.status()))
 }
 
-async fn openapi() -> Response {
-    (
+async fn metrics(c: Api, q: Params<NoParams>) -> Result<Response, Error> {
+    params(q)?;
+    crate::metrics::metrics(c).await
+}
+
+async fn openapi(q: Params<NoParams>) -> Result<Response, Error> {
+    params(q)?;
+    Ok((
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
         OPENAPI,
     )
-        .into_response()
+        .into_response())
 }
 
 async fn not_found(req: Request) -> Error {
@@ -284,7 +308,7 @@ fn routes() -> Routes {
     .at(M::GET, "/v1/flows/edges", flow_edges)
     .at(M::GET, "/v1/flows/status", flow_status)
     .at(M::GET, "/v1/openapi.json", openapi)
-    .at(M::GET, "/metrics", crate::metrics::metrics)
+    .at(M::GET, "/metrics", metrics)
 }
 
 /// Every method and path the API answers.

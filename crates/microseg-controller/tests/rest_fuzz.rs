@@ -307,3 +307,50 @@ fn every_operation_documents_the_403_it_answers_the_agent_token() {
     }
     assert!(seen > 20, "{seen} operations");
 }
+
+/// Every operation refuses a query parameter it does not know with a documented 400
+/// naming it (docs/CONTROLLER.md); before, the GETs without parameters ignored one. A
+/// name in the path that is not UTF-8 is a documented 400 too.
+#[test]
+fn every_operation_refuses_an_unknown_query_parameter_as_documented() {
+    let dir = TempDir::new("rest-fuzz-query");
+    let ctl = Ctl::start(&dir.0, None);
+    let c = ctl.client();
+    let doc: serde_json::Value = serde_json::from_str(microseg_controller::OPENAPI).unwrap();
+    let mut seen = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if method == "parameters" {
+                continue;
+            }
+            let uri = format!("{}?cachebust=1", path.replace("{name}", "web"));
+            let r = c
+                .call(
+                    &method.to_uppercase(),
+                    &uri,
+                    Some(("application/json", b"{}")),
+                )
+                .expect("request");
+            assert_eq!(r.status, 400, "{method} {uri}: {}", r.body);
+            assert!(says(&r.body, "cachebust"), "{method} {uri}: {}", r.body);
+            assert!(
+                op["responses"].get("400").is_some(),
+                "{method} {path} does not document its 400"
+            );
+            if path.contains("{name}") {
+                let uri = path.replace("{name}", "%FF");
+                let r = c
+                    .call(
+                        &method.to_uppercase(),
+                        &uri,
+                        Some(("application/json", b"{}")),
+                    )
+                    .expect("request");
+                assert_eq!(r.status, 400, "{method} {uri}: {}", r.body);
+                assert!(says(&r.body, "UTF-8"), "{method} {uri}: {}", r.body);
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen > 20, "{seen} operations");
+}
