@@ -4,8 +4,8 @@
 
 use microseg_policy::compile::{compile_everywhere, Compiler, LocalEndpoint};
 use microseg_policy::{
-    import_k8s, parse_str, policies_to_yaml, validate_set, Diagnostic, Origin, Policy, Resource,
-    ResourceSet,
+    import_k8s, parse_str, parse_str_with, policies_to_yaml, validate_set, Diagnostic, Origin,
+    Policy, Resource, ResourceSet, Workload,
 };
 
 /// The file name every input is parsed under.
@@ -135,4 +135,30 @@ pub fn k8s_import(text: &str) {
         assert_origin(text, &p.origin);
     }
     assert_round_trip(&policies);
+}
+
+/// A resource with its position left out: the quick reader's are approximate.
+fn positionless(r: &Resource) -> Resource {
+    match r {
+        Resource::Workload(w) => Resource::Workload(Workload {
+            origin: Origin::default(),
+            ..w.clone()
+        }),
+        Resource::Policy(p) => Resource::Policy(without_origin(p).into()),
+    }
+}
+
+/// The quick YAML reader and the full loader read every input the same: the same
+/// resources and the same errors (the quick reader hands anything it finds wrong to the
+/// loader, so what it accepts alone must be what the loader accepts).
+pub fn readers(text: &str) {
+    let (quick, quick_diags) = parse_str_with(FILE, text, true);
+    let (full, full_diags) = parse_str_with(FILE, text, false);
+    assert_eq!(
+        quick_diags, full_diags,
+        "the readers report different errors"
+    );
+    let quick: Vec<Resource> = quick.iter().map(positionless).collect();
+    let full: Vec<Resource> = full.iter().map(positionless).collect();
+    assert_eq!(quick, full, "the readers read different resources");
 }

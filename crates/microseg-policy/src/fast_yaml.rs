@@ -57,7 +57,12 @@ impl Scratch {
 
 /// The tree of one document, or `None` when it is outside the subset.
 pub(crate) fn parse(chunk: &str) -> Option<Node> {
-    if !chunk.is_ascii() || chunk.contains('\t') || chunk.contains('\r') {
+    // Printable ASCII and line breaks only: the loader refuses other control characters,
+    // or stops reading at a NUL.
+    if chunk
+        .bytes()
+        .any(|b| b != b'\n' && !(0x20..0x7f).contains(&b))
+    {
         return None;
     }
     let mut lines = Vec::new();

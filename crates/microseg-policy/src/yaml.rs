@@ -44,6 +44,20 @@ pub(crate) fn load_documents(
 ) -> (Vec<Document>, bool) {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let text = &*lone_cr_as_lf(text);
+    // The loader stops reading at a NUL, without an error: what follows would be left out
+    // silently (rules included).
+    if let Some(at) = text.find('\0') {
+        let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+        let line = text[..at].matches('\n').count() + 1;
+        let col = text[line_start..at].chars().count() + 1;
+        diags.push(Diagnostic::new(
+            file,
+            line,
+            col,
+            "a NUL character is not allowed",
+        ));
+        return (Vec::new(), false);
+    }
     // Separator lines: (line index, byte offset of the line, byte offset after it).
     let mut separators = Vec::new();
     let mut offset = 0;

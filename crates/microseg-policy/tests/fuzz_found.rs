@@ -114,3 +114,29 @@ fn the_import_refuses_what_would_make_an_invalid_policy() {
     let (_, diags) = parse_str("out.yaml", &policies_to_yaml(&policies));
     assert!(diags.is_empty(), "{diags:?}");
 }
+
+/// The YAML loader stopped reading at a NUL without an error, so a rule after one was left
+/// out silently (here a deny); the quick reader read on, so the two disagreed.
+#[test]
+fn a_nul_character_is_an_error_where_it_is() {
+    let p = "apiVersion: microseg.io/v1\nkind: Policy\nmetadata: {name: p}\nspec:\n  selector: {}\n  ingress:\n    - action: allow\n";
+    for (extra, line, col) in [
+        ("\0\n    - action: deny\n", 8, 1),
+        ("    - action: deny # \0\n", 8, 22),
+        (
+            "    - {action: deny, from: [{cidr: 10.0.0.0/8}]}\0\n",
+            8,
+            49,
+        ),
+    ] {
+        let text = format!("{p}{extra}");
+        let (res, diags) = parse_str("f.yaml", &text);
+        assert!(res.is_empty(), "{extra:?}: {res:?}");
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert_eq!((diags[0].line, diags[0].col), (line, col), "{}", diags[0]);
+        assert_eq!(diags[0].message, "a NUL character is not allowed");
+        assert_eq!(import_k8s("f.yaml", &text).1, diags);
+        // The quick reader leaves such text to the loader: both read it the same.
+        assert_eq!(parse_str_with("f.yaml", &text, false).1, diags);
+    }
+}
