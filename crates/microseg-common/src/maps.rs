@@ -147,6 +147,10 @@ pub mod session_flags {
     /// The FIN that closed the connection (the second one) came from the replier, so the
     /// originator's next ACK is the connection's last packet.
     pub const CLOSED_BY_REPLY: u8 = 1 << 4;
+    /// The originator's [`super::Session::seq_end`] and window are known (from its first
+    /// TCP segment seen); `SEQ_ORIG << 1` is the replier's.
+    pub const SEQ_ORIG: u8 = 1 << 5;
+    pub const SEQ_REPLY: u8 = 1 << 6;
 }
 
 /// [`SessionLeg::flags`] bits.
@@ -168,17 +172,23 @@ pub struct Session {
     pub state: u8,
     /// [`session_flags`] bits.
     pub flags: u8,
-    /// Each leg's last deny or log event, in [`event_tick`]s, for rate limiting. Kept here
-    /// rather than in the leg so that the whole element (kernel header, key, value) is
-    /// 192 bytes: three whole cache lines instead of four, and 8 % less memory.
+    /// Each leg's last deny or log event, in [`event_tick`]s, for rate limiting.
     pub last_event: [u16; 2],
-    pub _pad: [u8; 2],
+    /// TCP, per side (originator, replier): the largest window the side advertised, raw
+    /// (unscaled), in units of 256 bytes. It bounds how far from the other side's
+    /// [`Session::seq_end`] a segment its stack would accept can lie (docs/SECURITY.md,
+    /// "TCP"). Valid once the side's `SEQ_ORIG`/`SEQ_REPLY` flag is set.
+    pub max_win: [u8; 2],
+    /// TCP, per side: the sequence number just past the highest one the side sent (data,
+    /// SYN and FIN count), from segments inside the window only, so that a blind third
+    /// party cannot move it.
+    pub seq_end: [u32; 2],
     /// Indexed by the direction the leg judges, seen from its workload:
     /// `[direction::EGRESS]` is the originator's interface (its egress),
     /// `[direction::INGRESS]` the replier's (its ingress). Absent legs have ifindex 0.
     pub legs: [SessionLeg; 2],
 }
-const _: () = assert!(core::mem::size_of::<Session>() == 104);
+const _: () = assert!(core::mem::size_of::<Session>() == 112);
 
 /// One local interface's judgement of a session.
 #[repr(C)]
@@ -209,10 +219,12 @@ pub const fn event_tick(now_ns: u64) -> u16 {
     (now_ns >> EVENT_TICK_SHIFT) as u16
 }
 
-/// The kernel's hash element header (48 bytes) + key + value make 192 bytes: whole cache
-/// lines, and 192 MiB of elements for a 1,048,576-entry table (plus 16 MiB of buckets).
+/// The kernel's hash element header (48 bytes) + key + value make 200 bytes: 200 MiB of
+/// elements for a 1,048,576-entry table (plus 16 MiB of buckets). It was 192 (three whole
+/// cache lines) until the sequence tracking's 8 bytes: nothing else could be narrowed
+/// without losing something (docs/PERFORMANCE.md has the cost).
 const _: () =
-    assert!(48 + core::mem::size_of::<SessionKey>() + core::mem::size_of::<Session>() == 192);
+    assert!(48 + core::mem::size_of::<SessionKey>() + core::mem::size_of::<Session>() == 200);
 
 impl Session {
     /// Whether `leg` may send another deny or log event at `now_ns`.

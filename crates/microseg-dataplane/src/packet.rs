@@ -113,6 +113,25 @@ impl Frame {
         f
     }
 
+    /// TCP: the sequence and acknowledgement numbers (0 and 0 unless set).
+    pub fn with_seq(mut self, seq: u32, ack: u32) -> Frame {
+        self.l4[4..8].copy_from_slice(&seq.to_be_bytes());
+        self.l4[8..12].copy_from_slice(&ack.to_be_bytes());
+        self
+    }
+
+    /// TCP: the raw window field (64240 unless set).
+    pub fn with_window(mut self, window: u16) -> Frame {
+        self.l4[14..16].copy_from_slice(&window.to_be_bytes());
+        self
+    }
+
+    /// TCP: `len` bytes of payload after the header.
+    pub fn with_payload(mut self, len: usize) -> Frame {
+        self.l4.resize(self.l4.len() + len, 0xab);
+        self
+    }
+
     pub fn with_hop_limit(mut self, hop_limit: u8) -> Frame {
         self.hop_limit = hop_limit;
         self

@@ -118,16 +118,20 @@ impl Node {
     /// after the end.
     fn short_connection(&mut self) -> u64 {
         let start = self.bytes;
-        let c2s = |flags| Frame::tcp(web4(), db4(), 40000, 5432, flags);
-        let s2c = |flags| Frame::tcp(db4(), web4(), 5432, 40000, flags);
-        assert!(self.web_to_db(c2s(TCP_SYN)), "SYN");
-        assert!(self.db_to_web(s2c(TCP_SYN | TCP_ACK)), "SYN-ACK");
-        assert!(self.web_to_db(c2s(TCP_ACK)), "ACK");
-        assert!(self.web_to_db(tcp_data(web4(), db4(), 40000, 5432)), "data");
-        assert!(self.web_to_db(c2s(TCP_FIN | TCP_ACK)), "FIN");
-        assert!(self.db_to_web(s2c(TCP_FIN | TCP_ACK)), "FIN back");
+        // ISNs 0 both ways; the data takes web's 1..=100, its FIN 101, db's FIN 1.
+        let c2s =
+            |flags, seq, ack| Frame::tcp(web4(), db4(), 40000, 5432, flags).with_seq(seq, ack);
+        let s2c =
+            |flags, seq, ack| Frame::tcp(db4(), web4(), 5432, 40000, flags).with_seq(seq, ack);
+        assert!(self.web_to_db(c2s(TCP_SYN, 0, 0)), "SYN");
+        assert!(self.db_to_web(s2c(TCP_SYN | TCP_ACK, 0, 1)), "SYN-ACK");
+        assert!(self.web_to_db(c2s(TCP_ACK, 1, 1)), "ACK");
+        let data = tcp_data(web4(), db4(), 40000, 5432).with_seq(1, 1);
+        assert!(self.web_to_db(data), "data");
+        assert!(self.web_to_db(c2s(TCP_FIN | TCP_ACK, 101, 1)), "FIN");
+        assert!(self.db_to_web(s2c(TCP_FIN | TCP_ACK, 1, 102)), "FIN back");
         let closed = self.bytes - start;
-        assert!(self.web_to_db(c2s(TCP_ACK)), "last ACK");
+        assert!(self.web_to_db(c2s(TCP_ACK, 102, 2)), "last ACK");
         closed
     }
 }
@@ -300,14 +304,15 @@ fn an_audit_mode_leg_is_reported_at_once() {
 #[test]
 fn a_connection_with_a_remote_peer_ends_with_one_leg() {
     let mut env = common::Env::new(&common::with(common::DB_ALLOWS_WEB), "db");
-    let c2s = |flags| Frame::tcp(web4(), db4(), 40000, 5432, flags);
-    let s2c = |flags| Frame::tcp(db4(), web4(), 5432, 40000, flags);
-    assert!(common::into_db(&env, &c2s(TCP_SYN)));
-    assert!(common::from_db(&env, &s2c(TCP_SYN | TCP_ACK)));
-    assert!(common::into_db(&env, &c2s(TCP_ACK)));
-    assert!(common::into_db(&env, &c2s(TCP_FIN | TCP_ACK)));
-    assert!(common::from_db(&env, &s2c(TCP_FIN | TCP_ACK)));
-    assert!(common::into_db(&env, &c2s(TCP_ACK)));
+    // ISNs 0 both ways, no data: the FINs at 1, the last ACK at 2 acknowledging 2.
+    let c2s = |flags, seq, ack| Frame::tcp(web4(), db4(), 40000, 5432, flags).with_seq(seq, ack);
+    let s2c = |flags, seq, ack| Frame::tcp(db4(), web4(), 5432, 40000, flags).with_seq(seq, ack);
+    assert!(common::into_db(&env, &c2s(TCP_SYN, 0, 0)));
+    assert!(common::from_db(&env, &s2c(TCP_SYN | TCP_ACK, 0, 1)));
+    assert!(common::into_db(&env, &c2s(TCP_ACK, 1, 1)));
+    assert!(common::into_db(&env, &c2s(TCP_FIN | TCP_ACK, 1, 1)));
+    assert!(common::from_db(&env, &s2c(TCP_FIN | TCP_ACK, 1, 2)));
+    assert!(common::into_db(&env, &c2s(TCP_ACK, 2, 2)));
     let ev = env.dp.drain_events();
     assert_eq!(
         kinds(&ev),

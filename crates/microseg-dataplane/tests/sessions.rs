@@ -10,6 +10,12 @@ use common::*;
 use microseg_dataplane::{common::*, packet::*, Hook};
 use microseg_policy::Direction::Ingress;
 
+/// `f`, an answer to a SYN with sequence number 0 (as the frames' default is): it
+/// acknowledges the SYN, as the receive-window check wants (docs/SECURITY.md, "TCP").
+fn syn_ack(f: Frame) -> Frame {
+    f.with_seq(0, 1)
+}
+
 /// The session of the TCP connection web:40000 → db:5432, which must exist.
 fn web_db_session(env: &Env) -> Session {
     env.dp
@@ -22,8 +28,8 @@ fn web_db_session(env: &Env) -> Session {
 fn revoking_an_allow_cuts_an_established_connection() {
     let mut env = Env::new(&with(DB_ALLOWS_WEB), "db");
     assert!(into_db(&env, &web_to_db(TCP_SYN)));
-    assert!(from_db(&env, &db_to_web(TCP_SYN | TCP_ACK)));
-    assert!(into_db(&env, &web_to_db(TCP_ACK)));
+    assert!(from_db(&env, &syn_ack(db_to_web(TCP_SYN | TCP_ACK))));
+    assert!(into_db(&env, &web_to_db(TCP_ACK).with_seq(1, 1)));
     let s = web_db_session(&env);
     assert_eq!(s.state, session_state::ESTABLISHED);
     env.dp.drain_events();
@@ -96,7 +102,7 @@ spec:
     assert!(
         from_db(
             &env,
-            &Frame::tcp(db4(), web4(), 5432, 40001, TCP_SYN | TCP_ACK)
+            &syn_ack(Frame::tcp(db4(), web4(), 5432, 40001, TCP_SYN | TCP_ACK))
         ),
         "TCP reply"
     );
@@ -288,16 +294,22 @@ fn tcp_sessions_walk_the_state_machine_and_report_their_end() {
             .session_for(6, web4(), sport, db4(), 5432)
             .map(|(_, s)| s.state)
     };
-    let c2s = |sport, flags| Frame::tcp(web4(), db4(), sport, 5432, flags);
-    let s2c = |sport, flags| Frame::tcp(db4(), web4(), 5432, sport, flags);
+    // ISNs 0 both ways: after the handshake each side is at 1, after its FIN at 2.
+    let c2s = |sport, flags| Frame::tcp(web4(), db4(), sport, 5432, flags).with_seq(1, 1);
+    let s2c = |sport, flags| Frame::tcp(db4(), web4(), 5432, sport, flags).with_seq(1, 1);
+    let syn = |sport| Frame::tcp(web4(), db4(), sport, 5432, TCP_SYN);
     let mut bytes = 0u64;
     let mut send = |env: &Env, hook, f: Frame| {
         bytes += f.bytes().len() as u64;
         assert!(passes(env, hook, &f.bytes()));
     };
-    send(&env, Hook::ToWorkload, c2s(40000, TCP_SYN));
+    send(&env, Hook::ToWorkload, syn(40000));
     assert_eq!(state(&env, 40000), Some(session_state::SYN_SENT));
-    send(&env, Hook::FromWorkload, s2c(40000, TCP_SYN | TCP_ACK));
+    send(
+        &env,
+        Hook::FromWorkload,
+        s2c(40000, TCP_SYN | TCP_ACK).with_seq(0, 1),
+    );
     assert_eq!(state(&env, 40000), Some(session_state::SYN_RECV));
     send(&env, Hook::ToWorkload, c2s(40000, TCP_ACK));
     assert_eq!(state(&env, 40000), Some(session_state::ESTABLISHED));
@@ -327,14 +339,14 @@ fn tcp_sessions_walk_the_state_machine_and_report_their_end() {
     assert!(env.dp.drain_events().is_empty());
     // The originator's ACK of the second FIN is the last packet: it passes, ends nothing
     // twice, and takes the session out of the table.
-    assert!(into_db(&env, &c2s(40000, TCP_ACK)));
+    assert!(into_db(&env, &c2s(40000, TCP_ACK).with_seq(2, 2)));
     assert!(env.dp.drain_events().is_empty());
     assert_eq!(state(&env, 40000), None, "removed by its last packet");
     assert_eq!(env.dp.stats().unwrap().sessions_closed, 1);
 
     // RST closes at once, and is the last packet.
-    assert!(into_db(&env, &c2s(40001, TCP_SYN)));
-    assert!(from_db(&env, &s2c(40001, TCP_RST | TCP_ACK)));
+    assert!(into_db(&env, &syn(40001)));
+    assert!(from_db(&env, &s2c(40001, TCP_RST | TCP_ACK).with_seq(0, 1)));
     assert_eq!(state(&env, 40001), None);
     let ev = env.dp.drain_events();
     let ends: Vec<_> = ev.iter().filter(|e| e.kind == event_kind::END).collect();
@@ -343,7 +355,7 @@ fn tcp_sessions_walk_the_state_machine_and_report_their_end() {
     assert_eq!(env.dp.stats().unwrap().sessions_closed, 2);
 
     // A RST from outside closes the session but leaves it: it may be forged.
-    assert!(into_db(&env, &c2s(40002, TCP_SYN)));
+    assert!(into_db(&env, &syn(40002)));
     assert!(into_db(&env, &c2s(40002, TCP_RST)));
     assert_eq!(state(&env, 40002), Some(session_state::CLOSED));
     assert_eq!(env.dp.stats().unwrap().sessions_closed, 2);
@@ -353,11 +365,14 @@ fn tcp_sessions_walk_the_state_machine_and_report_their_end() {
 fn the_side_that_closes_first_sends_the_last_packet() {
     let env = Env::new(&with(DB_ALLOWS_WEB), "db");
     let alive = |sport| env.dp.session_for(6, web4(), sport, db4(), 5432).is_some();
-    let c2s = |sport, flags| Frame::tcp(web4(), db4(), sport, 5432, flags);
-    let s2c = |sport, flags| Frame::tcp(db4(), web4(), 5432, sport, flags);
+    // ISNs 0 both ways: each FIN is at 1; the ACKs after both FINs are at 2 and ack 2.
+    let c2s = |sport, flags| Frame::tcp(web4(), db4(), sport, 5432, flags).with_seq(1, 1);
+    let s2c = |sport, flags| Frame::tcp(db4(), web4(), 5432, sport, flags).with_seq(1, 1);
+    let after = |f: Frame| f.with_seq(2, 2);
     for (sport, db_closes_first) in [(40010, true), (40011, false)] {
-        assert!(into_db(&env, &c2s(sport, TCP_SYN)));
-        assert!(from_db(&env, &s2c(sport, TCP_SYN | TCP_ACK)));
+        let syn = Frame::tcp(web4(), db4(), sport, 5432, TCP_SYN);
+        assert!(into_db(&env, &syn));
+        assert!(from_db(&env, &syn_ack(s2c(sport, TCP_SYN | TCP_ACK))));
         assert!(into_db(&env, &c2s(sport, TCP_ACK)));
         let (first, second) = if db_closes_first {
             (
@@ -373,18 +388,18 @@ fn the_side_that_closes_first_sends_the_last_packet() {
         assert!(first && second);
         // An ACK from the side that sent the second FIN is not the last packet.
         let not_last = if db_closes_first {
-            into_db(&env, &c2s(sport, TCP_ACK))
+            into_db(&env, &after(c2s(sport, TCP_ACK)))
         } else {
-            from_db(&env, &s2c(sport, TCP_ACK))
+            from_db(&env, &after(s2c(sport, TCP_ACK)))
         };
         assert!(
             not_last && alive(sport),
             "port {sport}: kept until the last ACK"
         );
         let last = if db_closes_first {
-            from_db(&env, &s2c(sport, TCP_ACK))
+            from_db(&env, &after(s2c(sport, TCP_ACK)))
         } else {
-            into_db(&env, &c2s(sport, TCP_ACK))
+            into_db(&env, &after(c2s(sport, TCP_ACK)))
         };
         assert!(
             last && !alive(sport),
@@ -422,7 +437,7 @@ fn udp_sessions_are_established_by_a_reply() {
 fn a_syn_on_a_closed_session_is_judged_again() {
     let mut env = Env::reporting(&with(DB_ALLOWS_WEB), "db");
     assert!(into_db(&env, &web_to_db(TCP_SYN)));
-    assert!(from_db(&env, &db_to_web(TCP_RST | TCP_ACK)));
+    assert!(from_db(&env, &syn_ack(db_to_web(TCP_RST | TCP_ACK))));
     env.dp.drain_events();
     let misses = env.dp.stats().unwrap().session_misses;
     assert!(into_db(&env, &web_to_db(TCP_SYN)));
@@ -445,7 +460,7 @@ fn a_syn_on_a_closed_session_is_judged_again() {
         (session_state::SYN_SENT, [1, 0], 0)
     );
     // A closed session's ports reused after a policy change are judged by the new policy.
-    assert!(from_db(&env, &db_to_web(TCP_RST | TCP_ACK)));
+    assert!(from_db(&env, &syn_ack(db_to_web(TCP_RST | TCP_ACK))));
     env.reapply(&with(DB_DENIES_ALL));
     assert!(!into_db(&env, &web_to_db(TCP_SYN)));
 }

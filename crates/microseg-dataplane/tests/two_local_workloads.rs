@@ -90,7 +90,7 @@ impl Node {
 
     /// web → db: out of web's interface, then (if it passed) into db's. True when delivered.
     fn web_to_db(&self, flags: u8) -> bool {
-        let f = Frame::tcp(web4(), db4(), 40000, 5432, flags);
+        let f = Frame::tcp(web4(), db4(), 40000, 5432, flags).with_seq(0, ack(flags));
         self.run(Hook::FromWorkload, self.web0, &f) && self.run(Hook::ToWorkload, self.db0, &f)
     }
 
@@ -103,7 +103,7 @@ impl Node {
 
     /// db → web, the reply direction.
     fn db_to_web(&self, flags: u8) -> bool {
-        let f = Frame::tcp(db4(), web4(), 5432, 40000, flags);
+        let f = Frame::tcp(db4(), web4(), 5432, 40000, flags).with_seq(0, ack(flags));
         self.run(Hook::FromWorkload, self.db0, &f) && self.run(Hook::ToWorkload, self.web0, &f)
     }
 
@@ -383,4 +383,11 @@ fn a_packet_in_a_local_workloads_name_that_skipped_its_interface_moves_nothing()
         assert!(node.db_to_web(TCP_ACK));
         assert_eq!(node.dp.stats().unwrap().sessions_created, 1);
     });
+}
+
+/// The frames' acknowledgement number: both sides' SYNs are at 0, so an ACK acknowledges 1
+/// (the SYN, or a FIN sent at 0); the receive-window check wants that of the SYN-ACK and
+/// of the last ACK (docs/SECURITY.md, "TCP: the receive window").
+fn ack(flags: u8) -> u32 {
+    (flags & TCP_ACK != 0) as u32
 }

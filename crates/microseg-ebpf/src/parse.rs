@@ -40,6 +40,12 @@ pub struct Packet {
     pub dport: u16,
     pub protocol: u8,
     pub tcp_flags: u8,
+    /// TCP: sequence and acknowledgement numbers, the raw (unscaled) window, and the
+    /// sequence space the segment takes (payload, plus one each for SYN and FIN).
+    pub seq: u32,
+    pub ack: u32,
+    pub seg_len: u32,
+    pub win: u16,
     pub icmp_type: u8,
     pub fragment: u8,
     pub frag_id: u32,
@@ -282,13 +288,26 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Packet, off: usize, ip_end: usize) -> Par
     }
     match pkt.protocol {
         proto::TCP => {
-            // The whole minimal header must be there; ports and flags are in its first 14 bytes.
-            let Some(t) = read::<[u16; 10]>(ctx, off) else {
+            // The whole minimal header must be there; what is read is in its first 16 bytes.
+            let Some(t) = read::<[u32; 5]>(ctx, off) else {
                 return Parsed::Malformed;
             };
-            pkt.sport = u16::from_be(t[0]);
-            pkt.dport = u16::from_be(t[1]);
-            pkt.tcp_flags = t[6].to_ne_bytes()[1];
+            let ports = t[0].to_ne_bytes();
+            pkt.sport = be16([ports[0], ports[1]]);
+            pkt.dport = be16([ports[2], ports[3]]);
+            pkt.seq = u32::from_be(t[1]);
+            pkt.ack = u32::from_be(t[2]);
+            let w = t[3].to_ne_bytes();
+            let flags = w[1];
+            pkt.tcp_flags = flags;
+            pkt.win = be16([w[2], w[3]]);
+            // The receiver takes the data offset as the header's length; one under 20 is
+            // dropped by its stack anyway, so it only shortens the payload counted here.
+            let header = (w[0] >> 4) as usize * 4;
+            let payload = ip_end.saturating_sub(off + header.max(20));
+            pkt.seg_len = payload as u32
+                + (flags & tcp_flags::FIN) as u32
+                + ((flags & tcp_flags::SYN) >> 1) as u32;
         }
         proto::UDP | proto::SCTP => {
             let Some(u) = read::<[u16; 4]>(ctx, off) else {

@@ -62,13 +62,18 @@ pub fn starts_over(s: &Session, pkt: &Packet) -> bool {
         && pkt.tcp_flags & (tf::SYN | tf::ACK) == tf::SYN
 }
 
-/// Advances the state with one packet.
+/// Advances the state with one packet. A TCP segment its receiver would not take (outside
+/// the window, docs/SECURITY.md "TCP") changes nothing: a third party that does not see the
+/// connection cannot close it, half-close it, or move what the session tracks.
 #[inline(always)]
 pub fn advance(s: &mut Session, pkt: &Packet, is_orig: bool) {
     if pkt.protocol != proto::TCP {
         if !is_orig && s.state == st::NEW {
             s.state = st::ESTABLISHED;
         }
+        return;
+    }
+    if !accept_segment(s, pkt, side_of(is_orig)) {
         return;
     }
     let f = pkt.tcp_flags;
@@ -94,11 +99,86 @@ pub fn advance(s: &mut Session, pkt: &Packet, is_orig: bool) {
     }
 }
 
-/// Whether `pkt` is a closed connection's last packet: the ACK of the second FIN, sent by
-/// the side that closed first, or a RST `from_local` (sent by a workload of this node). A
-/// RST from outside may be forged (sequence numbers are not checked here): it closes the
-/// session but leaves it in the table, so that the connection's replies are not judged as
-/// new. Anything after the last packet (a retransmission) is judged afresh.
+/// Index of a side in [`Session::seq_end`]: 0 the originator, 1 the replier.
+#[inline(always)]
+fn side_of(is_orig: bool) -> usize {
+    (!is_orig) as usize
+}
+
+#[inline(always)]
+fn seen(s: &Session, side: usize) -> bool {
+    s.flags & (sf::SEQ_ORIG << (side & 1)) != 0
+}
+
+/// What a side's first segment tells: where its sequence is and its window. A session
+/// picked up mid-stream learns each side from the first segment it sees of it.
+#[inline(always)]
+pub fn learn(s: &mut Session, pkt: &Packet, side: usize) {
+    let side = side & 1;
+    s.seq_end[side] = pkt.seq.wrapping_add(pkt.seg_len);
+    s.max_win[side] = (pkt.win >> 8) as u8;
+    s.flags |= sf::SEQ_ORIG << side;
+}
+
+/// How far from what `side` sent its receiver takes a segment: the largest window the
+/// receiver advertised, unscaled (the SYN's is never scaled), rounded up to 256 bytes; 64
+/// KiB, the largest raw window, while the receiver has sent nothing.
+#[inline(always)]
+fn window_towards(s: &Session, side: usize) -> u32 {
+    let receiver = (side ^ 1) & 1;
+    if seen(s, receiver) {
+        (s.max_win[receiver] as u32 + 1) << 8
+    } else {
+        1 << 16
+    }
+}
+
+/// Whether `seq` lies within the receiver's window of the end of what `side` sent, on
+/// either side of it, modulo 2^32: a RST or FIN there may be one the receiver accepts.
+#[inline(always)]
+pub fn in_window(s: &Session, side: usize, seq: u32) -> bool {
+    let w = window_towards(s, side);
+    seen(s, side) && seq.wrapping_sub(s.seq_end[side & 1]).wrapping_add(w) <= 2 * w
+}
+
+/// Whether a segment from `side` counts, as conntrack's window check would have it; an
+/// accepted one moves the side's end and window forward.
+#[inline(always)]
+fn accept_segment(s: &mut Session, pkt: &Packet, side: usize) -> bool {
+    let side = side & 1;
+    if !seen(s, side) {
+        // Before the replier's first answer its stack has only the SYN to answer: the
+        // originator's takes nothing from it that does not acknowledge the SYN (RFC 793,
+        // SYN-SENT), so nothing else may open or reset the session in its name either.
+        if s.state == st::SYN_SENT
+            && side == 1
+            && (pkt.tcp_flags & tf::ACK == 0 || pkt.ack != s.seq_end[0])
+        {
+            return false;
+        }
+        learn(s, pkt, side);
+        return true;
+    }
+    if !in_window(s, side, pkt.seq) {
+        return false;
+    }
+    let end = pkt.seq.wrapping_add(pkt.seg_len);
+    if end.wrapping_sub(s.seq_end[side]) as i32 > 0 {
+        s.seq_end[side] = end;
+    }
+    let win = (pkt.win >> 8) as u8;
+    if win > s.max_win[side] {
+        s.max_win[side] = win;
+    }
+    true
+}
+
+/// Whether `pkt` is a closed connection's last packet: the ACK of the second FIN (it
+/// acknowledges exactly that FIN), sent by the side that closed first, or a RST inside the
+/// window `from_local` (sent by a workload of this node). A RST from outside may be forged
+/// by someone who guessed the window: it closes the session but leaves it in the table, so
+/// that the connection's replies are not judged as new. Anything after the last packet (a
+/// retransmission) is judged afresh.
 #[inline(always)]
 pub fn is_last_packet(s: &Session, pkt: &Packet, is_orig: bool, from_local: bool) -> bool {
     if pkt.protocol != proto::TCP || s.state != st::CLOSED {
@@ -106,8 +186,14 @@ pub fn is_last_packet(s: &Session, pkt: &Packet, is_orig: bool, from_local: bool
     }
     let f = pkt.tcp_flags;
     if f & tf::RST != 0 {
-        return from_local;
+        return from_local && in_window(s, side_of(is_orig), pkt.seq);
     }
     let closed_by_reply = s.flags & sf::CLOSED_BY_REPLY != 0;
-    f & (tf::SYN | tf::FIN | tf::ACK) == tf::ACK && is_orig == closed_by_reply
+    let both_fins = sf::FIN_ORIG | sf::FIN_REPLY;
+    // The side that sent the second FIN: the one the last ACK is about.
+    let closer = closed_by_reply as usize;
+    f & (tf::SYN | tf::FIN | tf::ACK) == tf::ACK
+        && is_orig == closed_by_reply
+        && s.flags & both_fins == both_fins
+        && pkt.ack == s.seq_end[closer]
 }

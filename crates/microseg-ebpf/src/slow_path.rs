@@ -8,7 +8,7 @@ use crate::{
     maps::*,
     parse::{self, Packet},
     policy::{identity_of, judge, Judgement, Query},
-    session::{initial_state, session_key},
+    session::{initial_state, learn, session_key},
     shared::{
         count_rule, end_session, established, finish, is_orig, record_first_fragment,
         session_event, DROP,
@@ -26,17 +26,20 @@ pub fn handle(ctx: &TcContext) -> i32 {
     // SAFETY: this CPU's copy of the counters, valid until the program returns; no other
     // program runs on this CPU meanwhile, so nothing else writes it.
     let stats = unsafe { &mut *stats };
-    let Some(h) = MSEG_HANDOFF.get(0) else {
+    let Some(h) = MSEG_HANDOFF.get_ptr(0) else {
         return finish(stats, verdict::DENY);
     };
-    let pkt = h.pkt;
+    // SAFETY: this CPU's handoff slot, valid for the run. Only its `new_session` is written
+    // meanwhile (`new_session`), never the fields read here. The packet is read in place:
+    // a copy on the stack takes the program past the 512-byte stack.
+    let (pkt, h) = unsafe { (&(*h).pkt, &*h) };
     let (len, ifindex, direction) = (h.len, h.ifindex, h.direction & 1);
     // Read once, together: a policy flip between two reads would stamp a judgement of the
     // old slot with the new generation, and it would never be judged again.
     let policy = cfg.policy_version();
     // SAFETY: a helper without arguments or preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let (key, src_is_lo) = session_key(&pkt);
+    let (key, src_is_lo) = session_key(pkt);
 
     let mut existing = if h.has_session {
         // SAFETY: a map value stays valid until the program returns; another CPU updating
@@ -76,14 +79,14 @@ pub fn handle(ctx: &TcContext) -> i32 {
             stats.session_hits += 1;
             let is_orig = is_orig(s, src_is_lo);
             let leg = leg_of(direction, is_orig);
-            established(stats, &key, s, leg, direction, is_orig, &pkt, now, len)
+            established(stats, &key, s, leg, direction, is_orig, pkt, now, len)
         }
         // No session, or none of its legs is on this interface yet: policy decides.
         existing => judge_by_policy(
-            ctx, cfg, policy, stats, &pkt, &key, src_is_lo, ifindex, direction, now, len, existing,
+            ctx, cfg, policy, stats, pkt, &key, src_is_lo, ifindex, direction, now, len, existing,
         ),
     };
-    record_first_fragment(ifindex, &pkt, verdict, rule_id, stats);
+    record_first_fragment(ifindex, pkt, verdict, rule_id, stats);
     finish(stats, verdict)
 }
 
@@ -325,7 +328,11 @@ fn new_session(
     s.state = initial_state(pkt);
     s.flags = if seen.src_is_lo { sf::ORIG_IS_LO } else { 0 };
     s.last_event = [event_tick(seen.now); 2];
-    s._pad = [0; 2];
+    s.seq_end = [0; 2];
+    s.max_win = [0; 2];
+    if pkt.protocol == proto::TCP {
+        learn(s, pkt, 0);
+    }
     s.legs[leg ^ 1] = SessionLeg::default();
     s.legs[leg] = new_leg(j, seen.ifindex, policy.generation);
     Some(s)

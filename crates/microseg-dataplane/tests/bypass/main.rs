@@ -29,5 +29,6 @@ mod ipv6_ext;
 mod l2;
 mod spoof;
 mod tcp;
+mod tcp_window;
 mod truncation;
 mod veth;
