@@ -221,8 +221,8 @@ pub const fn event_tick(now_ns: u64) -> u16 {
 
 /// The kernel's hash element header (48 bytes) + key + value make 200 bytes: 200 MiB of
 /// elements for a 1,048,576-entry table (plus 16 MiB of buckets). It was 192 (three whole
-/// cache lines) until the sequence tracking's 8 bytes: nothing else could be narrowed
-/// without losing something (docs/PERFORMANCE.md has the cost).
+/// cache lines) until the TCP window check's 8 bytes (docs/SECURITY.md, "TCP: the receive
+/// window"): no other field could be narrowed without losing something.
 const _: () =
     assert!(48 + core::mem::size_of::<SessionKey>() + core::mem::size_of::<Session>() == 200);
 
