@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use microseg_policy::{Diagnostic, Loader, ResourceSet};
 
 use crate::handle::{blocking, DataPlaneHandle};
-use crate::reconcile::{fingerprint, load, Fingerprint};
+use crate::reconcile::{fingerprint, load, ms, Fingerprint};
 use crate::watch::{LinkWatcher, Watcher};
 use crate::AgentOptions;
 
@@ -85,7 +85,9 @@ impl Reloader {
     /// Reloads when the files or interfaces look different from the last time.
     async fn reload_if_changed(&mut self, state: &DataPlaneHandle) {
         let paths = self.paths.clone();
+        let started = Instant::now();
         let now = blocking(move || fingerprint(&paths)).await;
+        tracing::debug!(fingerprint_ms = ms(started.elapsed()), "files looked at");
         if now != self.seen {
             self.seen = now;
             self.reload(state).await;
@@ -97,8 +99,6 @@ impl Reloader {
         let started = Instant::now();
         let loaded = self.load().await;
         let load_time = started.elapsed();
-        // Milliseconds to a tenth, as the summary gives its own.
-        let ms = |d: Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
         match loaded {
             Ok(set) => match state.enforce(set, None).await {
                 Ok(enforced) if enforced.is_complete() => tracing::info!(

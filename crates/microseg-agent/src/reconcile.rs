@@ -133,14 +133,24 @@ impl Enforcer {
     /// Compiles `set` and enforces it: tables swapped in atomically, then classifiers
     /// attached to the interfaces of local workloads and taken off those no longer local.
     pub fn enforce(&mut self, set: ResourceSet) -> Result<Enforced, EnforceError> {
-        let ready = self.compile(&set)?;
         let started = Instant::now();
-        let written = self.apply(&ready.compiled)?;
-        let apply_time = started.elapsed();
+        let mut ready = self.compile(&set)?;
+        let compiled_at = Instant::now();
+        let written = self.apply(&mut ready.compiled)?;
+        let apply_time = compiled_at.elapsed();
+        let applied_at = Instant::now();
         let mut attach_errors = self.attach(&ready.local, &ready.ifaces);
         attach_errors.extend(self.detach_gone(&set, &ready.ifaces));
         self.resources = Some(set);
         self.revision += 1;
+        // Each step's share of an update (docs/PERFORMANCE.md section 12).
+        tracing::debug!(
+            interfaces_ms = ms(compiled_at - started - ready.compile_time),
+            compile_ms = ms(ready.compile_time),
+            apply_ms = ms(apply_time),
+            attach_ms = ms(applied_at.elapsed()),
+            "enforce steps"
+        );
         Ok(self.enforced(ready, written, apply_time, attach_errors))
     }
 
@@ -169,18 +179,27 @@ impl Enforcer {
     /// Writes the compile into the data plane: usually only what changed; after a refused
     /// or failed update the whole state, compared with what the data plane holds.
     /// Returns the generation and the keys written and removed.
-    fn apply(&mut self, compiled: &Compiled) -> Result<(u32, usize, usize), EnforceError> {
+    fn apply(&mut self, compiled: &mut Compiled) -> Result<(u32, usize, usize), EnforceError> {
         let failed = |source| EnforceError::Apply {
             in_force: self.revision,
             source,
         };
+        let started = Instant::now();
         self.dp
-            .reset_rule_counters(compiled.new_rule_ids.iter().copied())
+            .zero_rule_counters(&compiled.new_rule_ids)
             .map_err(failed)?;
-        let applied = match (&compiled.changes, self.in_sync) {
-            (Some(changes), true) => self.dp.apply_changes(changes),
+        let counters_time = started.elapsed();
+        // The changes are handed over: the data plane keeps them for the standby slot.
+        let applied = match (compiled.changes.take(), self.in_sync) {
+            (Some(changes), true) => self.dp.apply_owned_changes(changes),
             _ => self.dp.apply(&compiled.tables),
         };
+        tracing::debug!(
+            rule_ids = compiled.new_rule_ids.len(),
+            counters_ms = ms(counters_time),
+            maps_ms = ms(started.elapsed() - counters_time),
+            "apply steps"
+        );
         self.in_sync = applied.is_ok();
         let report = applied.map_err(failed)?;
         self.standby_behind.notify_one();
@@ -293,6 +312,11 @@ fn elsewhere(set: &ResourceSet, name: &str, node: &str) -> bool {
         .find(|w| w.name == name)
         .and_then(|w| w.labels.get("node"))
         .is_some_and(|n| n != node)
+}
+
+/// Milliseconds to a hundredth, for the step timings in the debug log.
+pub(crate) fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
 }
 
 /// What the watched files and interfaces look like; a change means reload.

@@ -11,6 +11,7 @@
 use aya::maps::{lpm_trie::Key as LpmKey, HashMap, LpmTrie, MapData, MapError};
 use microseg_common::{names, tables::*, *};
 
+use crate::write::write_hash;
 use crate::{Dataplane, Error, Result};
 
 /// What an update wrote (per slot).
@@ -50,7 +51,7 @@ impl Dataplane {
         match &self.current {
             Some(cur) => {
                 let changes = TableChanges::between(cur, new);
-                self.apply_changes(&changes)
+                self.apply_owned_changes(changes)
             }
             None => {
                 // What the other slot holds is unknown (fresh maps, or adopted pins).
@@ -65,6 +66,16 @@ impl Dataplane {
     /// atomically; only the changed keys are written. Without a current state this is an
     /// error: use [`Dataplane::apply`] first.
     pub fn apply_changes(&mut self, changes: &TableChanges) -> Result<ApplyReport> {
+        if changes.is_empty() {
+            return self.apply_owned_changes(TableChanges::default());
+        }
+        self.apply_owned_changes(changes.clone())
+    }
+
+    /// [`Dataplane::apply_changes`] for a caller that no longer needs `changes`: they are
+    /// kept (for the standby slot's catch-up) instead of copied, which at 100,000 rules
+    /// is 200,000 entries.
+    pub fn apply_owned_changes(&mut self, changes: TableChanges) -> Result<ApplyReport> {
         let Some(current) = &self.current else {
             return Err(Error::NoState);
         };
@@ -76,26 +87,36 @@ impl Dataplane {
             });
         }
         let report = match self.behind.take() {
+            // The standby slot holds the current state: it lacks only these changes.
+            Some(pending) if pending.is_empty() => {
+                let report = self.flip(|dp, slot| dp.write_slot(slot, &changes))?;
+                self.current_apply(&changes);
+                report
+            }
             Some(mut pending) => {
-                pending.then(changes);
+                pending.then(&changes);
                 let report = self.flip(|dp, slot| dp.write_slot(slot, &pending))?;
-                if let Some(cur) = self.current.as_mut() {
-                    cur.apply(changes);
-                }
+                self.current_apply(&changes);
                 report
             }
             None => {
                 // The standby slot's content is unknown: it is written whole.
                 let mut next = current.clone();
-                next.apply(changes);
+                next.apply(&changes);
                 let report = self.flip(|dp, slot| dp.write_whole(slot, &next))?;
                 self.current = Some(next);
                 report
             }
         };
         // The slot that went standby holds the state before these changes.
-        self.behind = Some(changes.clone());
+        self.behind = Some(changes);
         Ok(report)
+    }
+
+    fn current_apply(&mut self, changes: &TableChanges) {
+        if let Some(cur) = self.current.as_mut() {
+            cur.apply(changes);
+        }
     }
 
     /// Writes the standby slot with `write`, then flips to it and raises the generation.
@@ -191,57 +212,52 @@ impl Dataplane {
         } = w;
         let policy_side = move || -> Result<ApplyReport> {
             let mut r = ApplyReport::default();
-            for (k, v) in w_policy {
-                let key = slotted(k);
-                match v {
-                    Some(v) => policy.insert(key, v, 0),
-                    None => removed(policy.remove(&key)),
-                }
-                .map_err(Error::map_write(names::POLICY))?;
-                r.count(v.is_some());
-            }
-            for (k, v) in w_ranges {
-                let key = slotted(k);
-                match v {
-                    Some(v) => port_ranges.insert(key, v, 0),
-                    None => removed(port_ranges.remove(&key)),
-                }
-                .map_err(Error::map_write(names::PORT_RANGES))?;
-                r.count(v.is_some());
-            }
-            for (k, v) in w_sports {
-                let key = slotted(k);
-                match v {
-                    Some(v) => source_ports.insert(key, v, 0),
-                    None => removed(source_ports.remove(&key)),
-                }
-                .map_err(Error::map_write(names::SOURCE_PORT_RULES))?;
-                r.count(v.is_some());
-            }
+            let each = w_policy.map(|(k, v)| (slotted(k), v));
+            write_hash(policy, names::POLICY, each, &mut r)?;
+            let each = w_ranges.map(|(k, v)| (slotted(k), v));
+            write_hash(port_ranges, names::PORT_RANGES, each, &mut r)?;
+            let each = w_sports.map(|(k, v)| (slotted(k), v));
+            write_hash(source_ports, names::SOURCE_PORT_RULES, each, &mut r)?;
             Ok(r)
         };
         let identity_side = move || -> Result<ApplyReport> {
             let mut r = ApplyReport::default();
+            // Single addresses go to the exact-match map (in batches), shorter prefixes to
+            // the trie (one key per call: the trie has no batch update).
+            let mut hosts = Vec::new();
             for (p, v) in w_ids {
+                if p.len == 128 {
+                    let value = v.map(|identity| IdentityEntry { identity, _pad: 0 });
+                    hosts.push((
+                        IpKey {
+                            slot: s32,
+                            addr: p.addr,
+                        },
+                        value,
+                    ));
+                    continue;
+                }
                 match v {
                     Some(id) => insert_identity(identities, host_identities, s32, &p, id)?,
                     None => remove_identity(identities, host_identities, s32, &p)?,
                 }
                 r.count(v.is_some());
             }
-            for ((ifindex, addr), add) in w_addrs {
+            write_hash(
+                host_identities,
+                names::HOST_IDENTITIES,
+                hosts.into_iter(),
+                &mut r,
+            )?;
+            let each = w_addrs.map(|((ifindex, addr), add)| {
                 let key = EndpointAddrKey {
                     slot: s32,
                     ifindex,
                     addr,
                 };
-                match add {
-                    true => endpoint_addrs.insert(key, 1, 0),
-                    false => removed(endpoint_addrs.remove(&key)),
-                }
-                .map_err(Error::map_write(names::ENDPOINT_ADDRS))?;
-                r.count(add);
-            }
+                (key, add.then_some(1))
+            });
+            write_hash(endpoint_addrs, names::ENDPOINT_ADDRS, each, &mut r)?;
             Ok(r)
         };
         let (a, b) = std::thread::scope(|scope| {
@@ -256,15 +272,8 @@ impl Dataplane {
             generation: 0,
         };
         // Endpoints last: an endpoint's entries exist before packets can find it.
-        for (ifindex, info) in w_endpoints {
-            let key = EndpointKey { slot: s32, ifindex };
-            match info {
-                Some(info) => endpoints.insert(key, info, 0),
-                None => removed(endpoints.remove(&key)),
-            }
-            .map_err(Error::map_write(names::ENDPOINTS))?;
-            report.count(info.is_some());
-        }
+        let each = w_endpoints.map(|(ifindex, info)| (EndpointKey { slot: s32, ifindex }, info));
+        write_hash(endpoints, names::ENDPOINTS, each, &mut report)?;
         Ok(report)
     }
 

@@ -1,11 +1,14 @@
-//! Batched map reads and deletes (`BPF_MAP_LOOKUP_BATCH`, `BPF_MAP_DELETE_BATCH`, Linux
-//! 5.6+), which aya does not wrap. Walking a million-entry session table one key at a time
-//! costs two system calls per entry; a batch moves thousands of entries per call.
+//! Batched map reads, writes and deletes (`BPF_MAP_LOOKUP_BATCH`, `BPF_MAP_UPDATE_BATCH`,
+//! `BPF_MAP_DELETE_BATCH`, Linux 5.6+), which aya does not wrap. Walking a million-entry
+//! session table one key at a time costs two system calls per entry, and writing 100,000
+//! rules one per call is most of an apply; a batch moves thousands of entries per call
+//! (docs/PERFORMANCE.md section 12).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
 /// Entries per call: large enough that calls are few, small enough for any bucket.
@@ -120,4 +123,38 @@ pub(crate) fn delete_all<K: Copy>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result
         }
     }
     Ok(deleted)
+}
+
+/// Writes the values of `keys[i]`, `values[i * per_key..(i + 1) * per_key]`, in batches
+/// (`BPF_MAP_UPDATE_BATCH`, flags `BPF_ANY`). `K` and `V` must be the map's key and value
+/// types; `per_key` is 1, or for a per-CPU map the number of possible CPUs (`V` a multiple
+/// of 8 bytes, as the kernel lays them out). On an error, says how many keys were written
+/// before it: the first call's error comes back with 0, so that callers can fall back to
+/// one key per call where the kernel has no batch update for the map.
+pub(crate) fn update_all<K: Copy, V: Copy>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+    per_key: usize,
+) -> Result<(), (usize, io::Error)> {
+    assert_eq!(keys.len() * per_key, values.len(), "values for every key");
+    let mut done = 0;
+    while done < keys.len() {
+        let end = keys.len().min(done + BATCH_ENTRIES);
+        let mut attr = BatchAttr {
+            keys: keys[done..end].as_ptr() as u64,
+            values: values[done * per_key..end * per_key].as_ptr() as u64,
+            count: (end - done) as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        let result = bpf(BPF_MAP_UPDATE_BATCH, &mut attr);
+        // On an error the kernel says how many of this call it wrote.
+        let written = (attr.count as usize).min(end - done);
+        if let Err(e) = result {
+            return Err((done + written, e));
+        }
+        done = end;
+    }
+    Ok(())
 }

@@ -10,6 +10,7 @@ mod loader;
 pub mod packet;
 pub mod sessions;
 mod testrun;
+mod write;
 
 pub use error::Error;
 pub use loader::{Dataplane, LoadOptions};
