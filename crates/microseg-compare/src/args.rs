@@ -9,6 +9,8 @@ pub(crate) struct Args {
     pub(crate) svg: Option<PathBuf>,
     pub(crate) diagnose: bool,
     pub(crate) changes: usize,
+    /// A microseg binary to run instead of building one (A/B runs of two builds).
+    pub(crate) bin: Option<PathBuf>,
 }
 
 pub(crate) fn parse_args() -> Result<Args, String> {
@@ -19,6 +21,7 @@ pub(crate) fn parse_args() -> Result<Args, String> {
         svg: None,
         diagnose: false,
         changes: 0,
+        bin: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(s) = it.next() {
@@ -57,9 +60,10 @@ pub(crate) fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--changes: {e}"))?
             }
+            "--bin" => a.bin = Some(PathBuf::from(it.next().ok_or("--bin needs a path")?)),
             "--svg" => a.svg = Some(PathBuf::from(it.next().ok_or("--svg needs a path")?)),
             "-h" | "--help" => {
-                println!("usage: microseg-compare [--quick] [--rules 0,1000,10000,100000] [--reps N] [--changes N] [--svg FILE] [--diagnose]");
+                println!("usage: microseg-compare [--quick] [--rules 0,1000,10000,100000] [--reps N] [--changes N] [--svg FILE] [--diagnose] [--bin MICROSEG]");
                 std::process::exit(0);
             }
             x => return Err(format!("unknown argument {x}")),

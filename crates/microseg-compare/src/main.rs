@@ -81,7 +81,12 @@ fn run(a: &Args) -> Result<(), String> {
     }
     let started = Instant::now();
     tools::ensure_tools()?;
-    let bin = tools::build_microseg()?;
+    let bin = match &a.bin {
+        Some(b) => b
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", b.display()))?,
+        None => tools::build_microseg()?,
+    };
 
     let t = Topo::new()?;
     servers::start_servers(&t)?;

@@ -131,10 +131,11 @@ fn table(a: &Args, res: &Results) -> (String, Medians, String) {
             let mem = match who {
                 Who::None | Who::TcEmpty => "-".to_string(),
                 Who::Microseg => format!(
-                    "memlock +{} / kernel {:+.0} / agent RSS {} (agent CPU {}% during conn/s)",
+                    "memlock +{} / kernel {:+.0} / agent RSS {} (peak {}) (agent CPU {}% during conn/s)",
                     fmt(m(|s| s.mem_memlock_kb), 0),
                     m(|s| s.mem_kernel_kb),
                     fmt(m(|s| s.agent_rss_kb), 0),
+                    fmt(m(|s| s.agent_hwm_kb), 0),
                     fmt(m(|s| s.agent_cpu_pct), 0)
                 ),
                 _ => format!("kernel {:+.0}", m(|s| s.mem_kernel_kb)),

@@ -35,6 +35,8 @@ pub(crate) struct Sample {
     pub(crate) mem_kernel_kb: f64,
     pub(crate) mem_memlock_kb: f64,
     pub(crate) agent_rss_kb: f64,
+    /// The agent's peak RSS (VmHWM) since it started, after the apply.
+    pub(crate) agent_hwm_kb: f64,
     /// microseg: the agent's CPU time during the connection loop, in % of one CPU.
     pub(crate) agent_cpu_pct: f64,
 }
@@ -87,11 +89,14 @@ impl Ctx {
             if let Some(a) = &self.agent {
                 let st =
                     std::fs::read_to_string(format!("/proc/{}/status", a.id())).unwrap_or_default();
-                s.agent_rss_kb = st
-                    .lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-                    .unwrap_or(f64::NAN);
+                let kb = |field: &str| {
+                    st.lines()
+                        .find(|l| l.starts_with(field))
+                        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                        .unwrap_or(f64::NAN)
+                };
+                s.agent_rss_kb = kb("VmRSS:");
+                s.agent_hwm_kb = kb("VmHWM:");
             }
         }
         self.battery(&mut s);
@@ -146,12 +151,14 @@ pub(crate) fn compare(ctx: &mut Ctx, rules: &[usize], reps: usize) -> Result<Res
                 match res {
                     Ok(s) => {
                         eprintln!(
-                            "rules {n:>6} rep {rep} {:<13} cps {:>7.0} (failed {}) tcp1 {:>6.2} tcp4 {:>6.2} Gbit/s udp {:>8.0} pps rr p50 {:>6.1} p99 {:>7.1} us apply {:>8} ms (traffic {:>8} ms) one change {:?} ms undo {:?} ms replaced {} ms agent cpu {}% [{:.1}s]",
+                            "rules {n:>6} rep {rep} {:<13} cps {:>7.0} (failed {}) tcp1 {:>6.2} tcp4 {:>6.2} Gbit/s udp {:>8.0} pps rr p50 {:>6.1} p99 {:>7.1} us apply {:>8} ms (traffic {:>8} ms) one change {:?} ms undo {:?} ms replaced {} ms agent cpu {}% rss {} MB peak {} MB [{:.1}s]",
                             who.name(), s.cps, s.cps_failed, s.tput1, s.tput4, s.udp, s.p50, s.p99,
                             fmt(s.apply_cmd_ms, 1), fmt(s.apply_traffic_ms, 1),
                             s.change_ms.iter().map(|x| fmt(*x, 1)).collect::<Vec<_>>(),
                             s.undo_ms.iter().map(|x| fmt(*x, 1)).collect::<Vec<_>>(),
-                            fmt(s.replace_ms, 1), fmt(s.agent_cpu_pct, 0), t0.elapsed().as_secs_f64()
+                            fmt(s.replace_ms, 1), fmt(s.agent_cpu_pct, 0),
+                            fmt(s.agent_rss_kb / 1024.0, 1), fmt(s.agent_hwm_kb / 1024.0, 1),
+                            t0.elapsed().as_secs_f64()
                         );
                         got.insert(who, s);
                     }
