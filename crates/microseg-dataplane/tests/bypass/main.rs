@@ -23,6 +23,7 @@ mod common;
 #[path = "helpers.rs"]
 mod bypass_helpers;
 
+mod flood;
 mod fragments;
 mod icmp;
 mod ipv6_ext;
