@@ -6,11 +6,10 @@
 
 use crate::core::{now, Core};
 use crate::error::Error;
-use crate::store::live::Changes;
-use crate::store::{Row, Rows};
+use crate::store::live::{Changes, FullRows};
+use crate::store::Row;
 use microseg_proto::prost::encoding::message;
 use microseg_proto::v1::{DesiredState, Resource, ResourceRef};
-use microseg_proto::STATE_CHUNK_BYTES;
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -18,6 +17,11 @@ use tokio::sync::{mpsc, Semaphore};
 use tonic::Status;
 
 type Tx = mpsc::Sender<Result<DesiredState, Status>>;
+
+/// The most bytes of one part (a larger resource goes alone). Smaller than the protocol's
+/// bound (`STATE_CHUNK_BYTES`): each stream's encoder keeps a buffer as large as the
+/// largest message it sent, which a thousand streams would hold for as long as they live.
+const PART_BYTES: usize = 64 << 10;
 
 /// Room for a part's own fields (revision, full, more) besides its resources.
 const PART_OVERHEAD: usize = 32;
@@ -121,7 +125,7 @@ async fn send_full(
     tx: &Tx,
     node: &str,
     revision: u64,
-    rows: &Rows,
+    rows: &FullRows,
     limit: usize,
 ) -> Result<bool, Error> {
     let _permit = large_permits().acquire().await;
@@ -221,7 +225,7 @@ pub struct Start {
 pub async fn stream_state(core: Arc<Core>, start: Start, tx: Tx, status: fn(Error) -> Status) {
     let node = start.node;
     let limit = if start.accepts_parts {
-        STATE_CHUNK_BYTES
+        PART_BYTES
     } else {
         usize::MAX
     };
@@ -245,10 +249,7 @@ pub async fn stream_state(core: Arc<Core>, start: Start, tx: Tx, status: fn(Erro
     let mut last = match start.resume_from {
         Some(rev) => rev,
         None => {
-            let (rev, rows) = match core.store.live().snapshot().await {
-                Ok(x) => x,
-                Err(e) => return fail(e).await,
-            };
+            let (rev, rows) = core.store.live().full_state().await;
             match send_full(&tx, &node, rev, &rows, limit).await {
                 Ok(true) => rev,
                 Ok(false) => return,
@@ -294,10 +295,7 @@ pub async fn stream_state(core: Arc<Core>, start: Start, tx: Tx, status: fn(Erro
                     sent
                 }
                 Ok(None) => {
-                    let (rev, rows) = match core.store.live().snapshot().await {
-                        Ok(x) => x,
-                        Err(e) => return fail(e).await,
-                    };
+                    let (rev, rows) = core.store.live().full_state().await;
                     last = rev;
                     send_full(&tx, &node, rev, &rows, limit).await
                 }

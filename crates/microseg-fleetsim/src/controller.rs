@@ -5,14 +5,19 @@
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub struct Controller {
-    child: Option<Child>,
+    child: Mutex<Option<Child>>,
     pub pid: Option<u32>,
+    /// The pid now (a restart changes it): what the sampler reads.
+    pub pid_now: Arc<AtomicU32>,
+    /// How it was started (binary, --db), for a restart.
+    started: Option<(PathBuf, Option<String>)>,
     /// host:port of REST and gRPC.
     pub addr: String,
     pub token: String,
@@ -23,7 +28,7 @@ pub struct Controller {
 
 impl Drop for Controller {
     fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
+        if let Some(c) = self.child.get_mut().unwrap_or_else(|e| e.into_inner()) {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -49,36 +54,36 @@ impl Controller {
         let dir = std::env::temp_dir().join(format!("fleetsim-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let addr = format!("127.0.0.1:{}", free_port()?);
-        let log = std::fs::File::create(dir.join("controller.log")).map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(bin);
-        cmd.args(["controller", "--listen", &addr, "--state-dir"])
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log);
-        if let Some(db) = db {
-            cmd.args(["--db", db]);
-        }
-        // SAFETY: prctl only, between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().map_err(|e| format!("{}: {e}", bin.display()))?;
+        let child = spawn(bin, &dir, &addr, db)?;
         let mut c = Controller {
             pid: Some(child.id()),
-            child: Some(child),
+            pid_now: Arc::new(AtomicU32::new(child.id())),
+            child: Mutex::new(Some(child)),
+            started: Some((bin.to_path_buf(), db.map(String::from))),
             addr: addr.clone(),
             token: String::new(),
             agent_token: String::new(),
             state_dir: Some(dir.clone()),
             remove_state: !keep,
         };
+        let (t, a) = c.wait_listening()?;
+        c.token = t;
+        c.agent_token = a;
+        Ok(c)
+    }
+
+    /// Waits until the started controller listens; its tokens.
+    fn wait_listening(&self) -> Result<(String, String), String> {
+        let dir = self.state_dir.clone().ok_or("not started here")?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(Some(status)) = c.child.as_mut().map(|ch| ch.try_wait().ok().flatten()) {
+            let exited = self
+                .child
+                .lock()
+                .unwrap()
+                .as_mut()
+                .and_then(|ch| ch.try_wait().ok().flatten());
+            if let Some(status) = exited {
                 return Err(format!(
                     "the controller exited ({status}); see {}",
                     dir.join("controller.log").display()
@@ -89,10 +94,11 @@ impl Controller {
                 read_token(&dir.join("agent.token")),
             );
             if let (Ok(t), Ok(a)) = tokens {
-                if !t.is_empty() && !a.is_empty() && std::net::TcpStream::connect(&addr).is_ok() {
-                    c.token = t;
-                    c.agent_token = a;
-                    return Ok(c);
+                if !t.is_empty()
+                    && !a.is_empty()
+                    && std::net::TcpStream::connect(&self.addr).is_ok()
+                {
+                    return Ok((t, a));
                 }
             }
             if Instant::now() > deadline {
@@ -102,6 +108,32 @@ impl Controller {
         }
     }
 
+    /// Stops the started controller (SIGTERM; SIGKILL after 10 s) and starts it again on
+    /// the same address and state: how long it was away (stop and start).
+    pub fn restart(&self) -> Result<Duration, String> {
+        let (bin, db) = self
+            .started
+            .clone()
+            .ok_or("only a started controller restarts")?;
+        let dir = self.state_dir.clone().ok_or("no state dir")?;
+        let t = Instant::now();
+        if let Some(mut old) = self.child.lock().unwrap().take() {
+            // SAFETY: a signal to our own child.
+            unsafe { libc::kill(old.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while old.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = old.kill();
+            let _ = old.wait();
+        }
+        let child = spawn(&bin, &dir, &self.addr, db.as_deref())?;
+        self.pid_now.store(child.id(), Ordering::Relaxed);
+        *self.child.lock().unwrap() = Some(child);
+        self.wait_listening()?;
+        Ok(t.elapsed())
+    }
+
     pub fn attach(
         addr: String,
         token: &Path,
@@ -109,8 +141,10 @@ impl Controller {
         pid: Option<u32>,
     ) -> Result<Controller, String> {
         Ok(Controller {
-            child: None,
+            child: Mutex::new(None),
             pid,
+            pid_now: Arc::new(AtomicU32::new(pid.unwrap_or(0))),
+            started: None,
             addr,
             token: read_token(token)?,
             agent_token: read_token(agent_token)?,
@@ -160,6 +194,32 @@ impl Controller {
     }
 }
 
+/// `bin controller` on `addr` with state in `dir` (its log appended to `controller.log`).
+fn spawn(bin: &Path, dir: &Path, addr: &str, db: Option<&str>) -> Result<Child, String> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("controller.log"))
+        .map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(bin);
+    cmd.args(["controller", "--listen", addr, "--state-dir"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log);
+    if let Some(db) = db {
+        cmd.args(["--db", db]);
+    }
+    // SAFETY: prctl only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|e| format!("{}: {e}", bin.display()))
+}
+
 /// One sample of the controller process.
 #[derive(Clone, Copy, Debug)]
 pub struct Sample {
@@ -192,15 +252,16 @@ pub fn sample(pid: u32) -> Option<Sample> {
     })
 }
 
-/// Samples `pid` every 200 ms into the returned list until the task is aborted.
-pub fn sampler(pid: u32) -> (Arc<Mutex<Vec<Sample>>>, tokio::task::JoinHandle<()>) {
+/// Samples the process `pid` names (it changes with a restart) every 200 ms into the
+/// returned list until the task is aborted.
+pub fn sampler(pid: Arc<AtomicU32>) -> (Arc<Mutex<Vec<Sample>>>, tokio::task::JoinHandle<()>) {
     let samples = Arc::new(Mutex::new(Vec::new()));
     let s = samples.clone();
     let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tick.tick().await;
-            if let Some(x) = sample(pid) {
+            if let Some(x) = sample(pid.load(Ordering::Relaxed)) {
                 s.lock().unwrap().push(x);
             }
         }
@@ -225,5 +286,7 @@ pub fn usage(samples: &[Sample], from: Instant, to: Instant) -> Option<(u64, f64
         .or(inside.first().copied())?;
     let last = inside.last()?;
     let peak = inside.iter().map(|s| s.rss_bytes).max()?;
-    Some((peak, last.cpu_secs - first.cpu_secs))
+    // After a restart the new process counts from 0: its own CPU then.
+    let cpu = last.cpu_secs - first.cpu_secs;
+    Some((peak, if cpu < 0.0 { last.cpu_secs } else { cpu }))
 }

@@ -65,6 +65,10 @@ pub struct Args {
     /// agent (the run's --timeout still bounds it).
     #[arg(long, default_value_t = 0.0)]
     pub call_timeout: f64,
+    /// The storm is a controller restart (SIGTERM, then started again on the same address
+    /// and state; --start-controller only): the links break as it stops.
+    #[arg(long)]
+    pub storm_restart: bool,
     /// Resync with a full state every time (as agents before resuming did), not from the
     /// revision held.
     #[arg(long)]

@@ -81,7 +81,7 @@ pub async fn run(
     ctl: Arc<Controller>,
     report: Arc<Mutex<Report>>,
 ) -> Result<(), String> {
-    let samples = ctl.pid.map(sampler);
+    let samples = ctl.pid.map(|_| sampler(ctl.pid_now.clone()));
     let n = args.nodes;
     let fleet = Arc::new(Fleet::new(n));
     let (storm_tx, storm_rx) = watch::channel(0u64);
@@ -303,7 +303,14 @@ async fn phases(
             .map(|f| f.load(Ordering::Acquire))
             .collect();
         let t = Instant::now();
-        storm.send_modify(|e| *e += 1);
+        let mut restart_s = None;
+        if args.storm_restart {
+            // The links break as the controller stops; each node reconnects on its own.
+            let took = tokio::task::block_in_place(|| ctl.restart())?;
+            restart_s = Some(took.as_secs_f64());
+        } else {
+            storm.send_modify(|e| *e += 1);
+        }
         let limit = startup_limit;
         let resynced = || {
             fleet
@@ -323,6 +330,7 @@ async fn phases(
             all_full_state_s: full.map(|x| (x - t).as_secs_f64()),
             all_in_sync_s: synced.map(|x| x.saturating_duration_since(t).as_secs_f64()),
             nodes_resynced: resynced(),
+            restart_s,
             full_states: fleet
                 .logs
                 .iter()

@@ -60,6 +60,8 @@ pub struct Storm {
     pub all_full_state_s: Option<f64>,
     pub all_in_sync_s: Option<f64>,
     pub nodes_resynced: usize,
+    /// With --storm-restart: how long the controller took to stop and listen again.
+    pub restart_s: Option<f64>,
     /// Nodes that got a full state after the drop (the others resumed).
     pub full_states: usize,
     /// Bytes received after the drop by the node that got most.
@@ -148,8 +150,8 @@ impl Report {
         }
         if let Some(st) = &self.storm {
             println!(
-                "{p} storm: at={:.1}s all_resynced={} all_in_sync={} nodes_resynced={}/{} full_states={} bytes_per_node_max={} errors={} rss_peak={} cpu={}",
-                st.at_s, s(st.all_full_state_s), s(st.all_in_sync_s), st.nodes_resynced, self.nodes,
+                "{p} storm: at={:.1}s restart={} all_resynced={} all_in_sync={} nodes_resynced={}/{} full_states={} bytes_per_node_max={} errors={} rss_peak={} cpu={}",
+                st.at_s, s(st.restart_s), s(st.all_full_state_s), s(st.all_in_sync_s), st.nodes_resynced, self.nodes,
                 st.full_states, st.bytes_per_node_max, st.errors, mib(st.peak_rss_bytes), cpu(st.cpu_s)
             );
             for e in &st.first_errors {

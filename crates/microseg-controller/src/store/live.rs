@@ -51,13 +51,33 @@ pub struct State {
 #[derive(Default)]
 pub struct Live {
     state: RwLock<State>,
+    /// The rows of the newest full state asked for, shared by the streams that send it.
+    full: std::sync::Mutex<Option<(u64, FullRows)>>,
 }
+
+/// Every live row at one revision, in kind and name order.
+pub type FullRows = Arc<Vec<Arc<Row>>>;
 
 impl Live {
     /// The live rows and their revision (shared: cheap).
     pub async fn snapshot(&self) -> Result<(u64, Rows), Error> {
         let st = self.state.read().await;
         Ok((st.snap.revision, st.snap.rows.clone()))
+    }
+
+    /// Every live row and their revision, for a full state: a list of the shared rows
+    /// (made once per revision), so that a stream sending it slowly holds no copy of the
+    /// indexes while the state moves on.
+    pub async fn full_state(&self) -> (u64, FullRows) {
+        let st = self.state.read().await;
+        let rev = st.snap.revision;
+        let mut cached = self.full.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((r, rows)) = cached.as_ref().filter(|(r, _)| *r == rev && !st.stale) {
+            return (*r, rows.clone());
+        }
+        let rows: FullRows = Arc::new(st.snap.rows.shared().cloned().collect());
+        *cached = Some((rev, rows.clone()));
+        (rev, rows)
     }
 
     pub async fn revision(&self) -> u64 {
