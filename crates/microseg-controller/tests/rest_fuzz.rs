@@ -9,11 +9,18 @@ mod common;
 use common::*;
 use microseg_controller::client::Client;
 use microseg_proto::v1::agent_link_client::AgentLinkClient;
-use microseg_proto::v1::{Flow, FlowBatch};
+use microseg_proto::v1::{
+    AckRequest, DiscoveredWorkload, Flow, FlowBatch, SyncRequest, WorkloadReport,
+};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+type Auth = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>;
+type Link = AgentLinkClient<InterceptedService<Channel, Auth>>;
 
 /// The whole run's bound: schemathesis takes about a minute on two cores.
 const RUN_LIMIT: Duration = Duration::from_secs(240);
@@ -22,6 +29,57 @@ fn audit_policy(name: &str) -> String {
     format!(
         "apiVersion: microseg.io/v1\nkind: Policy\nmetadata: {{name: {name}}}\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  mode: audit\n  egress:\n    - action: allow\n      to: [{{selector: {{matchLabels: {{app: db}}}}}}]\n      ports: [{{protocol: TCP, port: 5432}}]\n"
     )
+}
+
+/// The agent link with the agent token, as node-a's agent holds it.
+async fn agent_link(ctl: &Ctl) -> Link {
+    let token = ctl.agent_token();
+    let ch = Channel::from_shared(ctl.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let auth: Auth = Box::new(move |mut r: Request<()>| {
+        let t = format!("Bearer {token}").parse().unwrap();
+        r.metadata_mut().insert("authorization", t);
+        Ok(r)
+    });
+    AgentLinkClient::with_interceptor(ch, auth)
+}
+
+/// node-a's agent: its Sync stream open for the whole run (a connected node that acked
+/// its revision, for `GET /v1/nodes`) and a workload it discovered, `found` (a PUT or
+/// DELETE of it gets 409; its labels take an overlay).
+fn seed_agent(ctl: &Ctl) {
+    ctl.rt.block_on(async {
+        let mut link = agent_link(ctl).await;
+        let sync = SyncRequest {
+            node: "node-a".into(),
+            revision: 0,
+            accepts_parts: true,
+        };
+        let mut stream = link.sync(sync).await.expect("sync").into_inner();
+        let full = stream.message().await.expect("stream").expect("full state");
+        let ack = AckRequest {
+            node: "node-a".into(),
+            revision: full.revision,
+            error: String::new(),
+        };
+        link.ack(ack).await.expect("ack");
+        let found = DiscoveredWorkload {
+            name: "found".into(),
+            interface: "veth-found".into(),
+            ips: vec!["10.8.0.3".into()],
+            labels: [("app".to_string(), "found".to_string())].into(),
+        };
+        let report = WorkloadReport {
+            node: "node-a".into(),
+            workloads: vec![found],
+        };
+        link.report_workloads(report).await.expect("report");
+        // Takes what the controller sends until it stops.
+        tokio::spawn(async move { while let Ok(Some(_)) = stream.message().await {} });
+    });
 }
 
 /// web -> db connections, allowed on 5432 and denied on 22, as agents report them.
@@ -53,14 +111,9 @@ fn seed_flows(ctl: &Ctl) {
                 })
         })
         .collect();
-    let (url, token, n) = (ctl.url(), ctl.agent_token(), flows.len() as u64);
+    let n = flows.len() as u64;
     ctl.rt.block_on(async {
-        let ch = Channel::from_shared(url).unwrap().connect().await.unwrap();
-        let mut link = AgentLinkClient::with_interceptor(ch, move |mut r: tonic::Request<()>| {
-            let t = format!("Bearer {token}").parse().unwrap();
-            r.metadata_mut().insert("authorization", t);
-            Ok(r)
-        });
+        let mut link = agent_link(ctl).await;
         let batch = FlowBatch {
             node: "node-a".into(),
             flows,
@@ -125,7 +178,11 @@ fn every_request_from_the_openapi_document_is_answered_as_documented() {
         let r = call(&c, "POST", "/v1/apply", &body);
         assert_eq!(r.status, 200, "{}", r.body);
     }
+    seed_agent(&ctl);
     seed_flows(&ctl);
+    let nodes = get(&c, "/v1/nodes").body;
+    assert_eq!(nodes["items"][0]["connected"], true, "{nodes}");
+    assert_eq!(get(&c, "/v1/workloads/found").status, 200);
 
     let started = Instant::now();
     let (ok, report) = schemathesis(&ctl, &dir.0);
