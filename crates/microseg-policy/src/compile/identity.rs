@@ -8,6 +8,7 @@
 //! the same labels in the same CIDRs share an identity, and so share policy entries.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 // Hashing addresses and signatures dominates the compile of large policies: FxHash is
 // several times faster than SipHash, and these keys are not attacker-chosen at runtime.
@@ -97,26 +98,29 @@ pub struct Signature {
 /// Hands out identity numbers that stay the same while their signature exists.
 #[derive(Clone, Default)]
 pub struct IdentityAllocator {
-    ids: HashMap<Signature, u32>,
+    /// Shared with [`Identities::signatures`]: one copy of each (100,000 at 100,000 CIDRs).
+    ids: HashMap<Arc<Signature>, u32>,
     free: Vec<u32>,
     next: u32,
 }
 
 impl IdentityAllocator {
-    fn get(&mut self, sig: &Signature) -> u32 {
+    /// The identity of `sig`, and the allocator's copy of it (None for WORLD).
+    fn get(&mut self, sig: Signature) -> (u32, Option<Arc<Signature>>) {
         if sig.labels.is_none() && sig.cidrs.is_empty() {
-            return IDENTITY_WORLD;
+            return (IDENTITY_WORLD, None);
         }
-        if let Some(id) = self.ids.get(sig) {
-            return *id;
+        if let Some((kept, id)) = self.ids.get_key_value(&sig) {
+            return (*id, Some(kept.clone()));
         }
         let id = self.free.pop().unwrap_or_else(|| {
             self.next = self.next.max(IDENTITY_FIRST);
             self.next += 1;
             self.next - 1
         });
+        let sig = Arc::new(sig);
         self.ids.insert(sig.clone(), id);
-        id
+        (id, Some(sig))
     }
 
     /// Forgets signatures no longer in use, so their numbers can be reused.
@@ -139,7 +143,7 @@ pub struct Identities {
     /// Prefix → identity, for the LPM map.
     pub prefixes: BTreeMap<Prefix, u32>,
     /// Identity → what it stands for (WORLD excluded).
-    pub signatures: BTreeMap<u32, Signature>,
+    pub signatures: BTreeMap<u32, Arc<Signature>>,
     /// Which identities each named CIDR contains.
     by_cidr: HashMap<Net, Vec<u32>>,
     selector_cache: HashMap<String, Vec<u32>>,
@@ -198,9 +202,9 @@ impl Identities {
                 labels: owners.get(&net).map(|l| (*l).clone()),
                 cidrs: containing,
             };
-            let id = alloc.get(&sig);
+            let (id, kept) = alloc.get(sig);
             prefixes.push((net.prefix, id));
-            if id != IDENTITY_WORLD && seen.insert(id) {
+            if let Some(sig) = kept.filter(|_| seen.insert(id)) {
                 for c in &sig.cidrs {
                     out.by_cidr.entry(*c).or_default().push(id);
                 }
