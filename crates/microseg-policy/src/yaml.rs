@@ -126,25 +126,37 @@ pub(crate) fn load_documents(
 
 /// The loader puts an error at the end of input, and a value left empty there (`kind:`
 /// as the last line), on the line after the last one when the text does not end in a
-/// newline: that line is not in the file, so point just past the last line's end instead.
+/// newline, and some errors at the end of input a column past the last line's end: neither
+/// is in the file, so point just past that line's end instead.
 fn inside_chunk(chunk: &str, line: usize, col: usize) -> (usize, usize) {
-    let lines = chunk.split('\n').count();
-    if line <= lines {
-        return (line, col);
-    }
-    let last = chunk.rsplit('\n').next().unwrap_or("");
-    (
-        lines,
-        last.strip_suffix('\r').unwrap_or(last).chars().count() + 1,
-    )
+    inside(&line_starts(chunk), chunk, line, col)
+}
+
+/// Byte offsets where the lines of `text` start.
+fn line_starts(text: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+        .collect()
+}
+
+fn inside(starts: &[usize], text: &str, line: usize, col: usize) -> (usize, usize) {
+    let (line, col) = match line {
+        l if l > starts.len() => (starts.len(), usize::MAX),
+        l => (l.max(1), col),
+    };
+    let end = starts.get(line).map_or(text.len(), |next| next - 1);
+    let l = &text[starts[line - 1]..end];
+    let width = l.strip_suffix('\r').unwrap_or(l).chars().count();
+    (line, col.clamp(1, width + 1))
 }
 
 /// Every diagnostic of `text` at a position inside it (see [`inside_chunk`]).
 pub(crate) fn keep_inside(text: &str, diags: &mut [Diagnostic]) {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let text = &*lone_cr_as_lf(text);
+    let starts = line_starts(text);
     for d in diags {
-        (d.line, d.col) = inside_chunk(text, d.line, d.col);
+        (d.line, d.col) = inside(&starts, text, d.line, d.col);
     }
 }
 

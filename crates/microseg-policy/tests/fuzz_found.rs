@@ -140,3 +140,11 @@ fn a_nul_character_is_an_error_where_it_is() {
         assert_eq!(parse_str_with("f.yaml", &text, false).1, diags);
     }
 }
+
+/// Some errors at the end of input came a column past the last line's end.
+#[test]
+fn an_error_at_the_end_of_input_is_not_past_the_last_line() {
+    let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n|\n\n       &&&&&&&&&&&\u{20c}ey$d";
+    assert_inside(text, &import_k8s("f.yaml", text).1);
+    assert_inside(text, &parse_str("f.yaml", text).1);
+}
