@@ -152,6 +152,9 @@ fn inside(starts: &[usize], text: &str, line: usize, col: usize) -> (usize, usiz
 
 /// Every diagnostic of `text` at a position inside it (see [`inside_chunk`]).
 pub(crate) fn keep_inside(text: &str, diags: &mut [Diagnostic]) {
+    if diags.is_empty() {
+        return;
+    }
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let text = &*lone_cr_as_lf(text);
     let starts = line_starts(text);
@@ -166,7 +169,7 @@ pub(crate) fn keep_inside(text: &str, diags: &mut [Diagnostic]) {
 fn lone_cr_as_lf(text: &str) -> Cow<'_, str> {
     let bytes = text.as_bytes();
     let lone = |i: usize| bytes[i] == b'\r' && bytes.get(i + 1) != Some(&b'\n');
-    if !(0..bytes.len()).any(lone) {
+    if !text.contains('\r') || !(0..bytes.len()).any(lone) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len());
