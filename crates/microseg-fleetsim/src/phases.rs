@@ -355,6 +355,15 @@ async fn phases(
             ..Default::default()
         };
         (s.errors, s.first_errors) = errors_since(fleet, t);
+        if let Some(r) = restart_s {
+            // What failed once the controller listened again (before: refused, as expected).
+            let up = t + Duration::from_secs_f64(r);
+            let (n, first) = errors_since(fleet, up);
+            s.errors_after_restart = Some(n);
+            if n > 0 {
+                s.first_errors = first;
+            }
+        }
         (s.peak_rss_bytes, s.cpu_s) = usage_of(t, Instant::now());
         report.lock().unwrap().storm = Some(s);
     }

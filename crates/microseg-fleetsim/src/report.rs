@@ -62,6 +62,9 @@ pub struct Storm {
     pub nodes_resynced: usize,
     /// With --storm-restart: how long the controller took to stop and listen again.
     pub restart_s: Option<f64>,
+    /// With --storm-restart: errors once it listened again (the first five of these are
+    /// then the ones listed).
+    pub errors_after_restart: Option<usize>,
     /// Nodes that got a full state after the drop (the others resumed).
     pub full_states: usize,
     /// Bytes received after the drop by the node that got most.
@@ -150,9 +153,11 @@ impl Report {
         }
         if let Some(st) = &self.storm {
             println!(
-                "{p} storm: at={:.1}s restart={} all_resynced={} all_in_sync={} nodes_resynced={}/{} full_states={} bytes_per_node_max={} errors={} rss_peak={} cpu={}",
+                "{p} storm: at={:.1}s restart={} all_resynced={} all_in_sync={} nodes_resynced={}/{} full_states={} bytes_per_node_max={} errors={} errors_after_restart={} rss_peak={} cpu={}",
                 st.at_s, s(st.restart_s), s(st.all_full_state_s), s(st.all_in_sync_s), st.nodes_resynced, self.nodes,
-                st.full_states, st.bytes_per_node_max, st.errors, mib(st.peak_rss_bytes), cpu(st.cpu_s)
+                st.full_states, st.bytes_per_node_max, st.errors,
+                st.errors_after_restart.map_or("-".to_string(), |n| n.to_string()),
+                mib(st.peak_rss_bytes), cpu(st.cpu_s)
             );
             for e in &st.first_errors {
                 println!("{p} storm error: {e}");

@@ -256,3 +256,91 @@ impl State {
         self.stale = true;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Changes;
+    use crate::error::Error;
+    use crate::resources::POLICY;
+    use crate::store::sqlite::Sqlite;
+    use crate::store::{Snapshot, Store, TxFn, Write};
+
+    fn put(name: &str, priority: u32) -> Write {
+        Write::Put {
+            kind: POLICY.into(),
+            name: name.into(),
+            json: format!(
+                r#"{{"apiVersion":"microseg.io/v1","kind":"Policy","metadata":{{"name":"{name}"}},"spec":{{"selector":{{}},"priority":{priority}}}}}"#
+            ),
+            node: String::new(),
+            reported: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn changes_batched_together_make_one_revision_and_see_each_other() {
+        let store = Sqlite::open(std::path::Path::new(":memory:")).unwrap();
+        let fs: Vec<TxFn<'_>> = vec![
+            Box::new(|_: &Snapshot| Ok(vec![put("a", 1)])),
+            // Sees a, written by the closure before it in the same transaction.
+            Box::new(|s: &Snapshot| match s.get(POLICY, "a") {
+                Some(_) => Ok(vec![put("b", 1)]),
+                None => Err(Error::bad("a is not there")),
+            }),
+            // Refuses: its write is not made, the others' are.
+            Box::new(|_: &Snapshot| Err(Error::bad("no"))),
+        ];
+        let (rev, outcomes) = store.transact_all(fs).await.unwrap();
+        assert_eq!(rev, 1);
+        assert!(outcomes[0].is_ok() && outcomes[1].is_ok() && outcomes[2].is_err());
+        let (rev, rows) = store.full().await.unwrap();
+        assert_eq!(rev, 1);
+        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        let Changes::Rows { to, lists } = store.live().changes_since(0).await else {
+            panic!("the log has revision 1")
+        };
+        assert_eq!((to, lists.len(), lists[0].len()), (1, 1, 2));
+        assert!(matches!(store.live().changes_since(1).await, Changes::None));
+    }
+
+    #[tokio::test]
+    async fn what_another_writer_of_the_database_changed_is_read_into_memory() {
+        let dir = microseg_testsupport::TempDir::new("live-two-writers");
+        let path = dir.0.join("c.db");
+        let (one, two) = (Sqlite::open(&path).unwrap(), Sqlite::open(&path).unwrap());
+        let write = |w: Write| -> TxFn<'static> { Box::new(move |_: &Snapshot| Ok(vec![w])) };
+        one.transact(write(put("a", 1))).await.unwrap();
+        assert_eq!(two.full().await.unwrap().1.len(), 1);
+        one.transact(write(put("a", 2))).await.unwrap();
+        one.transact(write(put("b", 1))).await.unwrap();
+        // The second writer's transaction builds on the first's rows.
+        let rev = two
+            .transact(Box::new(|s: &Snapshot| {
+                assert_eq!(s.revision, 3);
+                let a = s.get(POLICY, "a").expect("a").resource().unwrap().clone();
+                let microseg_policy::Resource::Policy(p) = a else {
+                    panic!("a policy")
+                };
+                assert_eq!(p.priority, 2);
+                Ok(vec![Write::Delete {
+                    kind: POLICY.into(),
+                    name: "b".into(),
+                }])
+            }))
+            .await
+            .unwrap();
+        assert_eq!(rev, 4);
+        let Changes::Rows { to, lists } = two.live().changes_since(1).await else {
+            panic!("the log spans revisions 2-4")
+        };
+        assert_eq!(to, 4);
+        let rows: Vec<(&str, bool)> = lists
+            .iter()
+            .flat_map(|l| l.iter())
+            .map(|r| (r.name.as_str(), r.deleted))
+            .collect();
+        assert_eq!(rows, [("a", false), ("b", false), ("b", true)]);
+        assert_eq!(one.full().await.unwrap().1.len(), 1, "b is gone for both");
+    }
+}
