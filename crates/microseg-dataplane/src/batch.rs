@@ -12,7 +12,7 @@ const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
 /// Entries per call: large enough that calls are few, small enough for any bucket.
-const BATCH_ENTRIES: usize = 4096;
+pub(crate) const BATCH_ENTRIES: usize = 4096;
 
 /// The `batch` member of `union bpf_attr`.
 #[repr(C)]
