@@ -123,6 +123,7 @@ impl Ctx {
     /// Stops the agent, runs its `--cleanup` and removes its bpffs directory and the policy
     /// files the turns wrote.
     pub(crate) fn stop_agent(&mut self) {
+        let ran = self.agent.is_some();
         if let Some(mut a) = self.agent.take() {
             unsafe { libc::kill(a.id() as i32, libc::SIGTERM) };
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -135,6 +136,15 @@ impl Ctx {
             let _ = a.kill();
             let _ = a.wait();
             unregister_kill(a.id());
+        }
+        if let (true, Some(dir)) = (ran, &self.agent_logs) {
+            self.agents_started += 1;
+            let kept = dir.join(format!("agent-{}.log", self.agents_started));
+            let copied =
+                std::fs::create_dir_all(dir).and_then(|()| std::fs::copy(self.agent_log(), &kept));
+            if let Err(e) = copied {
+                eprintln!("  agent log not kept at {}: {e}", kept.display());
+            }
         }
         run_quiet(&self.agent_cleanup_cmd());
         let _ = std::fs::remove_dir_all(&self.t.bpffs);

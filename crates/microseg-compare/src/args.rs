@@ -11,6 +11,8 @@ pub(crate) struct Args {
     pub(crate) changes: usize,
     /// A microseg binary to run instead of building one (A/B runs of two builds).
     pub(crate) bin: Option<PathBuf>,
+    /// Where to keep each agent's log.
+    pub(crate) agent_logs: Option<PathBuf>,
 }
 
 pub(crate) fn parse_args() -> Result<Args, String> {
@@ -22,6 +24,7 @@ pub(crate) fn parse_args() -> Result<Args, String> {
         diagnose: false,
         changes: 0,
         bin: None,
+        agent_logs: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(s) = it.next() {
@@ -61,9 +64,14 @@ pub(crate) fn parse_args() -> Result<Args, String> {
                     .map_err(|e| format!("--changes: {e}"))?
             }
             "--bin" => a.bin = Some(PathBuf::from(it.next().ok_or("--bin needs a path")?)),
+            "--agent-logs" => {
+                a.agent_logs = Some(PathBuf::from(
+                    it.next().ok_or("--agent-logs needs a directory")?,
+                ))
+            }
             "--svg" => a.svg = Some(PathBuf::from(it.next().ok_or("--svg needs a path")?)),
             "-h" | "--help" => {
-                println!("usage: microseg-compare [--quick] [--rules 0,1000,10000,100000] [--reps N] [--changes N] [--svg FILE] [--diagnose] [--bin MICROSEG]");
+                println!("usage: microseg-compare [--quick] [--rules 0,1000,10000,100000] [--reps N] [--changes N] [--svg FILE] [--diagnose] [--bin MICROSEG] [--agent-logs DIR]");
                 std::process::exit(0);
             }
             x => return Err(format!("unknown argument {x}")),

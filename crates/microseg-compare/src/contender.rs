@@ -106,6 +106,10 @@ pub(crate) struct Ctx {
     /// One-rule changes (each followed by its undo) per turn.
     pub(crate) changes: usize,
     pub(crate) revision_seen: u64,
+    /// `--agent-logs DIR`: each agent's log is kept there (with `MICROSEG_LOG=debug`, the
+    /// step timings of every update).
+    pub(crate) agent_logs: Option<PathBuf>,
+    pub(crate) agents_started: usize,
 }
 
 impl Ctx {

@@ -103,6 +103,8 @@ fn run(a: &Args) -> Result<(), String> {
         agent: None,
         changes: a.changes,
         revision_seen: 0,
+        agent_logs: a.agent_logs.clone(),
+        agents_started: 0,
     };
     register(Undo::Cmd(ctx.agent_cleanup_cmd()));
     register(Undo::Dir(ctx.t.bpffs.clone()));
