@@ -78,8 +78,12 @@ pub struct Report {
     pub tcp_denied_attempts: u64,
     pub tcp_denied_connected: u64,
     pub tcp_denied_accepted: u64,
-    /// The client namespace's TCP retransmissions during the load (/proc/net/snmp).
-    pub client_retransmits: u64,
+    /// Runs of consecutive numbers among the flipping port's arrivals: each is a time
+    /// that port was allowed.
+    pub udp_flip_runs: u64,
+    /// TCP segments sent again during the load in the client's and the server's
+    /// namespaces (/proc/net/snmp): a TCP packet dropped on the way shows here.
+    pub retransmits: u64,
     pub errors: Vec<String>,
 }
 
@@ -100,7 +104,8 @@ impl Report {
             && self.udp_denied_got == 0
             && self.tcp_denied_attempts > 0
             && self.tcp_denied_connected == 0
-            && self.tcp_denied_accepted == 0;
+            && self.tcp_denied_accepted == 0
+            && self.retransmits == 0;
         assert!(
             ok,
             "allowed traffic lost or denied traffic passed: {self:#?}"
@@ -115,8 +120,9 @@ pub struct Load {
     clients: Vec<JoinHandle<()>>,
     servers: Vec<JoinHandle<()>>,
     server_stop: Arc<AtomicBool>,
-    client_ns: String,
+    namespaces: [String; 2],
     retransmits_before: u64,
+    flip_seen: Arc<Mutex<Vec<u64>>>,
 }
 
 /// Spawns `f` on a thread inside namespace `ns` (sockets it makes belong there).
@@ -196,8 +202,9 @@ impl Load {
             clients: Vec::new(),
             servers: Vec::new(),
             server_stop: Arc::new(AtomicBool::new(false)),
-            client_ns: plan.client_ns.clone(),
-            retransmits_before: retransmits(&plan.client_ns),
+            namespaces: [plan.client_ns.clone(), plan.server_ns.clone()],
+            retransmits_before: retransmits(&plan.client_ns) + retransmits(&plan.server_ns),
+            flip_seen: Arc::new(Mutex::new(Vec::new())),
         };
         load.start_servers(plan);
         load.start_clients(plan);
@@ -250,11 +257,16 @@ impl Load {
             let s = udp_in(&plan.server_ns, SocketAddr::new(any, port));
             s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
             let (stop, counts) = (self.server_stop.clone(), self.counts.clone());
+            let flip_seen = self.flip_seen.clone();
             self.servers.push(std::thread::spawn(move || {
                 let deadline = Instant::now() + HARD_LIMIT;
                 let mut buf = [0u8; 64];
                 while !stop.load(SeqCst) && Instant::now() < deadline {
                     if let Ok(8) = s.recv(&mut buf) {
+                        if which == 2 {
+                            let seq = u64::from_be_bytes(buf[..8].try_into().unwrap());
+                            flip_seen.lock().unwrap().push(seq);
+                        }
                         let got = [
                             &counts.udp_allowed_got,
                             &counts.udp_denied_got,
@@ -343,6 +355,9 @@ impl Load {
         for s in self.servers.drain(..) {
             let _ = s.join();
         }
+        let seen = self.flip_seen.lock().unwrap().clone();
+        let breaks = seen.windows(2).filter(|w| w[1] != w[0] + 1).count() as u64;
+        let after: u64 = self.namespaces.iter().map(|ns| retransmits(ns)).sum();
         let c = &self.counts;
         let get = |a: &AtomicU64| a.load(SeqCst);
         Report {
@@ -362,7 +377,8 @@ impl Load {
             tcp_denied_attempts: get(&c.tcp_denied_attempts),
             tcp_denied_connected: get(&c.tcp_denied_connected),
             tcp_denied_accepted: get(&c.tcp_denied_accepted),
-            client_retransmits: retransmits(&self.client_ns) - self.retransmits_before,
+            udp_flip_runs: if seen.is_empty() { 0 } else { breaks + 1 },
+            retransmits: after - self.retransmits_before,
             errors: self.errors.lock().unwrap().clone(),
         }
     }
