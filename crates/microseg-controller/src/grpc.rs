@@ -159,11 +159,13 @@ impl AgentLink for Link {
                 "node failed to enforce a revision"
             );
         }
-        self.core
-            .store
-            .ack(&r.node, r.revision, &r.error, now())
-            .await
-            .map_err(status)?;
+        let ack = crate::store::AckRow {
+            node: r.node,
+            revision: r.revision,
+            error: r.error,
+            now: now(),
+        };
+        self.core.ack(ack).await.map_err(status)?;
         Ok(Response::new(AckResponse {}))
     }
 

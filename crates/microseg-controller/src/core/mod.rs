@@ -3,6 +3,7 @@
 //! workloads agents report (`report.rs`), what is known of the nodes: their sync
 //! state and open streams (`nodes.rs`), and the flows they upload (`flows.rs`).
 
+mod acks;
 mod batch;
 mod flows;
 
@@ -42,6 +43,8 @@ pub struct Core {
     pub shutdown: watch::Receiver<bool>,
     /// Workload reports waiting for the writer (`batch.rs`).
     reports: batch::Reports,
+    /// Acks waiting for their writer (`acks.rs`).
+    acks: acks::Acks,
     /// How long without a new edge before a recommended policy is stable
     /// (`--recommend-quiet`, docs/RECOMMEND.md "Lifecycle").
     pub recommend_quiet: std::time::Duration,
@@ -62,8 +65,14 @@ impl Core {
             streams: Mutex::new(BTreeMap::new()),
             shutdown,
             reports: batch::Reports::default(),
+            acks: acks::Acks::default(),
             recommend_quiet: crate::DEFAULT_RECOMMEND_QUIET,
         }
+    }
+
+    /// Stores a node's ack (batched with the others waiting).
+    pub async fn ack(&self, ack: crate::store::AckRow) -> Result<(), crate::error::Error> {
+        self.acks.write(&self.store, ack).await
     }
 
     pub(crate) fn published(&self, rev: u64) -> u64 {

@@ -149,6 +149,15 @@ impl Write {
     }
 }
 
+/// A node's ack: the revision it enforces, or why not (`error`), at `now`.
+#[derive(Debug, Clone)]
+pub struct AckRow {
+    pub node: String,
+    pub revision: u64,
+    pub error: String,
+    pub now: f64,
+}
+
 /// One node as the controller knows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeRow {
@@ -206,6 +215,15 @@ pub trait Store: Send + Sync {
     fn since(&self, revision: u64) -> BoxFut<'_, Vec<Row>>;
     fn touch_node<'a>(&'a self, node: &'a str, now: f64) -> BoxFut<'a, ()>;
     fn ack<'a>(&'a self, node: &'a str, revision: u64, error: &'a str, now: f64) -> BoxFut<'a, ()>;
+    /// Several acks, in order (a later one of a node wins), in one transaction.
+    fn ack_all(&self, acks: Vec<AckRow>) -> BoxFut<'_, ()> {
+        Box::pin(async move {
+            for a in &acks {
+                self.ack(&a.node, a.revision, &a.error, a.now).await?;
+            }
+            Ok(())
+        })
+    }
     fn nodes(&self) -> BoxFut<'_, Vec<NodeRow>>;
     /// Keeps `tx` at the newest revision written by anyone (other controllers on a shared
     /// database); local writes are published by the caller.

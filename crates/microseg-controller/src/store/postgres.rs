@@ -6,7 +6,7 @@
 
 use super::live::State;
 use super::parsed::{self, RawRow};
-use super::{BoxFut, Live, NodeRow, Outcomes, Row, Store, StoreError, TxFn, Write, SCHEMA};
+use super::{AckRow, BoxFut, Live, NodeRow, Outcomes, Row, Store, StoreError, TxFn, Write, SCHEMA};
 use crate::error::Error;
 use rustls::ClientConfig;
 use std::collections::BTreeMap;
@@ -132,6 +132,9 @@ async fn revision(c: &impl tokio_postgres::GenericClient) -> Result<u64, Error> 
 }
 
 /// Writes the rows at the next revision (if any resource changes); returns the revision.
+/// A row to write: kind, name, json, node, reported.
+type Put = (String, String, String, String, Option<String>);
+
 async fn write_all(
     tx: &tokio_postgres::Transaction<'_>,
     base: u64,
@@ -146,38 +149,18 @@ async fn write_all(
         )
         .await?;
     }
+    // The last write of each resource, written in one statement per kind of write (a
+    // batch of reports is thousands of rows: a round trip each would take seconds).
+    let mut last: BTreeMap<(String, String), Write> = BTreeMap::new();
     for w in writes {
         match w {
             Write::Put {
-                kind,
-                name,
-                json,
-                node,
-                reported,
-            } => {
-                tx.execute(
-                    "INSERT INTO resources (kind, name, json, node, reported, revision, deleted)
-                     VALUES ($1, $2, $3, $4, $5, $6, FALSE)
-                     ON CONFLICT (kind, name) DO UPDATE SET json = excluded.json,
-                       node = excluded.node, reported = excluded.reported,
-                       revision = excluded.revision, deleted = FALSE",
-                    &[
-                        &kind,
-                        &name,
-                        &json,
-                        &node,
-                        &reported.map(|r| serde_json::to_string(&r)).transpose()?,
-                        &(rev as i64),
-                    ],
-                )
-                .await?;
+                ref kind, ref name, ..
             }
-            Write::Delete { kind, name } => {
-                tx.execute(
-                    "UPDATE resources SET deleted = TRUE, revision = $3 WHERE kind = $1 AND name = $2",
-                    &[&kind, &name, &(rev as i64)],
-                )
-                .await?;
+            | Write::Delete {
+                ref kind, ref name, ..
+            } => {
+                last.insert((kind.clone(), name.clone()), w);
             }
             Write::Overlay { name, labels } => {
                 if labels.is_empty() {
@@ -193,6 +176,55 @@ async fn write_all(
                 }
             }
         }
+    }
+    let (mut puts, mut gone): (Vec<Put>, Vec<(String, String)>) = (Vec::new(), Vec::new());
+    for w in last.into_values() {
+        match w {
+            Write::Put {
+                kind,
+                name,
+                json,
+                node,
+                reported,
+            } => {
+                let reported = reported.map(|r| serde_json::to_string(&r)).transpose()?;
+                puts.push((kind, name, json, node, reported));
+            }
+            Write::Delete { kind, name } => gone.push((kind, name)),
+            Write::Overlay { .. } => {}
+        }
+    }
+    if !puts.is_empty() {
+        let col = |f: fn(&Put) -> &str| puts.iter().map(f).collect::<Vec<&str>>();
+        let reported: Vec<Option<&str>> = puts.iter().map(|p| p.4.as_deref()).collect();
+        tx.execute(
+            "INSERT INTO resources (kind, name, json, node, reported, revision, deleted)
+             SELECT k, n, j, o, r, $6, FALSE
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS u(k, n, j, o, r)
+             ON CONFLICT (kind, name) DO UPDATE SET json = excluded.json,
+               node = excluded.node, reported = excluded.reported,
+               revision = excluded.revision, deleted = FALSE",
+            &[
+                &col(|p| &p.0),
+                &col(|p| &p.1),
+                &col(|p| &p.2),
+                &col(|p| &p.3),
+                &reported,
+                &(rev as i64),
+            ],
+        )
+        .await?;
+    }
+    if !gone.is_empty() {
+        let kinds: Vec<&str> = gone.iter().map(|g| g.0.as_str()).collect();
+        let names: Vec<&str> = gone.iter().map(|g| g.1.as_str()).collect();
+        tx.execute(
+            "UPDATE resources SET deleted = TRUE, revision = $3
+             FROM UNNEST($1::text[], $2::text[]) AS u(k, n)
+             WHERE kind = u.k AND name = u.n",
+            &[&kinds, &names, &(rev as i64)],
+        )
+        .await?;
     }
     if rev != base {
         tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &rev.to_string()])
@@ -352,27 +384,62 @@ impl Store for Postgres {
     }
 
     fn ack<'a>(&'a self, node: &'a str, revision: u64, error: &'a str, now: f64) -> BoxFut<'a, ()> {
+        let ack = AckRow {
+            node: node.to_string(),
+            revision,
+            error: error.to_string(),
+            now,
+        };
+        self.ack_all(vec![ack])
+    }
+
+    fn ack_all(&self, acks: Vec<AckRow>) -> BoxFut<'_, ()> {
         Box::pin(async move {
-            let g = self.client().await?;
-            let c = g.as_ref().expect("connected");
-            if error.is_empty() {
-                c.execute(
+            let mut g = self.client().await?;
+            let c = g.as_mut().expect("connected");
+            let tx = c.transaction().await?;
+            // One statement per kind of ack: a round trip each, not one per node.
+            let (mut ok, mut failed) = (Vec::new(), Vec::new());
+            let mut last: BTreeMap<&str, &AckRow> = BTreeMap::new();
+            for a in &acks {
+                last.insert(&a.node, a);
+            }
+            for a in last.into_values() {
+                match a.error.is_empty() {
+                    true => ok.push(a),
+                    false => failed.push(a),
+                }
+            }
+            if !ok.is_empty() {
+                let names: Vec<&str> = ok.iter().map(|a| a.node.as_str()).collect();
+                let revs: Vec<i64> = ok.iter().map(|a| a.revision as i64).collect();
+                let nows: Vec<f64> = ok.iter().map(|a| a.now).collect();
+                tx.execute(
                     "INSERT INTO nodes (name, revision, error, last_ack, last_seen)
-                     VALUES ($1, $2, '', $3, $3)
+                     SELECT n, r, '', t, t FROM UNNEST($1::text[], $2::bigint[], $3::float8[]) AS u(n, r, t)
                      ON CONFLICT (name) DO UPDATE SET revision = excluded.revision,
                        error = '', last_ack = excluded.last_ack, last_seen = excluded.last_seen",
-                    &[&node, &(revision as i64), &now],
-                )
-                .await?;
-            } else {
-                c.execute(
-                    "INSERT INTO nodes (name, error, last_ack, last_seen) VALUES ($1, $2, $3, $3)
-                     ON CONFLICT (name) DO UPDATE SET error = excluded.error,
-                       last_ack = excluded.last_ack, last_seen = excluded.last_seen",
-                    &[&node, &format!("revision {revision}: {error}"), &now],
+                    &[&names, &revs, &nows],
                 )
                 .await?;
             }
+            if !failed.is_empty() {
+                let names: Vec<&str> = failed.iter().map(|a| a.node.as_str()).collect();
+                let errors: Vec<String> = failed
+                    .iter()
+                    .map(|a| format!("revision {}: {}", a.revision, a.error))
+                    .collect();
+                let nows: Vec<f64> = failed.iter().map(|a| a.now).collect();
+                tx.execute(
+                    "INSERT INTO nodes (name, error, last_ack, last_seen)
+                     SELECT n, e, t, t FROM UNNEST($1::text[], $2::text[], $3::float8[]) AS u(n, e, t)
+                     ON CONFLICT (name) DO UPDATE SET error = excluded.error,
+                       last_ack = excluded.last_ack, last_seen = excluded.last_seen",
+                    &[&names, &errors, &nows],
+                )
+                .await?;
+            }
+            tx.commit().await?;
             Ok(())
         })
     }

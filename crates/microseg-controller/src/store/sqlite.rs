@@ -4,7 +4,7 @@
 
 use super::live::State;
 use super::parsed::{self, RawRow};
-use super::{BoxFut, Live, NodeRow, Outcomes, Row, Store, StoreError, TxFn, Write, SCHEMA};
+use super::{AckRow, BoxFut, Live, NodeRow, Outcomes, Row, Store, StoreError, TxFn, Write, SCHEMA};
 use crate::error::Error;
 use rusqlite::{params, Connection, TransactionBehavior};
 use std::collections::BTreeMap;
@@ -216,6 +216,31 @@ fn write_all(tx: &Connection, base: u64, writes: Vec<Write>) -> Result<u64, Erro
     Ok(rev)
 }
 
+fn ack(c: &Connection, a: &AckRow) -> Result<(), Error> {
+    // A failed revision leaves the enforced one as it was.
+    if a.error.is_empty() {
+        c.prepare_cached(
+            "INSERT INTO nodes (name, revision, error, last_ack, last_seen)
+             VALUES (?1, ?2, '', ?3, ?3)
+             ON CONFLICT (name) DO UPDATE SET revision = excluded.revision,
+               error = '', last_ack = excluded.last_ack, last_seen = excluded.last_seen",
+        )?
+        .execute(params![a.node, a.revision as i64, a.now])?;
+    } else {
+        c.prepare_cached(
+            "INSERT INTO nodes (name, error, last_ack, last_seen) VALUES (?1, ?2, ?3, ?3)
+             ON CONFLICT (name) DO UPDATE SET error = excluded.error,
+               last_ack = excluded.last_ack, last_seen = excluded.last_seen",
+        )?
+        .execute(params![
+            a.node,
+            format!("revision {}: {}", a.revision, a.error),
+            a.now
+        ])?;
+    }
+    Ok(())
+}
+
 impl Store for Sqlite {
     fn transact_all<'a>(&'a self, fs: Vec<TxFn<'a>>) -> BoxFut<'a, (u64, Outcomes)> {
         Box::pin(async move {
@@ -278,26 +303,23 @@ impl Store for Sqlite {
     }
 
     fn ack<'a>(&'a self, node: &'a str, revision: u64, error: &'a str, now: f64) -> BoxFut<'a, ()> {
-        let (node, error) = (node.to_string(), error.to_string());
+        let ack = AckRow {
+            node: node.to_string(),
+            revision,
+            error: error.to_string(),
+            now,
+        };
+        self.ack_all(vec![ack])
+    }
+
+    fn ack_all(&self, acks: Vec<AckRow>) -> BoxFut<'_, ()> {
         Box::pin(async move {
             self.off(move |c| {
-                // A failed revision leaves the enforced one as it was.
-                if error.is_empty() {
-                    c.execute(
-                        "INSERT INTO nodes (name, revision, error, last_ack, last_seen)
-                         VALUES (?1, ?2, '', ?3, ?3)
-                         ON CONFLICT (name) DO UPDATE SET revision = excluded.revision,
-                           error = '', last_ack = excluded.last_ack, last_seen = excluded.last_seen",
-                        params![node, revision as i64, now],
-                    )?;
-                } else {
-                    c.execute(
-                        "INSERT INTO nodes (name, error, last_ack, last_seen) VALUES (?1, ?2, ?3, ?3)
-                         ON CONFLICT (name) DO UPDATE SET error = excluded.error,
-                           last_ack = excluded.last_ack, last_seen = excluded.last_seen",
-                        params![node, format!("revision {revision}: {error}"), now],
-                    )?;
+                let tx = c.transaction()?;
+                for a in &acks {
+                    ack(&tx, a)?;
                 }
+                tx.commit()?;
                 Ok(())
             })
             .await
