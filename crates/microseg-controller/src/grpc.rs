@@ -118,11 +118,7 @@ impl AgentLink for Link {
                 r.node
             );
         }
-        self.core
-            .store
-            .touch_node(&r.node, now())
-            .await
-            .map_err(status)?;
+        self.core.touch(&r.node).await.map_err(status)?;
         tracing::info!(
             node = r.node,
             revision = r.revision,
@@ -176,11 +172,7 @@ impl AgentLink for Link {
         Caller::of(&req).may_speak_for(&req.get_ref().node)?;
         let r = req.into_inner();
         node_name(&r.node)?;
-        self.core
-            .store
-            .touch_node(&r.node, now())
-            .await
-            .map_err(status)?;
+        self.core.touch(&r.node).await.map_err(status)?;
         self.core
             .report(&r.node, r.workloads)
             .await

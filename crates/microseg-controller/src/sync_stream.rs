@@ -4,7 +4,7 @@
 //! shared rows of the revisions it spans; only the per-node messages are built here, a
 //! part at a time as the link takes them (docs/CONTROLLER.md "Sizing").
 
-use crate::core::{now, Core};
+use crate::core::Core;
 use crate::error::Error;
 use crate::store::live::{Changes, FullRows};
 use crate::store::Row;
@@ -264,7 +264,7 @@ pub async fn stream_state(core: Arc<Core>, start: Start, tx: Tx, status: fn(Erro
             tokio::select! {
                 r = rev_rx.changed() => if r.is_err() { return },
                 _ = touch.tick() => {
-                    let _ = core.store.touch_node(&node, now()).await;
+                    let _ = core.touch(&node).await;
                     continue;
                 }
                 _ = tx.closed() => return,

@@ -1,13 +1,20 @@
-//! Acks that arrive together are written together: one transaction for every ack waiting
-//! (a thousand nodes ack each revision within moments), each call answered once its ack
-//! is stored, so `/v1/nodes` shows it as before (docs/CONTROLLER.md "Sizing").
+//! Acks (and "seen" marks) that arrive together are written together: one transaction
+//! for every one waiting (a thousand nodes ack each revision within moments, and each
+//! connected node is marked seen every 10 s), each call answered once it is stored, so
+//! `/v1/nodes` shows it as before (docs/CONTROLLER.md "Sizing").
 
 use crate::error::Error;
 use crate::store::{AckRow, Store, StoreError};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-type Waiting = (AckRow, oneshot::Sender<Result<(), Error>>);
+/// An ack, or a node seen at a time (`AckRow::revision` and `error` unused).
+pub(super) enum NodeWrite {
+    Ack(AckRow),
+    Seen(AckRow),
+}
+
+type Waiting = (NodeWrite, oneshot::Sender<Result<(), Error>>);
 
 /// The writer's queue; the writer starts with the first ack.
 #[derive(Default)]
@@ -16,7 +23,7 @@ pub(super) struct Acks {
 }
 
 impl Acks {
-    pub async fn write(&self, store: &Arc<dyn Store>, ack: AckRow) -> Result<(), Error> {
+    pub async fn write(&self, store: &Arc<dyn Store>, ack: NodeWrite) -> Result<(), Error> {
         let tx = self.tx.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             tokio::spawn(writer(store.clone(), rx));
@@ -41,8 +48,22 @@ async fn writer(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Waiting>)
                 break;
             }
         }
-        let (acks, waiting): (Vec<AckRow>, Vec<_>) = batch.into_iter().unzip();
-        match store.ack_all(acks).await {
+        let (mut acks, mut seen, mut waiting) = (Vec::new(), Vec::new(), Vec::new());
+        for (w, done) in batch {
+            match w {
+                NodeWrite::Ack(a) => acks.push(a),
+                NodeWrite::Seen(a) => seen.push((a.node, a.now)),
+            }
+            waiting.push(done);
+        }
+        let mut result = Ok(());
+        if !seen.is_empty() {
+            result = store.touch_all(seen).await;
+        }
+        if result.is_ok() && !acks.is_empty() {
+            result = store.ack_all(acks).await;
+        }
+        match result {
             Ok(()) => waiting.into_iter().for_each(|w| {
                 let _ = w.send(Ok(()));
             }),

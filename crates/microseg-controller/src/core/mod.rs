@@ -72,7 +72,22 @@ impl Core {
 
     /// Stores a node's ack (batched with the others waiting).
     pub async fn ack(&self, ack: crate::store::AckRow) -> Result<(), crate::error::Error> {
-        self.acks.write(&self.store, ack).await
+        self.acks
+            .write(&self.store, acks::NodeWrite::Ack(ack))
+            .await
+    }
+
+    /// Marks a node seen now (batched with the others waiting).
+    pub async fn touch(&self, node: &str) -> Result<(), crate::error::Error> {
+        let seen = crate::store::AckRow {
+            node: node.to_string(),
+            revision: 0,
+            error: String::new(),
+            now: now(),
+        };
+        self.acks
+            .write(&self.store, acks::NodeWrite::Seen(seen))
+            .await
     }
 
     pub(crate) fn published(&self, rev: u64) -> u64 {

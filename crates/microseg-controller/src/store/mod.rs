@@ -215,6 +215,15 @@ pub trait Store: Send + Sync {
     fn since(&self, revision: u64) -> BoxFut<'_, Vec<Row>>;
     fn touch_node<'a>(&'a self, node: &'a str, now: f64) -> BoxFut<'a, ()>;
     fn ack<'a>(&'a self, node: &'a str, revision: u64, error: &'a str, now: f64) -> BoxFut<'a, ()>;
+    /// Several nodes seen, each at its time, in one transaction.
+    fn touch_all(&self, seen: Vec<(String, f64)>) -> BoxFut<'_, ()> {
+        Box::pin(async move {
+            for (node, now) in &seen {
+                self.touch_node(node, *now).await?;
+            }
+            Ok(())
+        })
+    }
     /// Several acks, in order (a later one of a node wins), in one transaction.
     fn ack_all(&self, acks: Vec<AckRow>) -> BoxFut<'_, ()> {
         Box::pin(async move {

@@ -393,6 +393,28 @@ impl Store for Postgres {
         self.ack_all(vec![ack])
     }
 
+    fn touch_all(&self, seen: Vec<(String, f64)>) -> BoxFut<'_, ()> {
+        Box::pin(async move {
+            let mut last: BTreeMap<&str, f64> = BTreeMap::new();
+            for (node, now) in &seen {
+                last.insert(node, *now);
+            }
+            let names: Vec<&str> = last.keys().copied().collect();
+            let nows: Vec<f64> = last.values().copied().collect();
+            let g = self.client().await?;
+            g.as_ref()
+                .expect("connected")
+                .execute(
+                    "INSERT INTO nodes (name, last_seen)
+                     SELECT n, t FROM UNNEST($1::text[], $2::float8[]) AS u(n, t)
+                     ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen",
+                    &[&names, &nows],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
     fn ack_all(&self, acks: Vec<AckRow>) -> BoxFut<'_, ()> {
         Box::pin(async move {
             let mut g = self.client().await?;

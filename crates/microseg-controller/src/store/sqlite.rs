@@ -312,6 +312,24 @@ impl Store for Sqlite {
         self.ack_all(vec![ack])
     }
 
+    fn touch_all(&self, seen: Vec<(String, f64)>) -> BoxFut<'_, ()> {
+        Box::pin(async move {
+            self.off(move |c| {
+                let tx = c.transaction()?;
+                for (node, now) in &seen {
+                    tx.prepare_cached(
+                        "INSERT INTO nodes (name, last_seen) VALUES (?1, ?2)
+                         ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen",
+                    )?
+                    .execute(params![node, now])?;
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+        })
+    }
+
     fn ack_all(&self, acks: Vec<AckRow>) -> BoxFut<'_, ()> {
         Box::pin(async move {
             self.off(move |c| {
