@@ -65,17 +65,30 @@ fn establish(dp: &mut Dataplane, rule: usize, sport: u16) -> Vec<u8> {
     let synack = dp
         .test_run(
             Hook::FromWorkload,
-            &tcp(DB_IP, dport, p, sport, TCP_SYN | TCP_ACK),
+            // It acknowledges the SYN (sequence 0): the session takes no other answer.
+            &Frame::tcp(DB_IP.into(), p.into(), dport, sport, TCP_SYN | TCP_ACK)
+                .with_seq(0, 1)
+                .bytes(),
             IFINDEX_LO,
             1,
         )
         .unwrap();
     assert!(synack.passed(), "SYN-ACK of the benchmark flow refused");
-    let ack = tcp(p, sport, DB_IP, dport, TCP_ACK);
+    let ack = Frame::tcp(p.into(), DB_IP.into(), sport, dport, TCP_ACK)
+        .with_seq(1, 1)
+        .bytes();
     assert!(dp
         .test_run(Hook::ToWorkload, &ack, IFINDEX_LO, 1)
         .unwrap()
         .passed());
+    // What is measured is an established session's packet, nothing else.
+    let (_, session) = dp
+        .session_for(6, p.into(), sport, DB_IP.into(), dport)
+        .expect("the benchmark flow's session");
+    assert_eq!(
+        session.state,
+        microseg_dataplane::common::session_state::ESTABLISHED
+    );
     dp.drain_events();
     ack
 }
