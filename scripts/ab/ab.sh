@@ -128,10 +128,13 @@ off() {
   # The kernel frees the maps (about 200 MB) after the agent exits; not during the next run.
   sleep ${SETTLE:-1.5}
 }
-# Sums of run_time_ns and run_cnt of the two entry programs (names are cut to 15 characters).
+# Sums of run_time_ns and run_cnt of this run's agent's two entry programs (names are cut
+# to 15 characters): those using its pinned session table, not other runs' or tests'.
 prog_stats() {
-  bpftool prog show -j | python3 -c 'import json,sys
-ps = [p for p in json.load(sys.stdin) if p.get("name","")[:15] in ("microseg_from_w","microseg_to_wor")]
+  mid=$(bpftool map show pinned /sys/fs/bpf/$P/maps/MSEG_SESSIONS -j | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  bpftool prog show -j | MID="$mid" python3 -c 'import json,sys,os
+mid = int(os.environ["MID"])
+ps = [p for p in json.load(sys.stdin) if mid in p.get("map_ids", []) and p.get("name","")[:15] in ("microseg_from_w","microseg_to_wor")]
 print(sum(p.get("run_time_ns",0) for p in ps), sum(p.get("run_cnt",0) for p in ps))'
 }
 declare -A RATIOS AGENT_MS
