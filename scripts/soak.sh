@@ -48,6 +48,7 @@ in_ns() { local ns=$1; shift; ip netns exec "$P-$ns" "$@"; }
 ip netns add "$NODE"
 ip -n "$NODE" link add br0 type bridge
 ip -n "$NODE" link set br0 up
+ip -n "$NODE" link set lo up
 declare -A ADDR=([client]=10 [web]=20)
 for w in client web; do
   ip netns add "$P-$w"
@@ -82,7 +83,7 @@ spec:
 EOF
 
 nsenter --net=/run/netns/$NODE "$BIN" agent --policy "$RUN/policy" --bpffs "$BPFFS" \
-  --state-dir "$RUN" --socket "$SOCK" --node soak 2>"$RUN/agent.log" &
+  --state-dir "$RUN" --socket "$SOCK" --node soak --metrics 127.0.0.1:9970 2>"$RUN/agent.log" &
 AGENT_PID=$!
 for _ in $(seq 300); do
   "$BIN" stats --socket "$SOCK" >/dev/null 2>&1 && break
@@ -91,7 +92,8 @@ done
 "$BIN" stats --socket "$SOCK" >/dev/null
 
 # The load: an asyncio echo server in web; in client, TCP processes (connect, 8 bytes
-# there and back, close) and one UDP sender over 50,000 destination ports from 16 sockets.
+# there and back, close) and one UDP sender over 50,000 destination ports from 32 sockets
+# (1.6M tuples).
 cat >"$RUN/load.py" <<'EOF'
 import asyncio, os, socket, sys, time
 role, out = sys.argv[1], sys.argv[2]
@@ -135,7 +137,7 @@ elif role == "tcp":
             report({"tcp_ok": ok, "tcp_failed": failed}); last = time.monotonic()
 elif role == "udp":
     rate = int(sys.argv[3])
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(16)]
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(32)]
     sent, port, start, last = 0, 10000, time.monotonic(), time.monotonic()
     while True:
         for s in socks:
@@ -158,29 +160,36 @@ for i in $(seq "$TCP_PROCS"); do
 done
 in_ns client python3 "$RUN/load.py" udp "$RUN/udp.count" "$UDP_RATE" & PIDS+=($!)
 
-stat() { "$BIN" stats --socket "$SOCK" -o json | python3 -c "import json,sys; print(json.load(sys.stdin).get('$1', '?'))"; }
+# Each report reads what is there; a missing count is 0 or "?", never the end of the run.
+# `stats` walks the whole table: once a report.
+legs_created() { "$BIN" stats --socket "$SOCK" -o json | python3 -c "import json,sys; s = json.load(sys.stdin); print(s['sessions'], s['sessions_created'])" || echo '? ?'; }
+# Entries in the table (a connection between two workloads of the node is one entry with
+# two legs; `stats` counts legs): the agent's gauge (docs/METRICS.md).
+entries() { in_ns node curl -s --max-time 10 http://127.0.0.1:9970/metrics | awk '$1 == "microseg_sessions" {print $2}' || echo '?'; }
 kb() { awk -v k="$1:" '$1 == k {print $2}' /proc/$AGENT_PID/status; }
-tcp_total() { cat "$RUN"/tcp*.count 2>/dev/null | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k {s += $2} END {print s + 0}'; }
+tcp_total() { { cat "$RUN"/tcp*.count 2>/dev/null || true; } | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k {s += $2} END {print s + 0}'; }
 udp_total() { awk -F= '{print $2}' "$RUN/udp.count" 2>/dev/null || echo 0; }
+sleep 2
 MAX=$(bpftool -j map show pinned "$BPFFS/maps/MSEG_SESSIONS" | python3 -c 'import json,sys; print(json.load(sys.stdin)["max_entries"])')
 
 echo "soak: ${DURATION}s, a report every ${EVERY}s; session table of $MAX entries; UDP $UDP_RATE tuples/s, $TCP_PROCS TCP processes"
-printf '%8s %10s %10s %10s %8s %12s %10s %12s %10s %10s\n' \
-  elapsed rss_kb hwm_kb sessions fill% sess_created tcp_ok tcp_failed tcp/s udp_sent
+printf '%8s %10s %10s %10s %7s %10s %12s %10s %10s %7s %10s\n' \
+  elapsed rss_kb hwm_kb entries fill% legs created tcp_ok tcp_failed tcp/s udp_sent
 START=$(date +%s)
 LAST_OK=0 LAST_T=$START
 FIRST_RSS= LAST_RSS=
 while :; do
   NOW=$(date +%s)
   ELAPSED=$((NOW - START))
-  SESS=$(stat sessions)
+  ENTRIES=$(entries)
+  read -r LEGS CREATED <<<"$(legs_created)"
   OK=$(tcp_total tcp_ok)
   RSS=$(kb VmRSS)
   FIRST_RSS=${FIRST_RSS:-$RSS}
   LAST_RSS=$RSS
-  printf '%8s %10s %10s %10s %8s %12s %10s %10s %10s %10s\n' "$ELAPSED" "$RSS" "$(kb VmHWM)" \
-    "$SESS" "$(awk -v s="$SESS" -v m="$MAX" 'BEGIN {printf "%.1f", 100 * s / m}')" \
-    "$(stat sessions_created)" "$OK" "$(tcp_total tcp_failed)" \
+  printf '%8s %10s %10s %10s %7s %10s %12s %10s %10s %7s %10s\n' "$ELAPSED" "$RSS" "$(kb VmHWM)" \
+    "$ENTRIES" "$(awk -v s="$ENTRIES" -v m="$MAX" 'BEGIN {printf "%.1f", 100 * s / m}')" \
+    "$LEGS" "$CREATED" "$OK" "$(tcp_total tcp_failed)" \
     "$(( (OK - LAST_OK) / (NOW - LAST_T > 0 ? NOW - LAST_T : 1) ))" "$(udp_total)"
   LAST_OK=$OK LAST_T=$NOW
   [ "$ELAPSED" -ge "$DURATION" ] && break
@@ -189,7 +198,20 @@ done
 echo "agent RSS: ${FIRST_RSS} kB at the first report, ${LAST_RSS} kB at the last"
 grep -E ' (ERROR|WARN) ' "$RUN/agent.log" | head -5 || true
 
-# The end: the agent stops, --cleanup removes everything, nothing may be left.
+# What the agent holds, by kernel id: the pinned links, their programs, the pinned maps.
+ids() {
+  local f
+  for f in $(find "$BPFFS/links" -type f 2>/dev/null); do
+    bpftool -j link show pinned "$f" | python3 -c 'import json,sys; l = json.load(sys.stdin); print("link", l["id"]); print("prog", l["prog_id"])'
+  done
+  for f in $(find "$BPFFS/maps" -type f 2>/dev/null); do
+    bpftool -j map show pinned "$f" | python3 -c 'import json,sys; print("map", json.load(sys.stdin)["id"])'
+  done
+}
+HELD=$(ids)
+
+# The end: the agent stops, --cleanup removes everything, nothing may be left: no pin, and
+# none of the links, programs and maps it held (by id; the kernel frees them shortly after).
 for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 PIDS=()
 kill "$AGENT_PID" && wait "$AGENT_PID" || true
@@ -199,15 +221,14 @@ LEFT=0
 if [ -e "$BPFFS" ]; then
   echo "LEAK: pins left under $BPFFS:"; find "$BPFFS" | head; LEFT=1
 fi
-ATTACHED=$(in_ns node bpftool -j net show | python3 -c '
-import json, sys
-n = 0
-for entry in json.load(sys.stdin):
-    for kind, items in entry.items():
-        n += len(items) if isinstance(items, list) else 0
-print(n)')
-if [ "$ATTACHED" != 0 ]; then
-  echo "LEAK: $ATTACHED BPF attachments left in $NODE:"; in_ns node bpftool net show; LEFT=1
+alive() { while read -r kind id; do if bpftool "$kind" show id "$id" >/dev/null 2>&1; then echo "$kind $id"; fi; done <<<"$HELD"; }
+for _ in $(seq 50); do
+  STILL=$(alive)
+  [ -z "$STILL" ] && break
+  sleep 0.1
+done
+if [ -n "$STILL" ]; then
+  echo "LEAK: still in the kernel after --cleanup:"; echo "$STILL"; LEFT=1
 fi
-[ "$LEFT" = 0 ] && echo "cleanup: no pins, no links left"
+[ "$LEFT" = 0 ] && echo "cleanup: no pins left; the $(grep -c ^link <<<"$HELD") links, $(grep -c ^prog <<<"$HELD") programs and $(grep -c ^map <<<"$HELD") maps the agent held are gone"
 exit "$LEFT"
