@@ -208,10 +208,11 @@ ids() {
     bpftool -j map show pinned "$f" | python3 -c 'import json,sys; print("map", json.load(sys.stdin)["id"])'
   done
 }
-HELD=$(ids)
+HELD=$(ids | sort -u)
 
 # The end: the agent stops, --cleanup removes everything, nothing may be left: no pin, and
-# none of the links, programs and maps it held (by id; the kernel frees them shortly after).
+# none of the links, programs and maps it held (by id; the kernel frees them shortly after:
+# 30 s allowed).
 for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 PIDS=()
 kill "$AGENT_PID" && wait "$AGENT_PID" || true
@@ -222,7 +223,7 @@ if [ -e "$BPFFS" ]; then
   echo "LEAK: pins left under $BPFFS:"; find "$BPFFS" | head; LEFT=1
 fi
 alive() { while read -r kind id; do if bpftool "$kind" show id "$id" >/dev/null 2>&1; then echo "$kind $id"; fi; done <<<"$HELD"; }
-for _ in $(seq 50); do
+for _ in $(seq 300); do
   STILL=$(alive)
   [ -z "$STILL" ] && break
   sleep 0.1
