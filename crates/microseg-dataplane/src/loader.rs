@@ -19,6 +19,9 @@ use crate::{Error, Result};
 pub(crate) const PROG_FROM_WORKLOAD: &str = "microseg_from_workload";
 pub(crate) const PROG_TO_WORKLOAD: &str = "microseg_to_workload";
 pub(crate) const PROG_PASS: &str = "microseg_pass";
+pub(crate) const PROG_LRU_REFERENCE: &str = "microseg_lru_reference";
+/// The bench-only map of [`PROG_LRU_REFERENCE`]; never pinned.
+pub(crate) const MAP_LRU_REFERENCE: &str = "MSEG_LRU_REFERENCE";
 pub(crate) const PROG_SLOW_PATH: &str = "microseg_slow_path";
 
 /// Capacities and where to pin. `Default` gives the defaults of
@@ -32,6 +35,10 @@ pub struct LoadOptions {
     pub policy_entries: u32,
     pub identities: u32,
     pub events_bytes: u32,
+    /// Entries of the bench's LRU reference map (`Hook::LruReference`). 1 by default: the
+    /// map is preallocated, and only the bench, which sets the session table's capacity,
+    /// has a use for it.
+    pub lru_reference: u32,
 }
 
 impl Default for LoadOptions {
@@ -43,6 +50,7 @@ impl Default for LoadOptions {
             policy_entries: capacity::POLICY,
             identities: capacity::IDENTITIES,
             events_bytes: capacity::EVENTS_BYTES,
+            lru_reference: 1,
         }
     }
 }
@@ -119,7 +127,8 @@ impl Dataplane {
             .map_max_entries(names::RULE_COUNTERS, opts.rules)
             .map_max_entries(names::POLICY, opts.policy_entries)
             .map_max_entries(names::IDENTITIES, opts.identities)
-            .map_max_entries(names::EVENTS, opts.events_bytes);
+            .map_max_entries(names::EVENTS, opts.events_bytes)
+            .map_max_entries(MAP_LRU_REFERENCE, opts.lru_reference.max(1));
         let pin_paths: Vec<(&'static str, PathBuf)> = match &opts.pin_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
@@ -136,6 +145,7 @@ impl Dataplane {
             PROG_FROM_WORKLOAD,
             PROG_TO_WORKLOAD,
             PROG_PASS,
+            PROG_LRU_REFERENCE,
             PROG_SLOW_PATH,
         ] {
             classifier_mut(&mut ebpf, name)?

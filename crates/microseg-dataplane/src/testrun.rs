@@ -2,10 +2,19 @@
 
 use std::time::Duration;
 
-use aya::programs::{TestRun, TestRunOptions};
+use std::os::fd::AsFd;
+
+use aya::{
+    maps::{HashMap, IterableMap, MapData},
+    programs::{TestRun, TestRunOptions},
+};
+use microseg_common::{Session, SessionKey};
 
 use crate::{
-    loader::{PROG_FROM_WORKLOAD, PROG_PASS, PROG_TO_WORKLOAD},
+    batch,
+    loader::{
+        MAP_LRU_REFERENCE, PROG_FROM_WORKLOAD, PROG_LRU_REFERENCE, PROG_PASS, PROG_TO_WORKLOAD,
+    },
     Dataplane, Error, Result,
 };
 
@@ -18,6 +27,10 @@ pub enum Hook {
     ToWorkload,
     /// The do-nothing classifier: the benchmark's floor.
     Pass,
+    /// One lookup in an LRU hash the session table's size (TC_ACT_OK on a hit, else
+    /// TC_ACT_SHOT): the benchmark's reference for an established packet. Its map is
+    /// filled with [`Dataplane::fill_lru_reference`].
+    LruReference,
 }
 
 impl Hook {
@@ -26,6 +39,7 @@ impl Hook {
             Hook::FromWorkload => PROG_FROM_WORKLOAD,
             Hook::ToWorkload => PROG_TO_WORKLOAD,
             Hook::Pass => PROG_PASS,
+            Hook::LruReference => PROG_LRU_REFERENCE,
         }
     }
 }
@@ -100,6 +114,38 @@ impl Dataplane {
             action: r.return_value,
             per_run: r.duration,
         })
+    }
+}
+
+impl Dataplane {
+    /// Writes `entries` into the map of [`Hook::LruReference`] (loaded with
+    /// [`crate::LoadOptions::lru_reference`] entries), in batches where the kernel has them.
+    pub fn fill_lru_reference(&mut self, entries: &[(SessionKey, Session)]) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_LRU_REFERENCE)
+            .ok_or(Error::MapMissing {
+                name: MAP_LRU_REFERENCE,
+            })?;
+        let mut map: HashMap<&mut MapData, SessionKey, Session> =
+            HashMap::try_from(map).map_err(Error::map_open(MAP_LRU_REFERENCE))?;
+        let (keys, values): (Vec<SessionKey>, Vec<Session>) = entries.iter().copied().unzip();
+        match batch::update_all(map.map().fd().as_fd(), &keys, &values, 1) {
+            Ok(()) => return Ok(()),
+            Err((0, e)) if batch::unsupported(&e) => {}
+            Err((_, io_error)) => {
+                let e = aya::sys::SyscallError {
+                    call: "bpf_map_update_batch",
+                    io_error,
+                };
+                return Err(Error::map_write(MAP_LRU_REFERENCE)(e.into()));
+            }
+        }
+        for (k, v) in entries {
+            map.insert(k, v, 0)
+                .map_err(Error::map_write(MAP_LRU_REFERENCE))?;
+        }
+        Ok(())
     }
 }
 

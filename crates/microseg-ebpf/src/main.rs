@@ -18,6 +18,8 @@ mod parse;
 #[cfg(target_arch = "bpf")]
 mod policy;
 #[cfg(target_arch = "bpf")]
+mod reference;
+#[cfg(target_arch = "bpf")]
 mod session;
 #[cfg(target_arch = "bpf")]
 mod shared;
@@ -49,6 +51,13 @@ mod programs {
     #[classifier]
     pub fn microseg_pass(_ctx: TcContext) -> i32 {
         0
+    }
+
+    /// One hit in an LRU hash the session table's size: the bench's reference for an
+    /// established packet (docs/PERFORMANCE.md section 1). Never attached.
+    #[classifier]
+    pub fn microseg_lru_reference(ctx: TcContext) -> i32 {
+        crate::reference::handle(&ctx)
     }
 }
 

@@ -9,6 +9,10 @@
 //!
 //! Cases, per scenario (rule count):
 //! - floor: `Hook::Pass`, a classifier that only returns TC_ACT_OK;
+//! - LRU lookup reference: `Hook::LruReference`, the established ACK's key found by one
+//!   lookup in an LRU hash of the session table's capacity, key and value, holding as many
+//!   entries as the session table (a copy of it); the established case's target is a
+//!   ratio to it (docs/PERFORMANCE.md section 1);
 //! - parse only (for analysis): an ARP frame through `Hook::ToWorkload` (config, stats,
 //!   Ethernet parse, return: everything but the session lookup);
 //! - established: the ACK of an allowed TCP connection, a session hit on every run;

@@ -16,6 +16,7 @@ pub(crate) fn ring_capacity_events(ring_bytes: u32) -> u32 {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
     Floor,
+    LruReference,
     ParseOnly,
     Established,
     NewAllowed,

@@ -123,11 +123,20 @@ pub(crate) fn print_map_memory() -> u64 {
         "map", "type", "max_entries", "memlock bytes", ""
     );
     for (name, ty, max, mem) in &maps {
+        // The bench's own reference map is no part of the data plane's memory.
+        let reference = "MSEG_LRU_REFERENCE".starts_with(name.as_str());
         println!(
-            "  {name:<20} {ty:<13} {max:>12} {mem:>14} {:>11}",
-            mib(*mem)
+            "  {name:<20} {ty:<13} {max:>12} {mem:>14} {:>11}{}",
+            mib(*mem),
+            if reference {
+                "  (bench only, not in the total)"
+            } else {
+                ""
+            }
         );
-        total += mem;
+        if !reference {
+            total += mem;
+        }
     }
     println!(
         "  {:<20} {:<13} {:>12} {:>14} {:>11}",

@@ -9,6 +9,8 @@ use crate::{
 };
 
 const TARGET_ESTABLISHED_RATIO: f64 = 2.0;
+/// Issue 22: an established packet within 1.5x of one LRU hit (docs/PERFORMANCE.md).
+const TARGET_LRU_REF_RATIO: f64 = 1.5;
 const TARGET_NEW_SESSION_NS: f64 = 300.0;
 
 pub(crate) struct Row {
@@ -27,7 +29,9 @@ fn path_check(c: &Case, repeat: u32) -> String {
     };
     let r = repeat as u64;
     match c.kind {
-        Kind::Floor => format!("classifier counters untouched: {}", d.packets == 0),
+        Kind::Floor | Kind::LruReference => {
+            format!("classifier counters untouched: {}", d.packets == 0)
+        }
         Kind::ParseOnly => format!("arp {} of {r}", d.arp),
         Kind::Established => format!(
             "session hits {} of {r}, misses {}, rejudged {}",
@@ -44,9 +48,10 @@ pub(crate) fn report(
     scenario: &str,
     cases: &[Case],
     args: &Args,
-    rows: &mut Vec<Row>,
+    totals: &mut Totals,
     rules: usize,
 ) {
+    let rows = &mut totals.rows;
     let floor = cases
         .iter()
         .find(|c| c.kind == Kind::Floor)
@@ -98,6 +103,29 @@ pub(crate) fn report(
             result: result.to_string(),
         });
     }
+    let median_of = |kind| {
+        cases
+            .iter()
+            .find(|c| c.kind == kind)
+            .map(|c| median(&c.samples))
+    };
+    if let (Some(est), Some(lru)) = (median_of(Kind::Established), median_of(Kind::LruReference)) {
+        let line = lru_ratio_line(est, lru);
+        println!("  established / LRU lookup reference: {line}");
+        totals.lru_ratios.push((scenario.to_string(), line));
+    }
+}
+
+fn lru_ratio_line(established: f64, lru: f64) -> String {
+    let ratio = established / lru;
+    format!(
+        "{established:.1} / {lru:.1} ns = {ratio:.2}x  target <= {TARGET_LRU_REF_RATIO}x LRU ref: {}",
+        if ratio <= TARGET_LRU_REF_RATIO {
+            "PASS"
+        } else {
+            "MISS"
+        }
+    )
 }
 
 #[derive(Default)]
@@ -113,6 +141,8 @@ pub(crate) struct Totals {
     pub(crate) memory: Vec<(String, u64)>,
     /// Rules, then per one-rule change (add, remove).
     pub(crate) changes: Vec<(usize, Vec<ChangeSample>)>,
+    /// Scenario, then its established case against the LRU reference.
+    pub(crate) lru_ratios: Vec<(String, String)>,
 }
 
 /// One change: compile time, apply time, keys written or removed.
@@ -134,6 +164,9 @@ pub(crate) fn summary(args: &Args, totals: &Totals) {
             "{:<34} {:<44} {:>10.1} {:>9.1} {:>8.2}  {:<16} {}",
             r.scenario, r.case, r.median, r.min, r.ratio, r.target, r.result
         );
+    }
+    for (scenario, line) in &totals.lru_ratios {
+        println!("established / LRU lookup reference, {scenario}: {line}");
     }
     for (n, c, a, _) in &totals.compile {
         println!(

@@ -7,7 +7,7 @@ use std::{
 };
 
 use microseg_dataplane::{
-    common::{config_flags, FlowEvent},
+    common::{capacity, config_flags, FlowEvent},
     packet::*,
     Dataplane, Hook, LoadOptions,
 };
@@ -93,6 +93,29 @@ fn establish(dp: &mut Dataplane, rule: usize, sport: u16) -> Vec<u8> {
     ack
 }
 
+/// Copies the session table into the LRU reference's map, the benchmark flow's session
+/// last (were the LRU to evict while filling, it would not be that one).
+fn fill_lru_reference(dp: &mut Dataplane, rule: usize, sport: u16) {
+    let t = Instant::now();
+    let (bench_key, _) = dp
+        .session_for(6, peer(rule).into(), sport, DB_IP.into(), port(rule))
+        .expect("the benchmark flow's session");
+    let mut entries = dp.sessions();
+    let at = entries
+        .iter()
+        .position(|(k, _)| *k == bench_key)
+        .expect("the benchmark flow in the session table");
+    let bench = entries.remove(at);
+    entries.push(bench);
+    dp.fill_lru_reference(&entries)
+        .expect("fill the LRU reference");
+    println!(
+        "LRU reference filled: {} entries, a copy of the session table, in {:.2} s",
+        entries.len(),
+        t.elapsed().as_secs_f64()
+    );
+}
+
 /// Adds `deny_one` next to the loaded rules and removes it again, a few times, each
 /// compiled by the long-lived compiler and applied as changes: (compile, apply, written).
 fn one_rule_changes(
@@ -139,7 +162,10 @@ pub(crate) fn scenario(args: &Args, rules: usize, fill: u32, totals: &mut Totals
         _ => format!("{rules} rules, {fill} sessions"),
     };
     println!("\n=== scenario: {title} ===");
-    let opts = LoadOptions::default();
+    let opts = LoadOptions {
+        lru_reference: capacity::SESSIONS,
+        ..Default::default()
+    };
     let t = Instant::now();
     let mut dp = Dataplane::load(&opts).expect("load (needs root)");
     println!(
@@ -230,6 +256,7 @@ pub(crate) fn scenario(args: &Args, rules: usize, fill: u32, totals: &mut Totals
 
     let last = rules.max(1) - 1;
     let ack = establish(&mut dp, last, 64_000);
+    fill_lru_reference(&mut dp, last, 64_000);
     let floor_frame = ack.clone();
     let new_allowed = tcp(peer(last), 65_000, DB_IP, port(last), TCP_SYN);
     let new_denied = tcp(WORLD_PEER, 65_000, DB_IP, 5432, TCP_SYN);
@@ -248,6 +275,15 @@ pub(crate) fn scenario(args: &Args, rules: usize, fill: u32, totals: &mut Totals
             Kind::Floor,
             Hook::Pass,
             floor_frame,
+            0,
+            false,
+        ),
+        // Action 0 on every run: the key was found (a miss returns 2).
+        case(
+            "LRU lookup reference (one hit, 1M entries, 40-byte key)".into(),
+            Kind::LruReference,
+            Hook::LruReference,
+            ack.clone(),
             0,
             false,
         ),
@@ -310,7 +346,7 @@ pub(crate) fn scenario(args: &Args, rules: usize, fill: u32, totals: &mut Totals
     let t = Instant::now();
     run_rounds(&mut dp, &mut cases, args, batch);
     println!("measured in {:.1} s", t.elapsed().as_secs_f64());
-    report(&title, &cases, args, &mut totals.rows, rules);
+    report(&title, &cases, args, totals, rules);
     let st = dp.stats().expect("stats");
     println!(
         "stats: packets {} session_hits {} session_misses {} sessions_created {} rejudged {} events_lost {}",
