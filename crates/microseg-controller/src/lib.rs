@@ -321,6 +321,25 @@ fn ensure_dir(p: &Path) -> Result<(), ControllerError> {
     })
 }
 
+/// Binds `addr` with a listen queue of 4096 (the kernel may cap it lower): a thousand
+/// agents that reconnect at once overflow tokio's default of 1024 while the controller is
+/// busy, and an overflowed queue drops connections (docs/CONTROLLER.md "Sizing").
+async fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = match a {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(4096)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other(format!("{addr}: no address"))))
+}
+
 /// Opens the store, binds `opts.listen` and serves until [`Running::stop`].
 pub async fn start(opts: &Options) -> Result<Running, ControllerError> {
     let tls = opts.tls_config()?;
@@ -332,7 +351,7 @@ pub async fn start(opts: &Options) -> Result<Running, ControllerError> {
     }
     let (flow_url, flows) = flow_store(opts).await?;
     let store = open_store(opts).await?;
-    let listener = tokio::net::TcpListener::bind(&opts.listen)
+    let listener = listen(&opts.listen)
         .await
         .map_err(|source| RuntimeError::Listen {
             addr: opts.listen.clone(),
