@@ -58,7 +58,7 @@ pub(crate) fn report(
         .map(|c| median(&c.samples))
         .unwrap();
     println!(
-        "  {:<44} {:>10} {:>9} {:>8}  {:<16} {:<6} samples ns | path check | events lost",
+        "  {:<56} {:>10} {:>9} {:>8}  {:<16} {:<6} samples ns | path check | events lost",
         "case", "median ns", "min ns", "x floor", "target", "result"
     );
     for c in cases {
@@ -82,7 +82,7 @@ pub(crate) fn report(
         };
         let samples: Vec<String> = c.samples.iter().map(|s| format!("{s:.1}")).collect();
         println!(
-            "  {:<44} {:>10.1} {:>9.1} {:>8.2}  {:<16} {:<6} [{}] | {} | {}",
+            "  {:<56} {:>10.1} {:>9.1} {:>8.2}  {:<16} {:<6} [{}] | {} | {}",
             c.name,
             md,
             mn,
@@ -156,12 +156,12 @@ pub(crate) fn summary(args: &Args, totals: &Totals) {
         args.rounds
     );
     println!(
-        "{:<34} {:<44} {:>10} {:>9} {:>8}  {:<16} result",
+        "{:<34} {:<56} {:>10} {:>9} {:>8}  {:<16} result",
         "scenario", "case", "median ns", "min ns", "x floor", "target"
     );
     for r in &totals.rows {
         println!(
-            "{:<34} {:<44} {:>10.1} {:>9.1} {:>8.2}  {:<16} {}",
+            "{:<34} {:<56} {:>10.1} {:>9.1} {:>8.2}  {:<16} {}",
             r.scenario, r.case, r.median, r.min, r.ratio, r.target, r.result
         );
     }

@@ -94,8 +94,15 @@ fn establish(dp: &mut Dataplane, rule: usize, sport: u16) -> Vec<u8> {
 }
 
 /// Copies the session table into the LRU reference's map, the benchmark flow's session
-/// last (were the LRU to evict while filling, it would not be that one).
-fn fill_lru_reference(dp: &mut Dataplane, rule: usize, sport: u16) {
+/// last (were the LRU to evict while filling, it would not be that one). The ACK must miss
+/// before (TC action 2) and hit after: the reference finds its key, and only after the fill.
+fn fill_lru_reference(dp: &mut Dataplane, rule: usize, sport: u16, ack: &[u8]) {
+    let action = |dp: &Dataplane| {
+        dp.test_run(Hook::LruReference, ack, IFINDEX_LO, 1)
+            .expect("test_run")
+            .action
+    };
+    assert_eq!(action(dp), 2, "LRU reference hit before its fill");
     let t = Instant::now();
     let (bench_key, _) = dp
         .session_for(6, peer(rule).into(), sport, DB_IP.into(), port(rule))
@@ -109,6 +116,7 @@ fn fill_lru_reference(dp: &mut Dataplane, rule: usize, sport: u16) {
     entries.push(bench);
     dp.fill_lru_reference(&entries)
         .expect("fill the LRU reference");
+    assert_eq!(action(dp), 0, "LRU reference missed the benchmark flow");
     println!(
         "LRU reference filled: {} entries, a copy of the session table, in {:.2} s",
         entries.len(),
@@ -256,7 +264,7 @@ pub(crate) fn scenario(args: &Args, rules: usize, fill: u32, totals: &mut Totals
 
     let last = rules.max(1) - 1;
     let ack = establish(&mut dp, last, 64_000);
-    fill_lru_reference(&mut dp, last, 64_000);
+    fill_lru_reference(&mut dp, last, 64_000, &ack);
     let floor_frame = ack.clone();
     let new_allowed = tcp(peer(last), 65_000, DB_IP, port(last), TCP_SYN);
     let new_denied = tcp(WORLD_PEER, 65_000, DB_IP, 5432, TCP_SYN);
