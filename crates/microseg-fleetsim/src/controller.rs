@@ -160,13 +160,18 @@ impl Controller {
         Some(size("controller.db")? + size("controller.db-wal").unwrap_or(0))
     }
 
-    /// `POST /v1/apply` with `body` (JSON): the revision it made.
-    pub async fn apply(&self, body: &str) -> Result<u64, String> {
+    /// One REST call (HTTP/1.1, the admin token): the answer's head and body.
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<(String, String), String> {
         let mut s = tokio::net::TcpStream::connect(&self.addr)
             .await
             .map_err(|e| format!("REST: {e}"))?;
         let req = format!(
-            "POST /v1/apply HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
              Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             self.addr,
             self.token,
@@ -182,8 +187,47 @@ impl Controller {
         let text = String::from_utf8_lossy(&answer);
         let (head, body) = text.split_once("\r\n\r\n").ok_or("REST: no HTTP answer")?;
         if !head.starts_with("HTTP/1.1 200") {
-            return Err(format!("apply: {head} {body}"));
+            return Err(format!("{method} {path}: {head} {body}"));
         }
+        Ok((head.to_string(), body.to_string()))
+    }
+
+    /// `GET path`: the body (de-chunked when it came chunked).
+    pub async fn get(&self, path: &str) -> Result<String, String> {
+        let (head, body) = self.request("GET", path, "").await?;
+        if !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            return Ok(body);
+        }
+        let mut out = String::new();
+        let mut rest = body.as_str();
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).map_err(|e| format!("chunk: {e}"))?;
+            let (Some(chunk), Some(after)) = (tail.get(..n), tail.get(n..)) else {
+                break;
+            };
+            if n == 0 {
+                break;
+            }
+            out.push_str(chunk);
+            rest = after.trim_start_matches("\r\n");
+        }
+        Ok(out)
+    }
+
+    /// Bytes of the started controller's log.
+    pub fn log_bytes(&self) -> Option<u64> {
+        let d = self.state_dir.as_ref()?;
+        std::fs::metadata(d.join("controller.log"))
+            .map(|m| m.len())
+            .ok()
+    }
+
+    /// `POST /v1/apply` with `body` (JSON): the revision it made.
+    pub async fn apply(&self, body: &str) -> Result<u64, String> {
+        let (_, body) = self.request("POST", "/v1/apply", body).await?;
         // The JSON object, whether or not the body came chunked.
         let json = &body[body.find('{').unwrap_or(0)..=body.rfind('}').unwrap_or(0)];
         let v: serde_json::Value =

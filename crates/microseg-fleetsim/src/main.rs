@@ -1,6 +1,7 @@
 //! microseg-fleetsim: N simulated agents against a real controller; measures start-up,
 //! one-rule policy changes and a reconnect storm. See docs/FLEETSIM.md.
 
+mod bad;
 mod controller;
 mod phases;
 mod report;
@@ -73,6 +74,10 @@ pub struct Args {
     /// revision held.
     #[arg(long)]
     pub no_resume: bool,
+    /// Bad nodes besides the fleet (repeat or comma-separate): no-ack, huge (10,000
+    /// workloads), garbage (malformed reports). See docs/FLEETSIM.md "Bad nodes".
+    #[arg(long, value_delimiter = ',', value_parser = bad::BadKind::parse)]
+    pub bad: Vec<bad::BadKind>,
     /// The whole run's limit: then it reports what it has and stops.
     #[arg(long, default_value_t = 900.0)]
     pub timeout: f64,

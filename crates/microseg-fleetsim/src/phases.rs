@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::bad::{self, BadKind, BadLog};
 use crate::controller::{sampler, usage, Controller, Sample};
-use crate::report::{percentile, Change, Changes, Report, Startup, Storm};
+use crate::report::{percentile, BadReport, Change, Changes, Report, Startup, Storm};
 use crate::sim::{self, Fleet, NodeSpec, SimConfig};
 use crate::Args;
 
@@ -104,6 +105,16 @@ pub async fn run(
             tokio::spawn(sim::run(cfg.clone(), spec, fleet.clone(), storm_rx.clone()))
         })
         .collect();
+    let bad_logs: Vec<_> = args
+        .bad
+        .iter()
+        .map(|&kind| (kind, Arc::new(Mutex::new(BadLog::default()))))
+        .collect();
+    let bad_tasks = bad_logs.iter().map(|(kind, log)| {
+        let token = microseg_controller::node_token::node_token(&ctl.agent_token, kind.node_name());
+        tokio::spawn(bad::run(cfg.clone(), *kind, token, log.clone()))
+    });
+    let tasks: Vec<_> = tasks.into_iter().chain(bad_tasks).collect();
     let _abort = AbortAll(tasks);
     let result = phases(
         args,
@@ -115,15 +126,51 @@ pub async fn run(
         samples.as_ref().map(|s| &*s.0),
     )
     .await;
+    let bad = bad_report(&ctl, &bad_logs).await;
     let mut r = report.lock().unwrap();
+    r.bad = bad;
     r.connects = fleet.connects.load(Ordering::Relaxed);
     r.flows_sent = fleet.flows_sent.load(Ordering::Relaxed);
     r.db_bytes = ctl.db_bytes();
+    r.log_bytes = ctl.log_bytes();
     if let Some((s, task)) = samples {
         task.abort();
         r.peak_rss_bytes = s.lock().unwrap().iter().map(|x| x.rss_bytes).max();
     }
     result
+}
+
+/// Each bad node's log, its `GET /v1/nodes` entry and the `/metrics` lines naming it.
+async fn bad_report(ctl: &Controller, logs: &[(BadKind, Arc<Mutex<BadLog>>)]) -> Vec<BadReport> {
+    if logs.is_empty() {
+        return Vec::new();
+    }
+    let nodes = ctl.get("/v1/nodes").await.and_then(|b| {
+        serde_json::from_str::<serde_json::Value>(&b).map_err(|e| format!("/v1/nodes: {e}"))
+    });
+    let metrics = ctl.get("/metrics").await.unwrap_or_else(|e| e);
+    logs.iter()
+        .map(|(kind, log)| {
+            let name = kind.node_name();
+            let status = nodes.clone().map(|v| {
+                v["items"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|n| n["name"] == name).cloned())
+            });
+            let label = format!("node=\"{name}\"");
+            BadReport {
+                kind: *kind,
+                node: name.into(),
+                log: log.lock().unwrap().clone(),
+                status,
+                metrics: metrics
+                    .lines()
+                    .filter(|l| l.contains(&label))
+                    .map(String::from)
+                    .collect(),
+            }
+        })
+        .collect()
 }
 
 struct AbortAll(Vec<tokio::task::JoinHandle<()>>);

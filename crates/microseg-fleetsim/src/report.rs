@@ -88,9 +88,24 @@ pub struct Report {
     pub storm: Option<Storm>,
     pub peak_rss_bytes: Option<u64>,
     pub db_bytes: Option<u64>,
+    /// The started controller's log, at the end.
+    pub log_bytes: Option<u64>,
     pub connects: usize,
     pub flows_sent: u64,
+    pub bad: Vec<BadReport>,
     pub failure: Option<String>,
+}
+
+/// A bad node at the end of the run: what it saw, and what the controller says of it.
+#[derive(Clone, Debug, Serialize)]
+pub struct BadReport {
+    pub kind: crate::bad::BadKind,
+    pub node: String,
+    pub log: crate::bad::BadLog,
+    /// Its entry in `GET /v1/nodes` (None: not listed), or the call's error.
+    pub status: Result<Option<serde_json::Value>, String>,
+    /// The lines of `/metrics` that name it.
+    pub metrics: Vec<String>,
 }
 
 impl Report {
@@ -163,10 +178,25 @@ impl Report {
                 println!("{p} storm error: {e}");
             }
         }
+        for b in &self.bad {
+            let status = match &b.status {
+                Ok(Some(v)) => v.to_string(),
+                Ok(None) => "not-listed".into(),
+                Err(e) => format!("error: {e}"),
+            };
+            println!(
+                "{p} bad={:?} node={} revisions_received={} last_revision={} bytes_received={} outcomes={:?} status={status}",
+                b.kind, b.node, b.log.revisions_received, b.log.last_revision, b.log.bytes_received, b.log.outcomes
+            );
+            for m in &b.metrics {
+                println!("{p} bad={:?} metric: {m}", b.kind);
+            }
+        }
         println!(
-            "{p} total: rss_peak={} db_bytes={} connects={} flows_sent={}{}",
+            "{p} total: rss_peak={} db_bytes={} log_bytes={} connects={} flows_sent={}{}",
             mib(self.peak_rss_bytes),
             self.db_bytes.map_or("none".into(), |b| b.to_string()),
+            self.log_bytes.map_or("none".into(), |b| b.to_string()),
             self.connects,
             self.flows_sent,
             self.failure

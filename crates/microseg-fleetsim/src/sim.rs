@@ -118,7 +118,7 @@ pub fn workloads(i: usize, m: usize) -> Vec<DiscoveredWorkload> {
 }
 
 #[derive(Clone)]
-struct Bearer(MetadataValue<Ascii>);
+pub struct Bearer(MetadataValue<Ascii>);
 
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
@@ -127,7 +127,7 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
-type Client = AgentLinkClient<InterceptedService<Channel, Bearer>>;
+pub type Client = AgentLinkClient<InterceptedService<Channel, Bearer>>;
 
 /// Runs the node until aborted: a session, and a new one after a break (backoff as the
 /// agent's: 250 ms doubling to 5 s) or at once when `storm` changes.
@@ -161,6 +161,11 @@ pub async fn run(
 }
 
 async fn connect(cfg: &SimConfig, spec: &NodeSpec) -> Result<Client, String> {
+    connect_token(cfg, &spec.token).await
+}
+
+/// A link with `token` as its bearer.
+pub async fn connect_token(cfg: &SimConfig, token: &str) -> Result<Client, String> {
     let channel = Endpoint::from_shared(cfg.url.clone())
         .map_err(|e| format!("url: {e}"))?
         .connect_timeout(Duration::from_secs(10))
@@ -168,7 +173,7 @@ async fn connect(cfg: &SimConfig, spec: &NodeSpec) -> Result<Client, String> {
         .connect()
         .await
         .map_err(|e| format!("connect: {e:?}"))?;
-    let bearer = format!("Bearer {}", spec.token)
+    let bearer = format!("Bearer {token}")
         .parse()
         .map_err(|_| "token not valid in a header".to_string())?;
     Ok(AgentLinkClient::with_interceptor(channel, Bearer(bearer))
