@@ -2,6 +2,7 @@
 //! one-rule policy changes and a reconnect storm. See docs/FLEETSIM.md.
 
 mod bad;
+mod churn;
 mod controller;
 mod phases;
 mod report;
@@ -78,6 +79,10 @@ pub struct Args {
     /// workloads), garbage (malformed reports). See docs/FLEETSIM.md "Bad nodes".
     #[arg(long, value_delimiter = ',', value_parser = bad::BadKind::parse)]
     pub bad: Vec<bad::BadKind>,
+    /// Percent of the fleet's workloads replaced per second while the changes run (each
+    /// step re-reports a node with a tenth of its workloads renamed and re-addressed).
+    #[arg(long, default_value_t = 0.0)]
+    pub churn: f64,
     /// The whole run's limit: then it reports what it has and stops.
     #[arg(long, default_value_t = 900.0)]
     pub timeout: f64,

@@ -93,14 +93,17 @@ pub async fn run(
         resume: !args.no_resume,
     });
     let start = Instant::now();
+    let (churn_tx, churn_rx): (Vec<_>, Vec<_>) = (0..n).map(|_| watch::channel(0u64)).unzip();
     let tasks: Vec<_> = (0..n)
-        .map(|i| {
+        .zip(churn_rx)
+        .map(|(i, churn)| {
             let name = format!("sim-{i}");
             let spec = NodeSpec {
                 index: i,
                 token: microseg_controller::node_token::node_token(&ctl.agent_token, &name),
                 name,
                 workloads: sim::workloads(i, args.workloads),
+                churn,
             };
             tokio::spawn(sim::run(cfg.clone(), spec, fleet.clone(), storm_rx.clone()))
         })
@@ -120,7 +123,7 @@ pub async fn run(
         args,
         &ctl,
         &fleet,
-        &storm_tx,
+        (&storm_tx, &churn_tx),
         start,
         &report,
         samples.as_ref().map(|s| &*s.0),
@@ -187,7 +190,8 @@ async fn phases(
     args: &Args,
     ctl: &Controller,
     fleet: &Fleet,
-    storm: &watch::Sender<u64>,
+    // The storm's signal, and each node's churn steps.
+    (storm, churn): (&watch::Sender<u64>, &[watch::Sender<u64>]),
     start: Instant,
     report: &Mutex<Report>,
     samples: Option<&Mutex<Vec<Sample>>>,
@@ -253,6 +257,12 @@ async fn phases(
     }
 
     let changes_from = Instant::now();
+    let churning = (args.churn > 0.0).then(|| {
+        let per_s = args.churn / 100.0 * (n * args.workloads) as f64
+            / crate::churn::per_step(args.workloads) as f64;
+        let txs: Vec<_> = churn.to_vec();
+        tokio::spawn(drive_churn(txs, per_s))
+    });
     let mut ch = Changes::default();
     let mut prev = fleet
         .acked
@@ -317,6 +327,31 @@ async fn phases(
         });
         prev = revision;
         report.lock().unwrap().changes = Some(ch.clone());
+    }
+    if let Some(task) = churning {
+        task.abort();
+        let to = Instant::now();
+        let secs = (to - changes_from).as_secs_f64();
+        let mut bytes = 0u64;
+        let mut revs = 0usize;
+        for l in &fleet.logs {
+            let l = l.lock().unwrap();
+            for r in l.revisions.iter().filter(|r| r.received >= changes_from) {
+                bytes += r.bytes;
+                revs += 1;
+            }
+        }
+        let steps: u64 = churn.iter().map(|t| *t.borrow()).sum();
+        report.lock().unwrap().churn = Some(crate::report::ChurnReport {
+            percent_per_s: args.churn,
+            seconds: secs,
+            steps,
+            workloads_replaced: steps * crate::churn::per_step(args.workloads) as u64,
+            reports_ok: fleet.churn_reports.load(Ordering::Relaxed),
+            reports_failed: fleet.churn_failed.load(Ordering::Relaxed),
+            bytes_per_node_per_s: bytes as f64 / n.max(1) as f64 / secs,
+            revisions_per_node: revs as f64 / n.max(1) as f64,
+        });
     }
     // A change some node never acked counts as infinitely slow in the percentiles.
     let of = |f: fn(&Change) -> Option<f64>, q: f64| {
@@ -415,6 +450,21 @@ async fn phases(
         report.lock().unwrap().storm = Some(s);
     }
     Ok(())
+}
+
+/// Asks `per_s` churn steps a second of the nodes in turn, ten times a second.
+async fn drive_churn(nodes: Vec<watch::Sender<u64>>, per_s: f64) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let (mut owed, mut next) = (0.0, 0usize);
+    loop {
+        tick.tick().await;
+        owed += per_s / 10.0;
+        while owed >= 1.0 && !nodes.is_empty() {
+            nodes[next % nodes.len()].send_modify(|s| *s += 1);
+            next += 1;
+            owed -= 1.0;
+        }
+    }
 }
 
 /// The k-th change: one Policy whose one rule's port moves (docs/FLEETSIM.md).

@@ -92,8 +92,24 @@ pub struct Report {
     pub log_bytes: Option<u64>,
     pub connects: usize,
     pub flows_sent: u64,
+    pub churn: Option<ChurnReport>,
     pub bad: Vec<BadReport>,
     pub failure: Option<String>,
+}
+
+/// Workload churn while the changes ran.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ChurnReport {
+    pub percent_per_s: f64,
+    pub seconds: f64,
+    /// Steps asked (each replaces a tenth of a node's workloads).
+    pub steps: u64,
+    pub workloads_replaced: u64,
+    pub reports_ok: u64,
+    pub reports_failed: u64,
+    /// Bytes each node received a second while it ran (mean over the nodes).
+    pub bytes_per_node_per_s: f64,
+    pub revisions_per_node: f64,
 }
 
 /// A bad node at the end of the run: what it saw, and what the controller says of it.
@@ -177,6 +193,12 @@ impl Report {
             for e in &st.first_errors {
                 println!("{p} storm error: {e}");
             }
+        }
+        if let Some(c) = &self.churn {
+            println!(
+                "{p} churn: percent_per_s={} seconds={:.1} steps={} workloads_replaced={} reports_ok={} reports_failed={} bytes_per_node_per_s={:.0} revisions_per_node={:.1}",
+                c.percent_per_s, c.seconds, c.steps, c.workloads_replaced, c.reports_ok, c.reports_failed, c.bytes_per_node_per_s, c.revisions_per_node
+            );
         }
         for b in &self.bad {
             let status = match &b.status {

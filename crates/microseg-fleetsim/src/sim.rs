@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::churn::Churn;
 use microseg_proto::parts::Joiner;
 use microseg_proto::prost::Message;
 use microseg_proto::v1::{
@@ -50,6 +51,9 @@ pub struct Fleet {
     pub stores: Vec<AtomicU64>,
     pub connects: AtomicUsize,
     pub flows_sent: Arc<AtomicU64>,
+    /// Churn: reports with replaced workloads that the controller took, and failed.
+    pub churn_reports: AtomicU64,
+    pub churn_failed: AtomicU64,
 }
 
 impl Fleet {
@@ -61,6 +65,8 @@ impl Fleet {
             stores: (0..n).map(|_| AtomicU64::new(0)).collect(),
             connects: AtomicUsize::new(0),
             flows_sent: Arc::default(),
+            churn_reports: AtomicU64::new(0),
+            churn_failed: AtomicU64::new(0),
         }
     }
 
@@ -78,6 +84,8 @@ pub struct NodeSpec {
     pub name: String,
     pub token: String,
     pub workloads: Vec<DiscoveredWorkload>,
+    /// Churn steps asked of this node so far (docs/FLEETSIM.md "Churn").
+    pub churn: watch::Receiver<u64>,
 }
 
 #[derive(Clone)]
@@ -139,9 +147,11 @@ pub async fn run(
 ) {
     let mut storm = storm;
     let mut backoff = Duration::from_millis(250);
+    let mut churn = Churn::new(spec.index, spec.workloads.clone());
+    let mut steps = spec.churn.clone();
     loop {
         storm.borrow_and_update();
-        match session(&cfg, &spec, &fleet, &mut storm).await {
+        match session(&cfg, &spec, &fleet, &mut storm, &mut churn, &mut steps).await {
             Ok(()) => {
                 backoff = Duration::from_millis(250);
                 continue;
@@ -205,13 +215,16 @@ async fn session(
     spec: &NodeSpec,
     fleet: &Fleet,
     storm: &mut watch::Receiver<u64>,
+    churn: &mut Churn,
+    steps: &mut watch::Receiver<u64>,
 ) -> Result<(), String> {
     let i = spec.index;
     let mut client = connect(cfg, spec).await?;
     fleet.connects.fetch_add(1, Ordering::Relaxed);
+    churn.advance(*steps.borrow_and_update());
     let report = WorkloadReport {
         node: spec.name.clone(),
-        workloads: spec.workloads.clone(),
+        workloads: churn.current(),
     };
     timed(cfg.call_timeout, "report", client.report_workloads(report)).await?;
     let mut sync = tonic::Request::new(SyncRequest {
@@ -253,6 +266,19 @@ async fn session(
                 Err(s) => return Err(status("stream")(s)),
             },
             _ = storm.changed() => return Ok(()),
+            Ok(()) = steps.changed() => {
+                if churn.advance(*steps.borrow_and_update()) {
+                    let report = WorkloadReport {
+                        node: spec.name.clone(),
+                        workloads: churn.current(),
+                    };
+                    let r = timed(cfg.call_timeout, "churn report", client.report_workloads(report)).await;
+                    let counter = if r.is_ok() { &fleet.churn_reports } else { &fleet.churn_failed };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    r?;
+                }
+                continue;
+            }
         };
         bytes += part.encoded_len() as u64;
         let whole = joiner.push(part).map_err(|e| format!("parts: {e}"))?;
