@@ -10,7 +10,7 @@ import csv
 import math
 import sys
 
-W, H = 860, 360
+W, H = 860, 390
 PANEL_W, PANEL_H = 330, 240
 LEFT, TOP = 80, 50
 GAP = 110
@@ -126,7 +126,7 @@ def main():
         "peak_rss_mib",
         xs,
     )
-    ly = H - 25
+    ly = H - 20
     for k, (db, colour) in enumerate(COLOURS.items()):
         x = LEFT + k * 140
         svg.append(
