@@ -59,21 +59,44 @@ fn check_one(w: &DiscoveredWorkload) -> Result<Vec<IpAddr>, Vec<String>> {
     }
 }
 
-/// The valid workloads of a report; the others are skipped with a warning.
+/// Longest part of a reported value a warning quotes: a node may send megabytes of it.
+const QUOTED_CHARS: usize = 120;
+
+/// The valid workloads of a report; the others are skipped with one warning per report,
+/// which counts them and quotes the first, cut short: a node sending garbage in a loop
+/// must not flood the log.
 fn check_all(node: &str, report: Vec<DiscoveredWorkload>) -> Vec<Checked> {
     let mut ok = Vec::new();
+    let mut skipped = 0usize;
+    let mut first = None;
     for w in report {
         match check_one(&w) {
             Ok(ips) => ok.push(Checked { reported: w, ips }),
-            Err(errs) => tracing::warn!(
-                node,
-                workload = %printable(&w.name),
-                error = %printable(&errs.join("; ")),
-                "skipping a reported workload"
-            ),
+            Err(errs) => {
+                skipped += 1;
+                first.get_or_insert_with(|| (quoted(&w.name), quoted(&errs.join("; "))));
+            }
         }
     }
+    if let Some((workload, error)) = first {
+        tracing::warn!(
+            node,
+            skipped,
+            workload = %workload,
+            error = %error,
+            "skipping reported workloads that are invalid (the first is quoted)"
+        );
+    }
     ok
+}
+
+/// `s` made printable, cut to [`QUOTED_CHARS`] characters (saying how long it was).
+fn quoted(s: &str) -> String {
+    if s.chars().count() <= QUOTED_CHARS {
+        return printable(s).into_owned();
+    }
+    let head: String = s.chars().take(QUOTED_CHARS).collect();
+    format!("{}... ({} bytes in all)", printable(&head), s.len())
 }
 
 /// The stored workloads a report is matched against, from the indexes of the live state:
@@ -232,5 +255,41 @@ impl Core {
             .await
             .map_err(|_| Error::http(503, "the controller is stopping"))??;
         Ok(self.published(rev))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reported(name: &str, ip: &str) -> DiscoveredWorkload {
+        DiscoveredWorkload {
+            name: name.into(),
+            interface: "eth0".into(),
+            ips: vec![ip.into()],
+            labels: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_megabyte_value_is_quoted_cut_short() {
+        let huge = "x".repeat(5 << 20);
+        let q = quoted(&huge);
+        assert!(q.len() < 200, "{} bytes", q.len());
+        assert!(q.ends_with("(5242880 bytes in all)"), "{q}");
+        assert_eq!(quoted("web-1"), "web-1");
+    }
+
+    #[test]
+    fn invalid_workloads_are_skipped_and_the_valid_ones_kept() {
+        let report = vec![
+            reported("web-1", "10.0.0.1"),
+            reported(&"n".repeat(100_000), "10.0.0.2"),
+            reported("db-1", "999.1.2.3"),
+            reported("db-2", "garbage"),
+        ];
+        let ok = check_all("node-a", report);
+        let names: Vec<&str> = ok.iter().map(|c| c.reported.name.as_str()).collect();
+        assert_eq!(names, ["web-1"]);
     }
 }
