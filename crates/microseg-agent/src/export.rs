@@ -126,6 +126,8 @@ impl Exporter {
     /// One walk at `now_ns`: ends the idle sessions, sets the pressure mode, reports the
     /// lasting ones. Returns how many sessions it expired.
     pub async fn walk(&mut self, state: &DataPlaneHandle, now_ns: u64) -> usize {
+        // Taken before the table is read: see `report_stamp`.
+        let stamp = report_stamp(now_ns);
         if let Ok(stats) = state.kernel_stats().await {
             self.created_at_walk = stats.sessions_created;
         }
@@ -142,7 +144,7 @@ impl Exporter {
                     || (entering && now_ns.saturating_sub(s.created_ns) < period))
         });
         let events: Vec<FlowEvent> = reports
-            .filter_map(|(k, s)| active_event(k, s, now_ns))
+            .filter_map(|(k, s)| active_event(k, s, stamp))
             .collect();
         keep_flows(state, events.into_iter());
         self.sessions_at_walk = live.len();
@@ -194,6 +196,21 @@ fn all_legs_ended(s: &Session) -> bool {
 }
 
 /// A report of the whole connection (both local legs) as of `now_ns`.
+/// When a walk's reports say they were made: a microsecond before the coarse clock's
+/// reading as the walk begins (and never after `now_ns`). The kernel stamps a connection's
+/// end with that coarse clock, which lags the precise one by up to a tick: stamped with the
+/// precise clock, a report read just before a connection closed could sort after its end.
+fn report_stamp(now_ns: u64) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    let coarse = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    now_ns.min(coarse).saturating_sub(1_000)
+}
+
 fn active_event(key: &SessionKey, s: &Session, now_ns: u64) -> Option<FlowEvent> {
     let (leg, _) = s.present_legs().next()?;
     let mut e = FlowEvent::default();
