@@ -214,7 +214,15 @@ pub trait Store: Send + Sync {
     /// Rows (tombstones included) changed after `revision`, read from the database.
     fn since(&self, revision: u64) -> BoxFut<'_, Vec<Row>>;
     fn touch_node<'a>(&'a self, node: &'a str, now: f64) -> BoxFut<'a, ()>;
-    fn ack<'a>(&'a self, node: &'a str, revision: u64, error: &'a str, now: f64) -> BoxFut<'a, ()>;
+    /// One ack: [`Store::ack_all`] of one row.
+    fn ack<'a>(&'a self, node: &'a str, revision: u64, error: &'a str, now: f64) -> BoxFut<'a, ()> {
+        self.ack_all(vec![AckRow {
+            node: node.to_string(),
+            revision,
+            error: error.to_string(),
+            now,
+        }])
+    }
     /// Several nodes seen, each at its time, in one transaction.
     fn touch_all(&self, seen: Vec<(String, f64)>) -> BoxFut<'_, ()> {
         Box::pin(async move {
@@ -225,14 +233,7 @@ pub trait Store: Send + Sync {
         })
     }
     /// Several acks, in order (a later one of a node wins), in one transaction.
-    fn ack_all(&self, acks: Vec<AckRow>) -> BoxFut<'_, ()> {
-        Box::pin(async move {
-            for a in &acks {
-                self.ack(&a.node, a.revision, &a.error, a.now).await?;
-            }
-            Ok(())
-        })
-    }
+    fn ack_all(&self, acks: Vec<AckRow>) -> BoxFut<'_, ()>;
     fn nodes(&self) -> BoxFut<'_, Vec<NodeRow>>;
     /// Keeps `tx` at the newest revision written by anyone (other controllers on a shared
     /// database); local writes are published by the caller.

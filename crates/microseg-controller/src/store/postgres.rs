@@ -383,16 +383,6 @@ impl Store for Postgres {
         })
     }
 
-    fn ack<'a>(&'a self, node: &'a str, revision: u64, error: &'a str, now: f64) -> BoxFut<'a, ()> {
-        let ack = AckRow {
-            node: node.to_string(),
-            revision,
-            error: error.to_string(),
-            now,
-        };
-        self.ack_all(vec![ack])
-    }
-
     fn touch_all(&self, seen: Vec<(String, f64)>) -> BoxFut<'_, ()> {
         Box::pin(async move {
             let mut last: BTreeMap<&str, f64> = BTreeMap::new();
