@@ -40,13 +40,25 @@ fn policy_cidrs(p: &Policy) -> impl Iterator<Item = Net> + '_ {
         .chain(p.egress.iter())
         .flatten()
         .flat_map(|r| r.peers.iter())
-        .flat_map(|peer| match peer {
-            Peer::Cidr { cidr, except } => std::iter::once(cidr)
-                .chain(except.iter())
-                .map(Net::from_ipnet)
-                .collect::<Vec<_>>(),
-            Peer::Selector(_) => Vec::new(),
+        .flat_map(|peer| {
+            // No vector per peer: 100,000 CIDR peers are read twice per compile.
+            let (cidr, except) = match peer {
+                Peer::Cidr { cidr, except } => (Some(cidr), except.as_slice()),
+                Peer::Selector(_) => (None, &[][..]),
+            };
+            cidr.into_iter().chain(except).map(Net::from_ipnet)
         })
+}
+
+/// How many times the policies of `now` name each CIDR.
+fn count_cidrs(now: &PoliciesByName) -> FxHashMap<Net, u32> {
+    let mut cidrs: FxHashMap<Net, u32> = FxHashMap::default();
+    for p in now.values() {
+        for c in policy_cidrs(p) {
+            *cidrs.entry(c).or_insert(0) += 1;
+        }
+    }
+    cidrs
 }
 
 /// What the last compile was built from.
@@ -185,12 +197,14 @@ impl Compiler {
                 profiles: l.profiles,
             },
             _ => {
-                let mut cidrs: FxHashMap<Net, u32> = FxHashMap::default();
-                for p in now.values() {
-                    for c in policy_cidrs(p) {
-                        *cidrs.entry(c).or_insert(0) += 1;
+                // `changes_to` has already brought the last compile's counts to `now`'s.
+                let cidrs = match last {
+                    Some(l) => {
+                        debug_assert!(l.cidrs == count_cidrs(now), "CIDR counts drifted");
+                        l.cidrs
                     }
-                }
+                    None => count_cidrs(now),
+                };
                 Base {
                     changed,
                     incremental,

@@ -138,6 +138,11 @@ struct ProtoRules {
 
 /// The entries of `peer` in section `id`, from all its contributions.
 pub fn emit_peer(id: SectionId, peer: u32, contributions: &[Contribution]) -> PeerEntries {
+    if let [only] = contributions {
+        if let Some(out) = emit_single(id, peer, only) {
+            return out;
+        }
+    }
     let mut out = PeerEntries::default();
     let mut any_protocol = None;
     let mut protocols: Vec<ProtoRules> = Vec::new();
@@ -235,6 +240,23 @@ pub fn emit_peer(id: SectionId, peer: u32, contributions: &[Contribution]) -> Pe
     out
 }
 
+/// The entries of a peer with one contribution that needs no intervals resolved (most
+/// peers of a large CIDR policy): what the general path gives, without its vectors.
+fn emit_single(id: SectionId, peer: u32, c: &Contribution) -> Option<PeerEntries> {
+    let policy = match c.what {
+        Match::AnyProtocol => vec![(id.key(peer, policy_kind::ANY_PROTOCOL, 0, 0), entry(c.best))],
+        Match::AnyPort(p) => vec![(id.key(peer, policy_kind::ANY_PORT, p, 0), entry(c.best))],
+        Match::Ports(p, a, b) if b >= a && (b - a) as u32 + 1 <= EXPAND_LIMIT => (a..=b)
+            .map(|port| (id.key(peer, policy_kind::PORT, p, port), entry(c.best)))
+            .collect(),
+        _ => return None,
+    };
+    Some(PeerEntries {
+        policy,
+        ..Default::default()
+    })
+}
+
 fn entry(b: Best) -> PolicyEntry {
     PolicyEntry {
         rank: b.0,
@@ -327,6 +349,34 @@ mod tests {
         assert_eq!(wide.len(), MAX_PORT_RANGES);
         assert_eq!(exact.len(), 4);
         assert!(wide.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    #[test]
+    fn one_contribution_gives_what_the_general_path_gives() {
+        let id = SectionId {
+            profile: 3,
+            tier: 1,
+            direction: 1,
+        };
+        let whats = [
+            Match::AnyProtocol,
+            Match::AnyPort(17),
+            Match::Ports(6, 443, 443),
+            Match::Ports(6, 1000, 1063),
+            Match::Ports(6, 1000, 1064),
+            Match::Ports(17, 0, u16::MAX),
+        ];
+        for what in whats {
+            let c = Contribution {
+                policy: 1,
+                best: (5, 77),
+                what,
+            };
+            // Twice the same contribution takes the general path and gives the same entries.
+            let general = emit_peer(id, 9, &[c, c]);
+            assert_eq!(emit_peer(id, 9, &[c]), general, "{what:?}");
+            assert!(!general.policy.is_empty() || !general.port_ranges.is_empty());
+        }
     }
 
     #[test]

@@ -31,6 +31,14 @@ pub struct Sink<'a> {
 }
 
 impl Sink<'_> {
+    /// Room for `n` more policy entries in the tables and the changes.
+    fn reserve(&mut self, n: usize) {
+        self.tables.policy.reserve(n);
+        if let Some(c) = self.changes.as_deref_mut() {
+            c.policy.reserve(n);
+        }
+    }
+
     /// Replaces one peer's `old` entries by its `new` ones.
     fn replace(&mut self, old: &PeerEntries, new: &PeerEntries) {
         let t = &mut *self.tables;
@@ -142,6 +150,10 @@ impl Section {
                 }
             }
         }
+        // Sized once: a large policy adds 100,000 peers, and regrowing moves them all.
+        self.peers
+            .reserve(touched.len().saturating_sub(self.peers.len()));
+        sink.reserve(touched.len());
         for part in added {
             for (peer, c) in part {
                 // Most peers have one contribution: no room for more until needed.
