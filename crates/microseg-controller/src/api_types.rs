@@ -161,10 +161,18 @@ pub struct LabelResponse {
     pub revision: u64,
 }
 
-/// One node in `GET /v1/nodes`: the revision it enforces and how it is doing.
+/// One node in `GET /v1/nodes`: the revision it enforces and how it is doing. The fields
+/// added later default when absent, so `microseg status` reads an older controller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeStatus {
+    /// Connected and not in sync for longer than `--node-behind-after`.
+    #[serde(default)]
+    pub behind: bool,
+    /// While it lags: when the first revision it lacks was seen by this controller (its
+    /// start, for older ones).
+    #[serde(default)]
+    pub behind_since: Option<String>,
     pub connected: bool,
     pub controller_revision: u64,
     /// Why its last update failed; None when it did not.
@@ -174,8 +182,35 @@ pub struct NodeStatus {
     pub last_ack: Option<String>,
     pub last_seen: String,
     pub name: String,
+    /// Its workload reports since this controller started; None before the first.
+    #[serde(default)]
+    pub reports: Option<NodeReports>,
     /// The revision it enforces.
     pub revision: u64,
+}
+
+/// A node's workload reports as this controller received them (docs/CONTROLLER.md "Bad
+/// nodes").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeReports {
+    /// Its latest report was refused, whole or in part.
+    pub last_refused: bool,
+    /// The latest report refused, whole or in part.
+    pub last_refusal: Option<Refusal>,
+    pub received: u64,
+    /// Refused whole (over the limit) or in part (some workloads skipped).
+    pub refused: u64,
+    pub workloads_skipped: u64,
+}
+
+/// Why a report was refused: `reason` is `over_limit` (refused whole), `invalid` or
+/// `conflict` (some of its workloads skipped).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub at: String,
+    pub message: String,
+    pub reason: String,
 }
 
 /// Every error answer (4xx and 5xx): the message and, for invalid input, one line per

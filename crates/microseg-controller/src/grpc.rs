@@ -45,6 +45,17 @@ fn status(e: Error) -> Status {
         Error::NotFound(m) => Status::not_found(m),
         Error::Conflict(m) => Status::failed_precondition(m),
         e @ Error::Store(_) => Status::unavailable(e.to_string()),
+        // 413: more than the controller takes (a report over the workload limit).
+        Error::Http {
+            status: 413,
+            message,
+            ..
+        } => Status::resource_exhausted(message),
+        Error::Http {
+            status: 503,
+            message,
+            ..
+        } => Status::unavailable(message),
         Error::Http { message, .. } => Status::invalid_argument(message),
     }
 }

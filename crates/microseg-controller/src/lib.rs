@@ -29,7 +29,7 @@ pub mod tls;
 mod ui;
 
 use crate::core::Core;
-pub use crate::core::{MAX_REPORTED_WORKLOADS, MAX_WORKLOAD_ADDRESSES};
+pub use crate::core::{DEFAULT_MAX_WORKLOADS_PER_NODE, MAX_WORKLOAD_ADDRESSES};
 use crate::flow_ingest::FlowIngest;
 pub use controller_error::{ControllerError, InputError, RuntimeError};
 pub use error::Error;
@@ -73,6 +73,12 @@ pub struct Options {
     /// A recommended policy is stable after this long without a new edge
     /// (docs/RECOMMEND.md "Lifecycle").
     pub recommend_quiet: Duration,
+    /// The most workloads one node may report; a larger report is refused whole
+    /// (docs/CONTROLLER.md "Bad nodes").
+    pub max_workloads_per_node: usize,
+    /// A connected node that lags for longer than this is behind (`microseg status`,
+    /// `microseg_controller_nodes_behind`).
+    pub node_behind_after: Duration,
 }
 
 impl Options {
@@ -91,6 +97,8 @@ impl Options {
             tls_client_ca: None,
             db_ca: None,
             recommend_quiet: DEFAULT_RECOMMEND_QUIET,
+            max_workloads_per_node: DEFAULT_MAX_WORKLOADS_PER_NODE,
+            node_behind_after: DEFAULT_NODE_BEHIND_AFTER,
         }
     }
 
@@ -108,6 +116,10 @@ impl Options {
 
 /// `--recommend-quiet`'s default.
 pub const DEFAULT_RECOMMEND_QUIET: Duration = Duration::from_secs(3600);
+
+/// `--node-behind-after`'s default: a change reaches a thousand nodes within a fraction
+/// of a second, a reconnect storm within a few (docs/CONTROLLER.md "Sizing").
+pub const DEFAULT_NODE_BEHIND_AFTER: Duration = Duration::from_secs(30);
 
 /// How many uploaded flow records may wait to be stored.
 pub const DEFAULT_FLOW_QUEUE: usize = 50_000;
@@ -369,7 +381,10 @@ pub async fn start(opts: &Options) -> Result<Running, ControllerError> {
     ingest.spawn(flow_url, flows, opts.flow_retention, stop_rx.clone());
     let mut core = Core::new(store, rev, ingest, stop_rx.clone());
     core.recommend_quiet = opts.recommend_quiet;
+    core.max_workloads_per_node = opts.max_workloads_per_node;
+    core.node_behind_after = opts.node_behind_after;
     let core = Arc::new(core);
+    core.track_revisions();
     let app = auth::app(core, token.clone(), agent_token.clone());
     let mut stopped = stop_rx.clone();
     let stopping = async move {

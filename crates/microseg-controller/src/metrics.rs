@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::api_types::{FlowStatus, NodeStatus};
+use crate::core::health::{Reason, Totals};
 use crate::core::Core;
 use crate::error::Error;
 
@@ -30,6 +31,7 @@ pub(crate) async fn metrics(State(c): State<Arc<Core>>) -> Result<Response, Erro
         revision as i64,
     );
     node_metrics(&mut m, &nodes);
+    bad_node_metrics(&mut m, &nodes, &c.health.totals());
     flow_metrics(&mut m, &flows);
     let mut text = String::new();
     prometheus_text::encode(&mut text, &m.0).map_err(|e| Error::Http {
@@ -88,6 +90,36 @@ fn node_metrics(m: &mut Metrics, nodes: &[NodeStatus]) {
         "microseg_node_update_failed",
         "1 when the node's last policy update failed (GET /v1/nodes says why)",
         per_node(|n| n.error.is_some() as i64),
+    );
+}
+
+/// Fleet-wide, not per node: a thousand nodes would make a thousand series of each, and
+/// `GET /v1/nodes` names the nodes (docs/METRICS.md "Label cardinality").
+fn bad_node_metrics(m: &mut Metrics, nodes: &[NodeStatus], t: &Totals) {
+    m.gauge(
+        "microseg_controller_nodes_behind",
+        "Connected nodes that have not enforced the current revision for longer than --node-behind-after",
+        nodes.iter().filter(|n| n.behind).count() as i64,
+    );
+    m.gauge(
+        "microseg_controller_nodes_report_refused",
+        "Nodes whose latest workload report was refused, whole or in part",
+        t.nodes_refused as i64,
+    );
+    m.counter_family(
+        "microseg_controller_node_reports_refused",
+        "Workload reports refused whole (over_limit) or in part (invalid, conflict: some workloads skipped)",
+        t.reports_refused
+            .map(|(r, v)| (vec![("reason", r.as_str().to_string())], v)),
+    );
+    m.counter_family(
+        "microseg_controller_reported_workloads_skipped",
+        "Reported workloads skipped: invalid, or conflict (an address or name another workload holds)",
+        [
+            (Reason::Invalid, t.workloads_invalid),
+            (Reason::Conflict, t.workloads_conflict),
+        ]
+        .map(|(r, v)| (vec![("reason", r.as_str().to_string())], v)),
     );
 }
 

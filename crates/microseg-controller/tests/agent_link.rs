@@ -423,7 +423,7 @@ fn a_workload_report_is_bounded() {
     let (url, token) = (ctl.url(), ctl.token());
     ctl.rt.block_on(async {
         let mut a = link(&url, Some(token)).await;
-        let many = (0..=microseg_controller::MAX_REPORTED_WORKLOADS)
+        let many = (0..=microseg_controller::DEFAULT_MAX_WORKLOADS_PER_NODE)
             .map(|i| discovered(&format!("w{i}"), "", "10.9.0.1", "node-a"))
             .collect();
         let e = a
@@ -433,8 +433,12 @@ fn a_workload_report_is_bounded() {
             })
             .await
             .unwrap_err();
-        assert_eq!(e.code(), Code::InvalidArgument);
-        assert!(e.message().contains("at most 10000"), "{}", e.message());
+        assert_eq!(e.code(), Code::ResourceExhausted);
+        assert!(
+            e.message().contains("more than the 2000"),
+            "{}",
+            e.message()
+        );
 
         // A workload with too many addresses is skipped; the rest of the report stands.
         let mut wide = discovered("wide", "veth-wide", "10.9.0.2", "node-a");

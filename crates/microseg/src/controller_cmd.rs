@@ -58,6 +58,15 @@ pub struct ControllerArgs {
     /// this long (30s, 10m, 1h; docs/RECOMMEND.md "Lifecycle").
     #[arg(long, default_value = "1h", value_name = "DURATION")]
     recommend_quiet: String,
+    /// The most workloads one node may report; a larger report is refused whole and the
+    /// node's previous workloads stay (docs/CONTROLLER.md "Bad nodes").
+    #[arg(long, default_value_t = microseg_controller::DEFAULT_MAX_WORKLOADS_PER_NODE as u32,
+          value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_workloads_per_node: u32,
+    /// A connected node that has not enforced the current revision for this long is
+    /// behind (`microseg status`, microseg_controller_nodes_behind): 10s, 1m...
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    node_behind_after: String,
     #[command(flatten)]
     pub log: crate::logger::LogArgs,
 }
@@ -136,6 +145,14 @@ pub fn run(a: ControllerArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: --recommend-quiet: {}", esc(&e.to_string()));
+            return ExitCode::from(2);
+        }
+    };
+    opts.max_workloads_per_node = a.max_workloads_per_node as usize;
+    opts.node_behind_after = match microseg_common::time::parse_duration(&a.node_behind_after) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: --node-behind-after: {}", esc(&e.to_string()));
             return ExitCode::from(2);
         }
     };

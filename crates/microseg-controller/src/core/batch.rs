@@ -3,10 +3,11 @@
 //! "Sizing"). A thousand agents starting at once then make a few revisions, not a
 //! thousand, and each stream sends a few deltas.
 
+use super::health::Skipped;
 use super::report::{replace, Checked};
 use crate::error::Error;
 use crate::store::{publish, Snapshot, Store, StoreError, TxFn};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// The most workloads one transaction takes from waiting reports (a larger report goes
@@ -16,6 +17,8 @@ const BATCH_WORKLOADS: usize = 50_000;
 pub(super) struct Pending {
     pub node: String,
     pub report: Vec<Checked>,
+    /// What the writer skipped of it (an address or name another holds).
+    pub skipped: Arc<Mutex<Skipped>>,
     pub done: oneshot::Sender<Result<u64, Error>>,
 }
 
@@ -68,7 +71,7 @@ async fn writer(
             .iter()
             .map(|p| {
                 let f: TxFn<'_> =
-                    Box::new(move |snap: &Snapshot| replace(&p.node, &p.report, snap));
+                    Box::new(move |snap: &Snapshot| replace(&p.node, &p.report, snap, &p.skipped));
                 f
             })
             .collect();

@@ -6,12 +6,12 @@
 mod acks;
 mod batch;
 mod flows;
-
+pub mod health;
 mod nodes;
 mod report;
 mod resources;
 
-pub use report::{MAX_REPORTED_WORKLOADS, MAX_WORKLOAD_ADDRESSES};
+pub use report::{DEFAULT_MAX_WORKLOADS_PER_NODE, MAX_WORKLOAD_ADDRESSES};
 
 use crate::flow_convert::AddrIndex;
 use crate::flow_ingest::FlowIngest;
@@ -48,6 +48,12 @@ pub struct Core {
     /// How long without a new edge before a recommended policy is stable
     /// (`--recommend-quiet`, docs/RECOMMEND.md "Lifecycle").
     pub recommend_quiet: std::time::Duration,
+    /// The most workloads one report may hold (`--max-workloads-per-node`).
+    pub max_workloads_per_node: usize,
+    /// A connected node lagging for longer is behind (`--node-behind-after`).
+    pub node_behind_after: std::time::Duration,
+    /// Each node's reports and the revisions' times (`health.rs`).
+    pub health: health::Health,
 }
 
 impl Core {
@@ -67,7 +73,29 @@ impl Core {
             reports: batch::Reports::default(),
             acks: acks::Acks::default(),
             recommend_quiet: crate::DEFAULT_RECOMMEND_QUIET,
+            max_workloads_per_node: DEFAULT_MAX_WORKLOADS_PER_NODE,
+            node_behind_after: crate::DEFAULT_NODE_BEHIND_AFTER,
+            health: health::Health::default(),
         }
+    }
+
+    /// Notes when each revision is first seen, for `behindSince`, until shutdown.
+    pub fn track_revisions(self: &std::sync::Arc<Core>) {
+        let core = self.clone();
+        let mut rx = self.rev.subscribe();
+        let mut shutdown = self.shutdown.clone();
+        let first = *rx.borrow_and_update();
+        core.health.revision_seen(first, now());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { return },
+                    _ = shutdown.changed() => return,
+                }
+                let rev = *rx.borrow_and_update();
+                core.health.revision_seen(rev, now());
+            }
+        });
     }
 
     /// Stores a node's ack (batched with the others waiting).

@@ -2,6 +2,7 @@
 //! warning), then matched against the stored workloads under the store's lock, which
 //! gives each its stored name and replaces what the node reported before.
 
+use super::health::{Reason, Skipped};
 use super::resources::effective_labels;
 use super::Core;
 use crate::error::{printable, Error};
@@ -13,9 +14,12 @@ use microseg_policy::{
 use microseg_proto::v1::DiscoveredWorkload;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
-/// Most workloads one node may report (a Kubernetes node runs at most a few hundred pods).
-pub const MAX_REPORTED_WORKLOADS: usize = 10_000;
+/// `--max-workloads-per-node`'s default: Kubernetes runs at most 110 pods on a node by
+/// default and large nodes a few hundred; this leaves room for hosts of many containers
+/// (docs/CONTROLLER.md "Bad nodes").
+pub const DEFAULT_MAX_WORKLOADS_PER_NODE: usize = 2_000;
 
 /// Most addresses one reported workload may have.
 pub const MAX_WORKLOAD_ADDRESSES: usize = 64;
@@ -62,26 +66,26 @@ fn check_one(w: &DiscoveredWorkload) -> Result<Vec<IpAddr>, Vec<String>> {
 /// Longest part of a reported value a warning quotes: a node may send megabytes of it.
 const QUOTED_CHARS: usize = 120;
 
-/// The valid workloads of a report; the others are skipped with one warning per report,
-/// which counts them and quotes the first, cut short: a node sending garbage in a loop
-/// must not flood the log.
-fn check_all(node: &str, report: Vec<DiscoveredWorkload>) -> Vec<Checked> {
+/// The valid workloads of a report; the others are skipped (and counted in `skipped`)
+/// with one warning per report, which counts them and quotes the first, cut short: a
+/// node sending garbage in a loop must not flood the log.
+fn check_all(node: &str, report: Vec<DiscoveredWorkload>, skipped: &mut Skipped) -> Vec<Checked> {
     let mut ok = Vec::new();
-    let mut skipped = 0usize;
     let mut first = None;
     for w in report {
         match check_one(&w) {
             Ok(ips) => ok.push(Checked { reported: w, ips }),
             Err(errs) => {
-                skipped += 1;
-                first.get_or_insert_with(|| (quoted(&w.name), quoted(&errs.join("; "))));
+                let (workload, error) =
+                    first.get_or_insert_with(|| (quoted(&w.name), quoted(&errs.join("; "))));
+                skipped.add(Reason::Invalid, || format!("\"{workload}\": {error}"));
             }
         }
     }
     if let Some((workload, error)) = first {
         tracing::warn!(
             node,
-            skipped,
+            skipped = skipped.invalid,
             workload = %workload,
             error = %error,
             "skipping reported workloads that are invalid (the first is quoted)"
@@ -182,12 +186,15 @@ impl<'s> Stored<'s> {
     }
 }
 
-/// The writes that make the node's stored workloads what it reported.
+/// The writes that make the node's stored workloads what it reported; the workloads
+/// skipped for an address or name another holds are counted in `skipped`.
 pub(super) fn replace(
     node: &str,
     report: &[Checked],
     snap: &Snapshot,
+    skipped: &Mutex<Skipped>,
 ) -> Result<Vec<Write>, Error> {
+    let mut conflicts = Skipped::default();
     let stored = Stored::of(snap, node);
     let mut writes = Vec::new();
     let mut kept: HashSet<String> = HashSet::new();
@@ -205,6 +212,13 @@ pub(super) fn replace(
                 owner = %printable(other),
                 "skipping a reported workload: its address belongs to another workload"
             );
+            conflicts.add(Reason::Conflict, || {
+                format!(
+                    "\"{}\": address {ip} belongs to workload \"{}\"",
+                    quoted(name),
+                    quoted(other)
+                )
+            });
             continue;
         }
         let Some(stored_name) = stored.stored_name(name, &kept) else {
@@ -213,6 +227,9 @@ pub(super) fn replace(
                 workload = %printable(name),
                 "skipping a reported workload: its name is taken"
             );
+            conflicts.add(Reason::Conflict, || {
+                format!("\"{}\": the name is taken", quoted(name))
+            });
             continue;
         };
         writes.extend(stored.put(c, &stored_name, snap));
@@ -226,34 +243,60 @@ pub(super) fn replace(
             });
         }
     }
+    // A transaction may run this again: the last run's count stands.
+    if let Ok(mut s) = skipped.lock() {
+        *s = conflicts;
+    }
     Ok(writes)
 }
 
 impl Core {
     /// Replaces the workloads discovered on `node` with `report`. Entries that are not
-    /// valid (name, interface, address, label) are skipped with a warning.
+    /// valid (name, interface, address, label) are skipped with a warning; a report of
+    /// more than `--max-workloads-per-node` is refused whole and changes nothing. Either
+    /// is counted for the node (`health.rs`).
     pub async fn report(&self, node: &str, report: Vec<DiscoveredWorkload>) -> Result<u64, Error> {
         if let Some(e) = check_name(node) {
             return Err(Error::bad(format!("node: {e}")));
         }
         // The report is processed under the store's lock: its size is bounded.
-        if report.len() > MAX_REPORTED_WORKLOADS {
-            return Err(Error::bad(format!(
-                "node {node}: {} workloads reported, at most {MAX_REPORTED_WORKLOADS} per node",
+        let max = self.max_workloads_per_node;
+        if report.len() > max {
+            let message = format!(
+                "node {node} reported {} workloads, more than the {max} a node may report \
+                 (the controller's --max-workloads-per-node): the report is refused whole \
+                 and the node's previous workloads stay",
                 report.len()
-            )));
+            );
+            tracing::warn!(
+                node,
+                workloads = report.len(),
+                max,
+                "refusing a workload report"
+            );
+            self.health.refused(node, Reason::OverLimit, &message);
+            return Err(Error::http(413, message));
         }
-        let report = check_all(node, report);
+        let mut invalid = Skipped::default();
+        let report = check_all(node, report, &mut invalid);
+        let conflicts = Arc::new(Mutex::new(Skipped::default()));
         let (done, result) = tokio::sync::oneshot::channel();
         let pending = super::batch::Pending {
             node: node.to_string(),
             report,
+            skipped: conflicts.clone(),
             done,
         };
         self.reports.send(&self.store, &self.rev, pending);
         let rev = result
             .await
             .map_err(|_| Error::http(503, "the controller is stopping"))??;
+        let conflicts = std::mem::take(&mut *conflicts.lock().unwrap_or_else(|e| e.into_inner()));
+        if invalid.first.is_none() {
+            invalid.first = conflicts.first;
+        }
+        invalid.conflict = conflicts.conflict;
+        self.health.reported(node, invalid);
         Ok(self.published(rev))
     }
 }
@@ -288,7 +331,9 @@ mod tests {
             reported("db-1", "999.1.2.3"),
             reported("db-2", "garbage"),
         ];
-        let ok = check_all("node-a", report);
+        let mut skipped = Skipped::default();
+        let ok = check_all("node-a", report, &mut skipped);
+        assert_eq!(skipped.invalid, 3);
         let names: Vec<&str> = ok.iter().map(|c| c.reported.name.as_str()).collect();
         assert_eq!(names, ["web-1"]);
     }

@@ -45,8 +45,65 @@ pub fn status(c: &ClientArgs, out: Report) -> ExitCode {
             &["NODE", "ENFORCED", "LAG", "CONNECTED", "LAST SEEN", "ERROR"],
             &rows,
         );
+        let problems = problems(&body.items);
+        if !problems.is_empty() {
+            outln!("\nnodes with problems: {}", problems.len());
+            table(&["NODE", "PROBLEM", "WHEN", "COUNT", "DETAIL"], &problems);
+        }
         Ok(())
     })())
+}
+
+/// One row per problem of a node: behind (connected, not enforcing the current revision
+/// for longer than the controller's --node-behind-after), its last update failed, or its
+/// latest workload report was refused (docs/CONTROLLER.md "Bad nodes").
+fn problems(nodes: &[NodeStatus]) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    for n in nodes {
+        if n.behind {
+            let last_ack = n.last_ack.as_deref().unwrap_or("never");
+            rows.push(vec![
+                cell(&n.name),
+                "behind".into(),
+                cell(n.behind_since.as_deref().unwrap_or("")),
+                format!("{} revision(s)", n.lag),
+                format!(
+                    "enforces revision {} of {}; last ack {last_ack}",
+                    n.revision, n.controller_revision
+                ),
+            ]);
+        }
+        if let Some(e) = &n.error {
+            rows.push(vec![
+                cell(&n.name),
+                "update failed".into(),
+                cell(n.last_ack.as_deref().unwrap_or("")),
+                "-".into(),
+                e.clone(),
+            ]);
+        }
+        let Some(r) = n.reports.as_ref().filter(|r| r.last_refused) else {
+            continue;
+        };
+        let Some(last) = &r.last_refusal else {
+            continue;
+        };
+        let problem = match last.reason.as_str() {
+            "over_limit" => "report refused",
+            _ => "report partly refused",
+        };
+        rows.push(vec![
+            cell(&n.name),
+            problem.into(),
+            cell(&last.at),
+            format!(
+                "{} of {} report(s), {} workload(s) skipped",
+                r.refused, r.received, r.workloads_skipped
+            ),
+            format!("{}: {}", last.reason, last.message),
+        ]);
+    }
+    rows
 }
 
 /// One line: the store and its state, then the counts.
