@@ -18,6 +18,9 @@ pub struct Controller {
     pub pid_now: Arc<AtomicU32>,
     /// How it was started (binary, --db), for a restart.
     started: Option<(PathBuf, Option<String>)>,
+    /// Where its tokens are: its own state dir, or the first controller's when several
+    /// share one database (they must take the same node tokens).
+    token_dir: Option<PathBuf>,
     /// host:port of REST and gRPC.
     pub addr: String,
     pub token: String,
@@ -49,17 +52,31 @@ fn free_port() -> Result<u16, String> {
 }
 
 impl Controller {
-    /// Starts `bin controller` on a free loopback port with a new state dir under /tmp.
-    pub fn start(bin: &Path, db: Option<&str>, keep: bool) -> Result<Controller, String> {
-        let dir = std::env::temp_dir().join(format!("fleetsim-{}", std::process::id()));
+    /// Starts `bin controller` on a free loopback port with a new state dir under /tmp;
+    /// `index` > 0 names a further controller on the same database, which takes the
+    /// tokens in `tokens_of` (the first controller's state dir).
+    pub fn start(
+        bin: &Path,
+        db: Option<&str>,
+        keep: bool,
+        index: usize,
+        tokens_of: Option<&Path>,
+    ) -> Result<Controller, String> {
+        let name = match index {
+            0 => format!("fleetsim-{}", std::process::id()),
+            k => format!("fleetsim-{}-c{k}", std::process::id()),
+        };
+        let dir = std::env::temp_dir().join(name);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let token_dir = tokens_of.unwrap_or(&dir).to_path_buf();
         let addr = format!("127.0.0.1:{}", free_port()?);
-        let child = spawn(bin, &dir, &addr, db)?;
+        let child = spawn(bin, &dir, &addr, db, &token_dir)?;
         let mut c = Controller {
             pid: Some(child.id()),
             pid_now: Arc::new(AtomicU32::new(child.id())),
             child: Mutex::new(Some(child)),
             started: Some((bin.to_path_buf(), db.map(String::from))),
+            token_dir: Some(token_dir),
             addr: addr.clone(),
             token: String::new(),
             agent_token: String::new(),
@@ -75,6 +92,7 @@ impl Controller {
     /// Waits until the started controller listens; its tokens.
     fn wait_listening(&self) -> Result<(String, String), String> {
         let dir = self.state_dir.clone().ok_or("not started here")?;
+        let tokens = self.token_dir.clone().ok_or("not started here")?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let exited = self
@@ -89,11 +107,11 @@ impl Controller {
                     dir.join("controller.log").display()
                 ));
             }
-            let tokens = (
-                read_token(&dir.join("controller.token")),
-                read_token(&dir.join("agent.token")),
+            let read = (
+                read_token(&tokens.join("controller.token")),
+                read_token(&tokens.join("agent.token")),
             );
-            if let (Ok(t), Ok(a)) = tokens {
+            if let (Ok(t), Ok(a)) = read {
                 if !t.is_empty()
                     && !a.is_empty()
                     && std::net::TcpStream::connect(&self.addr).is_ok()
@@ -116,6 +134,7 @@ impl Controller {
             .clone()
             .ok_or("only a started controller restarts")?;
         let dir = self.state_dir.clone().ok_or("no state dir")?;
+        let tokens = self.token_dir.clone().ok_or("no state dir")?;
         let t = Instant::now();
         if let Some(mut old) = self.child.lock().unwrap().take() {
             // SAFETY: a signal to our own child.
@@ -127,7 +146,7 @@ impl Controller {
             let _ = old.kill();
             let _ = old.wait();
         }
-        let child = spawn(&bin, &dir, &self.addr, db.as_deref())?;
+        let child = spawn(&bin, &dir, &self.addr, db.as_deref(), &tokens)?;
         self.pid_now.store(child.id(), Ordering::Relaxed);
         *self.child.lock().unwrap() = Some(child);
         self.wait_listening()?;
@@ -145,6 +164,7 @@ impl Controller {
             pid,
             pid_now: Arc::new(AtomicU32::new(pid.unwrap_or(0))),
             started: None,
+            token_dir: None,
             addr,
             token: read_token(token)?,
             agent_token: read_token(agent_token)?,
@@ -238,8 +258,15 @@ impl Controller {
     }
 }
 
-/// `bin controller` on `addr` with state in `dir` (its log appended to `controller.log`).
-fn spawn(bin: &Path, dir: &Path, addr: &str, db: Option<&str>) -> Result<Child, String> {
+/// `bin controller` on `addr` with state in `dir` (its log appended to `controller.log`)
+/// and its tokens in `tokens` (created there by the first controller).
+fn spawn(
+    bin: &Path,
+    dir: &Path,
+    addr: &str,
+    db: Option<&str>,
+    tokens: &Path,
+) -> Result<Child, String> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -253,6 +280,12 @@ fn spawn(bin: &Path, dir: &Path, addr: &str, db: Option<&str>) -> Result<Child, 
         .stderr(log);
     if let Some(db) = db {
         cmd.args(["--db", db]);
+    }
+    if tokens != dir {
+        cmd.arg("--token-file")
+            .arg(tokens.join("controller.token"))
+            .arg("--agent-token-file")
+            .arg(tokens.join("agent.token"));
     }
     // SAFETY: prctl only, between fork and exec.
     unsafe {

@@ -2,11 +2,13 @@
 //! one-rule policy changes and a reconnect storm. See docs/FLEETSIM.md.
 
 mod bad;
+mod changes;
 mod churn;
 mod controller;
 mod phases;
 mod report;
 mod sim;
+mod storm;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +46,10 @@ pub struct Args {
     /// With --start-controller: its --db (default: SQLite in the state dir).
     #[arg(long)]
     pub db: Option<String>,
+    /// With --start-controller and a PostgreSQL --db: start this many controllers on it,
+    /// node i linked to controller i mod K; changes are applied through controller 0.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub controllers: u16,
     /// With --start-controller: keep its state dir (and log) after the run.
     #[arg(long)]
     pub keep_state: bool,
@@ -126,34 +132,56 @@ fn main() {
     std::process::exit(code);
 }
 
-async fn run(args: Args) -> i32 {
-    let ctl = match (&args.start_controller, &args.controller) {
-        (Some(bin), _) => Controller::start(bin, args.db.as_deref(), args.keep_state),
-        (None, Some(addr)) => match (&args.token_file, &args.agent_token_file) {
-            (Some(t), Some(a)) => Controller::attach(addr.clone(), t, a, args.controller_pid),
-            _ => Err("--controller needs --token-file and --agent-token-file".into()),
-        },
-        _ => Err("give --start-controller BIN or --controller ADDR".into()),
+/// The controllers under test: started (K of them on one PostgreSQL) or the one attached.
+fn controllers(args: &Args) -> Result<Vec<Arc<Controller>>, String> {
+    let k = usize::from(args.controllers);
+    let Some(bin) = &args.start_controller else {
+        if k > 1 {
+            return Err("--controllers needs --start-controller".into());
+        }
+        return match (&args.controller, &args.token_file, &args.agent_token_file) {
+            (Some(addr), Some(t), Some(a)) => Ok(vec![Arc::new(Controller::attach(
+                addr.clone(),
+                t,
+                a,
+                args.controller_pid,
+            )?)]),
+            (Some(_), _, _) => Err("--controller needs --token-file and --agent-token-file".into()),
+            _ => Err("give --start-controller BIN or --controller ADDR".into()),
+        };
     };
-    let ctl = match ctl {
-        Ok(c) => Arc::new(c),
+    let db = args.db.as_deref();
+    if k > 1 && !db.is_some_and(|d| d.starts_with("postgres")) {
+        return Err("--controllers K > 1 shares one database: give --db postgres://...".into());
+    }
+    let mut ctls: Vec<Arc<Controller>> = Vec::new();
+    for i in 0..k {
+        let tokens = ctls.first().and_then(|c| c.state_dir.clone());
+        let c = Controller::start(bin, db, args.keep_state, i, tokens.as_deref())?;
+        if let Some(d) = &c.state_dir {
+            eprintln!(
+                "fleetsim: controller {i} pid {:?} at {} (state dir {})",
+                c.pid,
+                c.addr,
+                d.display()
+            );
+        }
+        ctls.push(Arc::new(c));
+    }
+    Ok(ctls)
+}
+
+async fn run(args: Args) -> i32 {
+    let ctls = match controllers(&args) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("fleetsim: {e}");
             return 1;
         }
     };
-    if let Some(d) = &ctl.state_dir {
-        eprintln!(
-            "fleetsim: controller pid {:?} at {} (state dir {})",
-            ctl.pid,
-            ctl.addr,
-            d.display()
-        );
-    }
     let report = Arc::new(std::sync::Mutex::new(report::Report::new(&args)));
     let limit = Duration::from_secs_f64(args.timeout);
-    let outcome =
-        tokio::time::timeout(limit, phases::run(&args, ctl.clone(), report.clone())).await;
+    let outcome = tokio::time::timeout(limit, phases::run(&args, ctls, report.clone())).await;
     let mut r = report.lock().unwrap().clone();
     match outcome {
         Ok(Ok(())) => {}

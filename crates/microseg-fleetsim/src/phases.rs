@@ -1,5 +1,5 @@
-//! The run: start the fleet, let it settle, apply one-rule changes, storm
-//! (docs/FLEETSIM.md says what each figure means).
+//! The run: start the fleet (split between the controllers), let it settle, apply one-rule
+//! changes, storm (docs/FLEETSIM.md says what each figure means).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -9,12 +9,12 @@ use tokio::sync::watch;
 
 use crate::bad::{self, BadKind, BadLog};
 use crate::controller::{sampler, usage, Controller, Sample};
-use crate::report::{percentile, BadReport, Change, Changes, Report, Startup, Storm};
+use crate::report::{BadReport, ControllerFigures, Report, Startup};
 use crate::sim::{self, Fleet, NodeSpec, SimConfig};
 use crate::Args;
 
 /// Waits (polling) until `done` holds or `limit` passes; the instant it held.
-async fn until(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Instant> {
+pub async fn until(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Instant> {
     let end = Instant::now() + limit;
     loop {
         if done() {
@@ -29,7 +29,7 @@ async fn until(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Instan
 
 /// Waits until every node acked the same revision and nothing moved for 1 s: when that
 /// state began.
-async fn in_sync(fleet: &Fleet, limit: Duration) -> Option<Instant> {
+pub async fn in_sync(fleet: &Fleet, limit: Duration) -> Option<Instant> {
     let end = Instant::now() + limit;
     let mut since: Option<(Instant, u64)> = None;
     loop {
@@ -56,7 +56,7 @@ async fn in_sync(fleet: &Fleet, limit: Duration) -> Option<Instant> {
     }
 }
 
-fn errors_since(fleet: &Fleet, t: Instant) -> (usize, Vec<String>) {
+pub fn errors_since(fleet: &Fleet, t: Instant) -> (usize, Vec<String>) {
     let mut all: Vec<String> = Vec::new();
     let mut n = 0;
     for (i, l) in fleet.logs.iter().enumerate() {
@@ -72,26 +72,82 @@ fn errors_since(fleet: &Fleet, t: Instant) -> (usize, Vec<String>) {
     (n, all)
 }
 
-fn rss(samples: &Mutex<Vec<Sample>>, from: Instant, to: Instant) -> (Option<u64>, Option<f64>) {
-    let s = samples.lock().unwrap();
-    usage(&s, from, to).map_or((None, None), |(r, c)| (Some(r), Some(c)))
+/// What the phases share: the controllers (node i is linked to controller i mod K, changes
+/// go through controller 0), the fleet, the report and each controller's samples.
+pub struct Ctx<'a> {
+    pub args: &'a Args,
+    pub ctls: &'a [Arc<Controller>],
+    pub fleet: &'a Fleet,
+    pub start: Instant,
+    pub report: &'a Mutex<Report>,
+    samples: Vec<Option<Arc<Mutex<Vec<Sample>>>>>,
+}
+
+/// Peak RSS and CPU seconds of one controller over a stretch.
+pub type Usage = (Option<u64>, Option<f64>);
+
+impl Ctx<'_> {
+    pub fn controller_of(&self, node: usize) -> usize {
+        node % self.ctls.len()
+    }
+
+    /// Nodes linked to controller `c`.
+    pub fn nodes_of(&self, c: usize) -> usize {
+        (0..self.args.nodes)
+            .filter(|&i| self.controller_of(i) == c)
+            .count()
+    }
+
+    pub fn secs(&self, t: Instant) -> f64 {
+        t.duration_since(self.start).as_secs_f64()
+    }
+
+    /// Each controller's peak RSS and CPU seconds between `a` and `b`.
+    pub fn usage(&self, a: Instant, b: Instant) -> Vec<Usage> {
+        self.samples
+            .iter()
+            .map(|s| match s {
+                Some(s) => usage(&s.lock().unwrap(), a, b)
+                    .map_or((None, None), |(r, c)| (Some(r), Some(c))),
+                None => (None, None),
+            })
+            .collect()
+    }
+
+    /// With several controllers: sets each one's figures.
+    pub fn per_controller(&self, mut set: impl FnMut(usize, &mut ControllerFigures)) {
+        let mut r = self.report.lock().unwrap();
+        for (c, f) in r.controllers.iter_mut().enumerate() {
+            set(c, f);
+        }
+    }
 }
 
 pub async fn run(
     args: &Args,
-    ctl: Arc<Controller>,
+    ctls: Vec<Arc<Controller>>,
     report: Arc<Mutex<Report>>,
 ) -> Result<(), String> {
-    let samples = ctl.pid.map(|_| sampler(ctl.pid_now.clone()));
+    let samplers: Vec<_> = ctls
+        .iter()
+        .map(|c| c.pid.map(|_| sampler(c.pid_now.clone())))
+        .collect();
     let n = args.nodes;
     let fleet = Arc::new(Fleet::new(n));
     let (storm_tx, storm_rx) = watch::channel(0u64);
-    let cfg = Arc::new(SimConfig {
-        url: format!("http://{}", ctl.addr),
-        flow_rate: args.flow_rate,
-        call_timeout: (args.call_timeout > 0.0).then(|| Duration::from_secs_f64(args.call_timeout)),
-        resume: !args.no_resume,
-    });
+    let cfgs: Vec<Arc<SimConfig>> = ctls
+        .iter()
+        .map(|c| {
+            Arc::new(SimConfig {
+                url: format!("http://{}", c.addr),
+                flow_rate: args.flow_rate,
+                call_timeout: (args.call_timeout > 0.0)
+                    .then(|| Duration::from_secs_f64(args.call_timeout)),
+                resume: !args.no_resume,
+            })
+        })
+        .collect();
+    let agent_token = ctls[0].agent_token.clone();
     let start = Instant::now();
     let (churn_tx, churn_rx): (Vec<_>, Vec<_>) = (0..n).map(|_| watch::channel(0u64)).unzip();
     let tasks: Vec<_> = (0..n)
@@ -100,12 +156,13 @@ pub async fn run(
             let name = format!("sim-{i}");
             let spec = NodeSpec {
                 index: i,
-                token: microseg_controller::node_token::node_token(&ctl.agent_token, &name),
+                token: microseg_controller::node_token::node_token(&agent_token, &name),
                 name,
                 workloads: sim::workloads(i, args.workloads),
                 churn,
             };
-            tokio::spawn(sim::run(cfg.clone(), spec, fleet.clone(), storm_rx.clone()))
+            let cfg = cfgs[i % cfgs.len()].clone();
+            tokio::spawn(sim::run(cfg, spec, fleet.clone(), storm_rx.clone()))
         })
         .collect();
     let bad_logs: Vec<_> = args
@@ -114,32 +171,56 @@ pub async fn run(
         .map(|&kind| (kind, Arc::new(Mutex::new(BadLog::default()))))
         .collect();
     let bad_tasks = bad_logs.iter().map(|(kind, log)| {
-        let token = microseg_controller::node_token::node_token(&ctl.agent_token, kind.node_name());
-        tokio::spawn(bad::run(cfg.clone(), *kind, token, log.clone()))
+        let token = microseg_controller::node_token::node_token(&agent_token, kind.node_name());
+        tokio::spawn(bad::run(cfgs[0].clone(), *kind, token, log.clone()))
     });
     let tasks: Vec<_> = tasks.into_iter().chain(bad_tasks).collect();
     let _abort = AbortAll(tasks);
-    let result = phases(
+    let ctx = Ctx {
         args,
-        &ctl,
-        &fleet,
-        (&storm_tx, &churn_tx),
+        ctls: &ctls,
+        fleet: &fleet,
         start,
-        &report,
-        samples.as_ref().map(|s| &*s.0),
-    )
-    .await;
-    let bad = bad_report(&ctl, &bad_logs).await;
+        report: &report,
+        samples: samplers
+            .iter()
+            .map(|s| s.as_ref().map(|s| s.0.clone()))
+            .collect(),
+    };
+    if ctls.len() > 1 {
+        report.lock().unwrap().controllers = ctls
+            .iter()
+            .enumerate()
+            .map(|(c, ctl)| ControllerFigures {
+                index: c,
+                addr: ctl.addr.clone(),
+                nodes: ctx.nodes_of(c),
+                ..Default::default()
+            })
+            .collect();
+    }
+    let result = phases(&ctx, &storm_tx, &churn_tx).await;
+    let bad = bad_report(&ctls[0], &bad_logs).await;
+    let peaks: Vec<Option<u64>> = samplers
+        .into_iter()
+        .map(|s| {
+            let (s, task) = s?;
+            task.abort();
+            let peak = s.lock().unwrap().iter().map(|x| x.rss_bytes).max();
+            peak
+        })
+        .collect();
+    ctx.per_controller(|c, f| {
+        f.peak_rss_bytes = peaks[c];
+        f.log_bytes = ctls[c].log_bytes();
+    });
     let mut r = report.lock().unwrap();
     r.bad = bad;
     r.connects = fleet.connects.load(Ordering::Relaxed);
     r.flows_sent = fleet.flows_sent.load(Ordering::Relaxed);
-    r.db_bytes = ctl.db_bytes();
-    r.log_bytes = ctl.log_bytes();
-    if let Some((s, task)) = samples {
-        task.abort();
-        r.peak_rss_bytes = s.lock().unwrap().iter().map(|x| x.rss_bytes).max();
-    }
+    r.db_bytes = ctls[0].db_bytes();
+    r.log_bytes = ctls[0].log_bytes();
+    r.peak_rss_bytes = peaks[0];
     result
 }
 
@@ -187,25 +268,41 @@ impl Drop for AbortAll {
 }
 
 async fn phases(
-    args: &Args,
-    ctl: &Controller,
-    fleet: &Fleet,
-    // The storm's signal, and each node's churn steps.
-    (storm, churn): (&watch::Sender<u64>, &[watch::Sender<u64>]),
-    start: Instant,
-    report: &Mutex<Report>,
-    samples: Option<&Mutex<Vec<Sample>>>,
+    ctx: &Ctx<'_>,
+    storm: &watch::Sender<u64>,
+    churn: &[watch::Sender<u64>],
 ) -> Result<(), String> {
-    let n = args.nodes;
-    let secs = |t: Instant| t.duration_since(start).as_secs_f64();
-    let usage_of = |a: Instant, b: Instant| samples.map_or((None, None), |s| rss(s, a, b));
-    let startup_limit = Duration::from_secs_f64(args.startup_timeout);
+    startup(ctx).await?;
+
+    // Idle: 2 s with nothing to do.
+    let idle_from = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = ctx.usage(idle_from, Instant::now());
+    let percent = |c: Option<f64>| c.map(|c| 100.0 * c / idle_from.elapsed().as_secs_f64());
+    {
+        let mut r = ctx.report.lock().unwrap();
+        r.idle_rss_bytes = idle[0].0;
+        r.idle_cpu_percent = percent(idle[0].1);
+    }
+    ctx.per_controller(|c, f| f.idle_rss_bytes = idle[c].0);
+
+    crate::changes::run(ctx, churn).await?;
+    if let Some(at) = ctx.args.reconnect_storm_at {
+        crate::storm::run(ctx, storm, at).await?;
+    }
+    Ok(())
+}
+
+/// Every node starts at once: until each has its first full state, then all in sync.
+async fn startup(ctx: &Ctx<'_>) -> Result<(), String> {
+    let (fleet, n) = (ctx.fleet, ctx.args.nodes);
+    let startup_limit = Duration::from_secs_f64(ctx.args.startup_timeout);
     let full = until(startup_limit, || {
         fleet.fulls.iter().all(|f| f.load(Ordering::Acquire) > 0)
     })
     .await;
     let synced = match full {
-        Some(_) => in_sync(fleet, startup_limit.saturating_sub(start.elapsed())).await,
+        Some(_) => in_sync(fleet, startup_limit.saturating_sub(ctx.start.elapsed())).await,
         None => None,
     };
     let end = Instant::now();
@@ -215,8 +312,8 @@ async fn phases(
             .iter()
             .filter(|f| f.load(Ordering::Acquire) > 0)
             .count(),
-        all_full_state_s: full.map(secs),
-        all_in_sync_s: synced.map(secs),
+        all_full_state_s: full.map(|t| ctx.secs(t)),
+        all_in_sync_s: synced.map(|t| ctx.secs(t)),
         revision: fleet
             .acked
             .iter()
@@ -238,249 +335,13 @@ async fn phases(
     st.bytes_per_node_mean = totals.iter().sum::<u64>() / n.max(1) as u64;
     st.bytes_per_node_max = totals.iter().copied().max().unwrap_or(0);
     st.revisions_per_node_mean = revs as f64 / n.max(1) as f64;
-    (st.errors, st.first_errors) = errors_since(fleet, start);
-    (st.peak_rss_bytes, st.cpu_s) = usage_of(start, end);
-    let ok = synced.is_some();
-    report.lock().unwrap().startup = Some(st);
-    if !ok {
+    (st.errors, st.first_errors) = errors_since(fleet, ctx.start);
+    let used = ctx.usage(ctx.start, end);
+    (st.peak_rss_bytes, st.cpu_s) = used[0];
+    ctx.report.lock().unwrap().startup = Some(st);
+    ctx.per_controller(|c, f| f.startup_rss_peak_bytes = used[c].0);
+    if synced.is_none() {
         return Err("the fleet did not get in sync within --startup-timeout".into());
     }
-
-    // Idle: 2 s with nothing to do.
-    let idle_from = Instant::now();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (idle_rss, idle_cpu) = usage_of(idle_from, Instant::now());
-    {
-        let mut r = report.lock().unwrap();
-        r.idle_rss_bytes = idle_rss;
-        r.idle_cpu_percent = idle_cpu.map(|c| 100.0 * c / idle_from.elapsed().as_secs_f64());
-    }
-
-    let changes_from = Instant::now();
-    let churning = (args.churn > 0.0).then(|| {
-        let per_s = args.churn / 100.0 * (n * args.workloads) as f64
-            / crate::churn::per_step(args.workloads) as f64;
-        let txs: Vec<_> = churn.to_vec();
-        tokio::spawn(drive_churn(txs, per_s))
-    });
-    let mut ch = Changes::default();
-    let mut prev = fleet
-        .acked
-        .iter()
-        .map(|a| a.load(Ordering::Acquire))
-        .max()
-        .unwrap_or(0);
-    for k in 0..args.changes {
-        let body = one_rule_policy(k);
-        let sent = Instant::now();
-        let revision = ctl.apply(&body).await?;
-        let returned = Instant::now();
-        let limit = Duration::from_secs_f64(args.change_timeout);
-        until(limit, || {
-            fleet
-                .acked
-                .iter()
-                .all(|a| a.load(Ordering::Acquire) >= revision)
-        })
-        .await;
-        let mut last: Option<Instant> = None;
-        let mut last_rx: Option<Instant> = None;
-        let (mut acked, mut total, mut per_max) = (0, 0u64, 0u64);
-        for l in &fleet.logs {
-            let l = l.lock().unwrap();
-            if let Some(t) = l
-                .revisions
-                .iter()
-                .filter(|r| r.revision >= revision)
-                .find_map(|r| r.acked)
-            {
-                acked += 1;
-                last = Some(last.map_or(t, |x| x.max(t)));
-            }
-            if let Some(r) = l.revisions.iter().find(|r| r.revision >= revision) {
-                last_rx = Some(last_rx.map_or(r.received, |x| x.max(r.received)));
-            }
-            let b: u64 = l
-                .revisions
-                .iter()
-                .filter(|r| r.revision > prev && r.revision <= revision && !r.full)
-                .map(|r| r.bytes)
-                .sum();
-            total += b;
-            per_max = per_max.max(b);
-        }
-        ch.items.push(Change {
-            revision,
-            apply_ms: (returned - sent).as_secs_f64() * 1e3,
-            last_ack_ms: last
-                .filter(|_| acked == n)
-                .map(|t| t.saturating_duration_since(returned).as_secs_f64() * 1e3),
-            last_ack_from_sent_ms: last
-                .filter(|_| acked == n)
-                .map(|t| t.saturating_duration_since(sent).as_secs_f64() * 1e3),
-            last_receive_ms: last_rx
-                .filter(|_| acked == n)
-                .map(|t| t.saturating_duration_since(returned).as_secs_f64() * 1e3),
-            nodes_acked: acked,
-            bytes_total: total,
-            bytes_per_node_max: per_max,
-        });
-        prev = revision;
-        report.lock().unwrap().changes = Some(ch.clone());
-    }
-    if let Some(task) = churning {
-        task.abort();
-        let to = Instant::now();
-        let secs = (to - changes_from).as_secs_f64();
-        let mut bytes = 0u64;
-        let mut revs = 0usize;
-        for l in &fleet.logs {
-            let l = l.lock().unwrap();
-            for r in l.revisions.iter().filter(|r| r.received >= changes_from) {
-                bytes += r.bytes;
-                revs += 1;
-            }
-        }
-        let steps: u64 = churn.iter().map(|t| *t.borrow()).sum();
-        report.lock().unwrap().churn = Some(crate::report::ChurnReport {
-            percent_per_s: args.churn,
-            seconds: secs,
-            steps,
-            workloads_replaced: steps * crate::churn::per_step(args.workloads) as u64,
-            reports_ok: fleet.churn_reports.load(Ordering::Relaxed),
-            reports_failed: fleet.churn_failed.load(Ordering::Relaxed),
-            bytes_per_node_per_s: bytes as f64 / n.max(1) as f64 / secs,
-            revisions_per_node: revs as f64 / n.max(1) as f64,
-        });
-    }
-    // A change some node never acked counts as infinitely slow in the percentiles.
-    let of = |f: fn(&Change) -> Option<f64>, q: f64| {
-        let v: Vec<f64> = ch
-            .items
-            .iter()
-            .map(|c| f(c).unwrap_or(f64::INFINITY))
-            .collect();
-        percentile(&v, q).filter(|x| x.is_finite())
-    };
-    ch.last_ack_p50_ms = of(|c| c.last_ack_ms, 0.5);
-    ch.last_ack_p99_ms = of(|c| c.last_ack_ms, 0.99);
-    ch.last_ack_from_sent_p50_ms = of(|c| c.last_ack_from_sent_ms, 0.5);
-    ch.last_ack_from_sent_p99_ms = of(|c| c.last_ack_from_sent_ms, 0.99);
-    let applies: Vec<f64> = ch.items.iter().map(|c| c.apply_ms).collect();
-    ch.apply_p50_ms = percentile(&applies, 0.5);
-    let k = ch.items.len().max(1) as u64;
-    ch.bytes_total_mean = ch.items.iter().map(|c| c.bytes_total).sum::<u64>() / k;
-    ch.bytes_per_node_mean = ch.bytes_total_mean / n.max(1) as u64;
-    // Lets the sampler take one more sample after the stretch.
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    (ch.peak_rss_bytes, ch.cpu_s) = usage_of(changes_from, Instant::now());
-    report.lock().unwrap().changes = Some(ch);
-
-    if let Some(at) = args.reconnect_storm_at {
-        let wait = Duration::from_secs_f64(at).saturating_sub(start.elapsed());
-        tokio::time::sleep(wait).await;
-        let before: Vec<u64> = fleet
-            .fulls
-            .iter()
-            .map(|f| f.load(Ordering::Acquire))
-            .collect();
-        let t = Instant::now();
-        let mut restart_s = None;
-        if args.storm_restart {
-            // The links break as the controller stops; each node reconnects on its own.
-            let took = tokio::task::block_in_place(|| ctl.restart())?;
-            restart_s = Some(took.as_secs_f64());
-        } else {
-            storm.send_modify(|e| *e += 1);
-        }
-        let limit = startup_limit;
-        let resynced = || {
-            fleet
-                .fulls
-                .iter()
-                .zip(&before)
-                .filter(|(f, b)| f.load(Ordering::Acquire) > **b)
-                .count()
-        };
-        let full = until(limit, || resynced() == n).await;
-        let synced = match full {
-            Some(_) => in_sync(fleet, limit.saturating_sub(t.elapsed())).await,
-            None => None,
-        };
-        let mut s = Storm {
-            at_s: secs(t),
-            all_full_state_s: full.map(|x| (x - t).as_secs_f64()),
-            all_in_sync_s: synced.map(|x| x.saturating_duration_since(t).as_secs_f64()),
-            nodes_resynced: resynced(),
-            restart_s,
-            full_states: fleet
-                .logs
-                .iter()
-                .filter(|l| {
-                    let l = l.lock().unwrap();
-                    l.revisions.iter().any(|r| r.full && r.received > t)
-                })
-                .count(),
-            bytes_per_node_max: fleet
-                .logs
-                .iter()
-                .map(|l| {
-                    let l = l.lock().unwrap();
-                    l.revisions
-                        .iter()
-                        .filter(|r| r.received > t)
-                        .map(|r| r.bytes)
-                        .sum::<u64>()
-                })
-                .max()
-                .unwrap_or(0),
-            ..Default::default()
-        };
-        (s.errors, s.first_errors) = errors_since(fleet, t);
-        if let Some(r) = restart_s {
-            // What failed once the controller listened again (before: refused, as expected).
-            let up = t + Duration::from_secs_f64(r);
-            let (n, first) = errors_since(fleet, up);
-            s.errors_after_restart = Some(n);
-            if n > 0 {
-                s.first_errors = first;
-            }
-        }
-        (s.peak_rss_bytes, s.cpu_s) = usage_of(t, Instant::now());
-        report.lock().unwrap().storm = Some(s);
-    }
     Ok(())
-}
-
-/// Asks `per_s` churn steps a second of the nodes in turn, ten times a second.
-async fn drive_churn(nodes: Vec<watch::Sender<u64>>, per_s: f64) {
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let (mut owed, mut next) = (0.0, 0usize);
-    loop {
-        tick.tick().await;
-        owed += per_s / 10.0;
-        while owed >= 1.0 && !nodes.is_empty() {
-            nodes[next % nodes.len()].send_modify(|s| *s += 1);
-            next += 1;
-            owed -= 1.0;
-        }
-    }
-}
-
-/// The k-th change: one Policy whose one rule's port moves (docs/FLEETSIM.md).
-fn one_rule_policy(k: usize) -> String {
-    serde_json::json!({
-        "apiVersion": "microseg.io/v1",
-        "kind": "Policy",
-        "metadata": {"name": "fleetsim"},
-        "spec": {
-            "selector": {"matchLabels": {"app": "app0"}},
-            "ingress": [{
-                "action": "allow",
-                "from": [{"selector": {"matchLabels": {"app": "app1"}}}],
-                "ports": [{"protocol": "TCP", "port": 1000 + k}]
-            }]
-        }
-    })
-    .to_string()
 }

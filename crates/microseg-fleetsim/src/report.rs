@@ -36,6 +36,11 @@ pub struct Change {
     pub nodes_acked: usize,
     pub bytes_total: u64,
     pub bytes_per_node_max: u64,
+    /// With --controllers K > 1: `last_ack_ms` over each controller's nodes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub last_ack_by_controller_ms: Vec<Option<f64>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes_acked_by_controller: Vec<usize>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -62,6 +67,11 @@ pub struct Storm {
     pub nodes_resynced: usize,
     /// With --storm-restart: how long the controller took to stop and listen again.
     pub restart_s: Option<f64>,
+    /// With --storm-restart: the controller restarted (its nodes are the ones that
+    /// must resync; with --controllers K the others keep their links).
+    pub restarted_controller: Option<usize>,
+    /// Nodes whose links broke and had to resync.
+    pub nodes_dropped: usize,
     /// With --storm-restart: errors once it listened again (the first five of these are
     /// then the ones listed).
     pub errors_after_restart: Option<usize>,
@@ -94,7 +104,32 @@ pub struct Report {
     pub flows_sent: u64,
     pub churn: Option<ChurnReport>,
     pub bad: Vec<BadReport>,
+    /// With --controllers K > 1: each controller's own figures (the RSS and CPU figures
+    /// above are then controller 0's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub controllers: Vec<ControllerFigures>,
     pub failure: Option<String>,
+}
+
+/// One of K controllers sharing a database: its nodes' change figures and its process.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ControllerFigures {
+    pub index: usize,
+    pub addr: String,
+    pub nodes: usize,
+    /// Over the changes, from the apply's answer (on controller 0) to the last of this
+    /// controller's nodes acking it.
+    pub last_ack_p50_ms: Option<f64>,
+    pub last_ack_p99_ms: Option<f64>,
+    pub last_ack_from_sent_p50_ms: Option<f64>,
+    pub last_ack_from_sent_p99_ms: Option<f64>,
+    pub startup_rss_peak_bytes: Option<u64>,
+    pub idle_rss_bytes: Option<u64>,
+    pub changes_rss_peak_bytes: Option<u64>,
+    pub changes_cpu_s: Option<f64>,
+    pub storm_rss_peak_bytes: Option<u64>,
+    pub peak_rss_bytes: Option<u64>,
+    pub log_bytes: Option<u64>,
 }
 
 /// Workload churn while the changes ran.
@@ -129,7 +164,11 @@ impl Report {
         Report {
             nodes: a.nodes,
             workloads: a.workloads,
-            db: a.db.clone().unwrap_or_else(|| "sqlite".into()),
+            db: match (a.db.as_deref(), a.controllers) {
+                (None, _) => "sqlite".into(),
+                (Some(d), 1) => d.into(),
+                (Some(d), k) => format!("{d} controllers={k}"),
+            },
             flow_rate: a.flow_rate,
             ..Default::default()
         }
@@ -174,6 +213,19 @@ impl Report {
                     "{p} change={k} revision={} apply={:.1}ms last_ack={} last_ack_from_sent={} last_receive={} nodes_acked={}/{} bytes_total={} bytes_per_node_max={}",
                     ch.revision, ch.apply_ms, ms(ch.last_ack_ms), ms(ch.last_ack_from_sent_ms), ms(ch.last_receive_ms), ch.nodes_acked, self.nodes, ch.bytes_total, ch.bytes_per_node_max
                 );
+                if !ch.last_ack_by_controller_ms.is_empty() {
+                    let each: Vec<String> = ch
+                        .last_ack_by_controller_ms
+                        .iter()
+                        .zip(&ch.nodes_acked_by_controller)
+                        .enumerate()
+                        .map(|(c, (t, n))| format!("c{c}={}({n})", ms(*t)))
+                        .collect();
+                    println!(
+                        "{p} change={k} last_ack_by_controller(nodes_acked): {}",
+                        each.join(" ")
+                    );
+                }
             }
             println!(
                 "{p} changes={} last_ack_p50={} p99={} from_sent_p50={} p99={} apply_p50={} bytes_total_mean={} bytes_per_node_mean={} rss_peak={} cpu={}",
@@ -184,8 +236,8 @@ impl Report {
         }
         if let Some(st) = &self.storm {
             println!(
-                "{p} storm: at={:.1}s restart={} all_resynced={} all_in_sync={} nodes_resynced={}/{} full_states={} bytes_per_node_max={} errors={} errors_after_restart={} rss_peak={} cpu={}",
-                st.at_s, s(st.restart_s), s(st.all_full_state_s), s(st.all_in_sync_s), st.nodes_resynced, self.nodes,
+                "{p} storm: at={:.1}s restart={} restarted_controller={} nodes_dropped={} all_resynced={} all_in_sync={} nodes_resynced={}/{} full_states={} bytes_per_node_max={} errors={} errors_after_restart={} rss_peak={} cpu={}",
+                st.at_s, s(st.restart_s), st.restarted_controller.map_or("-".to_string(), |c| c.to_string()), st.nodes_dropped, s(st.all_full_state_s), s(st.all_in_sync_s), st.nodes_resynced, st.nodes_dropped,
                 st.full_states, st.bytes_per_node_max, st.errors,
                 st.errors_after_restart.map_or("-".to_string(), |n| n.to_string()),
                 mib(st.peak_rss_bytes), cpu(st.cpu_s)
@@ -213,6 +265,16 @@ impl Report {
             for m in &b.metrics {
                 println!("{p} bad={:?} metric: {m}", b.kind);
             }
+        }
+        for c in &self.controllers {
+            println!(
+                "{p} controller={} addr={} nodes={} last_ack_p50={} p99={} from_sent_p50={} p99={} startup_rss_peak={} idle_rss={} changes_rss_peak={} changes_cpu={} storm_rss_peak={} rss_peak={} log_bytes={}",
+                c.index, c.addr, c.nodes, ms(c.last_ack_p50_ms), ms(c.last_ack_p99_ms),
+                ms(c.last_ack_from_sent_p50_ms), ms(c.last_ack_from_sent_p99_ms),
+                mib(c.startup_rss_peak_bytes), mib(c.idle_rss_bytes), mib(c.changes_rss_peak_bytes),
+                cpu(c.changes_cpu_s), mib(c.storm_rss_peak_bytes), mib(c.peak_rss_bytes),
+                c.log_bytes.map_or("none".into(), |b| b.to_string())
+            );
         }
         println!(
             "{p} total: rss_peak={} db_bytes={} log_bytes={} connects={} flows_sent={}{}",
