@@ -246,7 +246,7 @@ fn emit_single(id: SectionId, peer: u32, c: &Contribution) -> Option<PeerEntries
     let policy = match c.what {
         Match::AnyProtocol => vec![(id.key(peer, policy_kind::ANY_PROTOCOL, 0, 0), entry(c.best))],
         Match::AnyPort(p) => vec![(id.key(peer, policy_kind::ANY_PORT, p, 0), entry(c.best))],
-        Match::Ports(p, a, b) if b >= a && (b - a) as u32 + 1 <= EXPAND_LIMIT => (a..=b)
+        Match::Ports(p, a, b) if b >= a && u32::from(b - a) < EXPAND_LIMIT => (a..=b)
             .map(|port| (id.key(peer, policy_kind::PORT, p, port), entry(c.best)))
             .collect(),
         _ => return None,
