@@ -86,6 +86,10 @@ fn what_it_does_not_read_is_left_to_the_loader() {
         "a: b: c\n",
         "a:\tb\n",
         "just a scalar\n",
+        // Markers and directives, after content the reader has already taken.
+        "a: 1\n...\n",
+        "a:\n  b: 1\n  ---c\n",
+        "a: 1\n%YAML 1.2\n",
     ] {
         assert!(parse(text).is_none(), "{text}");
     }

@@ -20,14 +20,19 @@ pub fn protocol_has_ports(protocol: u8) -> bool {
 
 /// Parses a protocol name (case-insensitive) or number 0-255.
 pub fn parse_protocol(s: &str) -> Option<u8> {
-    match s.to_ascii_lowercase().as_str() {
-        "tcp" => Some(PROTO_TCP),
-        "udp" => Some(PROTO_UDP),
-        "sctp" => Some(PROTO_SCTP),
-        "icmp" => Some(PROTO_ICMP),
-        "icmpv6" => Some(PROTO_ICMPV6),
-        other => other.parse::<u8>().ok(),
-    }
+    // Compared in place: no lowercased copy for each port of a large policy.
+    const NAMES: [(&str, u8); 5] = [
+        ("tcp", PROTO_TCP),
+        ("udp", PROTO_UDP),
+        ("sctp", PROTO_SCTP),
+        ("icmp", PROTO_ICMP),
+        ("icmpv6", PROTO_ICMPV6),
+    ];
+    NAMES
+        .iter()
+        .find(|(name, _)| s.eq_ignore_ascii_case(name))
+        .map(|(_, p)| *p)
+        .or_else(|| s.parse::<u8>().ok())
 }
 
 /// The canonical name of a protocol, if it has one.

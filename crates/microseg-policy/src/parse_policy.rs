@@ -165,8 +165,9 @@ fn parse_rules(ctx: &mut Ctx, node: &Node, dir: Direction) -> Vec<Rule> {
         Direction::Ingress => "ingress",
         Direction::Egress => "egress",
     };
-    let mut rules = Vec::new();
-    for item in ctx.seq(node, what).unwrap_or_default() {
+    let items = ctx.seq(node, what).unwrap_or_default();
+    let mut rules = Vec::with_capacity(items.len());
+    for item in items {
         if let Some(r) = parse_rule(ctx, item, dir) {
             rules.push(r);
         }
@@ -191,10 +192,10 @@ fn parse_rule(ctx: &mut Ctx, node: &Node, dir: Direction) -> Option<Rule> {
         .required(map, "action", "rule")
         .map(|n| (n, ctx.str(n, "action")))
     {
-        Some((n, Some(s))) => match s.to_ascii_lowercase().as_str() {
-            "allow" => Some(Action::Allow),
-            "deny" => Some(Action::Deny),
-            "log" => Some(Action::Log),
+        Some((n, Some(s))) => match s {
+            _ if s.eq_ignore_ascii_case("allow") => Some(Action::Allow),
+            _ if s.eq_ignore_ascii_case("deny") => Some(Action::Deny),
+            _ if s.eq_ignore_ascii_case("log") => Some(Action::Log),
             _ => {
                 ctx.err(
                     n.span(),
@@ -205,9 +206,13 @@ fn parse_rule(ctx: &mut Ctx, node: &Node, dir: Direction) -> Option<Rule> {
         },
         _ => None,
     };
+    // Vectors of the lists' sizes: kept for as long as the policy is (the loader keeps
+    // them), and a first push would make room for four.
     let mut peers = Vec::new();
     if let Some(n) = map.get_node(peer_key) {
-        for p in ctx.seq(n, peer_key).unwrap_or_default() {
+        let items = ctx.seq(n, peer_key).unwrap_or_default();
+        peers.reserve_exact(items.len());
+        for p in items {
             if let Some(p) = parse_peer(ctx, p) {
                 peers.push(p);
             }
@@ -215,7 +220,9 @@ fn parse_rule(ctx: &mut Ctx, node: &Node, dir: Direction) -> Option<Rule> {
     }
     let mut ports = Vec::new();
     if let Some(n) = map.get_node("ports") {
-        for p in ctx.seq(n, "ports").unwrap_or_default() {
+        let items = ctx.seq(n, "ports").unwrap_or_default();
+        ports.reserve_exact(items.len());
+        for p in items {
             if let Some(p) = parse_port_match(ctx, p) {
                 ports.push(p);
             }
