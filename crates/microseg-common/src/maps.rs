@@ -174,21 +174,29 @@ pub struct Session {
     pub flags: u8,
     /// Each leg's last deny or log event, in [`event_tick`]s, for rate limiting.
     pub last_event: [u16; 2],
-    /// TCP, per side (originator, replier): the largest window the side advertised, raw
-    /// (unscaled), in units of 256 bytes. It bounds how far from the other side's
-    /// [`Session::seq_end`] a segment its stack would accept can lie (docs/SECURITY.md,
-    /// "TCP"). Valid once the side's `SEQ_ORIG`/`SEQ_REPLY` flag is set.
-    pub max_win: [u8; 2],
+    /// TCP, per side: the window scale its SYN announced (RFC 7323), the shift that turns
+    /// its raw windows after the SYN into bytes; 0 when either SYN went without the
+    /// option, [`WIN_SCALE_UNKNOWN`] for a side learnt mid-stream.
+    pub win_scale: [u8; 2],
     /// TCP, per side: the sequence number just past the highest one the side sent (data,
-    /// SYN and FIN count), from segments inside the window only, so that a blind third
-    /// party cannot move it.
+    /// SYN and FIN count) or the other side acknowledged, from segments inside the window
+    /// only, so that a blind third party cannot move it.
     pub seq_end: [u32; 2],
+    /// TCP, per side: the largest window the side advertised, in bytes (scaled). It
+    /// bounds how far from the other side's [`Session::seq_end`] a segment its stack would
+    /// accept can lie (docs/SECURITY.md, "TCP"). Valid once the side's
+    /// `SEQ_ORIG`/`SEQ_REPLY` flag is set.
+    pub max_win: [u32; 2],
     /// Indexed by the direction the leg judges, seen from its workload:
     /// `[direction::EGRESS]` is the originator's interface (its egress),
     /// `[direction::INGRESS]` the replier's (its ingress). Absent legs have ifindex 0.
     pub legs: [SessionLeg; 2],
 }
-const _: () = assert!(core::mem::size_of::<Session>() == 112);
+const _: () = assert!(core::mem::size_of::<Session>() == 120);
+
+/// [`Session::win_scale`] of a side whose SYN was not seen: the scale it uses is unknown,
+/// and the window check assumes Linux's usual one (docs/SECURITY.md, "TCP").
+pub const WIN_SCALE_UNKNOWN: u8 = 0xff;
 
 /// One local interface's judgement of a session.
 #[repr(C)]
@@ -219,12 +227,13 @@ pub const fn event_tick(now_ns: u64) -> u16 {
     (now_ns >> EVENT_TICK_SHIFT) as u16
 }
 
-/// The kernel's hash element header (48 bytes) + key + value make 200 bytes: 200 MiB of
+/// The kernel's hash element header (48 bytes) + key + value make 208 bytes: 208 MiB of
 /// elements for a 1,048,576-entry table (plus 16 MiB of buckets). It was 192 (three whole
-/// cache lines) until the TCP window check's 8 bytes (docs/SECURITY.md, "TCP: the receive
-/// window"): no other field could be narrowed without losing something.
+/// cache lines) until the TCP window check (docs/SECURITY.md, "TCP: the receive window")
+/// took 8 bytes, and 200 until windows in bytes and their scales took 8 more: no other field
+/// could be narrowed without losing something.
 const _: () =
-    assert!(48 + core::mem::size_of::<SessionKey>() + core::mem::size_of::<Session>() == 200);
+    assert!(48 + core::mem::size_of::<SessionKey>() + core::mem::size_of::<Session>() == 208);
 
 impl Session {
     /// Whether `leg` may send another deny or log event at `now_ns`.

@@ -126,6 +126,19 @@ impl Frame {
         self
     }
 
+    /// TCP: options after the fixed header (padded with end-of-list bytes to 4), the
+    /// data offset set to match.
+    pub fn with_tcp_options(mut self, options: &[u8]) -> Frame {
+        let mut padded = options.to_vec();
+        while !padded.len().is_multiple_of(4) {
+            padded.push(0);
+        }
+        let header = (self.l4[12] >> 4) as usize * 4 + padded.len();
+        self.l4.splice(20..20, padded);
+        self.l4[12] = ((header / 4) as u8) << 4;
+        self
+    }
+
     /// TCP: `len` bytes of payload after the header.
     pub fn with_payload(mut self, len: usize) -> Frame {
         self.l4.resize(self.l4.len() + len, 0xab);

@@ -188,7 +188,6 @@ fn read_to_end(s: &mut TcpStream) {
 }
 
 #[test]
-#[ignore = "fails at times in the full suite (1 run in 4; 5 of 5 alone): after 8 MiB each way a close by FIN can leave the session CLOSING; the receive-window check (docs/SECURITY.md) is suspected of losing a side's sequence end for good once one segment lands more than an unscaled window ahead"]
 fn real_connections_open_move_data_and_end_with_their_close() {
     on_own_netns(|| {
         let link = Link::new("close");

@@ -99,7 +99,7 @@ pub struct Handoff {
 }
 
 /// The handoff map's value size, which a pinned map of an older build must match.
-const _: () = assert!(core::mem::size_of::<Handoff>() == 200);
+const _: () = assert!(core::mem::size_of::<Handoff>() == 208);
 
 #[map]
 pub static MSEG_HANDOFF: PerCpuArray<Handoff> = PerCpuArray::with_max_entries(1, 0);

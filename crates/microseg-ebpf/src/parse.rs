@@ -17,6 +17,12 @@ const MAX_EXT_HEADERS: usize = 8;
 /// Beyond this, headers are read with a helper call instead of direct packet access.
 const MAX_DIRECT_OFFSET: usize = 256;
 
+/// TCP options looked at before giving up on finding the window scale: real stacks put
+/// it among the first six.
+const MAX_TCP_OPTIONS: usize = 12;
+/// [`Packet::wscale`] of a segment without the option (or not a SYN).
+pub const NO_WINDOW_SCALE: u8 = 0xff;
+
 /// The second-to-last word of an IPv4-mapped IPv6 address (`::ffff:0:0/96`).
 pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
@@ -46,6 +52,8 @@ pub struct Packet {
     pub ack: u32,
     pub seg_len: u32,
     pub win: u16,
+    /// TCP SYN: the window scale option's shift (RFC 7323), or [`NO_WINDOW_SCALE`].
+    pub wscale: u8,
     pub icmp_type: u8,
     pub fragment: u8,
     pub frag_id: u32,
@@ -308,6 +316,11 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Packet, off: usize, ip_end: usize) -> Par
             pkt.seg_len = payload as u32
                 + (flags & tcp_flags::FIN) as u32
                 + ((flags & tcp_flags::SYN) >> 1) as u32;
+            pkt.wscale = if flags & tcp_flags::SYN != 0 && header > 20 {
+                window_scale(ctx, off + 20, (off + header).min(ip_end))
+            } else {
+                NO_WINDOW_SCALE
+            };
         }
         proto::UDP | proto::SCTP => {
             let Some(u) = read::<[u16; 4]>(ctx, off) else {
@@ -432,4 +445,33 @@ fn inner_ports(ctx: &TcContext, inner: &mut Packet, off: usize) -> bool {
         _ => {}
     }
     true
+}
+
+/// The shift of a SYN's window scale option among the TCP options in `start..end`
+/// (RFC 7323), or [`NO_WINDOW_SCALE`]: the session's window check needs it to read the
+/// windows that follow (docs/SECURITY.md, "TCP").
+///
+/// Read with the helper only and without pointer arithmetic on the offset, so that the
+/// verifier can take states that differ only in it as one: with direct reads each option
+/// layout was a path of its own, and the programs grew past its limit.
+#[inline(always)]
+fn window_scale(ctx: &TcContext, start: usize, end: usize) -> u8 {
+    let mut pos = start;
+    for _ in 0..MAX_TCP_OPTIONS {
+        if pos + 3 > end {
+            break;
+        }
+        let Ok([kind, len, shift]) = ctx.load::<[u8; 3]>(pos) else {
+            break;
+        };
+        if kind == 3 {
+            return if len == 3 { shift } else { NO_WINDOW_SCALE };
+        }
+        // End of the list, or a length that would not move on.
+        if kind == 0 || (kind != 1 && len < 2) {
+            break;
+        }
+        pos += if kind == 1 { 1 } else { len as usize };
+    }
+    NO_WINDOW_SCALE
 }

@@ -2,7 +2,7 @@
 
 use microseg_common::{session_flags as sf, session_state as st, *};
 
-use crate::parse::{tcp_flags as tf, Packet};
+use crate::parse::{tcp_flags as tf, Packet, NO_WINDOW_SCALE};
 
 /// The key both directions of a connection share, and whether `pkt`'s source is its lo side.
 #[inline(always)]
@@ -110,24 +110,55 @@ fn seen(s: &Session, side: usize) -> bool {
     s.flags & (sf::SEQ_ORIG << (side & 1)) != 0
 }
 
-/// What a side's first segment tells: where its sequence is and its window. A session
-/// picked up mid-stream learns each side from the first segment it sees of it.
+/// The window scale assumed for a side whose SYN was not seen: Linux's for its default
+/// largest receive buffer (6 MiB); windows of larger buffers can exceed it.
+const ASSUMED_WIN_SCALE: u32 = 7;
+/// RFC 7323's largest shift.
+const MAX_WIN_SCALE: u8 = 14;
+
+/// What a side's first segment tells: where its sequence is, its window and, from a SYN,
+/// its window scale. A session picked up mid-stream learns each side from the first
+/// segment it sees of it, without the scale.
 #[inline(always)]
 pub fn learn(s: &mut Session, pkt: &Packet, side: usize) {
     let side = side & 1;
     s.seq_end[side] = pkt.seq.wrapping_add(pkt.seg_len);
-    s.max_win[side] = (pkt.win >> 8) as u8;
+    s.win_scale[side] = if pkt.tcp_flags & tf::SYN == 0 {
+        WIN_SCALE_UNKNOWN
+    } else if pkt.wscale != NO_WINDOW_SCALE {
+        // RFC 7323: a larger shift is taken as the largest.
+        pkt.wscale.min(MAX_WIN_SCALE)
+    } else {
+        // Scaling needs the option in both SYNs: a SYN-ACK without it turns it off.
+        s.win_scale[0] = 0;
+        0
+    };
+    s.max_win[side] = window_in_bytes(s, pkt, side);
     s.flags |= sf::SEQ_ORIG << side;
 }
 
+/// The window `pkt` advertises, in bytes: a SYN's is never scaled (RFC 7323).
+#[inline(always)]
+fn window_in_bytes(s: &Session, pkt: &Packet, side: usize) -> u32 {
+    let raw = pkt.win as u32;
+    if pkt.tcp_flags & tf::SYN != 0 {
+        return raw;
+    }
+    let scale = match s.win_scale[side & 1] {
+        WIN_SCALE_UNKNOWN => ASSUMED_WIN_SCALE,
+        known => (known & 15) as u32,
+    };
+    raw << scale
+}
+
 /// How far from what `side` sent its receiver takes a segment: the largest window the
-/// receiver advertised, unscaled (the SYN's is never scaled), rounded up to 256 bytes; 64
-/// KiB, the largest raw window, while the receiver has sent nothing.
+/// receiver advertised; 64 KiB, the largest unscaled one, while it has sent nothing.
 #[inline(always)]
 fn window_towards(s: &Session, side: usize) -> u32 {
     let receiver = (side ^ 1) & 1;
     if seen(s, receiver) {
-        (s.max_win[receiver] as u32 + 1) << 8
+        // At most 2^30 (65,535 << 14); at least a byte, so that the bound is a range.
+        s.max_win[receiver].clamp(1, 1 << 30)
     } else {
         1 << 16
     }
@@ -166,7 +197,7 @@ fn accept_segment(s: &mut Session, pkt: &Packet, side: usize) -> bool {
     if end.wrapping_sub(s.seq_end[side]) as i32 > 0 {
         s.seq_end[side] = end;
     }
-    let win = (pkt.win >> 8) as u8;
+    let win = window_in_bytes(s, pkt, side);
     if win > s.max_win[side] {
         s.max_win[side] = win;
     }

@@ -330,6 +330,7 @@ fn new_session(
     s.last_event = [event_tick(seen.now); 2];
     s.seq_end = [0; 2];
     s.max_win = [0; 2];
+    s.win_scale = [0; 2];
     if pkt.protocol == proto::TCP {
         learn(s, pkt, 0);
     }

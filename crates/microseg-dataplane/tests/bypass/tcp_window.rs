@@ -10,8 +10,8 @@
 //! picked up mid-stream, whatever comes first.
 //!
 //! web (10.1.0.2, remote) opens to db (local) on TCP 5432; `inn` is web's packet reaching
-//! db, `out` db's leaving it. Frames carry a 64240-byte raw window, so the window is 64256
-//! bytes (rounded up to 256).
+//! db, `out` db's leaving it. Frames carry a 64240-byte raw window, unscaled unless both
+//! SYNs carry the window scale option (RFC 7323).
 
 use microseg_common::{session_state as st, Session};
 use microseg_dataplane::packet::*;
@@ -21,8 +21,8 @@ use crate::common::*;
 
 const WEB_ISN: u32 = 1000;
 const DB_ISN: u32 = 5000;
-/// The window the frames advertise, as the data plane rounds it.
-const WINDOW: u32 = 64256;
+/// The window the frames advertise.
+const WINDOW: u32 = 64240;
 
 fn web(sport: u16, flags: u8, seq: u32, ack: u32) -> Frame {
     Frame::tcp(web4(), db4(), sport, ALLOWED_TCP, flags).with_seq(seq, ack)
@@ -86,9 +86,13 @@ fn still_open(env: &Env, sport: u16, w: u32, d: u32, what: &str) {
 
 /// Sequence numbers a blind third party might try, none inside the window around `end`.
 fn outside(end: u32) -> [u32; 5] {
+    outside_of(end, WINDOW)
+}
+
+fn outside_of(end: u32, window: u32) -> [u32; 5] {
     [
-        end.wrapping_add(WINDOW + 1),
-        end.wrapping_sub(WINDOW + 1),
+        end.wrapping_add(window + 1),
+        end.wrapping_sub(window + 1),
         end.wrapping_add(0x4000_0000),
         end.wrapping_add(0x8000_0000),
         end.wrapping_sub(0x1000_0000),
@@ -238,10 +242,16 @@ fn a_session_picked_up_mid_stream_learns_each_side_from_its_first_segment() {
     assert_eq!(inn(&env, &web(sport, TCP_ACK, w, d)), Outcome::Passed);
     assert_eq!(state(&env, sport), st::ESTABLISHED);
     assert_eq!(out(&env, &db(sport, TCP_ACK, d, w)), Outcome::Passed);
-    for seq in outside(d) {
-        assert_eq!(out(&env, &db(sport, TCP_RST, seq, 0)), Outcome::Passed);
-        assert_eq!(inn(&env, &web(sport, TCP_RST, seq, 0)), Outcome::Passed);
-        assert_eq!(state(&env, sport), st::ESTABLISHED, "RST at {seq}");
+    // Neither side's window scale is known: Linux's usual 7 is assumed.
+    let window = WINDOW << 7;
+    for (db_seq, web_seq) in outside_of(d, window).into_iter().zip(outside_of(w, window)) {
+        assert_eq!(out(&env, &db(sport, TCP_RST, db_seq, 0)), Outcome::Passed);
+        assert_eq!(inn(&env, &web(sport, TCP_RST, web_seq, 0)), Outcome::Passed);
+        assert_eq!(
+            state(&env, sport),
+            st::ESTABLISHED,
+            "RST at {db_seq}, {web_seq}"
+        );
     }
     still_open(&env, sport, w, d, "picked up");
     assert_eq!(inn(&env, &web(sport, TCP_RST, w, 0)), Outcome::Passed);
@@ -282,14 +292,14 @@ fn sequence_numbers_wrap_around_2_to_the_32() {
 fn a_receiver_with_a_small_window_narrows_what_counts() {
     let env = env();
     let sport = 44600;
-    // db advertises 2,048 bytes (2,304 once rounded up to 256).
+    // db advertises 2,048 bytes.
     assert_eq!(inn(&env, &web(sport, TCP_SYN, WEB_ISN, 0)), Outcome::Passed);
     let syn_ack = db(sport, TCP_SYN | TCP_ACK, DB_ISN, WEB_ISN + 1).with_window(2048);
     assert_eq!(out(&env, &syn_ack), Outcome::Passed);
     let (w, d) = (WEB_ISN + 1, DB_ISN + 1);
     let ack = web(sport, TCP_ACK, w, d);
     assert_eq!(inn(&env, &ack), Outcome::Passed);
-    for seq in [w + 4096, w.wrapping_sub(4096), w + 2305] {
+    for seq in [w + 4096, w.wrapping_sub(4096), w + 2049] {
         assert_eq!(inn(&env, &web(sport, TCP_RST, seq, 0)), Outcome::Passed);
         assert_eq!(state(&env, sport), st::ESTABLISHED, "RST at {seq}");
     }
@@ -298,4 +308,125 @@ fn a_receiver_with_a_small_window_narrows_what_counts() {
         Outcome::Passed
     );
     assert_eq!(state(&env, sport), st::CLOSED);
+}
+
+/// A SYN's options as Linux sends them: MSS, SACK permitted, timestamps, NOP, window scale.
+fn linux_syn_options(shift: u8) -> Vec<u8> {
+    let mut o = vec![2, 4, 0x05, 0xb4, 4, 2, 8, 10];
+    o.extend_from_slice(&[0, 0, 0x12, 0x34, 0, 0, 0, 0]);
+    o.extend_from_slice(&[1, 3, 3, shift]);
+    o
+}
+
+/// SYN and SYN-ACK with the given options, the ACK, then db advertises a raw window of
+/// 1,000 (128,000 bytes with a scale of 7, as a Linux receiver under load does).
+fn open_with_options(env: &Env, sport: u16, syn: &[u8], syn_ack: &[u8]) -> (u32, u32) {
+    let (w, d) = (WEB_ISN + 1, DB_ISN + 1);
+    let syn = web(sport, TCP_SYN, WEB_ISN, 0).with_tcp_options(syn);
+    assert_eq!(inn(env, &syn), Outcome::Passed);
+    let syn_ack = db(sport, TCP_SYN | TCP_ACK, DB_ISN, w).with_tcp_options(syn_ack);
+    assert_eq!(out(env, &syn_ack), Outcome::Passed);
+    assert_eq!(inn(env, &web(sport, TCP_ACK, w, d)), Outcome::Passed);
+    let ack = db(sport, TCP_ACK, d, w).with_window(1000);
+    assert_eq!(out(env, &ack), Outcome::Passed);
+    assert_eq!(state(env, sport), st::ESTABLISHED);
+    (w, d)
+}
+
+#[test]
+fn the_window_scale_of_both_syns_scales_the_windows_after_them() {
+    let env = env();
+    let sport = 44700;
+    let (w, _) = open_with_options(&env, sport, &linux_syn_options(7), &linux_syn_options(7));
+    // 1,000 << 7 = 128,000 bytes from w: a RST just beyond changes nothing, one inside
+    // (and beyond the unscaled 64,240 of the SYN-ACK) counts.
+    assert_eq!(
+        inn(&env, &web(sport, TCP_RST, w + 128_001, 0)),
+        Outcome::Passed
+    );
+    assert_eq!(state(&env, sport), st::ESTABLISHED);
+    assert_eq!(
+        inn(&env, &web(sport, TCP_RST, w + 100_000, 0)),
+        Outcome::Passed
+    );
+    assert_eq!(state(&env, sport), st::CLOSED);
+}
+
+#[test]
+fn without_the_option_in_both_syns_windows_are_not_scaled() {
+    let env = env();
+    for (sport, syn, syn_ack) in [
+        (44710, linux_syn_options(7), vec![2, 4, 0x05, 0xb4]),
+        (44711, vec![2, 4, 0x05, 0xb4], vec![]),
+    ] {
+        let (w, _) = open_with_options(&env, sport, &syn, &syn_ack);
+        // The largest window is the SYN-ACK's 64,240 bytes; 1,000 is 1,000 bytes.
+        assert_eq!(
+            inn(&env, &web(sport, TCP_RST, w + 100_000, 0)),
+            Outcome::Passed
+        );
+        assert_eq!(state(&env, sport), st::ESTABLISHED, "{sport}");
+        assert_eq!(
+            inn(&env, &web(sport, TCP_RST, w + 60_000, 0)),
+            Outcome::Passed
+        );
+        assert_eq!(state(&env, sport), st::CLOSED, "{sport}");
+    }
+}
+
+/// A fast connection's segments are judged out of order on several CPUs: one can come
+/// 70,000 bytes ahead of the last one counted, inside the scaled window but beyond the
+/// largest unscaled one. It counts, so the end of what web sent keeps up and its FIN
+/// counts too. Unscaled, it was never counted, every later segment lay further beyond, and
+/// the session stayed open after the connection's end.
+#[test]
+fn a_segment_judged_ahead_of_others_inside_a_scaled_window_keeps_the_end_in_step() {
+    let env = env();
+    let sport = 44720;
+    let (w, d) = open_with_options(&env, sport, &linux_syn_options(7), &linux_syn_options(7));
+    let mss = 1400;
+    assert_eq!(
+        inn(&env, &web(sport, TCP_ACK, w, d).with_payload(mss)),
+        Outcome::Passed
+    );
+    let ahead = web(sport, TCP_ACK, w + 70_000, d).with_payload(mss);
+    assert_eq!(inn(&env, &ahead), Outcome::Passed);
+    let fin = web(sport, TCP_FIN | TCP_ACK, w + 70_000 + mss as u32, d);
+    assert_eq!(inn(&env, &fin), Outcome::Passed);
+    assert_eq!(state(&env, sport), st::CLOSING);
+}
+
+#[test]
+fn a_scale_over_14_counts_as_14_and_options_past_the_header_are_not_read() {
+    let env = env();
+    let sport = 44730;
+    let (w, _) = open_with_options(&env, sport, &linux_syn_options(20), &linux_syn_options(20));
+    // 1,000 << 14 = 16,384,000 bytes.
+    assert_eq!(
+        inn(&env, &web(sport, TCP_RST, w + 16_384_001, 0)),
+        Outcome::Passed
+    );
+    assert_eq!(state(&env, sport), st::ESTABLISHED);
+    assert_eq!(
+        inn(&env, &web(sport, TCP_RST, w + 16_000_000, 0)),
+        Outcome::Passed
+    );
+    assert_eq!(state(&env, sport), st::CLOSED);
+    // An option list cut short (a length of 0, or an option running past the header) is
+    // not followed: web's windows stay unscaled, the largest its SYN's 64,240 bytes.
+    for (sport, syn) in [(44731, vec![5, 0, 3, 3, 7]), (44732, vec![1, 1, 1, 3])] {
+        let (w, d) = open_with_options(&env, sport, &syn, &linux_syn_options(7));
+        let ack = web(sport, TCP_ACK, w, d).with_window(1000);
+        assert_eq!(inn(&env, &ack), Outcome::Passed);
+        assert_eq!(
+            out(&env, &db(sport, TCP_RST, d + 100_000, 0)),
+            Outcome::Passed
+        );
+        assert_eq!(state(&env, sport), st::ESTABLISHED, "{sport}: scale read");
+        assert_eq!(
+            out(&env, &db(sport, TCP_RST, d + 60_000, 0)),
+            Outcome::Passed
+        );
+        assert!(session(&env, sport).is_none(), "{sport}: db's RST ends it");
+    }
 }
