@@ -165,13 +165,17 @@ fn invalid_and_conflicting_workloads_are_counted_and_shown() {
         let mut thief = workloads("thief", 1, 2);
         thief[0].name = "thief".into();
         garbage.extend(thief);
+        report(&mut l, "garbage", garbage.clone()).await.unwrap();
+        // The same again changes nothing (it is answered without a write) and counts.
+        let rev = revision(&c);
         report(&mut l, "garbage", garbage).await.unwrap();
+        assert_eq!(revision(&c), rev);
     });
     assert_eq!(stored_of(&c, "garbage-w"), 1, "the valid one is kept");
     let n = node(&c, "garbage");
     let r = &n["reports"];
-    assert_eq!(r["refused"], 1, "{n}");
-    assert_eq!(r["workloadsSkipped"], 3, "{n}");
+    assert_eq!(r["refused"], 2, "{n}");
+    assert_eq!(r["workloadsSkipped"], 6, "{n}");
     assert_eq!(r["lastRefused"], true, "{n}");
     assert_eq!(r["lastRefusal"]["reason"], "invalid", "{n}");
     let message = r["lastRefusal"]["message"].as_str().unwrap();
@@ -185,7 +189,7 @@ fn invalid_and_conflicting_workloads_are_counted_and_shown() {
     for (series, want) in [
         (
             r#"microseg_controller_node_reports_refused_total{reason="invalid"}"#,
-            1.0,
+            2.0,
         ),
         (
             r#"microseg_controller_node_reports_refused_total{reason="over_limit"}"#,
@@ -193,11 +197,11 @@ fn invalid_and_conflicting_workloads_are_counted_and_shown() {
         ),
         (
             r#"microseg_controller_reported_workloads_skipped_total{reason="invalid"}"#,
-            2.0,
+            4.0,
         ),
         (
             r#"microseg_controller_reported_workloads_skipped_total{reason="conflict"}"#,
-            1.0,
+            2.0,
         ),
         ("microseg_controller_nodes_report_refused", 1.0),
     ] {

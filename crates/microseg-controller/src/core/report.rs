@@ -280,6 +280,10 @@ impl Core {
         let mut invalid = Skipped::default();
         let report = check_all(node, report, &mut invalid);
         let conflicts = Arc::new(Mutex::new(Skipped::default()));
+        if let Some(rev) = self.unchanged(node, &report, &conflicts).await {
+            self.health.reported(node, merged(invalid, &conflicts));
+            return Ok(rev);
+        }
         let (done, result) = tokio::sync::oneshot::channel();
         let pending = super::batch::Pending {
             node: node.to_string(),
@@ -291,14 +295,39 @@ impl Core {
         let rev = result
             .await
             .map_err(|_| Error::http(503, "the controller is stopping"))??;
-        let conflicts = std::mem::take(&mut *conflicts.lock().unwrap_or_else(|e| e.into_inner()));
-        if invalid.first.is_none() {
-            invalid.first = conflicts.first;
-        }
-        invalid.conflict = conflicts.conflict;
-        self.health.reported(node, invalid);
+        self.health.reported(node, merged(invalid, &conflicts));
         Ok(self.published(rev))
     }
+
+    /// The revision when the report changes nothing that the memory holds, answered
+    /// without the store's write lock: a node that sends the same (or the same invalid)
+    /// report in a loop must not hold up the writes and the streams of the others
+    /// (docs/CONTROLLER.md "Bad nodes"). None when it changes something, or the memory
+    /// is behind the newest revision known.
+    async fn unchanged(
+        &self,
+        node: &str,
+        report: &[Checked],
+        skipped: &Mutex<Skipped>,
+    ) -> Option<u64> {
+        let published = *self.rev.borrow();
+        let live = self.store.live();
+        let (rev, writes) = live
+            .read(|snap| (snap.revision, replace(node, report, snap, skipped)))
+            .await?;
+        (rev >= published && writes.ok()?.is_empty()).then_some(rev)
+    }
+}
+
+/// The invalid workloads of a report and those skipped as conflicts, the first problem
+/// first.
+fn merged(mut invalid: Skipped, conflicts: &Mutex<Skipped>) -> Skipped {
+    let conflicts = std::mem::take(&mut *conflicts.lock().unwrap_or_else(|e| e.into_inner()));
+    if invalid.first.is_none() {
+        invalid.first = conflicts.first;
+    }
+    invalid.conflict = conflicts.conflict;
+    invalid
 }
 
 #[cfg(test)]

@@ -108,6 +108,13 @@ impl Live {
         }
     }
 
+    /// `f` of the live state, under the read lock; None while the memory must be read
+    /// again from the database.
+    pub async fn read<R>(&self, f: impl FnOnce(&Snapshot) -> R) -> Option<R> {
+        let st = self.state.read().await;
+        (!st.needs_load()).then(|| f(&st.snap))
+    }
+
     /// The state for a writer (one at a time; readers wait while it writes).
     pub async fn write(&self) -> RwLockWriteGuard<'_, State> {
         self.state.write().await
