@@ -41,7 +41,12 @@ pub fn handle(ctx: &TcContext) -> i32 {
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let (key, src_is_lo) = session_key(pkt);
 
-    let mut existing = if h.has_session {
+    // A denied tuple's entry (`MSEG_DENIED`) is not followed here: a packet its legs did
+    // not judge under this policy on this interface is judged afresh, as a new connection
+    // (docs/SECURITY.md, "Floods of new tuples"). Following it would give the session
+    // code a pointer into either of two maps, which the verifier walks twice: past its
+    // limit.
+    let mut existing = if h.has_session && !h.denied {
         // SAFETY: a map value stays valid until the program returns; another CPU updating
         // the same session races counters and state only.
         MSEG_SESSIONS.get_ptr_mut(&key).map(|s| unsafe { &mut *s })
@@ -289,11 +294,14 @@ fn open_session(
 ) -> (u8, u32) {
     let insert = cfg.flags & config_flags::NO_SESSION_INSERT == 0;
     // As `reports_start` decides, from the judgement: nothing but returns follows.
-    let report = j.verdict != verdict::ALLOW || cfg.flags & config_flags::REPORT_START != 0;
+    let mut report = j.verdict != verdict::ALLOW || cfg.flags & config_flags::REPORT_START != 0;
     if insert || report {
         if let Some(s) = new_session(policy, seen, pkt, j) {
-            if insert && MSEG_SESSIONS.insert(seen.key, &*s, 0).is_ok() {
-                stats.sessions_created += 1;
+            if j.verdict == verdict::DENY && !keep_event_clock(seen.key, s, seen.now) {
+                report = false;
+            }
+            if insert {
+                insert_new(seen.key, s, j.verdict == verdict::DENY, stats);
             }
             // From the session as built, whether or not it was written.
             if report {
@@ -304,6 +312,45 @@ fn open_session(
     }
     count_rule(j.rule_id, seen.len);
     (j.verdict, j.rule_id)
+}
+
+/// A new session goes to the session table, unless its one leg denies: then to
+/// `MSEG_DENIED`, where a flood of denied tuples evicts only its own kind
+/// (docs/SECURITY.md, "Floods of new tuples").
+#[inline(always)]
+fn insert_new(key: &SessionKey, s: &Session, denied: bool, stats: &mut Stats) {
+    if denied {
+        let _ = MSEG_DENIED.insert(key, s, 0);
+        return;
+    }
+    if MSEG_SESSIONS.insert(key, s, 0).is_ok() {
+        stats.sessions_created += 1;
+    }
+    // A closed denied entry of these ports (a SYN starts a connection over): without its
+    // removal it would judge the tuple again once this session leaves the table.
+    if MSEG_HANDOFF.get(0).is_some_and(|h| h.denied) {
+        let _ = MSEG_DENIED.remove(key);
+    }
+}
+
+/// A denied tuple judged afresh while its entry is still there (after a policy change, or
+/// on another interface) and denied again: the new entry takes the old one's event clock,
+/// so that its deny events stay one a second. False when an event is not yet due.
+#[inline(always)]
+fn keep_event_clock(key: &SessionKey, s: &mut Session, now: u64) -> bool {
+    if !MSEG_HANDOFF.get(0).is_some_and(|h| h.denied) {
+        return true;
+    }
+    // SAFETY: the fields are copied out at once; an entry another CPU evicts meanwhile
+    // yields another tuple's clock, never an out-of-bounds read.
+    let Some(old) = (unsafe { MSEG_DENIED.get(key) }) else {
+        return true;
+    };
+    if old.event_due(0, now) && old.event_due(1, now) {
+        return true;
+    }
+    s.last_event = old.last_event;
+    false
 }
 
 /// Builds a new session whose only leg is the one that judged `pkt`, in this CPU's

@@ -18,7 +18,6 @@ const TABLE: u32 = 64;
 const CONNECTIONS: u16 = 8;
 
 #[test]
-#[ignore = "fails today: denied tuples share the one LRU table with allowed sessions (docs/SECURITY.md)"]
 fn a_flood_of_denied_tuples_does_not_evict_established_connections() {
     let env = Env::with_sessions(&with(POLICY), "db", TABLE);
     let web = |sport, flags, seq, ack| {
