@@ -1,7 +1,8 @@
 //! Tuples every local leg denies live apart from the sessions, in an LRU of their own
 //! (`MSEG_DENIED`, docs/SECURITY.md "Floods of new tuples"): they keep what their entry is
-//! for (deny events at most once a second) and cannot evict an allowed session; a policy
-//! change that allows one judges its next packet afresh.
+//! for (deny events at most once a second, its counters) and cannot evict an allowed
+//! session; after a policy change its next packet is judged again, and one that is now
+//! allowed becomes a session.
 
 mod common;
 
@@ -50,23 +51,27 @@ fn a_denied_tuple_is_kept_apart_and_its_deny_events_stay_one_a_second() {
         "the repeats found its entry"
     );
 
-    // Judged afresh under a new policy and denied again within the second: still one event
-    // a second (its clock carried over), now from the new rule's judgement.
+    // Judged again under a policy that denies it by another rule: one NEW event at once,
+    // as a session's leg sends, then again at most one a second. Its entry keeps counting.
     env.reapply(&with(DB_DENIES_WEB));
+    let rule = env.rule_id("db-ingress", microseg_policy::Direction::Ingress, 0);
     assert!(!into_db(&env, &syn));
     assert!(!into_db(&env, &syn));
-    assert_eq!(kinds(&env.dp.drain_events()), []);
+    let ev = env.dp.drain_events();
+    assert_eq!(kinds(&ev), [(event_kind::NEW, verdict::DENY)]);
+    assert_eq!(ev[0].rule_id, rule);
     std::thread::sleep(SECOND_AND_A_BIT);
     assert!(!into_db(&env, &syn));
     assert!(!into_db(&env, &syn));
     let ev = env.dp.drain_events();
     assert_eq!(kinds(&ev), [(event_kind::DENY, verdict::DENY)]);
-    assert_eq!(
-        ev[0].rule_id,
-        env.rule_id("db-ingress", microseg_policy::Direction::Ingress, 0)
-    );
+    assert_eq!(ev[0].rule_id, rule);
     assert!(env.dp.sessions().is_empty());
-    assert_eq!(env.dp.denied_sessions().len(), 1);
+    let (_, entry) = env
+        .dp
+        .denied_for(proto::TCP, web4(), 40000, db4(), 5432)
+        .expect("the denied tuple's entry");
+    assert_eq!(entry.packets, [9, 0]);
 }
 
 #[test]
@@ -76,7 +81,7 @@ fn a_policy_change_that_allows_a_denied_tuple_lets_its_next_packet_through() {
     assert_eq!(env.dp.denied_sessions().len(), 1);
 
     env.reapply(&with(DB_ALLOWS_WEB));
-    assert!(into_db(&env, &web_to_db(TCP_SYN)), "judged afresh: allowed");
+    assert!(into_db(&env, &web_to_db(TCP_SYN)), "judged again: allowed");
     assert!(from_db(&env, &db_to_web(TCP_SYN | TCP_ACK).with_seq(0, 1)));
     assert!(into_db(&env, &web_to_db(TCP_ACK).with_seq(1, 1)));
     let (_, s) = env

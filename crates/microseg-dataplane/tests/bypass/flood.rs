@@ -47,6 +47,30 @@ fn established(env: &Env) {
 fn a_flood_of_denied_tuples_does_not_evict_established_connections() {
     let env = Env::with_sessions(&with(POLICY), "db", TABLE);
     established(&env);
+    denied_flood(&env);
+    still_established(&env);
+}
+
+/// Every denied tuple's next packet after a policy change is judged again in the session
+/// table and goes back to the denied one: the element it takes is the one it frees.
+#[test]
+fn a_denied_flood_judged_again_after_a_policy_change_does_not_evict_them_either() {
+    let mut env = Env::with_sessions(&with(POLICY), "db", TABLE);
+    established(&env);
+    denied_flood(&env);
+    let rejudged = env.dp.stats().expect("stats").rejudged;
+    env.reapply(&with(
+        &POLICY.replace("port: 443}", "port: 443}, {protocol: TCP, port: 8443}"),
+    ));
+    denied_flood(&env);
+    assert!(env.dp.stats().expect("stats").rejudged >= rejudged + 2 * 10 * TABLE as u64);
+    assert!(env.dp.sessions().len() <= CONNECTIONS as usize);
+    still_established(&env);
+}
+
+/// 10 times the table in new tuples to a denied port from web and from addresses nobody
+/// owns, each SYN sent twice.
+fn denied_flood(env: &Env) {
     for i in 0..10 * TABLE {
         let (sport, hi, lo) = (1024 + i as u16, (i >> 8) as u8, i as u8);
         let from_web = Frame::tcp(web4(), db4(), sport, DENIED_TCP, TCP_SYN);
@@ -54,18 +78,22 @@ fn a_flood_of_denied_tuples_does_not_evict_established_connections() {
         // Each SYN sent again, as a client whose SYN got no answer does: the kernel's LRU
         // spares an entry looked up since it was inserted.
         for f in [&from_web, &from_web, &spoofed, &spoofed] {
-            assert_eq!(inn(&env, f), Outcome::Denied);
+            assert_eq!(inn(env, f), Outcome::Denied);
         }
     }
+}
+
+/// Each connection's packets pass both ways without being judged as new.
+fn still_established(env: &Env) {
     let misses = env.dp.stats().expect("stats").session_misses;
     for sport in ports() {
         assert_eq!(
-            out(&env, &db(sport, TCP_ACK, 1, 1)),
+            out(env, &db(sport, TCP_ACK, 1, 1)),
             Outcome::Passed,
             "db {sport}"
         );
         assert_eq!(
-            inn(&env, &web(sport, TCP_ACK, 1, 1)),
+            inn(env, &web(sport, TCP_ACK, 1, 1)),
             Outcome::Passed,
             "web {sport}"
         );
