@@ -29,7 +29,7 @@ pub mod names {
 pub mod capacity {
     pub const SESSIONS: u32 = 1 << 20;
     /// Tuples every local leg denies, kept apart so that a flood of them cannot evict
-    /// allowed sessions (docs/SECURITY.md, "Floods of new tuples"): 13 MiB of elements.
+    /// allowed sessions (docs/SECURITY.md, "Floods of new tuples"): 12.5 MiB of elements.
     pub const DENIED: u32 = 1 << 16;
     pub const FRAGMENTS: u32 = 8192;
     /// Both slots together.
