@@ -130,7 +130,7 @@ fn survivors_of_an_allowed_flood(copies: usize, active: bool) -> usize {
     for i in 0..10 * TABLE {
         if active && i % (TABLE / 2) == 0 {
             for sport in ports() {
-                inn(&env, &web(sport, TCP_ACK, 1, 1));
+                assert_eq!(inn(&env, &web(sport, TCP_ACK, 1, 1)), Outcome::Passed);
             }
         }
         let (sport, hi, lo) = (1024 + i as u16, (i >> 8) as u8, i as u8);
