@@ -9,6 +9,7 @@
 pub mod names {
     pub const CONFIG: &str = "MSEG_CONFIG";
     pub const SESSIONS: &str = "MSEG_SESSIONS";
+    pub const DENIED: &str = "MSEG_DENIED";
     pub const FRAGMENTS: &str = "MSEG_FRAGMENTS";
     pub const ENDPOINTS: &str = "MSEG_ENDPOINTS";
     pub const ENDPOINT_ADDRS: &str = "MSEG_ENDPOINT_ADDRS";
@@ -27,6 +28,9 @@ pub mod names {
 /// Default capacities. Userspace may override them at load time.
 pub mod capacity {
     pub const SESSIONS: u32 = 1 << 20;
+    /// Tuples every local leg denies, kept apart so that a flood of them cannot evict
+    /// allowed sessions (docs/SECURITY.md, "Floods of new tuples"): 12.5 MiB of elements.
+    pub const DENIED: u32 = 1 << 16;
     pub const FRAGMENTS: u32 = 8192;
     /// Both slots together.
     pub const ENDPOINTS: u32 = 2 * 4096;
@@ -109,6 +113,10 @@ pub mod config_flags {
 }
 
 /// `MSEG_SESSIONS` key (LRU hash): one session per connection the node's programs see.
+/// Also the `MSEG_DENIED` key (LRU hash, value [`Session`]): a tuple whose every present
+/// leg denies is kept there instead, with the same value, so that a flood of denied tuples
+/// evicts only other denied tuples (docs/SECURITY.md, "Floods of new tuples"). It moves to
+/// `MSEG_SESSIONS` as soon as one of its legs lets packets through.
 ///
 /// Both directions of a connection share one key: the (address, port) pairs are ordered,
 /// lower first. IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`). No interface is

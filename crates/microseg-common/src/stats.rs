@@ -8,8 +8,10 @@ pub struct Stats {
     pub bytes: u64,
     /// Packets by verdict code (`crate::verdict`): allowed, denied, logged, audited.
     pub verdicts: [u64; 8],
+    /// Packets whose session, or denied tuple's entry (`MSEG_DENIED`), was found.
     pub session_hits: u64,
     pub session_misses: u64,
+    /// Sessions inserted into `MSEG_SESSIONS`; a denied tuple's entry is not one.
     pub sessions_created: u64,
     /// TCP sessions removed by their connection's last packet (RST, or the final ACK).
     pub sessions_closed: u64,

@@ -31,6 +31,9 @@ pub struct LoadOptions {
     /// Pin every map here (and adopt maps already pinned there). None: private maps.
     pub pin_dir: Option<PathBuf>,
     pub sessions: u32,
+    /// Entries of the table of tuples every local leg denies (`MSEG_DENIED`), apart from
+    /// the sessions so that a flood of them cannot evict allowed ones (docs/SECURITY.md).
+    pub denied: u32,
     pub rules: u32,
     pub policy_entries: u32,
     pub identities: u32,
@@ -46,6 +49,7 @@ impl Default for LoadOptions {
         LoadOptions {
             pin_dir: None,
             sessions: capacity::SESSIONS,
+            denied: capacity::DENIED,
             rules: capacity::RULES,
             policy_entries: capacity::POLICY,
             identities: capacity::IDENTITIES,
@@ -63,6 +67,7 @@ pub struct Dataplane {
     pub(crate) jump: ProgramArray<MapData>,
     pub(crate) config: Array<MapData, Config>,
     pub(crate) sessions: HashMap<MapData, SessionKey, Session>,
+    pub(crate) denied: HashMap<MapData, SessionKey, Session>,
     pub(crate) fragments: HashMap<MapData, FragmentKey, FragmentEntry>,
     pub(crate) endpoints: HashMap<MapData, EndpointKey, EndpointInfo>,
     pub(crate) endpoint_addrs: HashMap<MapData, EndpointAddrKey, u32>,
@@ -124,6 +129,7 @@ impl Dataplane {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(names::SESSIONS, opts.sessions)
+            .map_max_entries(names::DENIED, opts.denied)
             .map_max_entries(names::RULE_COUNTERS, opts.rules)
             .map_max_entries(names::POLICY, opts.policy_entries)
             .map_max_entries(names::IDENTITIES, opts.identities)
@@ -161,6 +167,7 @@ impl Dataplane {
             jump,
             config: take(&mut ebpf, names::CONFIG)?,
             sessions: take(&mut ebpf, names::SESSIONS)?,
+            denied: take(&mut ebpf, names::DENIED)?,
             fragments: take(&mut ebpf, names::FRAGMENTS)?,
             endpoints: take(&mut ebpf, names::ENDPOINTS)?,
             endpoint_addrs: take(&mut ebpf, names::ENDPOINT_ADDRS)?,
@@ -301,13 +308,14 @@ fn classifier_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut 
 }
 
 /// Every map the agent pins.
-pub const ALL_MAPS: [&str; 15] = [
+pub const ALL_MAPS: [&str; 16] = [
     names::SOURCE_PORT_RULES,
     names::HOST_IDENTITIES,
     names::JUMP,
     names::HANDOFF,
     names::CONFIG,
     names::SESSIONS,
+    names::DENIED,
     names::FRAGMENTS,
     names::ENDPOINTS,
     names::ENDPOINT_ADDRS,

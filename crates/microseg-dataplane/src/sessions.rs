@@ -186,12 +186,20 @@ impl Dataplane {
         }
     }
 
-    /// Empties the session table (used by tests and `--cleanup`).
+    /// Empties the session table and the denied tuples' (used by tests and `--cleanup`).
     pub fn clear_sessions(&mut self) {
-        let keys: Vec<_> = self.sessions.keys().filter_map(|k| k.ok()).collect();
-        for k in keys {
-            let _ = self.sessions.remove(&k);
+        for map in [&mut self.sessions, &mut self.denied] {
+            let keys: Vec<_> = map.keys().filter_map(|k| k.ok()).collect();
+            for k in keys {
+                let _ = map.remove(&k);
+            }
         }
+    }
+
+    /// Tuples every present local leg denies: kept apart from the session table, in an LRU
+    /// of their own (`MSEG_DENIED`, docs/SECURITY.md "Floods of new tuples").
+    pub fn denied_sessions(&self) -> Vec<(SessionKey, Session)> {
+        read_all(&self.denied)
     }
 }
 
@@ -205,20 +213,42 @@ impl Dataplane {
         dst: std::net::IpAddr,
         dport: u16,
     ) -> Option<(SessionKey, Session)> {
-        use microseg_common::tables::addr_words;
-        let (a, b) = ((addr_words(src), sport), (addr_words(dst), dport));
-        [(a, b), (b, a)].into_iter().find_map(|(lo, hi)| {
-            let key = SessionKey {
-                lo_addr: lo.0,
-                hi_addr: hi.0,
-                lo_port: lo.1,
-                hi_port: hi.1,
-                protocol,
-                _pad: [0; 3],
-            };
-            self.sessions.get(&key, 0).ok().map(|s| (key, s))
-        })
+        find_tuple(&self.sessions, protocol, (src, sport), (dst, dport))
     }
+
+    /// A denied tuple's entry (see [`Dataplane::denied_sessions`]), found from either
+    /// direction's tuple.
+    pub fn denied_for(
+        &self,
+        protocol: u8,
+        src: std::net::IpAddr,
+        sport: u16,
+        dst: std::net::IpAddr,
+        dport: u16,
+    ) -> Option<(SessionKey, Session)> {
+        find_tuple(&self.denied, protocol, (src, sport), (dst, dport))
+    }
+}
+
+fn find_tuple(
+    map: &SessionMap,
+    protocol: u8,
+    src: (std::net::IpAddr, u16),
+    dst: (std::net::IpAddr, u16),
+) -> Option<(SessionKey, Session)> {
+    use microseg_common::tables::addr_words;
+    let (a, b) = ((addr_words(src.0), src.1), (addr_words(dst.0), dst.1));
+    [(a, b), (b, a)].into_iter().find_map(|(lo, hi)| {
+        let key = SessionKey {
+            lo_addr: lo.0,
+            hi_addr: hi.0,
+            lo_port: lo.1,
+            hi_port: hi.1,
+            protocol,
+            _pad: [0; 3],
+        };
+        map.get(&key, 0).ok().map(|s| (key, s))
+    })
 }
 
 /// The END event the kernel would have sent had it seen the session end (for sessions that

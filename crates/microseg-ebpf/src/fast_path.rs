@@ -65,11 +65,19 @@ pub fn handle(ctx: &TcContext, direction: u8) -> i32 {
     let (key, src_is_lo) = session_key(&pkt);
     let mut has_session = false;
     // An ICMP error follows the connection it quotes, which the slow path checks; a
-    // session under its own addresses would pass or drop it before that check.
-    let found = if parse::is_icmp_error(&pkt) {
-        None
+    // session under its own addresses would pass or drop it before that check. A denied
+    // tuple's entry is looked for only when the session table has none: an established
+    // allowed connection's packet takes one lookup.
+    let (found, denied) = if parse::is_icmp_error(&pkt) {
+        (None, false)
     } else {
-        MSEG_SESSIONS.get_ptr_mut(&key)
+        match MSEG_SESSIONS.get_ptr_mut(&key) {
+            Some(s) => (Some(s), false),
+            None => {
+                let d = MSEG_DENIED.get_ptr_mut(&key);
+                (d, d.is_some())
+            }
+        }
     };
     if let Some(s) = found {
         // SAFETY: a map value stays valid until the program returns. Another CPU may
@@ -111,6 +119,7 @@ pub fn handle(ctx: &TcContext, direction: u8) -> i32 {
         (*handoff).ifindex = ifindex;
         (*handoff).direction = direction;
         (*handoff).has_session = has_session;
+        (*handoff).denied = denied;
         let _ = MSEG_JUMP.tail_call(ctx, SLOW_PATH);
     }
     // Only reached when the slow path is not installed: fail closed.

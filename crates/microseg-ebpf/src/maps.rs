@@ -20,6 +20,13 @@ pub static MSEG_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 pub static MSEG_SESSIONS: LruHashMap<SessionKey, Session> =
     LruHashMap::with_max_entries(capacity::SESSIONS, 0);
 
+/// Connection → session, for tuples every present leg denies (docs/SECURITY.md, "Floods
+/// of new tuples"): kept apart so that a flood of them evicts only its own kind, never an
+/// allowed session. Looked up only after `MSEG_SESSIONS` misses.
+#[map]
+pub static MSEG_DENIED: LruHashMap<SessionKey, Session> =
+    LruHashMap::with_max_entries(capacity::DENIED, 0);
+
 /// First fragment's verdict, for the later fragments of the same datagram.
 #[map]
 pub static MSEG_FRAGMENTS: LruHashMap<FragmentKey, FragmentEntry> =
@@ -93,6 +100,8 @@ pub struct Handoff {
     /// The packet has a session, but its leg on this interface is missing or was judged
     /// under an older generation: the slow path looks the session up again only then.
     pub has_session: bool,
+    /// The fast path found the tuple in `MSEG_DENIED` (not in `MSEG_SESSIONS`).
+    pub denied: bool,
     /// Scratch space where the slow path builds a session before inserting it: a session
     /// does not fit on the 512-byte stack beside the rest.
     pub new_session: Session,

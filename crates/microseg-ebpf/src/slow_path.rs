@@ -42,12 +42,20 @@ pub fn handle(ctx: &TcContext) -> i32 {
     let (key, src_is_lo) = session_key(pkt);
 
     let mut existing = if h.has_session {
+        // A denied tuple's entry is followed in the session table, where it moves for this
+        // run and leaves again at its end unless one of its legs now lets packets through
+        // (`settle_denied`). A pointer into either of two maps would have the verifier walk
+        // everything after it twice, past its limit.
+        if h.denied {
+            move_in_denied(&key);
+        }
         // SAFETY: a map value stays valid until the program returns; another CPU updating
         // the same session races counters and state only.
         MSEG_SESSIONS.get_ptr_mut(&key).map(|s| unsafe { &mut *s })
     } else {
         None
     };
+    let moved_in = existing.as_deref_mut().map(|s| s as *mut Session);
     let leg_here = |s: &Session| leg_of(direction, is_orig(s, src_is_lo));
     // Every leg judged under an older policy is judged again first (not one another
     // interface is about to take over): the first program moves the session's state on
@@ -86,8 +94,40 @@ pub fn handle(ctx: &TcContext) -> i32 {
             ctx, cfg, policy, stats, pkt, &key, src_is_lo, ifindex, direction, now, len, existing,
         ),
     };
+    if let Some(s) = moved_in {
+        if h.denied {
+            // SAFETY: the session table's element found above, valid until the program
+            // returns.
+            settle_denied(&key, unsafe { &*s });
+        }
+    }
     record_first_fragment(ifindex, pkt, verdict, rule_id, stats);
     finish(stats, verdict)
+}
+
+/// Moves a denied tuple's entry into the session table for this run. The element the
+/// insert takes is the one `settle_denied` frees, so the move evicts nothing in the steady
+/// state (docs/SECURITY.md, "Floods of new tuples").
+#[inline(always)]
+fn move_in_denied(key: &SessionKey) {
+    // SAFETY: the entry is copied by the helper at once.
+    if let Some(d) = unsafe { MSEG_DENIED.get(key) } {
+        let _ = MSEG_SESSIONS.insert(key, d, 0);
+        let _ = MSEG_DENIED.remove(key);
+    }
+}
+
+/// A denied tuple's entry moved in for this run goes back to `MSEG_DENIED` unless one of
+/// its legs now lets packets through (judged again after a policy change, or a new leg on
+/// another interface): only tuples every present leg denies stay apart.
+#[inline(always)]
+fn settle_denied(key: &SessionKey, s: &Session) {
+    let passes = |l: &SessionLeg| l.is_present() && l.verdict != verdict::DENY;
+    if passes(&s.legs[0]) || passes(&s.legs[1]) {
+        return;
+    }
+    let _ = MSEG_DENIED.insert(key, s, 0);
+    let _ = MSEG_SESSIONS.remove(key);
 }
 
 /// A packet no current leg on this interface judged: policy decides, and its judgement
@@ -292,8 +332,8 @@ fn open_session(
     let report = j.verdict != verdict::ALLOW || cfg.flags & config_flags::REPORT_START != 0;
     if insert || report {
         if let Some(s) = new_session(policy, seen, pkt, j) {
-            if insert && MSEG_SESSIONS.insert(seen.key, &*s, 0).is_ok() {
-                stats.sessions_created += 1;
+            if insert {
+                insert_new(seen.key, s, j.verdict == verdict::DENY, stats);
             }
             // From the session as built, whether or not it was written.
             if report {
@@ -304,6 +344,25 @@ fn open_session(
     }
     count_rule(j.rule_id, seen.len);
     (j.verdict, j.rule_id)
+}
+
+/// A new session goes to the session table, unless its one leg denies: then to
+/// `MSEG_DENIED`, where a flood of denied tuples evicts only its own kind
+/// (docs/SECURITY.md, "Floods of new tuples").
+#[inline(always)]
+fn insert_new(key: &SessionKey, s: &Session, denied: bool, stats: &mut Stats) {
+    if denied {
+        let _ = MSEG_DENIED.insert(key, s, 0);
+        return;
+    }
+    if MSEG_SESSIONS.insert(key, s, 0).is_ok() {
+        stats.sessions_created += 1;
+    }
+    // A closed denied entry of these ports (a SYN starts the connection over): left there,
+    // it would judge the tuple again once this session leaves the table.
+    if MSEG_HANDOFF.get(0).is_some_and(|h| h.denied) {
+        let _ = MSEG_DENIED.remove(key);
+    }
 }
 
 /// Builds a new session whose only leg is the one that judged `pkt`, in this CPU's

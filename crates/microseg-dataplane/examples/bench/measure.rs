@@ -21,6 +21,9 @@ pub(crate) enum Kind {
     Established,
     NewAllowed,
     NewDenied,
+    /// A denied tuple's next packet: its entry is found (docs/SECURITY.md, "Floods of new
+    /// tuples": in `MSEG_DENIED`, after a miss in the session table).
+    DeniedAgain,
 }
 
 pub(crate) struct Case {

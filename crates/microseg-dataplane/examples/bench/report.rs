@@ -33,7 +33,7 @@ fn path_check(c: &Case, repeat: u32) -> String {
             format!("classifier counters untouched: {}", d.packets == 0)
         }
         Kind::ParseOnly => format!("arp {} of {r}", d.arp),
-        Kind::Established => format!(
+        Kind::Established | Kind::DeniedAgain => format!(
             "session hits {} of {r}, misses {}, rejudged {}",
             d.session_hits, d.session_misses, d.rejudged
         ),

@@ -268,6 +268,13 @@ pub(crate) fn scenario(args: &Args, rules: usize, fill: u32, totals: &mut Totals
     let floor_frame = ack.clone();
     let new_allowed = tcp(peer(last), 65_000, DB_IP, port(last), TCP_SYN);
     let new_denied = tcp(WORLD_PEER, 65_000, DB_IP, 5432, TCP_SYN);
+    // Judged once here, so that its entry is there: its later copies are found, denied, and
+    // send an event at most once a second.
+    let denied_again = tcp(WORLD_PEER, 65_001, DB_IP, 5432, TCP_SYN);
+    if rules > 0 {
+        let run = dp.test_run(Hook::ToWorkload, &denied_again, IFINDEX_LO, 1);
+        assert_eq!(run.expect("test run").action, 2, "denied");
+    }
     // Every packet without a session now takes the policy path and is never remembered.
     dp.set_flags(config_flags::NO_SESSION_INSERT)
         .expect("set_flags");
@@ -334,6 +341,14 @@ pub(crate) fn scenario(args: &Args, rules: usize, fill: u32, totals: &mut Totals
                 true,
             )
         });
+        cases.push(case(
+            "denied again (its entry found)".into(),
+            Kind::DeniedAgain,
+            Hook::ToWorkload,
+            denied_again,
+            2,
+            false,
+        ));
         cases.push(case(
             "new session, denied (default deny)".into(),
             Kind::NewDenied,

@@ -25,8 +25,14 @@ pub fn load() -> Dataplane {
 }
 
 pub fn load_with_sessions(sessions: u32) -> Dataplane {
+    load_with_tables(sessions, capacity::DENIED)
+}
+
+/// Room for `sessions` sessions and `denied` denied tuples (`MSEG_DENIED`).
+pub fn load_with_tables(sessions: u32, denied: u32) -> Dataplane {
     Dataplane::load(&LoadOptions {
         sessions,
+        denied,
         ..Default::default()
     })
     .expect("load the data plane")
@@ -55,7 +61,12 @@ impl Env {
 
     /// As `new`, with room for `sessions` sessions.
     pub fn with_sessions(yaml: &str, local: &str, sessions: u32) -> Env {
-        let mut dp = load_with_sessions(sessions);
+        Env::with_tables(yaml, local, sessions, capacity::DENIED)
+    }
+
+    /// As `new`, with room for `sessions` sessions and `denied` denied tuples.
+    pub fn with_tables(yaml: &str, local: &str, sessions: u32, denied: u32) -> Env {
+        let mut dp = load_with_tables(sessions, denied);
         let mut compiler = Compiler::new();
         let compiled = compiler.compile(
             &resources(yaml),
