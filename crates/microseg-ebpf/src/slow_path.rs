@@ -1,14 +1,14 @@
 //! Packets without a current session: judge them by policy and open (or refresh) their
 //! session. Reached by tail call from the fast path, which already parsed and counted.
 
-use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
+use aya_ebpf::{bindings, helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use microseg_common::{session_flags as sf, *};
 
 use crate::{
     maps::*,
     parse::{self, Packet},
     policy::{identity_of, judge, Judgement, Query},
-    session::{initial_state, learn, session_key},
+    session::{initial_state, learn, session_key, starts_over},
     shared::{
         count_rule, end_session, established, finish, is_orig, record_first_fragment,
         session_event, DROP,
@@ -332,11 +332,9 @@ fn open_session(
     let report = j.verdict != verdict::ALLOW || cfg.flags & config_flags::REPORT_START != 0;
     if insert || report {
         if let Some(s) = new_session(policy, seen, pkt, j) {
-            if insert {
-                insert_new(seen.key, s, j.verdict == verdict::DENY, stats);
-            }
-            // From the session as built, whether or not it was written.
-            if report {
+            let opened = !insert || insert_new(seen.key, s, pkt, j.verdict == verdict::DENY, stats);
+            // From the session as built, whether or not it was written; by one CPU only.
+            if report && opened {
                 let leg = leg_of(seen.direction, true);
                 session_event(event_kind::NEW, seen.key, s, leg, seen.now, stats);
             }
@@ -348,22 +346,42 @@ fn open_session(
 
 /// A new session goes to the session table, unless its one leg denies: then to
 /// `MSEG_DENIED`, where a flood of denied tuples evicts only its own kind
-/// (docs/SECURITY.md, "Floods of new tuples").
+/// (docs/SECURITY.md, "Floods of new tuples"). Returns whether this run opened it: when a
+/// tuple's first packets are judged at once on two CPUs, both find no session, and only
+/// the one whose insert lands reports a new connection.
 #[inline(always)]
-fn insert_new(key: &SessionKey, s: &Session, denied: bool, stats: &mut Stats) {
+fn insert_new(
+    key: &SessionKey,
+    s: &Session,
+    pkt: &Packet,
+    denied: bool,
+    stats: &mut Stats,
+) -> bool {
+    // A closed denied entry of these ports, which a SYN starts over.
+    let over_denied = MSEG_HANDOFF.get(0).is_some_and(|h| h.denied);
     if denied {
-        let _ = MSEG_DENIED.insert(key, s, 0);
-        return;
+        let flags = if over_denied { BPF_ANY } else { BPF_NOEXIST };
+        return MSEG_DENIED.insert(key, s, flags).is_ok();
     }
-    if MSEG_SESSIONS.insert(key, s, 0).is_ok() {
+    let opened = MSEG_SESSIONS.insert(key, s, BPF_NOEXIST).is_ok() || {
+        // SAFETY: read at once; the entry stays valid until the program returns.
+        let closed = unsafe { MSEG_SESSIONS.get(key) }.is_some_and(|old| starts_over(old, pkt));
+        closed && MSEG_SESSIONS.insert(key, s, BPF_ANY).is_ok()
+    };
+    if opened {
         stats.sessions_created += 1;
     }
-    // A closed denied entry of these ports (a SYN starts the connection over): left there,
-    // it would judge the tuple again once this session leaves the table.
-    if MSEG_HANDOFF.get(0).is_some_and(|h| h.denied) {
+    // Left there, the closed denied entry would judge the tuple again once this session
+    // leaves the table.
+    if over_denied {
         let _ = MSEG_DENIED.remove(key);
     }
+    opened
 }
+
+/// Map update flags: write whether or not the key is there, or only if it is not.
+const BPF_ANY: u64 = bindings::BPF_ANY as u64;
+const BPF_NOEXIST: u64 = bindings::BPF_NOEXIST as u64;
 
 /// Builds a new session whose only leg is the one that judged `pkt`, in this CPU's
 /// scratch slot (a session does not fit on the stack).

@@ -28,6 +28,7 @@ mod fragments;
 mod icmp;
 mod ipv6_ext;
 mod l2;
+mod races;
 mod spoof;
 mod tcp;
 mod tcp_window;
