@@ -17,6 +17,8 @@ pub struct AgentOptions {
     /// How many recent flows the agent keeps for `microseg flows`.
     pub flow_buffer: usize,
     pub session_capacity: u32,
+    /// Entries of the denied tuples' table (docs/SECURITY.md, "Floods of new tuples").
+    pub denied_capacity: u32,
     /// How often the files and interfaces are checked for changes.
     pub reload_interval: Duration,
     /// How often expired sessions are removed, at most (the flow export may walk the
@@ -43,6 +45,7 @@ impl AgentOptions {
             drop_non_ip: false,
             flow_buffer: 10_000,
             session_capacity: microseg_common::capacity::SESSIONS,
+            denied_capacity: microseg_common::capacity::DENIED,
             reload_interval: Duration::from_millis(100),
             gc_interval: Duration::from_secs(10),
             flow_active_timeout: Duration::from_secs(60),

@@ -119,6 +119,7 @@ fn start_dataplane(
     let mut dp = Dataplane::load(&LoadOptions {
         pin_dir: Some(opts.maps_dir()),
         sessions: opts.session_capacity,
+        denied: opts.denied_capacity,
         ..Default::default()
     })?;
     dp.set_flags(if opts.drop_non_ip {

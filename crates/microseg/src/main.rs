@@ -136,6 +136,10 @@ struct AgentArgs {
     /// Session table capacity.
     #[arg(long, default_value_t = 1_048_576, value_name = "N")]
     sessions: u32,
+    /// Capacity of the table of denied tuples, kept apart so that a flood of them cannot
+    /// evict allowed sessions.
+    #[arg(long, default_value_t = 65_536, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    denied_sessions: u32,
     /// A connection that lasts is reported again at least this often (e.g. 60s, 5m).
     #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = positive_duration)]
     flow_active_timeout: std::time::Duration,
@@ -244,6 +248,7 @@ fn agent(a: AgentArgs) -> ExitCode {
     opts.drop_non_ip = a.drop_non_ip;
     opts.flow_buffer = a.flow_buffer;
     opts.session_capacity = a.sessions;
+    opts.denied_capacity = a.denied_sessions;
     opts.flow_active_timeout = a.flow_active_timeout;
     opts.flow_report_start = a.flow_report_start;
     opts.flow_upload_buffer = a.flow_upload_buffer;
