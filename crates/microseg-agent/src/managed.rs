@@ -294,10 +294,7 @@ async fn session(
 ) -> Result<(), LinkError> {
     let mut client = connect(link).await?;
     let mut found = discover_now(link, &opts.node);
-    client
-        .report_workloads(report(&opts.node, &found))
-        .await
-        .map_err(call("reporting workloads"))?;
+    report_found(&mut client, &opts.node, &found).await?;
     let mut request = tonic::Request::new(SyncRequest {
         node: opts.node.clone(),
         revision: desired.revision,
@@ -360,15 +357,45 @@ async fn session(
                 let now = discover_now(link, &opts.node);
                 if now != found {
                     found = now;
-                    client
-                        .report_workloads(report(&opts.node, &found))
-                        .await
-                        .map_err(call("reporting workloads"))?;
+                    report_found(&mut client, &opts.node, &found).await?;
                 }
             }
             error = &mut upload => return Err(error),
         }
     }
+}
+
+/// Reports the node's workloads. A report the controller refuses (over its per-node
+/// limit, or invalid) is logged and the link goes on: the node keeps enforcing and syncing
+/// policy with the workloads the controller last took (docs/CONTROLLER.md, "Bad nodes").
+async fn report_found(
+    client: &mut Client,
+    node: &str,
+    found: &[Discovered],
+) -> Result<(), LinkError> {
+    match client.report_workloads(report(node, found)).await {
+        Ok(_) => Ok(()),
+        Err(status) if refused(&status) => {
+            tracing::warn!(
+                code = ?status.code(),
+                reason = status.message(),
+                "the controller refused this node's workload report: policy still syncs, with the workloads it last accepted"
+            );
+            Ok(())
+        }
+        Err(status) => Err(call("reporting workloads")(status)),
+    }
+}
+
+/// Whether the controller refused a report for what it holds, not for the connection.
+fn refused(e: &tonic::Status) -> bool {
+    matches!(
+        e.code(),
+        tonic::Code::ResourceExhausted
+            | tonic::Code::InvalidArgument
+            | tonic::Code::FailedPrecondition
+            | tonic::Code::AlreadyExists
+    )
 }
 
 /// Flows at most this many to a batch: about 1 MB on the wire.

@@ -260,3 +260,28 @@ fn a_policy_set_of_100000_rules_reaches_the_agents_and_is_enforced() {
     }
     c.await_sync(Duration::from_secs(300), "node b resyncs");
 }
+
+/// A node whose workload report the controller refuses (here: over its per-node limit)
+/// keeps its link: it still gets and enforces every revision, and says why in its log.
+#[test]
+fn a_node_whose_report_is_refused_still_syncs_policy() {
+    let mut c = Cluster::new("refused").with_controller_args(&["--max-workloads-per-node", "1"]);
+    c.start_controller();
+    c.start_agent("nodea");
+    c.start_agent("nodeb"); // db and cache: one over the limit
+    c.await_sync(Duration::from_secs(20), "nodes in sync");
+    c.apply(DB_FROM_CACHE_ONLY);
+    let revision = c.status()["revision"].as_u64().expect("a revision");
+    c.await_sync(
+        Duration::from_secs(20),
+        &format!("both nodes acknowledge revision {revision}"),
+    );
+    let node_b = local_api(&c.dir.join("agent-nodeb.sock"), r#"{"cmd":"status"}"#);
+    assert_eq!(
+        node_b["controller_revision"].as_u64(),
+        Some(revision),
+        "{node_b}"
+    );
+    let refused = "the controller refused this node's workload report";
+    assert!(c.logs().contains(refused), "{}", c.logs());
+}
