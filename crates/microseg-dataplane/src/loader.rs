@@ -40,7 +40,7 @@ pub struct LoadOptions {
     pub events_bytes: u32,
     /// Entries of the bench's LRU reference map (`Hook::LruReference`). 1 by default: the
     /// map is preallocated, and only the bench, which sets the session table's capacity,
-    /// has a use for it.
+    /// has a use for it; its program is loaded only when this is over 1.
     pub lru_reference: u32,
 }
 
@@ -147,13 +147,15 @@ impl Dataplane {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(crate::PROGRAMS)?;
-        for name in [
+        // The LRU reference is the bench's alone: an agent need not verify it at each start.
+        let lru_reference = (opts.lru_reference > 1).then_some(PROG_LRU_REFERENCE);
+        let programs = [
             PROG_FROM_WORKLOAD,
             PROG_TO_WORKLOAD,
             PROG_PASS,
-            PROG_LRU_REFERENCE,
             PROG_SLOW_PATH,
-        ] {
+        ];
+        for name in programs.into_iter().chain(lru_reference) {
             classifier_mut(&mut ebpf, name)?
                 .load()
                 .map_err(Error::program(name))?;
