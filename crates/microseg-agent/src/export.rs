@@ -124,40 +124,62 @@ impl Exporter {
     }
 
     /// One walk at `now_ns`: ends the idle sessions, sets the pressure mode, reports the
-    /// lasting ones. Returns how many sessions it expired.
+    /// lasting ones. Returns how many sessions it expired. The table is read a batch at a
+    /// time: only the expired sessions and the reports are kept, not a copy of it.
     pub async fn walk(&mut self, state: &DataPlaneHandle, now_ns: u64) -> usize {
         // Taken before the table is read: see `report_stamp`.
         let stamp = report_stamp(now_ns);
         if let Ok(stats) = state.kernel_stats().await {
             self.created_at_walk = stats.sessions_created;
         }
-        let (expired, live) = self.split_idle(state.sessions().await, now_ns);
-        let removed = expire(state, &expired).await;
-        let entering = self.update_pressure(state, live.len()).await;
         let prev = self
             .last_walk_ns
             .unwrap_or(now_ns.saturating_sub(self.opts.walk_interval.as_nanos() as u64));
         let period = self.opts.report_period_ns();
-        let reports = live.iter().filter(|(_, s)| {
-            !all_legs_ended(s)
-                && (crossed(s.created_ns, prev, now_ns, period)
-                    || (entering && now_ns.saturating_sub(s.created_ns) < period))
-        });
-        let events: Vec<FlowEvent> = reports
-            .filter_map(|(k, s)| active_event(k, s, stamp))
-            .collect();
-        keep_flows(state, events.into_iter());
-        self.sessions_at_walk = live.len();
+        let timeouts = self.timeouts;
+        let scan = state
+            .scan_sessions(move |table| {
+                let mut scan = Scan::default();
+                table.for_each(|k, s| {
+                    if is_idle(&timeouts, k, s, now_ns) {
+                        scan.expired.push((*k, *s));
+                        return;
+                    }
+                    scan.live += 1;
+                    if !all_legs_ended(s) && crossed(s.created_ns, prev, now_ns, period) {
+                        scan.reports.extend(active_event(k, s, stamp));
+                    }
+                });
+                scan
+            })
+            .await;
+        let removed = expire(state, &scan.expired).await;
+        let mut reports = scan.reports;
+        if self.update_pressure(state, scan.live).await {
+            // Entering pressure (rare): every young connection not reported yet, in a second
+            // pass, so that the first keeps no list of them.
+            let young = state
+                .scan_sessions(move |table| {
+                    let mut events = Vec::new();
+                    table.for_each(|k, s| {
+                        let young = now_ns.saturating_sub(s.created_ns) < period;
+                        if young
+                            && !is_idle(&timeouts, k, s, now_ns)
+                            && !all_legs_ended(s)
+                            && !crossed(s.created_ns, prev, now_ns, period)
+                        {
+                            events.extend(active_event(k, s, stamp));
+                        }
+                    });
+                    events
+                })
+                .await;
+            reports.extend(young);
+        }
+        keep_flows(state, reports.into_iter());
+        self.sessions_at_walk = scan.live;
         self.last_walk_ns = Some(now_ns);
         removed
-    }
-
-    /// The sessions idle past their timeout, then the others.
-    fn split_idle(&self, sessions: Sessions, now_ns: u64) -> (Sessions, Sessions) {
-        sessions.into_iter().partition(|(k, s)| {
-            let timeout = self.timeouts.for_session(k, s).as_nanos() as u64;
-            now_ns.saturating_sub(s.last_seen_ns) > timeout
-        })
     }
 
     /// Turns start reports on at the pressure mark and off below the lower one; true when
@@ -193,6 +215,21 @@ fn crossed(start: u64, prev: u64, now: u64, period: u64) -> bool {
 
 fn all_legs_ended(s: &Session) -> bool {
     s.present_legs().all(|(_, l)| l.has_ended())
+}
+
+/// What one pass over the table found.
+#[derive(Default)]
+struct Scan {
+    /// Sessions idle past their timeout: removed, and reported as ended.
+    expired: Sessions,
+    /// How many sessions are left.
+    live: usize,
+    /// Active reports due.
+    reports: Vec<FlowEvent>,
+}
+
+fn is_idle(timeouts: &Timeouts, key: &SessionKey, s: &Session, now_ns: u64) -> bool {
+    now_ns.saturating_sub(s.last_seen_ns) > timeouts.for_session(key, s).as_nanos() as u64
 }
 
 /// A report of the whole connection (both local legs) as of `now_ns`.

@@ -174,6 +174,16 @@ impl DataPlaneHandle {
         blocking(move || reader.sessions()).await
     }
 
+    /// Runs `f` with the session table on a blocking thread, for a walk that reads it a
+    /// batch at a time ([`SessionReader::for_each`]) instead of copying it.
+    pub async fn scan_sessions<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&SessionReader) -> T + Send + 'static,
+    ) -> T {
+        let reader = self.counters.sessions.clone();
+        blocking(move || f(&reader)).await
+    }
+
     /// The recent flows and their feed. Held only for in-memory work, never across a
     /// compile or a map walk.
     pub fn flows(&self) -> MutexGuard<'_, FlowLog> {
@@ -217,12 +227,9 @@ impl Counters {
 
     fn read(&self, view: Arc<View>) -> microseg_dataplane::Result<StatsReading> {
         let stats = self.kernel_stats()?;
-        let session_legs = self
-            .sessions
-            .sessions()
-            .iter()
-            .map(|(_, s)| s.present_legs().count())
-            .sum();
+        let mut session_legs = 0;
+        self.sessions
+            .for_each(|_, s| session_legs += s.present_legs().count());
         let rule_hits = view
             .rules
             .keys()

@@ -62,9 +62,22 @@ pub(crate) fn unsupported(e: &io::Error) -> bool {
 pub(crate) fn lookup_all<K: Copy + Default, V: Copy + Default>(
     map: BorrowedFd<'_>,
 ) -> io::Result<Vec<(K, V)>> {
+    let mut all = Vec::new();
+    for_each_batch(map, |keys: &[K], values: &[V]| {
+        all.extend(keys.iter().copied().zip(values.iter().copied()))
+    })?;
+    Ok(all)
+}
+
+/// Calls `f` with each batch of a hash map's keys and their values, so that a large map
+/// is read without a copy of it whole. An error of the first call comes back untouched
+/// (see [`lookup_all`]); a later one ends the reading early, with what was read given.
+pub(crate) fn for_each_batch<K: Copy + Default, V: Copy + Default>(
+    map: BorrowedFd<'_>,
+    mut f: impl FnMut(&[K], &[V]),
+) -> io::Result<()> {
     let mut keys = vec![K::default(); BATCH_ENTRIES];
     let mut values = vec![V::default(); BATCH_ENTRIES];
-    let mut all = Vec::new();
     // For hash maps the position is a bucket index; none for the first call.
     let mut position: Option<u32> = None;
     let mut next: u32 = 0;
@@ -82,17 +95,16 @@ pub(crate) fn lookup_all<K: Copy + Default, V: Copy + Default>(
             Ok(()) => false,
             // ENOENT: no bucket left; what this call found is still counted.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
-            Err(e) => return Err(e),
+            Err(e) if position.is_none() => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading a map in batches stopped early");
+                return Ok(());
+            }
         };
         let got = (attr.count as usize).min(BATCH_ENTRIES);
-        all.extend(
-            keys[..got]
-                .iter()
-                .copied()
-                .zip(values[..got].iter().copied()),
-        );
+        f(&keys[..got], &values[..got]);
         if last {
-            return Ok(all);
+            return Ok(());
         }
         position = Some(next);
     }

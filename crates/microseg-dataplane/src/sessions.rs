@@ -114,6 +114,19 @@ impl SessionReader {
     pub fn sessions(&self) -> Vec<(SessionKey, Session)> {
         read_all(&self.0)
     }
+
+    /// Calls `f` with every session, a batch at a time: a walk of a full table does not
+    /// hold a copy of it (a million sessions are 160 MB).
+    pub fn for_each(&self, mut f: impl FnMut(&SessionKey, &Session)) {
+        let batched = batch::for_each_batch(self.0.map().fd().as_fd(), |keys, values| {
+            keys.iter().zip(values).for_each(|(k, s)| f(k, s))
+        });
+        if batched.is_err() {
+            for (k, s) in self.0.iter().filter_map(|r| r.ok()) {
+                f(&k, &s);
+            }
+        }
+    }
 }
 
 impl Dataplane {
