@@ -249,6 +249,7 @@ pub async fn stream_state(core: Arc<Core>, start: Start, tx: Tx, status: fn(Erro
     let mut last = match start.resume_from {
         Some(rev) => rev,
         None => {
+            let _sending = core.sending.start();
             let (rev, rows) = core.store.live().full_state().await;
             match send_full(&tx, &node, rev, &rows, limit).await {
                 Ok(true) => rev,
@@ -278,6 +279,8 @@ pub async fn stream_state(core: Arc<Core>, start: Start, tx: Tx, status: fn(Erro
         if let Err(e) = caught_up(&core, published).await {
             return fail(e).await;
         }
+        // Counted while it sends: the report writer waits for it (core/batch.rs).
+        let sending = core.sending.start();
         let sent = match core.store.live().changes_since(last).await {
             // A resumed agent hears at once that it holds the newest revision.
             Changes::None if resuming => send_delta(&tx, &node, last, Vec::new(), limit).await,
@@ -302,6 +305,7 @@ pub async fn stream_state(core: Arc<Core>, start: Start, tx: Tx, status: fn(Erro
                 Err(e) => Err(e),
             },
         };
+        drop(sending);
         resuming = false;
         match sent {
             Ok(true) => {}

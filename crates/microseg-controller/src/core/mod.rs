@@ -43,6 +43,8 @@ pub struct Core {
     pub shutdown: watch::Receiver<bool>,
     /// Workload reports waiting for the writer (`batch.rs`).
     reports: batch::Reports,
+    /// Streams sending a revision: the report writer paces itself by them (`batch.rs`).
+    pub(crate) sending: Arc<batch::Sending>,
     /// Acks waiting for their writer (`acks.rs`).
     acks: acks::Acks,
     /// How long without a new edge before a recommended policy is stable
@@ -71,6 +73,7 @@ impl Core {
             streams: Mutex::new(BTreeMap::new()),
             shutdown,
             reports: batch::Reports::default(),
+            sending: Arc::default(),
             acks: acks::Acks::default(),
             recommend_quiet: crate::DEFAULT_RECOMMEND_QUIET,
             max_workloads_per_node: DEFAULT_MAX_WORKLOADS_PER_NODE,

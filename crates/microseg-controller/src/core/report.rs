@@ -291,7 +291,8 @@ impl Core {
             skipped: conflicts.clone(),
             done,
         };
-        self.reports.send(&self.store, &self.rev, pending);
+        self.reports
+            .send(&self.store, &self.rev, &self.sending, pending);
         let rev = result
             .await
             .map_err(|_| Error::http(503, "the controller is stopping"))??;
