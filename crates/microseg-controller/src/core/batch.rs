@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// The least time between two revisions of workload reports.
-pub(crate) const REPORT_INTERVAL: Duration = Duration::from_millis(200);
+pub(crate) const REPORT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The longest a report revision waits for the streams still sending an earlier one (a
 /// node that does not read must not hold up the others' reports).
