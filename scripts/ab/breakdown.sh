@@ -7,6 +7,7 @@
 #   scripts/ab/breakdown.sh build OUT [VARIANT...]   # OUT/base/bench, OUT/VARIANT/bench
 #   sudo ROUNDS=3 scripts/ab/breakdown.sh run OUT [VARIANT...] > results.tsv
 #
+# jiffies-clock (the clock read as jiffies, a price only) is not in the default list.
 # Output of run: variant, round, scenario's rule count, established ns, LRU reference ns,
 # 1-minute load before the run.
 set -eu
