@@ -6,33 +6,12 @@
 mod common;
 
 use common::*;
-use microseg_proto::v1::agent_link_client::AgentLinkClient;
 use microseg_proto::v1::{
     AckRequest, DesiredState, DiscoveredWorkload, SyncRequest, WorkloadReport,
 };
 use serde_json::Value;
 use std::time::Duration;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
-use tonic::{Code, Request, Status, Streaming};
-
-type Auth = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>;
-type Link = AgentLinkClient<InterceptedService<Channel, Auth>>;
-
-async fn link(ctl: &Ctl) -> Link {
-    let token = ctl.agent_token();
-    let ch = Channel::from_shared(ctl.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let f: Auth = Box::new(move |mut r: Request<()>| {
-        r.metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        Ok(r)
-    });
-    AgentLinkClient::with_interceptor(ch, f)
-}
+use tonic::{Code, Status, Streaming};
 
 fn workloads(node: &str, n: usize, net: u8) -> Vec<DiscoveredWorkload> {
     (0..n)
@@ -45,7 +24,7 @@ fn workloads(node: &str, n: usize, net: u8) -> Vec<DiscoveredWorkload> {
         .collect()
 }
 
-async fn report(l: &mut Link, node: &str, w: Vec<DiscoveredWorkload>) -> Result<(), Status> {
+async fn report(l: &mut AgentLink, node: &str, w: Vec<DiscoveredWorkload>) -> Result<(), Status> {
     l.report_workloads(WorkloadReport {
         node: node.into(),
         workloads: w,
@@ -95,7 +74,7 @@ fn a_report_over_the_limit_is_refused_whole_and_the_previous_workloads_stay() {
     let ctl = Ctl::start_with(opts);
     let c = ctl.client();
     let e = ctl.rt.block_on(async {
-        let mut l = link(&ctl).await;
+        let mut l = agent_link(&ctl).await;
         report(&mut l, "big", workloads("big", 50, 1))
             .await
             .unwrap();
@@ -133,7 +112,7 @@ fn a_report_over_the_limit_is_refused_whole_and_the_previous_workloads_stay() {
 
     // A good report again: taken, the node no longer counts as refusing.
     ctl.rt.block_on(async {
-        let mut l = link(&ctl).await;
+        let mut l = agent_link(&ctl).await;
         report(&mut l, "big", workloads("big", 10, 1))
             .await
             .unwrap();
@@ -154,7 +133,7 @@ fn invalid_and_conflicting_workloads_are_counted_and_shown() {
     let ctl = Ctl::start(&state.0, None);
     let c = ctl.client();
     ctl.rt.block_on(async {
-        let mut l = link(&ctl).await;
+        let mut l = agent_link(&ctl).await;
         report(&mut l, "good", workloads("good", 3, 2))
             .await
             .unwrap();
@@ -236,7 +215,7 @@ fn a_node_that_never_acks_is_behind_while_another_keeps_in_sync() {
     let ctl = Ctl::start_with(opts);
     let c = ctl.client();
     let (text, silent, good) = ctl.rt.block_on(async {
-        let (mut a, mut b) = (link(&ctl).await, link(&ctl).await);
+        let (mut a, mut b) = (agent_link(&ctl).await, agent_link(&ctl).await);
         let sync = |node: &str| SyncRequest {
             node: node.into(),
             revision: 0,

@@ -6,42 +6,8 @@
 mod common;
 
 use common::*;
-use microseg_proto::v1::agent_link_client::AgentLinkClient;
 use microseg_proto::v1::{DiscoveredWorkload, SyncRequest, WorkloadReport};
 use std::time::{Duration, Instant};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
-use tonic::{Request, Status};
-
-/// The agent token on every call (cloneable: one link per spawned call).
-#[derive(Clone)]
-struct Bearer(String);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut r: Request<()>) -> Result<Request<()>, Status> {
-        let value = format!("Bearer {}", self.0).parse().unwrap();
-        r.metadata_mut().insert("authorization", value);
-        Ok(r)
-    }
-}
-
-type Link = AgentLinkClient<InterceptedService<Channel, Bearer>>;
-
-/// A link; `window`: the receive window of its streams and connection, in bytes.
-async fn link_with(ctl: &Ctl, window: Option<u32>) -> Link {
-    let ch = Channel::from_shared(ctl.url())
-        .unwrap()
-        .initial_stream_window_size(window)
-        .initial_connection_window_size(window)
-        .connect()
-        .await
-        .unwrap();
-    AgentLinkClient::with_interceptor(ch, Bearer(ctl.agent_token()))
-}
-
-async fn link(ctl: &Ctl) -> Link {
-    link_with(ctl, None).await
-}
 
 /// `n` workloads of node number `k`, each with its own address.
 fn report(k: usize, n: usize) -> WorkloadReport {
@@ -66,7 +32,7 @@ fn reports_arriving_over_half_a_second_make_a_few_revisions_and_are_all_stored()
     let c = ctl.client();
     let before = revision(&c);
     ctl.rt.block_on(async {
-        let l = link(&ctl).await;
+        let l = agent_link(&ctl).await;
         let mut calls = Vec::new();
         // One report every 25 ms, as churn spread over the fleet sends them.
         for k in 0..24 {
@@ -93,13 +59,13 @@ fn a_stream_that_does_not_read_holds_up_reports_for_a_second_at_most() {
     let ctl = Ctl::start(&state.0, None);
     let c = ctl.client();
     ctl.rt.block_on(async {
-        let mut l = link(&ctl).await;
+        let mut l = agent_link(&ctl).await;
         // A full state (over 1 MB) that outgrows the buffers of a link with h2's smallest
         // window (the client's default is megabytes).
         for k in 10..13 {
             l.report_workloads(report(k, 2_000)).await.unwrap();
         }
-        let mut other = link_with(&ctl, Some(65_535)).await;
+        let mut other = agent_link_with(&ctl, Some(65_535)).await;
         let sync = SyncRequest {
             node: "stalled".into(),
             revision: 0,

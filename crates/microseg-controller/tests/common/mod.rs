@@ -252,3 +252,41 @@ pub fn stored(c: &Client, n: u64) -> Value {
     }
     panic!("{n} flow records not stored within 10 s: {last}");
 }
+
+/// The agent token on every call of an agent-link client (cloneable: one link per
+/// spawned call).
+#[derive(Clone)]
+pub struct Bearer(pub String);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let value = format!("Bearer {}", self.0).parse().unwrap();
+        r.metadata_mut().insert("authorization", value);
+        Ok(r)
+    }
+}
+
+/// A client of the agent link, as a node with the agent token.
+pub type AgentLink = microseg_proto::v1::agent_link_client::AgentLinkClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+>;
+
+/// An agent link to `ctl`; `window`: the receive window of its streams and connection,
+/// in bytes (the transport's default when None).
+pub async fn agent_link_with(ctl: &Ctl, window: Option<u32>) -> AgentLink {
+    let ch = tonic::transport::Channel::from_shared(ctl.url())
+        .unwrap()
+        .initial_stream_window_size(window)
+        .initial_connection_window_size(window)
+        .connect()
+        .await
+        .unwrap();
+    microseg_proto::v1::agent_link_client::AgentLinkClient::with_interceptor(
+        ch,
+        Bearer(ctl.agent_token()),
+    )
+}
+
+pub async fn agent_link(ctl: &Ctl) -> AgentLink {
+    agent_link_with(ctl, None).await
+}
